@@ -1,0 +1,145 @@
+#include "conf/complex_value.h"
+
+#include <cctype>
+
+namespace tidegate::conf {
+namespace {
+
+struct Fixed {
+  std::string_view name;
+  VarId id;
+};
+
+constexpr Fixed kFixed[] = {
+    {"remote_addr", VarId::kRemoteAddr},
+    {"remote_port", VarId::kRemotePort},
+    {"remote_user", VarId::kRemoteUser},
+    {"time_local", VarId::kTimeLocal},
+    {"time_iso8601", VarId::kTimeIso8601},
+    {"msec", VarId::kMsec},
+    {"request", VarId::kRequest},
+    {"request_method", VarId::kRequestMethod},
+    {"request_uri", VarId::kRequestUri},
+    {"uri", VarId::kUri},
+    {"document_uri", VarId::kUri},
+    {"args", VarId::kArgs},
+    {"query_string", VarId::kArgs},
+    {"is_args", VarId::kIsArgs},
+    {"status", VarId::kStatus},
+    {"body_bytes_sent", VarId::kBodyBytesSent},
+    {"bytes_sent", VarId::kBytesSent},
+    {"request_time", VarId::kRequestTime},
+    {"request_length", VarId::kRequestLength},
+    {"host", VarId::kHost},
+    {"hostname", VarId::kHostname},
+    {"server_name", VarId::kServerName},
+    {"server_port", VarId::kServerPort},
+    {"server_addr", VarId::kServerAddr},
+    {"server_protocol", VarId::kServerProtocol},
+    {"scheme", VarId::kScheme},
+    {"https", VarId::kHttps},
+    {"connection", VarId::kConnection},
+    {"connection_requests", VarId::kConnectionRequests},
+    {"pid", VarId::kPid},
+    {"content_length", VarId::kContentLength},
+    {"content_type", VarId::kContentType},
+    {"tidegate_version", VarId::kTidegateVersion},
+    {"nginx_version", VarId::kTidegateVersion},
+};
+
+struct Prefix {
+  std::string_view prefix;
+  VarId id;
+  bool header;
+};
+
+constexpr Prefix kPrefixes[] = {
+    {"http_", VarId::kHttpHeader, true},
+    {"sent_http_", VarId::kSentHttpHeader, true},
+    {"arg_", VarId::kArg, false},
+    {"cookie_", VarId::kCookie, false},
+};
+
+bool isNameChar(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; }
+
+}  // namespace
+
+bool lookupVariable(std::string_view name, VarRef* out) {
+  for (const auto& f : kFixed) {
+    if (f.name == name) {
+      *out = VarRef{f.id, "", std::string(name)};
+      return true;
+    }
+  }
+  for (const auto& p : kPrefixes) {
+    if (name.size() > p.prefix.size() && name.substr(0, p.prefix.size()) == p.prefix) {
+      std::string param(name.substr(p.prefix.size()));
+      if (p.header) {
+        for (char& c : param) c = c == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      }
+      *out = VarRef{p.id, std::move(param), std::string(name)};
+      return true;
+    }
+  }
+  return false;
+}
+
+const std::string& ComplexValue::constantText() const {
+  static const std::string kEmpty;
+  return parts.empty() ? kEmpty : parts[0].literal;
+}
+
+bool compileComplexValue(std::string_view text, ComplexValue* out, std::string* err) {
+  *out = ComplexValue{};
+  out->raw = std::string(text);
+  std::string literal;
+  size_t i = 0;
+  auto flush = [&] {
+    if (!literal.empty()) {
+      ComplexValue::Part part;
+      part.literal = std::move(literal);
+      out->parts.push_back(std::move(part));
+      literal.clear();
+    }
+  };
+  while (i < text.size()) {
+    char c = text[i];
+    if (c != '$') {
+      literal += c;
+      i++;
+      continue;
+    }
+    std::string_view name;
+    if (i + 1 < text.size() && text[i + 1] == '{') {
+      size_t close = text.find('}', i + 2);
+      if (close == std::string_view::npos) {
+        *err = "the closing bracket in \"" + std::string(text.substr(i + 2)) + "\" variable is missing";
+        return false;
+      }
+      name = text.substr(i + 2, close - i - 2);
+      i = close + 1;
+    } else {
+      size_t start = i + 1;
+      size_t end = start;
+      while (end < text.size() && isNameChar(text[end])) end++;
+      name = text.substr(start, end - start);
+      i = end;
+    }
+    if (name.empty()) {
+      *err = "invalid variable name in \"" + std::string(text) + "\"";
+      return false;
+    }
+    ComplexValue::Part part;
+    part.is_var = true;
+    if (!lookupVariable(name, &part.var)) {
+      *err = "unknown \"" + std::string(name) + "\" variable";
+      return false;
+    }
+    flush();
+    out->parts.push_back(std::move(part));
+  }
+  flush();
+  return true;
+}
+
+}  // namespace tidegate::conf

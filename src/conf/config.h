@@ -1,0 +1,132 @@
+// The immutable configuration model. Built once per load by conf/builder.h,
+// then shared read-only (std::shared_ptr<const Config>) by the master and
+// every worker. Later features add fields here and directives in their own
+// files (see directives.h); the parser core does not change.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "conf/complex_value.h"
+#include "conf/regex.h"
+
+namespace tidegate::conf {
+
+struct LogFormat {
+  std::string name;
+  ComplexValue format;
+};
+
+struct AccessLogTarget {
+  std::string path;  // absolute
+  std::shared_ptr<const LogFormat> format;
+};
+
+// Settings that http, server and location levels share and inherit, with
+// nginx's merge rule: a level that does not set one takes its parent's.
+struct HttpSettings {
+  std::optional<std::string> default_type;
+  std::optional<uint64_t> keepalive_timeout_ms;
+  std::optional<uint64_t> keepalive_requests;
+  std::optional<uint64_t> client_header_timeout_ms;
+  std::optional<uint64_t> client_body_timeout_ms;
+  std::optional<uint64_t> send_timeout_ms;
+  std::optional<uint64_t> client_max_body_size;
+  std::optional<bool> server_tokens;
+  // access_log: unset = inherit; set and empty = off.
+  std::optional<std::vector<AccessLogTarget>> access_logs;
+
+  void inheritFrom(const HttpSettings& parent);
+  void fillDefaults();
+};
+
+// Request head limits, configured per server (large_client_header_buffers etc.).
+struct HeadLimits {
+  size_t request_line = 8192;   // > this: 414
+  size_t header_line = 8192;    // one field > this: 431
+  size_t total = 32768;         // whole head > this: 431
+  size_t max_fields = 100;      // more fields: 431
+};
+
+struct ReturnAction {
+  int code = 0;
+  bool has_text = false;
+  ComplexValue text;  // body, or the Location for redirects
+};
+
+enum class LocationMatch { kPrefix, kExact, kNoRegex /* ^~ */, kRegex, kRegexCaseless };
+
+struct Location {
+  LocationMatch match = LocationMatch::kPrefix;
+  std::string pattern;
+  std::shared_ptr<const Regex> regex;
+  std::string where;  // file:line
+  HttpSettings settings;
+  std::optional<ReturnAction> ret;
+  std::vector<std::shared_ptr<Location>> children;
+};
+
+struct Listen {
+  std::string host = "0.0.0.0";
+  uint16_t port = 80;
+  bool default_server = false;
+  bool reuseport = false;
+  int backlog = 511;  // nginx's default on Linux
+  bool ipv6() const { return host.find(':') != std::string::npos; }
+  std::string key() const { return (ipv6() ? "[" + host + "]" : host) + ":" + std::to_string(port); }
+};
+
+struct ServerName {
+  enum class Kind { kExact, kLeadingWild /* *.a.com or .a.com */, kTrailingWild /* www.a.* */, kRegex };
+  Kind kind = Kind::kExact;
+  std::string name;  // lower-cased; for wildcards the fixed part
+  std::shared_ptr<const Regex> regex;
+};
+
+struct Server {
+  std::vector<Listen> listens;
+  std::vector<ServerName> names;
+  std::string where;
+  HttpSettings settings;
+  HeadLimits limits;
+  std::optional<ReturnAction> ret;  // server-level return
+  std::vector<std::shared_ptr<Location>> locations;
+  std::string primaryName() const { return names.empty() ? std::string() : names[0].name; }
+};
+
+struct HttpConfig {
+  HttpSettings settings;
+  HeadLimits limits;
+  std::vector<std::shared_ptr<const LogFormat>> log_formats;
+  std::vector<std::shared_ptr<Server>> servers;
+};
+
+struct Config {
+  std::string prefix;     // ends without '/'
+  std::string conf_file;  // absolute
+  bool daemon = true;
+  bool master_process = true;
+  int worker_processes = 1;
+  std::string error_log = "logs/error.log";  // absolute after load
+  std::string error_log_level = "error";
+  std::string pid_file = "logs/tidegate.pid";
+  int worker_connections = 512;
+  uint64_t worker_shutdown_timeout_ms = 0;  // 0: wait for in-flight requests forever
+  bool has_http = false;
+  HttpConfig http;
+
+  // Every distinct listen address with the server blocks on it.
+  struct ListenGroup {
+    Listen listen;
+    std::vector<std::shared_ptr<const Server>> servers;
+    std::shared_ptr<const Server> default_server;
+  };
+  std::vector<ListenGroup> listen_groups;
+};
+
+using ConfigPtr = std::shared_ptr<const Config>;
+
+}  // namespace tidegate::conf

@@ -1,0 +1,75 @@
+// The directive registry: each feature registers its directives (name,
+// allowed blocks, argument count, handler) and the builder dispatches to
+// them. Adding a directive never touches the lexer, parser or builder.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "conf/ast.h"
+#include "conf/config.h"
+
+namespace tidegate::conf {
+
+enum Context : uint32_t {
+  kMainCtx = 1u << 0,
+  kEventsCtx = 1u << 1,
+  kHttpCtx = 1u << 2,
+  kServerCtx = 1u << 3,
+  kLocationCtx = 1u << 4,
+  kUpstreamCtx = 1u << 5,
+};
+constexpr uint32_t kAnyHttpLevel = kHttpCtx | kServerCtx | kLocationCtx;
+
+// What a handler may touch: the config under construction and the block it
+// sits in. Pointers below the current level are null.
+struct BuildState {
+  Config* config = nullptr;
+  HttpConfig* http = nullptr;
+  Server* server = nullptr;
+  Location* location = nullptr;
+  uint32_t ctx = kMainCtx;
+  // Where a handler that builds a nested block reports that block's error.
+  ConfError* error = nullptr;
+
+  HttpSettings& settings() const {
+    if (location) return location->settings;
+    if (server) return server->settings;
+    return http->settings;
+  }
+  // Paths in the conf are relative to the prefix (nginx's rule for logs, pid...).
+  std::string resolvePath(const std::string& path) const;
+};
+
+using DirectiveHandler = bool (*)(const ConfNode& node, BuildState& st, std::string* err);
+
+constexpr int kAnyArgs = -1;
+
+struct Directive {
+  std::string_view name;
+  uint32_t contexts;
+  int min_args;
+  int max_args;  // kAnyArgs = no upper bound
+  bool block;    // takes a { } block
+  DirectiveHandler handler;
+};
+
+void registerDirectives(const Directive* list, size_t count);
+const Directive* findDirective(std::string_view name);
+
+// Walks `nodes` in context `st.ctx`, checking each node against the registry
+// and calling its handler. The first error stops the walk; *err says where.
+bool buildBlock(const std::vector<ConfNode>& nodes, BuildState& st, ConfError* err);
+
+// Value parsers with nginx's syntax.
+bool parseDurationMs(std::string_view text, uint64_t* out);  // "75s", "1m30s", "500ms", "10"
+bool parseSize(std::string_view text, uint64_t* out);        // "1m", "8k", "1024"
+bool parseFlag(const ConfNode& node, bool* out, std::string* err);  // on|off
+bool parseInt(std::string_view text, int64_t* out);
+
+// Registers the directives of the foundation (core, events, http, server, location).
+void registerCoreDirectives();
+
+}  // namespace tidegate::conf

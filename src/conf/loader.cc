@@ -1,0 +1,147 @@
+#include "conf/loader.h"
+
+#include <unistd.h>
+
+#include <climits>
+#include <cstdlib>
+
+#include "conf/directives.h"
+#include "conf/parser.h"
+
+namespace tidegate::conf {
+
+void HttpSettings::inheritFrom(const HttpSettings& p) {
+  if (!default_type) default_type = p.default_type;
+  if (!keepalive_timeout_ms) keepalive_timeout_ms = p.keepalive_timeout_ms;
+  if (!keepalive_requests) keepalive_requests = p.keepalive_requests;
+  if (!client_header_timeout_ms) client_header_timeout_ms = p.client_header_timeout_ms;
+  if (!client_body_timeout_ms) client_body_timeout_ms = p.client_body_timeout_ms;
+  if (!send_timeout_ms) send_timeout_ms = p.send_timeout_ms;
+  if (!client_max_body_size) client_max_body_size = p.client_max_body_size;
+  if (!server_tokens) server_tokens = p.server_tokens;
+  if (!access_logs) access_logs = p.access_logs;
+}
+
+void HttpSettings::fillDefaults() {
+  // nginx's defaults.
+  if (!default_type) default_type = "text/plain";
+  if (!keepalive_timeout_ms) keepalive_timeout_ms = 75000;
+  if (!keepalive_requests) keepalive_requests = 1000;
+  if (!client_header_timeout_ms) client_header_timeout_ms = 60000;
+  if (!client_body_timeout_ms) client_body_timeout_ms = 60000;
+  if (!send_timeout_ms) send_timeout_ms = 60000;
+  if (!client_max_body_size) client_max_body_size = 1024 * 1024;
+  if (!server_tokens) server_tokens = true;
+}
+
+namespace {
+
+void mergeLocations(std::vector<std::shared_ptr<Location>>& locs, const HttpSettings& parent) {
+  for (auto& loc : locs) {
+    loc->settings.inheritFrom(parent);
+    mergeLocations(loc->children, loc->settings);
+  }
+}
+
+bool groupListens(Config& cfg, ConfError* err) {
+  for (auto& server : cfg.http.servers) {
+    if (server->listens.empty()) server->listens.push_back(Listen{});
+    for (const auto& l : server->listens) {
+      Config::ListenGroup* group = nullptr;
+      for (auto& g : cfg.listen_groups) {
+        if (g.listen.key() == l.key()) group = &g;
+      }
+      if (!group) {
+        cfg.listen_groups.push_back(Config::ListenGroup{l, {}, nullptr});
+        group = &cfg.listen_groups.back();
+      }
+      group->listen.reuseport |= l.reuseport;
+      if (l.backlog != Listen{}.backlog) group->listen.backlog = l.backlog;
+      group->servers.push_back(server);
+      if (l.default_server) {
+        if (group->default_server) {
+          *err = ConfError{"a duplicate default server for " + l.key(), "", 0};
+          size_t colon = server->where.rfind(':');
+          err->file = server->where.substr(0, colon);
+          err->line = std::atoi(server->where.c_str() + colon + 1);
+          return false;
+        }
+        group->default_server = server;
+      }
+    }
+  }
+  for (auto& g : cfg.listen_groups) {
+    if (!g.default_server) g.default_server = g.servers.front();
+  }
+  return true;
+}
+
+bool finish(Config& cfg, ConfError* err) {
+  HttpSettings& http = cfg.http.settings;
+  if (!http.access_logs) {
+    http.access_logs = std::vector<AccessLogTarget>{
+        AccessLogTarget{cfg.prefix + "/logs/access.log", cfg.http.log_formats.empty() ? nullptr : cfg.http.log_formats[0]}};
+    if (!(*http.access_logs)[0].format) http.access_logs->clear();
+  }
+  http.fillDefaults();
+  for (auto& server : cfg.http.servers) {
+    server->settings.inheritFrom(http);
+    mergeLocations(server->locations, server->settings);
+  }
+  if (cfg.error_log.rfind('/', 0) != 0 && cfg.error_log != "stderr") cfg.error_log = cfg.prefix + "/" + cfg.error_log;
+  if (!cfg.pid_file.empty() && cfg.pid_file[0] != '/') cfg.pid_file = cfg.prefix + "/" + cfg.pid_file;
+  return groupListens(cfg, err);
+}
+
+std::string absolutePrefix(const std::string& prefix) {
+  std::string p = prefix;
+  if (p.empty()) {
+    char buf[PATH_MAX];
+    p = getcwd(buf, sizeof(buf)) ? buf : ".";
+  } else if (p[0] != '/') {
+    char buf[PATH_MAX];
+    p = std::string(getcwd(buf, sizeof(buf)) ? buf : ".") + "/" + p;
+  }
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return p;
+}
+
+bool build(Config& cfg, std::vector<ConfNode>& nodes, ConfError* err) {
+  BuildState st;
+  st.config = &cfg;
+  st.ctx = kMainCtx;
+  if (!buildBlock(nodes, st, err)) return false;
+  return finish(cfg, err);
+}
+
+}  // namespace
+
+bool loadConfig(const LoadOptions& opts, ConfigPtr* out, ConfError* err) {
+  auto cfg = std::make_shared<Config>();
+  cfg->prefix = absolutePrefix(opts.prefix);
+  std::string file = opts.conf_file.empty() ? "conf/tidegate.conf" : opts.conf_file;
+  if (file[0] != '/') file = cfg->prefix + "/" + file;
+  cfg->conf_file = file;
+  std::string dir = file.substr(0, file.rfind('/'));
+  Parser parser(dir);
+  std::vector<ConfNode> nodes;
+  if (!opts.extra.empty() && !parser.parseString(opts.extra, "command line", &nodes, err)) return false;
+  if (!parser.parseFile(file, &nodes, err)) return false;
+  if (!build(*cfg, nodes, err)) return false;
+  *out = cfg;
+  return true;
+}
+
+bool loadConfigFromString(const std::string& text, const std::string& prefix, ConfigPtr* out, ConfError* err) {
+  auto cfg = std::make_shared<Config>();
+  cfg->prefix = absolutePrefix(prefix);
+  cfg->conf_file = cfg->prefix + "/test.conf";
+  Parser parser(cfg->prefix);
+  std::vector<ConfNode> nodes;
+  if (!parser.parseString(text, "test.conf", &nodes, err)) return false;
+  if (!build(*cfg, nodes, err)) return false;
+  *out = cfg;
+  return true;
+}
+
+}  // namespace tidegate::conf

@@ -1,0 +1,492 @@
+#include "http/connection.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <cstring>
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "http/http_server.h"
+#include "http/router.h"
+#include "http/status.h"
+#include "http/uri.h"
+#include "http/variables.h"
+
+namespace tidegate::http {
+namespace {
+
+using core::LogLevel;
+
+// nginx's lingering_timeout: how long to drain a client after an error reply.
+constexpr uint64_t kLingeringTimeoutMs = 5000;
+// Pipelined responses waiting for the socket beyond this pause parsing.
+constexpr size_t kMaxPendingOutput = 64 * 1024;
+
+void sockaddrToText(const sockaddr_storage& ss, std::string* addr, uint16_t* port) {
+  char buf[INET6_ADDRSTRLEN] = {0};
+  if (ss.ss_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &in->sin_addr, buf, sizeof(buf));
+    *port = ntohs(in->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &in6->sin6_addr, buf, sizeof(buf));
+    *port = ntohs(in6->sin6_port);
+  }
+  *addr = buf;
+}
+
+std::string_view stripPort(std::string_view host) {
+  if (!host.empty() && host[0] == '[') {
+    size_t close = host.find(']');
+    return close == std::string_view::npos ? host : host.substr(0, close + 1);
+  }
+  size_t colon = host.rfind(':');
+  return colon == std::string_view::npos ? host : host.substr(0, colon);
+}
+
+}  // namespace
+
+Connection::Connection(HttpServer* server, const conf::Config::ListenGroup* group)
+    : server_(server), group_(group) {}
+
+Connection::~Connection() {
+  if (buf_) server_->giveBuffer(buf_, cap_);
+}
+
+bool Connection::accept(HttpServer* server, uv_stream_t* listener, const conf::Config::ListenGroup* group) {
+  auto* c = new Connection(server, group);
+  uv_tcp_init(server->loop(), &c->tcp_);
+  c->tcp_.data = c;
+  c->open_handles_ = 1;
+  if (uv_accept(listener, reinterpret_cast<uv_stream_t*>(&c->tcp_)) != 0) {
+    c->closing_ = true;
+    uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp_), onClose);
+    return false;
+  }
+  uv_timer_init(server->loop(), &c->timer_);
+  c->timer_.data = c;
+  c->open_handles_ = 2;
+  uv_tcp_nodelay(&c->tcp_, 1);
+  server->link(c);
+  c->info_.id = server->nextConnectionId();
+  sockaddr_storage ss;
+  int len = sizeof(ss);
+  if (uv_tcp_getpeername(&c->tcp_, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+    sockaddrToText(ss, &c->info_.remote_addr, &c->info_.remote_port);
+  }
+  len = sizeof(ss);
+  if (uv_tcp_getsockname(&c->tcp_, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
+    sockaddrToText(ss, &c->info_.local_addr, &c->info_.local_port);
+  }
+  c->phase_ = Phase::kHead;  // the first request's head deadline runs from accept, as in nginx
+  c->startRequest();
+  c->reading_ = true;
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp_), onAlloc, onRead);
+  c->updateTimer();
+  return true;
+}
+
+const conf::HttpSettings& Connection::settings() const {
+  if (req_.server) return req_.settings();
+  return group_->default_server->settings;
+}
+
+void Connection::startRequest() {
+  const conf::Server* def = group_->default_server.get();
+  parser_.reset(def->limits, 0);
+  parser_.setHandler(this);
+  req_ = Request{};
+  req_.conn = &info_;
+  req_.server = def;
+  req_.head = &parser_.head();
+  req_.start_us = core::monoUs();
+  responded_ = false;
+  head_end_ = 0;
+  request_active_ = false;
+  head_deadline_ms_ = uv_now(server_->loop()) + *def->settings.client_header_timeout_ms;
+}
+
+// --- reading -------------------------------------------------------------------
+
+bool Connection::reserve(size_t want) {
+  if (!buf_) buf_ = server_->takeBuffer(&cap_);
+  if (cap_ - end_ >= want) return true;
+  if (start_ > 0) {  // offsets are relative to start_, so sliding the window keeps them valid
+    memmove(buf_, buf_ + start_, end_ - start_);
+    parsed_ -= start_;
+    end_ -= start_;
+    start_ = 0;
+    if (cap_ - end_ >= want) return true;
+  }
+  const conf::HeadLimits& lim = group_->default_server->limits;
+  size_t max_cap = lim.total + 4096;
+  if (cap_ >= max_cap && end_ == cap_) return false;
+  size_t ncap = cap_;
+  while (ncap - end_ < want && ncap < max_cap) ncap *= 2;
+  if (ncap > max_cap) ncap = max_cap;
+  char* nbuf = static_cast<char*>(realloc(buf_ == nullptr ? nullptr : buf_, ncap));
+  if (!nbuf) return false;
+  buf_ = nbuf;
+  cap_ = ncap;
+  return true;
+}
+
+void Connection::onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) noexcept {
+  auto* c = static_cast<Connection*>(h->data);
+  // Ask for room for a typical head; a full buffer grows up to the head limit.
+  if (!c->reserve(512) && c->cap_ == c->end_) {
+    *buf = uv_buf_init(nullptr, 0);
+    return;
+  }
+  *buf = uv_buf_init(c->buf_ + c->end_, static_cast<unsigned>(c->cap_ - c->end_));
+}
+
+void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) noexcept {
+  static_cast<Connection*>(s->data)->handleRead(nread);
+}
+
+void Connection::handleRead(ssize_t nread) {
+  if (closing_) return;
+  if (nread == UV_ENOBUFS) {
+    respondError(431, "client sent too large request head");
+    return;
+  }
+  if (nread < 0) {
+    if (phase_ == Phase::kHead && end_ > start_) {
+      TG_LOG_CONN(LogLevel::kInfo, info_.id, "client prematurely closed connection while reading client request headers%s",
+                  describe().c_str());
+    } else if (phase_ == Phase::kBody) {
+      TG_LOG_CONN(LogLevel::kInfo, info_.id, "client prematurely closed connection while reading client request body%s",
+                  describe().c_str());
+    }
+    close();
+    return;
+  }
+  if (nread == 0) return;
+  if (phase_ == Phase::kLingering) {
+    end_ = start_;  // discard: the answer has been sent
+    return;
+  }
+  end_ += static_cast<size_t>(nread);
+  if (phase_ == Phase::kIdle) {
+    phase_ = Phase::kHead;
+    head_deadline_ms_ = uv_now(server_->loop()) + *group_->default_server->settings.client_header_timeout_ms;
+  }
+  request_active_ = true;
+  processInput();
+}
+
+void Connection::processInput() {
+  if (in_process_) return;  // re-entered from a callback: the outer loop continues
+  in_process_ = true;
+  while (!closing_ && !close_after_write_ && phase_ != Phase::kLingering) {
+    if (out_.size() + writing_.size() > kMaxPendingOutput) break;  // wait for the client to read
+    if (parsed_ == end_ && phase_ != Phase::kBody) break;
+    size_t consumed = 0;
+    auto ev = parser_.execute(buf_ + start_, parsed_ - start_, end_ - start_, &consumed);
+    parsed_ += consumed;
+    if (ev == RequestParser::Event::kNeedMore) break;
+    if (ev == RequestParser::Event::kError) {
+      respondError(parser_.errorStatus(), parser_.errorText());
+      break;
+    }
+    onMessage();
+  }
+  // Body bytes already parsed are not needed: drop them, keep the head.
+  if (phase_ == Phase::kBody && parsed_ == end_) parsed_ = end_ = start_ + head_end_;
+  in_process_ = false;
+  flush();
+  updateTimer();
+  releaseBufferIfIdle();
+}
+
+int Connection::onHeadComplete(std::string* why) {
+  const RequestHead& h = parser_.head();
+  head_end_ = h.head_len;
+  req_.base = buf_ + start_;
+  req_.request_length = h.head_len;
+  TargetParts t = splitTarget(h.target.in(req_.base));
+  std::string_view host = t.authority;
+  if (host.empty() && h.host_index >= 0) host = h.headers[static_cast<size_t>(h.host_index)].value.in(req_.base);
+  req_.host = stripPort(host);
+  req_.server = findServer(*group_, req_.host);
+  req_.args = t.args;
+  req_.has_args = t.has_args;
+  if (!normalizePath(t.path, &req_.uri)) {
+    *why = "client sent invalid request target";
+    return 400;
+  }
+  req_.location = findLocation(*req_.server, req_.uri);
+  uint64_t max_body = *settings().client_max_body_size;
+  if (max_body && h.content_length > 0 && static_cast<uint64_t>(h.content_length) > max_body) {
+    *why = "client intended to send too large body: " + std::to_string(h.content_length) + " bytes";
+    return 413;
+  }
+  parser_.setMaxBody(max_body);
+  if (h.hasBody()) {
+    phase_ = Phase::kBody;
+    // RFC 9110 10.1.1: the client waits for this before sending the body.
+    if (h.expect_continue && h.http_minor == 1 && start_ + h.head_len >= end_) out_.append("HTTP/1.1 100 Continue\r\n\r\n");
+  }
+  return 0;
+}
+
+void Connection::onMessage() {
+  req_.base = buf_ + start_;
+  req_.request_length = parser_.head().head_len + parser_.bodyBytes();
+  const conf::ReturnAction* ret = nullptr;
+  if (req_.location && req_.location->ret) ret = &*req_.location->ret;
+  else if (req_.server->ret) ret = &*req_.server->ret;
+  if (!ret) {
+    respond(404, "text/html", errorPage(404), {});
+  } else if (ret->code == 444) {
+    // nginx's 444: close without a response.
+    req_.status = 444;
+    keepalive_ = false;
+    server_->accessLog().log(req_);
+    close();
+    return;
+  } else {
+    std::string text;
+    if (ret->has_text) evaluate(ret->text, req_, &text);
+    bool redirect = ret->code == 301 || ret->code == 302 || ret->code == 303 || ret->code == 307 || ret->code == 308;
+    if (redirect) respond(ret->code, "text/html", errorPage(ret->code), text);
+    else if (ret->has_text) respond(ret->code, *settings().default_type, text, {});
+    else respond(ret->code, "text/html", errorPage(ret->code), {});
+  }
+  finishRequest();
+}
+
+// --- responding -----------------------------------------------------------------
+
+bool Connection::shouldKeepAlive(int status) const {
+  const RequestHead& h = parser_.head();
+  if (server_->draining() || !h.keep_alive) return false;
+  if (status == 400 || status == 408 || status == 413 || status == 414 || status == 431 || status == 501 ||
+      status == 505) {
+    return false;
+  }
+  return info_.requests + 1 < *settings().keepalive_requests;
+}
+
+void Connection::respond(int status, std::string_view content_type, std::string_view body, std::string_view location) {
+  const RequestHead& h = parser_.head();
+  keepalive_ = keepalive_ && shouldKeepAlive(status);
+  // The body must be fully read to keep the connection: a reply that came
+  // before the body (an early error) closes it.
+  if (!parser_.messageDone() && h.hasBody()) keepalive_ = false;
+  req_.status = status;
+  size_t before = out_.size();
+  std::string_view reason = reasonPhrase(status);
+  out_.append(h.http_minor == 0 && parser_.headDone() ? "HTTP/1.0 " : "HTTP/1.1 ");
+  char code[8];
+  snprintf(code, sizeof(code), "%03d", status);
+  out_.append(code, 3);
+  out_.push_back(' ');
+  out_.append(reason);
+  out_.append("\r\nServer: tidegate\r\nDate: ");
+  out_.append(core::httpDate());
+  bool no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
+  if (!no_body) {
+    out_.append("\r\nContent-Type: ");
+    out_.append(content_type);
+    out_.append("\r\nContent-Length: ");
+    out_.append(std::to_string(body.size()));
+    req_.sent_content_length = static_cast<int64_t>(body.size());
+  }
+  req_.sent_content_type = content_type;
+  if (!location.empty()) {
+    out_.append("\r\nLocation: ");
+    out_.append(location);
+  }
+  if (keepalive_) {
+    if (h.http_minor == 0) out_.append("\r\nConnection: keep-alive");
+    else out_.append("\r\nConnection: keep-alive");
+  } else {
+    out_.append("\r\nConnection: close");
+  }
+  out_.append("\r\n\r\n");
+  size_t head_bytes = out_.size() - before;
+  if (!no_body && !h.is_head) {
+    out_.append(body);
+    req_.body_bytes_sent = body.size();
+  }
+  req_.bytes_sent = head_bytes + req_.body_bytes_sent;
+  responded_ = true;
+}
+
+void Connection::respondError(int status, const std::string& why) {
+  LogLevel level = status >= 500 && status != 501 && status != 505 ? LogLevel::kError : LogLevel::kInfo;
+  TG_LOG_CONN(level, info_.id, "%s%s", why.c_str(), describe().c_str());
+  keepalive_ = false;
+  if (!req_.base) req_.base = buf_ + start_;
+  respond(status, "text/html", errorPage(status), {});
+  finishRequest();
+}
+
+void Connection::finishRequest() {
+  info_.requests++;
+  req_.base = buf_ + start_;
+  server_->accessLog().log(req_);
+  if (!keepalive_) {
+    close_after_write_ = true;
+    return;
+  }
+  start_ = parsed_;
+  phase_ = start_ < end_ ? Phase::kHead : Phase::kIdle;
+  startRequest();
+  request_active_ = phase_ == Phase::kHead;
+}
+
+void Connection::flush() {
+  if (closing_) return;
+  if (!write_pending_ && !out_.empty()) {
+    uv_buf_t b = uv_buf_init(out_.data(), static_cast<unsigned>(out_.size()));
+    int n = uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
+    if (n == UV_EAGAIN) n = 0;
+    if (n < 0) {
+      TG_LOG_CONN(LogLevel::kInfo, info_.id, "writev() failed (%d: %s) while sending response to client%s", -n,
+                  uv_strerror(n), describe().c_str());
+      close();
+      return;
+    }
+    if (static_cast<size_t>(n) == out_.size()) {
+      out_.clear();
+    } else {
+      writing_.assign(out_, static_cast<size_t>(n), std::string::npos);
+      out_.clear();
+      uv_buf_t wb = uv_buf_init(writing_.data(), static_cast<unsigned>(writing_.size()));
+      write_req_.data = this;
+      uv_write(&write_req_, reinterpret_cast<uv_stream_t*>(&tcp_), &wb, 1, onWrite);
+      write_pending_ = true;
+    }
+  }
+  if (!write_pending_ && out_.empty() && close_after_write_) startLingeringClose();
+}
+
+void Connection::onWrite(uv_write_t* req, int status) noexcept {
+  static_cast<Connection*>(req->data)->afterWrite(status);
+}
+
+void Connection::afterWrite(int status) {
+  write_pending_ = false;
+  writing_.clear();
+  if (status < 0) {
+    if (status != UV_ECANCELED) {
+      TG_LOG_CONN(LogLevel::kInfo, info_.id, "writev() failed (%d: %s) while sending response to client%s", -status,
+                  uv_strerror(status), describe().c_str());
+    }
+    close();
+    return;
+  }
+  if (closing_) return;
+  flush();
+  if (!closing_ && phase_ != Phase::kLingering) processInput();  // resume pipelined requests
+}
+
+void Connection::startLingeringClose() {
+  if (phase_ == Phase::kLingering || closing_) return;
+  phase_ = Phase::kLingering;
+  shutdown_req_.data = this;
+  if (uv_shutdown(&shutdown_req_, reinterpret_cast<uv_stream_t*>(&tcp_), onShutdown) != 0) {
+    close();
+    return;
+  }
+  updateTimer();
+}
+
+void Connection::onShutdown(uv_shutdown_t*, int) noexcept {}
+
+// --- timers -----------------------------------------------------------------------
+
+void Connection::armTimer(uint64_t ms) { uv_timer_start(&timer_, onTimer, ms, 0); }
+
+void Connection::updateTimer() {
+  if (closing_) return;
+  uint64_t now = uv_now(server_->loop());
+  const conf::HttpSettings& s = settings();
+  if (phase_ == Phase::kLingering) return armTimer(kLingeringTimeoutMs);
+  if (write_pending_) return armTimer(*s.send_timeout_ms);
+  switch (phase_) {
+    case Phase::kIdle: return armTimer(*s.keepalive_timeout_ms);
+    case Phase::kHead: return armTimer(head_deadline_ms_ > now ? head_deadline_ms_ - now : 0);
+    case Phase::kBody: return armTimer(*s.client_body_timeout_ms);
+    default: return;
+  }
+}
+
+void Connection::onTimer(uv_timer_t* t) noexcept { static_cast<Connection*>(t->data)->handleTimer(); }
+
+void Connection::handleTimer() {
+  if (closing_) return;
+  if (phase_ == Phase::kLingering || phase_ == Phase::kIdle) {
+    close();
+    return;
+  }
+  if (write_pending_) {
+    TG_LOG_CONN(LogLevel::kInfo, info_.id, "client timed out (110: Connection timed out) while sending response to client%s",
+                describe().c_str());
+    close();
+    return;
+  }
+  if (phase_ == Phase::kHead && end_ == start_ && info_.requests == 0 && !request_active_) {
+    close();  // connected and sent nothing: nothing to answer
+    return;
+  }
+  const char* what = phase_ == Phase::kHead ? "reading client request headers" : "reading client request body";
+  TG_LOG_CONN(LogLevel::kInfo, info_.id, "client timed out (110: Connection timed out) while %s%s", what,
+              describe().c_str());
+  keepalive_ = false;
+  respond(408, "text/html", errorPage(408), {});
+  finishRequest();
+  flush();
+}
+
+// --- teardown ---------------------------------------------------------------------
+
+void Connection::releaseBufferIfIdle() {
+  // An idle keepalive connection holds no read buffer (DESIGN.md 9).
+  if (phase_ == Phase::kIdle && start_ == end_ && buf_ && reading_) {
+    server_->giveBuffer(buf_, cap_);
+    buf_ = nullptr;
+    cap_ = start_ = parsed_ = end_ = 0;
+  }
+}
+
+void Connection::closeIfIdle() {
+  if (phase_ == Phase::kIdle || (phase_ == Phase::kHead && !request_active_ && end_ == start_)) close();
+}
+
+void Connection::close() {
+  if (closing_) return;
+  closing_ = true;
+  phase_ = Phase::kClosing;
+  server_->unlink(this);
+  uv_close(reinterpret_cast<uv_handle_t*>(&timer_), onClose);
+  uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), onClose);
+}
+
+void Connection::onClose(uv_handle_t* h) noexcept {
+  auto* c = static_cast<Connection*>(h->data);
+  if (--c->open_handles_ == 0) delete c;
+}
+
+std::string Connection::describe() const {
+  std::string s = ", client: " + info_.remote_addr;
+  if (req_.server) s += ", server: " + req_.server->primaryName();
+  if (parser_.headDone() && req_.base) {
+    s += ", request: \"";
+    s.append(parser_.head().request_line.in(req_.base));
+    s += "\"";
+  }
+  if (!req_.host.empty()) {
+    s += ", host: \"";
+    s.append(req_.host);
+    s += "\"";
+  }
+  return s;
+}
+
+}  // namespace tidegate::http

@@ -1,0 +1,100 @@
+// One downstream HTTP/1.1 connection: read -> parse -> route -> respond ->
+// log -> keepalive or close. Every exit goes through finishRequest() or
+// close(); the object frees itself in the close callback of its last handle.
+#pragma once
+
+#include <uv.h>
+
+#include <string>
+
+#include "conf/config.h"
+#include "http/request.h"
+#include "http/request_parser.h"
+
+namespace tidegate::http {
+
+class HttpServer;
+
+class Connection : private RequestParser::Handler {
+ public:
+  // Accepts one pending connection from `listener`. Returns false if accept failed.
+  static bool accept(HttpServer* server, uv_stream_t* listener, const conf::Config::ListenGroup* group);
+
+  // Graceful drain: close now if no request is in progress.
+  void closeIfIdle();
+  // Closes at once (fast shutdown). Safe to call twice.
+  void close();
+
+  Connection* next = nullptr;
+  Connection* prev = nullptr;
+
+ private:
+  enum class Phase { kIdle, kHead, kBody, kLingering, kClosing };
+
+  Connection(HttpServer* server, const conf::Config::ListenGroup* group);
+  ~Connection() override;
+
+  static void onAlloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf) noexcept;
+  static void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept;
+  static void onWrite(uv_write_t* req, int status) noexcept;
+  static void onShutdown(uv_shutdown_t* req, int status) noexcept;
+  static void onTimer(uv_timer_t* t) noexcept;
+  static void onClose(uv_handle_t* h) noexcept;
+
+  void handleRead(ssize_t nread);
+  void handleTimer();
+  void processInput();
+  int onHeadComplete(std::string* why) override;
+  void onBodyData(std::string_view) override {}
+  void onMessage();
+  void startRequest();
+  void respond(int status, std::string_view content_type, std::string_view body, std::string_view location);
+  void respondError(int status, const std::string& why);
+  void finishRequest();
+  void flush();
+  void afterWrite(int status);
+  void startLingeringClose();
+  void armTimer(uint64_t ms);
+  void updateTimer();
+  bool reserve(size_t want);
+  void releaseBufferIfIdle();
+  bool shouldKeepAlive(int status) const;
+  const conf::HttpSettings& settings() const;
+  std::string describe() const;  // ", client: ..., server: ..., request: ..." for the error log
+
+  HttpServer* server_;
+  const conf::Config::ListenGroup* group_;
+  uv_tcp_t tcp_;
+  uv_timer_t timer_;
+  uv_write_t write_req_;
+  uv_shutdown_t shutdown_req_;
+  int open_handles_ = 0;
+
+  ConnInfo info_;
+  Phase phase_ = Phase::kIdle;
+  RequestParser parser_;
+  Request req_;
+  bool request_active_ = false;  // a request has started (first byte seen)
+  bool responded_ = false;
+
+  // Read buffer: [start_, end_) holds the current request and anything
+  // pipelined after it; parsed_ is the parser's position.
+  char* buf_ = nullptr;
+  size_t cap_ = 0;
+  size_t start_ = 0;
+  size_t parsed_ = 0;
+  size_t end_ = 0;
+  size_t head_end_ = 0;  // relative to start_, once the head is parsed
+
+  std::string out_;       // response bytes not yet handed to the kernel
+  std::string writing_;   // bytes owned by the in-flight uv_write
+  bool write_pending_ = false;
+  bool close_after_write_ = false;
+  bool keepalive_ = true;
+  bool reading_ = false;
+  bool closing_ = false;
+  bool in_process_ = false;
+  uint64_t head_deadline_ms_ = 0;
+};
+
+}  // namespace tidegate::http

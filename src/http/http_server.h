@@ -1,0 +1,72 @@
+// The data plane of one worker: its listeners, its connections, its access
+// log. Owns nothing shared with other workers except the listening fds it
+// was handed by the master.
+#pragma once
+
+#include <uv.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "conf/config.h"
+#include "http/access_log.h"
+
+namespace tidegate::http {
+
+class Connection;
+
+class HttpServer {
+ public:
+  HttpServer(uv_loop_t* loop, conf::ConfigPtr cfg);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // `fds[i]` is the listening socket of cfg->listen_groups[i]. The fds stay
+  // owned by the caller's process image (dup'ed into the libuv handles).
+  bool start(const std::vector<int>& fds, std::string* err);
+  // Stops accepting. Graceful: in-flight requests finish, idle keepalive
+  // connections close, `done` runs when the last connection is gone.
+  // Not graceful: every connection closes now.
+  void shutdown(bool graceful, std::function<void()> done);
+  bool reopenLogs(std::string* err);
+
+  uv_loop_t* loop() const { return loop_; }
+  const conf::Config& config() const { return *cfg_; }
+  AccessLog& accessLog() { return access_log_; }
+  bool draining() const { return draining_; }
+  size_t connectionCount() const { return connections_; }
+
+  // Connection bookkeeping (called by Connection only).
+  void link(Connection* c);
+  void unlink(Connection* c);
+  uint64_t nextConnectionId();
+  char* takeBuffer(size_t* cap);
+  void giveBuffer(char* buf, size_t cap);
+
+ private:
+  struct Listener {
+    uv_tcp_t handle;
+    HttpServer* server;
+    const conf::Config::ListenGroup* group;
+  };
+  static void onConnection(uv_stream_t* stream, int status) noexcept;
+  static void onListenerClosed(uv_handle_t* h) noexcept;
+  void accept(Listener* l);
+  void maybeDone();
+
+  uv_loop_t* loop_;
+  conf::ConfigPtr cfg_;
+  AccessLog access_log_;
+  std::vector<Listener*> listeners_;
+  Connection* head_ = nullptr;  // intrusive list of live connections
+  size_t connections_ = 0;
+  uint64_t next_id_ = 0;
+  bool draining_ = false;
+  std::function<void()> done_;
+  std::vector<char*> buffer_pool_;
+  uint64_t last_overflow_log_ms_ = 0;
+};
+
+}  // namespace tidegate::http

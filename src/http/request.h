@@ -1,0 +1,51 @@
+// One request on a downstream connection: the parsed head (views into the
+// connection buffer), the routing result and the response bookkeeping that
+// variables and the access log read.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "conf/config.h"
+#include "http/request_head.h"
+
+namespace tidegate::http {
+
+struct ConnInfo {
+  uint64_t id = 0;
+  uint64_t requests = 0;  // requests served on this connection, this one included
+  std::string remote_addr;
+  uint16_t remote_port = 0;
+  std::string local_addr;
+  uint16_t local_port = 0;
+};
+
+struct Request {
+  const char* base = nullptr;  // the connection buffer the head's slices point into
+  const RequestHead* head = nullptr;
+  const ConnInfo* conn = nullptr;
+  const conf::Server* server = nullptr;
+  const conf::Location* location = nullptr;
+  std::string uri;             // normalised, decoded path ($uri)
+  std::string_view args;       // raw query ($args)
+  bool has_args = false;
+  std::string_view host;       // without port, from Host or absolute-form target
+  int status = 0;
+  uint64_t bytes_sent = 0;
+  uint64_t body_bytes_sent = 0;
+  uint64_t request_length = 0;
+  uint64_t start_us = 0;
+  // Response headers already decided (for $sent_http_*): only the ones we make.
+  std::string_view sent_content_type;
+  std::string_view sent_location;
+  int64_t sent_content_length = -1;
+
+  std::string_view header(std::string_view lower_name) const;
+  // The settings that apply: the location's, else the server's.
+  const conf::HttpSettings& settings() const {
+    return location ? location->settings : server->settings;
+  }
+};
+
+}  // namespace tidegate::http

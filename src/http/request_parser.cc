@@ -1,0 +1,396 @@
+#include "http/request_parser.h"
+
+#include <cstring>
+#include <limits>
+
+namespace tidegate::http {
+namespace {
+
+// RELIABILITY.md: a chunk extension over 4 KB is abuse, not a use case.
+constexpr size_t kMaxChunkExtension = 4096;
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); i++) {
+    char x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x + 32);
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y + 32);
+    if (x != y) return false;
+  }
+  return true;
+}
+
+std::string_view trimOws(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return v;
+}
+
+const llhttp_settings_t& settings() {
+  static const llhttp_settings_t s = [] {
+    llhttp_settings_t st;
+    llhttp_settings_init(&st);
+    return st;
+  }();
+  return s;
+}
+
+}  // namespace
+
+RequestParser::RequestParser() {
+  static llhttp_settings_t s = [] {
+    llhttp_settings_t st = settings();
+    st.on_message_begin = &RequestParser::onMessageBegin;
+    st.on_url = &RequestParser::onUrl;
+    st.on_method = &RequestParser::onMethod;
+    st.on_header_field = &RequestParser::onHeaderField;
+    st.on_header_value = &RequestParser::onHeaderValue;
+    st.on_header_value_complete = &RequestParser::onHeaderValueComplete;
+    st.on_headers_complete = &RequestParser::onHeadersComplete;
+    st.on_body = &RequestParser::onBody;
+    st.on_chunk_extension_name = &RequestParser::onChunkExtension;
+    st.on_chunk_extension_value = &RequestParser::onChunkExtension;
+    st.on_chunk_header = &RequestParser::onChunkHeader;
+    st.on_message_complete = &RequestParser::onMessageComplete;
+    return st;
+  }();
+  llhttp_init(&parser_, HTTP_REQUEST, &s);
+  parser_.data = this;
+  head_.headers.reserve(16);
+}
+
+void RequestParser::reset(const conf::HeadLimits& limits, uint64_t max_body) {
+  const llhttp_settings_t* s = static_cast<const llhttp_settings_t*>(parser_.settings);
+  llhttp_init(&parser_, HTTP_REQUEST, s);
+  parser_.data = this;
+  limits_ = limits;
+  max_body_ = max_body;
+  head_.clear();
+  head_bytes_ = line_len_ = line_no_ = 0;
+  prev_cr_ = head_scanned_ = false;
+  in_value_ = false;
+  cl_count_ = te_count_ = host_count_ = te_status_ = 0;
+  head_done_ = message_done_ = false;
+  body_bytes_ = 0;
+  chunk_ext_len_ = trailer_bytes_ = 0;
+  error_status_ = 0;
+  error_text_.clear();
+}
+
+bool RequestParser::fail(int status, std::string text) {
+  if (error_status_ == 0) {
+    error_status_ = status;
+    error_text_ = std::move(text);
+  }
+  return false;
+}
+
+bool RequestParser::scanHead(const char* data, size_t len, size_t* head_end) {
+  *head_end = len;
+  for (size_t i = 0; i < len; i++) {
+    char c = data[i];
+    head_bytes_++;
+    if (head_bytes_ > limits_.total) return fail(431, "client sent too large request head");
+    if (c == '\n') {
+      if (!prev_cr_) return fail(400, "client sent bare LF in request head");
+      prev_cr_ = false;
+      if (line_len_ == 0) {
+        if (line_no_ == 0) continue;  // RFC 9112 2.2: tolerate empty lines before the request line
+        head_scanned_ = true;
+        *head_end = i + 1;
+        return true;
+      }
+      line_no_++;
+      line_len_ = 0;
+      if (line_no_ - 1 > limits_.max_fields) return fail(431, "client sent too many header fields");
+      continue;
+    }
+    if (prev_cr_) return fail(400, "client sent bare CR in request head");
+    if (c == '\r') {
+      prev_cr_ = true;
+      continue;
+    }
+    if (line_len_ == 0 && line_no_ > 0 && (c == ' ' || c == '\t')) {
+      return fail(400, "client sent obsolete line folding");  // RFC 9112 5.2
+    }
+    if (c == '\0') return fail(400, "client sent NUL in request head");
+    line_len_++;
+    if (line_no_ == 0 && line_len_ > limits_.request_line) return fail(414, "client sent too long URI");
+    if (line_no_ > 0 && line_len_ > limits_.header_line) return fail(431, "client sent too long header line");
+  }
+  return true;
+}
+
+RequestParser::Event RequestParser::execute(const char* base, size_t from, size_t to, size_t* consumed) {
+  *consumed = 0;
+  if (error_status_) return Event::kError;
+  base_ = base;
+  const char* data = base + from;
+  size_t len = to - from;
+  if (!head_scanned_) {
+    size_t head_end = 0;
+    if (!scanHead(data, len, &head_end)) return Event::kError;
+  }
+  llhttp_errno_t rc = llhttp_execute(&parser_, data, len);
+  if (rc == HPE_OK) {
+    *consumed = len;
+    return Event::kNeedMore;
+  }
+  if (rc == HPE_PAUSED) {
+    *consumed = static_cast<size_t>(llhttp_get_error_pos(&parser_) - data);
+    llhttp_resume(&parser_);
+    return Event::kMessageComplete;
+  }
+  if (error_status_ == 0) {
+    int status = 400;
+    if (rc == HPE_INVALID_VERSION) status = 505;
+    fail(status, std::string("client sent invalid request (") + llhttp_errno_name(rc) + ": " +
+                     llhttp_get_error_reason(&parser_) + ")");
+  }
+  return Event::kError;
+}
+
+void RequestParser::extend(Slice& s, const char* at, size_t len) {
+  if (s.len == 0) s.off = offsetOf(at);
+  s.len = offsetOf(at) + static_cast<uint32_t>(len) - s.off;
+}
+
+int RequestParser::onMessageBegin(llhttp_t*) { return 0; }
+
+int RequestParser::onMethod(llhttp_t* p, const char* at, size_t len) {
+  auto* self = static_cast<RequestParser*>(p->data);
+  self->extend(self->head_.method, at, len);
+  return 0;
+}
+
+int RequestParser::onUrl(llhttp_t* p, const char* at, size_t len) {
+  auto* self = static_cast<RequestParser*>(p->data);
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = static_cast<unsigned char>(at[i]);
+    // '#' never belongs in a request-target (RFC 9112 3.2); controls neither.
+    if (c == '#' || c <= 0x20 || c == 0x7f) {
+      self->fail(400, "client sent invalid character in request target");
+      return -1;
+    }
+  }
+  self->extend(self->head_.target, at, len);
+  return 0;
+}
+
+int RequestParser::onHeaderField(llhttp_t* p, const char* at, size_t len) {
+  auto* self = static_cast<RequestParser*>(p->data);
+  if (self->head_done_) {  // trailers: counted, never merged into the head
+    self->trailer_bytes_ += len;
+    if (self->trailer_bytes_ > self->limits_.header_line) {
+      self->fail(400, "client sent too large trailer");
+      return -1;
+    }
+    return 0;
+  }
+  if (!self->in_value_ && !self->head_.headers.empty() && self->head_.headers.back().value.len == 0 &&
+      self->head_.headers.back().name.off + self->head_.headers.back().name.len == self->offsetOf(at)) {
+    self->extend(self->head_.headers.back().name, at, len);  // continuation of a split name
+    return 0;
+  }
+  if (self->head_.headers.size() >= self->limits_.max_fields) {
+    self->fail(431, "client sent too many header fields");
+    return -1;
+  }
+  self->head_.headers.push_back(HeaderField{});
+  self->in_value_ = false;
+  self->extend(self->head_.headers.back().name, at, len);
+  return 0;
+}
+
+int RequestParser::onHeaderValue(llhttp_t* p, const char* at, size_t len) {
+  auto* self = static_cast<RequestParser*>(p->data);
+  if (self->head_done_) {
+    self->trailer_bytes_ += len;
+    if (self->trailer_bytes_ > self->limits_.header_line) {
+      self->fail(400, "client sent too large trailer");
+      return -1;
+    }
+    return 0;
+  }
+  self->in_value_ = true;
+  self->extend(self->head_.headers.back().value, at, len);
+  return 0;
+}
+
+bool RequestParser::checkTransferEncoding(std::string_view value) {
+  // Only "chunked", alone and last, frames a request body (RFC 9112 6.1).
+  // Anything that merely resembles it is an attack, not a coding: 400.
+  // A real coding we do not implement (gzip, identity...) is 501.
+  bool unknown = false;
+  int chunked_seen = 0;
+  bool last_chunked = false;
+  size_t pos = 0;
+  while (pos <= value.size()) {
+    size_t comma = value.find(',', pos);
+    if (comma == std::string_view::npos) comma = value.size();
+    std::string_view tok = trimOws(value.substr(pos, comma - pos));
+    pos = comma + 1;
+    if (tok.empty()) return fail(400, "client sent empty Transfer-Encoding element");
+    if (tok.find(';') != std::string_view::npos || tok.find(' ') != std::string_view::npos) {
+      return fail(400, "client sent Transfer-Encoding with parameters");
+    }
+    last_chunked = iequals(tok, "chunked");
+    if (last_chunked) {
+      chunked_seen++;
+    } else if (tok.size() >= 7 && iequals(tok.substr(0, 7), "chunked")) {
+      return fail(400, "client sent malformed Transfer-Encoding \"" + std::string(tok) + "\"");
+    } else {
+      unknown = true;
+    }
+  }
+  if (chunked_seen > 1 || (chunked_seen == 1 && !last_chunked)) {
+    return fail(400, "client sent invalid Transfer-Encoding \"" + std::string(value) + "\"");
+  }
+  if (unknown) {
+    error_status_ = 0;
+    return fail(501, "client sent unknown transfer coding \"" + std::string(value) + "\"");
+  }
+  head_.chunked = true;
+  return true;
+}
+
+int RequestParser::onHeaderValueComplete(llhttp_t* p) {
+  auto* self = static_cast<RequestParser*>(p->data);
+  if (self->head_done_) return 0;
+  if (self->head_.headers.empty()) return 0;
+  HeaderField& h = self->head_.headers.back();
+  std::string_view name = h.name.in(self->base_);
+  std::string_view value = trimOws(h.value.in(self->base_));
+  h.value.off = static_cast<uint32_t>(value.data() - self->base_);
+  h.value.len = static_cast<uint32_t>(value.size());
+  self->in_value_ = false;
+  if (name.empty()) {
+    self->fail(400, "client sent empty header name");
+    return -1;
+  }
+  if (iequals(name, "content-length")) {
+    self->cl_count_++;
+    uint64_t n = 0;
+    bool ok = !value.empty();
+    for (char c : value) {
+      if (c < '0' || c > '9' || n > (static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) - 9) / 10) {
+        ok = false;
+        break;
+      }
+      n = n * 10 + static_cast<uint64_t>(c - '0');
+    }
+    if (!ok) {
+      self->fail(400, "client sent invalid \"Content-Length\" header");
+      return -1;
+    }
+    self->head_.content_length = static_cast<int64_t>(n);
+  } else if (iequals(name, "transfer-encoding")) {
+    self->te_count_++;
+    if (self->te_count_ == 1 && !self->checkTransferEncoding(value)) {
+      // Keep parsing so that a 400-worthy header later still wins over 501.
+      if (self->error_status_ == 400) return -1;
+      self->te_status_ = self->error_status_;
+      self->error_status_ = 0;
+    }
+  } else if (iequals(name, "host")) {
+    self->host_count_++;
+    self->head_.host_index = static_cast<int>(self->head_.headers.size() - 1);
+    for (char c : value) {
+      if (c == '/' || c == '\\' || static_cast<unsigned char>(c) < 0x21) {
+        self->fail(400, "client sent invalid host header");
+        return -1;
+      }
+    }
+  } else if (iequals(name, "expect")) {
+    if (iequals(value, "100-continue")) self->head_.expect_continue = true;
+  }
+  return 0;
+}
+
+bool RequestParser::checkFramingHeaders() {
+  RequestHead& h = head_;
+  if (h.http_major != 1 || h.http_minor > 1) return fail(505, "client sent unsupported HTTP version");
+  if (host_count_ > 1) return fail(400, "client sent duplicate host header");
+  if (host_count_ == 0 && h.http_minor == 1) return fail(400, "client sent HTTP/1.1 request without \"Host\" header");
+  if (cl_count_ > 1) return fail(400, "client sent duplicate \"Content-Length\" header");
+  if (te_count_ > 1) return fail(400, "client sent duplicate \"Transfer-Encoding\" header");
+  if (te_count_ > 0 && cl_count_ > 0) return fail(400, "client sent \"Content-Length\" and \"Transfer-Encoding\" headers at the same time");
+  if (te_count_ > 0 && h.http_minor == 0) return fail(400, "client sent \"Transfer-Encoding\" in HTTP/1.0 request");
+  if (te_status_) {
+    error_status_ = te_status_;
+    if (error_text_.empty()) error_text_ = "client sent unknown transfer coding";
+    return false;
+  }
+  std::string_view target = h.target.in(base_);
+  if (target.empty() ||
+      !(target[0] == '/' || target == "*" || target.rfind("http://", 0) == 0 || target.rfind("https://", 0) == 0)) {
+    return fail(400, "client sent invalid request target");
+  }
+  if (max_body_ && h.content_length > 0 && static_cast<uint64_t>(h.content_length) > max_body_) {
+    return fail(413, "client intended to send too large body: " + std::to_string(h.content_length) + " bytes");
+  }
+  return true;
+}
+
+int RequestParser::onHeadersComplete(llhttp_t* p) {
+  auto* self = static_cast<RequestParser*>(p->data);
+  RequestHead& h = self->head_;
+  h.http_major = llhttp_get_http_major(p);
+  h.http_minor = llhttp_get_http_minor(p);
+  h.is_head = llhttp_get_method(p) == HTTP_HEAD;
+  h.upgrade = llhttp_get_upgrade(p) != 0;
+  h.keep_alive = llhttp_should_keep_alive(p) != 0;
+  h.head_len = self->head_bytes_;
+  if (!self->checkFramingHeaders()) return -1;
+  if (h.content_length < 0 && !h.chunked) h.content_length = 0;
+  if (h.chunked) h.content_length = -1;
+  // The request line: from the method to the end of the version.
+  h.request_line.off = h.method.off;
+  const char* base = self->base_;
+  const char* eol = static_cast<const char*>(memchr(base + h.method.off, '\r', self->head_bytes_));
+  h.request_line.len = eol ? static_cast<uint32_t>(eol - (base + h.method.off)) : 0;
+  self->head_done_ = true;
+  if (self->handler_) {
+    std::string why;
+    int status = self->handler_->onHeadComplete(&why);
+    if (status != 0) {
+      self->fail(status, why);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+int RequestParser::onChunkHeader(llhttp_t* p) {
+  static_cast<RequestParser*>(p->data)->chunk_ext_len_ = 0;
+  return 0;
+}
+
+int RequestParser::onChunkExtension(llhttp_t* p, const char*, size_t len) {
+  auto* self = static_cast<RequestParser*>(p->data);
+  self->chunk_ext_len_ += len;
+  if (self->chunk_ext_len_ > kMaxChunkExtension) {
+    self->fail(400, "client sent too long chunk extension");
+    return -1;
+  }
+  return 0;
+}
+
+int RequestParser::onBody(llhttp_t* p, const char* at, size_t len) {
+  auto* self = static_cast<RequestParser*>(p->data);
+  self->body_bytes_ += len;
+  if (self->max_body_ && self->body_bytes_ > self->max_body_) {
+    self->fail(413, "client intended to send too large chunked body");
+    return -1;
+  }
+  if (self->handler_) self->handler_->onBodyData(std::string_view(at, len));
+  return 0;
+}
+
+int RequestParser::onMessageComplete(llhttp_t* p) {
+  auto* self = static_cast<RequestParser*>(p->data);
+  self->message_done_ = true;
+  return HPE_PAUSED;
+}
+
+}  // namespace tidegate::http

@@ -1,0 +1,116 @@
+// Strict HTTP/1.1 request parsing: llhttp (strict mode) plus the checks that
+// close request-smuggling gaps llhttp leaves open (RELIABILITY.md "Request
+// framing"). Ambiguous framing is an error with a status, never normalised.
+//
+// The caller owns one contiguous buffer per connection and feeds it in
+// arrival order; the parser records offsets into it. When the head is
+// complete the parser calls Handler::onHeadComplete() (routing, body limits,
+// 100-continue) before any body byte is parsed; execute() stops after each
+// message so pipelined requests are handled one at a time.
+#pragma once
+
+#include <llhttp.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "conf/config.h"
+#include "http/request_head.h"
+
+namespace tidegate::http {
+
+class RequestParser {
+ public:
+  enum class Event {
+    kNeedMore,         // every byte consumed, no event
+    kMessageComplete,  // the whole request, body included, has been read
+    kError,            // errorStatus()/errorText() say why; close after answering
+  };
+
+  class Handler {
+   public:
+    virtual ~Handler() = default;
+    // The head is parsed and valid. Return 0 to go on, or an HTTP status
+    // (with *why) to reject the request before its body is read.
+    virtual int onHeadComplete(std::string* why) = 0;
+    // Body bytes as they are parsed (chunk framing removed).
+    virtual void onBodyData(std::string_view data) = 0;
+  };
+
+  RequestParser();
+  RequestParser(const RequestParser&) = delete;
+  RequestParser& operator=(const RequestParser&) = delete;
+
+  // Prepares for a new request. `max_body` 0 means unlimited.
+  void reset(const conf::HeadLimits& limits, uint64_t max_body);
+  void setHandler(Handler* handler) { handler_ = handler; }
+  // The location decides the body limit once the head is routed.
+  void setMaxBody(uint64_t max_body) { max_body_ = max_body; }
+
+  // Parses bytes [base+from, base+to). *consumed tells how many were used;
+  // the rest must be fed again after the event is handled. `base` may change
+  // between calls (buffer growth) as long as earlier bytes keep their offsets.
+  Event execute(const char* base, size_t from, size_t to, size_t* consumed);
+
+  const RequestHead& head() const { return head_; }
+  bool headDone() const { return head_done_; }
+  bool messageDone() const { return message_done_; }
+  bool bodyStarted() const { return body_bytes_ > 0; }
+  uint64_t bodyBytes() const { return body_bytes_; }
+  int errorStatus() const { return error_status_; }
+  const std::string& errorText() const { return error_text_; }
+
+ private:
+  static int onMessageBegin(llhttp_t* p);
+  static int onUrl(llhttp_t* p, const char* at, size_t len);
+  static int onMethod(llhttp_t* p, const char* at, size_t len);
+  static int onHeaderField(llhttp_t* p, const char* at, size_t len);
+  static int onHeaderValue(llhttp_t* p, const char* at, size_t len);
+  static int onHeaderValueComplete(llhttp_t* p);
+  static int onHeadersComplete(llhttp_t* p);
+  static int onBody(llhttp_t* p, const char* at, size_t len);
+  static int onChunkExtension(llhttp_t* p, const char* at, size_t len);
+  static int onChunkHeader(llhttp_t* p);
+  static int onMessageComplete(llhttp_t* p);
+
+  // Byte-level checks on the head that llhttp does not make (CRLF only, no
+  // obs-fold) and the size limits (414/431). Returns false on error.
+  bool scanHead(const char* data, size_t len, size_t* head_end);
+  bool fail(int status, std::string text);
+  bool checkFramingHeaders();
+  bool checkTransferEncoding(std::string_view value);
+  uint32_t offsetOf(const char* at) const { return static_cast<uint32_t>(at - base_); }
+  void extend(Slice& s, const char* at, size_t len);
+
+  llhttp_t parser_;
+  const char* base_ = nullptr;
+  Handler* handler_ = nullptr;
+  conf::HeadLimits limits_;
+  uint64_t max_body_ = 0;
+  RequestHead head_;
+
+  // Head scanner state.
+  size_t head_bytes_ = 0;
+  size_t line_len_ = 0;
+  size_t line_no_ = 0;
+  bool prev_cr_ = false;
+  bool head_scanned_ = false;
+
+  // Header collection state.
+  bool in_value_ = false;
+  int cl_count_ = 0;
+  int te_count_ = 0;
+  int host_count_ = 0;
+  int te_status_ = 0;  // 400/501 when Transfer-Encoding is bad
+  bool head_done_ = false;
+  bool message_done_ = false;
+  uint64_t body_bytes_ = 0;
+  size_t chunk_ext_len_ = 0;
+  size_t trailer_bytes_ = 0;
+  int error_status_ = 0;
+  std::string error_text_;
+};
+
+}  // namespace tidegate::http

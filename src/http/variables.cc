@@ -1,0 +1,153 @@
+#include "http/variables.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "core/clock.h"
+
+namespace tidegate::http {
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); i++) {
+    char x = a[i], y = b[i];
+    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x + 32);
+    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y + 32);
+    if (x != y) return false;
+  }
+  return true;
+}
+
+std::string_view findArg(std::string_view args, std::string_view name) {
+  size_t pos = 0;
+  while (pos <= args.size()) {
+    size_t amp = args.find('&', pos);
+    if (amp == std::string_view::npos) amp = args.size();
+    std::string_view pair = args.substr(pos, amp - pos);
+    size_t eq = pair.find('=');
+    std::string_view key = pair.substr(0, eq);
+    if (iequals(key, name)) return eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+    pos = amp + 1;
+  }
+  return {};
+}
+
+std::string_view findCookie(std::string_view cookies, std::string_view name) {
+  size_t pos = 0;
+  while (pos < cookies.size()) {
+    size_t semi = cookies.find(';', pos);
+    if (semi == std::string_view::npos) semi = cookies.size();
+    std::string_view pair = cookies.substr(pos, semi - pos);
+    while (!pair.empty() && pair.front() == ' ') pair.remove_prefix(1);
+    size_t eq = pair.find('=');
+    if (eq != std::string_view::npos && pair.substr(0, eq) == name) return pair.substr(eq + 1);
+    pos = semi + 1;
+  }
+  return {};
+}
+
+void appendNumber(std::string* out, uint64_t v) { out->append(std::to_string(v)); }
+
+std::string hostName() {
+  char buf[256] = {0};
+  gethostname(buf, sizeof(buf) - 1);
+  return buf;
+}
+
+}  // namespace
+
+std::string_view Request::header(std::string_view lower_name) const {
+  for (const auto& h : head->headers) {
+    if (iequals(h.name.in(base), lower_name)) return h.value.in(base);
+  }
+  return {};
+}
+
+void appendVariable(const conf::VarRef& var, const Request& r, std::string* out, bool dash_if_empty) {
+  using conf::VarId;
+  size_t before = out->size();
+  switch (var.id) {
+    case VarId::kRemoteAddr: out->append(r.conn->remote_addr); break;
+    case VarId::kRemotePort: appendNumber(out, r.conn->remote_port); break;
+    case VarId::kRemoteUser: break;
+    case VarId::kTimeLocal: out->append(core::timeLocal()); break;
+    case VarId::kTimeIso8601: out->append(core::timeIso8601()); break;
+    case VarId::kMsec: {
+      uint64_t ms = core::wallMs();
+      char buf[32];
+      int n = snprintf(buf, sizeof(buf), "%llu.%03llu", static_cast<unsigned long long>(ms / 1000),
+                       static_cast<unsigned long long>(ms % 1000));
+      out->append(buf, static_cast<size_t>(n));
+      break;
+    }
+    case VarId::kRequest: if (r.head) out->append(r.head->request_line.in(r.base)); break;
+    case VarId::kRequestMethod: if (r.head) out->append(r.head->method.in(r.base)); break;
+    case VarId::kRequestUri: if (r.head) out->append(r.head->target.in(r.base)); break;
+    case VarId::kUri: out->append(r.uri); break;
+    case VarId::kArgs: out->append(r.args); break;
+    case VarId::kIsArgs: if (r.has_args) out->push_back('?'); break;
+    case VarId::kStatus: {
+      char buf[8];
+      int n = snprintf(buf, sizeof(buf), "%03d", r.status);
+      out->append(buf, static_cast<size_t>(n));
+      break;
+    }
+    case VarId::kBodyBytesSent: appendNumber(out, r.body_bytes_sent); break;
+    case VarId::kBytesSent: appendNumber(out, r.bytes_sent); break;
+    case VarId::kRequestTime: {
+      uint64_t us = core::monoUs() - r.start_us;
+      char buf[32];
+      int n = snprintf(buf, sizeof(buf), "%llu.%03llu", static_cast<unsigned long long>(us / 1000000),
+                       static_cast<unsigned long long>((us / 1000) % 1000));
+      out->append(buf, static_cast<size_t>(n));
+      break;
+    }
+    case VarId::kRequestLength: appendNumber(out, r.request_length); break;
+    case VarId::kHost:
+      if (!r.host.empty()) out->append(r.host);
+      else if (r.server) out->append(r.server->primaryName());
+      break;
+    case VarId::kHostname: {
+      static const std::string name = hostName();
+      out->append(name);
+      break;
+    }
+    case VarId::kServerName: if (r.server) out->append(r.server->primaryName()); break;
+    case VarId::kServerPort: appendNumber(out, r.conn->local_port); break;
+    case VarId::kServerAddr: out->append(r.conn->local_addr); break;
+    case VarId::kServerProtocol:
+      if (r.head) {
+        out->append(r.head->http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1");
+      }
+      break;
+    case VarId::kScheme: out->append("http"); break;
+    case VarId::kHttps: break;
+    case VarId::kConnection: appendNumber(out, r.conn->id); break;
+    case VarId::kConnectionRequests: appendNumber(out, r.conn->requests); break;
+    case VarId::kPid: appendNumber(out, static_cast<uint64_t>(getpid())); break;
+    case VarId::kContentLength: if (r.head) out->append(r.header("content-length")); break;
+    case VarId::kContentType: if (r.head) out->append(r.header("content-type")); break;
+    case VarId::kTidegateVersion: out->append(TIDEGATE_VERSION); break;
+    case VarId::kHttpHeader: if (r.head) out->append(r.header(var.param)); break;
+    case VarId::kSentHttpHeader:
+      if (var.param == "content-type") out->append(r.sent_content_type);
+      else if (var.param == "location") out->append(r.sent_location);
+      else if (var.param == "content-length" && r.sent_content_length >= 0) appendNumber(out, static_cast<uint64_t>(r.sent_content_length));
+      else if (var.param == "server") out->append("tidegate");
+      break;
+    case VarId::kArg: out->append(findArg(r.args, var.param)); break;
+    case VarId::kCookie: if (r.head) out->append(findCookie(r.header("cookie"), var.param)); break;
+  }
+  if (dash_if_empty && out->size() == before) out->push_back('-');
+}
+
+void evaluate(const conf::ComplexValue& value, const Request& r, std::string* out, bool dash_if_empty) {
+  for (const auto& part : value.parts) {
+    if (part.is_var) appendVariable(part.var, r, out, dash_if_empty);
+    else out->append(part.literal);
+  }
+}
+
+}  // namespace tidegate::http

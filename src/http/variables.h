@@ -1,0 +1,16 @@
+// Evaluates conf variables ($remote_addr, $http_NAME, ...) against a request.
+#pragma once
+
+#include <string>
+
+#include "conf/complex_value.h"
+#include "http/request.h"
+
+namespace tidegate::http {
+
+// Appends the variable's value; nginx prints "-" for empty values only in
+// the access log, which passes `dash_if_empty`.
+void appendVariable(const conf::VarRef& var, const Request& r, std::string* out, bool dash_if_empty = false);
+void evaluate(const conf::ComplexValue& value, const Request& r, std::string* out, bool dash_if_empty = false);
+
+}  // namespace tidegate::http

@@ -1,0 +1,38 @@
+// Listening sockets, created by the master before fork and kept across
+// reloads so that no connection is refused while workers change. A
+// `reuseport` address gets one socket per worker slot.
+#pragma once
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "conf/config.h"
+
+namespace tidegate::process {
+
+class ListenerSet {
+ public:
+  ListenerSet() = default;
+  ~ListenerSet();
+  ListenerSet(const ListenerSet&) = delete;
+  ListenerSet& operator=(const ListenerSet&) = delete;
+
+  // Makes sure every listen group of `cfg` has its sockets (for
+  // `workers` slots), reusing the ones already open. Sockets no longer
+  // named by `cfg` are closed by prune(). False with *err if bind() fails.
+  bool open(const conf::Config& cfg, std::string* err);
+  // Closes sockets that `cfg` no longer uses.
+  void prune(const conf::Config& cfg);
+  // The fds worker `slot` listens on, parallel to cfg.listen_groups.
+  std::vector<int> fdsFor(const conf::Config& cfg, int slot) const;
+  void closeAll();
+  // In a forked worker: drop the copies of sockets it does not serve.
+  void closeAllExcept(const std::vector<int>& keep);
+
+ private:
+  static std::string socketKey(const conf::Config::ListenGroup& g, int slot);
+  std::map<std::string, int> fds_;
+};
+
+}  // namespace tidegate::process

@@ -1,0 +1,145 @@
+#include "process/worker.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <memory>
+
+#include "core/log.h"
+#include "http/http_server.h"
+
+namespace tidegate::process {
+namespace {
+
+using core::LogLevel;
+
+class Worker {
+ public:
+  Worker(conf::ConfigPtr cfg, int channel) : cfg_(std::move(cfg)), channel_fd_(channel) {}
+
+  int run(const std::vector<int>& fds) {
+    uv_loop_init(&loop_);
+    server_ = std::make_unique<http::HttpServer>(&loop_, cfg_);
+    std::string err;
+    if (!server_->start(fds, &err)) {
+      TG_LOG(LogLevel::kEmerg, "%s", err.c_str());
+      return 2;
+    }
+    // The libuv handles hold their own dups; the inherited copies would keep
+    // a listener alive after the master drops it.
+    for (int fd : fds) {
+      if (fd >= 0) ::close(fd);
+    }
+    if (channel_fd_ >= 0) {
+      uv_pipe_init(&loop_, &channel_, 0);
+      channel_.data = this;
+      uv_pipe_open(&channel_, channel_fd_);
+      uv_read_start(reinterpret_cast<uv_stream_t*>(&channel_), onAlloc, onChannel);
+      has_channel_ = true;
+    } else {
+      for (int i = 0; i < 4; i++) {
+        static const int kSignals[] = {SIGQUIT, SIGTERM, SIGINT, SIGUSR1};
+        uv_signal_init(&loop_, &signals_[i]);
+        signals_[i].data = this;
+        uv_signal_start(&signals_[i], onSignal, kSignals[i]);
+      }
+      has_signals_ = true;
+    }
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    server_.reset();
+    int rc = uv_loop_close(&loop_);
+    if (rc != 0) TG_LOG(LogLevel::kAlert, "worker loop closed with open handles (%s)", uv_strerror(rc));
+    return 0;
+  }
+
+ private:
+  static void onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) noexcept {
+    auto* w = static_cast<Worker*>(h->data);
+    *buf = uv_buf_init(w->cmd_, sizeof(w->cmd_));
+  }
+
+  static void onChannel(uv_stream_t* s, ssize_t n, const uv_buf_t* buf) noexcept {
+    auto* w = static_cast<Worker*>(s->data);
+    if (n < 0) {
+      w->stop(true);  // master gone: finish what we have and leave
+      return;
+    }
+    for (ssize_t i = 0; i < n; i++) w->command(buf->base[i]);
+  }
+
+  static void onSignal(uv_signal_t* s, int signum) noexcept {
+    auto* w = static_cast<Worker*>(s->data);
+    if (signum == SIGUSR1) w->command('r');
+    else w->command(signum == SIGQUIT ? 'q' : 't');
+  }
+
+  static void onShutdownTimer(uv_timer_t* t) noexcept {
+    auto* w = static_cast<Worker*>(t->data);
+    TG_LOG(LogLevel::kWarn, "worker_shutdown_timeout expired, closing remaining connections");
+    w->server_->shutdown(false, [w] { w->closeAll(); });
+  }
+
+  void command(char c) {
+    switch (c) {
+      case 'q': stop(true); break;
+      case 't': stop(false); break;
+      case 'r': {
+        std::string err;
+        if (!core::ErrorLog::reopen(&err)) TG_LOG(LogLevel::kAlert, "%s", err.c_str());
+        if (!server_->reopenLogs(&err)) TG_LOG(LogLevel::kAlert, "%s", err.c_str());
+        break;
+      }
+      default: break;
+    }
+  }
+
+  void stop(bool graceful) {
+    if (stopping_ && graceful) return;
+    stopping_ = true;
+    if (graceful && cfg_->worker_shutdown_timeout_ms > 0 && !timer_armed_) {
+      uv_timer_init(&loop_, &shutdown_timer_);
+      shutdown_timer_.data = this;
+      uv_timer_start(&shutdown_timer_, onShutdownTimer, cfg_->worker_shutdown_timeout_ms, 0);
+      timer_armed_ = true;
+    }
+    server_->shutdown(graceful, [this] { closeAll(); });
+  }
+
+  // The last connection is gone: close our own handles so uv_run returns.
+  void closeAll() {
+    if (has_channel_) {
+      has_channel_ = false;
+      uv_close(reinterpret_cast<uv_handle_t*>(&channel_), nullptr);
+    }
+    if (has_signals_) {
+      has_signals_ = false;
+      for (auto& s : signals_) uv_close(reinterpret_cast<uv_handle_t*>(&s), nullptr);
+    }
+    if (timer_armed_) {
+      timer_armed_ = false;
+      uv_close(reinterpret_cast<uv_handle_t*>(&shutdown_timer_), nullptr);
+    }
+  }
+
+  conf::ConfigPtr cfg_;
+  int channel_fd_;
+  uv_loop_t loop_;
+  uv_pipe_t channel_;
+  uv_signal_t signals_[4];
+  uv_timer_t shutdown_timer_;
+  bool has_channel_ = false;
+  bool has_signals_ = false;
+  bool timer_armed_ = false;
+  bool stopping_ = false;
+  char cmd_[64];
+  std::unique_ptr<http::HttpServer> server_;
+};
+
+}  // namespace
+
+int runWorker(conf::ConfigPtr cfg, const std::vector<int>& listen_fds, int channel) {
+  Worker w(std::move(cfg), channel);
+  return w.run(listen_fds);
+}
+
+}  // namespace tidegate::process
