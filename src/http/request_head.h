@@ -38,6 +38,8 @@ struct RequestHead {
   size_t head_len = 0;
 
   void clear() {
+    method = target = request_line = Slice{};
+    http_major = http_minor = 1;
     headers.clear();
     content_length = -1;
     chunked = keep_alive = expect_continue = upgrade = is_head = false;

@@ -66,7 +66,7 @@ void RequestParser::reset(const conf::HeadLimits& limits, uint64_t max_body) {
   limits_ = limits;
   max_body_ = max_body;
   head_.clear();
-  head_bytes_ = line_len_ = line_no_ = 0;
+  head_bytes_ = line_len_ = line_no_ = line_start_ = scanned_ = 0;
   prev_cr_ = head_scanned_ = false;
   in_value_ = false;
   cl_count_ = te_count_ = host_count_ = te_status_ = 0;
@@ -85,10 +85,30 @@ bool RequestParser::fail(int status, std::string text) {
   return false;
 }
 
+// RFC 9112 3: request-line = method SP request-target SP HTTP-version, with
+// exactly one space each; llhttp tolerates more than that.
+bool RequestParser::checkRequestLine(std::string_view line) {
+  size_t sp1 = line.find(' ');
+  if (sp1 == std::string_view::npos || sp1 == 0) return fail(400, "client sent invalid request line");
+  for (size_t i = 0; i < sp1; i++) {
+    char c = line[i];
+    if (!(c >= 'A' && c <= 'Z') && c != '-' && c != '_') return fail(400, "client sent invalid method");
+  }
+  size_t sp2 = line.find(' ', sp1 + 1);
+  if (sp2 == std::string_view::npos || sp2 == sp1 + 1) return fail(400, "client sent invalid request line");
+  std::string_view version = line.substr(sp2 + 1);
+  if (version.size() != 8 || version.substr(0, 5) != "HTTP/" || version[6] != '.' || version[5] < '0' ||
+      version[5] > '9' || version[7] < '0' || version[7] > '9') {
+    return fail(400, "client sent invalid request line");
+  }
+  return true;
+}
+
 bool RequestParser::scanHead(const char* data, size_t len, size_t* head_end) {
   *head_end = len;
   for (size_t i = 0; i < len; i++) {
     char c = data[i];
+    if (line_len_ == 0 && !prev_cr_) line_start_ = static_cast<size_t>(data + i - base_);
     head_bytes_++;
     if (head_bytes_ > limits_.total) return fail(431, "client sent too large request head");
     if (c == '\n') {
@@ -100,6 +120,7 @@ bool RequestParser::scanHead(const char* data, size_t len, size_t* head_end) {
         *head_end = i + 1;
         return true;
       }
+      if (line_no_ == 0 && !checkRequestLine(std::string_view(base_ + line_start_, line_len_))) return false;
       line_no_++;
       line_len_ = 0;
       if (line_no_ - 1 > limits_.max_fields) return fail(431, "client sent too many header fields");
@@ -129,7 +150,12 @@ RequestParser::Event RequestParser::execute(const char* base, size_t from, size_
   size_t len = to - from;
   if (!head_scanned_) {
     size_t head_end = 0;
-    if (!scanHead(data, len, &head_end)) return Event::kError;
+    size_t scan_from = scanned_ > from ? scanned_ : from;
+    if (scan_from < to && !scanHead(base + scan_from, to - scan_from, &head_end)) return Event::kError;
+    scanned_ = to;
+    // llhttp sees the request line only once it is whole, so that its
+    // verdict (505 vs 400) never depends on where the bytes were split.
+    if (line_no_ == 0) return Event::kNeedMore;
   }
   llhttp_errno_t rc = llhttp_execute(&parser_, data, len);
   if (rc == HPE_OK) {

@@ -80,6 +80,7 @@ class RequestParser {
   bool scanHead(const char* data, size_t len, size_t* head_end);
   bool fail(int status, std::string text);
   bool checkFramingHeaders();
+  bool checkRequestLine(std::string_view line);
   bool checkTransferEncoding(std::string_view value);
   uint32_t offsetOf(const char* at) const { return static_cast<uint32_t>(at - base_); }
   void extend(Slice& s, const char* at, size_t len);
@@ -93,8 +94,10 @@ class RequestParser {
 
   // Head scanner state.
   size_t head_bytes_ = 0;
+  size_t scanned_ = 0;  // offset (from base) the head scanner has reached
   size_t line_len_ = 0;
   size_t line_no_ = 0;
+  size_t line_start_ = 0;  // offset of the current head line (request line check)
   bool prev_cr_ = false;
   bool head_scanned_ = false;
 
