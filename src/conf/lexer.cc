@@ -5,6 +5,18 @@ namespace {
 
 bool isSpace(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
 
+// nginx's escapes, quoted or not: \" \' \\ \t \r \n; any other escape is
+// kept verbatim with its backslash, so regexes such as \d survive.
+void appendEscape(char e, std::string* out) {
+  switch (e) {
+    case 'n': *out += '\n'; break;
+    case 't': *out += '\t'; break;
+    case 'r': *out += '\r'; break;
+    case '"': case '\'': case '\\': *out += e; break;
+    default: *out += '\\'; *out += e; break;
+  }
+}
+
 }  // namespace
 
 bool Lexer::skipSpaceAndComments() {
@@ -70,15 +82,7 @@ bool Lexer::readQuoted(char quote, Token* tok, ConfError* err) {
     }
     if (c == '\\' && pos_ + 1 < src_.size()) {
       advance();
-      char e = peek();
-      switch (e) {
-        case 'n': tok->text += '\n'; break;
-        case 't': tok->text += '\t'; break;
-        case 'r': tok->text += '\r'; break;
-        case '"': case '\'': case '\\': tok->text += e; break;
-        // nginx keeps unknown escapes verbatim, backslash included.
-        default: tok->text += '\\'; tok->text += e; break;
-      }
+      appendEscape(peek(), &tok->text);
       advance();
       continue;
     }
@@ -109,7 +113,7 @@ bool Lexer::readWord(Token* tok, ConfError* err) {
     }
     if (c == '\\' && pos_ + 1 < src_.size()) {
       advance();
-      tok->text += peek();
+      appendEscape(peek(), &tok->text);
       advance();
       continue;
     }

@@ -1,0 +1,144 @@
+// The integration harness: starts the real tidegate binary on a generated
+// conf in a temp prefix, on free loopback ports, talks raw bytes to it,
+// reads its logs, signals it and stops everything it started. Later
+// features reuse it (fake upstreams, admin API clients...).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace tidegate::test {
+
+using Ms = std::chrono::milliseconds;
+
+// Polls `cond` every few milliseconds until it holds or `timeout` passes.
+bool waitFor(const std::function<bool()>& cond, Ms timeout = Ms(10000));
+
+// A port on 127.0.0.1 that was free a moment ago.
+int freePort();
+
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  void write(const std::string& rel, const std::string& content) const;
+  std::string read(const std::string& rel) const;
+  bool exists(const std::string& rel) const;
+
+ private:
+  std::string path_;
+};
+
+// The result of running the binary to completion (tidegate -t, -s, -v).
+struct RunResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+RunResult runTidegate(const std::vector<std::string>& args, Ms timeout = Ms(10000));
+std::string tidegateBinary();
+
+// A response as read off the wire.
+struct Response {
+  int status = 0;
+  std::string status_line;
+  std::vector<std::pair<std::string, std::string>> headers;  // names lower-cased
+  std::string body;
+  bool complete = false;  // framing fully read (Content-Length / chunked / close)
+  std::string header(const std::string& lower_name) const;
+  bool hasHeader(const std::string& lower_name) const;
+};
+
+class RawClient {
+ public:
+  RawClient() = default;
+  explicit RawClient(int port) { connect(port); }
+  ~RawClient();
+  RawClient(const RawClient&) = delete;
+  RawClient& operator=(const RawClient&) = delete;
+
+  bool connect(int port, Ms timeout = Ms(5000));
+  bool send(const std::string& bytes);
+  // Reads one response. `head_request`: no body follows (HEAD).
+  Response readResponse(Ms timeout = Ms(5000), bool head_request = false);
+  // Reads whatever arrives until the peer closes or `timeout` passes.
+  std::string readUntilClose(Ms timeout = Ms(5000));
+  // True if the peer closes (EOF or reset) within `timeout`; data read is discarded.
+  bool waitClosed(Ms timeout = Ms(5000));
+  void close();
+  int fd() const { return fd_; }
+
+ private:
+  bool fill(Ms timeout);  // reads more into buf_; false on EOF/timeout
+  int fd_ = -1;
+  std::string buf_;
+  bool eof_ = false;
+};
+
+// One request on a fresh connection; returns the response.
+Response httpGet(int port, const std::string& path, const std::string& host = "localhost");
+
+class Gateway {
+ public:
+  Gateway();
+  ~Gateway();
+  Gateway(const Gateway&) = delete;
+  Gateway& operator=(const Gateway&) = delete;
+
+  // Conf text: "{PORT}", "{PORT2}", "{PREFIX}" are replaced. If the text has
+  // no main-level `daemon`/`error_log`/`pid`, defaults are added (foreground,
+  // master on, error log at info in logs/error.log).
+  void setConf(const std::string& conf);
+  // A standard conf with one server on {PORT} and the given http-level and
+  // server-level text.
+  void setSimpleConf(const std::string& server_body, const std::string& http_extra = "",
+                     int workers = 1, const std::string& main_extra = "");
+  std::string renderConf(const std::string& conf) const;
+
+  // Starts the binary and waits until every port accepts connections.
+  bool start(Ms timeout = Ms(10000));
+  // SIGQUIT, wait; SIGKILL after `timeout`. Returns the exit status.
+  int stop(Ms timeout = Ms(10000));
+  int stopWith(int sig, Ms timeout = Ms(10000));
+  bool running() const;
+  // Waits for the master to exit on its own; returns its exit status or -1.
+  int waitExit(Ms timeout);
+
+  pid_t masterPid() const { return pid_; }
+  std::vector<pid_t> workerPids() const;
+  void signal(int sig) const;
+
+  int port() const { return port_; }
+  int port2() const { return port2_; }
+  const TempDir& prefix() const { return dir_; }
+  std::string path(const std::string& rel) const { return dir_.path() + "/" + rel; }
+  std::string errorLog() const;
+  std::string accessLog() const;
+  std::string stderrText() const;
+  // Waits until the error log contains `needle`.
+  bool waitLog(const std::string& needle, Ms timeout = Ms(10000)) const;
+  // Lines of the error log at [error], [crit], [alert] or [emerg].
+  std::vector<std::string> seriousLogLines() const;
+
+ private:
+  TempDir dir_;
+  int port_;
+  int port2_;
+  pid_t pid_ = -1;
+  int exit_status_ = -1;
+};
+
+// All child pids of `parent` (from /proc).
+std::vector<pid_t> childrenOf(pid_t parent);
+// Count of open fds of a process.
+int openFdCount(pid_t pid);
+
+}  // namespace tidegate::test
