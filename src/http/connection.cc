@@ -456,7 +456,10 @@ void Connection::releaseBufferIfIdle() {
 }
 
 void Connection::closeIfIdle() {
-  if (phase_ == Phase::kIdle || (phase_ == Phase::kHead && !request_active_ && end_ == start_)) close();
+  // Only a keepalive connection between requests is idle. A new connection
+  // whose first request is still on the wire gets served (with
+  // "Connection: close"), as nginx does; client_header_timeout bounds it.
+  if (phase_ == Phase::kIdle && info_.requests > 0) close();
 }
 
 void Connection::close() {
