@@ -193,6 +193,14 @@ col() { awk -v c="$1" '{ print $c }' "$TMP/rounds" | median; }
 printf '%-6s | %9.0f %7.0f %7.3f | %9.0f %7.0f %7.3f | %6.3f %6.3f %6.3f\n' median \
   "$(col 1)" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)" "$(col 7)" "$(col 8)" "$(col 9)"
 echo
-printf '%s: req/s ratio (tidegate/nginx) median = %.2f over %d rounds\n' "$SCENARIO" "$(col 7)" "$ROUNDS"
-printf '%s: p99 ratio (tidegate/nginx) median = %.2f over %d rounds\n' "$SCENARIO" "$(col 8)" "$ROUNDS"
-printf '%s: cpu/req ratio (tidegate/nginx) median = %.2f over %d rounds\n' "$SCENARIO" "$(col 9)" "$ROUNDS"
+# The range shows how far single rounds scatter, i.e. how much to trust the median.
+summary() {   # summary LABEL COLUMN
+  local lo hi
+  read -r lo hi < <(awk -v c="$2" 'NR == 1 || $c < lo { lo = $c } NR == 1 || $c > hi { hi = $c }
+    END { print lo, hi }' "$TMP/rounds")
+  printf '%s: %s ratio (tidegate/nginx) median = %.2f over %d rounds (range %.2f-%.2f)\n' \
+    "$SCENARIO" "$1" "$(col "$2")" "$ROUNDS" "$lo" "$hi"
+}
+summary req/s 7
+summary p99 8
+summary cpu/req 9
