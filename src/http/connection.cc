@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <charconv>
 #include <cstring>
 
 #include "core/clock.h"
@@ -97,7 +98,10 @@ void Connection::startRequest() {
   const conf::Server* def = group_->default_server.get();
   parser_.reset(def->limits, 0);
   parser_.setHandler(this);
+  std::string uri = std::move(req_.uri);  // keep its capacity: no allocation per request
+  uri.clear();
   req_ = Request{};
+  req_.uri = std::move(uri);
   req_.conn = &info_;
   req_.server = def;
   req_.head = &parser_.head();
@@ -279,13 +283,11 @@ void Connection::respond(int status, std::string_view content_type, std::string_
   if (!parser_.messageDone() && h.hasBody()) keepalive_ = false;
   req_.status = status;
   size_t before = out_.size();
-  std::string_view reason = reasonPhrase(status);
   out_.append(h.http_minor == 0 && parser_.headDone() ? "HTTP/1.0 " : "HTTP/1.1 ");
-  char code[8];
-  snprintf(code, sizeof(code), "%03d", status);
-  out_.append(code, 3);
-  out_.push_back(' ');
-  out_.append(reason);
+  char code[4] = {static_cast<char>('0' + status / 100 % 10), static_cast<char>('0' + status / 10 % 10),
+                  static_cast<char>('0' + status % 10), ' '};
+  out_.append(code, 4);
+  out_.append(reasonPhrase(status));
   out_.append("\r\nServer: tidegate\r\nDate: ");
   out_.append(core::httpDate());
   bool no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
@@ -293,7 +295,9 @@ void Connection::respond(int status, std::string_view content_type, std::string_
     out_.append("\r\nContent-Type: ");
     out_.append(content_type);
     out_.append("\r\nContent-Length: ");
-    out_.append(std::to_string(body.size()));
+    char num[24];
+    auto [end, ec] = std::to_chars(num, num + sizeof(num), body.size());
+    out_.append(num, static_cast<size_t>(end - num));
     req_.sent_content_length = static_cast<int64_t>(body.size());
   }
   req_.sent_content_type = content_type;
@@ -301,13 +305,7 @@ void Connection::respond(int status, std::string_view content_type, std::string_
     out_.append("\r\nLocation: ");
     out_.append(location);
   }
-  if (keepalive_) {
-    if (h.http_minor == 0) out_.append("\r\nConnection: keep-alive");
-    else out_.append("\r\nConnection: keep-alive");
-  } else {
-    out_.append("\r\nConnection: close");
-  }
-  out_.append("\r\n\r\n");
+  out_.append(keepalive_ ? "\r\nConnection: keep-alive\r\n\r\n" : "\r\nConnection: close\r\n\r\n");
   size_t head_bytes = out_.size() - before;
   if (!no_body && !h.is_head) {
     out_.append(body);
@@ -401,26 +399,50 @@ void Connection::onShutdown(uv_shutdown_t*, int) noexcept {}
 
 // --- timers -----------------------------------------------------------------------
 
-void Connection::armTimer(uint64_t ms) { uv_timer_start(&timer_, onTimer, ms, 0); }
-
-void Connection::updateTimer() {
-  if (closing_) return;
+uint64_t Connection::computeDeadline() const {
   uint64_t now = uv_now(server_->loop());
   const conf::HttpSettings& s = settings();
-  if (phase_ == Phase::kLingering) return armTimer(kLingeringTimeoutMs);
-  if (write_pending_) return armTimer(*s.send_timeout_ms);
+  if (phase_ == Phase::kLingering) return now + kLingeringTimeoutMs;
+  if (write_pending_) return now + *s.send_timeout_ms;
   switch (phase_) {
-    case Phase::kIdle: return armTimer(*s.keepalive_timeout_ms);
-    case Phase::kHead: return armTimer(head_deadline_ms_ > now ? head_deadline_ms_ - now : 0);
-    case Phase::kBody: return armTimer(*s.client_body_timeout_ms);
-    default: return;
+    case Phase::kIdle: return now + *s.keepalive_timeout_ms;
+    case Phase::kHead: return head_deadline_ms_;
+    case Phase::kBody: return now + *s.client_body_timeout_ms;
+    default: return 0;
   }
+}
+
+// Timers are lazy: re-arming a libuv timer on every request costs two heap
+// operations, so an armed timer may fire before the current deadline;
+// handleTimer() then re-arms for the rest.
+void Connection::updateTimer() {
+  if (closing_) return;
+  deadline_ms_ = computeDeadline();
+  armTimer();
+}
+
+void Connection::armTimer() {
+  if (deadline_ms_ == 0) {
+    if (timer_fires_at_) uv_timer_stop(&timer_);
+    timer_fires_at_ = 0;
+    return;
+  }
+  if (timer_fires_at_ != 0 && timer_fires_at_ <= deadline_ms_) return;
+  uint64_t now = uv_now(server_->loop());
+  timer_fires_at_ = deadline_ms_ > now ? deadline_ms_ : now;
+  uv_timer_start(&timer_, onTimer, timer_fires_at_ - now, 0);
 }
 
 void Connection::onTimer(uv_timer_t* t) noexcept { static_cast<Connection*>(t->data)->handleTimer(); }
 
 void Connection::handleTimer() {
   if (closing_) return;
+  timer_fires_at_ = 0;
+  if (deadline_ms_ == 0) return;
+  if (deadline_ms_ > uv_now(server_->loop())) {
+    armTimer();
+    return;
+  }
   if (phase_ == Phase::kLingering || phase_ == Phase::kIdle) {
     close();
     return;

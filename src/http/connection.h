@@ -54,8 +54,9 @@ class Connection : private RequestParser::Handler {
   void flush();
   void afterWrite(int status);
   void startLingeringClose();
-  void armTimer(uint64_t ms);
+  uint64_t computeDeadline() const;  // absolute loop ms for the current phase; 0 = none
   void updateTimer();
+  void armTimer();
   bool reserve(size_t want);
   void releaseBufferIfIdle();
   bool shouldKeepAlive(int status) const;
@@ -95,6 +96,8 @@ class Connection : private RequestParser::Handler {
   bool closing_ = false;
   bool in_process_ = false;
   uint64_t head_deadline_ms_ = 0;
+  uint64_t deadline_ms_ = 0;     // when the current phase times out (0: never)
+  uint64_t timer_fires_at_ = 0;  // when the armed uv timer fires (0: not armed)
 };
 
 }  // namespace tidegate::http

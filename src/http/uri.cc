@@ -38,6 +38,12 @@ TargetParts splitTarget(std::string_view target) {
 }
 
 bool normalizePath(std::string_view raw, std::string* out) {
+  // Fast path: nothing encoded, no empty or dot segments.
+  if (!raw.empty() && raw[0] == '/' && raw.find('%') == std::string_view::npos &&
+      raw.find("//") == std::string_view::npos && raw.find("/.") == std::string_view::npos) {
+    out->assign(raw);
+    return true;
+  }
   // Decode first so that encoded dots and slashes are normalised too, as nginx does.
   std::string decoded;
   decoded.reserve(raw.size());
@@ -75,7 +81,8 @@ bool normalizePath(std::string_view raw, std::string* out) {
     if (last) break;
     i = j + 1;
   }
-  out->assign("/");
+  out->clear();
+  out->push_back('/');
   for (size_t k = 0; k < segs.size(); k++) {
     if (k) *out += '/';
     out->append(segs[k]);
