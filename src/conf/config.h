@@ -92,6 +92,8 @@ struct Server {
   std::string where;
   HttpSettings settings;
   HeadLimits limits;
+  bool buffers_set = false;  // large_client_header_buffers given in this server
+  bool fields_set = false;   // client_max_header_fields given in this server
   std::optional<ReturnAction> ret;  // server-level return
   std::vector<std::shared_ptr<Location>> locations;
   std::string primaryName() const { return names.empty() ? std::string() : names[0].name; }

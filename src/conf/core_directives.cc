@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
 
 #include "conf/directives.h"
 
@@ -155,6 +156,7 @@ bool onLargeClientHeaderBuffers(const ConfNode& n, BuildState& st, std::string* 
     return false;
   }
   HeadLimits& l = currentLimits(st);
+  if (st.server) st.server->buffers_set = true;
   l.request_line = size;
   l.header_line = size;
   l.total = size * static_cast<uint64_t>(num);
@@ -168,6 +170,7 @@ bool onClientMaxHeaderFields(const ConfNode& n, BuildState& st, std::string* err
     return false;
   }
   currentLimits(st).max_fields = static_cast<size_t>(v);
+  if (st.server) st.server->fields_set = true;
   return true;
 }
 
@@ -232,7 +235,6 @@ bool onAccessLog(const ConfNode& n, BuildState& st, std::string* err) {
 bool onServer(const ConfNode& n, BuildState& st, std::string*) {
   auto server = std::make_shared<Server>();
   server->where = n.where();
-  server->limits = st.http->limits;
   st.http->servers.push_back(server);
   BuildState inner = st;
   inner.ctx = kServerCtx;
@@ -356,23 +358,35 @@ bool onReturn(const ConfNode& n, BuildState& st, std::string* err) {
 bool onLocation(const ConfNode& n, BuildState& st, std::string* err) {
   auto loc = std::make_shared<Location>();
   loc->where = n.where();
+  std::string mod, pattern;
   if (n.args.size() == 2) {
-    const std::string& mod = n.args[0];
-    if (mod == "=") loc->match = LocationMatch::kExact;
-    else if (mod == "^~") loc->match = LocationMatch::kNoRegex;
-    else if (mod == "~") loc->match = LocationMatch::kRegex;
-    else if (mod == "~*") loc->match = LocationMatch::kRegexCaseless;
-    else {
-      *err = "invalid location modifier \"" + mod + "\"";
-      return false;
-    }
-    loc->pattern = n.args[1];
+    mod = n.args[0];
+    pattern = n.args[1];
   } else {
-    loc->pattern = n.args[0];
-    if (!loc->pattern.empty() && loc->pattern[0] == '@') {
-      *err = "named locations (\"" + loc->pattern + "\") are not supported yet";
-      return false;
+    // nginx also accepts the modifier glued to the pattern: "=/x", "~\.php$".
+    const std::string& a = n.args[0];
+    for (const char* m : {"^~", "~*", "=", "~"}) {
+      size_t len = strlen(m);
+      if (a.size() > len && a.compare(0, len, m) == 0) {
+        mod = m;
+        pattern = a.substr(len);
+        break;
+      }
     }
+    if (mod.empty()) pattern = a;
+  }
+  if (mod == "=") loc->match = LocationMatch::kExact;
+  else if (mod == "^~") loc->match = LocationMatch::kNoRegex;
+  else if (mod == "~") loc->match = LocationMatch::kRegex;
+  else if (mod == "~*") loc->match = LocationMatch::kRegexCaseless;
+  else if (!mod.empty()) {
+    *err = "invalid location modifier \"" + mod + "\"";
+    return false;
+  }
+  loc->pattern = pattern;
+  if (mod.empty() && !loc->pattern.empty() && loc->pattern[0] == '@') {
+    *err = "named locations (\"" + loc->pattern + "\") are not supported yet";
+    return false;
   }
   if (loc->match == LocationMatch::kRegex || loc->match == LocationMatch::kRegexCaseless) {
     loc->regex = Regex::compile(loc->pattern, loc->match == LocationMatch::kRegexCaseless, err);
@@ -385,18 +399,27 @@ bool onLocation(const ConfNode& n, BuildState& st, std::string* err) {
     }
     bool parent_prefix = parent->match == LocationMatch::kPrefix || parent->match == LocationMatch::kNoRegex;
     bool child_prefix = loc->match != LocationMatch::kRegex && loc->match != LocationMatch::kRegexCaseless;
+    if (!parent_prefix && child_prefix) {
+      *err = "location \"" + loc->pattern + "\" could not be inside regex location \"" + parent->pattern + "\"";
+      return false;
+    }
     if (parent_prefix && child_prefix && loc->pattern.rfind(parent->pattern, 0) != 0) {
       *err = "location \"" + loc->pattern + "\" is outside location \"" + parent->pattern + "\"";
       return false;
     }
-    parent->children.push_back(loc);
-  } else {
-    for (const auto& other : st.server->locations) {
-      if (other->match == loc->match && other->pattern == loc->pattern && !loc->regex) {
-        *err = "duplicate location \"" + loc->pattern + "\"";
-        return false;
-      }
+  }
+  auto& siblings = st.location ? st.location->children : st.server->locations;
+  auto prefixLike = [](LocationMatch m) { return m == LocationMatch::kPrefix || m == LocationMatch::kNoRegex; };
+  for (const auto& other : siblings) {
+    bool same_kind = other->match == loc->match || (prefixLike(other->match) && prefixLike(loc->match));
+    if (!loc->regex && same_kind && other->pattern == loc->pattern) {
+      *err = "duplicate location \"" + loc->pattern + "\"";
+      return false;
     }
+  }
+  if (st.location) {
+    st.location->children.push_back(loc);
+  } else {
     st.server->locations.push_back(loc);
   }
   BuildState inner = st;

@@ -1,5 +1,7 @@
 #include "conf/directives.h"
 
+#include <strings.h>
+
 #include <cctype>
 #include <charconv>
 #include <limits>
@@ -69,6 +71,8 @@ bool parseInt(std::string_view text, int64_t* out) {
 }
 
 bool parseDurationMs(std::string_view text, uint64_t* out) {
+  // nginx's ngx_parse_time: "1h30m", "500ms"; a trailing number without a
+  // unit is seconds ("1m30" = 90 s). Overflow is an error, never a wrap.
   if (text.empty()) return false;
   uint64_t total = 0;
   size_t i = 0;
@@ -77,12 +81,14 @@ bool parseDurationMs(std::string_view text, uint64_t* out) {
     while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) i++;
     if (i == start) return false;
     uint64_t n = 0;
-    std::from_chars(text.data() + start, text.data() + i, n);
-    uint64_t mult = 1000;  // a bare number is seconds
+    auto [p, ec] = std::from_chars(text.data() + start, text.data() + i, n);
+    if (ec != std::errc()) return false;
+    uint64_t mult = 1000;  // no unit: seconds
     if (i < text.size()) {
-      std::string_view rest = text.substr(i);
-      if (rest.substr(0, 2) == "ms") { mult = 1; i += 2; }
-      else {
+      if (text.substr(i, 2) == "ms") {
+        mult = 1;
+        i += 2;
+      } else {
         switch (text[i]) {
           case 's': mult = 1000; break;
           case 'm': mult = 60000; break;
@@ -95,10 +101,9 @@ bool parseDurationMs(std::string_view text, uint64_t* out) {
         }
         i++;
       }
-    } else if (start != 0) {
-      return false;  // "1m30" is ambiguous; nginx rejects it too
     }
     if (n > std::numeric_limits<uint64_t>::max() / mult) return false;
+    if (total > std::numeric_limits<uint64_t>::max() - n * mult) return false;
     total += n * mult;
   }
   *out = total;
@@ -126,8 +131,8 @@ bool parseSize(std::string_view text, uint64_t* out) {
 
 bool parseFlag(const ConfNode& node, bool* out, std::string* err) {
   const std::string& v = node.args[0];
-  if (v == "on") { *out = true; return true; }
-  if (v == "off") { *out = false; return true; }
+  if (strcasecmp(v.c_str(), "on") == 0) { *out = true; return true; }
+  if (strcasecmp(v.c_str(), "off") == 0) { *out = false; return true; }
   *err = "invalid value \"" + v + "\" in \"" + node.name + "\" directive, it must be \"on\" or \"off\"";
   return false;
 }

@@ -85,6 +85,14 @@ bool finish(Config& cfg, ConfError* err) {
   }
   http.fillDefaults();
   for (auto& server : cfg.http.servers) {
+    // Head limits are merged after the whole http block, so their order
+    // relative to server blocks does not matter (as in nginx).
+    if (!server->buffers_set) {
+      server->limits.request_line = cfg.http.limits.request_line;
+      server->limits.header_line = cfg.http.limits.header_line;
+      server->limits.total = cfg.http.limits.total;
+    }
+    if (!server->fields_set) server->limits.max_fields = cfg.http.limits.max_fields;
     server->settings.inheritFrom(http);
     mergeLocations(server->locations, server->settings);
   }

@@ -146,7 +146,7 @@ bool Parser::expandInclude(const ConfNode& node, std::vector<ConfNode>* out, Con
   if (!pattern.empty() && pattern[0] != '/') pattern = conf_dir_ + "/" + pattern;
   bool has_glob = pattern.find_first_of("*?[") != std::string::npos;
   glob_t g{};
-  int rc = glob(pattern.c_str(), GLOB_ERR, nullptr, &g);
+  int rc = glob(pattern.c_str(), 0, nullptr, &g);
   if (rc == GLOB_NOMATCH && has_glob) {
     globfree(&g);
     return true;  // nginx: a wildcard include that matches nothing is fine

@@ -1,5 +1,7 @@
 #include "http/request_parser.h"
 
+#include <strings.h>
+
 #include <cstring>
 #include <limits>
 
@@ -349,7 +351,8 @@ bool RequestParser::checkFramingHeaders() {
   }
   std::string_view target = h.target.in(base_);
   if (target.empty() ||
-      !(target[0] == '/' || target == "*" || target.rfind("http://", 0) == 0 || target.rfind("https://", 0) == 0)) {
+      !(target[0] == '/' || target == "*" || (target.size() > 7 && strncasecmp(target.data(), "http://", 7) == 0) ||
+        (target.size() > 8 && strncasecmp(target.data(), "https://", 8) == 0))) {
     return fail(400, "client sent invalid request target");
   }
   if (max_body_ && h.content_length > 0 && static_cast<uint64_t>(h.content_length) > max_body_) {

@@ -14,15 +14,20 @@ bool isRegex(const Location& l) {
   return l.match == LocationMatch::kRegex || l.match == LocationMatch::kRegexCaseless;
 }
 
-// Returns the match and whether it is final (exact or regex).
-const Location* find(const LocationList& locs, std::string_view uri, bool* final_match) {
-  *final_match = false;
+enum class Found { kNone, kPrefix, kExact, kRegex };
+
+// nginx's ngx_http_core_find_location: the longest prefix at this level
+// (its nested locations searched next); an exact or regex match inside is
+// final. Unless the prefix found at this level is "^~", this level's
+// regexes are tried in conf order and a match (then its own nested
+// locations) wins over the prefix.
+Found find(const LocationList& locs, std::string_view uri, const Location** out) {
   const Location* best = nullptr;
   for (const auto& l : locs) {
     if (l->match == LocationMatch::kExact) {
       if (uri == l->pattern) {
-        *final_match = true;
-        return l.get();
+        *out = l.get();
+        return Found::kExact;
       }
     } else if (!isRegex(*l)) {
       if (uri.substr(0, l->pattern.size()) == l->pattern && (!best || l->pattern.size() > best->pattern.size())) {
@@ -30,23 +35,31 @@ const Location* find(const LocationList& locs, std::string_view uri, bool* final
       }
     }
   }
-  if (best && !best->children.empty()) {
-    bool nested_final = false;
-    const Location* nested = find(best->children, uri, &nested_final);
-    if (nested && nested_final) {
-      *final_match = true;
-      return nested;
+  Found rc = Found::kNone;
+  bool noregex = false;
+  if (best) {
+    *out = best;
+    rc = Found::kPrefix;
+    noregex = best->match == LocationMatch::kNoRegex;
+    if (!best->children.empty()) {
+      const Location* nested = nullptr;
+      Found inner = find(best->children, uri, &nested);
+      if (inner != Found::kNone) *out = nested;
+      if (inner == Found::kExact || inner == Found::kRegex) return inner;
     }
-    if (nested) best = nested;
   }
-  if (best && best->match == LocationMatch::kNoRegex) return best;
+  if (noregex) return rc;
   for (const auto& l : locs) {
     if (isRegex(*l) && l->regex->matches(uri)) {
-      *final_match = true;
-      return l.get();
+      *out = l.get();
+      if (!l->children.empty()) {
+        const Location* nested = nullptr;
+        if (find(l->children, uri, &nested) != Found::kNone) *out = nested;
+      }
+      return Found::kRegex;
     }
   }
-  return best;
+  return rc;
 }
 
 bool wildcardMatch(const conf::ServerName& sn, std::string_view host) {
@@ -92,8 +105,9 @@ const conf::Server* findServer(const conf::Config::ListenGroup& group, std::stri
 }
 
 const conf::Location* findLocation(const conf::Server& server, std::string_view uri) {
-  bool final_match = false;
-  return find(server.locations, uri, &final_match);
+  const Location* out = nullptr;
+  find(server.locations, uri, &out);
+  return out;
 }
 
 }  // namespace tidegate::http

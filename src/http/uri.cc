@@ -1,5 +1,7 @@
 #include "http/uri.h"
 
+#include <strings.h>
+
 #include <vector>
 
 namespace tidegate::http {
@@ -17,7 +19,7 @@ int hexValue(char c) {
 TargetParts splitTarget(std::string_view target) {
   TargetParts t;
   for (std::string_view scheme : {std::string_view("http://"), std::string_view("https://")}) {
-    if (target.size() >= scheme.size() && target.substr(0, scheme.size()) == scheme) {
+    if (target.size() >= scheme.size() && strncasecmp(target.data(), scheme.data(), scheme.size()) == 0) {
       std::string_view rest = target.substr(scheme.size());
       size_t slash = rest.find_first_of("/?");
       t.authority = rest.substr(0, slash);
