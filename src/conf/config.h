@@ -113,6 +113,9 @@ struct Config {
   bool master_process = true;
   int worker_processes = 1;
   std::string error_log = "logs/error.log";  // absolute after load
+  bool error_log_set = false;                 // given in the conf (wins over -e)
+  uint64_t worker_rlimit_nofile = 0;          // 0: inherit the limit
+  std::vector<std::string> files;             // every conf file read, for -T
   std::string error_log_level = "error";
   std::string pid_file = "logs/tidegate.pid";
   int worker_connections = 512;

@@ -42,6 +42,7 @@ bool onWorkerProcesses(const ConfNode& n, BuildState& st, std::string* err) {
 
 bool onErrorLog(const ConfNode& n, BuildState& st, std::string* err) {
   st.config->error_log = st.resolvePath(n.args[0]);
+  st.config->error_log_set = true;
   if (n.args.size() > 1) {
     static const char* kLevels[] = {"debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"};
     if (std::find(std::begin(kLevels), std::end(kLevels), n.args[1]) == std::end(kLevels)) {
@@ -63,6 +64,16 @@ bool onWorkerShutdownTimeout(const ConfNode& n, BuildState& st, std::string* err
     *err = "invalid value \"" + n.args[0] + "\" in \"worker_shutdown_timeout\" directive";
     return false;
   }
+  return true;
+}
+
+bool onWorkerRlimitNofile(const ConfNode& n, BuildState& st, std::string* err) {
+  int64_t v = 0;
+  if (!parseInt(n.args[0], &v) || v < 16) {
+    *err = "invalid value \"" + n.args[0] + "\" in \"worker_rlimit_nofile\" directive";
+    return false;
+  }
+  st.config->worker_rlimit_nofile = static_cast<uint64_t>(v);
   return true;
 }
 
@@ -435,6 +446,7 @@ const Directive kCoreDirectives[] = {
     {"error_log", kMainCtx, 1, 2, false, onErrorLog},
     {"pid", kMainCtx, 1, 1, false, onPid},
     {"worker_shutdown_timeout", kMainCtx, 1, 1, false, onWorkerShutdownTimeout},
+    {"worker_rlimit_nofile", kMainCtx, 1, 1, false, onWorkerRlimitNofile},
     {"events", kMainCtx, 0, 0, true, onEvents},
     {"worker_connections", kEventsCtx, 1, 1, false, onWorkerConnections},
     {"http", kMainCtx, 0, 0, true, onHttp},

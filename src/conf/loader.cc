@@ -135,6 +135,7 @@ bool loadConfig(const LoadOptions& opts, ConfigPtr* out, ConfError* err) {
   std::vector<ConfNode> nodes;
   if (!opts.extra.empty() && !parser.parseString(opts.extra, "command line", &nodes, err)) return false;
   if (!parser.parseFile(file, &nodes, err)) return false;
+  cfg->files = parser.files();
   if (!build(*cfg, nodes, err)) return false;
   *out = cfg;
   return true;

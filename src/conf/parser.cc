@@ -43,6 +43,7 @@ bool Parser::parseFile(const std::string& path, std::vector<ConfNode>* out, Conf
     *err = ConfError{why, "", 0};
     return false;
   }
+  files_.push_back(path);
   return parseText(text, std::make_shared<const std::string>(path), out, err, 0);
 }
 
@@ -164,6 +165,7 @@ bool Parser::expandInclude(const ConfNode& node, std::vector<ConfNode>* out, Con
       *err = ConfError{why, *node.file, node.line};
       return false;
     }
+    files_.push_back(path);
     if (!parseText(text, std::make_shared<const std::string>(path), out, err, depth + 1)) return false;
   }
   return true;

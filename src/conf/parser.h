@@ -19,6 +19,8 @@ class Parser {
   bool parseFile(const std::string& path, std::vector<ConfNode>* out, ConfError* err);
   bool parseString(const std::string& text, const std::string& name, std::vector<ConfNode>* out,
                    ConfError* err);
+  // Every file read so far, main file first, includes in reading order.
+  const std::vector<std::string>& files() const { return files_; }
 
  private:
   bool parseText(const std::string& text, const std::shared_ptr<const std::string>& file,
@@ -28,6 +30,7 @@ class Parser {
   std::string conf_dir_;
   // Keeps every file's text alive while its nodes are built.
   std::deque<std::string> sources_;  // deque: lexers hold views into it
+  std::vector<std::string> files_;
 };
 
 // Reads a whole file; false with an errno text on failure.

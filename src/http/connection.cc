@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <unistd.h>
 
 #include <charconv>
 #include <cstring>
@@ -56,15 +57,16 @@ Connection::~Connection() {
   if (buf_) server_->giveBuffer(buf_, cap_);
 }
 
-bool Connection::accept(HttpServer* server, uv_stream_t* listener, const conf::Config::ListenGroup* group) {
+void Connection::start(HttpServer* server, int fd, const conf::Config::ListenGroup* group) {
   auto* c = new Connection(server, group);
   uv_tcp_init(server->loop(), &c->tcp_);
   c->tcp_.data = c;
   c->open_handles_ = 1;
-  if (uv_accept(listener, reinterpret_cast<uv_stream_t*>(&c->tcp_)) != 0) {
+  if (uv_tcp_open(&c->tcp_, fd) != 0) {
+    ::close(fd);
     c->closing_ = true;
     uv_close(reinterpret_cast<uv_handle_t*>(&c->tcp_), onClose);
-    return false;
+    return;
   }
   uv_timer_init(server->loop(), &c->timer_);
   c->timer_.data = c;
@@ -86,7 +88,6 @@ bool Connection::accept(HttpServer* server, uv_stream_t* listener, const conf::C
   c->reading_ = true;
   uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp_), onAlloc, onRead);
   c->updateTimer();
-  return true;
 }
 
 const conf::HttpSettings& Connection::settings() const {
@@ -317,7 +318,10 @@ void Connection::respond(int status, std::string_view content_type, std::string_
 
 void Connection::respondError(int status, const std::string& why) {
   LogLevel level = status >= 500 && status != 501 && status != 505 ? LogLevel::kError : LogLevel::kInfo;
-  TG_LOG_CONN(level, info_.id, "%s%s", why.c_str(), describe().c_str());
+  const char* activity = !parser_.requestLineDone() ? "reading client request line"
+                         : !parser_.headDone()      ? "reading client request headers"
+                                                    : "reading client request body";
+  TG_LOG_CONN(level, info_.id, "%s while %s%s", why.c_str(), activity, describe().c_str());
   keepalive_ = false;
   if (!req_.base) req_.base = buf_ + start_;
   respond(status, "text/html", errorPage(status), {});

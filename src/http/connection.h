@@ -17,8 +17,8 @@ class HttpServer;
 
 class Connection : private RequestParser::Handler {
  public:
-  // Accepts one pending connection from `listener`. Returns false if accept failed.
-  static bool accept(HttpServer* server, uv_stream_t* listener, const conf::Config::ListenGroup* group);
+  // Takes ownership of an accepted socket `fd` and starts serving it.
+  static void start(HttpServer* server, int fd, const conf::Config::ListenGroup* group);
 
   // Graceful drain: close now if no request is in progress.
   void closeIfIdle();

@@ -1,6 +1,11 @@
 #include "http/http_server.h"
 
+#include <fcntl.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <cstdlib>
 
@@ -27,61 +32,103 @@ HttpServer::~HttpServer() {
 
 bool HttpServer::start(const std::vector<int>& fds, std::string* err) {
   if (!access_log_.open(*cfg_, err)) return false;
+  uv_timer_init(loop_, &retry_timer_);
+  retry_timer_.data = this;
+  retry_timer_open_ = true;
   for (size_t i = 0; i < cfg_->listen_groups.size() && i < fds.size(); i++) {
     auto* l = new Listener;
     l->server = this;
     l->group = &cfg_->listen_groups[i];
-    uv_tcp_init(loop_, &l->handle);
-    l->handle.data = l;
-    // libuv closes the fd with the handle: give it its own copy.
-    int fd = dup(fds[i]);
-    int rc = fd < 0 ? UV_EMFILE : uv_tcp_open(&l->handle, fd);
-    if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(&l->handle), l->group->listen.backlog, onConnection);
-    listeners_.push_back(l);
-    if (rc != 0) {
-      *err = "listen() to " + l->group->listen.key() + " failed (" + uv_strerror(rc) + ")";
+    l->fd = fcntl(fds[i], F_DUPFD_CLOEXEC, 0);  // ours to close, whatever the caller does with its copy
+    if (l->fd < 0 || uv_poll_init_socket(loop_, &l->poll, l->fd) != 0) {
+      *err = "cannot watch the listening socket for " + l->group->listen.key();
+      if (l->fd >= 0) ::close(l->fd);
+      delete l;
       return false;
     }
+    l->poll.data = l;
+    uv_poll_start(&l->poll, UV_READABLE, onReadable);
+    listeners_.push_back(l);
   }
   return true;
 }
 
-void HttpServer::onConnection(uv_stream_t* stream, int status) noexcept {
-  auto* l = static_cast<Listener*>(stream->data);
-  if (status < 0) {
-    TG_LOG(LogLevel::kAlert, "accept() failed (%d: %s)", -status, uv_strerror(status));
-    return;
-  }
-  l->server->accept(l);
+void HttpServer::onReadable(uv_poll_t* p, int status, int) noexcept {
+  auto* l = static_cast<Listener*>(p->data);
+  if (status < 0) return;
+  l->server->acceptAll(l);
 }
 
-void HttpServer::accept(Listener* l) {
-  if (connections_ >= static_cast<size_t>(cfg_->worker_connections)) {
-    // Accept and drop: leaving it queued would make libuv spin on the listener.
-    uint64_t now = core::wallMs();
-    if (now - last_overflow_log_ms_ >= 1000) {
-      last_overflow_log_ms_ = now;
-      TG_LOG(LogLevel::kAlert, "%d worker_connections are not enough", cfg_->worker_connections);
-    }
-    uv_tcp_t* tmp = new uv_tcp_t;
-    uv_tcp_init(loop_, tmp);
-    if (uv_accept(reinterpret_cast<uv_stream_t*>(&l->handle), reinterpret_cast<uv_stream_t*>(tmp)) == 0) {
-      uv_tcp_close_reset(tmp, [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
-    } else {
-      uv_close(reinterpret_cast<uv_handle_t*>(tmp), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
-    }
-    return;
-  }
-  Connection::accept(this, reinterpret_cast<uv_stream_t*>(&l->handle), l->group);
+void HttpServer::logRateLimited(uint64_t* last_ms, uint64_t* count, const char* fmt, int err) {
+  (*count)++;
+  uint64_t now = core::wallMs();
+  if (now - *last_ms < 1000) return;
+  TG_LOG(LogLevel::kAlert, fmt, err, strerror(err), static_cast<unsigned long long>(*count));
+  *last_ms = now;
+  *count = 0;
 }
 
-void HttpServer::onListenerClosed(uv_handle_t* h) noexcept { delete static_cast<Listener*>(h->data); }
+void HttpServer::acceptAll(Listener* l) {
+  // A bounded batch per wakeup keeps one busy listener from starving the loop.
+  for (int i = 0; i < 64 && !paused_; i++) {
+    if (connections_ >= static_cast<size_t>(cfg_->worker_connections)) {
+      logRateLimited(&last_overflow_log_ms_, &overflows_,
+                     "worker_connections are not enough (%d: %s), not accepting until one closes (%llu times since the last report)", ENFILE);
+      pauseAccepting(false);
+      return;
+    }
+    int fd = accept4(l->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      int e = errno;
+      if (e == EAGAIN || e == EWOULDBLOCK || e == ECONNABORTED || e == EINTR || e == EPROTO) {
+        if (e == EAGAIN || e == EWOULDBLOCK) return;
+        continue;
+      }
+      // EMFILE, ENFILE, ENOBUFS, ENOMEM: a normal state under load. Leave the
+      // connections queued and try again shortly.
+      logRateLimited(&last_accept_log_ms_, &accept_errors_, "accept() failed (%d: %s), retrying in 100 ms (%llu times since the last report)", e);
+      pauseAccepting(true);
+      return;
+    }
+    Connection::start(this, fd, l->group);
+  }
+}
+
+void HttpServer::pauseAccepting(bool retry_later) {
+  if (!paused_) {
+    paused_ = true;
+    for (Listener* l : listeners_) uv_poll_stop(&l->poll);
+  }
+  // When fds run out, nothing tells us they are back: poll with a timer.
+  if (retry_later && retry_timer_open_) uv_timer_start(&retry_timer_, onRetryTimer, 100, 0);
+}
+
+void HttpServer::onRetryTimer(uv_timer_t* t) noexcept { static_cast<HttpServer*>(t->data)->resumeAccepting(); }
+
+void HttpServer::resumeAccepting() {
+  if (!paused_ || draining_) return;
+  paused_ = false;
+  for (Listener* l : listeners_) {
+    uv_poll_start(&l->poll, UV_READABLE, onReadable);
+    acceptAll(l);
+  }
+}
+
+void HttpServer::onListenerClosed(uv_handle_t* h) noexcept {
+  auto* l = static_cast<Listener*>(h->data);
+  ::close(l->fd);
+  delete l;
+}
 
 void HttpServer::shutdown(bool graceful, std::function<void()> done) {
   draining_ = true;
   done_ = std::move(done);
-  for (Listener* l : listeners_) uv_close(reinterpret_cast<uv_handle_t*>(&l->handle), onListenerClosed);
+  for (Listener* l : listeners_) uv_close(reinterpret_cast<uv_handle_t*>(&l->poll), onListenerClosed);
   listeners_.clear();
+  if (retry_timer_open_) {
+    retry_timer_open_ = false;
+    uv_close(reinterpret_cast<uv_handle_t*>(&retry_timer_), nullptr);
+  }
   // close() unlinks, so walk a snapshot.
   std::vector<Connection*> all;
   for (Connection* c = head_; c; c = c->next) all.push_back(c);
@@ -116,6 +163,8 @@ void HttpServer::unlink(Connection* c) {
   if (c->next) c->next->prev = c->prev;
   c->next = c->prev = nullptr;
   connections_--;
+  // A slot came free: accept again if we had stopped because of worker_connections.
+  if (paused_ && !draining_ && connections_ < static_cast<size_t>(cfg_->worker_connections)) resumeAccepting();
   maybeDone();
 }
 

@@ -46,14 +46,23 @@ class HttpServer {
   void giveBuffer(char* buf, size_t cap);
 
  private:
+  // We accept ourselves (a uv_poll on the listening fd) rather than through
+  // uv_listen: out of fds or connection slots, we stop accepting and leave
+  // connections queued in the kernel, where libuv would accept and drop them.
   struct Listener {
-    uv_tcp_t handle;
-    HttpServer* server;
-    const conf::Config::ListenGroup* group;
+    uv_poll_t poll;
+    int fd = -1;
+    bool paused = false;
+    HttpServer* server = nullptr;
+    const conf::Config::ListenGroup* group = nullptr;
   };
-  static void onConnection(uv_stream_t* stream, int status) noexcept;
+  static void onReadable(uv_poll_t* p, int status, int events) noexcept;
   static void onListenerClosed(uv_handle_t* h) noexcept;
-  void accept(Listener* l);
+  static void onRetryTimer(uv_timer_t* t) noexcept;
+  void acceptAll(Listener* l);
+  void pauseAccepting(bool retry_later);
+  void resumeAccepting();
+  void logRateLimited(uint64_t* last_ms, uint64_t* count, const char* fmt, int err);
   void maybeDone();
 
   uv_loop_t* loop_;
@@ -66,7 +75,13 @@ class HttpServer {
   bool draining_ = false;
   std::function<void()> done_;
   std::vector<char*> buffer_pool_;
+  uv_timer_t retry_timer_;
+  bool retry_timer_open_ = false;
+  bool paused_ = false;
   uint64_t last_overflow_log_ms_ = 0;
+  uint64_t overflows_ = 0;
+  uint64_t last_accept_log_ms_ = 0;
+  uint64_t accept_errors_ = 0;
 };
 
 }  // namespace tidegate::http

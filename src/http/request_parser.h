@@ -56,6 +56,7 @@ class RequestParser {
 
   const RequestHead& head() const { return head_; }
   bool headDone() const { return head_done_; }
+  bool requestLineDone() const { return line_no_ > 0; }
   bool messageDone() const { return message_done_; }
   bool bodyStarted() const { return body_bytes_ > 0; }
   uint64_t bodyBytes() const { return body_bytes_; }

@@ -114,10 +114,10 @@ int sendSignal(const conf::Config& cfg, const std::string& name) {
 }
 
 void dumpConf(const conf::Config& cfg) {
-  // nginx -T prints every file it read; we print the main file and its includes as parsed.
-  std::string text, err;
-  if (conf::readFile(cfg.conf_file, &text, &err)) {
-    printf("# configuration file %s:\n%s\n", cfg.conf_file.c_str(), text.c_str());
+  // As nginx -T: every file read, main file first, then includes.
+  for (const auto& path : cfg.files) {
+    std::string text, err;
+    if (conf::readFile(path, &text, &err)) printf("# configuration file %s:\n%s\n", path.c_str(), text.c_str());
   }
 }
 
@@ -170,7 +170,8 @@ int runCli(int argc, char** argv) {
 
   core::LogLevel level = LogLevel::kError;
   core::parseLogLevel(cfg->error_log_level, &level);
-  std::string log_path = a.error_log.empty() ? cfg->error_log : a.error_log;
+  // -e names the error log used until (and unless) the conf names its own.
+  std::string log_path = cfg->error_log_set || a.error_log.empty() ? cfg->error_log : a.error_log;
   std::string err;
   if (!core::ErrorLog::open(log_path, level, &err)) {
     fprintf(stderr, "tidegate: [emerg] %s\n", err.c_str());

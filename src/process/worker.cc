@@ -1,8 +1,11 @@
 #include "process/worker.h"
 
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <memory>
 
 #include "core/log.h"
@@ -18,6 +21,16 @@ class Worker {
   Worker(conf::ConfigPtr cfg, int channel) : cfg_(std::move(cfg)), channel_fd_(channel) {}
 
   int run(const std::vector<int>& fds) {
+    if (cfg_->worker_rlimit_nofile > 0) {
+      struct rlimit rl;
+      getrlimit(RLIMIT_NOFILE, &rl);
+      rl.rlim_cur = cfg_->worker_rlimit_nofile;
+      if (rl.rlim_max < rl.rlim_cur) rl.rlim_max = rl.rlim_cur;  // needs root, as in nginx
+      if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+        TG_LOG(LogLevel::kAlert, "setrlimit(RLIMIT_NOFILE, %llu) failed (%d: %s), ignored",
+               static_cast<unsigned long long>(cfg_->worker_rlimit_nofile), errno, strerror(errno));
+      }
+    }
     uv_loop_init(&loop_);
     server_ = std::make_unique<http::HttpServer>(&loop_, cfg_);
     std::string err;
