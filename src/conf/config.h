@@ -34,6 +34,9 @@ struct HttpSettings {
   std::optional<uint64_t> client_header_timeout_ms;
   std::optional<uint64_t> client_body_timeout_ms;
   std::optional<uint64_t> send_timeout_ms;
+  // Minimum average rates in bytes/s (0: off), checked after a 1 s grace.
+  std::optional<uint64_t> client_body_min_rate;
+  std::optional<uint64_t> send_min_rate;
   std::optional<uint64_t> client_max_body_size;
   std::optional<bool> server_tokens;
   // access_log: unset = inherit; set and empty = off.

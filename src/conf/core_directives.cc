@@ -135,6 +135,17 @@ bool onClientMaxBodySize(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
+template <std::optional<uint64_t> HttpSettings::*Field>
+bool onRate(const ConfNode& n, BuildState& st, std::string* err) {
+  uint64_t v = 0;
+  if (!parseSize(n.args[0], &v)) {
+    *err = "invalid value \"" + n.args[0] + "\" in \"" + n.name + "\" directive";
+    return false;
+  }
+  st.settings().*Field = v;
+  return true;
+}
+
 bool onKeepaliveRequests(const ConfNode& n, BuildState& st, std::string* err) {
   int64_t v = 0;
   if (!parseInt(n.args[0], &v) || v < 0) {
@@ -460,6 +471,8 @@ const Directive kCoreDirectives[] = {
      onDuration<&HttpSettings::client_header_timeout_ms>},
     {"client_body_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&HttpSettings::client_body_timeout_ms>},
     {"send_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&HttpSettings::send_timeout_ms>},
+    {"client_body_min_rate", kAnyHttpLevel, 1, 1, false, onRate<&HttpSettings::client_body_min_rate>},
+    {"send_min_rate", kAnyHttpLevel, 1, 1, false, onRate<&HttpSettings::send_min_rate>},
     {"client_max_body_size", kAnyHttpLevel, 1, 1, false, onClientMaxBodySize},
     {"large_client_header_buffers", kHttpCtx | kServerCtx, 2, 2, false, onLargeClientHeaderBuffers},
     {"client_max_header_fields", kHttpCtx | kServerCtx, 1, 1, false, onClientMaxHeaderFields},

@@ -17,6 +17,8 @@ void HttpSettings::inheritFrom(const HttpSettings& p) {
   if (!client_header_timeout_ms) client_header_timeout_ms = p.client_header_timeout_ms;
   if (!client_body_timeout_ms) client_body_timeout_ms = p.client_body_timeout_ms;
   if (!send_timeout_ms) send_timeout_ms = p.send_timeout_ms;
+  if (!client_body_min_rate) client_body_min_rate = p.client_body_min_rate;
+  if (!send_min_rate) send_min_rate = p.send_min_rate;
   if (!client_max_body_size) client_max_body_size = p.client_max_body_size;
   if (!server_tokens) server_tokens = p.server_tokens;
   if (!access_logs) access_logs = p.access_logs;
@@ -30,6 +32,8 @@ void HttpSettings::fillDefaults() {
   if (!client_header_timeout_ms) client_header_timeout_ms = 60000;
   if (!client_body_timeout_ms) client_body_timeout_ms = 60000;
   if (!send_timeout_ms) send_timeout_ms = 60000;
+  if (!client_body_min_rate) client_body_min_rate = 0;
+  if (!send_min_rate) send_min_rate = 0;
   if (!client_max_body_size) client_max_body_size = 1024 * 1024;
   if (!server_tokens) server_tokens = true;
 }

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 
@@ -84,6 +85,7 @@ void Connection::start(HttpServer* server, int fd, const conf::Config::ListenGro
     sockaddrToText(ss, &c->info_.local_addr, &c->info_.local_port);
   }
   c->phase_ = Phase::kHead;  // the first request's head deadline runs from accept, as in nginx
+  c->last_io_ms_ = uv_now(server->loop());
   c->startRequest();
   c->reading_ = true;
   uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp_), onAlloc, onRead);
@@ -170,6 +172,7 @@ void Connection::handleRead(ssize_t nread) {
     return;
   }
   if (nread == 0) return;
+  last_io_ms_ = uv_now(server_->loop());
   if (phase_ == Phase::kLingering) {
     end_ = start_;  // discard: the answer has been sent
     return;
@@ -232,6 +235,7 @@ int Connection::onHeadComplete(std::string* why) {
   parser_.setMaxBody(max_body);
   if (h.hasBody()) {
     phase_ = Phase::kBody;
+    body_start_ms_ = uv_now(server_->loop());
     // RFC 9110 10.1.1: the client waits for this before sending the body.
     if (h.expect_continue && h.http_minor == 1 && start_ + h.head_len >= end_) out_.append("HTTP/1.1 100 Continue\r\n\r\n");
   }
@@ -359,6 +363,7 @@ void Connection::flush() {
     } else {
       writing_.assign(out_, static_cast<size_t>(n), std::string::npos);
       out_.clear();
+      send_start_ms_ = uv_now(server_->loop());
       uv_buf_t wb = uv_buf_init(writing_.data(), static_cast<unsigned>(writing_.size()));
       write_req_.data = this;
       uv_write(&write_req_, reinterpret_cast<uv_stream_t*>(&tcp_), &wb, 1, onWrite);
@@ -374,6 +379,7 @@ void Connection::onWrite(uv_write_t* req, int status) noexcept {
 
 void Connection::afterWrite(int status) {
   write_pending_ = false;
+  last_io_ms_ = uv_now(server_->loop());
   writing_.clear();
   if (status < 0) {
     if (status != UV_ECANCELED) {
@@ -391,6 +397,7 @@ void Connection::afterWrite(int status) {
 void Connection::startLingeringClose() {
   if (phase_ == Phase::kLingering || closing_) return;
   phase_ = Phase::kLingering;
+  last_io_ms_ = uv_now(server_->loop());
   shutdown_req_.data = this;
   if (uv_shutdown(&shutdown_req_, reinterpret_cast<uv_stream_t*>(&tcp_), onShutdown) != 0) {
     close();
@@ -403,17 +410,57 @@ void Connection::onShutdown(uv_shutdown_t*, int) noexcept {}
 
 // --- timers -----------------------------------------------------------------------
 
+namespace {
+
+// A minimum average rate since `start`, with a grace period: the time by
+// which `bytes` must have grown for the average to stay at or above `rate`.
+constexpr uint64_t kMinRateGraceMs = 1000;
+
+uint64_t rateDeadline(uint64_t start, uint64_t bytes, uint64_t rate) {
+  uint64_t allowed = bytes * 1000 / rate;
+  return start + (allowed > kMinRateGraceMs ? allowed : kMinRateGraceMs);
+}
+
+}  // namespace
+
+uint64_t Connection::bytesSentSoFar() const {
+  // libuv reports no partial progress of a uv_write; its queue size does.
+  size_t queued = uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&tcp_));
+  return writing_.size() > queued ? writing_.size() - queued : 0;
+}
+
+// A pure function of the connection's state, so that a timer firing early
+// can recompute it.
 uint64_t Connection::computeDeadline() const {
-  uint64_t now = uv_now(server_->loop());
   const conf::HttpSettings& s = settings();
-  if (phase_ == Phase::kLingering) return now + kLingeringTimeoutMs;
-  if (write_pending_) return now + *s.send_timeout_ms;
+  if (phase_ == Phase::kLingering) return last_io_ms_ + kLingeringTimeoutMs;
+  if (write_pending_) {
+    uint64_t d = send_start_ms_ + *s.send_timeout_ms;
+    if (*s.send_min_rate) d = std::min(d, rateDeadline(send_start_ms_, bytesSentSoFar(), *s.send_min_rate));
+    return d;
+  }
   switch (phase_) {
-    case Phase::kIdle: return now + *s.keepalive_timeout_ms;
+    case Phase::kIdle: return last_io_ms_ + *s.keepalive_timeout_ms;
     case Phase::kHead: return head_deadline_ms_;
-    case Phase::kBody: return now + *s.client_body_timeout_ms;
+    case Phase::kBody: {
+      uint64_t d = last_io_ms_ + *s.client_body_timeout_ms;
+      if (*s.client_body_min_rate) {
+        d = std::min(d, rateDeadline(body_start_ms_, parser_.bodyBytes(), *s.client_body_min_rate));
+      }
+      return d;
+    }
     default: return 0;
   }
+}
+
+bool Connection::belowMinRate() const {
+  uint64_t now = uv_now(server_->loop());
+  const conf::HttpSettings& s = settings();
+  if (write_pending_) {
+    return *s.send_min_rate && now >= rateDeadline(send_start_ms_, bytesSentSoFar(), *s.send_min_rate);
+  }
+  return phase_ == Phase::kBody && *s.client_body_min_rate &&
+         now >= rateDeadline(body_start_ms_, parser_.bodyBytes(), *s.client_body_min_rate);
 }
 
 // Timers are lazy: re-arming a libuv timer on every request costs two heap
@@ -442,6 +489,7 @@ void Connection::onTimer(uv_timer_t* t) noexcept { static_cast<Connection*>(t->d
 void Connection::handleTimer() {
   if (closing_) return;
   timer_fires_at_ = 0;
+  deadline_ms_ = computeDeadline();
   if (deadline_ms_ == 0) return;
   if (deadline_ms_ > uv_now(server_->loop())) {
     armTimer();
@@ -451,8 +499,10 @@ void Connection::handleTimer() {
     close();
     return;
   }
+  bool too_slow = belowMinRate();
   if (write_pending_) {
-    TG_LOG_CONN(LogLevel::kInfo, info_.id, "client timed out (110: Connection timed out) while sending response to client%s",
+    TG_LOG_CONN(LogLevel::kInfo, info_.id, "%s while sending response to client%s",
+                too_slow ? "client read the response below send_min_rate" : "client timed out (110: Connection timed out)",
                 describe().c_str());
     close();
     return;
@@ -462,8 +512,9 @@ void Connection::handleTimer() {
     return;
   }
   const char* what = phase_ == Phase::kHead ? "reading client request headers" : "reading client request body";
-  TG_LOG_CONN(LogLevel::kInfo, info_.id, "client timed out (110: Connection timed out) while %s%s", what,
-              describe().c_str());
+  TG_LOG_CONN(LogLevel::kInfo, info_.id, "%s while %s%s",
+              too_slow ? "client sent the body below client_body_min_rate" : "client timed out (110: Connection timed out)",
+              what, describe().c_str());
   keepalive_ = false;
   respond(408, "text/html", errorPage(408), {});
   finishRequest();
@@ -485,7 +536,7 @@ void Connection::closeIfIdle() {
   // Only a keepalive connection between requests is idle. A new connection
   // whose first request is still on the wire gets served (with
   // "Connection: close"), as nginx does; client_header_timeout bounds it.
-  if (phase_ == Phase::kIdle && info_.requests > 0) close();
+  if ((phase_ == Phase::kIdle && info_.requests > 0) || phase_ == Phase::kLingering) close();
 }
 
 void Connection::close() {

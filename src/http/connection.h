@@ -54,7 +54,9 @@ class Connection : private RequestParser::Handler {
   void flush();
   void afterWrite(int status);
   void startLingeringClose();
-  uint64_t computeDeadline() const;  // absolute loop ms for the current phase; 0 = none
+  uint64_t computeDeadline() const;
+  bool belowMinRate() const;
+  uint64_t bytesSentSoFar() const;  // absolute loop ms for the current phase; 0 = none
   void updateTimer();
   void armTimer();
   bool reserve(size_t want);
@@ -96,6 +98,9 @@ class Connection : private RequestParser::Handler {
   bool closing_ = false;
   bool in_process_ = false;
   uint64_t head_deadline_ms_ = 0;
+  uint64_t body_start_ms_ = 0;   // first body byte expected (min-rate window start)
+  uint64_t send_start_ms_ = 0;   // a write started waiting for the client
+  uint64_t last_io_ms_ = 0;      // last read from or write completion to the client
   uint64_t deadline_ms_ = 0;     // when the current phase times out (0: never)
   uint64_t timer_fires_at_ = 0;  // when the armed uv timer fires (0: not armed)
 };

@@ -3,6 +3,8 @@
 // status and a closed connection, and nothing after it is served.
 #include <gtest/gtest.h>
 
+#include <memory>
+
 #include "harness.h"
 
 namespace tidegate::test {
@@ -165,6 +167,86 @@ TEST_F(FramingTest, IdleKeepaliveIsClosed) {
 TEST_F(FramingTest, ConnectionThatSendsNothingIsClosed) {
   RawClient c(gw_->port());
   EXPECT_TRUE(c.waitClosed(Ms(4000)));
+}
+
+}  // namespace
+}  // namespace tidegate::test
+
+namespace tidegate::test {
+namespace {
+
+TEST(SlowBodyTest, BodyBelowMinimumRateGets408) {
+  Gateway gw;
+  gw.setSimpleConf("    location / { return 200 \"ok\"; }\n",
+                   "client_body_timeout 30s; client_body_min_rate 1000;");
+  ASSERT_TRUE(gw.start());
+  // 10 bytes a second against a 1000 B/s minimum: the gap timeout (30 s)
+  // would never fire, the rate check must (after its 1 s grace).
+  RawClient c(gw.port());
+  c.send("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n");
+  auto start = std::chrono::steady_clock::now();
+  std::string got;
+  ASSERT_TRUE(waitFor([&] {
+    c.send(std::string(10, 'x'));
+    got += c.readUntilClose(Ms(100));
+    return got.find("\r\n\r\n") != std::string::npos;
+  }, Ms(10000)));
+  EXPECT_EQ(got.substr(0, 12), "HTTP/1.1 408");
+  auto took = std::chrono::duration_cast<Ms>(std::chrono::steady_clock::now() - start);
+  EXPECT_LT(took.count(), 3000);
+  EXPECT_TRUE(gw.waitLog("below client_body_min_rate"));
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+TEST(SlowBodyTest, BodyAboveMinimumRateIsServed) {
+  Gateway gw;
+  gw.setSimpleConf("    location / { return 200 \"ok\"; }\n", "client_body_min_rate 1000;");
+  ASSERT_TRUE(gw.start());
+  RawClient c(gw.port());
+  c.send("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 20000\r\n\r\n");
+  std::string got;
+  for (int i = 0; i < 20; i++) {
+    c.send(std::string(1000, 'x'));
+    got += c.readUntilClose(Ms(50));  // paces the client at ~20 KB/s, well above the minimum
+  }
+  ASSERT_TRUE(waitFor([&] {
+    got += c.readUntilClose(Ms(50));
+    return got.find("\r\n\r\nok") != std::string::npos;
+  }));
+  EXPECT_EQ(got.substr(0, 15), "HTTP/1.1 200 OK");
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+TEST(SlowlorisTest, ManySlowHeadsAllClosedWithinDeadlineWhileServing) {
+  Gateway gw;
+  gw.setConf(R"(
+worker_processes 1;
+events { worker_connections 4096; }
+http {
+  client_header_timeout 2s;
+  access_log off;
+  server { listen 127.0.0.1:{PORT}; location / { return 200 "ok"; } }
+}
+)");
+  ASSERT_TRUE(gw.start());
+  std::vector<std::unique_ptr<RawClient>> slow;
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 1000; i++) {
+    auto c = std::make_unique<RawClient>();
+    ASSERT_TRUE(c->connect(gw.port()));
+    c->send("GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ");  // never finishes
+    slow.push_back(std::move(c));
+  }
+  // Normal traffic keeps flowing meanwhile.
+  for (int i = 0; i < 50; i++) ASSERT_EQ(httpGet(gw.port(), "/").status, 200);
+  // Every slow connection is answered 408 and closed by deadline + 1 s,
+  // counted from the last connection's start.
+  for (auto& c : slow) {
+    auto left = std::chrono::duration_cast<Ms>(start + Ms(3000 + 1000) - std::chrono::steady_clock::now());
+    EXPECT_TRUE(c->waitClosed(left.count() > 0 ? left : Ms(1))) << "slow connection outlived its deadline";
+  }
+  EXPECT_EQ(httpGet(gw.port(), "/").status, 200);
+  EXPECT_EQ(gw.stop(), 0);
 }
 
 }  // namespace
