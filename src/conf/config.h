@@ -30,6 +30,7 @@ struct AccessLogTarget {
 struct HttpSettings {
   std::optional<std::string> default_type;
   std::optional<uint64_t> keepalive_timeout_ms;
+  std::optional<uint64_t> keepalive_header_s;  // keepalive_timeout's 2nd value: "Keep-Alive: timeout=N" (0: none)
   std::optional<uint64_t> keepalive_requests;
   std::optional<uint64_t> client_header_timeout_ms;
   std::optional<uint64_t> client_body_timeout_ms;

@@ -146,6 +146,17 @@ bool onRate(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
+bool onKeepaliveTimeout(const ConfNode& n, BuildState& st, std::string* err) {
+  uint64_t ms = 0, header_ms = 0;
+  if (!parseDurationMs(n.args[0], &ms) || (n.args.size() > 1 && !parseDurationMs(n.args[1], &header_ms))) {
+    *err = "invalid value in \"keepalive_timeout\" directive";
+    return false;
+  }
+  st.settings().keepalive_timeout_ms = ms;
+  st.settings().keepalive_header_s = header_ms / 1000;
+  return true;
+}
+
 bool onKeepaliveRequests(const ConfNode& n, BuildState& st, std::string* err) {
   int64_t v = 0;
   if (!parseInt(n.args[0], &v) || v < 0) {
@@ -465,7 +476,7 @@ const Directive kCoreDirectives[] = {
     {"server_tokens", kAnyHttpLevel, 1, 1, false, onServerTokens},
     {"log_format", kHttpCtx, 2, kAnyArgs, false, onLogFormat},
     {"access_log", kAnyHttpLevel, 1, 2, false, onAccessLog},
-    {"keepalive_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&HttpSettings::keepalive_timeout_ms>},
+    {"keepalive_timeout", kAnyHttpLevel, 1, 2, false, onKeepaliveTimeout},
     {"keepalive_requests", kAnyHttpLevel, 1, 1, false, onKeepaliveRequests},
     {"client_header_timeout", kHttpCtx | kServerCtx, 1, 1, false,
      onDuration<&HttpSettings::client_header_timeout_ms>},

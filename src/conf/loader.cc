@@ -12,7 +12,10 @@ namespace tidegate::conf {
 
 void HttpSettings::inheritFrom(const HttpSettings& p) {
   if (!default_type) default_type = p.default_type;
-  if (!keepalive_timeout_ms) keepalive_timeout_ms = p.keepalive_timeout_ms;
+  if (!keepalive_timeout_ms) {
+    keepalive_timeout_ms = p.keepalive_timeout_ms;
+    keepalive_header_s = p.keepalive_header_s;
+  }
   if (!keepalive_requests) keepalive_requests = p.keepalive_requests;
   if (!client_header_timeout_ms) client_header_timeout_ms = p.client_header_timeout_ms;
   if (!client_body_timeout_ms) client_body_timeout_ms = p.client_body_timeout_ms;
@@ -28,6 +31,7 @@ void HttpSettings::fillDefaults() {
   // nginx's defaults.
   if (!default_type) default_type = "text/plain";
   if (!keepalive_timeout_ms) keepalive_timeout_ms = 75000;
+  if (!keepalive_header_s) keepalive_header_s = 0;
   if (!keepalive_requests) keepalive_requests = 1000;
   if (!client_header_timeout_ms) client_header_timeout_ms = 60000;
   if (!client_body_timeout_ms) client_body_timeout_ms = 60000;

@@ -277,6 +277,7 @@ bool Connection::shouldKeepAlive(int status) const {
       status == 505) {
     return false;
   }
+  if (*settings().keepalive_timeout_ms == 0) return false;  // nginx: keepalive_timeout 0 disables keepalive
   return info_.requests + 1 < *settings().keepalive_requests;
 }
 
@@ -309,6 +310,10 @@ void Connection::respond(int status, std::string_view content_type, std::string_
   if (!location.empty()) {
     out_.append("\r\nLocation: ");
     out_.append(location);
+  }
+  if (keepalive_ && *settings().keepalive_header_s) {
+    out_.append("\r\nKeep-Alive: timeout=");
+    out_.append(std::to_string(*settings().keepalive_header_s));
   }
   out_.append(keepalive_ ? "\r\nConnection: keep-alive\r\n\r\n" : "\r\nConnection: close\r\n\r\n");
   size_t head_bytes = out_.size() - before;

@@ -2,6 +2,11 @@
 
 #include <strings.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include <array>
 #include <cstring>
 #include <limits>
 
@@ -106,40 +111,75 @@ bool RequestParser::checkRequestLine(std::string_view line) {
   return true;
 }
 
+// Bytes the head scanner must look at; everything else is skipped in a
+// tight loop (this runs over every head byte, so it is kept cheap).
+constexpr std::array<bool, 256> kHeadSpecial = [] {
+  std::array<bool, 256> t{};
+  t[0] = t['\n'] = t['\r'] = true;
+  return t;
+}();
+
+// Returns the index of the first CR, LF or NUL in data[i, len), or len.
+// Sixteen bytes at a time where SSE2 is there (every x86-64).
+static size_t skipOrdinary(const char* data, size_t i, size_t len) {
+#if defined(__SSE2__)
+  const __m128i cr = _mm_set1_epi8('\r'), lf = _mm_set1_epi8('\n'), nul = _mm_setzero_si128();
+  while (i + 16 <= len) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(data + i));
+    __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, cr), _mm_cmpeq_epi8(v, lf)), _mm_cmpeq_epi8(v, nul));
+    int mask = _mm_movemask_epi8(hit);
+    if (mask != 0) return i + static_cast<size_t>(__builtin_ctz(static_cast<unsigned>(mask)));
+    i += 16;
+  }
+#endif
+  while (i < len && !kHeadSpecial[static_cast<unsigned char>(data[i])]) i++;
+  return i;
+}
+
 bool RequestParser::scanHead(const char* data, size_t len, size_t* head_end) {
   *head_end = len;
-  for (size_t i = 0; i < len; i++) {
-    char c = data[i];
-    if (line_len_ == 0 && !prev_cr_) line_start_ = static_cast<size_t>(data + i - base_);
+  size_t i = 0;
+  while (i < len) {
+    if (line_len_ == 0 && !prev_cr_) {
+      line_start_ = static_cast<size_t>(data + i - base_);
+      if (line_no_ > 0 && (data[i] == ' ' || data[i] == '\t')) {
+        return fail(400, "client sent obsolete line folding");  // RFC 9112 5.2
+      }
+    }
+    // The run of ordinary bytes up to the next CR, LF or NUL.
+    size_t run = skipOrdinary(data, i, len);
+    if (run > i) {
+      if (prev_cr_) return fail(400, "client sent bare CR in request head");
+      line_len_ += run - i;
+      head_bytes_ += run - i;
+      if (head_bytes_ > limits_.total) return fail(431, "client sent too large request head");
+      if (line_no_ == 0 && line_len_ > limits_.request_line) return fail(414, "client sent too long URI");
+      if (line_no_ > 0 && line_len_ > limits_.header_line) return fail(431, "client sent too long header line");
+      i = run;
+      if (i == len) break;
+    }
+    char c = data[i++];
     head_bytes_++;
     if (head_bytes_ > limits_.total) return fail(431, "client sent too large request head");
-    if (c == '\n') {
-      if (!prev_cr_) return fail(400, "client sent bare LF in request head");
-      prev_cr_ = false;
-      if (line_len_ == 0) {
-        if (line_no_ == 0) continue;  // RFC 9112 2.2: tolerate empty lines before the request line
-        head_scanned_ = true;
-        *head_end = i + 1;
-        return true;
-      }
-      if (line_no_ == 0 && !checkRequestLine(std::string_view(base_ + line_start_, line_len_))) return false;
-      line_no_++;
-      line_len_ = 0;
-      if (line_no_ - 1 > limits_.max_fields) return fail(431, "client sent too many header fields");
-      continue;
-    }
-    if (prev_cr_) return fail(400, "client sent bare CR in request head");
+    if (c == '\0') return fail(400, "client sent NUL in request head");
     if (c == '\r') {
+      if (prev_cr_) return fail(400, "client sent bare CR in request head");
       prev_cr_ = true;
       continue;
     }
-    if (line_len_ == 0 && line_no_ > 0 && (c == ' ' || c == '\t')) {
-      return fail(400, "client sent obsolete line folding");  // RFC 9112 5.2
+    // c == '\n'
+    if (!prev_cr_) return fail(400, "client sent bare LF in request head");
+    prev_cr_ = false;
+    if (line_len_ == 0) {
+      if (line_no_ == 0) continue;  // RFC 9112 2.2: tolerate empty lines before the request line
+      head_scanned_ = true;
+      *head_end = i;
+      return true;
     }
-    if (c == '\0') return fail(400, "client sent NUL in request head");
-    line_len_++;
-    if (line_no_ == 0 && line_len_ > limits_.request_line) return fail(414, "client sent too long URI");
-    if (line_no_ > 0 && line_len_ > limits_.header_line) return fail(431, "client sent too long header line");
+    if (line_no_ == 0 && !checkRequestLine(std::string_view(base_ + line_start_, line_len_))) return false;
+    line_no_++;
+    line_len_ = 0;
+    if (line_no_ - 1 > limits_.max_fields) return fail(431, "client sent too many header fields");
   }
   return true;
 }
@@ -296,6 +336,9 @@ int RequestParser::onHeaderValueComplete(llhttp_t* p) {
     self->fail(400, "client sent empty header name");
     return -1;
   }
+  // Only four names matter here; their lengths tell most headers apart cheaply.
+  size_t n = name.size();
+  if (n != 4 && n != 6 && n != 14 && n != 17) return 0;
   if (iequals(name, "content-length")) {
     self->cl_count_++;
     uint64_t n = 0;

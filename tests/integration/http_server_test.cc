@@ -194,3 +194,37 @@ TEST_F(HttpServerTest, AccessLogLines) {
 
 }  // namespace
 }  // namespace tidegate::test
+
+namespace tidegate::test {
+namespace {
+
+TEST(KeepaliveSettingsTest, KeepaliveRequestsAndHeaderTimeout) {
+  Gateway gw;
+  gw.setSimpleConf(R"(
+    location / { return 200 "ok"; }
+    location /off { keepalive_timeout 0; return 200 "off"; }
+)",
+                   "keepalive_requests 3; keepalive_timeout 30s 25s;");
+  ASSERT_TRUE(gw.start());
+  RawClient c(gw.port());
+  for (int i = 1; i <= 3; i++) {
+    c.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    Response r = c.readResponse();
+    EXPECT_EQ(r.status, 200);
+    if (i < 3) {
+      EXPECT_EQ(r.header("connection"), "keep-alive") << i;
+      EXPECT_EQ(r.header("keep-alive"), "timeout=25");
+    } else {
+      EXPECT_EQ(r.header("connection"), "close");  // the third request is the last
+    }
+  }
+  EXPECT_TRUE(c.waitClosed());
+  RawClient d(gw.port());
+  d.send("GET /off HTTP/1.1\r\nHost: a\r\n\r\n");
+  EXPECT_EQ(d.readResponse().header("connection"), "close");
+  EXPECT_TRUE(d.waitClosed());
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+}  // namespace
+}  // namespace tidegate::test
