@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -120,6 +121,7 @@ struct Config {
   bool error_log_set = false;                 // given in the conf (wins over -e)
   uint64_t worker_rlimit_nofile = 0;          // 0: inherit the limit
   std::vector<std::string> files;             // every conf file read, for -T
+  std::set<std::string> seen_once;            // builder bookkeeping: single-use directives seen
   std::string error_log_level = "error";
   std::string pid_file = "logs/tidegate.pid";
   int worker_connections = 512;

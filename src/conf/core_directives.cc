@@ -114,8 +114,17 @@ bool onHttp(const ConfNode& n, BuildState& st, std::string* err) {
   return buildBlock(n.children, inner, st.error);
 }
 
+// nginx refuses a single-value directive given twice in one block.
+template <typename T>
+bool notDuplicate(const std::optional<T>& field, const ConfNode& n, std::string* err) {
+  if (!field) return true;
+  *err = "\"" + n.name + "\" directive is duplicate";
+  return false;
+}
+
 template <std::optional<uint64_t> HttpSettings::*Field>
 bool onDuration(const ConfNode& n, BuildState& st, std::string* err) {
+  if (!notDuplicate(st.settings().*Field, n, err)) return false;
   uint64_t ms = 0;
   if (!parseDurationMs(n.args[0], &ms)) {
     *err = "invalid value \"" + n.args[0] + "\" in \"" + n.name + "\" directive";
@@ -126,6 +135,7 @@ bool onDuration(const ConfNode& n, BuildState& st, std::string* err) {
 }
 
 bool onClientMaxBodySize(const ConfNode& n, BuildState& st, std::string* err) {
+  if (!notDuplicate(st.settings().client_max_body_size, n, err)) return false;
   uint64_t v = 0;
   if (!parseSize(n.args[0], &v)) {
     *err = "invalid value \"" + n.args[0] + "\" in \"client_max_body_size\" directive";
@@ -137,6 +147,7 @@ bool onClientMaxBodySize(const ConfNode& n, BuildState& st, std::string* err) {
 
 template <std::optional<uint64_t> HttpSettings::*Field>
 bool onRate(const ConfNode& n, BuildState& st, std::string* err) {
+  if (!notDuplicate(st.settings().*Field, n, err)) return false;
   uint64_t v = 0;
   if (!parseSize(n.args[0], &v)) {
     *err = "invalid value \"" + n.args[0] + "\" in \"" + n.name + "\" directive";
@@ -147,10 +158,13 @@ bool onRate(const ConfNode& n, BuildState& st, std::string* err) {
 }
 
 bool onKeepaliveTimeout(const ConfNode& n, BuildState& st, std::string* err) {
+  if (!notDuplicate(st.settings().keepalive_timeout_ms, n, err)) return false;
   uint64_t ms = 0, header_ms = 0;
-  if (!parseDurationMs(n.args[0], &ms) || (n.args.size() > 1 && !parseDurationMs(n.args[1], &header_ms))) {
-    *err = "invalid value in \"keepalive_timeout\" directive";
-    return false;
+  for (size_t i = 0; i < n.args.size(); i++) {
+    if (!parseDurationMs(n.args[i], i == 0 ? &ms : &header_ms)) {
+      *err = "invalid value \"" + n.args[i] + "\" in \"keepalive_timeout\" directive";
+      return false;
+    }
   }
   st.settings().keepalive_timeout_ms = ms;
   st.settings().keepalive_header_s = header_ms / 1000;
@@ -158,6 +172,7 @@ bool onKeepaliveTimeout(const ConfNode& n, BuildState& st, std::string* err) {
 }
 
 bool onKeepaliveRequests(const ConfNode& n, BuildState& st, std::string* err) {
+  if (!notDuplicate(st.settings().keepalive_requests, n, err)) return false;
   int64_t v = 0;
   if (!parseInt(n.args[0], &v) || v < 0) {
     *err = "invalid value \"" + n.args[0] + "\" in \"keepalive_requests\" directive";
@@ -167,12 +182,14 @@ bool onKeepaliveRequests(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
-bool onDefaultType(const ConfNode& n, BuildState& st, std::string*) {
+bool onDefaultType(const ConfNode& n, BuildState& st, std::string* err) {
+  if (!notDuplicate(st.settings().default_type, n, err)) return false;
   st.settings().default_type = n.args[0];
   return true;
 }
 
 bool onServerTokens(const ConfNode& n, BuildState& st, std::string* err) {
+  if (!notDuplicate(st.settings().server_tokens, n, err)) return false;
   bool v = true;
   if (!parseFlag(n, &v, err)) return false;
   st.settings().server_tokens = v;
@@ -462,20 +479,20 @@ bool onLocation(const ConfNode& n, BuildState& st, std::string* err) {
 }
 
 const Directive kCoreDirectives[] = {
-    {"daemon", kMainCtx, 1, 1, false, onDaemon},
-    {"master_process", kMainCtx, 1, 1, false, onMasterProcess},
-    {"worker_processes", kMainCtx, 1, 1, false, onWorkerProcesses},
+    {"daemon", kMainCtx, 1, 1, false, onDaemon, true},
+    {"master_process", kMainCtx, 1, 1, false, onMasterProcess, true},
+    {"worker_processes", kMainCtx, 1, 1, false, onWorkerProcesses, true},
     {"error_log", kMainCtx, 1, 2, false, onErrorLog},
-    {"pid", kMainCtx, 1, 1, false, onPid},
-    {"worker_shutdown_timeout", kMainCtx, 1, 1, false, onWorkerShutdownTimeout},
-    {"worker_rlimit_nofile", kMainCtx, 1, 1, false, onWorkerRlimitNofile},
-    {"events", kMainCtx, 0, 0, true, onEvents},
-    {"worker_connections", kEventsCtx, 1, 1, false, onWorkerConnections},
+    {"pid", kMainCtx, 1, 1, false, onPid, true},
+    {"worker_shutdown_timeout", kMainCtx, 1, 1, false, onWorkerShutdownTimeout, true},
+    {"worker_rlimit_nofile", kMainCtx, 1, 1, false, onWorkerRlimitNofile, true},
+    {"events", kMainCtx, 0, 0, true, onEvents, true},
+    {"worker_connections", kEventsCtx, 1, 1, false, onWorkerConnections, true},
     {"http", kMainCtx, 0, 0, true, onHttp},
     {"default_type", kAnyHttpLevel, 1, 1, false, onDefaultType},
     {"server_tokens", kAnyHttpLevel, 1, 1, false, onServerTokens},
     {"log_format", kHttpCtx, 2, kAnyArgs, false, onLogFormat},
-    {"access_log", kAnyHttpLevel, 1, 2, false, onAccessLog},
+    {"access_log", kAnyHttpLevel, 1, kAnyArgs, false, onAccessLog},
     {"keepalive_timeout", kAnyHttpLevel, 1, 2, false, onKeepaliveTimeout},
     {"keepalive_requests", kAnyHttpLevel, 1, 1, false, onKeepaliveRequests},
     {"client_header_timeout", kHttpCtx | kServerCtx, 1, 1, false,

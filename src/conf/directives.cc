@@ -53,6 +53,9 @@ bool buildBlock(const std::vector<ConfNode>& nodes, BuildState& st, ConfError* e
     if (d->block && !node.has_block) return fail("directive \"" + node.name + "\" has no opening \"{\"");
     if (!d->block && node.has_block) return fail("directive \"" + node.name + "\" is not terminated by \";\"");
     if (!argCountOk(*d, node)) return fail("invalid number of arguments in \"" + node.name + "\" directive");
+    if (d->once && !st.config->seen_once.insert(std::string(d->name)).second) {
+      return fail("\"" + node.name + "\" directive is duplicate");
+    }
     std::string why;
     st.error = err;
     if (!d->handler(node, st, &why)) {

@@ -54,6 +54,8 @@ struct Directive {
   int max_args;  // kAnyArgs = no upper bound
   bool block;    // takes a { } block
   DirectiveHandler handler;
+  // Main-level (and events) directives that nginx refuses to see twice.
+  bool once = false;
 };
 
 void registerDirectives(const Directive* list, size_t count);

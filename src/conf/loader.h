@@ -13,6 +13,7 @@ struct LoadOptions {
   std::string prefix;        // -p; default: current directory
   std::string conf_file;     // -c; relative to prefix
   std::string extra;         // -g 'directives;'
+  std::string error_log;     // -e: used when the conf names no error_log
 };
 
 bool loadConfig(const LoadOptions& opts, ConfigPtr* out, ConfError* err);

@@ -44,6 +44,11 @@ void appendEscaped(std::string_view v, std::string* out) {
 
 }  // namespace
 
+bool AccessLog::check(const conf::Config& cfg, std::string* err) {
+  AccessLog probe;
+  return probe.open(cfg, err);  // the destructor closes what it opened
+}
+
 AccessLog::~AccessLog() {
   for (auto& [path, fd] : fds_) {
     if (fd >= 0) ::close(fd);

@@ -19,6 +19,9 @@ class AccessLog {
 
   // Opens every access_log path of the conf. False (with *err) if one fails.
   bool open(const conf::Config& cfg, std::string* err);
+  // Checks that every access_log path of `cfg` can be opened for appending
+  // (creating it), as -t and a reload must before anything changes.
+  static bool check(const conf::Config& cfg, std::string* err);
   bool reopen(std::string* err);
   void log(const Request& r);
 

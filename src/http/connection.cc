@@ -23,6 +23,8 @@ using core::LogLevel;
 
 // nginx's lingering_timeout: how long to drain a client after an error reply.
 constexpr uint64_t kLingeringTimeoutMs = 5000;
+// nginx's lingering_time: the most a lingering close may take in all.
+constexpr uint64_t kLingeringTimeMs = 30000;
 // Pipelined responses waiting for the socket beyond this pause parsing.
 constexpr size_t kMaxPendingOutput = 64 * 1024;
 
@@ -92,8 +94,10 @@ void Connection::start(HttpServer* server, int fd, const conf::Config::ListenGro
   c->updateTimer();
 }
 
+// The settings of the request being served; between requests (keepalive
+// idle, a response still being written), those of the last routed request.
 const conf::HttpSettings& Connection::settings() const {
-  if (req_.server) return req_.settings();
+  if (conn_settings_) return *conn_settings_;
   return group_->default_server->settings;
 }
 
@@ -101,10 +105,15 @@ void Connection::startRequest() {
   const conf::Server* def = group_->default_server.get();
   parser_.reset(def->limits, 0);
   parser_.setHandler(this);
-  std::string uri = std::move(req_.uri);  // keep its capacity: no allocation per request
+  // Keep the strings' capacity: no allocation per request.
+  std::string uri = std::move(req_.uri), host = std::move(req_.host), loc = std::move(req_.sent_location);
   uri.clear();
+  host.clear();
+  loc.clear();
   req_ = Request{};
   req_.uri = std::move(uri);
+  req_.host = std::move(host);
+  req_.sent_location = std::move(loc);
   req_.conn = &info_;
   req_.server = def;
   req_.head = &parser_.head();
@@ -180,6 +189,7 @@ void Connection::handleRead(ssize_t nread) {
   end_ += static_cast<size_t>(nread);
   if (phase_ == Phase::kIdle) {
     phase_ = Phase::kHead;
+    req_.start_us = core::monoUs();  // $request_time counts from the first byte, not the idle wait
     head_deadline_ms_ = uv_now(server_->loop()) + *group_->default_server->settings.client_header_timeout_ms;
   }
   request_active_ = true;
@@ -190,7 +200,12 @@ void Connection::processInput() {
   if (in_process_) return;  // re-entered from a callback: the outer loop continues
   in_process_ = true;
   while (!closing_ && !close_after_write_ && phase_ != Phase::kLingering) {
-    if (out_.size() + writing_.size() > kMaxPendingOutput) break;  // wait for the client to read
+    if (out_.size() + writing_.size() > kMaxPendingOutput) {
+      // Hand what we have to the socket; if it does not all fit, wait for
+      // the client to read (afterWrite() resumes this loop).
+      flush();
+      if (write_pending_ || closing_) break;
+    }
     if (parsed_ == end_ && phase_ != Phase::kBody) break;
     size_t consumed = 0;
     auto ev = parser_.execute(buf_ + start_, parsed_ - start_, end_ - start_, &consumed);
@@ -218,8 +233,12 @@ int Connection::onHeadComplete(std::string* why) {
   TargetParts t = splitTarget(h.target.in(req_.base));
   std::string_view host = t.authority;
   if (host.empty() && h.host_index >= 0) host = h.headers[static_cast<size_t>(h.host_index)].value.in(req_.base);
-  req_.host = stripPort(host);
+  std::string_view bare = stripPort(host);
+  req_.host.assign(bare);
+  for (char& ch : req_.host) ch = static_cast<char>(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+  if (!req_.host.empty() && req_.host.back() == '.') req_.host.pop_back();
   req_.server = findServer(*group_, req_.host);
+  conn_settings_ = &req_.settings();
   req_.args = t.args;
   req_.has_args = t.has_args;
   if (!normalizePath(t.path, &req_.uri)) {
@@ -227,6 +246,7 @@ int Connection::onHeadComplete(std::string* why) {
     return 400;
   }
   req_.location = findLocation(*req_.server, req_.uri);
+  conn_settings_ = &req_.settings();
   uint64_t max_body = *settings().client_max_body_size;
   if (max_body && h.content_length > 0 && static_cast<uint64_t>(h.content_length) > max_body) {
     *why = "client intended to send too large body: " + std::to_string(h.content_length) + " bytes";
@@ -245,22 +265,31 @@ int Connection::onHeadComplete(std::string* why) {
 void Connection::onMessage() {
   req_.base = buf_ + start_;
   req_.request_length = parser_.head().head_len + parser_.bodyBytes();
+  // A server-level return runs before any location is looked at (nginx's
+  // server rewrite phase), so it wins.
   const conf::ReturnAction* ret = nullptr;
-  if (req_.location && req_.location->ret) ret = &*req_.location->ret;
-  else if (req_.server->ret) ret = &*req_.server->ret;
+  if (req_.server->ret) ret = &*req_.server->ret;
+  else if (req_.location && req_.location->ret) ret = &*req_.location->ret;
   if (!ret) {
     respond(404, "text/html", errorPage(404), {});
   } else if (ret->code == 444) {
-    // nginx's 444: close without a response.
+    // nginx's 444: no response, and the connection closes once the answers
+    // to earlier pipelined requests are out.
     req_.status = 444;
     keepalive_ = false;
-    server_->accessLog().log(req_);
-    close();
-    return;
+    reset_after_write_ = true;
   } else {
     std::string text;
     if (ret->has_text) evaluate(ret->text, req_, &text);
     bool redirect = ret->code == 301 || ret->code == 302 || ret->code == 303 || ret->code == 307 || ret->code == 308;
+    if (redirect && !text.empty() && text[0] == '/') {
+      // nginx's absolute_redirect: a local URI becomes absolute, with the
+      // host the client asked for and our port when it is not the default.
+      std::string abs = "http://";
+      abs.append(req_.host.empty() ? req_.server->primaryName() : req_.host);
+      if (info_.local_port != 80) abs.append(":").append(std::to_string(info_.local_port));
+      text = abs + text;
+    }
     if (redirect) respond(ret->code, "text/html", errorPage(ret->code), text);
     else if (ret->has_text) respond(ret->code, *settings().default_type, text, {});
     else respond(ret->code, "text/html", errorPage(ret->code), {});
@@ -289,12 +318,13 @@ void Connection::respond(int status, std::string_view content_type, std::string_
   if (!parser_.messageDone() && h.hasBody()) keepalive_ = false;
   req_.status = status;
   size_t before = out_.size();
-  out_.append(h.http_minor == 0 && parser_.headDone() ? "HTTP/1.0 " : "HTTP/1.1 ");
+  out_.append("HTTP/1.1 ");  // RFC 9110 6.2: our version, whatever the client's
   char code[4] = {static_cast<char>('0' + status / 100 % 10), static_cast<char>('0' + status / 10 % 10),
                   static_cast<char>('0' + status % 10), ' '};
   out_.append(code, 4);
   out_.append(reasonPhrase(status));
-  out_.append("\r\nServer: tidegate\r\nDate: ");
+  // server_tokens: nginx's rule, our name.
+  out_.append(*settings().server_tokens ? "\r\nServer: tidegate/" TIDEGATE_VERSION "\r\nDate: " : "\r\nServer: tidegate\r\nDate: ");
   out_.append(core::httpDate());
   bool no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
   if (!no_body) {
@@ -310,6 +340,7 @@ void Connection::respond(int status, std::string_view content_type, std::string_
   if (!location.empty()) {
     out_.append("\r\nLocation: ");
     out_.append(location);
+    req_.sent_location.assign(location);
   }
   if (keepalive_ && *settings().keepalive_header_s) {
     out_.append("\r\nKeep-Alive: timeout=");
@@ -375,6 +406,10 @@ void Connection::flush() {
       write_pending_ = true;
     }
   }
+  if (!write_pending_ && out_.empty() && reset_after_write_) {
+    close();
+    return;
+  }
   if (!write_pending_ && out_.empty() && close_after_write_) startLingeringClose();
 }
 
@@ -402,7 +437,7 @@ void Connection::afterWrite(int status) {
 void Connection::startLingeringClose() {
   if (phase_ == Phase::kLingering || closing_) return;
   phase_ = Phase::kLingering;
-  last_io_ms_ = uv_now(server_->loop());
+  last_io_ms_ = linger_start_ms_ = uv_now(server_->loop());
   shutdown_req_.data = this;
   if (uv_shutdown(&shutdown_req_, reinterpret_cast<uv_stream_t*>(&tcp_), onShutdown) != 0) {
     close();
@@ -438,7 +473,7 @@ uint64_t Connection::bytesSentSoFar() const {
 // can recompute it.
 uint64_t Connection::computeDeadline() const {
   const conf::HttpSettings& s = settings();
-  if (phase_ == Phase::kLingering) return last_io_ms_ + kLingeringTimeoutMs;
+  if (phase_ == Phase::kLingering) return std::min(last_io_ms_ + kLingeringTimeoutMs, linger_start_ms_ + kLingeringTimeMs);
   if (write_pending_) {
     uint64_t d = send_start_ms_ + *s.send_timeout_ms;
     if (*s.send_min_rate) d = std::min(d, rateDeadline(send_start_ms_, bytesSentSoFar(), *s.send_min_rate));

@@ -54,9 +54,9 @@ class Connection : private RequestParser::Handler {
   void flush();
   void afterWrite(int status);
   void startLingeringClose();
-  uint64_t computeDeadline() const;
+  uint64_t computeDeadline() const;  // absolute loop ms for the current phase; 0 = none
   bool belowMinRate() const;
-  uint64_t bytesSentSoFar() const;  // absolute loop ms for the current phase; 0 = none
+  uint64_t bytesSentSoFar() const;   // of the write in flight
   void updateTimer();
   void armTimer();
   bool reserve(size_t want);
@@ -93,6 +93,9 @@ class Connection : private RequestParser::Handler {
   std::string writing_;   // bytes owned by the in-flight uv_write
   bool write_pending_ = false;
   bool close_after_write_ = false;
+  bool reset_after_write_ = false;  // return 444: close without lingering once output is out
+  const conf::HttpSettings* conn_settings_ = nullptr;
+  uint64_t linger_start_ms_ = 0;
   bool keepalive_ = true;
   bool reading_ = false;
   bool closing_ = false;

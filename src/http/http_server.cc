@@ -59,11 +59,14 @@ void HttpServer::onReadable(uv_poll_t* p, int status, int) noexcept {
   l->server->acceptAll(l);
 }
 
-void HttpServer::logRateLimited(uint64_t* last_ms, uint64_t* count, const char* fmt, int err) {
+// `fmt` takes the int `arg` (an errno, printed with its text when
+// `with_errno`) and then the count of occurrences since the last report.
+void HttpServer::logRateLimited(uint64_t* last_ms, uint64_t* count, const char* fmt, int arg, bool with_errno) {
   (*count)++;
   uint64_t now = core::wallMs();
   if (now - *last_ms < 1000) return;
-  TG_LOG(LogLevel::kAlert, fmt, err, strerror(err), static_cast<unsigned long long>(*count));
+  if (with_errno) TG_LOG(LogLevel::kAlert, fmt, arg, strerror(arg), static_cast<unsigned long long>(*count));
+  else TG_LOG(LogLevel::kAlert, fmt, arg, static_cast<unsigned long long>(*count));
   *last_ms = now;
   *count = 0;
 }
@@ -73,7 +76,8 @@ void HttpServer::acceptAll(Listener* l) {
   for (int i = 0; i < 64 && !paused_; i++) {
     if (connections_ >= static_cast<size_t>(cfg_->worker_connections)) {
       logRateLimited(&last_overflow_log_ms_, &overflows_,
-                     "worker_connections are not enough (%d: %s), not accepting until one closes (%llu times since the last report)", ENFILE);
+                     "%d worker_connections are not enough, not accepting until one closes (%llu times since the last report)",
+                     cfg_->worker_connections, false);
       pauseAccepting(false);
       return;
     }
@@ -86,7 +90,8 @@ void HttpServer::acceptAll(Listener* l) {
       }
       // EMFILE, ENFILE, ENOBUFS, ENOMEM: a normal state under load. Leave the
       // connections queued and try again shortly.
-      logRateLimited(&last_accept_log_ms_, &accept_errors_, "accept() failed (%d: %s), retrying in 100 ms (%llu times since the last report)", e);
+      logRateLimited(&last_accept_log_ms_, &accept_errors_,
+                     "accept() failed (%d: %s), retrying in 100 ms (%llu times since the last report)", e, true);
       pauseAccepting(true);
       return;
     }

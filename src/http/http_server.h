@@ -62,7 +62,7 @@ class HttpServer {
   void acceptAll(Listener* l);
   void pauseAccepting(bool retry_later);
   void resumeAccepting();
-  void logRateLimited(uint64_t* last_ms, uint64_t* count, const char* fmt, int err);
+  void logRateLimited(uint64_t* last_ms, uint64_t* count, const char* fmt, int arg, bool with_errno);
   void maybeDone();
 
   uv_loop_t* loop_;

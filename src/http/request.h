@@ -30,7 +30,7 @@ struct Request {
   std::string uri;             // normalised, decoded path ($uri)
   std::string_view args;       // raw query ($args)
   bool has_args = false;
-  std::string_view host;       // without port, from Host or absolute-form target
+  std::string host;            // lower-cased, without port, from Host or an absolute-form target
   int status = 0;
   uint64_t bytes_sent = 0;
   uint64_t body_bytes_sent = 0;
@@ -38,7 +38,7 @@ struct Request {
   uint64_t start_us = 0;
   // Response headers already decided (for $sent_http_*): only the ones we make.
   std::string_view sent_content_type;
-  std::string_view sent_location;
+  std::string sent_location;
   int64_t sent_content_length = -1;
 
   std::string_view header(std::string_view lower_name) const;

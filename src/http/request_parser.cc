@@ -394,7 +394,7 @@ bool RequestParser::checkFramingHeaders() {
   }
   std::string_view target = h.target.in(base_);
   if (target.empty() ||
-      !(target[0] == '/' || target == "*" || (target.size() > 7 && strncasecmp(target.data(), "http://", 7) == 0) ||
+      !(target[0] == '/' || (target.size() > 7 && strncasecmp(target.data(), "http://", 7) == 0) ||
         (target.size() > 8 && strncasecmp(target.data(), "https://", 8) == 0))) {
     return fail(400, "client sent invalid request target");
   }

@@ -135,7 +135,7 @@ void appendVariable(const conf::VarRef& var, const Request& r, std::string* out,
       if (var.param == "content-type") out->append(r.sent_content_type);
       else if (var.param == "location") out->append(r.sent_location);
       else if (var.param == "content-length" && r.sent_content_length >= 0) appendNumber(out, static_cast<uint64_t>(r.sent_content_length));
-      else if (var.param == "server") out->append("tidegate");
+      else if (var.param == "server") out->append(*r.settings().server_tokens ? "tidegate/" TIDEGATE_VERSION : "tidegate");
       break;
     case VarId::kArg: out->append(findArg(r.args, var.param)); break;
     case VarId::kCookie: if (r.head) out->append(findCookie(r.header("cookie"), var.param)); break;

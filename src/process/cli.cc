@@ -13,6 +13,8 @@
 #include "conf/loader.h"
 #include "conf/parser.h"
 #include "core/log.h"
+#include "http/access_log.h"
+#include "process/listeners.h"
 #include "process/master.h"
 #include "process/pidfile.h"
 
@@ -170,14 +172,16 @@ int runCli(int argc, char** argv) {
 
   core::LogLevel level = LogLevel::kError;
   core::parseLogLevel(cfg->error_log_level, &level);
-  // -e names the error log used until (and unless) the conf names its own.
-  std::string log_path = cfg->error_log_set || a.error_log.empty() ? cfg->error_log : a.error_log;
+  a.load.error_log = a.error_log;
   std::string err;
-  if (!core::ErrorLog::open(log_path, level, &err)) {
-    fprintf(stderr, "tidegate: [emerg] %s\n", err.c_str());
+  auto failed = [&](const std::string& why) {
+    fprintf(stderr, "tidegate: [emerg] %s\n", why.c_str());
     if (a.test) fprintf(stderr, "tidegate: configuration file %s test failed\n", cfg->conf_file.c_str());
     return 1;
-  }
+  };
+  if (!core::ErrorLog::open(errorLogPath(*cfg, a.load), level, &err)) return failed(err);
+  // -t opens what a start would (logs), and binds nothing.
+  if (!http::AccessLog::check(*cfg, &err)) return failed(err);
   if (a.test) {
     if (!a.quiet) {
       fprintf(stderr, "tidegate: the configuration file %s syntax is ok\n", cfg->conf_file.c_str());
@@ -186,12 +190,15 @@ int runCli(int argc, char** argv) {
     if (a.dump) dumpConf(*cfg);
     return 0;
   }
-  if (cfg->daemon && !daemonize(&err)) {
-    fprintf(stderr, "tidegate: [emerg] %s\n", err.c_str());
-    return 1;
+  // Bind before daemonizing, so that the shell sees a bind error and the exit status.
+  ListenerSet listeners;
+  if (!listeners.open(*cfg, &err)) {
+    TG_LOG(LogLevel::kEmerg, "%s", err.c_str());
+    return failed(err);
   }
+  if (cfg->daemon && !daemonize(&err)) return failed(err);
   if (cfg->daemon) core::ErrorLog::redirectStderr();
-  return cfg->master_process ? runMaster(cfg, a.load) : runSingle(cfg);
+  return cfg->master_process ? runMaster(cfg, a.load, &listeners) : runSingle(cfg, &listeners);
 }
 
 }  // namespace tidegate::process

@@ -16,6 +16,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "http/access_log.h"
 #include "process/listeners.h"
 #include "process/pidfile.h"
 #include "process/worker.h"
@@ -30,6 +31,7 @@ volatile sig_atomic_t g_quit = 0;
 volatile sig_atomic_t g_terminate = 0;
 volatile sig_atomic_t g_reopen = 0;
 volatile sig_atomic_t g_child = 0;
+volatile sig_atomic_t g_upgrade = 0;
 
 void onSignal(int sig) {
   switch (sig) {
@@ -37,12 +39,13 @@ void onSignal(int sig) {
     case SIGQUIT: g_quit = 1; break;
     case SIGTERM: case SIGINT: g_terminate = 1; break;
     case SIGUSR1: g_reopen = 1; break;
+    case SIGUSR2: g_upgrade = 1; break;
     case SIGCHLD: g_child = 1; break;
     default: break;
   }
 }
 
-constexpr int kMasterSignals[] = {SIGHUP, SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGCHLD};
+constexpr int kMasterSignals[] = {SIGHUP, SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGCHLD};
 // A worker that dies sooner than this after its start counts as "keeps dying".
 constexpr uint64_t kQuickDeathMs = 2000;
 constexpr uint64_t kMaxBackoffMs = 5000;
@@ -60,15 +63,11 @@ struct WorkerSlot {
 
 class Master {
  public:
-  Master(conf::ConfigPtr cfg, conf::LoadOptions opts) : cfg_(std::move(cfg)), opts_(std::move(opts)) {}
+  Master(conf::ConfigPtr cfg, conf::LoadOptions opts, ListenerSet* listeners)
+      : cfg_(std::move(cfg)), opts_(std::move(opts)), listeners_(*listeners) {}
 
   int run() {
     std::string err;
-    if (!listeners_.open(*cfg_, &err)) {
-      TG_LOG(LogLevel::kEmerg, "%s", err.c_str());
-      fprintf(stderr, "tidegate: [emerg] %s\n", err.c_str());
-      return 1;
-    }
     installSignals();
     if (!cfg_->pid_file.empty() && !writePidFile(cfg_->pid_file, getpid(), &err)) {
       TG_LOG(LogLevel::kEmerg, "%s", err.c_str());
@@ -112,6 +111,10 @@ class Master {
       if (g_quit && !quitting_) { quitting_ = true; quitAll(); }
       if (g_reload) { g_reload = 0; if (!quitting_ && !terminating_) reload(); }
       if (g_reopen) { g_reopen = 0; reopen(); }
+      if (g_upgrade) {
+        g_upgrade = 0;
+        TG_LOG(LogLevel::kWarn, "signal 12 (SIGUSR2) received: binary upgrade is not supported yet, ignored");
+      }
       if (terminating_ && core::wallMs() >= terminate_deadline_ms_) killAll();
       if ((quitting_ || terminating_) && workers_.empty()) return;
       if (!quitting_ && !terminating_) respawnDue();
@@ -257,23 +260,27 @@ class Master {
   }
 
   void reload() {
-    TG_LOG(LogLevel::kNotice, "signal 1 (SIGHUP) received from master, reconfiguring");
+    TG_LOG(LogLevel::kNotice, "signal 1 (SIGHUP) received, reconfiguring");
+    auto fail = [&](const std::string& why) {
+      TG_LOG(LogLevel::kEmerg, "%s", why.c_str());
+      TG_LOG(LogLevel::kAlert, "reconfiguration failed, the old configuration keeps serving");
+    };
     conf::ConfigPtr next;
     conf::ConfError cerr;
-    if (!conf::loadConfig(opts_, &next, &cerr)) {
-      TG_LOG(LogLevel::kEmerg, "%s", cerr.message().c_str());
-      TG_LOG(LogLevel::kAlert, "reconfiguration failed, the old configuration keeps serving");
-      return;
-    }
+    if (!conf::loadConfig(opts_, &next, &cerr)) return fail(cerr.message());
     std::string err;
+    if (!http::AccessLog::check(*next, &err)) return fail(err);
     if (!listeners_.open(*next, &err)) {
-      TG_LOG(LogLevel::kEmerg, "%s", err.c_str());
-      TG_LOG(LogLevel::kAlert, "reconfiguration failed, the old configuration keeps serving");
-      return;
+      listeners_.prune(*cfg_);  // drop what this attempt bound
+      return fail(err);
     }
     core::LogLevel level;
     if (core::parseLogLevel(next->error_log_level, &level)) {
-      if (!core::ErrorLog::open(next->error_log, level, &err)) TG_LOG(LogLevel::kAlert, "%s", err.c_str());
+      if (!core::ErrorLog::open(errorLogPath(*next, opts_), level, &err)) TG_LOG(LogLevel::kAlert, "%s", err.c_str());
+    }
+    if (next->pid_file != cfg_->pid_file) {
+      if (!next->pid_file.empty() && !writePidFile(next->pid_file, getpid(), &err)) TG_LOG(LogLevel::kAlert, "%s", err.c_str());
+      if (!cfg_->pid_file.empty()) removePidFile(cfg_->pid_file, getpid());
     }
     cfg_ = next;
     generation_++;
@@ -288,7 +295,7 @@ class Master {
 
   conf::ConfigPtr cfg_;
   conf::LoadOptions opts_;
-  ListenerSet listeners_;
+  ListenerSet& listeners_;
   std::vector<WorkerSlot> workers_;
   std::vector<std::pair<int, uint64_t>> pending_;  // slot, respawn time
   std::map<int, int> quick_deaths_;
@@ -301,26 +308,25 @@ class Master {
 
 }  // namespace
 
-int runMaster(conf::ConfigPtr cfg, const conf::LoadOptions& opts) {
-  Master m(std::move(cfg), opts);
+std::string errorLogPath(const conf::Config& cfg, const conf::LoadOptions& opts) {
+  return cfg.error_log_set || opts.error_log.empty() ? cfg.error_log : opts.error_log;
+}
+
+int runMaster(conf::ConfigPtr cfg, const conf::LoadOptions& opts, ListenerSet* listeners) {
+  Master m(std::move(cfg), opts, listeners);
   return m.run();
 }
 
-int runSingle(conf::ConfigPtr cfg) {
-  ListenerSet listeners;
+int runSingle(conf::ConfigPtr cfg, ListenerSet* listeners) {
   std::string err;
-  if (!listeners.open(*cfg, &err)) {
-    TG_LOG(LogLevel::kEmerg, "%s", err.c_str());
-    fprintf(stderr, "tidegate: [emerg] %s\n", err.c_str());
-    return 1;
-  }
   if (!cfg->pid_file.empty() && !writePidFile(cfg->pid_file, getpid(), &err)) {
     TG_LOG(LogLevel::kEmerg, "%s", err.c_str());
     return 1;
   }
   signal(SIGPIPE, SIG_IGN);
   signal(SIGHUP, SIG_IGN);
-  int rc = runWorker(cfg, listeners.fdsFor(*cfg, 0), -1);
+  signal(SIGUSR2, SIG_IGN);
+  int rc = runWorker(cfg, listeners->fdsFor(*cfg, 0), -1);
   if (!cfg->pid_file.empty()) removePidFile(cfg->pid_file, getpid());
   return rc;
 }

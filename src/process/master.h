@@ -6,14 +6,20 @@
 
 #include "conf/config.h"
 #include "conf/loader.h"
+#include "process/listeners.h"
 
 namespace tidegate::process {
 
 // Runs until stopped; returns the process exit status. `opts` is kept to
 // re-read the conf on HUP.
-int runMaster(conf::ConfigPtr cfg, const conf::LoadOptions& opts);
+// `listeners` were opened by the caller (before daemonizing, so that a bind
+// error is reported to the shell); the master takes them over.
+int runMaster(conf::ConfigPtr cfg, const conf::LoadOptions& opts, ListenerSet* listeners);
 
 // master_process off: one process serves, handling the signals itself.
-int runSingle(conf::ConfigPtr cfg);
+int runSingle(conf::ConfigPtr cfg, ListenerSet* listeners);
+
+// The error log a conf asks for, or -e's when it names none.
+std::string errorLogPath(const conf::Config& cfg, const conf::LoadOptions& opts);
 
 }  // namespace tidegate::process
