@@ -134,6 +134,10 @@ struct Config {
     Listen listen;
     std::vector<std::shared_ptr<const Server>> servers;
     std::shared_ptr<const Server> default_server;
+    // As nginx does, a specific address on a port that also has a wildcard
+    // listen is not bound itself: it is served through the wildcard's
+    // socket (this index into listen_groups), chosen by local address.
+    int via = -1;
   };
   std::vector<ListenGroup> listen_groups;
 };

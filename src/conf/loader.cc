@@ -81,6 +81,17 @@ bool groupListens(Config& cfg, ConfError* err) {
   for (auto& g : cfg.listen_groups) {
     if (!g.default_server) g.default_server = g.servers.front();
   }
+  for (size_t i = 0; i < cfg.listen_groups.size(); i++) {
+    const Listen& l = cfg.listen_groups[i].listen;
+    bool wildcard = l.host == "0.0.0.0" || l.host == "::";
+    if (wildcard) continue;
+    for (size_t w = 0; w < cfg.listen_groups.size(); w++) {
+      const Listen& wl = cfg.listen_groups[w].listen;
+      if (wl.port == l.port && wl.ipv6() == l.ipv6() && (wl.host == "0.0.0.0" || wl.host == "::")) {
+        cfg.listen_groups[i].via = static_cast<int>(w);
+      }
+    }
+  }
   return true;
 }
 

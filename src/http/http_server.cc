@@ -1,6 +1,8 @@
 #include "http/http_server.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -36,6 +38,7 @@ bool HttpServer::start(const std::vector<int>& fds, std::string* err) {
   retry_timer_.data = this;
   retry_timer_open_ = true;
   for (size_t i = 0; i < cfg_->listen_groups.size() && i < fds.size(); i++) {
+    if (fds[i] < 0) continue;  // served through a wildcard socket, below
     auto* l = new Listener;
     l->server = this;
     l->group = &cfg_->listen_groups[i];
@@ -47,10 +50,27 @@ bool HttpServer::start(const std::vector<int>& fds, std::string* err) {
       return false;
     }
     l->poll.data = l;
+    for (const auto& g : cfg_->listen_groups) {
+      if (g.via == static_cast<int>(i)) l->by_address.push_back(&g);
+    }
     uv_poll_start(&l->poll, UV_READABLE, onReadable);
     listeners_.push_back(l);
   }
   return true;
+}
+
+const conf::Config::ListenGroup* HttpServer::groupFor(const Listener* l, int fd) const {
+  if (l->by_address.empty()) return l->group;
+  sockaddr_storage ss;
+  socklen_t len = sizeof(ss);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return l->group;
+  char ip[INET6_ADDRSTRLEN] = {0};
+  if (ss.ss_family == AF_INET) inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, ip, sizeof(ip));
+  else inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, ip, sizeof(ip));
+  for (const auto* g : l->by_address) {
+    if (g->listen.host == ip) return g;
+  }
+  return l->group;
 }
 
 void HttpServer::onReadable(uv_poll_t* p, int status, int) noexcept {
@@ -95,7 +115,7 @@ void HttpServer::acceptAll(Listener* l) {
       pauseAccepting(true);
       return;
     }
-    Connection::start(this, fd, l->group);
+    Connection::start(this, fd, groupFor(l, fd));
   }
 }
 

@@ -55,7 +55,10 @@ class HttpServer {
     bool paused = false;
     HttpServer* server = nullptr;
     const conf::Config::ListenGroup* group = nullptr;
+    // Specific addresses served through this (wildcard) socket.
+    std::vector<const conf::Config::ListenGroup*> by_address;
   };
+  const conf::Config::ListenGroup* groupFor(const Listener* l, int fd) const;
   static void onReadable(uv_poll_t* p, int status, int events) noexcept;
   static void onListenerClosed(uv_handle_t* h) noexcept;
   static void onRetryTimer(uv_timer_t* t) noexcept;

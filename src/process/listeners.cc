@@ -63,6 +63,7 @@ std::string ListenerSet::socketKey(const conf::Config::ListenGroup& g, int slot)
 
 bool ListenerSet::open(const conf::Config& cfg, std::string* err) {
   for (const auto& g : cfg.listen_groups) {
+    if (g.via >= 0) continue;  // served through a wildcard socket
     int slots = g.listen.reuseport ? cfg.worker_processes : 1;
     for (int slot = 0; slot < slots; slot++) {
       std::string key = socketKey(g, slot);
@@ -78,6 +79,7 @@ bool ListenerSet::open(const conf::Config& cfg, std::string* err) {
 void ListenerSet::prune(const conf::Config& cfg) {
   std::set<std::string> used;
   for (const auto& g : cfg.listen_groups) {
+    if (g.via >= 0) continue;
     int slots = g.listen.reuseport ? cfg.worker_processes : 1;
     for (int slot = 0; slot < slots; slot++) used.insert(socketKey(g, slot));
   }
@@ -94,7 +96,7 @@ void ListenerSet::prune(const conf::Config& cfg) {
 std::vector<int> ListenerSet::fdsFor(const conf::Config& cfg, int slot) const {
   std::vector<int> out;
   for (const auto& g : cfg.listen_groups) {
-    auto it = fds_.find(socketKey(g, g.listen.reuseport ? slot : 0));
+    auto it = g.via >= 0 ? fds_.end() : fds_.find(socketKey(g, g.listen.reuseport ? slot : 0));
     out.push_back(it == fds_.end() ? -1 : it->second);
   }
   return out;

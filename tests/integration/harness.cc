@@ -192,7 +192,7 @@ void RawClient::close() {
   eof_ = false;
 }
 
-bool RawClient::connect(int port, Ms timeout) {
+bool RawClient::connect(const std::string& ip, int port, Ms timeout) {
   close();
   auto deadline = Clock::now() + timeout;
   for (;;) {
@@ -200,7 +200,7 @@ bool RawClient::connect(int port, Ms timeout) {
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(static_cast<uint16_t>(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    inet_pton(AF_INET, ip.c_str(), &a.sin_addr);
     if (::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
       int one = 1;
       setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));

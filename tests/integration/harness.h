@@ -65,7 +65,8 @@ class RawClient {
   RawClient(const RawClient&) = delete;
   RawClient& operator=(const RawClient&) = delete;
 
-  bool connect(int port, Ms timeout = Ms(5000));
+  bool connect(int port, Ms timeout = Ms(5000)) { return connect("127.0.0.1", port, timeout); }
+  bool connect(const std::string& ip, int port, Ms timeout = Ms(5000));
   bool send(const std::string& bytes);
   // Reads one response. `head_request`: no body follows (HEAD).
   Response readResponse(Ms timeout = Ms(5000), bool head_request = false);

@@ -127,3 +127,4 @@ TEST(RegressionTest, Usr2IsIgnoredNotFatal) {
 
 }  // namespace
 }  // namespace tidegate::test
+

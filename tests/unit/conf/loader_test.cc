@@ -278,3 +278,31 @@ TEST(LoaderListenTest, DuplicateDefaultServer) {
 
 }  // namespace
 }  // namespace tidegate::conf
+
+namespace tidegate::conf {
+namespace {
+
+// nginx binds only the wildcard when a port also has specific addresses;
+// those are served through it, picked by the connection's local address.
+TEST(LoaderListenTest, SpecificAddressRidesOnWildcardOfSamePort) {
+  ConfigPtr cfg;
+  ConfError err;
+  ASSERT_TRUE(loadConfigFromString(R"(
+http {
+  server { listen 8080 default_server; }
+  server { listen 127.0.0.2:8080; }
+  server { listen 127.0.0.3:9090; }
+}
+)",
+                                   "/srv/tg", &cfg, &err))
+      << err.message();
+  ASSERT_EQ(cfg->listen_groups.size(), 3u);
+  EXPECT_EQ(cfg->listen_groups[0].listen.key(), "0.0.0.0:8080");
+  EXPECT_EQ(cfg->listen_groups[0].via, -1);
+  EXPECT_EQ(cfg->listen_groups[1].listen.key(), "127.0.0.2:8080");
+  EXPECT_EQ(cfg->listen_groups[1].via, 0);
+  EXPECT_EQ(cfg->listen_groups[2].via, -1);  // no wildcard on 9090: bound itself
+}
+
+}  // namespace
+}  // namespace tidegate::conf
