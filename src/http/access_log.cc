@@ -106,8 +106,9 @@ void formatLogLine(const conf::LogFormat& fmt, const Request& r, std::string* ou
 }
 
 void AccessLog::log(const Request& r) {
-  const auto& targets = r.server ? r.settings().access_logs : std::nullopt;
-  if (!targets) return;
+  if (!r.server) return;
+  const auto& targets = r.settings().access_logs;  // a reference: no copy per request
+  if (!targets || targets->empty()) return;
   for (const auto& t : *targets) {
     int fd = fdFor(t.path);
     if (fd < 0 || !t.format) continue;

@@ -77,6 +77,7 @@ void Connection::start(HttpServer* server, int fd, const conf::Config::ListenGro
   uv_tcp_nodelay(&c->tcp_, 1);
   server->link(c);
   c->info_.id = server->nextConnectionId();
+  c->info_.loop = server->loop();
   sockaddr_storage ss;
   int len = sizeof(ss);
   if (uv_tcp_getpeername(&c->tcp_, reinterpret_cast<sockaddr*>(&ss), &len) == 0) {
@@ -105,23 +106,16 @@ void Connection::startRequest() {
   const conf::Server* def = group_->default_server.get();
   parser_.reset(def->limits, 0);
   parser_.setHandler(this);
-  // Keep the strings' capacity: no allocation per request.
-  std::string uri = std::move(req_.uri), host = std::move(req_.host), loc = std::move(req_.sent_location);
-  uri.clear();
-  host.clear();
-  loc.clear();
-  req_ = Request{};
-  req_.uri = std::move(uri);
-  req_.host = std::move(host);
-  req_.sent_location = std::move(loc);
+  req_.reset();
   req_.conn = &info_;
   req_.server = def;
   req_.head = &parser_.head();
-  req_.start_us = core::monoUs();
+  uint64_t now = uv_now(server_->loop());
+  req_.start_ms = now;
   responded_ = false;
   head_end_ = 0;
   request_active_ = false;
-  head_deadline_ms_ = uv_now(server_->loop()) + *def->settings.client_header_timeout_ms;
+  head_deadline_ms_ = now + *def->settings.client_header_timeout_ms;
 }
 
 // --- reading -------------------------------------------------------------------
@@ -189,7 +183,7 @@ void Connection::handleRead(ssize_t nread) {
   end_ += static_cast<size_t>(nread);
   if (phase_ == Phase::kIdle) {
     phase_ = Phase::kHead;
-    req_.start_us = core::monoUs();  // $request_time counts from the first byte, not the idle wait
+    req_.start_ms = uv_now(server_->loop());  // $request_time counts from the first byte, not the idle wait
     head_deadline_ms_ = uv_now(server_->loop()) + *group_->default_server->settings.client_header_timeout_ms;
   }
   request_active_ = true;

@@ -3,6 +3,8 @@
 // variables and the access log read.
 #pragma once
 
+#include <uv.h>
+
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -13,6 +15,7 @@
 namespace tidegate::http {
 
 struct ConnInfo {
+  uv_loop_t* loop = nullptr;
   uint64_t id = 0;
   uint64_t requests = 0;  // requests served on this connection, this one included
   std::string remote_addr;
@@ -35,13 +38,32 @@ struct Request {
   uint64_t bytes_sent = 0;
   uint64_t body_bytes_sent = 0;
   uint64_t request_length = 0;
-  uint64_t start_us = 0;
+  // The loop's cached clock (ms), as nginx's request times use its cached time:
+  // no clock read per request.
+  uint64_t start_ms = 0;
   // Response headers already decided (for $sent_http_*): only the ones we make.
   std::string_view sent_content_type;
   std::string sent_location;
   int64_t sent_content_length = -1;
 
   std::string_view header(std::string_view lower_name) const;
+  // Back to a fresh request; strings keep their capacity (no allocation per request).
+  void reset() {
+    base = nullptr;
+    head = nullptr;
+    server = nullptr;
+    location = nullptr;
+    uri.clear();
+    args = {};
+    has_args = false;
+    host.clear();
+    status = 0;
+    bytes_sent = body_bytes_sent = request_length = 0;
+    start_ms = 0;
+    sent_content_type = {};
+    sent_location.clear();
+    sent_content_length = -1;
+  }
   // The settings that apply: the location's, else the server's.
   const conf::HttpSettings& settings() const {
     return location ? location->settings : server->settings;

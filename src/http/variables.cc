@@ -97,10 +97,11 @@ void appendVariable(const conf::VarRef& var, const Request& r, std::string* out,
     case VarId::kBodyBytesSent: appendNumber(out, r.body_bytes_sent); break;
     case VarId::kBytesSent: appendNumber(out, r.bytes_sent); break;
     case VarId::kRequestTime: {
-      uint64_t us = core::monoUs() - r.start_us;
+      uint64_t now = r.conn && r.conn->loop ? uv_now(r.conn->loop) : r.start_ms;
+      uint64_t ms = now > r.start_ms ? now - r.start_ms : 0;
       char buf[32];
-      int n = snprintf(buf, sizeof(buf), "%llu.%03llu", static_cast<unsigned long long>(us / 1000000),
-                       static_cast<unsigned long long>((us / 1000) % 1000));
+      int n = snprintf(buf, sizeof(buf), "%llu.%03llu", static_cast<unsigned long long>(ms / 1000),
+                       static_cast<unsigned long long>(ms % 1000));
       out->append(buf, static_cast<size_t>(n));
       break;
     }
