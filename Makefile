@@ -14,6 +14,7 @@ build: setup
 	@cmake --build $(BUILD_DIR) -j $(JOBS) --target tidegate
 
 run: build
+	@mkdir -p logs
 	exec $(BUILD_DIR)/tidegate -p $(CURDIR) -c $(CONF) -g 'daemon off;'
 
 test-release: setup

@@ -107,6 +107,8 @@ struct Server {
 struct HttpConfig {
   HttpSettings settings;
   HeadLimits limits;
+  bool buffers_set = false;
+  bool fields_set = false;
   std::vector<std::shared_ptr<const LogFormat>> log_formats;
   std::vector<std::shared_ptr<Server>> servers;
 };

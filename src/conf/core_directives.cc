@@ -206,7 +206,12 @@ bool onLargeClientHeaderBuffers(const ConfNode& n, BuildState& st, std::string* 
     return false;
   }
   HeadLimits& l = currentLimits(st);
-  if (st.server) st.server->buffers_set = true;
+  bool& set = st.server ? st.server->buffers_set : st.http->buffers_set;
+  if (set) {
+    *err = "\"large_client_header_buffers\" directive is duplicate";
+    return false;
+  }
+  set = true;
   l.request_line = size;
   l.header_line = size;
   l.total = size * static_cast<uint64_t>(num);
@@ -219,8 +224,13 @@ bool onClientMaxHeaderFields(const ConfNode& n, BuildState& st, std::string* err
     *err = "invalid value \"" + n.args[0] + "\" in \"client_max_header_fields\" directive";
     return false;
   }
+  bool& set = st.server ? st.server->fields_set : st.http->fields_set;
+  if (set) {
+    *err = "\"client_max_header_fields\" directive is duplicate";
+    return false;
+  }
+  set = true;
   currentLimits(st).max_fields = static_cast<size_t>(v);
-  if (st.server) st.server->fields_set = true;
   return true;
 }
 
@@ -264,6 +274,14 @@ bool onAccessLog(const ConfNode& n, BuildState& st, std::string* err) {
   }
   if (n.args.size() > 2) {
     *err = "invalid parameter \"" + n.args[2] + "\" (buffer=, flush= and if= are not supported yet)";
+    return false;
+  }
+  if (n.args[0].rfind("syslog:", 0) == 0) {
+    *err = "syslog access logs are not supported yet";
+    return false;
+  }
+  if (n.args[0].find('$') != std::string::npos) {
+    *err = "variables in access_log paths are not supported yet";
     return false;
   }
   std::string fmt_name = n.args.size() > 1 ? n.args[1] : "combined";
@@ -398,8 +416,9 @@ bool onReturn(const ConfNode& n, BuildState& st, std::string* err) {
     r.has_text = true;
     if (!compileComplexValue(first, &r.text, err)) return false;
   }
-  if (st.location) st.location->ret = std::move(r);
-  else st.server->ret = std::move(r);
+  // nginx runs the first return of a block; later ones are never reached.
+  auto& slot = st.location ? st.location->ret : st.server->ret;
+  if (!slot) slot = std::move(r);
   return true;
 }
 

@@ -1,3 +1,4 @@
+#include "tidegate/version.h"
 #include "http/connection.h"
 
 #include <arpa/inet.h>
@@ -183,10 +184,9 @@ void Connection::handleRead(ssize_t nread) {
   end_ += static_cast<size_t>(nread);
   if (phase_ == Phase::kIdle) {
     phase_ = Phase::kHead;
-    req_.start_ms = uv_now(server_->loop());  // $request_time counts from the first byte, not the idle wait
     head_deadline_ms_ = uv_now(server_->loop()) + *group_->default_server->settings.client_header_timeout_ms;
   }
-  request_active_ = true;
+  if (!request_active_) beginRequest();
   processInput();
 }
 
@@ -280,7 +280,9 @@ void Connection::onMessage() {
       // nginx's absolute_redirect: a local URI becomes absolute, with the
       // host the client asked for and our port when it is not the default.
       std::string abs = "http://";
-      abs.append(req_.host.empty() ? req_.server->primaryName() : req_.host);
+      // nginx's order: the request's host, the server name, the local address.
+      const std::string& name = !req_.host.empty() ? req_.host : req_.server->primaryName();
+      abs.append(!name.empty() ? name : info_.local_addr);
       if (info_.local_port != 80) abs.append(":").append(std::to_string(info_.local_port));
       text = abs + text;
     }
@@ -301,7 +303,7 @@ bool Connection::shouldKeepAlive(int status) const {
     return false;
   }
   if (*settings().keepalive_timeout_ms == 0) return false;  // nginx: keepalive_timeout 0 disables keepalive
-  return info_.requests + 1 < *settings().keepalive_requests;
+  return info_.requests < *settings().keepalive_requests;
 }
 
 void Connection::respond(int status, std::string_view content_type, std::string_view body, std::string_view location) {
@@ -362,8 +364,15 @@ void Connection::respondError(int status, const std::string& why) {
   finishRequest();
 }
 
-void Connection::finishRequest() {
+// The first byte of a request is here: it counts from now ($request_time,
+// $connection_requests include it, as in nginx).
+void Connection::beginRequest() {
+  request_active_ = true;
   info_.requests++;
+  req_.start_ms = uv_now(server_->loop());
+}
+
+void Connection::finishRequest() {
   req_.base = buf_ + start_;
   server_->accessLog().log(req_);
   if (!keepalive_) {
@@ -373,7 +382,7 @@ void Connection::finishRequest() {
   start_ = parsed_;
   phase_ = start_ < end_ ? Phase::kHead : Phase::kIdle;
   startRequest();
-  request_active_ = phase_ == Phase::kHead;
+  if (phase_ == Phase::kHead) beginRequest();  // a pipelined request is already waiting
 }
 
 void Connection::flush() {
@@ -541,7 +550,7 @@ void Connection::handleTimer() {
     close();
     return;
   }
-  if (phase_ == Phase::kHead && end_ == start_ && info_.requests == 0 && !request_active_) {
+  if (phase_ == Phase::kHead && end_ == start_ && !request_active_) {
     close();  // connected and sent nothing: nothing to answer
     return;
   }

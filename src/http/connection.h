@@ -50,6 +50,7 @@ class Connection : private RequestParser::Handler {
   void startRequest();
   void respond(int status, std::string_view content_type, std::string_view body, std::string_view location);
   void respondError(int status, const std::string& why);
+  void beginRequest();
   void finishRequest();
   void flush();
   void afterWrite(int status);

@@ -51,7 +51,13 @@ bool HttpServer::start(const std::vector<int>& fds, std::string* err) {
     }
     l->poll.data = l;
     for (const auto& g : cfg_->listen_groups) {
-      if (g.via == static_cast<int>(i)) l->by_address.push_back(&g);
+      if (g.via != static_cast<int>(i)) continue;
+      unsigned char bin[sizeof(in6_addr)];
+      int family = g.listen.ipv6() ? AF_INET6 : AF_INET;
+      if (inet_pton(family, g.listen.host.c_str(), bin) == 1) {
+        size_t n = family == AF_INET6 ? sizeof(in6_addr) : sizeof(in_addr);
+        l->by_address.emplace_back(std::string(reinterpret_cast<char*>(bin), n), &g);
+      }
     }
     uv_poll_start(&l->poll, UV_READABLE, onReadable);
     listeners_.push_back(l);
@@ -64,11 +70,14 @@ const conf::Config::ListenGroup* HttpServer::groupFor(const Listener* l, int fd)
   sockaddr_storage ss;
   socklen_t len = sizeof(ss);
   if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return l->group;
-  char ip[INET6_ADDRSTRLEN] = {0};
-  if (ss.ss_family == AF_INET) inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr, ip, sizeof(ip));
-  else inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr, ip, sizeof(ip));
-  for (const auto* g : l->by_address) {
-    if (g->listen.host == ip) return g;
+  std::string bin;
+  if (ss.ss_family == AF_INET) {
+    bin.assign(reinterpret_cast<const char*>(&reinterpret_cast<sockaddr_in*>(&ss)->sin_addr), sizeof(in_addr));
+  } else {
+    bin.assign(reinterpret_cast<const char*>(&reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr), sizeof(in6_addr));
+  }
+  for (const auto& [addr, g] : l->by_address) {
+    if (addr == bin) return g;
   }
   return l->group;
 }

@@ -55,8 +55,9 @@ class HttpServer {
     bool paused = false;
     HttpServer* server = nullptr;
     const conf::Config::ListenGroup* group = nullptr;
-    // Specific addresses served through this (wildcard) socket.
-    std::vector<const conf::Config::ListenGroup*> by_address;
+    // Specific addresses served through this (wildcard) socket, keyed by
+    // the address in binary form (so "::1" and "0:0::1" are the same).
+    std::vector<std::pair<std::string, const conf::Config::ListenGroup*>> by_address;
   };
   const conf::Config::ListenGroup* groupFor(const Listener* l, int fd) const;
   static void onReadable(uv_poll_t* p, int status, int events) noexcept;

@@ -1,3 +1,4 @@
+#include "tidegate/version.h"
 #include "http/variables.h"
 
 #include <unistd.h>

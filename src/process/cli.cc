@@ -1,3 +1,4 @@
+#include "tidegate/version.h"
 #include "process/cli.h"
 
 #include <fcntl.h>

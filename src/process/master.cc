@@ -1,3 +1,4 @@
+#include "tidegate/version.h"
 #include "process/master.h"
 
 #include <fcntl.h>
