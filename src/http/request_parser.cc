@@ -44,16 +44,24 @@ const llhttp_settings_t& settings() {
 
 }  // namespace
 
-RequestParser::RequestParser() {
-  static llhttp_settings_t s = [] {
+// Two callback tables. While the head is parsed llhttp only validates: the
+// head scanner has recorded the request line and the fields already, so no
+// per-field callback runs. Once the head is done the body table takes over
+// (body bytes, chunk extensions, trailer sizes, the end of the message).
+const llhttp_settings_t& RequestParser::headSettings() {
+  static const llhttp_settings_t s = [] {
     llhttp_settings_t st = settings();
-    st.on_message_begin = &RequestParser::onMessageBegin;
-    st.on_url = &RequestParser::onUrl;
-    st.on_method = &RequestParser::onMethod;
-    st.on_header_field = &RequestParser::onHeaderField;
-    st.on_header_value = &RequestParser::onHeaderValue;
-    st.on_header_value_complete = &RequestParser::onHeaderValueComplete;
     st.on_headers_complete = &RequestParser::onHeadersComplete;
+    return st;
+  }();
+  return s;
+}
+
+const llhttp_settings_t& RequestParser::bodySettings() {
+  static const llhttp_settings_t s = [] {
+    llhttp_settings_t st = settings();
+    st.on_header_field = &RequestParser::onTrailer;
+    st.on_header_value = &RequestParser::onTrailer;
     st.on_body = &RequestParser::onBody;
     st.on_chunk_extension_name = &RequestParser::onChunkExtension;
     st.on_chunk_extension_value = &RequestParser::onChunkExtension;
@@ -61,21 +69,23 @@ RequestParser::RequestParser() {
     st.on_message_complete = &RequestParser::onMessageComplete;
     return st;
   }();
-  llhttp_init(&parser_, HTTP_REQUEST, &s);
+  return s;
+}
+
+RequestParser::RequestParser() {
+  llhttp_init(&parser_, HTTP_REQUEST, &headSettings());
   parser_.data = this;
   head_.headers.reserve(16);
 }
 
 void RequestParser::reset(const conf::HeadLimits& limits, uint64_t max_body) {
-  const llhttp_settings_t* s = static_cast<const llhttp_settings_t*>(parser_.settings);
-  llhttp_init(&parser_, HTTP_REQUEST, s);
+  llhttp_init(&parser_, HTTP_REQUEST, &headSettings());
   parser_.data = this;
   limits_ = limits;
   max_body_ = max_body;
   head_.clear();
   head_bytes_ = line_len_ = line_no_ = line_start_ = scanned_ = 0;
   prev_cr_ = head_scanned_ = false;
-  in_value_ = false;
   cl_count_ = te_count_ = host_count_ = te_status_ = 0;
   head_done_ = message_done_ = false;
   body_bytes_ = 0;
@@ -108,7 +118,29 @@ bool RequestParser::checkRequestLine(std::string_view line) {
       version[5] > '9' || version[7] < '0' || version[7] > '9') {
     return fail(400, "client sent invalid request line");
   }
+  for (size_t i = sp1 + 1; i < sp2; i++) {
+    unsigned char c = static_cast<unsigned char>(line[i]);
+    // '#' never belongs in a request-target (RFC 9112 3.2); controls neither.
+    if (c == '#' || c < 0x21 || c == 0x7f) return fail(400, "client sent invalid character in request target");
+  }
+  uint32_t off = static_cast<uint32_t>(line.data() - base_);
+  head_.request_line = Slice{off, static_cast<uint32_t>(line.size())};
+  head_.method = Slice{off, static_cast<uint32_t>(sp1)};
+  head_.target = Slice{off + static_cast<uint32_t>(sp1 + 1), static_cast<uint32_t>(sp2 - sp1 - 1)};
   return true;
+}
+
+// Records one header line as name and value slices. A line without a colon
+// is left to llhttp, which rejects it.
+void RequestParser::recordField(std::string_view line) {
+  const char* colon = static_cast<const char*>(memchr(line.data(), ':', line.size()));
+  if (!colon) return;
+  std::string_view name(line.data(), static_cast<size_t>(colon - line.data()));
+  std::string_view value = trimOws(std::string_view(colon + 1, static_cast<size_t>(line.data() + line.size() - colon - 1)));
+  HeaderField f;
+  f.name = Slice{static_cast<uint32_t>(name.data() - base_), static_cast<uint32_t>(name.size())};
+  f.value = Slice{static_cast<uint32_t>(value.data() - base_), static_cast<uint32_t>(value.size())};
+  head_.headers.push_back(f);
 }
 
 // Bytes the head scanner must look at; everything else is skipped in a
@@ -176,7 +208,12 @@ bool RequestParser::scanHead(const char* data, size_t len, size_t* head_end) {
       *head_end = i;
       return true;
     }
-    if (line_no_ == 0 && !checkRequestLine(std::string_view(base_ + line_start_, line_len_))) return false;
+    std::string_view line(base_ + line_start_, line_len_);
+    if (line_no_ == 0) {
+      if (!checkRequestLine(line)) return false;
+    } else {
+      recordField(line);
+    }
     line_no_++;
     line_len_ = 0;
     if (line_no_ - 1 > limits_.max_fields) return fail(431, "client sent too many header fields");
@@ -218,70 +255,14 @@ RequestParser::Event RequestParser::execute(const char* base, size_t from, size_
   return Event::kError;
 }
 
-void RequestParser::extend(Slice& s, const char* at, size_t len) {
-  if (s.len == 0) s.off = offsetOf(at);
-  s.len = offsetOf(at) + static_cast<uint32_t>(len) - s.off;
-}
-
-int RequestParser::onMessageBegin(llhttp_t*) { return 0; }
-
-int RequestParser::onMethod(llhttp_t* p, const char* at, size_t len) {
+int RequestParser::onTrailer(llhttp_t* p, const char*, size_t len) {
   auto* self = static_cast<RequestParser*>(p->data);
-  self->extend(self->head_.method, at, len);
-  return 0;
-}
-
-int RequestParser::onUrl(llhttp_t* p, const char* at, size_t len) {
-  auto* self = static_cast<RequestParser*>(p->data);
-  for (size_t i = 0; i < len; i++) {
-    unsigned char c = static_cast<unsigned char>(at[i]);
-    // '#' never belongs in a request-target (RFC 9112 3.2); controls neither.
-    if (c == '#' || c <= 0x20 || c == 0x7f) {
-      self->fail(400, "client sent invalid character in request target");
-      return -1;
-    }
-  }
-  self->extend(self->head_.target, at, len);
-  return 0;
-}
-
-int RequestParser::onHeaderField(llhttp_t* p, const char* at, size_t len) {
-  auto* self = static_cast<RequestParser*>(p->data);
-  if (self->head_done_) {  // trailers: counted, never merged into the head
-    self->trailer_bytes_ += len;
-    if (self->trailer_bytes_ > self->limits_.header_line) {
-      self->fail(400, "client sent too large trailer");
-      return -1;
-    }
-    return 0;
-  }
-  if (!self->in_value_ && !self->head_.headers.empty() && self->head_.headers.back().value.len == 0 &&
-      self->head_.headers.back().name.off + self->head_.headers.back().name.len == self->offsetOf(at)) {
-    self->extend(self->head_.headers.back().name, at, len);  // continuation of a split name
-    return 0;
-  }
-  if (self->head_.headers.size() >= self->limits_.max_fields) {
-    self->fail(431, "client sent too many header fields");
+  // Trailers are counted, never merged into the head.
+  self->trailer_bytes_ += len;
+  if (self->trailer_bytes_ > self->limits_.header_line) {
+    self->fail(400, "client sent too large trailer");
     return -1;
   }
-  self->head_.headers.push_back(HeaderField{});
-  self->in_value_ = false;
-  self->extend(self->head_.headers.back().name, at, len);
-  return 0;
-}
-
-int RequestParser::onHeaderValue(llhttp_t* p, const char* at, size_t len) {
-  auto* self = static_cast<RequestParser*>(p->data);
-  if (self->head_done_) {
-    self->trailer_bytes_ += len;
-    if (self->trailer_bytes_ > self->limits_.header_line) {
-      self->fail(400, "client sent too large trailer");
-      return -1;
-    }
-    return 0;
-  }
-  self->in_value_ = true;
-  self->extend(self->head_.headers.back().value, at, len);
   return 0;
 }
 
@@ -322,60 +303,46 @@ bool RequestParser::checkTransferEncoding(std::string_view value) {
   return true;
 }
 
-int RequestParser::onHeaderValueComplete(llhttp_t* p) {
-  auto* self = static_cast<RequestParser*>(p->data);
-  if (self->head_done_) return 0;
-  if (self->head_.headers.empty()) return 0;
-  HeaderField& h = self->head_.headers.back();
-  std::string_view name = h.name.in(self->base_);
-  std::string_view value = trimOws(h.value.in(self->base_));
-  h.value.off = static_cast<uint32_t>(value.data() - self->base_);
-  h.value.len = static_cast<uint32_t>(value.size());
-  self->in_value_ = false;
-  if (name.empty()) {
-    self->fail(400, "client sent empty header name");
-    return -1;
-  }
-  // Only four names matter here; their lengths tell most headers apart cheaply.
+// The framing-relevant fields: Content-Length, Transfer-Encoding, Host, Expect.
+bool RequestParser::inspectField(size_t index) {
+  const HeaderField& h = head_.headers[index];
+  std::string_view name = h.name.in(base_);
+  std::string_view value = h.value.in(base_);
+  if (name.empty()) return fail(400, "client sent empty header name");
+  // Only four names matter here; their lengths tell most fields apart cheaply.
   size_t n = name.size();
-  if (n != 4 && n != 6 && n != 14 && n != 17) return 0;
+  if (n != 4 && n != 6 && n != 14 && n != 17) return true;
   if (iequals(name, "content-length")) {
-    self->cl_count_++;
-    uint64_t n = 0;
+    cl_count_++;
+    uint64_t v = 0;
     bool ok = !value.empty();
     for (char c : value) {
-      if (c < '0' || c > '9' || n > (static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) - 9) / 10) {
+      if (c < '0' || c > '9' || v > (static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) - 9) / 10) {
         ok = false;
         break;
       }
-      n = n * 10 + static_cast<uint64_t>(c - '0');
+      v = v * 10 + static_cast<uint64_t>(c - '0');
     }
-    if (!ok) {
-      self->fail(400, "client sent invalid \"Content-Length\" header");
-      return -1;
-    }
-    self->head_.content_length = static_cast<int64_t>(n);
+    if (!ok) return fail(400, "client sent invalid \"Content-Length\" header");
+    head_.content_length = static_cast<int64_t>(v);
   } else if (iequals(name, "transfer-encoding")) {
-    self->te_count_++;
-    if (self->te_count_ == 1 && !self->checkTransferEncoding(value)) {
-      // Keep parsing so that a 400-worthy header later still wins over 501.
-      if (self->error_status_ == 400) return -1;
-      self->te_status_ = self->error_status_;
-      self->error_status_ = 0;
+    te_count_++;
+    if (te_count_ == 1 && !checkTransferEncoding(value)) {
+      // Keep going so that a 400-worthy field later still wins over 501.
+      if (error_status_ == 400) return false;
+      te_status_ = error_status_;
+      error_status_ = 0;
     }
   } else if (iequals(name, "host")) {
-    self->host_count_++;
-    self->head_.host_index = static_cast<int>(self->head_.headers.size() - 1);
+    host_count_++;
+    head_.host_index = static_cast<int>(index);
     for (char c : value) {
-      if (c == '/' || c == '\\' || static_cast<unsigned char>(c) < 0x21) {
-        self->fail(400, "client sent invalid host header");
-        return -1;
-      }
+      if (c == '/' || c == '\\' || static_cast<unsigned char>(c) < 0x21) return fail(400, "client sent invalid host header");
     }
   } else if (iequals(name, "expect")) {
-    if (iequals(value, "100-continue")) self->head_.expect_continue = true;
+    if (iequals(value, "100-continue")) head_.expect_continue = true;
   }
-  return 0;
+  return true;
 }
 
 bool RequestParser::checkFramingHeaders() {
@@ -413,15 +380,14 @@ int RequestParser::onHeadersComplete(llhttp_t* p) {
   h.upgrade = llhttp_get_upgrade(p) != 0;
   h.keep_alive = llhttp_should_keep_alive(p) != 0;
   h.head_len = self->head_bytes_;
+  for (size_t i = 0; i < h.headers.size(); i++) {
+    if (!self->inspectField(i)) return -1;
+  }
   if (!self->checkFramingHeaders()) return -1;
   if (h.content_length < 0 && !h.chunked) h.content_length = 0;
   if (h.chunked) h.content_length = -1;
-  // The request line: from the method to the end of the version.
-  h.request_line.off = h.method.off;
-  const char* base = self->base_;
-  const char* eol = static_cast<const char*>(memchr(base + h.method.off, '\r', self->head_bytes_));
-  h.request_line.len = eol ? static_cast<uint32_t>(eol - (base + h.method.off)) : 0;
   self->head_done_ = true;
+  p->settings = const_cast<llhttp_settings_t*>(&bodySettings());
   if (self->handler_) {
     std::string why;
     int status = self->handler_->onHeadComplete(&why);

@@ -64,12 +64,9 @@ class RequestParser {
   const std::string& errorText() const { return error_text_; }
 
  private:
-  static int onMessageBegin(llhttp_t* p);
-  static int onUrl(llhttp_t* p, const char* at, size_t len);
-  static int onMethod(llhttp_t* p, const char* at, size_t len);
-  static int onHeaderField(llhttp_t* p, const char* at, size_t len);
-  static int onHeaderValue(llhttp_t* p, const char* at, size_t len);
-  static int onHeaderValueComplete(llhttp_t* p);
+  static const llhttp_settings_t& headSettings();
+  static const llhttp_settings_t& bodySettings();
+  static int onTrailer(llhttp_t* p, const char* at, size_t len);
   static int onHeadersComplete(llhttp_t* p);
   static int onBody(llhttp_t* p, const char* at, size_t len);
   static int onChunkExtension(llhttp_t* p, const char* at, size_t len);
@@ -82,9 +79,9 @@ class RequestParser {
   bool fail(int status, std::string text);
   bool checkFramingHeaders();
   bool checkRequestLine(std::string_view line);
+  void recordField(std::string_view line);
+  bool inspectField(size_t index);
   bool checkTransferEncoding(std::string_view value);
-  uint32_t offsetOf(const char* at) const { return static_cast<uint32_t>(at - base_); }
-  void extend(Slice& s, const char* at, size_t len);
 
   llhttp_t parser_;
   const char* base_ = nullptr;
@@ -103,7 +100,6 @@ class RequestParser {
   bool head_scanned_ = false;
 
   // Header collection state.
-  bool in_value_ = false;
   int cl_count_ = 0;
   int te_count_ = 0;
   int host_count_ = 0;
