@@ -1,4 +1,3 @@
-#include "tidegate/version.h"
 #include "http/connection.h"
 
 #include <arpa/inet.h>
@@ -16,6 +15,7 @@
 #include "http/status.h"
 #include "http/uri.h"
 #include "http/variables.h"
+#include "tidegate/version.h"
 
 namespace tidegate::http {
 namespace {

@@ -1,4 +1,3 @@
-#include "tidegate/version.h"
 #include "http/variables.h"
 
 #include <unistd.h>
@@ -6,6 +5,7 @@
 #include <cstdio>
 
 #include "core/clock.h"
+#include "tidegate/version.h"
 
 namespace tidegate::http {
 namespace {

@@ -1,4 +1,3 @@
-#include "tidegate/version.h"
 #include "process/cli.h"
 
 #include <fcntl.h>
@@ -18,6 +17,7 @@
 #include "process/listeners.h"
 #include "process/master.h"
 #include "process/pidfile.h"
+#include "tidegate/version.h"
 
 namespace tidegate::process {
 namespace {
@@ -148,6 +148,7 @@ bool daemonize(std::string* err) {
 }  // namespace
 
 int runCli(int argc, char** argv) {
+  saveArgv(argv);
   Args a;
   if (!parseArgs(argc, argv, &a)) return 1;
   if (a.help) {
@@ -193,11 +194,16 @@ int runCli(int argc, char** argv) {
   }
   // Bind before daemonizing, so that the shell sees a bind error and the exit status.
   ListenerSet listeners;
+  listeners.adoptInherited();  // sockets of an old binary, after its USR2
   if (!listeners.open(*cfg, &err)) {
     TG_LOG(LogLevel::kEmerg, "%s", err.c_str());
     return failed(err);
   }
-  if (cfg->daemon && !daemonize(&err)) return failed(err);
+  listeners.closeUnadopted();
+  // A binary started by USR2 stays the old master's child, as nginx's does:
+  // it is already detached if the old one was.
+  bool daemon = cfg->daemon && !listeners.inherited();
+  if (daemon && !daemonize(&err)) return failed(err);
   if (cfg->daemon) core::ErrorLog::redirectStderr();
   return cfg->master_process ? runMaster(cfg, a.load, &listeners) : runSingle(cfg, &listeners);
 }

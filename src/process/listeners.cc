@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <set>
 
@@ -68,6 +69,11 @@ bool ListenerSet::open(const conf::Config& cfg, std::string* err) {
     for (int slot = 0; slot < slots; slot++) {
       std::string key = socketKey(g, slot);
       if (fds_.count(key)) continue;
+      if (auto it = inherited_.find(key); it != inherited_.end()) {
+        fds_[key] = it->second;  // from the old binary: already bound and listening
+        inherited_.erase(it);
+        continue;
+      }
       int fd = openSocket(g.listen, err);
       if (fd < 0) return false;
       fds_[key] = fd;
@@ -111,6 +117,45 @@ void ListenerSet::closeAllExcept(const std::vector<int>& keep) {
       ++it;
     }
   }
+}
+
+std::string ListenerSet::inheritSpec() const {
+  std::string spec;
+  for (const auto& [key, fd] : fds_) spec += key + "=" + std::to_string(fd) + ";";
+  return spec;
+}
+
+void ListenerSet::clearCloexec() const {
+  for (const auto& [key, fd] : fds_) {
+    int flags = fcntl(fd, F_GETFD);
+    if (flags >= 0) fcntl(fd, F_SETFD, flags & ~FD_CLOEXEC);
+  }
+}
+
+void ListenerSet::adoptInherited() {
+  const char* env = getenv(kInheritEnv);
+  if (!env) return;
+  std::string spec = env;
+  unsetenv(kInheritEnv);  // workers and later binaries must not see it
+  size_t pos = 0;
+  while (pos < spec.size()) {
+    size_t semi = spec.find(';', pos);
+    if (semi == std::string::npos) semi = spec.size();
+    std::string item = spec.substr(pos, semi - pos);
+    pos = semi + 1;
+    size_t eq = item.rfind('=');
+    if (eq == std::string::npos) continue;
+    int fd = atoi(item.c_str() + eq + 1);
+    if (fd <= 2 || fcntl(fd, F_GETFD) < 0) continue;  // not an open fd of ours
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    inherited_[item.substr(0, eq)] = fd;
+    inherited_any_ = true;
+  }
+}
+
+void ListenerSet::closeUnadopted() {
+  for (auto& [key, fd] : inherited_) ::close(fd);
+  inherited_.clear();
 }
 
 void ListenerSet::closeAll() {

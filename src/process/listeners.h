@@ -30,9 +30,23 @@ class ListenerSet {
   // In a forked worker: drop the copies of sockets it does not serve.
   void closeAllExcept(const std::vector<int>& keep);
 
+  // Binary upgrade (USR2). The old master passes its sockets to the new
+  // binary in the environment as "key=fd;key=fd;"; the new one adopts the
+  // ones its conf still names instead of binding, and closes the rest.
+  static constexpr const char* kInheritEnv = "TIDEGATE_INHERIT";
+  std::string inheritSpec() const;
+  void clearCloexec() const;
+  // Reads and unsets the environment variable. Call before open().
+  void adoptInherited();
+  // Closes inherited sockets that open() did not use.
+  void closeUnadopted();
+  bool inherited() const { return inherited_any_; }
+
  private:
   static std::string socketKey(const conf::Config::ListenGroup& g, int slot);
   std::map<std::string, int> fds_;
+  std::map<std::string, int> inherited_;
+  bool inherited_any_ = false;
 };
 
 }  // namespace tidegate::process

@@ -1,4 +1,3 @@
-#include "tidegate/version.h"
 #include "process/master.h"
 
 #include <fcntl.h>
@@ -21,6 +20,7 @@
 #include "process/listeners.h"
 #include "process/pidfile.h"
 #include "process/worker.h"
+#include "tidegate/version.h"
 
 namespace tidegate::process {
 namespace {
@@ -77,7 +77,10 @@ class Master {
     TG_LOG(LogLevel::kNotice, "tidegate/%s started, %d worker processes", TIDEGATE_VERSION, cfg_->worker_processes);
     for (int i = 0; i < cfg_->worker_processes; i++) spawn(i);
     loop();
-    if (!cfg_->pid_file.empty()) removePidFile(cfg_->pid_file, getpid());
+    if (!cfg_->pid_file.empty()) {
+      removePidFile(cfg_->pid_file, getpid());
+      removePidFile(oldbinPath(), getpid());  // after a binary upgrade
+    }
     TG_LOG(LogLevel::kNotice, "exit");
     return 0;
   }
@@ -114,7 +117,7 @@ class Master {
       if (g_reopen) { g_reopen = 0; reopen(); }
       if (g_upgrade) {
         g_upgrade = 0;
-        TG_LOG(LogLevel::kWarn, "signal 12 (SIGUSR2) received: binary upgrade is not supported yet, ignored");
+        if (!quitting_ && !terminating_) upgrade();
       }
       if (terminating_ && core::wallMs() >= terminate_deadline_ms_) killAll();
       if ((quitting_ || terminating_) && workers_.empty()) return;
@@ -183,6 +186,10 @@ class Master {
     int status = 0;
     pid_t pid;
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+      if (pid == upgrade_pid_) {
+        upgradeFailed(status);
+        continue;
+      }
       for (size_t i = 0; i < workers_.size(); i++) {
         if (workers_[i].pid != pid) continue;
         WorkerSlot w = workers_[i];
@@ -260,6 +267,55 @@ class Master {
     for (const auto& w : workers_) send(w, 'r');
   }
 
+  // USR2: start the binary named by argv[0] (possibly a new file at that
+  // path) with our listening sockets; both masters serve until the old
+  // one gets QUIT. The pid file moves aside to "<pid>.oldbin", as nginx's.
+  void upgrade() {
+    if (upgrade_pid_ > 0) {
+      TG_LOG(LogLevel::kAlert, "binary upgrade already in progress (new master %d)", upgrade_pid_);
+      return;
+    }
+    TG_LOG(LogLevel::kNotice, "signal 12 (SIGUSR2) received, starting a new binary");
+    if (!cfg_->pid_file.empty() && rename(cfg_->pid_file.c_str(), oldbinPath().c_str()) != 0) {
+      TG_LOG(LogLevel::kAlert, "rename() \"%s\" failed (%d: %s), binary upgrade cancelled", cfg_->pid_file.c_str(),
+             errno, strerror(errno));
+      return;
+    }
+    std::string spec = listeners_.inheritSpec();
+    pid_t pid = fork();
+    if (pid < 0) {
+      TG_LOG(LogLevel::kAlert, "fork() failed (%d: %s), binary upgrade cancelled", errno, strerror(errno));
+      restorePidFile();
+      return;
+    }
+    if (pid == 0) {
+      sigset_t empty;
+      sigemptyset(&empty);
+      for (int s : kMasterSignals) signal(s, SIG_DFL);
+      sigprocmask(SIG_SETMASK, &empty, nullptr);
+      listeners_.clearCloexec();
+      setenv(ListenerSet::kInheritEnv, spec.c_str(), 1);
+      char** argv = savedArgv();
+      execv(argv[0], argv);
+      _exit(127);
+    }
+    upgrade_pid_ = pid;
+    TG_LOG(LogLevel::kNotice, "new binary started as process %d", pid);
+  }
+
+  void upgradeFailed(int status) {
+    TG_LOG(LogLevel::kAlert, "new binary %d exited with code %d, this master keeps serving", upgrade_pid_,
+           WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+    upgrade_pid_ = -1;
+    restorePidFile();
+  }
+
+  std::string oldbinPath() const { return cfg_->pid_file + ".oldbin"; }
+
+  void restorePidFile() {
+    if (!cfg_->pid_file.empty()) rename(oldbinPath().c_str(), cfg_->pid_file.c_str());
+  }
+
   void reload() {
     TG_LOG(LogLevel::kNotice, "signal 1 (SIGHUP) received, reconfiguring");
     auto fail = [&](const std::string& why) {
@@ -305,6 +361,7 @@ class Master {
   uint64_t terminate_deadline_ms_ = 0;
   bool quitting_ = false;
   bool terminating_ = false;
+  pid_t upgrade_pid_ = -1;
 };
 
 }  // namespace
@@ -312,6 +369,13 @@ class Master {
 std::string errorLogPath(const conf::Config& cfg, const conf::LoadOptions& opts) {
   return cfg.error_log_set || opts.error_log.empty() ? cfg.error_log : opts.error_log;
 }
+
+namespace {
+char** g_argv = nullptr;
+}  // namespace
+
+void saveArgv(char** argv) { g_argv = argv; }
+char** savedArgv() { return g_argv; }
 
 int runMaster(conf::ConfigPtr cfg, const conf::LoadOptions& opts, ListenerSet* listeners) {
   Master m(std::move(cfg), opts, listeners);
@@ -326,7 +390,7 @@ int runSingle(conf::ConfigPtr cfg, ListenerSet* listeners) {
   }
   signal(SIGPIPE, SIG_IGN);
   signal(SIGHUP, SIG_IGN);
-  signal(SIGUSR2, SIG_IGN);
+  signal(SIGUSR2, SIG_IGN);  // a binary upgrade needs a master
   int rc = runWorker(cfg, listeners->fdsFor(*cfg, 0), -1);
   if (!cfg->pid_file.empty()) removePidFile(cfg->pid_file, getpid());
   return rc;

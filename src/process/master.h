@@ -19,6 +19,10 @@ int runMaster(conf::ConfigPtr cfg, const conf::LoadOptions& opts, ListenerSet* l
 // master_process off: one process serves, handling the signals itself.
 int runSingle(conf::ConfigPtr cfg, ListenerSet* listeners);
 
+// The command line, kept for a binary upgrade (USR2 re-executes argv[0]).
+void saveArgv(char** argv);
+char** savedArgv();
+
 // The error log a conf asks for, or -e's when it names none.
 std::string errorLogPath(const conf::Config& cfg, const conf::LoadOptions& opts);
 

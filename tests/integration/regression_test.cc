@@ -114,17 +114,6 @@ TEST(RegressionTest, DaemonReportsBindErrorToTheShell) {
   EXPECT_EQ(holder.stop(), 0);
 }
 
-TEST(RegressionTest, Usr2IsIgnoredNotFatal) {
-  Gateway gw;
-  gw.setSimpleConf("    location / { return 200 \"ok\"; }\n");
-  ASSERT_TRUE(gw.start());
-  gw.signal(SIGUSR2);
-  EXPECT_TRUE(gw.waitLog("SIGUSR2"));
-  EXPECT_TRUE(gw.running());
-  EXPECT_EQ(httpGet(gw.port(), "/").status, 200);
-  EXPECT_EQ(gw.stop(), 0);
-}
-
 }  // namespace
 }  // namespace tidegate::test
 
