@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs bench/run.sh's "hello" scenario with the minimal epoll responder in
+# tidegate's place: the ratio it prints is the floor on this machine.
+# Usage: bench/floor.sh   (env as for run.sh: ROUNDS, CONNS, DURATION)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TMP=$(mktemp -d /tmp/tidegate-floor.XXXXXX)
+trap 'rm -rf "$TMP"' EXIT
+cc -O2 -o "$TMP/minimal_responder" bench/floor/minimal_responder.c
+# run.sh starts its server as "BIN -p DIR -c CONF"; take the port from the conf.
+cat >"$TMP/wrapper" <<WRAP
+#!/usr/bin/env bash
+while [ \$# -gt 0 ]; do case \$1 in -c) conf=\$2; shift;; esac; shift; done
+exec "$TMP/minimal_responder" "\$(grep -o 'listen 127.0.0.1:[0-9]*' "\$conf" | cut -d: -f2)"
+WRAP
+chmod +x "$TMP/wrapper"
+TIDEGATE="$TMP/wrapper" bash bench/run.sh hello
