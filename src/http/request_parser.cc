@@ -84,7 +84,7 @@ void RequestParser::reset(const conf::HeadLimits& limits, uint64_t max_body) {
   limits_ = limits;
   max_body_ = max_body;
   head_.clear();
-  head_bytes_ = line_len_ = line_no_ = line_start_ = scanned_ = 0;
+  head_bytes_ = line_len_ = line_no_ = line_start_ = scanned_ = error_at_ = 0;
   prev_cr_ = head_scanned_ = false;
   cl_count_ = te_count_ = host_count_ = te_status_ = 0;
   head_done_ = message_done_ = false;
@@ -168,6 +168,14 @@ static size_t skipOrdinary(const char* data, size_t i, size_t len) {
   return i;
 }
 
+// Every failure records the exact byte it is about (error_at_), so that
+// preferEarlierLlhttpError() can tell which of two errors comes first
+// whatever the reads looked like.
+bool RequestParser::failAt(const char* at, int status, const char* text) {
+  error_at_ = static_cast<size_t>(at - base_);
+  return fail(status, text);
+}
+
 bool RequestParser::scanHead(const char* data, size_t len, size_t* head_end) {
   *head_end = len;
   size_t i = 0;
@@ -175,32 +183,40 @@ bool RequestParser::scanHead(const char* data, size_t len, size_t* head_end) {
     if (line_len_ == 0 && !prev_cr_) {
       line_start_ = static_cast<size_t>(data + i - base_);
       if (line_no_ > 0 && (data[i] == ' ' || data[i] == '\t')) {
-        return fail(400, "client sent obsolete line folding");  // RFC 9112 5.2
+        return failAt(data + i, 400, "client sent obsolete line folding");  // RFC 9112 5.2
       }
     }
     // The run of ordinary bytes up to the next CR, LF or NUL.
     size_t run = skipOrdinary(data, i, len);
     if (run > i) {
-      if (prev_cr_) return fail(400, "client sent bare CR in request head");
-      line_len_ += run - i;
-      head_bytes_ += run - i;
-      if (head_bytes_ > limits_.total) return fail(431, "client sent too large request head");
-      if (line_no_ == 0 && line_len_ > limits_.request_line) return fail(414, "client sent too long URI");
-      if (line_no_ > 0 && line_len_ > limits_.header_line) return fail(431, "client sent too long header line");
+      if (prev_cr_) return failAt(data + i, 400, "client sent bare CR in request head");
+      size_t n = run - i;
+      // The first byte past each limit, if this run crosses one.
+      size_t line_limit = line_no_ == 0 ? limits_.request_line : limits_.header_line;
+      size_t cross_line = line_len_ + n > line_limit ? i + (line_limit - line_len_) : len + 1;
+      size_t cross_total = head_bytes_ + n > limits_.total ? i + (limits_.total - head_bytes_) : len + 1;
+      if (cross_line <= cross_total && cross_line <= len) {
+        return failAt(data + cross_line, line_no_ == 0 ? 414 : 431,
+                      line_no_ == 0 ? "client sent too long URI" : "client sent too long header line");
+      }
+      if (cross_total <= len) return failAt(data + cross_total, 431, "client sent too large request head");
+      line_len_ += n;
+      head_bytes_ += n;
       i = run;
       if (i == len) break;
     }
+    const char* at = data + i;
     char c = data[i++];
     head_bytes_++;
-    if (head_bytes_ > limits_.total) return fail(431, "client sent too large request head");
-    if (c == '\0') return fail(400, "client sent NUL in request head");
+    if (head_bytes_ > limits_.total) return failAt(at, 431, "client sent too large request head");
+    if (c == '\0') return failAt(at, 400, "client sent NUL in request head");
     if (c == '\r') {
-      if (prev_cr_) return fail(400, "client sent bare CR in request head");
+      if (prev_cr_) return failAt(at, 400, "client sent bare CR in request head");
       prev_cr_ = true;
       continue;
     }
     // c == '\n'
-    if (!prev_cr_) return fail(400, "client sent bare LF in request head");
+    if (!prev_cr_) return failAt(at, 400, "client sent bare LF in request head");
     prev_cr_ = false;
     if (line_len_ == 0) {
       if (line_no_ == 0) continue;  // RFC 9112 2.2: tolerate empty lines before the request line
@@ -216,7 +232,7 @@ bool RequestParser::scanHead(const char* data, size_t len, size_t* head_end) {
     }
     line_no_++;
     line_len_ = 0;
-    if (line_no_ - 1 > limits_.max_fields) return fail(431, "client sent too many header fields");
+    if (line_no_ - 1 > limits_.max_fields) return failAt(at, 431, "client sent too many header fields");
   }
   return true;
 }
@@ -230,7 +246,10 @@ RequestParser::Event RequestParser::execute(const char* base, size_t from, size_
   if (!head_scanned_) {
     size_t head_end = 0;
     size_t scan_from = scanned_ > from ? scanned_ : from;
-    if (scan_from < to && !scanHead(base + scan_from, to - scan_from, &head_end)) return Event::kError;
+    if (scan_from < to && !scanHead(base + scan_from, to - scan_from, &head_end)) {
+      preferEarlierLlhttpError(from);
+      return Event::kError;
+    }
     scanned_ = to;
     // llhttp sees the request line only once it is whole, so that its
     // verdict (505 vs 400) never depends on where the bytes were split.
@@ -246,13 +265,36 @@ RequestParser::Event RequestParser::execute(const char* base, size_t from, size_
     llhttp_resume(&parser_);
     return Event::kMessageComplete;
   }
-  if (error_status_ == 0) {
-    int status = 400;
-    if (rc == HPE_INVALID_VERSION) status = 505;
-    fail(status, std::string("client sent invalid request (") + llhttp_errno_name(rc) + ": " +
-                     llhttp_get_error_reason(&parser_) + ")");
-  }
+  if (error_status_ == 0) failFromLlhttp(rc);
   return Event::kError;
+}
+
+void RequestParser::failFromLlhttp(llhttp_errno_t rc) {
+  int status = rc == HPE_INVALID_VERSION ? 505 : 400;
+  fail(status, std::string("client sent invalid request (") + llhttp_errno_name(rc) + ": " +
+                   llhttp_get_error_reason(&parser_) + ")");
+}
+
+// The scanner found an error at error_at_. llhttp has not seen the bytes
+// before it yet; if it objects to one of them, that earlier error is the
+// answer, as it would have been had those bytes arrived in an earlier read.
+// So the status never depends on how the bytes were split.
+void RequestParser::preferEarlierLlhttpError(size_t from) {
+  // llhttp never sees a partial request line, so line-0 errors stand.
+  if (line_no_ == 0 || error_at_ <= from) return;
+  int status = error_status_;
+  std::string text = std::move(error_text_);
+  error_status_ = 0;
+  error_text_.clear();
+  llhttp_errno_t rc = llhttp_execute(&parser_, base_ + from, error_at_ - from);
+  if (rc != HPE_OK && rc != HPE_PAUSED && error_status_ == 0) {
+    failFromLlhttp(rc);
+    return;
+  }
+  if (error_status_ == 0) {
+    error_status_ = status;
+    error_text_ = std::move(text);
+  }
 }
 
 int RequestParser::onTrailer(llhttp_t* p, const char*, size_t len) {

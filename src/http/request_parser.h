@@ -77,6 +77,9 @@ class RequestParser {
   // obs-fold) and the size limits (414/431). Returns false on error.
   bool scanHead(const char* data, size_t len, size_t* head_end);
   bool fail(int status, std::string text);
+  void failFromLlhttp(llhttp_errno_t rc);
+  void preferEarlierLlhttpError(size_t from);
+  bool failAt(const char* at, int status, const char* text);
   bool checkFramingHeaders();
   bool checkRequestLine(std::string_view line);
   void recordField(std::string_view line);
@@ -92,7 +95,8 @@ class RequestParser {
 
   // Head scanner state.
   size_t head_bytes_ = 0;
-  size_t scanned_ = 0;  // offset (from base) the head scanner has reached
+  size_t scanned_ = 0;
+  size_t error_at_ = 0;  // offset of the byte a scanner error is about  // offset (from base) the head scanner has reached
   size_t line_len_ = 0;
   size_t line_no_ = 0;
   size_t line_start_ = 0;  // offset of the current head line (request line check)
