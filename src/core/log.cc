@@ -65,6 +65,24 @@ bool ErrorLog::reopen(std::string* err) {
   return open(s.path, s.level, err);
 }
 
+bool LogRateLimit::allow(unsigned long* suppressed) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1000 + static_cast<uint64_t>(ts.tv_nsec) / 1000000;
+  if (now - window_start_ms_ >= 1000) {
+    window_start_ms_ = now;
+    in_window_ = 0;
+  }
+  if (in_window_ >= kBurst) {
+    dropped_++;
+    return false;
+  }
+  in_window_++;
+  *suppressed = dropped_;
+  dropped_ = 0;
+  return true;
+}
+
 void ErrorLog::setLevel(LogLevel level) { sink().level = level; }
 bool ErrorLog::enabled(LogLevel level) { return level >= sink().level; }
 int ErrorLog::fd() { return sink().fd; }

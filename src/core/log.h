@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdarg>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -34,12 +35,39 @@ class ErrorLog {
   static void vwrite(LogLevel level, unsigned long conn, const char* fmt, va_list ap);
 };
 
+// Per call site: at most kBurst lines per second; the first line after a
+// quiet spell says how many were dropped. For lines a client can trigger at
+// will (bad requests, timeouts), so a flood cannot fill the disk.
+class LogRateLimit {
+ public:
+  static constexpr unsigned kBurst = 20;
+  // True if this line may be written now; *suppressed is the number dropped
+  // since the last written line (to mention in it).
+  bool allow(unsigned long* suppressed);
+
+ private:
+  uint64_t window_start_ms_ = 0;
+  unsigned in_window_ = 0;
+  unsigned long dropped_ = 0;
+};
+
 }  // namespace tidegate::core
 
 #define TG_LOG(level, ...)                                                   \
   do {                                                                       \
     if (::tidegate::core::ErrorLog::enabled(level))                          \
       ::tidegate::core::ErrorLog::write(level, 0, __VA_ARGS__);              \
+  } while (0)
+// Like TG_LOG_CONN, rate-limited per call site (see LogRateLimit).
+#define TG_LOG_CONN_LIMITED(level, conn, fmt, ...)                                                      \
+  do {                                                                                                 \
+    static ::tidegate::core::LogRateLimit tg_limit_;                                                   \
+    unsigned long tg_dropped_ = 0;                                                                     \
+    if (::tidegate::core::ErrorLog::enabled(level) && tg_limit_.allow(&tg_dropped_)) {                 \
+      if (tg_dropped_) ::tidegate::core::ErrorLog::write(level, conn, "(%lu similar lines suppressed) " fmt, \
+                                                         tg_dropped_, __VA_ARGS__);                    \
+      else ::tidegate::core::ErrorLog::write(level, conn, fmt, __VA_ARGS__);                           \
+    }                                                                                                  \
   } while (0)
 #define TG_LOG_CONN(level, conn, ...)                                        \
   do {                                                                       \

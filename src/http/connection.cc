@@ -166,10 +166,10 @@ void Connection::handleRead(ssize_t nread) {
   }
   if (nread < 0) {
     if (phase_ == Phase::kHead && end_ > start_) {
-      TG_LOG_CONN(LogLevel::kInfo, info_.id, "client prematurely closed connection while reading client request headers%s",
+      TG_LOG_CONN_LIMITED(LogLevel::kInfo, info_.id, "client prematurely closed connection while reading client request headers%s",
                   describe().c_str());
     } else if (phase_ == Phase::kBody) {
-      TG_LOG_CONN(LogLevel::kInfo, info_.id, "client prematurely closed connection while reading client request body%s",
+      TG_LOG_CONN_LIMITED(LogLevel::kInfo, info_.id, "client prematurely closed connection while reading client request body%s",
                   describe().c_str());
     }
     close();
@@ -357,7 +357,7 @@ void Connection::respondError(int status, const std::string& why) {
   const char* activity = !parser_.requestLineDone() ? "reading client request line"
                          : !parser_.headDone()      ? "reading client request headers"
                                                     : "reading client request body";
-  TG_LOG_CONN(level, info_.id, "%s while %s%s", why.c_str(), activity, describe().c_str());
+  TG_LOG_CONN_LIMITED(level, info_.id, "%s while %s%s", why.c_str(), activity, describe().c_str());
   keepalive_ = false;
   if (!req_.base) req_.base = buf_ + start_;
   respond(status, "text/html", errorPage(status), {});
@@ -392,7 +392,7 @@ void Connection::flush() {
     int n = uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
     if (n == UV_EAGAIN) n = 0;
     if (n < 0) {
-      TG_LOG_CONN(LogLevel::kInfo, info_.id, "writev() failed (%d: %s) while sending response to client%s", -n,
+      TG_LOG_CONN_LIMITED(LogLevel::kInfo, info_.id, "writev() failed (%d: %s) while sending response to client%s", -n,
                   uv_strerror(n), describe().c_str());
       close();
       return;
@@ -426,7 +426,7 @@ void Connection::afterWrite(int status) {
   writing_.clear();
   if (status < 0) {
     if (status != UV_ECANCELED) {
-      TG_LOG_CONN(LogLevel::kInfo, info_.id, "writev() failed (%d: %s) while sending response to client%s", -status,
+      TG_LOG_CONN_LIMITED(LogLevel::kInfo, info_.id, "writev() failed (%d: %s) while sending response to client%s", -status,
                   uv_strerror(status), describe().c_str());
     }
     close();
@@ -544,7 +544,7 @@ void Connection::handleTimer() {
   }
   bool too_slow = belowMinRate();
   if (write_pending_) {
-    TG_LOG_CONN(LogLevel::kInfo, info_.id, "%s while sending response to client%s",
+    TG_LOG_CONN_LIMITED(LogLevel::kInfo, info_.id, "%s while sending response to client%s",
                 too_slow ? "client read the response below send_min_rate" : "client timed out (110: Connection timed out)",
                 describe().c_str());
     close();
@@ -555,7 +555,7 @@ void Connection::handleTimer() {
     return;
   }
   const char* what = phase_ == Phase::kHead ? "reading client request headers" : "reading client request body";
-  TG_LOG_CONN(LogLevel::kInfo, info_.id, "%s while %s%s",
+  TG_LOG_CONN_LIMITED(LogLevel::kInfo, info_.id, "%s while %s%s",
               too_slow ? "client sent the body below client_body_min_rate" : "client timed out (110: Connection timed out)",
               what, describe().c_str());
   keepalive_ = false;

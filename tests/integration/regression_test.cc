@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include "core/log.h"
 #include "harness.h"
 
 namespace tidegate::test {
@@ -117,3 +118,30 @@ TEST(RegressionTest, DaemonReportsBindErrorToTheShell) {
 }  // namespace
 }  // namespace tidegate::test
 
+
+namespace tidegate::test {
+namespace {
+
+TEST(LogFloodTest, ClientErrorLinesAreRateLimited) {
+  Gateway gw;
+  gw.setSimpleConf("    location / { return 200 \"ok\"; }\n");
+  ASSERT_TRUE(gw.start());
+  for (int i = 0; i < 100; i++) {
+    RawClient c(gw.port());
+    c.send("GET / HTTP/1.1\r\nHost: a\r\nX-A : bad\r\n\r\n");
+    EXPECT_EQ(c.readResponse().status, 400);
+  }
+  EXPECT_EQ(gw.stop(), 0);
+  std::string log = gw.errorLog();
+  int lines = 0;
+  for (size_t p = log.find("while reading client request headers"); p != std::string::npos;
+       p = log.find("while reading client request headers", p + 1)) {
+    lines++;
+  }
+  // 100 bad requests within a few hundred ms: at most a burst or two is logged.
+  EXPECT_GE(lines, 1);
+  EXPECT_LE(lines, 2 * static_cast<int>(core::LogRateLimit::kBurst));
+}
+
+}  // namespace
+}  // namespace tidegate::test
