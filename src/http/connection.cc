@@ -10,6 +10,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "http/ascii.h"
 #include "http/http_server.h"
 #include "http/router.h"
 #include "http/status.h"
@@ -229,7 +230,7 @@ int Connection::onHeadComplete(std::string* why) {
   if (host.empty() && h.host_index >= 0) host = h.headers[static_cast<size_t>(h.host_index)].value.in(req_.base);
   std::string_view bare = stripPort(host);
   req_.host.assign(bare);
-  for (char& ch : req_.host) ch = static_cast<char>(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+  for (char& ch : req_.host) ch = asciiLower(ch);
   if (!req_.host.empty() && req_.host.back() == '.') req_.host.pop_back();
   req_.server = findServer(*group_, req_.host);
   conn_settings_ = &req_.settings();

@@ -10,22 +10,13 @@
 #include <cstring>
 #include <limits>
 
+#include "http/ascii.h"
+
 namespace tidegate::http {
 namespace {
 
 // RELIABILITY.md: a chunk extension over 4 KB is abuse, not a use case.
 constexpr size_t kMaxChunkExtension = 4096;
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); i++) {
-    char x = a[i], y = b[i];
-    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x + 32);
-    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y + 32);
-    if (x != y) return false;
-  }
-  return true;
-}
 
 std::string_view trimOws(std::string_view v) {
   while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);

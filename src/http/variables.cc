@@ -5,21 +5,11 @@
 #include <cstdio>
 
 #include "core/clock.h"
+#include "http/ascii.h"
 #include "tidegate/version.h"
 
 namespace tidegate::http {
 namespace {
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); i++) {
-    char x = a[i], y = b[i];
-    if (x >= 'A' && x <= 'Z') x = static_cast<char>(x + 32);
-    if (y >= 'A' && y <= 'Z') y = static_cast<char>(y + 32);
-    if (x != y) return false;
-  }
-  return true;
-}
 
 std::string_view findArg(std::string_view args, std::string_view name) {
   size_t pos = 0;
