@@ -27,6 +27,7 @@ using core::LogLevel;
 constexpr uint64_t kLingeringTimeoutMs = 5000;
 // nginx's lingering_time: the most a lingering close may take in all.
 constexpr uint64_t kLingeringTimeMs = 30000;
+constexpr uint64_t kDrainLingeringMs = 200;
 // Pipelined responses waiting for the socket beyond this pause parsing.
 constexpr size_t kMaxPendingOutput = 64 * 1024;
 
@@ -477,7 +478,12 @@ uint64_t Connection::bytesSentSoFar() const {
 // can recompute it.
 uint64_t Connection::computeDeadline() const {
   const conf::HttpSettings& s = settings();
-  if (phase_ == Phase::kLingering) return std::min(last_io_ms_ + kLingeringTimeoutMs, linger_start_ms_ + kLingeringTimeMs);
+  if (phase_ == Phase::kLingering) {
+    // While the worker drains, linger briefly: long enough for the answer
+    // to reach the client before a reset, short enough not to hold the exit.
+    uint64_t linger = server_->draining() ? kDrainLingeringMs : kLingeringTimeoutMs;
+    return std::min(last_io_ms_ + linger, linger_start_ms_ + kLingeringTimeMs);
+  }
   if (write_pending_) {
     uint64_t d = send_start_ms_ + *s.send_timeout_ms;
     if (*s.send_min_rate) d = std::min(d, rateDeadline(send_start_ms_, bytesSentSoFar(), *s.send_min_rate));
@@ -580,7 +586,13 @@ void Connection::closeIfIdle() {
   // Only a keepalive connection between requests is idle. A new connection
   // whose first request is still on the wire gets served (with
   // "Connection: close"), as nginx does; client_header_timeout bounds it.
-  if ((phase_ == Phase::kIdle && info_.requests > 0) || phase_ == Phase::kLingering) close();
+  if (phase_ == Phase::kIdle && info_.requests > 0) {
+    close();
+  } else if (phase_ == Phase::kLingering) {
+    timer_fires_at_ = 0;  // force a re-arm: the drain lingering is shorter
+    uv_timer_stop(&timer_);
+    updateTimer();
+  }
 }
 
 void Connection::close() {

@@ -396,10 +396,21 @@ bool Gateway::start(Ms timeout) {
   std::string conf = dir_.read("conf/tidegate.conf");
   bool uses2 = conf.find(":" + std::to_string(port2_) + ";") != std::string::npos ||
                conf.find(":" + std::to_string(port2_) + " ") != std::string::npos;
+  // The master binds before it forks, so an accepted connection does not
+  // mean a worker is up: wait for the configured number of workers too.
+  size_t workers = 0;
+  if (conf.find("master_process off") == std::string::npos) {
+    workers = 1;
+    size_t wp = conf.find("worker_processes ");
+    if (wp != std::string::npos) {
+      std::string v = conf.substr(wp + 17, conf.find(';', wp) - wp - 17);
+      workers = v == "auto" ? static_cast<size_t>(sysconf(_SC_NPROCESSORS_ONLN)) : std::strtoul(v.c_str(), nullptr, 10);
+    }
+  }
   return waitFor(
       [&] {
         if (!running()) return false;
-        return canConnect(port_) && (!uses2 || canConnect(port2_));
+        return canConnect(port_) && (!uses2 || canConnect(port2_)) && childrenOf(pid_).size() >= workers;
       },
       timeout);
 }
