@@ -200,7 +200,16 @@ void Connection::processInput() {
       // Hand what we have to the socket; if it does not all fit, wait for
       // the client to read (afterWrite() resumes this loop).
       flush();
-      if (write_pending_ || closing_) break;
+      if (closing_) break;
+      if (write_pending_) {
+        // Back-pressure: read no more pipelined requests until the client
+        // has taken these answers (afterWrite() resumes).
+        if (reading_) {
+          uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+          reading_ = false;
+        }
+        break;
+      }
     }
     if (parsed_ == end_ && phase_ != Phase::kBody) break;
     size_t consumed = 0;
@@ -436,6 +445,10 @@ void Connection::afterWrite(int status) {
   }
   if (closing_) return;
   flush();
+  if (!closing_ && !reading_ && !write_pending_) {
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), onAlloc, onRead);
+    reading_ = true;
+  }
   if (!closing_ && phase_ != Phase::kLingering) processInput();  // resume pipelined requests
 }
 

@@ -1,6 +1,7 @@
 // Behaviours found wrong in review, each pinned by a test against the binary.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include "core/log.h"
@@ -141,6 +142,34 @@ TEST(LogFloodTest, ClientErrorLinesAreRateLimited) {
   // 100 bad requests within a few hundred ms: at most a burst or two is logged.
   EXPECT_GE(lines, 1);
   EXPECT_LE(lines, 2 * static_cast<int>(core::LogRateLimit::kBurst));
+}
+
+}  // namespace
+}  // namespace tidegate::test
+
+namespace tidegate::test {
+namespace {
+
+// A client that pipelines far more than it reads is paused (back-pressure),
+// not answered 431 because its unread requests filled the head buffer.
+TEST(BackPressureTest, SlowReaderOfPipelinedAnswersIsPausedNotRejected) {
+  Gateway gw;
+  std::string big(60000, 'x');
+  gw.setSimpleConf("    location / { return 200 \"" + big + "\"; }\n", "client_header_timeout 30s;");
+  ASSERT_TRUE(gw.start());
+  RawClient c(gw.port());
+  std::string batch;
+  // ~85 KB of requests asking for ~54 MB of answers, sent before reading any:
+  // far more than the head buffer (32 KB) and the socket buffers hold.
+  const int n = 900;  // under keepalive_requests (1000)
+  for (int i = 0; i < n; i++) batch += "GET / HTTP/1.1\r\nHost: a\r\nX-Pad: " + std::string(60, 'p') + "\r\n\r\n";
+  ASSERT_TRUE(c.send(batch));
+  for (int i = 0; i < n; i++) {
+    Response r = c.readResponse(Ms(10000));
+    ASSERT_EQ(r.status, 200) << "response " << i;
+    ASSERT_EQ(r.body.size(), big.size());
+  }
+  EXPECT_EQ(gw.stop(), 0);
 }
 
 }  // namespace
