@@ -16,6 +16,26 @@
 
 namespace tidegate::conf {
 
+// Lua code from the conf: an inline block/string or a file. The chunk name
+// follows OpenResty's ("init_by_lua(tidegate.conf:12)", or "@path" for files)
+// so tracebacks point at the conf.
+struct LuaCode {
+  enum class Kind { kNone, kInline, kFile };
+  Kind kind = Kind::kNone;
+  std::string source;     // the code (inline) or the absolute path (file)
+  std::string chunkname;
+  bool empty() const { return kind == Kind::kNone; }
+};
+
+// http-level Lua settings (lua_package_path and friends, init phases).
+struct LuaConf {
+  std::string package_path;   // "" = LuaJIT's default; ";;" expanded to it
+  std::string package_cpath;
+  bool code_cache = true;
+  LuaCode init;               // init_by_lua*: master, before fork
+  LuaCode init_worker;        // init_worker_by_lua*: each worker
+};
+
 struct LogFormat {
   std::string name;
   ComplexValue format;
@@ -106,6 +126,7 @@ struct Server {
 
 struct HttpConfig {
   HttpSettings settings;
+  LuaConf lua;
   HeadLimits limits;
   bool buffers_set = false;
   bool fields_set = false;

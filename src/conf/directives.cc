@@ -36,7 +36,10 @@ void registerDirectives(const Directive* list, size_t count) {
 
 const Directive* findDirective(std::string_view name) {
   static std::once_flag once;
-  std::call_once(once, registerCoreDirectives);
+  std::call_once(once, [] {
+    registerCoreDirectives();
+    registerLuaDirectives();
+  });
   auto it = registry().find(name);
   return it == registry().end() ? nullptr : &it->second;
 }

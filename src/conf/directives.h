@@ -73,5 +73,7 @@ bool parseInt(std::string_view text, int64_t* out);
 
 // Registers the directives of the foundation (core, events, http, server, location).
 void registerCoreDirectives();
+// Registers the Lua runtime's directives (conf/lua_directives.cc).
+void registerLuaDirectives();
 
 }  // namespace tidegate::conf

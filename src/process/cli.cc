@@ -182,8 +182,10 @@ int runCli(int argc, char** argv) {
     return 1;
   };
   if (!core::ErrorLog::open(errorLogPath(*cfg, a.load), level, &err)) return failed(err);
-  // -t opens what a start would (logs), and binds nothing.
+  // -t opens what a start would (logs) and runs init_by_lua*, and binds nothing.
   if (!http::AccessLog::check(*cfg, &err)) return failed(err);
+  std::shared_ptr<lua::Vm> vm = prepareLua(cfg, &err);
+  if (!vm) return failed(err);
   if (a.test) {
     if (!a.quiet) {
       fprintf(stderr, "tidegate: the configuration file %s syntax is ok\n", cfg->conf_file.c_str());
@@ -205,7 +207,8 @@ int runCli(int argc, char** argv) {
   bool daemon = cfg->daemon && !listeners.inherited();
   if (daemon && !daemonize(&err)) return failed(err);
   if (cfg->daemon) core::ErrorLog::redirectStderr();
-  return cfg->master_process ? runMaster(cfg, a.load, &listeners) : runSingle(cfg, &listeners);
+  return cfg->master_process ? runMaster(cfg, std::move(vm), a.load, &listeners)
+                             : runSingle(cfg, std::move(vm), &listeners);
 }
 
 }  // namespace tidegate::process

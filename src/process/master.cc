@@ -64,8 +64,8 @@ struct WorkerSlot {
 
 class Master {
  public:
-  Master(conf::ConfigPtr cfg, conf::LoadOptions opts, ListenerSet* listeners)
-      : cfg_(std::move(cfg)), opts_(std::move(opts)), listeners_(*listeners) {}
+  Master(conf::ConfigPtr cfg, std::shared_ptr<lua::Vm> vm, conf::LoadOptions opts, ListenerSet* listeners)
+      : cfg_(std::move(cfg)), vm_(std::move(vm)), opts_(std::move(opts)), listeners_(*listeners) {}
 
   int run() {
     std::string err;
@@ -163,7 +163,7 @@ class Master {
       signal(SIGHUP, SIG_IGN);   // the master decides about reloads
       signal(SIGUSR1, SIG_IGN);  // and relays reopen over the channel
       sigprocmask(SIG_SETMASK, &empty, nullptr);
-      _exit(runWorker(cfg_, fds, sv[1]));
+      _exit(runWorker(cfg_, vm_, fds, sv[1], slot));
     }
     ::close(sv[1]);
     WorkerSlot w;
@@ -327,6 +327,8 @@ class Master {
     if (!conf::loadConfig(opts_, &next, &cerr)) return fail(cerr.message());
     std::string err;
     if (!http::AccessLog::check(*next, &err)) return fail(err);
+    std::shared_ptr<lua::Vm> next_vm = prepareLua(next, &err);
+    if (!next_vm) return fail(err);
     if (!listeners_.open(*next, &err)) {
       listeners_.prune(*cfg_);  // drop what this attempt bound
       return fail(err);
@@ -340,6 +342,7 @@ class Master {
       if (!cfg_->pid_file.empty()) removePidFile(cfg_->pid_file, getpid());
     }
     cfg_ = next;
+    vm_ = next_vm;  // workers still running keep their own copy of the old one
     generation_++;
     pending_.clear();
     // New workers first: they accept on the same sockets while the old drain.
@@ -351,6 +354,7 @@ class Master {
   }
 
   conf::ConfigPtr cfg_;
+  std::shared_ptr<lua::Vm> vm_;
   conf::LoadOptions opts_;
   ListenerSet& listeners_;
   std::vector<WorkerSlot> workers_;
@@ -377,12 +381,21 @@ char** g_argv = nullptr;
 void saveArgv(char** argv) { g_argv = argv; }
 char** savedArgv() { return g_argv; }
 
-int runMaster(conf::ConfigPtr cfg, const conf::LoadOptions& opts, ListenerSet* listeners) {
-  Master m(std::move(cfg), opts, listeners);
+std::shared_ptr<lua::Vm> prepareLua(conf::ConfigPtr cfg, std::string* err) {
+  std::string why;
+  std::shared_ptr<lua::Vm> vm = lua::Vm::create(cfg, &why);
+  if (vm && !vm->run(cfg->http.lua.init, lua::Phase::kInit, &why)) vm.reset();
+  if (!vm) *err = "init_by_lua error: " + why;
+  return vm;
+}
+
+int runMaster(conf::ConfigPtr cfg, std::shared_ptr<lua::Vm> vm, const conf::LoadOptions& opts,
+              ListenerSet* listeners) {
+  Master m(std::move(cfg), std::move(vm), opts, listeners);
   return m.run();
 }
 
-int runSingle(conf::ConfigPtr cfg, ListenerSet* listeners) {
+int runSingle(conf::ConfigPtr cfg, std::shared_ptr<lua::Vm> vm, ListenerSet* listeners) {
   std::string err;
   if (!cfg->pid_file.empty() && !writePidFile(cfg->pid_file, getpid(), &err)) {
     TG_LOG(LogLevel::kEmerg, "%s", err.c_str());
@@ -391,7 +404,7 @@ int runSingle(conf::ConfigPtr cfg, ListenerSet* listeners) {
   signal(SIGPIPE, SIG_IGN);
   signal(SIGHUP, SIG_IGN);
   signal(SIGUSR2, SIG_IGN);  // a binary upgrade needs a master
-  int rc = runWorker(cfg, listeners->fdsFor(*cfg, 0), -1);
+  int rc = runWorker(cfg, std::move(vm), listeners->fdsFor(*cfg, 0), -1, 0);
   if (!cfg->pid_file.empty()) removePidFile(cfg->pid_file, getpid());
   return rc;
 }

@@ -18,7 +18,8 @@ using core::LogLevel;
 
 class Worker {
  public:
-  Worker(conf::ConfigPtr cfg, int channel) : cfg_(std::move(cfg)), channel_fd_(channel) {}
+  Worker(conf::ConfigPtr cfg, std::shared_ptr<lua::Vm> vm, int channel, int slot)
+      : cfg_(std::move(cfg)), vm_(std::move(vm)), channel_fd_(channel), slot_(slot) {}
 
   int run(const std::vector<int>& fds) {
     if (cfg_->worker_rlimit_nofile > 0) {
@@ -43,6 +44,7 @@ class Worker {
     for (int fd : fds) {
       if (fd >= 0) ::close(fd);
     }
+    runInitWorker();
     if (channel_fd_ >= 0) {
       uv_pipe_init(&loop_, &channel_, 0);
       channel_.data = this;
@@ -66,6 +68,17 @@ class Worker {
   }
 
  private:
+  // init_worker_by_lua*: an error is logged and the worker serves anyway,
+  // as in OpenResty.
+  void runInitWorker() {
+    if (!vm_) return;
+    vm_->setWorkerId(slot_);
+    std::string err;
+    if (!vm_->run(cfg_->http.lua.init_worker, lua::Phase::kInitWorker, &err)) {
+      TG_LOG(LogLevel::kError, "init_worker_by_lua error: %s", err.c_str());
+    }
+  }
+
   static void onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) noexcept {
     auto* w = static_cast<Worker*>(h->data);
     *buf = uv_buf_init(w->cmd_, sizeof(w->cmd_));
@@ -135,7 +148,9 @@ class Worker {
   }
 
   conf::ConfigPtr cfg_;
+  std::shared_ptr<lua::Vm> vm_;
   int channel_fd_;
+  int slot_;
   uv_loop_t loop_;
   uv_pipe_t channel_;
   uv_signal_t signals_[4];
@@ -150,8 +165,9 @@ class Worker {
 
 }  // namespace
 
-int runWorker(conf::ConfigPtr cfg, const std::vector<int>& listen_fds, int channel) {
-  Worker w(std::move(cfg), channel);
+int runWorker(conf::ConfigPtr cfg, std::shared_ptr<lua::Vm> vm, const std::vector<int>& listen_fds, int channel,
+              int slot) {
+  Worker w(std::move(cfg), std::move(vm), channel, slot);
   return w.run(listen_fds);
 }
 

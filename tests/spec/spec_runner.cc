@@ -152,6 +152,7 @@ class SpecTest : public ::testing::Test {
   void TestBody() override {
     SCOPED_TRACE(b_.file + ":" + std::to_string(b_.line) + ": " + b_.name);
     Gateway gw;
+    writeUserFiles(gw);
     gw.setSimpleConf(b_.get("config"), b_.get("http_config"), 1, b_.get("main_config"));
     ASSERT_TRUE(gw.start()) << gw.errorLog();
     RawClient c(gw.port());
@@ -184,6 +185,25 @@ class SpecTest : public ::testing::Test {
   }
 
  private:
+  // "--- user_files": ">>> relative/path" starts a file under the prefix.
+  void writeUserFiles(Gateway& gw) {
+    std::istringstream in(b_.get("user_files"));
+    std::string line, path, content;
+    auto flush = [&] {
+      if (!path.empty()) gw.prefix().write(path, content);
+      content.clear();
+    };
+    while (std::getline(in, line)) {
+      if (line.rfind(">>> ", 0) == 0) {
+        flush();
+        path = line.substr(4);
+      } else {
+        content += line + "\n";
+      }
+    }
+    flush();
+  }
+
   Block b_;
 };
 

@@ -1,0 +1,88 @@
+// Conf directives of the Lua runtime (OpenResty's names and contexts). They
+// only fill conf::LuaConf; src/lua/ runs the code.
+#include "conf/directives.h"
+
+namespace tidegate::conf {
+namespace {
+
+std::string baseName(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// "init_by_lua_block" -> "init_by_lua", as OpenResty names its chunks.
+std::string phaseName(const std::string& directive) {
+  for (const char* suffix : {"_block", "_file"}) {
+    std::string s(suffix);
+    if (directive.size() > s.size() && directive.compare(directive.size() - s.size(), s.size(), s) == 0) {
+      return directive.substr(0, directive.size() - s.size());
+    }
+  }
+  return directive;
+}
+
+bool setCode(const ConfNode& n, BuildState& st, LuaCode* code, std::string* err) {
+  if (!code->empty()) {
+    *err = "\"" + n.name + "\" directive is duplicate";
+    return false;
+  }
+  bool file = n.name.size() > 5 && n.name.compare(n.name.size() - 5, 5, "_file") == 0;
+  if (file) {
+    code->kind = LuaCode::Kind::kFile;
+    code->source = st.resolvePath(n.args[0]);
+    code->chunkname.assign(1, '@').append(code->source);
+  } else {
+    code->kind = LuaCode::Kind::kInline;
+    code->source = n.args.back();
+    int line = n.lua_block ? n.lua_line : n.line;
+    code->chunkname.assign(1, '=');
+    code->chunkname.append(phaseName(n.name)).append(1, '(').append(baseName(n.file ? *n.file : "conf"));
+    code->chunkname.append(1, ':').append(std::to_string(line)).append(1, ')');
+  }
+  return true;
+}
+
+bool onInit(const ConfNode& n, BuildState& st, std::string* err) { return setCode(n, st, &st.http->lua.init, err); }
+
+bool onInitWorker(const ConfNode& n, BuildState& st, std::string* err) {
+  return setCode(n, st, &st.http->lua.init_worker, err);
+}
+
+// ";;" stands for the default path and "$prefix" for the prefix, as in OpenResty.
+bool onPackagePath(const ConfNode& n, BuildState& st, std::string* err) {
+  std::string& target = n.name == "lua_package_path" ? st.http->lua.package_path : st.http->lua.package_cpath;
+  if (!target.empty()) {
+    *err = "\"" + n.name + "\" directive is duplicate";
+    return false;
+  }
+  std::string v = n.args[0];
+  for (size_t pos = v.find("$prefix"); pos != std::string::npos; pos = v.find("$prefix", pos)) {
+    v.replace(pos, 7, st.config->prefix);
+  }
+  target = v;
+  return true;
+}
+
+bool onCodeCache(const ConfNode& n, BuildState& st, std::string* err) {
+  return parseFlag(n, &st.http->lua.code_cache, err);
+}
+
+const Directive kLuaDirectives[] = {
+    {"lua_package_path", kHttpCtx, 1, 1, false, onPackagePath},
+    {"lua_package_cpath", kHttpCtx, 1, 1, false, onPackagePath},
+    {"lua_code_cache", kHttpCtx, 1, 1, false, onCodeCache},
+    {"init_by_lua_block", kHttpCtx, 0, 0, true, onInit},
+    {"init_by_lua", kHttpCtx, 1, 1, false, onInit},
+    {"init_by_lua_file", kHttpCtx, 1, 1, false, onInit},
+    {"init_worker_by_lua_block", kHttpCtx, 0, 0, true, onInitWorker},
+    {"init_worker_by_lua", kHttpCtx, 1, 1, false, onInitWorker},
+    {"init_worker_by_lua_file", kHttpCtx, 1, 1, false, onInitWorker},
+};
+
+}  // namespace
+
+void registerLuaDirectives() {
+  registerDirectives(kLuaDirectives, sizeof(kLuaDirectives) / sizeof(kLuaDirectives[0]));
+}
+
+}  // namespace tidegate::conf

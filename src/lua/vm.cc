@@ -1,0 +1,131 @@
+#include "lua/vm.h"
+
+#include "conf/parser.h"
+
+namespace tidegate::lua {
+namespace {
+
+// A light userdata key for the owning Vm in the registry.
+const char kVmKey = 0;
+
+// Message handler for lua_pcall: the error plus a traceback.
+// Stack: [msg] -> [msg .. "\nstack traceback: ..."]
+int traceback(lua_State* L) {
+  const char* msg = lua_tostring(L, 1);
+  if (!msg) msg = lua_typename(L, lua_type(L, 1));
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+// ";;" in an OpenResty path means "the default path here".
+std::string expandPath(const std::string& conf, const char* dflt) {
+  if (conf.empty()) return dflt;
+  std::string out = conf;
+  size_t pos = out.find(";;");
+  if (pos != std::string::npos) out.replace(pos, 2, std::string(";") + dflt + ";");
+  return out;
+}
+
+void setPackagePaths(lua_State* L, const conf::LuaConf& lc) {
+  // Stack: [] -> []
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  std::string path = expandPath(lc.package_path, lua_tostring(L, -1));
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "cpath");
+  std::string cpath = expandPath(lc.package_cpath, lua_tostring(L, -1));
+  lua_pop(L, 1);
+  lua_pushstring(L, path.c_str());
+  lua_setfield(L, -2, "path");
+  lua_pushstring(L, cpath.c_str());
+  lua_setfield(L, -2, "cpath");
+  lua_pop(L, 1);
+}
+
+}  // namespace
+
+const char* phaseName(Phase p) {
+  switch (p) {
+    case Phase::kInit: return "init";
+    case Phase::kInitWorker: return "init_worker";
+  }
+  return "?";
+}
+
+std::shared_ptr<Vm> Vm::create(conf::ConfigPtr cfg, std::string* err) {
+  std::shared_ptr<Vm> vm(new Vm());
+  vm->cfg_ = std::move(cfg);
+  vm->L_ = luaL_newstate();
+  if (!vm->L_) {
+    *err = "failed to create the Lua VM (out of memory)";
+    return nullptr;
+  }
+  lua_State* L = vm->L_;
+  luaL_openlibs(L);
+  lua_pushlightuserdata(L, const_cast<char*>(&kVmKey));
+  lua_pushlightuserdata(L, vm.get());
+  lua_rawset(L, LUA_REGISTRYINDEX);
+  setPackagePaths(L, vm->cfg_->http.lua);
+  openNgx(L);
+  return vm;
+}
+
+Vm::~Vm() {
+  if (L_) lua_close(L_);
+}
+
+Vm* Vm::from(lua_State* L) {
+  lua_pushlightuserdata(L, const_cast<char*>(&kVmKey));
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  Vm* vm = static_cast<Vm*>(lua_touserdata(L, -1));
+  lua_pop(L, 1);
+  return vm;
+}
+
+bool Vm::load(const conf::LuaCode& code, std::string* err) {
+  // Stack: [] -> [fn] on success, [] on failure.
+  bool cache = cfg_->http.lua.code_cache;
+  if (cache) {
+    auto it = chunks_.find(code.chunkname);
+    if (it != chunks_.end()) {
+      lua_rawgeti(L_, LUA_REGISTRYINDEX, it->second);
+      return true;
+    }
+  }
+  int rc;
+  if (code.kind == conf::LuaCode::Kind::kFile) {
+    rc = luaL_loadfile(L_, code.source.c_str());
+  } else {
+    rc = luaL_loadbuffer(L_, code.source.data(), code.source.size(), code.chunkname.c_str());
+  }
+  if (rc != 0) {
+    *err = lua_tostring(L_, -1) ? lua_tostring(L_, -1) : "failed to load Lua code";
+    lua_pop(L_, 1);
+    return false;
+  }
+  if (cache) {
+    lua_pushvalue(L_, -1);
+    chunks_[code.chunkname] = luaL_ref(L_, LUA_REGISTRYINDEX);
+  }
+  return true;
+}
+
+bool Vm::run(const conf::LuaCode& code, Phase phase, std::string* err) {
+  if (code.empty()) return true;
+  phase_ = phase;
+  int base = lua_gettop(L_);
+  lua_pushcfunction(L_, traceback);
+  if (!load(code, err)) {
+    lua_settop(L_, base);
+    return false;
+  }
+  // Stack: [traceback, fn]
+  int rc = lua_pcall(L_, 0, 0, base + 1);
+  if (rc != 0) {
+    *err = lua_tostring(L_, -1) ? lua_tostring(L_, -1) : "unknown Lua error";
+  }
+  lua_settop(L_, base);
+  return rc == 0;
+}
+
+}  // namespace tidegate::lua

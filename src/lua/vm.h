@@ -1,0 +1,58 @@
+// One LuaJIT VM. The master creates it from the conf and runs init_by_lua*
+// in it before forking, so every worker starts from that state (as in
+// OpenResty); a reload builds a new one. Code from the conf is compiled
+// once and kept in the registry.
+#pragma once
+
+#include <lua.hpp>
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "conf/config.h"
+
+namespace tidegate::lua {
+
+// OpenResty's phase names, as ngx.get_phase() returns them.
+enum class Phase { kInit, kInitWorker };
+const char* phaseName(Phase p);
+
+class Vm {
+ public:
+  // A VM with the standard libraries, package paths from the conf and the
+  // ngx API. nullptr with *err on failure.
+  static std::shared_ptr<Vm> create(conf::ConfigPtr cfg, std::string* err);
+  ~Vm();
+  Vm(const Vm&) = delete;
+  Vm& operator=(const Vm&) = delete;
+
+  lua_State* state() const { return L_; }
+  const conf::Config& config() const { return *cfg_; }
+  Phase phase() const { return phase_; }
+  // The worker's slot (0-based); -1 in the master.
+  int workerId() const { return worker_id_; }
+  void setWorkerId(int id) { worker_id_ = id; }
+
+  // Compiles `code` (cached by chunk name) and runs it in protected mode in
+  // `phase`. False with the error and its traceback in *err.
+  bool run(const conf::LuaCode& code, Phase phase, std::string* err);
+
+  // The Vm a lua_State belongs to (set in the registry at creation).
+  static Vm* from(lua_State* L);
+
+ private:
+  Vm() = default;
+  bool load(const conf::LuaCode& code, std::string* err);  // pushes the function
+
+  lua_State* L_ = nullptr;
+  conf::ConfigPtr cfg_;
+  Phase phase_ = Phase::kInit;
+  int worker_id_ = -1;
+  std::map<std::string, int> chunks_;  // chunk name -> registry ref
+};
+
+// Registers the `ngx` table (src/lua/api/*.cc). Stack: unchanged.
+void openNgx(lua_State* L);
+
+}  // namespace tidegate::lua
