@@ -91,6 +91,7 @@ struct Location {
   std::string where;  // file:line
   HttpSettings settings;
   std::optional<ReturnAction> ret;
+  LuaCode content_lua;  // content_by_lua*
   std::vector<std::shared_ptr<Location>> children;
 };
 

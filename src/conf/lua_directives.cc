@@ -48,6 +48,10 @@ bool onInitWorker(const ConfNode& n, BuildState& st, std::string* err) {
   return setCode(n, st, &st.http->lua.init_worker, err);
 }
 
+bool onContent(const ConfNode& n, BuildState& st, std::string* err) {
+  return setCode(n, st, &st.location->content_lua, err);
+}
+
 // ";;" stands for the default path and "$prefix" for the prefix, as in OpenResty.
 bool onPackagePath(const ConfNode& n, BuildState& st, std::string* err) {
   std::string& target = n.name == "lua_package_path" ? st.http->lua.package_path : st.http->lua.package_cpath;
@@ -77,6 +81,9 @@ const Directive kLuaDirectives[] = {
     {"init_worker_by_lua_block", kHttpCtx, 0, 0, true, onInitWorker},
     {"init_worker_by_lua", kHttpCtx, 1, 1, false, onInitWorker},
     {"init_worker_by_lua_file", kHttpCtx, 1, 1, false, onInitWorker},
+    {"content_by_lua_block", kLocationCtx, 0, 0, true, onContent},
+    {"content_by_lua", kLocationCtx, 1, 1, false, onContent},
+    {"content_by_lua_file", kLocationCtx, 1, 1, false, onContent},
 };
 
 }  // namespace

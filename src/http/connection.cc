@@ -126,23 +126,31 @@ void Connection::startRequest() {
 bool Connection::reserve(size_t want) {
   if (!buf_) buf_ = server_->takeBuffer(&cap_);
   if (cap_ - end_ >= want) return true;
-  if (start_ > 0) {  // offsets are relative to start_, so sliding the window keeps them valid
+  // While a handler runs, its request's bytes must not move under it; more
+  // input waits in the kernel until it is done (handleRead() pauses reading).
+  if (phase_ == Phase::kProcessing) return cap_ > end_;
+  // The request's views into the buffer, as offsets, to re-point after a move.
+  size_t args_off = req_.args.empty() ? 0 : static_cast<size_t>(req_.args.data() - (buf_ + start_));
+  if (start_ > 0) {  // parser offsets are relative to start_, so sliding the window keeps them valid
     memmove(buf_, buf_ + start_, end_ - start_);
     parsed_ -= start_;
     end_ -= start_;
     start_ = 0;
-    if (cap_ - end_ >= want) return true;
   }
-  const conf::HeadLimits& lim = group_->default_server->limits;
-  size_t max_cap = lim.total + 4096;
-  if (cap_ >= max_cap && end_ == cap_) return false;
-  size_t ncap = cap_;
-  while (ncap - end_ < want && ncap < max_cap) ncap *= 2;
-  if (ncap > max_cap) ncap = max_cap;
-  char* nbuf = static_cast<char*>(realloc(buf_ == nullptr ? nullptr : buf_, ncap));
-  if (!nbuf) return false;
-  buf_ = nbuf;
-  cap_ = ncap;
+  if (cap_ - end_ < want) {
+    const conf::HeadLimits& lim = group_->default_server->limits;
+    size_t max_cap = lim.total + 4096;
+    if (cap_ >= max_cap && end_ == cap_) return false;
+    size_t ncap = cap_;
+    while (ncap - end_ < want && ncap < max_cap) ncap *= 2;
+    if (ncap > max_cap) ncap = max_cap;
+    char* nbuf = static_cast<char*>(realloc(buf_, ncap));
+    if (!nbuf) return false;
+    buf_ = nbuf;
+    cap_ = ncap;
+  }
+  if (req_.base) req_.base = buf_ + start_;
+  if (!req_.args.empty()) req_.args = std::string_view(buf_ + start_ + args_off, req_.args.size());
   return true;
 }
 
@@ -163,6 +171,13 @@ void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) noexcept
 void Connection::handleRead(ssize_t nread) {
   if (closing_) return;
   if (nread == UV_ENOBUFS) {
+    if (phase_ == Phase::kProcessing) {
+      // The buffer holds a running handler's request: stop reading until it
+      // is done (finish() resumes).
+      uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+      reading_ = false;
+      return;
+    }
     respondError(431, "client sent too large request head");
     return;
   }
@@ -195,7 +210,7 @@ void Connection::handleRead(ssize_t nread) {
 void Connection::processInput() {
   if (in_process_) return;  // re-entered from a callback: the outer loop continues
   in_process_ = true;
-  while (!closing_ && !close_after_write_ && phase_ != Phase::kLingering) {
+  while (!closing_ && !close_after_write_ && phase_ != Phase::kLingering && phase_ != Phase::kProcessing) {
     if (out_.size() + writing_.size() > kMaxPendingOutput) {
       // Hand what we have to the socket; if it does not all fit, wait for
       // the client to read (afterWrite() resumes this loop).
@@ -275,6 +290,15 @@ void Connection::onMessage() {
   const conf::ReturnAction* ret = nullptr;
   if (req_.server->ret) ret = &*req_.server->ret;
   else if (req_.location && req_.location->ret) ret = &*req_.location->ret;
+  finished_task_.reset();  // a previous request's handler, finished and returned by now
+  if (!ret && req_.location && !req_.location->content_lua.empty() && server_->contentHandler()) {
+    // The handler may finish at once (finish() runs inside start()) or
+    // later from the loop; until then the connection waits in kProcessing.
+    phase_ = Phase::kProcessing;
+    auto task = server_->contentHandler()->start(req_, req_.location->content_lua, *this);
+    if (phase_ == Phase::kProcessing) task_ = std::move(task);
+    return;
+  }
   if (!ret) {
     respond(404, "text/html", errorPage(404), {});
   } else if (ret->code == 444) {
@@ -304,6 +328,38 @@ void Connection::onMessage() {
   finishRequest();
 }
 
+// The content handler is done (possibly from a timer, long after onMessage).
+void Connection::finish(ContentResult result) {
+  if (closing_) return;
+  bool async = task_ != nullptr;
+  std::string content_type = *settings().default_type;
+  std::vector<std::pair<std::string, std::string>> extra;
+  std::string location;
+  for (auto& [name, value] : result.headers) {
+    if (iequals(name, "content-type")) content_type = value;
+    else if (iequals(name, "location")) location = value;
+    else if (!iequals(name, "content-length") && !iequals(name, "connection") && !iequals(name, "date") &&
+             !iequals(name, "server") && !iequals(name, "transfer-encoding")) {
+      extra.emplace_back(std::move(name), std::move(value));  // framing headers stay ours
+    }
+  }
+  if (result.status >= 300 && result.body.empty()) {
+    respond(result.status, "text/html", errorPage(result.status), location, &extra);
+  } else {
+    respond(result.status, content_type, result.body, location, &extra);
+  }
+  finishRequest();
+  if (async) {
+    // This call comes from inside the task: keep it alive until a safe point.
+    finished_task_ = std::move(task_);
+    if (!closing_ && !reading_ && !write_pending_ && !close_after_write_) {
+      uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), onAlloc, onRead);
+      reading_ = true;
+    }
+    processInput();
+  }
+}
+
 // --- responding -----------------------------------------------------------------
 
 bool Connection::shouldKeepAlive(int status) const {
@@ -317,7 +373,8 @@ bool Connection::shouldKeepAlive(int status) const {
   return info_.requests < *settings().keepalive_requests;
 }
 
-void Connection::respond(int status, std::string_view content_type, std::string_view body, std::string_view location) {
+void Connection::respond(int status, std::string_view content_type, std::string_view body, std::string_view location,
+                         const std::vector<std::pair<std::string, std::string>>* extra_headers) {
   const RequestHead& h = parser_.head();
   keepalive_ = keepalive_ && shouldKeepAlive(status);
   // The body must be fully read to keep the connection: a reply that came
@@ -348,6 +405,11 @@ void Connection::respond(int status, std::string_view content_type, std::string_
     out_.append("\r\nLocation: ");
     out_.append(location);
     req_.sent_location.assign(location);
+  }
+  if (extra_headers) {
+    for (const auto& [name, value] : *extra_headers) {
+      out_.append("\r\n").append(name).append(": ").append(value);
+    }
   }
   if (keepalive_ && *settings().keepalive_header_s) {
     out_.append("\r\nKeep-Alive: timeout=");
@@ -611,6 +673,8 @@ void Connection::closeIfIdle() {
 void Connection::close() {
   if (closing_) return;
   closing_ = true;
+  task_.reset();  // cancels a running handler; it never calls finish() after this
+  finished_task_.reset();
   phase_ = Phase::kClosing;
   server_->unlink(this);
   uv_close(reinterpret_cast<uv_handle_t*>(&timer_), onClose);

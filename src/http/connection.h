@@ -9,13 +9,14 @@
 
 #include "conf/config.h"
 #include "http/request.h"
+#include "http/content_handler.h"
 #include "http/request_parser.h"
 
 namespace tidegate::http {
 
 class HttpServer;
 
-class Connection : private RequestParser::Handler {
+class Connection : private RequestParser::Handler, private ContentSink {
  public:
   // Takes ownership of an accepted socket `fd` and starts serving it.
   static void start(HttpServer* server, int fd, const conf::Config::ListenGroup* group);
@@ -29,7 +30,9 @@ class Connection : private RequestParser::Handler {
   Connection* prev = nullptr;
 
  private:
-  enum class Phase { kIdle, kHead, kBody, kLingering, kClosing };
+  // kProcessing: the request is read and a content handler (Lua) is
+  // running; no client timer applies and pipelined input waits.
+  enum class Phase { kIdle, kHead, kBody, kProcessing, kLingering, kClosing };
 
   Connection(HttpServer* server, const conf::Config::ListenGroup* group);
   ~Connection() override;
@@ -48,7 +51,9 @@ class Connection : private RequestParser::Handler {
   void onBodyData(std::string_view) override {}
   void onMessage();
   void startRequest();
-  void respond(int status, std::string_view content_type, std::string_view body, std::string_view location);
+  void respond(int status, std::string_view content_type, std::string_view body, std::string_view location,
+               const std::vector<std::pair<std::string, std::string>>* extra_headers = nullptr);
+  void finish(ContentResult result) override;
   void respondError(int status, const std::string& why);
   void beginRequest();
   void finishRequest();
@@ -96,6 +101,8 @@ class Connection : private RequestParser::Handler {
   bool close_after_write_ = false;
   bool reset_after_write_ = false;  // return 444: close without lingering once output is out
   const conf::HttpSettings* conn_settings_ = nullptr;
+  std::unique_ptr<ContentTask> task_;           // a content handler still running (kProcessing)
+  std::unique_ptr<ContentTask> finished_task_;  // done; freed at the next safe point
   uint64_t linger_start_ms_ = 0;
   bool keepalive_ = true;
   bool reading_ = false;

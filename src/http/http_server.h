@@ -11,6 +11,7 @@
 
 #include "conf/config.h"
 #include "http/access_log.h"
+#include "http/content_handler.h"
 
 namespace tidegate::http {
 
@@ -31,6 +32,9 @@ class HttpServer {
   // Not graceful: every connection closes now.
   void shutdown(bool graceful, std::function<void()> done);
   bool reopenLogs(std::string* err);
+  // The handler for content_by_lua* locations (null: none configured).
+  void setContentHandler(ContentHandler* h) { content_handler_ = h; }
+  ContentHandler* contentHandler() const { return content_handler_; }
 
   uv_loop_t* loop() const { return loop_; }
   const conf::Config& config() const { return *cfg_; }
@@ -71,6 +75,7 @@ class HttpServer {
 
   uv_loop_t* loop_;
   conf::ConfigPtr cfg_;
+  ContentHandler* content_handler_ = nullptr;
   AccessLog access_log_;
   std::vector<Listener*> listeners_;
   Connection* head_ = nullptr;  // intrusive list of live connections

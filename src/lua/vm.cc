@@ -48,6 +48,7 @@ const char* phaseName(Phase p) {
   switch (p) {
     case Phase::kInit: return "init";
     case Phase::kInitWorker: return "init_worker";
+    case Phase::kContent: return "content";
   }
   return "?";
 }

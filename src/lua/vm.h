@@ -15,7 +15,9 @@
 namespace tidegate::lua {
 
 // OpenResty's phase names, as ngx.get_phase() returns them.
-enum class Phase { kInit, kInitWorker };
+enum class Phase { kInit, kInitWorker, kContent };
+
+class RequestContext;  // lua/phases/content.h
 const char* phaseName(Phase p);
 
 class Vm {
@@ -30,6 +32,12 @@ class Vm {
   lua_State* state() const { return L_; }
   const conf::Config& config() const { return *cfg_; }
   Phase phase() const { return phase_; }
+  // The request whose coroutine is running now (null outside requests).
+  RequestContext* current() const { return current_; }
+  void setCurrent(RequestContext* ctx, Phase phase) {
+    current_ = ctx;
+    phase_ = phase;
+  }
   // The worker's slot (0-based); -1 in the master.
   int workerId() const { return worker_id_; }
   void setWorkerId(int id) { worker_id_ = id; }
@@ -37,6 +45,9 @@ class Vm {
   // Compiles `code` (cached by chunk name) and runs it in protected mode in
   // `phase`. False with the error and its traceback in *err.
   bool run(const conf::LuaCode& code, Phase phase, std::string* err);
+  // Pushes the compiled function for `code` (compiling it once). False
+  // with *err (and nothing pushed) on a syntax error.
+  bool push(const conf::LuaCode& code, std::string* err) { return load(code, err); }
 
   // The Vm a lua_State belongs to (set in the registry at creation).
   static Vm* from(lua_State* L);
@@ -49,10 +60,12 @@ class Vm {
   conf::ConfigPtr cfg_;
   Phase phase_ = Phase::kInit;
   int worker_id_ = -1;
+  RequestContext* current_ = nullptr;
   std::map<std::string, int> chunks_;  // chunk name -> registry ref
 };
 
 // Registers the `ngx` table (src/lua/api/*.cc). Stack: unchanged.
 void openNgx(lua_State* L);
+void openNgxRequest(lua_State* L);  // api/ngx_request.cc; expects ngx on the stack top
 
 }  // namespace tidegate::lua

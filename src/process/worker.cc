@@ -10,6 +10,7 @@
 
 #include "core/log.h"
 #include "http/http_server.h"
+#include "lua/phases/content.h"
 
 namespace tidegate::process {
 namespace {
@@ -34,6 +35,10 @@ class Worker {
     }
     uv_loop_init(&loop_);
     server_ = std::make_unique<http::HttpServer>(&loop_, cfg_);
+    if (vm_) {
+      content_handler_ = std::make_unique<lua::LuaContentHandler>(*vm_, &loop_);
+      server_->setContentHandler(content_handler_.get());
+    }
     std::string err;
     if (!server_->start(fds, &err)) {
       TG_LOG(LogLevel::kEmerg, "%s", err.c_str());
@@ -160,7 +165,8 @@ class Worker {
   bool timer_armed_ = false;
   bool stopping_ = false;
   char cmd_[64];
-  std::unique_ptr<http::HttpServer> server_;
+  std::unique_ptr<lua::LuaContentHandler> content_handler_;
+  std::unique_ptr<http::HttpServer> server_;  // declared last: destroyed first
 };
 
 }  // namespace

@@ -195,6 +195,7 @@ void openNgx(lua_State* L) {
   setFn(L, "nginx_configure", configConfigure);
   lua_setfield(L, -2, "config");
 
+  openNgxRequest(L);
   lua_setglobal(L, "ngx");
   lua_pushcfunction(L, luaPrint);
   lua_setglobal(L, "print");

@@ -1,0 +1,46 @@
+// The seam between a request and a content handler that may finish later
+// (a Lua handler that yields). The http layer knows only these interfaces;
+// src/lua/ implements them.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "conf/config.h"
+#include "http/request.h"
+
+namespace tidegate::http {
+
+// What a content handler produced. A status >= 300 with an empty body gets
+// the built-in error page, as nginx's special responses do.
+struct ContentResult {
+  int status = 200;
+  std::vector<std::pair<std::string, std::string>> headers;  // as set, in order
+  std::string body;
+};
+
+// Implemented by the connection. finish() is called exactly once, either
+// from inside ContentHandler::start() or later from the loop.
+class ContentSink {
+ public:
+  virtual ~ContentSink() = default;
+  virtual void finish(ContentResult result) = 0;
+};
+
+// A running handler. Destroying it cancels whatever it waits for (timers,
+// sockets) and guarantees the sink is never called again.
+class ContentTask {
+ public:
+  virtual ~ContentTask() = default;
+};
+
+class ContentHandler {
+ public:
+  virtual ~ContentHandler() = default;
+  // `r` and `sink` outlive the returned task.
+  virtual std::unique_ptr<ContentTask> start(const Request& r, const conf::LuaCode& code, ContentSink& sink) = 0;
+};
+
+}  // namespace tidegate::http

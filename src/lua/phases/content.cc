@@ -1,0 +1,95 @@
+#include "lua/phases/content.h"
+
+#include "core/log.h"
+
+namespace tidegate::lua {
+
+RequestContext::RequestContext(Vm& vm, uv_loop_t* loop, const http::Request& r, http::ContentSink& sink)
+    : vm_(vm), loop_(loop), req_(r), sink_(sink) {}
+
+RequestContext::~RequestContext() {
+  // Cancel what the coroutine waits for; the handle frees itself once closed.
+  if (timer_) {
+    timer_->data = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(timer_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  }
+  if (co_ref_ != LUA_NOREF) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, co_ref_);
+}
+
+void RequestContext::start() {
+  lua_State* L = vm_.state();
+  // Stack: [fn] -> []; the coroutine is anchored in the registry while it lives.
+  co_ = lua_newthread(L);
+  co_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_xmove(L, co_, 1);
+  resume(0);
+}
+
+void RequestContext::resume(int nargs) {
+  vm_.setCurrent(this, Phase::kContent);
+  int rc = lua_resume(co_, nargs);
+  vm_.setCurrent(nullptr, Phase::kContent);
+  if (rc == LUA_YIELD) {
+    if (exiting_) finish();
+    return;  // an event will resume it
+  }
+  if (rc != 0) {
+    fail(co_);
+    return;
+  }
+  finish();
+}
+
+// A runtime error: 500, with the message and traceback in the error log in
+// OpenResty's words.
+void RequestContext::fail(lua_State* L) {
+  const char* msg = lua_tostring(L, -1);
+  luaL_traceback(vm_.state(), L, msg ? msg : "unknown error", 0);
+  const char* trace = lua_tostring(vm_.state(), -1);
+  TG_LOG_CONN(core::LogLevel::kError, req_.conn ? req_.conn->id : 0,
+              "lua entry thread aborted: runtime error: %s, client: %s, request: \"%.*s\"", trace ? trace : "",
+              req_.conn ? req_.conn->remote_addr.c_str() : "", static_cast<int>(req_.head->request_line.len),
+              req_.base + req_.head->request_line.off);
+  lua_pop(vm_.state(), 1);
+  result_.status = 500;
+  result_.body.clear();
+  result_.headers.clear();
+  finish();
+}
+
+void RequestContext::finish() {
+  if (done_) return;
+  done_ = true;
+  sink_.finish(std::move(result_));
+}
+
+void RequestContext::sleep(uint64_t ms) {
+  if (!timer_) {
+    timer_ = new uv_timer_t;
+    uv_timer_init(loop_, timer_);
+  }
+  timer_->data = this;
+  uv_timer_start(timer_, onTimer, ms, 0);
+}
+
+void RequestContext::onTimer(uv_timer_t* t) noexcept {
+  auto* ctx = static_cast<RequestContext*>(t->data);
+  if (ctx) ctx->resume(0);
+}
+
+std::unique_ptr<http::ContentTask> LuaContentHandler::start(const http::Request& r, const conf::LuaCode& code,
+                                                            http::ContentSink& sink) {
+  auto ctx = std::make_unique<RequestContext>(vm_, loop_, r, sink);
+  std::string err;
+  if (!vm_.push(code, &err)) {
+    TG_LOG(core::LogLevel::kError, "failed to load inlined Lua code: %s", err.c_str());
+    http::ContentResult result;
+    result.status = 500;
+    sink.finish(std::move(result));
+    return ctx;
+  }
+  ctx->start();
+  return ctx;
+}
+
+}  // namespace tidegate::lua
