@@ -196,15 +196,20 @@ int ngxNewIndex(lua_State* L) {
   return 0;
 }
 
-// Stack: [ngx] -> [ngx] with ngx.<field> = setmetatable({}, {__index, __newindex}).
-void proxyTable(lua_State* L, const char* field, lua_CFunction index, lua_CFunction newindex) {
-  lua_newtable(L);
+// Stack: [t] -> [t], with t's metatable = {__index = index, __newindex = newindex}.
+void setAccessors(lua_State* L, lua_CFunction index, lua_CFunction newindex) {
   lua_createtable(L, 0, 2);
   lua_pushcfunction(L, index);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, newindex);
   lua_setfield(L, -2, "__newindex");
   lua_setmetatable(L, -2);
+}
+
+// Stack: [ngx] -> [ngx] with ngx.<field> = an empty table with accessors.
+void proxyTable(lua_State* L, const char* field, lua_CFunction index, lua_CFunction newindex) {
+  lua_newtable(L);
+  setAccessors(L, index, newindex);
   lua_setfield(L, -2, field);
 }
 
@@ -222,12 +227,7 @@ void openNgxRequest(lua_State* L) {
   lua_setfield(L, -2, "sleep");
   proxyTable(L, "header", headerIndex, headerNewIndex);
   proxyTable(L, "var", varIndex, varNewIndex);
-  lua_createtable(L, 0, 2);
-  lua_pushcfunction(L, ngxIndex);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, ngxNewIndex);
-  lua_setfield(L, -2, "__newindex");
-  lua_setmetatable(L, -2);
+  setAccessors(L, ngxIndex, ngxNewIndex);  // ngx.status
 }
 
 }  // namespace tidegate::lua
