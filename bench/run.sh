@@ -13,6 +13,7 @@ ROUNDS=${ROUNDS:-5} CONNS=${CONNS:-50} DURATION=${DURATION:-5}
 # ---- scenarios: scenario_NAME SERVER prints the body of the server block ------------
 # SERVER is "nginx" or "tidegate", for the rare case the two need different spelling.
 scenario_hello() { echo 'location / { return 200 "hello"; }'; }
+scenario_lua_say() { echo 'location / { content_by_lua_block { ngx.say("hello") } }'; }
 
 die() { echo "bench: $*" >&2; exit 1; }
 
