@@ -172,6 +172,7 @@ class SpecTest : public ::testing::Test {
       else EXPECT_EQ(r.header(name), want) << name;
     }
     if (b_.has("connection_closed")) EXPECT_TRUE(c.waitClosed());
+    c.close();  // so that the worker need not linger on it while stopping
     EXPECT_EQ(gw.stop(), 0);
     std::string log = gw.errorLog();
     for (const auto& want : lines(b_.get("error_log"))) EXPECT_NE(log.find(want), std::string::npos) << want << "\n" << log;

@@ -11,16 +11,19 @@
 #include "lua/vm.h"
 
 namespace tidegate::lua {
-namespace {
+
+void openNgxReq(lua_State* L);  // api/ngx_req.cc
 
 // The running request, or a Lua error in OpenResty's words for a phase
-// where `api` is not allowed ("API disabled in the context of init_by_lua*").
+// where the API is not allowed ("API disabled in the context of init_by_lua*").
 RequestContext* requireRequest(lua_State* L) {
   Vm* vm = Vm::from(L);
   RequestContext* ctx = vm->current();
   if (!ctx) luaL_error(L, "API disabled in the context of %s_by_lua*", phaseName(vm->phase()));
   return ctx;
 }
+
+namespace {
 
 // Appends one ngx.say/ngx.print argument; tables are flattened as OpenResty
 // does (array part, recursively). Raises for other types.
@@ -181,6 +184,10 @@ int ngxIndex(lua_State* L) {
     lua_pushinteger(L, ctx->result().status);
     return 1;
   }
+  if (key && std::string_view(key) == "ctx") {
+    requireRequest(L)->pushCtx(L);  // per request, created on first use
+    return 1;
+  }
   lua_pushnil(L);
   return 1;
 }
@@ -190,6 +197,13 @@ int ngxNewIndex(lua_State* L) {
   if (key && std::string_view(key) == "status") {
     RequestContext* ctx = requireRequest(L);
     ctx->result().status = static_cast<int>(luaL_checkinteger(L, 3));
+    return 0;
+  }
+  if (key && std::string_view(key) == "ctx") {
+    RequestContext* ctx = requireRequest(L);
+    if (!lua_istable(L, 3)) return luaL_error(L, "ctx should be a table while getting a %s", luaL_typename(L, 3));
+    lua_pushvalue(L, 3);
+    ctx->setCtx(L);
     return 0;
   }
   lua_rawset(L, 1);
@@ -227,7 +241,8 @@ void openNgxRequest(lua_State* L) {
   lua_setfield(L, -2, "sleep");
   proxyTable(L, "header", headerIndex, headerNewIndex);
   proxyTable(L, "var", varIndex, varNewIndex);
-  setAccessors(L, ngxIndex, ngxNewIndex);  // ngx.status
+  openNgxReq(L);
+  setAccessors(L, ngxIndex, ngxNewIndex);  // ngx.status, ngx.ctx
 }
 
 }  // namespace tidegate::lua

@@ -1,11 +1,31 @@
 #include "lua/phases/content.h"
 
+#include "core/clock.h"
 #include "core/log.h"
 
 namespace tidegate::lua {
 
 RequestContext::RequestContext(Vm& vm, uv_loop_t* loop, const http::Request& r, http::ContentSink& sink)
-    : vm_(vm), loop_(loop), req_(r), sink_(sink) {}
+    : vm_(vm), loop_(loop), req_(r), sink_(sink) {
+  // The request started start_ms (loop clock) ago, in wall-clock terms.
+  uint64_t age = uv_now(loop) > r.start_ms ? uv_now(loop) - r.start_ms : 0;
+  start_wall_ms_ = core::wallMs() - age;
+}
+
+void RequestContext::pushCtx(lua_State* L) {
+  if (ctx_ref_ == LUA_NOREF) {
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    ctx_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
+    return;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ctx_ref_);
+}
+
+void RequestContext::setCtx(lua_State* L) {
+  if (ctx_ref_ != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, ctx_ref_);
+  ctx_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
+}
 
 RequestContext::~RequestContext() {
   // Cancel what the coroutine waits for; the handle frees itself once closed.
@@ -14,6 +34,7 @@ RequestContext::~RequestContext() {
     uv_close(reinterpret_cast<uv_handle_t*>(timer_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
   }
   if (co_ref_ != LUA_NOREF) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, co_ref_);
+  if (ctx_ref_ != LUA_NOREF) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, ctx_ref_);
 }
 
 void RequestContext::start() {

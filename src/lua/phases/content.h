@@ -26,6 +26,12 @@ class RequestContext : public http::ContentTask {
   http::ContentResult& result() { return result_; }
   lua_State* coroutine() const { return co_; }
 
+  // ngx.ctx: Stack: [] -> [ctx] (created on first use) / [t] -> [] (replace).
+  void pushCtx(lua_State* L);
+  void setCtx(lua_State* L);
+  // When the request's first byte came, for ngx.req.start_time().
+  uint64_t startWallMs() const { return start_wall_ms_; }
+
   // ngx.exit(): the handler ends once the coroutine yields.
   void requestExit() { exiting_ = true; }
   // ngx.sleep(): resumes the coroutine after `ms`. Stack: unchanged.
@@ -44,6 +50,8 @@ class RequestContext : public http::ContentTask {
   http::ContentResult result_;
   lua_State* co_ = nullptr;
   int co_ref_ = LUA_NOREF;
+  int ctx_ref_ = LUA_NOREF;
+  uint64_t start_wall_ms_ = 0;
   uv_timer_t* timer_ = nullptr;  // owned until its close callback frees it
   bool exiting_ = false;
   bool done_ = false;
