@@ -63,6 +63,9 @@ struct HttpSettings {
   std::optional<bool> server_tokens;
   // access_log: unset = inherit; set and empty = off.
   std::optional<std::vector<AccessLogTarget>> access_logs;
+  // rewrite_by_lua*, access_by_lua*: http, server or location, inherited.
+  std::optional<LuaCode> rewrite_lua;
+  std::optional<LuaCode> access_lua;
 
   void inheritFrom(const HttpSettings& parent);
   void fillDefaults();

@@ -25,6 +25,8 @@ void HttpSettings::inheritFrom(const HttpSettings& p) {
   if (!client_max_body_size) client_max_body_size = p.client_max_body_size;
   if (!server_tokens) server_tokens = p.server_tokens;
   if (!access_logs) access_logs = p.access_logs;
+  if (!rewrite_lua) rewrite_lua = p.rewrite_lua;
+  if (!access_lua) access_lua = p.access_lua;
 }
 
 void HttpSettings::fillDefaults() {

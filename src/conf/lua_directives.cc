@@ -48,6 +48,17 @@ bool onInitWorker(const ConfNode& n, BuildState& st, std::string* err) {
   return setCode(n, st, &st.http->lua.init_worker, err);
 }
 
+template <std::optional<LuaCode> HttpSettings::*Field>
+bool onPhase(const ConfNode& n, BuildState& st, std::string* err) {
+  std::optional<LuaCode>& slot = st.settings().*Field;
+  if (slot) {
+    *err = "\"" + n.name + "\" directive is duplicate";
+    return false;
+  }
+  slot = LuaCode{};
+  return setCode(n, st, &*slot, err);
+}
+
 bool onContent(const ConfNode& n, BuildState& st, std::string* err) {
   return setCode(n, st, &st.location->content_lua, err);
 }
@@ -81,6 +92,12 @@ const Directive kLuaDirectives[] = {
     {"init_worker_by_lua_block", kHttpCtx, 0, 0, true, onInitWorker},
     {"init_worker_by_lua", kHttpCtx, 1, 1, false, onInitWorker},
     {"init_worker_by_lua_file", kHttpCtx, 1, 1, false, onInitWorker},
+    {"rewrite_by_lua_block", kAnyHttpLevel, 0, 0, true, onPhase<&HttpSettings::rewrite_lua>},
+    {"rewrite_by_lua", kAnyHttpLevel, 1, 1, false, onPhase<&HttpSettings::rewrite_lua>},
+    {"rewrite_by_lua_file", kAnyHttpLevel, 1, 1, false, onPhase<&HttpSettings::rewrite_lua>},
+    {"access_by_lua_block", kAnyHttpLevel, 0, 0, true, onPhase<&HttpSettings::access_lua>},
+    {"access_by_lua", kAnyHttpLevel, 1, 1, false, onPhase<&HttpSettings::access_lua>},
+    {"access_by_lua_file", kAnyHttpLevel, 1, 1, false, onPhase<&HttpSettings::access_lua>},
     {"content_by_lua_block", kLocationCtx, 0, 0, true, onContent},
     {"content_by_lua", kLocationCtx, 1, 1, false, onContent},
     {"content_by_lua_file", kLocationCtx, 1, 1, false, onContent},

@@ -291,11 +291,18 @@ void Connection::onMessage() {
   if (req_.server->ret) ret = &*req_.server->ret;
   else if (req_.location && req_.location->ret) ret = &*req_.location->ret;
   finished_task_.reset();  // a previous request's handler, finished and returned by now
-  if (!ret && req_.location && !req_.location->content_lua.empty() && server_->contentHandler()) {
-    // The handler may finish at once (finish() runs inside start()) or
+  LuaPhases lua;
+  if (!ret && server_->contentHandler()) {
+    const conf::HttpSettings& s = settings();
+    if (s.rewrite_lua) lua.rewrite = &*s.rewrite_lua;
+    if (s.access_lua) lua.access = &*s.access_lua;
+    if (req_.location && !req_.location->content_lua.empty()) lua.content = &req_.location->content_lua;
+  }
+  if (lua.any()) {
+    // The handlers may finish at once (finish() runs inside start()) or
     // later from the loop; until then the connection waits in kProcessing.
     phase_ = Phase::kProcessing;
-    auto task = server_->contentHandler()->start(req_, req_.location->content_lua, *this);
+    auto task = server_->contentHandler()->start(req_, lua, *this);
     if (phase_ == Phase::kProcessing) task_ = std::move(task);
     return;
   }
@@ -343,7 +350,9 @@ void Connection::finish(ContentResult result) {
       extra.emplace_back(std::move(name), std::move(value));  // framing headers stay ours
     }
   }
-  if (result.status >= 300 && result.body.empty()) {
+  if (result.declined) {
+    respond(404, "text/html", errorPage(404), {});
+  } else if (result.status >= 300 && result.body.empty()) {
     respond(result.status, "text/html", errorPage(result.status), location, &extra);
   } else {
     respond(result.status, content_type, result.body, location, &extra);

@@ -16,6 +16,10 @@ namespace tidegate::http {
 // What a content handler produced. A status >= 300 with an empty body gets
 // the built-in error page, as nginx's special responses do.
 struct ContentResult {
+  // No phase produced a response (every handler ended or called
+  // ngx.exit(ngx.OK) and there was no content handler): the connection
+  // answers with its default content (404).
+  bool declined = false;
   int status = 200;
   std::vector<std::pair<std::string, std::string>> headers;  // as set, in order
   std::string body;
@@ -36,11 +40,19 @@ class ContentTask {
   virtual ~ContentTask() = default;
 };
 
+// The Lua code a request runs, phase by phase (null: none for that phase).
+struct LuaPhases {
+  const conf::LuaCode* rewrite = nullptr;
+  const conf::LuaCode* access = nullptr;
+  const conf::LuaCode* content = nullptr;
+  bool any() const { return rewrite || access || content; }
+};
+
 class ContentHandler {
  public:
   virtual ~ContentHandler() = default;
-  // `r` and `sink` outlive the returned task.
-  virtual std::unique_ptr<ContentTask> start(const Request& r, const conf::LuaCode& code, ContentSink& sink) = 0;
+  // Runs the phases in order; `r` and `sink` outlive the returned task.
+  virtual std::unique_ptr<ContentTask> start(const Request& r, const LuaPhases& phases, ContentSink& sink) = 0;
 };
 
 }  // namespace tidegate::http

@@ -48,6 +48,8 @@ const char* phaseName(Phase p) {
   switch (p) {
     case Phase::kInit: return "init";
     case Phase::kInitWorker: return "init_worker";
+    case Phase::kRewrite: return "rewrite";
+    case Phase::kAccess: return "access";
     case Phase::kContent: return "content";
   }
   return "?";

@@ -78,8 +78,7 @@ int ngxPrint(lua_State* L) { return output(L, false, "print"); }
 int ngxExit(lua_State* L) {
   RequestContext* ctx = requireRequest(L);
   lua_Integer status = luaL_checkinteger(L, 1);
-  if (status >= 200) ctx->result().status = static_cast<int>(status);
-  ctx->requestExit();
+  ctx->requestExit(static_cast<int>(status));
   return lua_yield(L, 0);
 }
 

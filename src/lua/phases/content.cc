@@ -5,8 +5,9 @@
 
 namespace tidegate::lua {
 
-RequestContext::RequestContext(Vm& vm, uv_loop_t* loop, const http::Request& r, http::ContentSink& sink)
-    : vm_(vm), loop_(loop), req_(r), sink_(sink) {
+RequestContext::RequestContext(Vm& vm, uv_loop_t* loop, const http::Request& r, const http::LuaPhases& phases,
+                               http::ContentSink& sink)
+    : vm_(vm), loop_(loop), req_(r), sink_(sink), phases_(phases) {
   // The request started start_ms (loop clock) ago, in wall-clock terms.
   uint64_t age = uv_now(loop) > r.start_ms ? uv_now(loop) - r.start_ms : 0;
   start_wall_ms_ = core::wallMs() - age;
@@ -37,28 +38,70 @@ RequestContext::~RequestContext() {
   if (ctx_ref_ != LUA_NOREF) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, ctx_ref_);
 }
 
-void RequestContext::start() {
-  lua_State* L = vm_.state();
-  // Stack: [fn] -> []; the coroutine is anchored in the registry while it lives.
-  co_ = lua_newthread(L);
-  co_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_xmove(L, co_, 1);
-  resume(0);
+void RequestContext::start() { nextPhase(); }
+
+// Starts the next phase that has code; after the last one, finishes. Each
+// handler gets a coroutine of its own; ngx.ctx carries across.
+void RequestContext::nextPhase() {
+  while (step_ != Step::kDone) {
+    const conf::LuaCode* code = nullptr;
+    switch (step_) {
+      case Step::kRewrite: code = phases_.rewrite; phase_ = Phase::kRewrite; break;
+      case Step::kAccess: code = phases_.access; phase_ = Phase::kAccess; break;
+      case Step::kContent: code = phases_.content; phase_ = Phase::kContent; break;
+      case Step::kDone: break;
+    }
+    if (!code) {
+      step_ = static_cast<Step>(static_cast<int>(step_) + 1);
+      continue;
+    }
+    lua_State* L = vm_.state();
+    std::string err;
+    if (!vm_.push(*code, &err)) {  // Stack: [] -> [fn]
+      TG_LOG(core::LogLevel::kError, "failed to load %s_by_lua code: %s", phaseName(phase_), err.c_str());
+      result_ = http::ContentResult{};
+      result_.status = 500;
+      finish();
+      return;
+    }
+    if (co_ref_ != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, co_ref_);
+    // Stack: [fn] -> []; the coroutine is anchored in the registry while it lives.
+    co_ = lua_newthread(L);
+    co_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_xmove(L, co_, 1);
+    exiting_ = false;
+    resume(0);
+    return;
+  }
+  // Every phase ended without a response and there is no content handler.
+  if (result_.body.empty() && result_.status == 200 && result_.headers.empty()) result_.declined = true;
+  finish();
 }
 
 void RequestContext::resume(int nargs) {
-  vm_.setCurrent(this, Phase::kContent);
+  vm_.setCurrent(this, phase_);
   int rc = lua_resume(co_, nargs);
-  vm_.setCurrent(nullptr, Phase::kContent);
-  if (rc == LUA_YIELD) {
-    if (exiting_) finish();
-    return;  // an event will resume it
-  }
-  if (rc != 0) {
+  vm_.setCurrent(nullptr, phase_);
+  if (rc == LUA_YIELD && !exiting_) return;  // an event will resume it
+  if (rc != 0 && rc != LUA_YIELD) {
     fail(co_);
     return;
   }
-  finish();
+  phaseEnded();
+}
+
+// A handler returned or called ngx.exit. In rewrite and access, ending
+// (or ngx.exit(ngx.OK)) with nothing printed moves on to the next phase,
+// as in OpenResty; ngx.exit(status >= 200), output, or the content phase
+// produce the response.
+void RequestContext::phaseEnded() {
+  bool responded = exit_status_ >= 200 || !result_.body.empty();
+  if (step_ == Step::kContent || responded) {
+    finish();
+    return;
+  }
+  step_ = static_cast<Step>(static_cast<int>(step_) + 1);
+  nextPhase();
 }
 
 // A runtime error: 500, with the message and traceback in the error log in
@@ -98,17 +141,9 @@ void RequestContext::onTimer(uv_timer_t* t) noexcept {
   if (ctx) ctx->resume(0);
 }
 
-std::unique_ptr<http::ContentTask> LuaContentHandler::start(const http::Request& r, const conf::LuaCode& code,
+std::unique_ptr<http::ContentTask> LuaContentHandler::start(const http::Request& r, const http::LuaPhases& phases,
                                                             http::ContentSink& sink) {
-  auto ctx = std::make_unique<RequestContext>(vm_, loop_, r, sink);
-  std::string err;
-  if (!vm_.push(code, &err)) {
-    TG_LOG(core::LogLevel::kError, "failed to load inlined Lua code: %s", err.c_str());
-    http::ContentResult result;
-    result.status = 500;
-    sink.finish(std::move(result));
-    return ctx;
-  }
+  auto ctx = std::make_unique<RequestContext>(vm_, loop_, r, phases, sink);
   ctx->start();
   return ctx;
 }

@@ -1,6 +1,8 @@
-// content_by_lua*: each request runs its handler in a coroutine of the
-// worker's VM. A yielding API (ngx.sleep) arms a libuv event and yields;
-// the event resumes the coroutine; destroying the task cancels the event.
+// The Lua request phases: rewrite_by_lua*, access_by_lua*, content_by_lua*,
+// run in that order for one request, each handler in a coroutine of the
+// worker's VM, sharing ngx.ctx. A yielding API (ngx.sleep) arms a libuv
+// event and yields; the event resumes the coroutine; destroying the task
+// cancels the event.
 #pragma once
 
 #include <uv.h>
@@ -16,10 +18,11 @@ namespace tidegate::lua {
 // The per-request state the ngx API reaches through Vm::current().
 class RequestContext : public http::ContentTask {
  public:
-  RequestContext(Vm& vm, uv_loop_t* loop, const http::Request& r, http::ContentSink& sink);
+  RequestContext(Vm& vm, uv_loop_t* loop, const http::Request& r, const http::LuaPhases& phases,
+                 http::ContentSink& sink);
   ~RequestContext() override;
 
-  // Starts the handler function that is on the VM's stack top (popped).
+  // Runs the first phase that has code.
   void start();
 
   const http::Request& request() const { return req_; }
@@ -32,13 +35,20 @@ class RequestContext : public http::ContentTask {
   // When the request's first byte came, for ngx.req.start_time().
   uint64_t startWallMs() const { return start_wall_ms_; }
 
-  // ngx.exit(): the handler ends once the coroutine yields.
-  void requestExit() { exiting_ = true; }
+  // ngx.exit(status): the handler ends once the coroutine yields.
+  void requestExit(int status) {
+    exiting_ = true;
+    exit_status_ = status;
+    if (status >= 200) result_.status = status;
+  }
   // ngx.sleep(): resumes the coroutine after `ms`. Stack: unchanged.
   void sleep(uint64_t ms);
 
  private:
+  enum class Step { kRewrite, kAccess, kContent, kDone };
+  void nextPhase();
   void resume(int nargs);
+  void phaseEnded();
   void finish();
   void fail(lua_State* L);
   static void onTimer(uv_timer_t* t) noexcept;
@@ -47,6 +57,9 @@ class RequestContext : public http::ContentTask {
   uv_loop_t* loop_;
   const http::Request& req_;
   http::ContentSink& sink_;
+  http::LuaPhases phases_;
+  Step step_ = Step::kRewrite;
+  Phase phase_ = Phase::kRewrite;
   http::ContentResult result_;
   lua_State* co_ = nullptr;
   int co_ref_ = LUA_NOREF;
@@ -54,13 +67,14 @@ class RequestContext : public http::ContentTask {
   uint64_t start_wall_ms_ = 0;
   uv_timer_t* timer_ = nullptr;  // owned until its close callback frees it
   bool exiting_ = false;
+  int exit_status_ = 0;
   bool done_ = false;
 };
 
 class LuaContentHandler : public http::ContentHandler {
  public:
   LuaContentHandler(Vm& vm, uv_loop_t* loop) : vm_(vm), loop_(loop) {}
-  std::unique_ptr<http::ContentTask> start(const http::Request& r, const conf::LuaCode& code,
+  std::unique_ptr<http::ContentTask> start(const http::Request& r, const http::LuaPhases& phases,
                                            http::ContentSink& sink) override;
 
  private:
