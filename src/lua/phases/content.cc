@@ -82,7 +82,12 @@ void RequestContext::resume(int nargs) {
   vm_.setCurrent(this, phase_);
   int rc = lua_resume(co_, nargs);
   vm_.setCurrent(nullptr, phase_);
-  if (rc == LUA_YIELD && !exiting_) return;  // an event will resume it
+  if (rc == LUA_YIELD && !exiting_) {
+    // A plain coroutine.yield() in the entry coroutine: resume on the next
+    // loop turn, as OpenResty does, rather than never.
+    if (!waiting_) sleep(0);
+    return;  // an event will resume it
+  }
   if (rc != 0 && rc != LUA_YIELD) {
     fail(co_);
     return;
@@ -133,12 +138,15 @@ void RequestContext::sleep(uint64_t ms) {
     uv_timer_init(loop_, timer_);
   }
   timer_->data = this;
+  waiting_ = true;
   uv_timer_start(timer_, onTimer, ms, 0);
 }
 
 void RequestContext::onTimer(uv_timer_t* t) noexcept {
   auto* ctx = static_cast<RequestContext*>(t->data);
-  if (ctx) ctx->resume(0);
+  if (!ctx) return;
+  ctx->waiting_ = false;
+  ctx->resume(0);
 }
 
 std::unique_ptr<http::ContentTask> LuaContentHandler::start(const http::Request& r, const http::LuaPhases& phases,

@@ -67,6 +67,7 @@ class RequestContext : public http::ContentTask {
   uint64_t start_wall_ms_ = 0;
   uv_timer_t* timer_ = nullptr;  // owned until its close callback frees it
   bool exiting_ = false;
+  bool waiting_ = false;  // an event (timer) will resume the coroutine
   int exit_status_ = 0;
   bool done_ = false;
 };
