@@ -67,5 +67,7 @@ class Vm {
 // Registers the `ngx` table (src/lua/api/*.cc). Stack: unchanged.
 void openNgx(lua_State* L);
 void openNgxRequest(lua_State* L);  // api/ngx_request.cc; expects ngx on the stack top
+void openNgxString(lua_State* L);   // api/ngx_string.cc; same
+void openNgxTime(lua_State* L);     // api/ngx_time.cc; same
 
 }  // namespace tidegate::lua

@@ -196,6 +196,8 @@ void openNgx(lua_State* L) {
   lua_setfield(L, -2, "config");
 
   openNgxRequest(L);
+  openNgxString(L);
+  openNgxTime(L);
   lua_setglobal(L, "ngx");
   lua_pushcfunction(L, luaPrint);
   lua_setglobal(L, "print");
