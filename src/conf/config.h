@@ -66,6 +66,7 @@ struct HttpSettings {
   // rewrite_by_lua*, access_by_lua*: http, server or location, inherited.
   std::optional<LuaCode> rewrite_lua;
   std::optional<LuaCode> access_lua;
+  std::optional<LuaCode> log_lua;
 
   void inheritFrom(const HttpSettings& parent);
   void fillDefaults();

@@ -27,6 +27,7 @@ void HttpSettings::inheritFrom(const HttpSettings& p) {
   if (!access_logs) access_logs = p.access_logs;
   if (!rewrite_lua) rewrite_lua = p.rewrite_lua;
   if (!access_lua) access_lua = p.access_lua;
+  if (!log_lua) log_lua = p.log_lua;
 }
 
 void HttpSettings::fillDefaults() {

@@ -336,8 +336,9 @@ void Connection::onMessage() {
 }
 
 // The content handler is done (possibly from a timer, long after onMessage).
-void Connection::finish(ContentResult result) {
+void Connection::finish(ContentResult result, ContentTask* task) {
   if (closing_) return;
+  log_task_ = task;
   bool async = task_ != nullptr;
   std::string content_type = *settings().default_type;
   std::vector<std::pair<std::string, std::string>> extra;
@@ -457,6 +458,11 @@ void Connection::beginRequest() {
 void Connection::finishRequest() {
   req_.base = buf_ + start_;
   server_->accessLog().log(req_);
+  // log_by_lua*: after the response is composed; it cannot change it.
+  if (req_.server && settings().log_lua && server_->contentHandler()) {
+    server_->contentHandler()->runLog(req_, *settings().log_lua, log_task_);
+  }
+  log_task_ = nullptr;
   if (!keepalive_) {
     close_after_write_ = true;
     return;

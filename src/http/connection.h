@@ -53,7 +53,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   void startRequest();
   void respond(int status, std::string_view content_type, std::string_view body, std::string_view location,
                const std::vector<std::pair<std::string, std::string>>* extra_headers = nullptr);
-  void finish(ContentResult result) override;
+  void finish(ContentResult result, ContentTask* task) override;
   void respondError(int status, const std::string& why);
   void beginRequest();
   void finishRequest();
@@ -103,6 +103,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   const conf::HttpSettings* conn_settings_ = nullptr;
   std::unique_ptr<ContentTask> task_;           // a content handler still running (kProcessing)
   std::unique_ptr<ContentTask> finished_task_;  // done; freed at the next safe point
+  ContentTask* log_task_ = nullptr;             // the request's Lua phases, for log_by_lua*
   uint64_t linger_start_ms_ = 0;
   bool keepalive_ = true;
   bool reading_ = false;

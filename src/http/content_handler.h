@@ -27,10 +27,14 @@ struct ContentResult {
 
 // Implemented by the connection. finish() is called exactly once, either
 // from inside ContentHandler::start() or later from the loop.
+class ContentTask;
+
 class ContentSink {
  public:
   virtual ~ContentSink() = default;
-  virtual void finish(ContentResult result) = 0;
+  // `task` is the caller, alive for the duration of the call (the log phase
+  // runs in it, to share ngx.ctx).
+  virtual void finish(ContentResult result, ContentTask* task) = 0;
 };
 
 // A running handler. Destroying it cancels whatever it waits for (timers,
@@ -53,6 +57,10 @@ class ContentHandler {
   virtual ~ContentHandler() = default;
   // Runs the phases in order; `r` and `sink` outlive the returned task.
   virtual std::unique_ptr<ContentTask> start(const Request& r, const LuaPhases& phases, ContentSink& sink) = 0;
+  // log_by_lua*: runs `code` to completion now, after the response was
+  // composed; it cannot change the response. `task` (may be null) is the
+  // request's earlier phases, whose ngx.ctx it sees.
+  virtual void runLog(const Request& r, const conf::LuaCode& code, ContentTask* task) = 0;
 };
 
 }  // namespace tidegate::http

@@ -51,6 +51,7 @@ const char* phaseName(Phase p) {
     case Phase::kRewrite: return "rewrite";
     case Phase::kAccess: return "access";
     case Phase::kContent: return "content";
+    case Phase::kLog: return "log";
   }
   return "?";
 }

@@ -15,7 +15,7 @@
 namespace tidegate::lua {
 
 // OpenResty's phase names, as ngx.get_phase() returns them.
-enum class Phase { kInit, kInitWorker, kRewrite, kAccess, kContent };
+enum class Phase { kInit, kInitWorker, kRewrite, kAccess, kContent, kLog };
 
 class RequestContext;  // lua/phases/content.h
 const char* phaseName(Phase p);

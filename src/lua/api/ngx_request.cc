@@ -60,8 +60,15 @@ void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
              idx, fname, luaL_typename(L, idx));
 }
 
-int output(lua_State* L, bool newline, const char* fname) {
+// Output, exit and yields are not for the log phase (the response is out).
+RequestContext* requireResponsePhase(lua_State* L) {
   RequestContext* ctx = requireRequest(L);
+  if (ctx->phase() == Phase::kLog) luaL_error(L, "API disabled in the context of log_by_lua*");
+  return ctx;
+}
+
+int output(lua_State* L, bool newline, const char* fname) {
+  RequestContext* ctx = requireResponsePhase(L);
   std::string& body = ctx->result().body;
   int top = lua_gettop(L);
   for (int i = 1; i <= top; i++) appendValue(L, i, &body, fname);
@@ -76,14 +83,14 @@ int ngxPrint(lua_State* L) { return output(L, false, "print"); }
 // ngx.exit(status): ends the handler; a status >= 200 becomes the
 // response's (an error page if nothing was printed), 0 keeps the current.
 int ngxExit(lua_State* L) {
-  RequestContext* ctx = requireRequest(L);
+  RequestContext* ctx = requireResponsePhase(L);
   lua_Integer status = luaL_checkinteger(L, 1);
   ctx->requestExit(static_cast<int>(status));
   return lua_yield(L, 0);
 }
 
 int ngxSleep(lua_State* L) {
-  RequestContext* ctx = requireRequest(L);
+  RequestContext* ctx = requireResponsePhase(L);
   lua_Number sec = luaL_checknumber(L, 1);
   if (sec < 0) return luaL_error(L, "invalid sleep duration \"%f\"", sec);
   if (L != ctx->coroutine()) return luaL_error(L, "ngx.sleep from a user coroutine is not supported yet");
@@ -180,7 +187,8 @@ int ngxIndex(lua_State* L) {
   const char* key = lua_tostring(L, 2);
   if (key && std::string_view(key) == "status") {
     RequestContext* ctx = requireRequest(L);
-    lua_pushinteger(L, ctx->result().status);
+    // In the log phase the response is out: report what was sent.
+    lua_pushinteger(L, ctx->phase() == Phase::kLog ? ctx->request().status : ctx->result().status);
     return 1;
   }
   if (key && std::string_view(key) == "ctx") {

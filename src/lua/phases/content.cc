@@ -129,7 +129,7 @@ void RequestContext::fail(lua_State* L) {
 void RequestContext::finish() {
   if (done_) return;
   done_ = true;
-  sink_.finish(std::move(result_));
+  sink_.finish(std::move(result_), this);
 }
 
 void RequestContext::sleep(uint64_t ms) {
@@ -147,6 +147,47 @@ void RequestContext::onTimer(uv_timer_t* t) noexcept {
   if (!ctx) return;
   ctx->waiting_ = false;
   ctx->resume(0);
+}
+
+void RequestContext::runLog(const conf::LuaCode& code) {
+  lua_State* L = vm_.state();
+  std::string err;
+  if (!vm_.push(code, &err)) {  // Stack: [] -> [fn]
+    TG_LOG(core::LogLevel::kError, "failed to load log_by_lua code: %s", err.c_str());
+    return;
+  }
+  lua_State* co = lua_newthread(L);  // Stack: [fn, co]
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_xmove(L, co, 1);
+  Phase saved = phase_;
+  phase_ = Phase::kLog;
+  vm_.setCurrent(this, Phase::kLog);
+  int rc = lua_resume(co, 0);
+  vm_.setCurrent(nullptr, Phase::kLog);
+  phase_ = saved;
+  if (rc == LUA_YIELD) {
+    TG_LOG(core::LogLevel::kError, "log_by_lua handler yielded: yielding is not supported in the log phase");
+  } else if (rc != 0) {
+    const char* msg = lua_tostring(co, -1);
+    luaL_traceback(L, co, msg ? msg : "unknown error", 0);
+    TG_LOG_CONN(core::LogLevel::kError, req_.conn ? req_.conn->id : 0, "failed to run log_by_lua*: %s",
+                lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  luaL_unref(L, LUA_REGISTRYINDEX, ref);
+}
+
+void LuaContentHandler::runLog(const http::Request& r, const conf::LuaCode& code, http::ContentTask* task) {
+  if (auto* ctx = dynamic_cast<RequestContext*>(task)) {
+    ctx->runLog(code);
+    return;
+  }
+  // No earlier Lua phase: a context of its own, which never finishes a response.
+  struct NullSink : http::ContentSink {
+    void finish(http::ContentResult, http::ContentTask*) override {}
+  } sink;
+  RequestContext ctx(vm_, loop_, r, http::LuaPhases{}, sink);
+  ctx.runLog(code);
 }
 
 std::unique_ptr<http::ContentTask> LuaContentHandler::start(const http::Request& r, const http::LuaPhases& phases,

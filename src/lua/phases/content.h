@@ -24,6 +24,10 @@ class RequestContext : public http::ContentTask {
 
   // Runs the first phase that has code.
   void start();
+  // log_by_lua*: runs `code` to completion in a coroutine of its own, in
+  // this request's context (ngx.ctx); errors are logged, nothing else.
+  void runLog(const conf::LuaCode& code);
+  Phase phase() const { return phase_; }
 
   const http::Request& request() const { return req_; }
   http::ContentResult& result() { return result_; }
@@ -77,6 +81,7 @@ class LuaContentHandler : public http::ContentHandler {
   LuaContentHandler(Vm& vm, uv_loop_t* loop) : vm_(vm), loop_(loop) {}
   std::unique_ptr<http::ContentTask> start(const http::Request& r, const http::LuaPhases& phases,
                                            http::ContentSink& sink) override;
+  void runLog(const http::Request& r, const conf::LuaCode& code, http::ContentTask* task) override;
 
  private:
   Vm& vm_;
