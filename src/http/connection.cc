@@ -318,21 +318,24 @@ void Connection::onMessage() {
     std::string text;
     if (ret->has_text) evaluate(ret->text, req_, &text);
     bool redirect = ret->code == 301 || ret->code == 302 || ret->code == 303 || ret->code == 307 || ret->code == 308;
-    if (redirect && !text.empty() && text[0] == '/') {
-      // nginx's absolute_redirect: a local URI becomes absolute, with the
-      // host the client asked for and our port when it is not the default.
-      std::string abs = "http://";
-      // nginx's order: the request's host, the server name, the local address.
-      const std::string& name = !req_.host.empty() ? req_.host : req_.server->primaryName();
-      abs.append(!name.empty() ? name : info_.local_addr);
-      if (info_.local_port != 80) abs.append(":").append(std::to_string(info_.local_port));
-      text = abs + text;
-    }
+    if (redirect) text = absoluteRedirect(text);
     if (redirect) respond(ret->code, "text/html", errorPage(ret->code), text);
     else if (ret->has_text) respond(ret->code, *settings().default_type, text, {});
     else respond(ret->code, "text/html", errorPage(ret->code), {});
   }
   finishRequest();
+}
+
+// nginx's absolute_redirect: a Location that is a local URI becomes
+// absolute, with the host the client asked for (else the server name, else
+// the local address) and our port when it is not the default.
+std::string Connection::absoluteRedirect(const std::string& uri) const {
+  if (uri.empty() || uri[0] != '/') return uri;
+  std::string abs = "http://";
+  const std::string& name = !req_.host.empty() ? req_.host : req_.server->primaryName();
+  abs.append(!name.empty() ? name : info_.local_addr);
+  if (info_.local_port != 80) abs.append(":").append(std::to_string(info_.local_port));
+  return abs + uri;
 }
 
 // The content handler is done (possibly from a timer, long after onMessage).
@@ -345,7 +348,7 @@ void Connection::finish(ContentResult result, ContentTask* task) {
   std::string location;
   for (auto& [name, value] : result.headers) {
     if (iequals(name, "content-type")) content_type = value;
-    else if (iequals(name, "location")) location = value;
+    else if (iequals(name, "location")) location = absoluteRedirect(value);
     else if (!iequals(name, "content-length") && !iequals(name, "connection") && !iequals(name, "date") &&
              !iequals(name, "server") && !iequals(name, "transfer-encoding")) {
       extra.emplace_back(std::move(name), std::move(value));  // framing headers stay ours

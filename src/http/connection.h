@@ -54,6 +54,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   void respond(int status, std::string_view content_type, std::string_view body, std::string_view location,
                const std::vector<std::pair<std::string, std::string>>* extra_headers = nullptr);
   void finish(ContentResult result, ContentTask* task) override;
+  std::string absoluteRedirect(const std::string& uri) const;
   void respondError(int status, const std::string& why);
   void beginRequest();
   void finishRequest();

@@ -41,6 +41,9 @@ class Vm {
   // The worker's slot (0-based); -1 in the master.
   int workerId() const { return worker_id_; }
   void setWorkerId(int id) { worker_id_ = id; }
+  // ngx.worker.exiting(): set when the worker starts to stop.
+  bool exiting() const { return exiting_; }
+  void setExiting() { exiting_ = true; }
 
   // Compiles `code` (cached by chunk name) and runs it in protected mode in
   // `phase`. False with the error and its traceback in *err.
@@ -60,6 +63,7 @@ class Vm {
   conf::ConfigPtr cfg_;
   Phase phase_ = Phase::kInit;
   int worker_id_ = -1;
+  bool exiting_ = false;
   RequestContext* current_ = nullptr;
   std::map<std::string, int> chunks_;  // chunk name -> registry ref
 };

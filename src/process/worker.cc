@@ -127,6 +127,7 @@ class Worker {
   void stop(bool graceful) {
     if (stopping_ && graceful) return;
     stopping_ = true;
+    if (vm_) vm_->setExiting();
     if (graceful && cfg_->worker_shutdown_timeout_ms > 0 && !timer_armed_) {
       uv_timer_init(&loop_, &shutdown_timer_);
       shutdown_timer_.data = this;

@@ -169,7 +169,11 @@ class SpecTest : public ::testing::Test {
       while (!want.empty() && want.front() == ' ') want.erase(0, 1);
       for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
       if (name.front() == '!') EXPECT_FALSE(r.hasHeader(name.substr(1))) << name;  // "!Name": must be absent
-      else EXPECT_EQ(r.header(name), want) << name;
+      else if (want.rfind("~ ", 0) == 0) {  // "Name: ~ REGEX"
+        EXPECT_TRUE(std::regex_search(r.header(name), std::regex(want.substr(2)))) << name << ": " << r.header(name);
+      } else {
+        EXPECT_EQ(r.header(name), want) << name;
+      }
     }
     if (b_.has("connection_closed")) EXPECT_TRUE(c.waitClosed());
     c.close();  // so that the worker need not linger on it while stopping

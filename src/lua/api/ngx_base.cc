@@ -110,6 +110,11 @@ int workerId(lua_State* L) {
   return 1;
 }
 
+int workerExiting(lua_State* L) {
+  lua_pushboolean(L, Vm::from(L)->exiting());
+  return 1;
+}
+
 int workerCount(lua_State* L) {
   lua_pushinteger(L, Vm::from(L)->config().worker_processes);
   return 1;
@@ -179,6 +184,7 @@ void openNgx(lua_State* L) {
   setFn(L, "pid", workerPid);
   setFn(L, "id", workerId);
   setFn(L, "count", workerCount);
+  setFn(L, "exiting", workerExiting);
   lua_setfield(L, -2, "worker");
 
   lua_createtable(L, 0, 6);  // ngx.config

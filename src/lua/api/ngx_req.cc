@@ -87,12 +87,10 @@ int isInternal(lua_State* L) {
   return 1;
 }
 
-// ngx.req.get_uri_args(max?): "a=1&a=2&b&c=x%20y" -> {a={"1","2"}, b=true, c="x y"};
-// more than `max` (default 100, 0 = no limit) returns "truncated" second.
-int getUriArgs(lua_State* L) {
-  RequestContext* ctx = requireRequest(L);
-  lua_Integer max = luaL_optinteger(L, 1, 100);
-  std::string_view args = ctx->request().args;
+// Pushes a table for "a=1&a=2&b&c=x%20y" -> {a={"1","2"}, b=true, c="x y"}.
+// More than `max` (0 = no limit) arguments: returns 2 with "truncated"
+// pushed after the table. Stack: [] -> [t] or [t, "truncated"].
+int pushArgs(lua_State* L, std::string_view args, lua_Integer max) {
   lua_createtable(L, 0, 4);
   int count = 0;
   size_t pos = 0;
@@ -120,6 +118,19 @@ int getUriArgs(lua_State* L) {
     addMulti(L);
   }
   return 1;
+}
+
+// ngx.req.get_uri_args(max?): the query as a table; max defaults to 100.
+int getUriArgs(lua_State* L) {
+  RequestContext* ctx = requireRequest(L);
+  return pushArgs(L, ctx->request().args, luaL_optinteger(L, 1, 100));
+}
+
+// ngx.decode_args(str, max?): the same parsing for any string, any phase.
+int decodeArgs(lua_State* L) {
+  size_t len = 0;
+  const char* s = luaL_checklstring(L, 1, &len);
+  return pushArgs(L, std::string_view(s, len), luaL_optinteger(L, 2, 100));
 }
 
 // The metatable OpenResty gives get_headers() results: h.user_agent and
@@ -194,6 +205,8 @@ void openNgxReq(lua_State* L) {
     lua_setfield(L, -2, f->name);
   }
   lua_setfield(L, -2, "req");
+  lua_pushcfunction(L, decodeArgs);
+  lua_setfield(L, -2, "decode_args");
 }
 
 }  // namespace tidegate::lua

@@ -89,6 +89,27 @@ int ngxExit(lua_State* L) {
   return lua_yield(L, 0);
 }
 
+// ngx.redirect(uri, status?): 302 by default; 301, 302, 303, 307, 308 allowed.
+int ngxRedirect(lua_State* L) {
+  RequestContext* ctx = requireResponsePhase(L);
+  size_t len = 0;
+  const char* uri = luaL_checklstring(L, 1, &len);
+  lua_Integer status = luaL_optinteger(L, 2, 302);
+  if (status != 301 && status != 302 && status != 303 && status != 307 && status != 308) {
+    return luaL_error(L, "only ngx.HTTP_MOVED_TEMPORARILY, ngx.HTTP_MOVED_PERMANENTLY, ngx.HTTP_PERMANENT_REDIRECT, "
+                         "ngx.HTTP_SEE_OTHER, and ngx.HTTP_TEMPORARY_REDIRECT are allowed");
+  }
+  auto& headers = ctx->result().headers;
+  for (size_t i = 0; i < headers.size();) {
+    if (http::iequals(headers[i].first, "location")) headers.erase(headers.begin() + static_cast<long>(i));
+    else i++;
+  }
+  headers.emplace_back("Location", std::string(uri, len));
+  ctx->result().body.clear();
+  ctx->requestExit(static_cast<int>(status));
+  return lua_yield(L, 0);
+}
+
 int ngxSleep(lua_State* L) {
   RequestContext* ctx = requireResponsePhase(L);
   lua_Number sec = luaL_checknumber(L, 1);
@@ -246,6 +267,8 @@ void openNgxRequest(lua_State* L) {
   lua_setfield(L, -2, "exit");
   lua_pushcfunction(L, ngxSleep);
   lua_setfield(L, -2, "sleep");
+  lua_pushcfunction(L, ngxRedirect);
+  lua_setfield(L, -2, "redirect");
   proxyTable(L, "header", headerIndex, headerNewIndex);
   proxyTable(L, "var", varIndex, varNewIndex);
   openNgxReq(L);
