@@ -290,7 +290,6 @@ void Connection::onMessage() {
   const conf::ReturnAction* ret = nullptr;
   if (req_.server->ret) ret = &*req_.server->ret;
   else if (req_.location && req_.location->ret) ret = &*req_.location->ret;
-  finished_task_.reset();  // a previous request's handler, finished and returned by now
   LuaPhases lua;
   if (!ret && server_->contentHandler()) {
     const conf::HttpSettings& s = settings();
@@ -363,8 +362,8 @@ void Connection::finish(ContentResult result, ContentTask* task) {
   }
   finishRequest();
   if (async) {
-    // This call comes from inside the task: keep it alive until a safe point.
-    finished_task_ = std::move(task_);
+    // This call comes from inside the task: it is freed on a later loop turn.
+    server_->retire(std::move(task_));
     if (!closing_ && !reading_ && !write_pending_ && !close_after_write_) {
       uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), onAlloc, onRead);
       reading_ = true;
@@ -691,8 +690,9 @@ void Connection::closeIfIdle() {
 void Connection::close() {
   if (closing_) return;
   closing_ = true;
-  task_.reset();  // cancels a running handler; it never calls finish() after this
-  finished_task_.reset();
+  // Cancels a running handler; it never calls finish() after this. (A task
+  // that is calling finish() right now was already handed to retire().)
+  task_.reset();
   phase_ = Phase::kClosing;
   server_->unlink(this);
   uv_close(reinterpret_cast<uv_handle_t*>(&timer_), onClose);

@@ -102,8 +102,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   bool close_after_write_ = false;
   bool reset_after_write_ = false;  // return 444: close without lingering once output is out
   const conf::HttpSettings* conn_settings_ = nullptr;
-  std::unique_ptr<ContentTask> task_;           // a content handler still running (kProcessing)
-  std::unique_ptr<ContentTask> finished_task_;  // done; freed at the next safe point
+  std::unique_ptr<ContentTask> task_;  // a content handler still running (kProcessing)
   ContentTask* log_task_ = nullptr;             // the request's Lua phases, for log_by_lua*
   uint64_t linger_start_ms_ = 0;
   bool keepalive_ = true;

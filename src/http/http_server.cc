@@ -37,6 +37,9 @@ bool HttpServer::start(const std::vector<int>& fds, std::string* err) {
   uv_timer_init(loop_, &retry_timer_);
   retry_timer_.data = this;
   retry_timer_open_ = true;
+  uv_check_init(loop_, &reaper_);
+  reaper_.data = this;
+  reaper_open_ = true;
   for (size_t i = 0; i < cfg_->listen_groups.size() && i < fds.size(); i++) {
     if (fds[i] < 0) continue;  // served through a wildcard socket, below
     auto* l = new Listener;
@@ -148,6 +151,20 @@ void HttpServer::resumeAccepting() {
   }
 }
 
+void HttpServer::retire(std::unique_ptr<ContentTask> task) {
+  if (!task) return;
+  graveyard_.push_back(std::move(task));
+  if (reaper_open_) uv_check_start(&reaper_, onReap);
+}
+
+void HttpServer::onReap(uv_check_t* c) noexcept {
+  auto* self = static_cast<HttpServer*>(c->data);
+  uv_check_stop(c);
+  // Destructors may close handles (timers): fine here, outside any callback of theirs.
+  auto dead = std::move(self->graveyard_);
+  self->graveyard_.clear();
+}
+
 void HttpServer::onListenerClosed(uv_handle_t* h) noexcept {
   auto* l = static_cast<Listener*>(h->data);
   ::close(l->fd);
@@ -175,6 +192,15 @@ void HttpServer::shutdown(bool graceful, std::function<void()> done) {
 
 void HttpServer::maybeDone() {
   if (draining_ && connections_ == 0 && done_) {
+    if (reaper_open_) {
+      // The last retired tasks go in the close callback, after this turn's callbacks.
+      reaper_open_ = false;
+      uv_close(reinterpret_cast<uv_handle_t*>(&reaper_), [](uv_handle_t* h) {
+        auto* self = static_cast<HttpServer*>(h->data);
+        auto dead = std::move(self->graveyard_);
+        self->graveyard_.clear();
+      });
+    }
     auto done = std::move(done_);
     done_ = nullptr;
     done();

@@ -35,6 +35,8 @@ class HttpServer {
   // The handler for content_by_lua* locations (null: none configured).
   void setContentHandler(ContentHandler* h) { content_handler_ = h; }
   ContentHandler* contentHandler() const { return content_handler_; }
+  // Frees a finished task on a later loop turn: it may be the caller.
+  void retire(std::unique_ptr<ContentTask> task);
 
   uv_loop_t* loop() const { return loop_; }
   const conf::Config& config() const { return *cfg_; }
@@ -67,6 +69,7 @@ class HttpServer {
   static void onReadable(uv_poll_t* p, int status, int events) noexcept;
   static void onListenerClosed(uv_handle_t* h) noexcept;
   static void onRetryTimer(uv_timer_t* t) noexcept;
+  static void onReap(uv_check_t* c) noexcept;
   void acceptAll(Listener* l);
   void pauseAccepting(bool retry_later);
   void resumeAccepting();
@@ -85,6 +88,9 @@ class HttpServer {
   std::function<void()> done_;
   std::vector<char*> buffer_pool_;
   uv_timer_t retry_timer_;
+  uv_check_t reaper_;  // runs after I/O callbacks, when no task is on the stack
+  bool reaper_open_ = false;
+  std::vector<std::unique_ptr<ContentTask>> graveyard_;
   bool retry_timer_open_ = false;
   bool paused_ = false;
   uint64_t last_overflow_log_ms_ = 0;
