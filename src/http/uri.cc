@@ -5,7 +5,6 @@
 #include <vector>
 
 namespace tidegate::http {
-namespace {
 
 int hexValue(char c) {
   if (c >= '0' && c <= '9') return c - '0';
@@ -14,7 +13,21 @@ int hexValue(char c) {
   return -1;
 }
 
-}  // namespace
+std::string unescapeComponent(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); i++) {
+    if (s[i] == '+') {
+      out += ' ';
+    } else if (s[i] == '%' && i + 2 < s.size() && hexValue(s[i + 1]) >= 0 && hexValue(s[i + 2]) >= 0) {
+      out += static_cast<char>(hexValue(s[i + 1]) * 16 + hexValue(s[i + 2]));
+      i += 2;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
 
 TargetParts splitTarget(std::string_view target) {
   TargetParts t;

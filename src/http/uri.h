@@ -17,6 +17,13 @@ struct TargetParts {
 
 TargetParts splitTarget(std::string_view target);
 
+// The value of a hex digit, or -1.
+int hexValue(char c);
+
+// Query-component decoding as ngx.unescape_uri does it: %XX decoded, '+' is
+// a space, a malformed escape is kept as it is (never an error).
+std::string unescapeComponent(std::string_view s);
+
 // Decodes %XX, merges repeated '/', resolves "." and ".." segments.
 // False (400) on a bad escape, an encoded NUL, or ".." above the root.
 bool normalizePath(std::string_view raw, std::string* out);

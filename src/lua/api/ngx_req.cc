@@ -4,6 +4,7 @@
 #include <string>
 
 #include "http/ascii.h"
+#include "http/uri.h"
 #include "lua/phases/content.h"
 #include "lua/vm.h"
 
@@ -12,31 +13,6 @@ namespace tidegate::lua {
 RequestContext* requireRequest(lua_State* L);  // api/ngx_request.cc
 
 namespace {
-
-int hexDigit(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// ngx.unescape_uri's rules for query arguments: %XX decoded, '+' is a space,
-// a malformed escape is kept as it is.
-std::string unescapeArg(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size(); i++) {
-    if (s[i] == '+') {
-      out += ' ';
-    } else if (s[i] == '%' && i + 2 < s.size() && hexDigit(s[i + 1]) >= 0 && hexDigit(s[i + 2]) >= 0) {
-      out += static_cast<char>(hexDigit(s[i + 1]) * 16 + hexDigit(s[i + 2]));
-      i += 2;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
 
 // Stack: [t, key, value] -> [t]: t[key] = value, or an array of values when
 // the key repeats (OpenResty's multi-value shape).
@@ -106,13 +82,13 @@ int pushArgs(lua_State* L, std::string_view args, lua_Integer max) {
     }
     count++;
     size_t eq = pair.find('=');
-    std::string key = unescapeArg(pair.substr(0, eq));
+    std::string key = http::unescapeComponent(pair.substr(0, eq));
     if (key.empty()) continue;  // "=x": OpenResty skips an empty key
     lua_pushlstring(L, key.data(), key.size());
     if (eq == std::string_view::npos) {
       lua_pushboolean(L, 1);
     } else {
-      std::string value = unescapeArg(pair.substr(eq + 1));
+      std::string value = http::unescapeComponent(pair.substr(eq + 1));
       lua_pushlstring(L, value.data(), value.size());
     }
     addMulti(L);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "http/uri.h"
 #include "lua/vm.h"
 
 namespace tidegate::lua {
@@ -156,29 +157,6 @@ std::string escapeUri(std::string_view s) {
   return out;
 }
 
-int hexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-std::string unescapeUri(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < s.size(); i++) {
-    if (s[i] == '+') {
-      out += ' ';
-    } else if (s[i] == '%' && i + 2 < s.size() && hexValue(s[i + 1]) >= 0 && hexValue(s[i + 2]) >= 0) {
-      out += static_cast<char>(hexValue(s[i + 1]) * 16 + hexValue(s[i + 2]));
-      i += 2;
-    } else {
-      out += s[i];
-    }
-  }
-  return out;
-}
-
 int ngxEscapeUri(lua_State* L) {
   std::string out = escapeUri(optArg(L, 1));
   lua_pushlstring(L, out.data(), out.size());
@@ -186,7 +164,7 @@ int ngxEscapeUri(lua_State* L) {
 }
 
 int ngxUnescapeUri(lua_State* L) {
-  std::string out = unescapeUri(optArg(L, 1));
+  std::string out = http::unescapeComponent(optArg(L, 1));
   lua_pushlstring(L, out.data(), out.size());
   return 1;
 }
