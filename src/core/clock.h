@@ -9,8 +9,6 @@ namespace tidegate::core {
 
 // Milliseconds since the epoch (CLOCK_REALTIME_COARSE: a vDSO read, no syscall).
 uint64_t wallMs();
-// Microseconds on a monotonic clock, for durations.
-uint64_t monoUs();
 
 // "Sun, 29 Nov 2026 16:20:00 GMT" (RFC 9110 5.6.7 IMF-fixdate).
 std::string_view httpDate();

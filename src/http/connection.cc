@@ -115,7 +115,6 @@ void Connection::startRequest() {
   req_.head = &parser_.head();
   uint64_t now = uv_now(server_->loop());
   req_.start_ms = now;
-  responded_ = false;
   head_end_ = 0;
   request_active_ = false;
   head_deadline_ms_ = now + *def->settings.client_header_timeout_ms;
@@ -434,7 +433,6 @@ void Connection::respond(int status, std::string_view content_type, std::string_
     req_.body_bytes_sent = body.size();
   }
   req_.bytes_sent = head_bytes + req_.body_bytes_sent;
-  responded_ = true;
 }
 
 void Connection::respondError(int status, const std::string& why) {

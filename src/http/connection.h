@@ -85,7 +85,6 @@ class Connection : private RequestParser::Handler, private ContentSink {
   RequestParser parser_;
   Request req_;
   bool request_active_ = false;  // a request has started (first byte seen)
-  bool responded_ = false;
 
   // Read buffer: [start_, end_) holds the current request and anything
   // pipelined after it; parsed_ is the parser's position.

@@ -42,7 +42,7 @@ struct RequestHead {
     http_major = http_minor = 1;
     headers.clear();
     content_length = -1;
-    chunked = keep_alive = expect_continue = upgrade = is_head = false;
+    chunked = expect_continue = upgrade = is_head = false;
     keep_alive = true;
     host_index = -1;
     head_len = 0;

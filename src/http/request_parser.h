@@ -58,7 +58,6 @@ class RequestParser {
   bool headDone() const { return head_done_; }
   bool requestLineDone() const { return line_no_ > 0; }
   bool messageDone() const { return message_done_; }
-  bool bodyStarted() const { return body_bytes_ > 0; }
   uint64_t bodyBytes() const { return body_bytes_; }
   int errorStatus() const { return error_status_; }
   const std::string& errorText() const { return error_text_; }
