@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <map>
 #include <csignal>
+#include <initializer_list>
 #include <cstring>
 #include <vector>
 
@@ -52,6 +53,17 @@ constexpr uint64_t kQuickDeathMs = 2000;
 constexpr uint64_t kMaxBackoffMs = 5000;
 // After a fast stop, how long workers get before SIGKILL.
 constexpr uint64_t kTerminateGraceMs = 5000;
+
+// In a freshly forked child: the master's handlers back to the default
+// (`ignored` to SIG_IGN), then unblocked. Ignoring before unblocking keeps a
+// signal pending from the master's mask from acting on the child.
+void resetSignalsInChild(std::initializer_list<int> ignored) {
+  for (int s : kMasterSignals) signal(s, SIG_DFL);
+  for (int s : ignored) signal(s, SIG_IGN);
+  sigset_t empty;
+  sigemptyset(&empty);
+  sigprocmask(SIG_SETMASK, &empty, nullptr);
+}
 
 struct WorkerSlot {
   pid_t pid = -1;
@@ -157,12 +169,8 @@ class Master {
       ::close(sv[0]);
       for (const auto& w : workers_) ::close(w.channel);
       listeners_.closeAllExcept(fds);
-      sigset_t empty;
-      sigemptyset(&empty);
-      for (int s : kMasterSignals) signal(s, SIG_DFL);
-      signal(SIGHUP, SIG_IGN);   // the master decides about reloads
-      signal(SIGUSR1, SIG_IGN);  // and relays reopen over the channel
-      sigprocmask(SIG_SETMASK, &empty, nullptr);
+      // The master decides about reloads and relays reopen over the channel.
+      resetSignalsInChild({SIGHUP, SIGUSR1});
       _exit(runWorker(cfg_, vm_, fds, sv[1], slot));
     }
     ::close(sv[1]);
@@ -289,10 +297,7 @@ class Master {
       return;
     }
     if (pid == 0) {
-      sigset_t empty;
-      sigemptyset(&empty);
-      for (int s : kMasterSignals) signal(s, SIG_DFL);
-      sigprocmask(SIG_SETMASK, &empty, nullptr);
+      resetSignalsInChild({});
       listeners_.clearCloexec();
       setenv(ListenerSet::kInheritEnv, spec.c_str(), 1);
       char** argv = savedArgv();
