@@ -169,12 +169,19 @@ void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) noexcept
 
 void Connection::handleRead(ssize_t nread) {
   if (closing_) return;
+  // The last answer is out or on its way: input is read only to see the
+  // client close, and dropped (end_ stays put, so nothing accumulates).
+  bool discarding = phase_ == Phase::kLingering || close_after_write_;
+  if (discarding && nread >= 0) {
+    if (nread > 0) last_io_ms_ = uv_now(server_->loop());
+    return;
+  }
+  if (nread == UV_ENOBUFS && discarding) return;
   if (nread == UV_ENOBUFS) {
     if (phase_ == Phase::kProcessing) {
       // The buffer holds a running handler's request: stop reading until it
       // is done (finish() resumes).
-      uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
-      reading_ = false;
+      pauseReading();
       return;
     }
     respondError(431, "client sent too large request head");
@@ -193,10 +200,6 @@ void Connection::handleRead(ssize_t nread) {
   }
   if (nread == 0) return;
   last_io_ms_ = uv_now(server_->loop());
-  if (phase_ == Phase::kLingering) {
-    end_ = start_;  // discard: the answer has been sent
-    return;
-  }
   end_ += static_cast<size_t>(nread);
   if (phase_ == Phase::kIdle) {
     phase_ = Phase::kHead;
@@ -218,10 +221,7 @@ void Connection::processInput() {
       if (write_pending_) {
         // Back-pressure: read no more pipelined requests until the client
         // has taken these answers (afterWrite() resumes).
-        if (reading_) {
-          uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
-          reading_ = false;
-        }
+        pauseReading();
         break;
       }
     }
@@ -363,11 +363,8 @@ void Connection::finish(ContentResult result, ContentTask* task) {
   if (async) {
     // This call comes from inside the task: it is freed on a later loop turn.
     server_->retire(std::move(task_));
-    if (!closing_ && !reading_ && !write_pending_ && !close_after_write_) {
-      uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), onAlloc, onRead);
-      reading_ = true;
-    }
-    processInput();
+    processInput();  // the next pipelined requests, already buffered
+    resumeReading();
   }
 }
 
@@ -522,11 +519,24 @@ void Connection::afterWrite(int status) {
   }
   if (closing_) return;
   flush();
-  if (!closing_ && !reading_ && !write_pending_) {
-    uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), onAlloc, onRead);
-    reading_ = true;
-  }
+  resumeReading();
   if (!closing_ && phase_ != Phase::kLingering) processInput();  // resume pipelined requests
+}
+
+// Reading stops while answers wait for a slow client or while a handler's
+// request fills the buffer, and resumes once neither holds.
+void Connection::pauseReading() {
+  if (!reading_) return;
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp_));
+  reading_ = false;
+}
+
+void Connection::resumeReading() {
+  // A running handler's request fills the buffer: wait for the handler.
+  bool buffer_full = phase_ == Phase::kProcessing && buf_ && end_ >= cap_;
+  if (closing_ || reading_ || write_pending_ || buffer_full) return;
+  uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), onAlloc, onRead);
+  reading_ = true;
 }
 
 void Connection::startLingeringClose() {

@@ -61,6 +61,8 @@ class Connection : private RequestParser::Handler, private ContentSink {
   void flush();
   void afterWrite(int status);
   void startLingeringClose();
+  void pauseReading();
+  void resumeReading();
   uint64_t computeDeadline() const;  // absolute loop ms for the current phase; 0 = none
   bool belowMinRate() const;
   uint64_t bytesSentSoFar() const;   // of the write in flight
