@@ -128,8 +128,6 @@ bool Connection::reserve(size_t want) {
   // While a handler runs, its request's bytes must not move under it; more
   // input waits in the kernel until it is done (handleRead() pauses reading).
   if (phase_ == Phase::kProcessing) return cap_ > end_;
-  // The request's views into the buffer, as offsets, to re-point after a move.
-  size_t args_off = req_.args.empty() ? 0 : static_cast<size_t>(req_.args.data() - (buf_ + start_));
   if (start_ > 0) {  // parser offsets are relative to start_, so sliding the window keeps them valid
     memmove(buf_, buf_ + start_, end_ - start_);
     parsed_ -= start_;
@@ -148,8 +146,8 @@ bool Connection::reserve(size_t want) {
     buf_ = nbuf;
     cap_ = ncap;
   }
+  // The request's views are offsets from base: re-pointing base moves them all.
   if (req_.base) req_.base = buf_ + start_;
-  if (!req_.args.empty()) req_.args = std::string_view(buf_ + start_ + args_off, req_.args.size());
   return true;
 }
 
@@ -258,7 +256,9 @@ int Connection::onHeadComplete(std::string* why) {
   if (!req_.host.empty() && req_.host.back() == '.') req_.host.pop_back();
   req_.server = findServer(*group_, req_.host);
   conn_settings_ = &req_.settings();
-  req_.args = t.args;
+  if (t.has_args) {
+    req_.args = Slice{static_cast<uint32_t>(t.args.data() - req_.base), static_cast<uint32_t>(t.args.size())};
+  }
   req_.has_args = t.has_args;
   if (!normalizePath(t.path, &req_.uri)) {
     *why = "client sent invalid request target";

@@ -31,7 +31,7 @@ struct Request {
   const conf::Server* server = nullptr;
   const conf::Location* location = nullptr;
   std::string uri;             // normalised, decoded path ($uri)
-  std::string_view args;       // raw query ($args)
+  Slice args;                  // raw query ($args), in the buffer like the head's slices
   bool has_args = false;
   std::string host;            // lower-cased, without port, from Host or an absolute-form target
   int status = 0;
@@ -47,6 +47,7 @@ struct Request {
   int64_t sent_content_length = -1;
 
   std::string_view header(std::string_view lower_name) const;
+  std::string_view query() const { return args.in(base); }
   // Back to a fresh request; strings keep their capacity (no allocation per request).
   void reset() {
     base = nullptr;
@@ -54,7 +55,7 @@ struct Request {
     server = nullptr;
     location = nullptr;
     uri.clear();
-    args = {};
+    args = Slice{};
     has_args = false;
     host.clear();
     status = 0;

@@ -77,7 +77,7 @@ void appendVariable(const conf::VarRef& var, const Request& r, std::string* out,
     case VarId::kRequestMethod: if (r.head) out->append(r.head->method.in(r.base)); break;
     case VarId::kRequestUri: if (r.head) out->append(r.head->target.in(r.base)); break;
     case VarId::kUri: out->append(r.uri); break;
-    case VarId::kArgs: out->append(r.args); break;
+    case VarId::kArgs: out->append(r.query()); break;
     case VarId::kIsArgs: if (r.has_args) out->push_back('?'); break;
     case VarId::kStatus: {
       char buf[8];
@@ -129,7 +129,7 @@ void appendVariable(const conf::VarRef& var, const Request& r, std::string* out,
       else if (var.param == "content-length" && r.sent_content_length >= 0) appendNumber(out, static_cast<uint64_t>(r.sent_content_length));
       else if (var.param == "server") out->append(*r.settings().server_tokens ? "tidegate/" TIDEGATE_VERSION : "tidegate");
       break;
-    case VarId::kArg: out->append(findArg(r.args, var.param)); break;
+    case VarId::kArg: out->append(findArg(r.query(), var.param)); break;
     case VarId::kCookie: if (r.head) out->append(findCookie(r.header("cookie"), var.param)); break;
   }
   if (dash_if_empty && out->size() == before) out->push_back('-');

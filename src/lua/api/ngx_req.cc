@@ -99,7 +99,7 @@ int pushArgs(lua_State* L, std::string_view args, lua_Integer max) {
 // ngx.req.get_uri_args(max?): the query as a table; max defaults to 100.
 int getUriArgs(lua_State* L) {
   RequestContext* ctx = requireRequest(L);
-  return pushArgs(L, ctx->request().args, luaL_optinteger(L, 1, 100));
+  return pushArgs(L, ctx->request().query(), luaL_optinteger(L, 1, 100));
 }
 
 // ngx.decode_args(str, max?): the same parsing for any string, any phase.
