@@ -122,40 +122,24 @@ bool notDuplicate(const std::optional<T>& field, const ConfNode& n, std::string*
   return false;
 }
 
-template <std::optional<uint64_t> HttpSettings::*Field>
-bool onDuration(const ConfNode& n, BuildState& st, std::string* err) {
-  if (!notDuplicate(st.settings().*Field, n, err)) return false;
-  uint64_t ms = 0;
-  if (!parseDurationMs(n.args[0], &ms)) {
-    *err = "invalid value \"" + n.args[0] + "\" in \"" + n.name + "\" directive";
-    return false;
-  }
-  st.settings().*Field = ms;
-  return true;
-}
-
-bool onClientMaxBodySize(const ConfNode& n, BuildState& st, std::string* err) {
-  if (!notDuplicate(st.settings().client_max_body_size, n, err)) return false;
-  uint64_t v = 0;
-  if (!parseSize(n.args[0], &v)) {
-    *err = "invalid value \"" + n.args[0] + "\" in \"client_max_body_size\" directive";
-    return false;
-  }
-  st.settings().client_max_body_size = v;  // 0 disables the check, as in nginx
-  return true;
-}
-
-template <std::optional<uint64_t> HttpSettings::*Field>
-bool onRate(const ConfNode& n, BuildState& st, std::string* err) {
+// A single number-like setting: a duration (parseDurationMs) or a size or
+// rate (parseSize; client_max_body_size 0 disables the check, as in nginx).
+template <std::optional<uint64_t> HttpSettings::*Field, bool (*Parse)(std::string_view, uint64_t*)>
+bool onNumber(const ConfNode& n, BuildState& st, std::string* err) {
   if (!notDuplicate(st.settings().*Field, n, err)) return false;
   uint64_t v = 0;
-  if (!parseSize(n.args[0], &v)) {
+  if (!Parse(n.args[0], &v)) {
     *err = "invalid value \"" + n.args[0] + "\" in \"" + n.name + "\" directive";
     return false;
   }
   st.settings().*Field = v;
   return true;
 }
+
+template <std::optional<uint64_t> HttpSettings::*Field>
+constexpr DirectiveHandler onDuration = onNumber<Field, parseDurationMs>;
+template <std::optional<uint64_t> HttpSettings::*Field>
+constexpr DirectiveHandler onSize = onNumber<Field, parseSize>;
 
 bool onKeepaliveTimeout(const ConfNode& n, BuildState& st, std::string* err) {
   if (!notDuplicate(st.settings().keepalive_timeout_ms, n, err)) return false;
@@ -518,9 +502,9 @@ const Directive kCoreDirectives[] = {
      onDuration<&HttpSettings::client_header_timeout_ms>},
     {"client_body_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&HttpSettings::client_body_timeout_ms>},
     {"send_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&HttpSettings::send_timeout_ms>},
-    {"client_body_min_rate", kAnyHttpLevel, 1, 1, false, onRate<&HttpSettings::client_body_min_rate>},
-    {"send_min_rate", kAnyHttpLevel, 1, 1, false, onRate<&HttpSettings::send_min_rate>},
-    {"client_max_body_size", kAnyHttpLevel, 1, 1, false, onClientMaxBodySize},
+    {"client_body_min_rate", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::client_body_min_rate>},
+    {"send_min_rate", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::send_min_rate>},
+    {"client_max_body_size", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::client_max_body_size>},
     {"large_client_header_buffers", kHttpCtx | kServerCtx, 2, 2, false, onLargeClientHeaderBuffers},
     {"client_max_header_fields", kHttpCtx | kServerCtx, 1, 1, false, onClientMaxHeaderFields},
     {"server", kHttpCtx, 0, 0, true, onServer},
