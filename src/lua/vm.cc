@@ -1,6 +1,9 @@
 #include "lua/vm.h"
 
+#include <cstring>
+
 #include "conf/parser.h"
+#include "lua/embedded.h"
 
 namespace tidegate::lua {
 namespace {
@@ -42,6 +45,28 @@ void setPackagePaths(lua_State* L, const conf::LuaConf& lc) {
   lua_pop(L, 1);
 }
 
+// package.preload loader for one embedded module; upvalue 1 is its entry.
+// Stack: [name] -> [module value].
+int loadEmbedded(lua_State* L) {
+  const auto* m = static_cast<const EmbeddedModule*>(lua_touserdata(L, lua_upvalueindex(1)));
+  if (luaL_loadbuffer(L, m->source, strlen(m->source), m->chunkname) != 0) return lua_error(L);
+  lua_pushstring(L, m->name);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+// Stack: [] -> []
+void registerEmbedded(lua_State* L) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "preload");
+  for (const EmbeddedModule* m = kEmbeddedModules; m->name; m++) {
+    lua_pushlightuserdata(L, const_cast<EmbeddedModule*>(m));
+    lua_pushcclosure(L, loadEmbedded, 1);
+    lua_setfield(L, -2, m->name);
+  }
+  lua_pop(L, 2);
+}
+
 }  // namespace
 
 const char* phaseName(Phase p) {
@@ -70,11 +95,14 @@ std::shared_ptr<Vm> Vm::create(conf::ConfigPtr cfg, std::string* err) {
   lua_pushlightuserdata(L, vm.get());
   lua_rawset(L, LUA_REGISTRYINDEX);
   setPackagePaths(L, vm->cfg_->http.lua);
+  registerEmbedded(L);
   openNgx(L);
+  active_ = vm.get();
   return vm;
 }
 
 Vm::~Vm() {
+  if (active_ == this) active_ = nullptr;
   if (L_) lua_close(L_);
 }
 

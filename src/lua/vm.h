@@ -40,7 +40,13 @@ class Vm {
   }
   // The worker's slot (0-based); -1 in the master.
   int workerId() const { return worker_id_; }
-  void setWorkerId(int id) { worker_id_ = id; }
+  void setWorkerId(int id) {
+    worker_id_ = id;
+    active_ = this;
+  }
+  // The VM of this process (the last created in the master; the worker's
+  // own in a worker), for the FFI entry points, which get no lua_State.
+  static Vm* active() { return active_; }
   // ngx.worker.exiting(): set when the worker starts to stop.
   bool exiting() const { return exiting_; }
   void setExiting() { exiting_ = true; }
@@ -66,6 +72,7 @@ class Vm {
   bool exiting_ = false;
   RequestContext* current_ = nullptr;
   std::map<std::string, int> chunks_;  // chunk name -> registry ref
+  static inline Vm* active_ = nullptr;
 };
 
 // Registers the `ngx` table (src/lua/api/*.cc). Stack: unchanged.
