@@ -77,6 +77,7 @@ const char* phaseName(Phase p) {
     case Phase::kAccess: return "access";
     case Phase::kContent: return "content";
     case Phase::kLog: return "log";
+    case Phase::kTimer: return "timer";
   }
   return "?";
 }

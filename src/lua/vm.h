@@ -15,9 +15,9 @@
 namespace tidegate::lua {
 
 // OpenResty's phase names, as ngx.get_phase() returns them.
-enum class Phase { kInit, kInitWorker, kRewrite, kAccess, kContent, kLog };
+enum class Phase { kInit, kInitWorker, kRewrite, kAccess, kContent, kLog, kTimer };
 
-class RequestContext;  // lua/phases/content.h
+class LuaTask;  // lua/task.h
 const char* phaseName(Phase p);
 
 class Vm {
@@ -32,9 +32,9 @@ class Vm {
   lua_State* state() const { return L_; }
   const conf::Config& config() const { return *cfg_; }
   Phase phase() const { return phase_; }
-  // The request whose coroutine is running now (null outside requests).
-  RequestContext* current() const { return current_; }
-  void setCurrent(RequestContext* ctx, Phase phase) {
+  // The task (request or timer) whose coroutine is running now.
+  LuaTask* current() const { return current_; }
+  void setCurrent(LuaTask* ctx, Phase phase) {
     current_ = ctx;
     phase_ = phase;
   }
@@ -70,7 +70,7 @@ class Vm {
   Phase phase_ = Phase::kInit;
   int worker_id_ = -1;
   bool exiting_ = false;
-  RequestContext* current_ = nullptr;
+  LuaTask* current_ = nullptr;
   std::map<std::string, int> chunks_;  // chunk name -> registry ref
   static inline Vm* active_ = nullptr;
 };
@@ -80,5 +80,6 @@ void openNgx(lua_State* L);
 void openNgxRequest(lua_State* L);  // api/ngx_request.cc; expects ngx on the stack top
 void openNgxString(lua_State* L);   // api/ngx_string.cc; same
 void openNgxTime(lua_State* L);     // api/ngx_time.cc; same
+void openNgxThread(lua_State* L);   // api/ngx_thread.cc; same (and replaces coroutine.*)
 
 }  // namespace tidegate::lua

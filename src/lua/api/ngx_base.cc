@@ -7,6 +7,7 @@
 #include <string>
 
 #include "core/log.h"
+#include "lua/api/common.h"
 #include "lua/vm.h"
 
 namespace tidegate::lua {
@@ -158,11 +159,6 @@ constexpr IntConst kConstants[] = {
 };
 
 // Stack: [t] -> [t], with name = fn set.
-void setFn(lua_State* L, const char* name, lua_CFunction fn) {
-  lua_pushcfunction(L, fn);
-  lua_setfield(L, -2, name);
-}
-
 }  // namespace
 
 void openNgx(lua_State* L) {
@@ -204,6 +200,7 @@ void openNgx(lua_State* L) {
   openNgxRequest(L);
   openNgxString(L);
   openNgxTime(L);
+  openNgxThread(L);
   lua_setglobal(L, "ngx");
   lua_pushcfunction(L, luaPrint);
   lua_setglobal(L, "print");

@@ -5,12 +5,13 @@
 
 #include "http/ascii.h"
 #include "http/uri.h"
+#include "lua/api/common.h"
 #include "lua/phases/content.h"
 #include "lua/vm.h"
 
 namespace tidegate::lua {
 
-RequestContext* requireRequest(lua_State* L);  // api/ngx_request.cc
+// requireRequest: api/common.h
 
 namespace {
 
@@ -40,14 +41,14 @@ void addMulti(lua_State* L) {
 
 int getMethod(lua_State* L) {
   RequestContext* ctx = requireRequest(L);
-  std::string_view m = ctx->request().head->method.in(ctx->request().base);
+  std::string_view m = ctx->req().head->method.in(ctx->req().base);
   lua_pushlstring(L, m.data(), m.size());
   return 1;
 }
 
 int httpVersion(lua_State* L) {
   RequestContext* ctx = requireRequest(L);
-  lua_pushnumber(L, ctx->request().head->http_minor == 0 ? 1.0 : 1.1);
+  lua_pushnumber(L, ctx->req().head->http_minor == 0 ? 1.0 : 1.1);
   return 1;
 }
 
@@ -99,7 +100,7 @@ int pushArgs(lua_State* L, std::string_view args, lua_Integer max) {
 // ngx.req.get_uri_args(max?): the query as a table; max defaults to 100.
 int getUriArgs(lua_State* L) {
   RequestContext* ctx = requireRequest(L);
-  return pushArgs(L, ctx->request().query(), luaL_optinteger(L, 1, 100));
+  return pushArgs(L, ctx->req().query(), luaL_optinteger(L, 1, 100));
 }
 
 // ngx.decode_args(str, max?): the same parsing for any string, any phase.
@@ -126,7 +127,7 @@ int getHeaders(lua_State* L) {
   RequestContext* ctx = requireRequest(L);
   lua_Integer max = luaL_optinteger(L, 1, 100);
   bool raw = lua_toboolean(L, 2);
-  const http::Request& r = ctx->request();
+  const http::Request& r = ctx->req();
   lua_createtable(L, 0, static_cast<int>(r.head->headers.size()));
   int count = 0;
   for (const auto& h : r.head->headers) {
@@ -156,7 +157,7 @@ int getHeaders(lua_State* L) {
 // ngx.req.raw_header(no_request_line?): the head as received.
 int rawHeader(lua_State* L) {
   RequestContext* ctx = requireRequest(L);
-  const http::Request& r = ctx->request();
+  const http::Request& r = ctx->req();
   std::string_view head(r.base, r.head->head_len);
   if (lua_toboolean(L, 1)) {
     size_t eol = head.find("\r\n");

@@ -7,6 +7,7 @@
 #include "conf/complex_value.h"
 #include "http/ascii.h"
 #include "http/variables.h"
+#include "lua/api/common.h"
 #include "lua/phases/content.h"
 #include "lua/vm.h"
 
@@ -18,9 +19,30 @@ void openNgxReq(lua_State* L);  // api/ngx_req.cc
 // where the API is not allowed ("API disabled in the context of init_by_lua*").
 RequestContext* requireRequest(lua_State* L) {
   Vm* vm = Vm::from(L);
-  RequestContext* ctx = vm->current();
-  if (!ctx) luaL_error(L, "API disabled in the context of %s_by_lua*", phaseName(vm->phase()));
+  LuaTask* task = vm->current();
+  RequestContext* ctx = task ? task->request() : nullptr;
+  if (!ctx) raiseDisabled(L, vm->phase());
   return ctx;
+}
+
+// The running request or timer.
+LuaTask* requireTask(lua_State* L) {
+  Vm* vm = Vm::from(L);
+  LuaTask* task = vm->current();
+  if (!task) raiseDisabled(L, vm->phase());
+  return task;
+}
+
+// The running task if its code may wait for events here (rewrite, access,
+// content, timers), else OpenResty's "API disabled" error.
+LuaTask* requireYieldable(lua_State* L) {
+  Vm* vm = Vm::from(L);
+  LuaTask* task = vm->current();
+  if (!task || !task->canYield() || !task->running() || task->running()->L != L) {
+    if (task && task->canYield()) luaL_error(L, "no co ctx found");
+    raiseDisabled(L, vm->phase());
+  }
+  return task;
 }
 
 namespace {
@@ -63,7 +85,7 @@ void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
 // Output, exit and yields are not for the log phase (the response is out).
 RequestContext* requireResponsePhase(lua_State* L) {
   RequestContext* ctx = requireRequest(L);
-  if (ctx->phase() == Phase::kLog) luaL_error(L, "API disabled in the context of log_by_lua*");
+  if (ctx->phase() == Phase::kLog) raiseDisabled(L, Phase::kLog);
   return ctx;
 }
 
@@ -83,9 +105,10 @@ int ngxPrint(lua_State* L) { return output(L, false, "print"); }
 // ngx.exit(status): ends the handler; a status >= 200 becomes the
 // response's (an error page if nothing was printed), 0 keeps the current.
 int ngxExit(lua_State* L) {
-  RequestContext* ctx = requireResponsePhase(L);
+  LuaTask* task = requireYieldable(L);
   lua_Integer status = luaL_checkinteger(L, 1);
-  ctx->requestExit(static_cast<int>(status));
+  if (RequestContext* ctx = task->request()) ctx->exit(static_cast<int>(status));
+  else task->requestExit();  // a timer: it just ends
   return lua_yield(L, 0);
 }
 
@@ -106,16 +129,15 @@ int ngxRedirect(lua_State* L) {
   }
   headers.emplace_back("Location", std::string(uri, len));
   ctx->result().body.clear();
-  ctx->requestExit(static_cast<int>(status));
+  ctx->exit(static_cast<int>(status));
   return lua_yield(L, 0);
 }
 
 int ngxSleep(lua_State* L) {
-  RequestContext* ctx = requireResponsePhase(L);
+  LuaTask* task = requireYieldable(L);
   lua_Number sec = luaL_checknumber(L, 1);
   if (sec < 0) return luaL_error(L, "invalid sleep duration \"%f\"", sec);
-  if (L != ctx->coroutine()) return luaL_error(L, "ngx.sleep from a user coroutine is not supported yet");
-  ctx->sleep(static_cast<uint64_t>(std::llround(sec * 1000)));
+  task->suspend(sleepWait(task, task->running(), static_cast<uint64_t>(std::llround(sec * 1000))));
   return lua_yield(L, 0);
 }
 
@@ -190,7 +212,7 @@ int varIndex(lua_State* L) {
     return 1;
   }
   std::string value;
-  http::appendVariable(ref, ctx->request(), &value);
+  http::appendVariable(ref, ctx->req(), &value);
   lua_pushlstring(L, value.data(), value.size());
   return 1;
 }
@@ -209,11 +231,11 @@ int ngxIndex(lua_State* L) {
   if (key && std::string_view(key) == "status") {
     RequestContext* ctx = requireRequest(L);
     // In the log phase the response is out: report what was sent.
-    lua_pushinteger(L, ctx->phase() == Phase::kLog ? ctx->request().status : ctx->result().status);
+    lua_pushinteger(L, ctx->phase() == Phase::kLog ? ctx->req().status : ctx->result().status);
     return 1;
   }
   if (key && std::string_view(key) == "ctx") {
-    requireRequest(L)->pushCtx(L);  // per request, created on first use
+    requireTask(L)->pushCtx(L);  // per request (or timer), created on first use
     return 1;
   }
   lua_pushnil(L);
@@ -228,7 +250,7 @@ int ngxNewIndex(lua_State* L) {
     return 0;
   }
   if (key && std::string_view(key) == "ctx") {
-    RequestContext* ctx = requireRequest(L);
+    LuaTask* ctx = requireTask(L);
     if (!lua_istable(L, 3)) return luaL_error(L, "ctx should be a table while getting a %s", luaL_typename(L, 3));
     lua_pushvalue(L, 3);
     ctx->setCtx(L);
@@ -241,10 +263,8 @@ int ngxNewIndex(lua_State* L) {
 // Stack: [t] -> [t], with t's metatable = {__index = index, __newindex = newindex}.
 void setAccessors(lua_State* L, lua_CFunction index, lua_CFunction newindex) {
   lua_createtable(L, 0, 2);
-  lua_pushcfunction(L, index);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, newindex);
-  lua_setfield(L, -2, "__newindex");
+  setFn(L, "__index", index);
+  setFn(L, "__newindex", newindex);
   lua_setmetatable(L, -2);
 }
 
@@ -259,16 +279,11 @@ void proxyTable(lua_State* L, const char* field, lua_CFunction index, lua_CFunct
 
 void openNgxRequest(lua_State* L) {
   // Stack: [ngx] -> [ngx]
-  lua_pushcfunction(L, ngxSay);
-  lua_setfield(L, -2, "say");
-  lua_pushcfunction(L, ngxPrint);
-  lua_setfield(L, -2, "print");
-  lua_pushcfunction(L, ngxExit);
-  lua_setfield(L, -2, "exit");
-  lua_pushcfunction(L, ngxSleep);
-  lua_setfield(L, -2, "sleep");
-  lua_pushcfunction(L, ngxRedirect);
-  lua_setfield(L, -2, "redirect");
+  setFn(L, "say", ngxSay);
+  setFn(L, "print", ngxPrint);
+  setFn(L, "exit", ngxExit);
+  setFn(L, "sleep", ngxSleep);
+  setFn(L, "redirect", ngxRedirect);
   proxyTable(L, "header", headerIndex, headerNewIndex);
   proxyTable(L, "var", varIndex, varNewIndex);
   openNgxReq(L);

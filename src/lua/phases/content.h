@@ -1,8 +1,7 @@
 // The Lua request phases: rewrite_by_lua*, access_by_lua*, content_by_lua*,
 // run in that order for one request, each handler in a coroutine of the
-// worker's VM, sharing ngx.ctx. A yielding API (ngx.sleep) arms a libuv
-// event and yields; the event resumes the coroutine; destroying the task
-// cancels the event.
+// worker's VM, sharing ngx.ctx. The coroutines are scheduled by LuaTask
+// (lua/task.h); destroying the request's task cancels what they wait for.
 #pragma once
 
 #include <uv.h>
@@ -11,12 +10,13 @@
 #include <string>
 
 #include "http/content_handler.h"
+#include "lua/task.h"
 #include "lua/vm.h"
 
 namespace tidegate::lua {
 
 // The per-request state the ngx API reaches through Vm::current().
-class RequestContext : public http::ContentTask {
+class RequestContext : public LuaTask, public http::ContentTask {
  public:
   RequestContext(Vm& vm, uv_loop_t* loop, const http::Request& r, const http::LuaPhases& phases,
                  http::ContentSink& sink);
@@ -27,51 +27,39 @@ class RequestContext : public http::ContentTask {
   // log_by_lua*: runs `code` to completion in a coroutine of its own, in
   // this request's context (ngx.ctx); errors are logged, nothing else.
   void runLog(const conf::LuaCode& code);
-  Phase phase() const { return phase_; }
+  Phase phase() const override { return phase_; }
+  RequestContext* request() override { return this; }
+  bool canYield() const override { return phase_ != Phase::kLog; }
 
-  const http::Request& request() const { return req_; }
+  const http::Request& req() const { return req_; }
   http::ContentResult& result() { return result_; }
-  lua_State* coroutine() const { return co_; }
 
-  // ngx.ctx: Stack: [] -> [ctx] (created on first use) / [t] -> [] (replace).
-  void pushCtx(lua_State* L);
-  void setCtx(lua_State* L);
   // When the request's first byte came, for ngx.req.start_time().
   uint64_t startWallMs() const { return start_wall_ms_; }
 
-  // ngx.exit(status): the handler ends once the coroutine yields.
-  void requestExit(int status) {
-    exiting_ = true;
+  // ngx.exit(status): the handler ends once the caller yields.
+  void exit(int status) {
+    requestExit();
     exit_status_ = status;
     if (status >= 200) result_.status = status;
   }
-  // ngx.sleep(): resumes the coroutine after `ms`. Stack: unchanged.
-  void sleep(uint64_t ms);
 
  private:
   enum class Step { kRewrite, kAccess, kContent, kDone };
   void nextPhase();
-  void resume(int nargs);
   void phaseEnded();
   void finish();
-  void fail(lua_State* L);
-  static void onTimer(uv_timer_t* t) noexcept;
+  void onDone() override { phaseEnded(); }
+  void onExit() override { phaseEnded(); }
+  void onError(const std::string& trace) override;
 
-  Vm& vm_;
-  uv_loop_t* loop_;
   const http::Request& req_;
   http::ContentSink& sink_;
   http::LuaPhases phases_;
   Step step_ = Step::kRewrite;
   Phase phase_ = Phase::kRewrite;
   http::ContentResult result_;
-  lua_State* co_ = nullptr;
-  int co_ref_ = LUA_NOREF;
-  int ctx_ref_ = LUA_NOREF;
   uint64_t start_wall_ms_ = 0;
-  uv_timer_t* timer_ = nullptr;  // owned until its close callback frees it
-  bool exiting_ = false;
-  bool waiting_ = false;  // an event (timer) will resume the coroutine
   int exit_status_ = 0;
   bool done_ = false;
 };

@@ -1,0 +1,385 @@
+#include "lua/task.h"
+
+#include <algorithm>
+
+#include "core/log.h"
+
+namespace tidegate::lua {
+
+void raiseDisabled(lua_State* L, Phase phase) {
+  if (phase == Phase::kTimer) luaL_error(L, "API disabled in the context of ngx.timer");
+  luaL_error(L, "API disabled in the context of %s_by_lua*", phaseName(phase));
+  __builtin_unreachable();
+}
+
+LuaTask::~LuaTask() {
+  killAll();
+  sweep();
+  if (ctx_ref_ != LUA_NOREF) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, ctx_ref_);
+}
+
+void LuaTask::pushCtx(lua_State* L) {
+  if (ctx_ref_ == LUA_NOREF) {
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    ctx_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
+    return;
+  }
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ctx_ref_);
+}
+
+void LuaTask::setCtx(lua_State* L) {
+  if (ctx_ref_ != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, ctx_ref_);
+  ctx_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+Co* LuaTask::find(lua_State* L) const {
+  for (const auto& c : cos_) {
+    if (c->L == L && c->state != Co::State::kDead) return c.get();
+  }
+  return nullptr;
+}
+
+Co* LuaTask::adopt(lua_State* L, Co::Kind kind) {
+  auto c = std::make_unique<Co>();
+  c->L = lua_tothread(L, -1);
+  c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  c->kind = kind;
+  cos_.push_back(std::move(c));
+  return cos_.back().get();
+}
+
+void LuaTask::suspend(std::unique_ptr<Wait> wait) {
+  running_->wait = std::move(wait);
+  op_ = Op::kWait;
+}
+
+void LuaTask::requestResume(Co* co, int nargs) {
+  op_ = Op::kResume;
+  op_target_ = co;
+  op_nargs_ = nargs;
+}
+
+void LuaTask::requestSpawn(Co* co, int nargs) {
+  op_ = Op::kSpawn;
+  op_target_ = co;
+  op_nargs_ = nargs;
+}
+
+namespace {
+const char kKilledKey = 0;  // registry: weak set of coroutines ended mid-flight
+}
+
+// A coroutine ended while suspended still looks suspended to LuaJIT; this
+// set makes coroutine.status() say "dead" and resume() refuse it.
+void LuaTask::markKilled(lua_State* co) {
+  lua_State* L = vm_.state();
+  lua_pushlightuserdata(L, const_cast<char*>(&kKilledKey));
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_setmetatable(L, -2);
+    lua_pushlightuserdata(L, const_cast<char*>(&kKilledKey));
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+  }
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+}
+
+bool LuaTask::wasKilled(lua_State* L, lua_State* co) {
+  lua_pushlightuserdata(L, const_cast<char*>(&kKilledKey));
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  bool killed = false;
+  if (!lua_isnil(L, -1)) {
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+    lua_rawget(L, -2);
+    killed = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return killed;
+}
+
+// Drops the registry anchor of a coroutine that will not run again.
+void LuaTask::release(Co* co) {
+  co->wait.reset();
+  co->waiting_for.clear();
+  if (co->kind == Co::Kind::kThread && co->state != Co::State::kZombie && co->state != Co::State::kDead) {
+    live_threads_--;
+  }
+  co->state = Co::State::kDead;
+  if (lua_status(co->L) == LUA_YIELD) markKilled(co->L);
+  for (auto& c : cos_) {
+    if (c->parent == co) c->parent = nullptr;  // its children outlive it
+  }
+  if (co->ref != LUA_NOREF) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, co->ref);
+  co->ref = LUA_NOREF;
+}
+
+// Frees the records of dead coroutines (never while run() may hold one).
+void LuaTask::sweep() {
+  if (in_run_) return;
+  cos_.erase(std::remove_if(cos_.begin(), cos_.end(), [](const auto& c) { return c->state == Co::State::kDead; }),
+             cos_.end());
+}
+
+void LuaTask::killAll() {
+  for (auto& c : cos_) {
+    if (c->state != Co::State::kDead) release(c.get());
+  }
+  live_threads_ = 0;
+}
+
+void LuaTask::kill(Co* co) {
+  // The coroutines it resumed (directly or not) go with it.
+  for (auto& c : cos_) {
+    if (c.get() == co || c->state == Co::State::kDead || c->kind != Co::Kind::kUser) continue;
+    for (Co* p = c->parent; p; p = p->kind == Co::Kind::kUser ? p->parent : nullptr) {
+      if (p == co) {
+        release(c.get());
+        break;
+      }
+    }
+  }
+  release(co);
+}
+
+int LuaTask::reap(Co* thread, lua_State* to) {
+  lua_State* from = thread->L;
+  int n = lua_gettop(from);
+  lua_checkstack(to, n + 1);
+  lua_pushboolean(to, !thread->failed);
+  lua_xmove(from, to, n);
+  release(thread);
+  return n + 1;
+}
+
+void LuaTask::startEntry() {
+  lua_State* L = vm_.state();
+  killAll();
+  sweep();
+  entry_done_ = false;
+  exit_requested_ = false;
+  // Stack: [fn] -> []; the coroutine is anchored while it lives.
+  lua_State* co = lua_newthread(L);
+  lua_insert(L, -2);
+  lua_xmove(L, co, 1);
+  entry_ = adopt(L, Co::Kind::kEntry);
+  run(entry_, 0);
+}
+
+void LuaTask::wake(Co* co, int nargs) {
+  co->wait.reset();  // the event came: nothing left to cancel
+  run(co, nargs);
+}
+
+// Runs coroutines until every one of them waits for an event or the task
+// ends. Each step resumes one coroutine and looks at why it stopped.
+void LuaTask::run(Co* co, int nargs) {
+  in_run_ = true;
+  while (co) {
+    running_ = co;
+    co->state = Co::State::kRunning;
+    op_ = Op::kNone;
+    vm_.setCurrent(this, phase());
+    int rc = lua_resume(co->L, nargs);
+    vm_.setCurrent(nullptr, phase());
+    running_ = nullptr;
+    nargs = 0;
+    if (exit_requested_) {
+      killAll();
+      in_run_ = false;
+      onExit();  // may destroy this task
+      return;
+    }
+    if (rc == LUA_YIELD) {
+      Op op = op_;
+      op_ = Op::kNone;
+      switch (op) {
+        case Op::kResume: {
+          Co* target = op_target_;
+          target->parent = co;
+          co->state = Co::State::kNormal;
+          nargs = op_nargs_;
+          co = target;
+          continue;
+        }
+        case Op::kSpawn: {
+          Co* child = op_target_;
+          child->parent = co;
+          child->spawning = true;
+          live_threads_++;
+          co->state = Co::State::kNormal;
+          nargs = op_nargs_;
+          co = child;
+          continue;
+        }
+        case Op::kYield:
+          if (co->kind == Co::Kind::kUser && co->parent) {
+            // Back to the resumer: coroutine.resume returns true, values...
+            Co* parent = co->parent;
+            int n = lua_gettop(co->L);
+            lua_checkstack(parent->L, n + 1);
+            lua_pushboolean(parent->L, 1);
+            lua_xmove(co->L, parent->L, n);
+            co->state = Co::State::kSuspended;
+            co->parent = nullptr;
+            nargs = n + 1;
+            co = parent;
+            continue;
+          }
+          // coroutine.yield() in an entry coroutine or a light thread: it
+          // runs again on the next loop turn (OpenResty's behaviour).
+          lua_settop(co->L, 0);
+          co->wait = sleepWait(this, co, 0);
+          co = afterSuspend(co, &nargs);
+          continue;
+        case Op::kWait:
+        case Op::kNone:
+          // An API waits for an event, or a bare lua_yield from C: the
+          // latter is treated as a wait that nothing ends until teardown.
+          co = afterSuspend(co, &nargs);
+          continue;
+      }
+    }
+    co = afterEnd(co, rc != 0, &nargs);
+    if (!co && !entry_) {
+      in_run_ = false;
+      return;  // onError() ended the task
+    }
+  }
+  in_run_ = false;
+  if (entry_done_ && live_threads_ == 0) {
+    entry_ = nullptr;
+    sweep();
+    onDone();  // may destroy this task
+    return;
+  }
+  sweep();
+}
+
+// `co` waits for an event. If that leaves a thread's spawn() pending, its
+// parent continues now with the thread object.
+Co* LuaTask::afterSuspend(Co* co, int* nargs) {
+  co->state = Co::State::kWaiting;
+  Co* c = co;
+  while (c->kind == Co::Kind::kUser && c->parent) c = c->parent;
+  if (c->kind == Co::Kind::kThread && c->spawning) return returnFromSpawn(c, nargs);
+  return nullptr;
+}
+
+Co* LuaTask::returnFromSpawn(Co* thread, int* nargs) {
+  thread->spawning = false;
+  Co* parent = thread->parent;
+  lua_rawgeti(parent->L, LUA_REGISTRYINDEX, thread->ref);
+  *nargs = 1;
+  return parent;
+}
+
+// `co` returned (or raised). Decides who runs next.
+Co* LuaTask::afterEnd(Co* co, bool error, int* nargs) {
+  lua_State* L = vm_.state();
+  switch (co->kind) {
+    case Co::Kind::kUser: {
+      // coroutine.resume returns true, results... or false, err.
+      Co* parent = co->parent;
+      int n = lua_gettop(co->L);
+      if (error) {
+        lua_checkstack(parent->L, 2);
+        lua_pushboolean(parent->L, 0);
+        lua_xmove(co->L, parent->L, 1);
+        *nargs = 2;
+      } else {
+        lua_checkstack(parent->L, n + 1);
+        lua_pushboolean(parent->L, 1);
+        lua_xmove(co->L, parent->L, n);
+        *nargs = n + 1;
+      }
+      release(co);
+      return parent;
+    }
+    case Co::Kind::kEntry:
+      if (error) {
+        const char* msg = lua_tostring(co->L, -1);
+        luaL_traceback(L, co->L, msg ? msg : "unknown error", 0);
+        std::string trace = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
+        lua_pop(L, 1);
+        killAll();
+        entry_ = nullptr;
+        in_run_ = false;
+        onError(trace);  // may destroy this task
+        return nullptr;
+      }
+      entry_done_ = true;
+      release(co);
+      return nullptr;
+    case Co::Kind::kThread: {
+      if (error) {
+        const char* msg = lua_tostring(co->L, -1);
+        luaL_traceback(L, co->L, msg ? msg : "unknown error", 0);
+        TG_LOG(core::LogLevel::kError, "lua user thread aborted: runtime error: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        lua_State* t = co->L;
+        lua_insert(t, 1);
+        lua_settop(t, 1);  // keep only the message, for wait()
+      }
+      co->failed = error;
+      live_threads_--;
+      co->state = Co::State::kZombie;
+      Co* parent = co->parent;
+      if (parent && parent->state == Co::State::kWaiting &&
+          std::find(parent->waiting_for.begin(), parent->waiting_for.end(), co) != parent->waiting_for.end()) {
+        parent->waiting_for.clear();
+        *nargs = reap(co, parent->L);
+        return parent;
+      }
+      if (co->spawning) return returnFromSpawn(co, nargs);
+      return nullptr;
+    }
+  }
+  return nullptr;
+}
+
+namespace {
+
+class SleepWait : public Wait {
+ public:
+  SleepWait(LuaTask* task, Co* co, uint64_t ms) : task_(task), co_(co) {
+    timer_ = new uv_timer_t;
+    uv_timer_init(task->loop(), timer_);
+    timer_->data = this;
+    uv_timer_start(timer_, onTimer, ms, 0);
+  }
+  ~SleepWait() override {
+    uv_timer_stop(timer_);
+    uv_close(reinterpret_cast<uv_handle_t*>(timer_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  }
+
+ private:
+  static void onTimer(uv_timer_t* t) noexcept {
+    auto* self = static_cast<SleepWait*>(t->data);
+    LuaTask* task = self->task_;
+    Co* co = self->co_;
+    task->wake(co, 0);  // destroys self
+  }
+  LuaTask* task_;
+  Co* co_;
+  uv_timer_t* timer_;
+};
+
+}  // namespace
+
+std::unique_ptr<Wait> sleepWait(LuaTask* task, Co* co, uint64_t ms) {
+  return std::make_unique<SleepWait>(task, co, ms);
+}
+
+}  // namespace tidegate::lua

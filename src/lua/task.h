@@ -1,0 +1,154 @@
+// The coroutine scheduler shared by everything that runs Lua on the loop:
+// a request's phases (phases/content.h) and ngx.timer callbacks (timer.h).
+// A LuaTask owns the coroutines of one such run: the entry coroutine, the
+// user coroutines its code creates (coroutine.*) and its light threads
+// (ngx.thread.*). Only one runs at a time; run() drives them flat, as
+// lua-nginx-module does: coroutine.resume, coroutine.yield and
+// ngx.thread.spawn yield to run(), which resumes the right coroutine, so an
+// API that waits (ngx.sleep, a semaphore, later a socket) suspends exactly
+// the coroutine that called it, and its event resumes that one.
+#pragma once
+
+#include <uv.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lua/vm.h"
+
+namespace tidegate::lua {
+
+class LuaTask;
+class RequestContext;
+
+// Something a coroutine waits for. Destroying it cancels the event (a
+// timer, a queue entry); when the event comes it calls LuaTask::wake().
+class Wait {
+ public:
+  virtual ~Wait() = default;
+};
+
+// One coroutine of a task.
+struct Co {
+  enum class Kind { kEntry, kUser, kThread };
+  // kWaiting: suspended on an API event; kNormal: it resumed another
+  // coroutine (or spawned a thread) that is running or waiting;
+  // kZombie: a finished light thread nobody waited for yet.
+  enum class State { kSuspended, kRunning, kNormal, kWaiting, kZombie, kDead };
+
+  lua_State* L = nullptr;
+  int ref = LUA_NOREF;  // anchors the coroutine in the registry
+  Kind kind = Kind::kUser;
+  State state = State::kSuspended;
+  // kUser: the coroutine that resumed it (while kRunning/kNormal/kWaiting).
+  // kThread: the coroutine that spawned it.
+  Co* parent = nullptr;
+  std::unique_ptr<Wait> wait;
+  bool spawning = false;        // a thread's first run: its parent waits for spawn() to return
+  bool failed = false;          // a zombie thread ended with an error (the message is on its stack)
+  std::vector<Co*> waiting_for;  // ngx.thread.wait() by this coroutine
+};
+
+class LuaTask {
+ public:
+  LuaTask(Vm& vm, uv_loop_t* loop) : vm_(vm), loop_(loop) {}
+  virtual ~LuaTask();
+  LuaTask(const LuaTask&) = delete;
+  LuaTask& operator=(const LuaTask&) = delete;
+
+  // The running task of this VM's process, null outside Lua on the loop.
+  static LuaTask* current(lua_State* L) { return Vm::from(L)->current(); }
+
+  Vm& vm() const { return vm_; }
+  uv_loop_t* loop() const { return loop_; }
+  virtual Phase phase() const = 0;
+  // The request this task serves; null for a timer.
+  virtual RequestContext* request() { return nullptr; }
+  // May code running now wait for events (false in log_by_lua*).
+  virtual bool canYield() const { return true; }
+
+  // ngx.ctx: Stack: [] -> [ctx] (created on first use) / [t] -> [] (replace).
+  void pushCtx(lua_State* L);
+  void setCtx(lua_State* L);
+
+  // --- used by the API functions (always for the running coroutine) ---
+  Co* running() const { return running_; }
+  // The coroutine record for `L` in this task, or null.
+  Co* find(lua_State* L) const;
+  // The API is about to `return lua_yield(L, 0)` until `wait`'s event
+  // calls wake(). A null wait: woken by other means (ngx.thread.wait).
+  void suspend(std::unique_ptr<Wait> wait);
+  // ngx.exit and friends: every coroutine ends once the caller yields.
+  void requestExit() { exit_requested_ = true; }
+  bool exitRequested() const { return exit_requested_; }
+  // coroutine.resume(co, args...): `nargs` arguments are on co's stack.
+  void requestResume(Co* co, int nargs);
+  // coroutine.yield(...) from a user coroutine.
+  void requestYield() { op_ = Op::kYield; }
+  // ngx.thread.spawn(f, args...): `co` holds f and `nargs` arguments.
+  void requestSpawn(Co* co, int nargs);
+  // Records a new coroutine (a user coroutine or a light thread) whose
+  // lua_State is on the top of L's stack; pops it.
+  Co* adopt(lua_State* L, Co::Kind kind);
+  // ngx.thread.kill: ends `co` and every coroutine it resumed.
+  void kill(Co* co);
+  // A zombie thread's results (or false, err) are moved to `to`'s stack
+  // as coroutine.resume returns them; the thread is then dead. Returns
+  // the number of values pushed.
+  int reap(Co* thread, lua_State* to);
+
+  // Whether `co` was ended by kill/teardown while suspended (LuaJIT
+  // still reports it suspended).
+  static bool wasKilled(lua_State* L, lua_State* co);
+
+  // The event `co` waited for came: its results (`nargs` values) are on
+  // co's stack. Resumes it. Called from the loop only.
+  void wake(Co* co, int nargs);
+
+ protected:
+  // Starts `fn` (on top of the VM's main stack; popped) as the entry
+  // coroutine, after dropping the coroutines of an earlier entry.
+  void startEntry();
+  // The entry coroutine and every light thread ended normally.
+  virtual void onDone() = 0;
+  // ngx.exit (or a redirect) ended every coroutine.
+  virtual void onExit() = 0;
+  // The entry coroutine raised `msg`; every coroutine has been ended.
+  virtual void onError(const std::string& msg_with_traceback) = 0;
+  // How this task names itself in a light thread's error line.
+  void killAll();
+
+ private:
+  enum class Op { kNone, kWait, kResume, kYield, kSpawn };
+  void run(Co* co, int nargs);
+  Co* afterSuspend(Co* co, int* nargs);
+  Co* afterEnd(Co* co, bool error, int* nargs);
+  Co* returnFromSpawn(Co* thread, int* nargs);
+  void release(Co* co);
+  void markKilled(lua_State* co);
+  void sweep();
+
+  Vm& vm_;
+  uv_loop_t* loop_;
+  std::vector<std::unique_ptr<Co>> cos_;
+  Co* entry_ = nullptr;
+  Co* running_ = nullptr;
+  Op op_ = Op::kNone;
+  Co* op_target_ = nullptr;
+  int op_nargs_ = 0;
+  int live_threads_ = 0;
+  bool entry_done_ = false;
+  bool exit_requested_ = false;
+  bool in_run_ = false;
+  int ctx_ref_ = LUA_NOREF;
+};
+
+// ngx.sleep(): a one-shot timer that wakes the coroutine with no results.
+std::unique_ptr<Wait> sleepWait(LuaTask* task, Co* co, uint64_t ms);
+
+// "API disabled in the context of <phase>_by_lua*" (OpenResty's words;
+// "ngx.timer" for timers).
+[[noreturn]] void raiseDisabled(lua_State* L, Phase phase);
+
+}  // namespace tidegate::lua
