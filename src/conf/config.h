@@ -34,6 +34,8 @@ struct LuaConf {
   bool code_cache = true;
   LuaCode init;               // init_by_lua*: master, before fork
   LuaCode init_worker;        // init_worker_by_lua*: each worker
+  uint64_t max_pending_timers = 1024;  // lua_max_pending_timers
+  uint64_t max_running_timers = 256;   // lua_max_running_timers
 };
 
 struct LogFormat {

@@ -82,10 +82,24 @@ bool onCodeCache(const ConfNode& n, BuildState& st, std::string* err) {
   return parseFlag(n, &st.http->lua.code_cache, err);
 }
 
+// lua_max_pending_timers / lua_max_running_timers N: a positive count.
+template <uint64_t LuaConf::*Field>
+bool onTimerCap(const ConfNode& n, BuildState& st, std::string* err) {
+  int64_t v = 0;
+  if (!parseInt(n.args[0], &v) || v <= 0) {
+    *err = "invalid value \"" + n.args[0] + "\" in \"" + n.name + "\" directive";
+    return false;
+  }
+  st.http->lua.*Field = static_cast<uint64_t>(v);
+  return true;
+}
+
 const Directive kLuaDirectives[] = {
     {"lua_package_path", kHttpCtx, 1, 1, false, onPackagePath},
     {"lua_package_cpath", kHttpCtx, 1, 1, false, onPackagePath},
     {"lua_code_cache", kHttpCtx, 1, 1, false, onCodeCache},
+    {"lua_max_pending_timers", kHttpCtx, 1, 1, false, onTimerCap<&LuaConf::max_pending_timers>},
+    {"lua_max_running_timers", kHttpCtx, 1, 1, false, onTimerCap<&LuaConf::max_running_timers>},
     {"init_by_lua_block", kHttpCtx, 0, 0, true, onInit},
     {"init_by_lua", kHttpCtx, 1, 1, false, onInit},
     {"init_by_lua_file", kHttpCtx, 1, 1, false, onInit},

@@ -163,18 +163,18 @@ int LuaTask::reap(Co* thread, lua_State* to) {
   return n + 1;
 }
 
-void LuaTask::startEntry() {
+void LuaTask::startEntry(int nargs) {
   lua_State* L = vm_.state();
   killAll();
   sweep();
   entry_done_ = false;
   exit_requested_ = false;
-  // Stack: [fn] -> []; the coroutine is anchored while it lives.
+  // Stack: [fn, args...] -> []; the coroutine is anchored while it lives.
   lua_State* co = lua_newthread(L);
-  lua_insert(L, -2);
-  lua_xmove(L, co, 1);
+  lua_insert(L, -2 - nargs);
+  lua_xmove(L, co, 1 + nargs);
   entry_ = adopt(L, Co::Kind::kEntry);
-  run(entry_, 0);
+  run(entry_, nargs);
 }
 
 void LuaTask::wake(Co* co, int nargs) {
@@ -252,9 +252,13 @@ void LuaTask::run(Co* co, int nargs) {
       }
     }
     co = afterEnd(co, rc != 0, &nargs);
-    if (!co && !entry_) {
+    if (entry_failed_) {
+      entry_failed_ = false;
+      killAll();
+      entry_ = nullptr;
       in_run_ = false;
-      return;  // onError() ended the task
+      onError(std::move(entry_error_));  // may destroy this task
+      return;
     }
   }
   in_run_ = false;
@@ -311,12 +315,9 @@ Co* LuaTask::afterEnd(Co* co, bool error, int* nargs) {
       if (error) {
         const char* msg = lua_tostring(co->L, -1);
         luaL_traceback(L, co->L, msg ? msg : "unknown error", 0);
-        std::string trace = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
+        entry_error_ = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
         lua_pop(L, 1);
-        killAll();
-        entry_ = nullptr;
-        in_run_ = false;
-        onError(trace);  // may destroy this task
+        entry_failed_ = true;
         return nullptr;
       }
       entry_done_ = true;

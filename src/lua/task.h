@@ -107,16 +107,17 @@ class LuaTask {
   void wake(Co* co, int nargs);
 
  protected:
-  // Starts `fn` (on top of the VM's main stack; popped) as the entry
-  // coroutine, after dropping the coroutines of an earlier entry.
-  void startEntry();
+  // Starts `fn` with `nargs` arguments (on top of the VM's main stack:
+  // [fn, args...]; popped) as the entry coroutine, after dropping the
+  // coroutines of an earlier entry.
+  void startEntry(int nargs = 0);
   // The entry coroutine and every light thread ended normally.
   virtual void onDone() = 0;
   // ngx.exit (or a redirect) ended every coroutine.
   virtual void onExit() = 0;
   // The entry coroutine raised `msg`; every coroutine has been ended.
-  virtual void onError(const std::string& msg_with_traceback) = 0;
-  // How this task names itself in a light thread's error line.
+  virtual void onError(std::string msg_with_traceback) = 0;
+  // Ends every coroutine (cancelling what they wait for).
   void killAll();
 
  private:
@@ -139,6 +140,8 @@ class LuaTask {
   int op_nargs_ = 0;
   int live_threads_ = 0;
   bool entry_done_ = false;
+  bool entry_failed_ = false;  // the entry raised entry_error_; run() reports it
+  std::string entry_error_;
   bool exit_requested_ = false;
   bool in_run_ = false;
   int ctx_ref_ = LUA_NOREF;

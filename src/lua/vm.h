@@ -18,6 +18,7 @@ namespace tidegate::lua {
 enum class Phase { kInit, kInitWorker, kRewrite, kAccess, kContent, kLog, kTimer };
 
 class LuaTask;  // lua/task.h
+class Timers;   // lua/timer.h
 const char* phaseName(Phase p);
 
 class Vm {
@@ -47,6 +48,9 @@ class Vm {
   // The VM of this process (the last created in the master; the worker's
   // own in a worker), for the FFI entry points, which get no lua_State.
   static Vm* active() { return active_; }
+  // The worker's ngx.timer.* state (null in the master).
+  Timers* timers() const { return timers_; }
+  void setTimers(Timers* t) { timers_ = t; }
   // ngx.worker.exiting(): set when the worker starts to stop.
   bool exiting() const { return exiting_; }
   void setExiting() { exiting_ = true; }
@@ -71,6 +75,7 @@ class Vm {
   int worker_id_ = -1;
   bool exiting_ = false;
   LuaTask* current_ = nullptr;
+  Timers* timers_ = nullptr;
   std::map<std::string, int> chunks_;  // chunk name -> registry ref
   static inline Vm* active_ = nullptr;
 };

@@ -11,6 +11,7 @@
 #include "core/log.h"
 #include "http/http_server.h"
 #include "lua/phases/content.h"
+#include "lua/timer.h"
 
 namespace tidegate::process {
 namespace {
@@ -38,6 +39,8 @@ class Worker {
     if (vm_) {
       content_handler_ = std::make_unique<lua::LuaContentHandler>(*vm_, &loop_);
       server_->setContentHandler(content_handler_.get());
+      timers_ = std::make_unique<lua::Timers>(*vm_, &loop_);
+      vm_->setTimers(timers_.get());
     }
     std::string err;
     if (!server_->start(fds, &err)) {
@@ -67,6 +70,9 @@ class Worker {
     }
     uv_run(&loop_, UV_RUN_DEFAULT);
     server_.reset();
+    if (vm_) vm_->setTimers(nullptr);
+    timers_.reset();
+    uv_run(&loop_, UV_RUN_NOWAIT);  // close callbacks of what they still held
     int rc = uv_loop_close(&loop_);
     if (rc != 0) TG_LOG(LogLevel::kAlert, "worker loop closed with open handles (%s)", uv_strerror(rc));
     return 0;
@@ -107,7 +113,8 @@ class Worker {
   static void onShutdownTimer(uv_timer_t* t) noexcept {
     auto* w = static_cast<Worker*>(t->data);
     TG_LOG(LogLevel::kWarn, "worker_shutdown_timeout expired, closing remaining connections");
-    w->server_->shutdown(false, [w] { w->closeAll(); });
+    if (w->timers_) w->timers_->abortAll();
+    w->server_->shutdown(false, [w] { w->serverDone(); });
   }
 
   void command(char c) {
@@ -134,10 +141,28 @@ class Worker {
       uv_timer_start(&shutdown_timer_, onShutdownTimer, cfg_->worker_shutdown_timeout_ms, 0);
       timer_armed_ = true;
     }
-    server_->shutdown(graceful, [this] { closeAll(); });
+    if (timers_) {
+      // Graceful: pending timers run now with premature = true.
+      if (graceful) timers_->shutdown([this] { timersDone(); });
+      else {
+        timers_->abortAll();
+        timers_done_ = true;
+      }
+    }
+    server_->shutdown(graceful, [this] { serverDone(); });
   }
 
-  // The last connection is gone: close our own handles so uv_run returns.
+  void serverDone() {
+    server_done_ = true;
+    if (!timers_ || timers_done_) closeAll();
+  }
+  void timersDone() {
+    timers_done_ = true;
+    if (server_done_) closeAll();
+  }
+
+  // The last connection and Lua timer are gone: close our own handles so
+  // uv_run returns.
   void closeAll() {
     if (has_channel_) {
       has_channel_ = false;
@@ -165,8 +190,11 @@ class Worker {
   bool has_signals_ = false;
   bool timer_armed_ = false;
   bool stopping_ = false;
+  bool server_done_ = false;
+  bool timers_done_ = false;
   char cmd_[64];
   std::unique_ptr<lua::LuaContentHandler> content_handler_;
+  std::unique_ptr<lua::Timers> timers_;
   std::unique_ptr<http::HttpServer> server_;  // declared last: destroyed first
 };
 

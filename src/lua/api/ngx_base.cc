@@ -8,6 +8,7 @@
 
 #include "core/log.h"
 #include "lua/api/common.h"
+#include "lua/timer.h"
 #include "lua/vm.h"
 
 namespace tidegate::lua {
@@ -201,6 +202,7 @@ void openNgx(lua_State* L) {
   openNgxString(L);
   openNgxTime(L);
   openNgxThread(L);
+  openNgxTimer(L);
   lua_setglobal(L, "ngx");
   lua_pushcfunction(L, luaPrint);
   lua_setglobal(L, "print");

@@ -66,7 +66,7 @@ void RequestContext::phaseEnded() {
 
 // A runtime error in the entry coroutine: 500, with the message and
 // traceback in the error log in OpenResty's words.
-void RequestContext::onError(const std::string& trace) {
+void RequestContext::onError(std::string trace) {
   TG_LOG_CONN(core::LogLevel::kError, req_.conn ? req_.conn->id : 0,
               "lua entry thread aborted: runtime error: %s, client: %s, request: \"%.*s\"", trace.c_str(),
               req_.conn ? req_.conn->remote_addr.c_str() : "", static_cast<int>(req_.head->request_line.len),

@@ -51,7 +51,7 @@ class RequestContext : public LuaTask, public http::ContentTask {
   void finish();
   void onDone() override { phaseEnded(); }
   void onExit() override { phaseEnded(); }
-  void onError(const std::string& trace) override;
+  void onError(std::string trace) override;
 
   const http::Request& req_;
   http::ContentSink& sink_;
