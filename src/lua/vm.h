@@ -86,5 +86,6 @@ void openNgxRequest(lua_State* L);  // api/ngx_request.cc; expects ngx on the st
 void openNgxString(lua_State* L);   // api/ngx_string.cc; same
 void openNgxTime(lua_State* L);     // api/ngx_time.cc; same
 void openNgxThread(lua_State* L);   // api/ngx_thread.cc; same (and replaces coroutine.*)
+void openNgxSemaphore(lua_State* L);  // api/ngx_semaphore.cc; preloads "ngx.semaphore"
 
 }  // namespace tidegate::lua

@@ -204,6 +204,7 @@ void openNgx(lua_State* L) {
   openNgxThread(L);
   openNgxTimer(L);
   lua_setglobal(L, "ngx");
+  openNgxSemaphore(L);
   lua_pushcfunction(L, luaPrint);
   lua_setglobal(L, "print");
 }
