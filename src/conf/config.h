@@ -63,6 +63,7 @@ struct HttpSettings {
   std::optional<uint64_t> send_min_rate;
   std::optional<uint64_t> client_max_body_size;
   std::optional<bool> server_tokens;
+  std::optional<bool> lua_check_client_abort;
   // access_log: unset = inherit; set and empty = off.
   std::optional<std::vector<AccessLogTarget>> access_logs;
   // rewrite_by_lua*, access_by_lua*: http, server or location, inherited.

@@ -24,6 +24,7 @@ void HttpSettings::inheritFrom(const HttpSettings& p) {
   if (!send_min_rate) send_min_rate = p.send_min_rate;
   if (!client_max_body_size) client_max_body_size = p.client_max_body_size;
   if (!server_tokens) server_tokens = p.server_tokens;
+  if (!lua_check_client_abort) lua_check_client_abort = p.lua_check_client_abort;
   if (!access_logs) access_logs = p.access_logs;
   if (!rewrite_lua) rewrite_lua = p.rewrite_lua;
   if (!access_lua) access_lua = p.access_lua;
@@ -43,6 +44,7 @@ void HttpSettings::fillDefaults() {
   if (!send_min_rate) send_min_rate = 0;
   if (!client_max_body_size) client_max_body_size = 1024 * 1024;
   if (!server_tokens) server_tokens = true;
+  if (!lua_check_client_abort) lua_check_client_abort = false;
 }
 
 namespace {

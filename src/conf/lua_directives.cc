@@ -94,12 +94,24 @@ bool onTimerCap(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
+bool onCheckClientAbort(const ConfNode& n, BuildState& st, std::string* err) {
+  if (st.settings().lua_check_client_abort) {
+    *err = "\"" + n.name + "\" directive is duplicate";
+    return false;
+  }
+  bool v = false;
+  if (!parseFlag(n, &v, err)) return false;
+  st.settings().lua_check_client_abort = v;
+  return true;
+}
+
 const Directive kLuaDirectives[] = {
     {"lua_package_path", kHttpCtx, 1, 1, false, onPackagePath},
     {"lua_package_cpath", kHttpCtx, 1, 1, false, onPackagePath},
     {"lua_code_cache", kHttpCtx, 1, 1, false, onCodeCache},
     {"lua_max_pending_timers", kHttpCtx, 1, 1, false, onTimerCap<&LuaConf::max_pending_timers>},
     {"lua_max_running_timers", kHttpCtx, 1, 1, false, onTimerCap<&LuaConf::max_running_timers>},
+    {"lua_check_client_abort", kAnyHttpLevel, 1, 1, false, onCheckClientAbort},
     {"init_by_lua_block", kHttpCtx, 0, 0, true, onInit},
     {"init_by_lua", kHttpCtx, 1, 1, false, onInit},
     {"init_by_lua_file", kHttpCtx, 1, 1, false, onInit},

@@ -117,6 +117,9 @@ void Connection::startRequest() {
   req_.start_ms = now;
   head_end_ = 0;
   request_active_ = false;
+  headers_sent_ = chunked_ = body_ended_ = client_eof_ = false;
+  body_allowed_ = true;
+  drain_cb_ = nullptr;
   head_deadline_ms_ = now + *def->settings.client_header_timeout_ms;
 }
 
@@ -183,6 +186,18 @@ void Connection::handleRead(ssize_t nread) {
       return;
     }
     respondError(431, "client sent too large request head");
+    return;
+  }
+  if (nread == UV_EOF && phase_ == Phase::kProcessing && task_) {
+    // The client half-closed while a handler runs. As in nginx with
+    // lua_check_client_abort off, the handler goes on and the response is
+    // still sent (a half-closed client can read it); with it on, the
+    // handler hears of it.
+    pauseReading();
+    keepalive_ = false;
+    if (client_eof_) return;
+    client_eof_ = true;
+    if (*settings().lua_check_client_abort) task_->clientAborted();  // may finish the request
     return;
   }
   if (nread < 0) {
@@ -336,28 +351,68 @@ std::string Connection::absoluteRedirect(const std::string& uri) const {
   return abs + uri;
 }
 
+namespace {
+
+// A handler's headers as the response carries them: Content-Type,
+// Location and Content-Length are taken out; framing headers stay ours.
+struct HandlerHeaders {
+  std::string content_type;
+  std::string location;
+  int64_t content_length = -1;
+  std::vector<std::pair<std::string, std::string>> extra;
+};
+
+HandlerHeaders splitHandlerHeaders(ContentResult& result, const std::string& default_type) {
+  HandlerHeaders h;
+  h.content_type = default_type;
+  for (auto& [name, value] : result.headers) {
+    if (iequals(name, "content-type")) {
+      h.content_type = value;
+    } else if (iequals(name, "location")) {
+      h.location = value;
+    } else if (iequals(name, "content-length")) {
+      int64_t n = 0;
+      auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+      if (ec == std::errc() && end == value.data() + value.size() && n >= 0) h.content_length = n;
+    } else if (!iequals(name, "connection") && !iequals(name, "date") && !iequals(name, "server") &&
+               !iequals(name, "transfer-encoding")) {
+      h.extra.emplace_back(std::move(name), std::move(value));
+    }
+  }
+  return h;
+}
+
+}  // namespace
+
 // The content handler is done (possibly from a timer, long after onMessage).
 void Connection::finish(ContentResult result, ContentTask* task) {
   if (closing_) return;
   log_task_ = task;
   bool async = task_ != nullptr;
-  std::string content_type = *settings().default_type;
-  std::vector<std::pair<std::string, std::string>> extra;
-  std::string location;
-  for (auto& [name, value] : result.headers) {
-    if (iequals(name, "content-type")) content_type = value;
-    else if (iequals(name, "location")) location = absoluteRedirect(value);
-    else if (!iequals(name, "content-length") && !iequals(name, "connection") && !iequals(name, "date") &&
-             !iequals(name, "server") && !iequals(name, "transfer-encoding")) {
-      extra.emplace_back(std::move(name), std::move(value));  // framing headers stay ours
+  if (headers_sent_) {
+    // The handler streamed: end the body, or cut the connection if it failed.
+    if (result.aborted) {
+      keepalive_ = false;
+      reset_after_write_ = true;
+    } else {
+      writeBodyPart(result.body);
+      endBody();
     }
-  }
-  if (result.declined) {
+  } else if (result.aborted) {
+    // The client is gone (499): nothing is sent; the access log says 499.
+    req_.status = result.status;
+    keepalive_ = false;
+    reset_after_write_ = true;
+  } else if (result.declined) {
     respond(404, "text/html", errorPage(404), {});
-  } else if (result.status >= 300 && result.body.empty()) {
-    respond(result.status, "text/html", errorPage(result.status), location, &extra);
   } else {
-    respond(result.status, content_type, result.body, location, &extra);
+    HandlerHeaders h = splitHandlerHeaders(result, *settings().default_type);
+    std::string location = absoluteRedirect(h.location);
+    if (result.status >= 300 && result.body.empty()) {
+      respond(result.status, "text/html", errorPage(result.status), location, &h.extra);
+    } else {
+      respond(result.status, h.content_type, result.body, location, &h.extra);
+    }
   }
   finishRequest();
   if (async) {
@@ -366,6 +421,33 @@ void Connection::finish(ContentResult result, ContentTask* task) {
     processInput();  // the next pipelined requests, already buffered
     resumeReading();
   }
+}
+
+void Connection::writeHandlerHead(ContentResult& result, int64_t content_length) {
+  // A copy: the handler may still read ngx.header after the head is out.
+  ContentResult sent;
+  sent.headers = result.headers;
+  HandlerHeaders h = splitHandlerHeaders(sent, *settings().default_type);
+  std::string location = absoluteRedirect(h.location);
+  writeHead(result.status, h.content_type, location, &h.extra,
+            h.content_length >= 0 ? h.content_length : content_length);
+}
+
+// ngx.flush / ngx.eof: the head once, then what the handler printed so far.
+void Connection::flushOutput(ContentResult& result, bool last) {
+  if (closing_) return;
+  if (!headers_sent_) writeHandlerHead(result, last ? static_cast<int64_t>(result.body.size()) : -1);
+  writeBodyPart(result.body);
+  result.body.clear();
+  if (last) endBody();
+  flush();
+  updateTimer();
+}
+
+bool Connection::waitDrain(std::function<void()> cb) {
+  if (!write_pending_ && out_.empty()) return true;
+  drain_cb_ = std::move(cb);
+  return false;
 }
 
 // --- responding -----------------------------------------------------------------
@@ -382,12 +464,30 @@ bool Connection::shouldKeepAlive(int status) const {
 }
 
 void Connection::respond(int status, std::string_view content_type, std::string_view body, std::string_view location,
-                         const std::vector<std::pair<std::string, std::string>>* extra_headers) {
+                         const HeaderList* extra_headers) {
+  writeHead(status, content_type, location, extra_headers, static_cast<int64_t>(body.size()));
+  writeBodyPart(body);
+  body_ended_ = true;
+}
+
+size_t Connection::writeHead(int status, std::string_view content_type, std::string_view location,
+                             const HeaderList* extra_headers, int64_t content_length) {
   const RequestHead& h = parser_.head();
   keepalive_ = keepalive_ && shouldKeepAlive(status);
   // The body must be fully read to keep the connection: a reply that came
   // before the body (an early error) closes it.
   if (!parser_.messageDone() && h.hasBody()) keepalive_ = false;
+  bool no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
+  body_allowed_ = !no_body && !h.is_head;
+  chunked_ = false;
+  if (!no_body && content_length < 0) {
+    // The length is not known yet: chunked to HTTP/1.1 clients; HTTP/1.0
+    // ones read until the connection closes.
+    if (h.http_minor >= 1) chunked_ = body_allowed_;
+    else keepalive_ = false;
+  }
+  headers_sent_ = true;
+  body_ended_ = false;
   req_.status = status;
   size_t before = out_.size();
   out_.append("HTTP/1.1 ");  // RFC 9110 6.2: our version, whatever the client's
@@ -398,15 +498,18 @@ void Connection::respond(int status, std::string_view content_type, std::string_
   // server_tokens: nginx's rule, our name.
   out_.append(*settings().server_tokens ? "\r\nServer: tidegate/" TIDEGATE_VERSION "\r\nDate: " : "\r\nServer: tidegate\r\nDate: ");
   out_.append(core::httpDate());
-  bool no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
   if (!no_body) {
     out_.append("\r\nContent-Type: ");
     out_.append(content_type);
-    out_.append("\r\nContent-Length: ");
-    char num[24];
-    auto [end, ec] = std::to_chars(num, num + sizeof(num), body.size());
-    out_.append(num, static_cast<size_t>(end - num));
-    req_.sent_content_length = static_cast<int64_t>(body.size());
+    if (content_length >= 0) {
+      out_.append("\r\nContent-Length: ");
+      char num[24];
+      auto [end, ec] = std::to_chars(num, num + sizeof(num), content_length);
+      out_.append(num, static_cast<size_t>(end - num));
+      req_.sent_content_length = content_length;
+    } else if (h.http_minor >= 1) {
+      out_.append("\r\nTransfer-Encoding: chunked");
+    }
   }
   req_.sent_content_type = content_type;
   if (!location.empty()) {
@@ -425,11 +528,34 @@ void Connection::respond(int status, std::string_view content_type, std::string_
   }
   out_.append(keepalive_ ? "\r\nConnection: keep-alive\r\n\r\n" : "\r\nConnection: close\r\n\r\n");
   size_t head_bytes = out_.size() - before;
-  if (!no_body && !h.is_head) {
-    out_.append(body);
-    req_.body_bytes_sent = body.size();
+  req_.bytes_sent += head_bytes;
+  return head_bytes;
+}
+
+void Connection::writeBodyPart(std::string_view data) {
+  if (!body_allowed_ || body_ended_ || data.empty()) return;
+  size_t before = out_.size();
+  if (chunked_) {
+    char num[20];
+    auto [end, ec] = std::to_chars(num, num + sizeof(num), data.size(), 16);
+    out_.append(num, static_cast<size_t>(end - num));
+    out_.append("\r\n");
+    out_.append(data);
+    out_.append("\r\n");
+  } else {
+    out_.append(data);
   }
-  req_.bytes_sent = head_bytes + req_.body_bytes_sent;
+  req_.body_bytes_sent += data.size();
+  req_.bytes_sent += out_.size() - before;
+}
+
+void Connection::endBody() {
+  if (body_ended_) return;
+  body_ended_ = true;
+  if (chunked_ && body_allowed_) {
+    out_.append("0\r\n\r\n");
+    req_.bytes_sent += 5;
+  }
 }
 
 void Connection::respondError(int status, const std::string& why) {
@@ -521,6 +647,11 @@ void Connection::afterWrite(int status) {
   flush();
   resumeReading();
   if (!closing_ && phase_ != Phase::kLingering) processInput();  // resume pipelined requests
+  if (!closing_ && drain_cb_ && !write_pending_ && out_.empty()) {
+    auto cb = std::move(drain_cb_);
+    drain_cb_ = nullptr;
+    cb();  // resumes a handler waiting in ngx.flush(true)
+  }
 }
 
 // Reading stops while answers wait for a slow client or while a handler's
@@ -532,6 +663,7 @@ void Connection::pauseReading() {
 }
 
 void Connection::resumeReading() {
+  if (client_eof_ && phase_ == Phase::kProcessing) return;  // nothing more will come
   // A running handler's request fills the buffer: wait for the handler.
   bool buffer_full = phase_ == Phase::kProcessing && buf_ && end_ >= cap_;
   if (closing_ || reading_ || write_pending_ || buffer_full) return;

@@ -51,9 +51,21 @@ class Connection : private RequestParser::Handler, private ContentSink {
   void onBodyData(std::string_view) override {}
   void onMessage();
   void startRequest();
+  using HeaderList = std::vector<std::pair<std::string, std::string>>;
   void respond(int status, std::string_view content_type, std::string_view body, std::string_view location,
-               const std::vector<std::pair<std::string, std::string>>* extra_headers = nullptr);
+               const HeaderList* extra_headers = nullptr);
+  // The status line and headers; `content_length` < 0: unknown (chunked,
+  // or close-delimited for HTTP/1.0). Returns the bytes appended.
+  size_t writeHead(int status, std::string_view content_type, std::string_view location, const HeaderList* extra,
+                   int64_t content_length);
+  void writeHandlerHead(ContentResult& result, int64_t content_length);
+  void writeBodyPart(std::string_view data);
+  void endBody();
   void finish(ContentResult result, ContentTask* task) override;
+  void flushOutput(ContentResult& result, bool last) override;
+  bool headersSent() const override { return headers_sent_; }
+  bool waitDrain(std::function<void()> cb) override;
+  void cancelDrain() override { drain_cb_ = nullptr; }
   std::string absoluteRedirect(const std::string& uri) const;
   void respondError(int status, const std::string& why);
   void beginRequest();
@@ -96,6 +108,14 @@ class Connection : private RequestParser::Handler, private ContentSink {
   size_t parsed_ = 0;
   size_t end_ = 0;
   size_t head_end_ = 0;  // relative to start_, once the head is parsed
+
+  // The response being written (reset per request).
+  bool headers_sent_ = false;
+  bool chunked_ = false;       // the body goes out in chunks
+  bool body_allowed_ = true;   // false for HEAD, 204, 304
+  bool body_ended_ = false;    // the last chunk is out (or the whole body)
+  std::function<void()> drain_cb_;  // ngx.flush(true): all output written
+  bool client_eof_ = false;    // the client half-closed while a handler ran
 
   std::string out_;       // response bytes not yet handed to the kernel
   std::string writing_;   // bytes owned by the in-flight uv_write

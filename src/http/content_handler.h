@@ -3,6 +3,7 @@
 // src/lua/ implements them.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -23,6 +24,9 @@ struct ContentResult {
   int status = 200;
   std::vector<std::pair<std::string, std::string>> headers;  // as set, in order
   std::string body;
+  // The handler failed after the headers went out: the response cannot be
+  // completed, so the connection is closed (the client sees it truncated).
+  bool aborted = false;
 };
 
 // Implemented by the connection. finish() is called exactly once, either
@@ -32,6 +36,18 @@ class ContentTask;
 class ContentSink {
  public:
   virtual ~ContentSink() = default;
+  // Streams what `result` holds so far (ngx.flush, ngx.eof, a large
+  // output): the status line and headers the first time, then its body,
+  // which is cleared. `last`: the response body ends here. Without a
+  // Content-Length from the handler, the body is sent chunked (or, to an
+  // HTTP/1.0 client, delimited by closing the connection).
+  virtual void flushOutput(ContentResult& result, bool last) = 0;
+  virtual bool headersSent() const = 0;
+  // ngx.flush(true): true if every byte handed over so far is written to
+  // the socket already; else false, and `cb` runs from the loop once it is.
+  // One waiter at a time; cancelDrain() forgets it.
+  virtual bool waitDrain(std::function<void()> cb) = 0;
+  virtual void cancelDrain() = 0;
   // `task` is the caller, alive for the duration of the call (the log phase
   // runs in it, to share ngx.ctx).
   virtual void finish(ContentResult result, ContentTask* task) = 0;
@@ -42,6 +58,10 @@ class ContentSink {
 class ContentTask {
  public:
   virtual ~ContentTask() = default;
+  // The client closed its side while the handler runs and the location
+  // has lua_check_client_abort on: ngx.on_abort's handler runs, else the
+  // request ends (status 499, nothing sent).
+  virtual void clientAborted() {}
 };
 
 // The Lua code a request runs, phase by phase (null: none for that phase).

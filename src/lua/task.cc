@@ -177,6 +177,17 @@ void LuaTask::startEntry(int nargs) {
   run(entry_, nargs);
 }
 
+void LuaTask::spawnFromLoop() {
+  lua_State* L = vm_.state();
+  lua_State* co = lua_newthread(L);
+  lua_insert(L, -2);
+  lua_xmove(L, co, 1);
+  Co* c = adopt(L, Co::Kind::kThread);
+  c->parent = entry_ && entry_->state != Co::State::kDead ? entry_ : nullptr;
+  live_threads_++;
+  run(c, 0);
+}
+
 void LuaTask::wake(Co* co, int nargs) {
   co->wait.reset();  // the event came: nothing left to cancel
   run(co, nargs);

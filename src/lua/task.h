@@ -102,6 +102,10 @@ class LuaTask {
   // still reports it suspended).
   static bool wasKilled(lua_State* L, lua_State* co);
 
+  // Starts `fn` (on top of the VM's main stack; popped) as a light thread
+  // of the entry coroutine, from the loop (ngx.on_abort's handler).
+  void spawnFromLoop();
+
   // The event `co` waited for came: its results (`nargs` values) are on
   // co's stack. Resumes it. Called from the loop only.
   void wake(Co* co, int nargs);

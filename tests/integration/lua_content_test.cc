@@ -36,7 +36,7 @@ TEST(LuaContentTest, PipelinedRequestsAfterAYieldingHandlerStayInOrder) {
 
 TEST(LuaContentTest, ClientLeavingWhileTheHandlerSleepsCancelsIt) {
   Gateway gw;
-  gw.setSimpleConf(kSleepy);
+  gw.setSimpleConf(kSleepy, "lua_check_client_abort on;\n");
   ASSERT_TRUE(gw.start());
   {
     RawClient c(gw.port());

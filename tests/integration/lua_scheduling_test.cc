@@ -3,6 +3,7 @@
 // coroutine must cancel all of it; a later post to the same semaphore must
 // not touch the gone request (ASan catches it if it does).
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 
 #include "harness.h"
 
@@ -36,7 +37,7 @@ const char* kWaiters = R"(
 TEST(LuaSchedulingTest, ClientLeavingCancelsEveryWaitingCoroutine) {
   Gateway gw;
   gw.prefix().write("lua/shared_sema.lua", "return { sema = require('ngx.semaphore').new(0) }\n");
-  gw.setSimpleConf(kWaiters, "lua_package_path \"$prefix/lua/?.lua;;\";\n");
+  gw.setSimpleConf(kWaiters, "lua_package_path \"$prefix/lua/?.lua;;\";\nlua_check_client_abort on;\n");
   ASSERT_TRUE(gw.start());
   {
     RawClient c(gw.port());
@@ -45,6 +46,75 @@ TEST(LuaSchedulingTest, ClientLeavingCancelsEveryWaitingCoroutine) {
   }  // the client leaves with four coroutines suspended
   // Nobody waits any more: the post keeps all five resources.
   ASSERT_TRUE(waitFor([&] { return httpGet(gw.port(), "/post").body == "posted, count 5\n"; }));
+  EXPECT_EQ(gw.stop(Ms(10000)), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+// lua_check_client_abort off (the default): a client that half-closes
+// after its request still gets the whole response, streamed or not.
+TEST(LuaSchedulingTest, HalfClosedClientStillGetsTheResponse) {
+  Gateway gw;
+  gw.setSimpleConf(R"(
+    location /t {
+        content_by_lua_block {
+            ngx.say("one")
+            ngx.flush(true)
+            ngx.sleep(0.05)
+            ngx.say("two")
+        }
+    }
+  )");
+  ASSERT_TRUE(gw.start());
+  RawClient c(gw.port());
+  c.send("GET /t HTTP/1.1\r\nHost: a\r\n\r\n");
+  ASSERT_EQ(::shutdown(c.fd(), SHUT_WR), 0);
+  Response r = c.readResponse();
+  EXPECT_TRUE(r.complete);
+  EXPECT_EQ(r.body, "one\ntwo\n");
+  EXPECT_TRUE(c.waitClosed());  // no keepalive after a half-close
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+// lua_check_client_abort on: ngx.on_abort's handler runs when the client
+// leaves; without one the request ends with 499.
+TEST(LuaSchedulingTest, OnAbortHandlerRunsWhenTheClientLeaves) {
+  Gateway gw;
+  gw.setSimpleConf(R"(
+    lua_check_client_abort on;
+    location /handler {
+        content_by_lua_block {
+            local ok, err = ngx.on_abort(function()
+                ngx.log(ngx.WARN, "on_abort ran")
+                ngx.exit(499)
+            end)
+            ngx.log(ngx.WARN, "registered: ", ok, " again: ", select(2, ngx.on_abort(function() end)))
+            ngx.sleep(30)
+        }
+    }
+    location /plain {
+        content_by_lua_block { ngx.log(ngx.WARN, "plain sleeping") ngx.sleep(30) }
+    }
+    location /off {
+        lua_check_client_abort off;
+        content_by_lua_block { ngx.say(select(2, ngx.on_abort(function() end))) }
+    }
+  )");
+  ASSERT_TRUE(gw.start());
+  {
+    RawClient c(gw.port());
+    c.send("GET /handler HTTP/1.1\r\nHost: a\r\n\r\n");
+    ASSERT_TRUE(gw.waitLog("registered: 1 again: duplicate call"));
+  }
+  EXPECT_TRUE(gw.waitLog("on_abort ran"));
+  {
+    RawClient c(gw.port());
+    c.send("GET /plain HTTP/1.1\r\nHost: a\r\n\r\n");
+    ASSERT_TRUE(gw.waitLog("plain sleeping"));
+  }
+  EXPECT_TRUE(waitFor([&] { return gw.accessLog().find("\"GET /plain HTTP/1.1\" 499") != std::string::npos; }))
+      << gw.accessLog();
+  EXPECT_EQ(httpGet(gw.port(), "/off").body, "lua_check_client_abort is off\n");
   EXPECT_EQ(gw.stop(Ms(10000)), 0);
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
 }

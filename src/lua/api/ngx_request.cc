@@ -5,6 +5,7 @@
 #include <string>
 
 #include "conf/complex_value.h"
+#include "core/log.h"
 #include "http/ascii.h"
 #include "http/variables.h"
 #include "lua/api/common.h"
@@ -89,13 +90,88 @@ RequestContext* requireResponsePhase(lua_State* L) {
   return ctx;
 }
 
+// Output beyond this is sent on (chunked) instead of growing in memory.
+constexpr size_t kAutoFlushBytes = 64 * 1024;
+
+// nil, "seen eof" once ngx.eof() ended the body, as OpenResty returns it.
+int seenEof(lua_State* L) {
+  lua_pushnil(L);
+  lua_pushliteral(L, "seen eof");
+  return 2;
+}
+
 int output(lua_State* L, bool newline, const char* fname) {
   RequestContext* ctx = requireResponsePhase(L);
+  if (ctx->eofSent()) return seenEof(L);
   std::string& body = ctx->result().body;
   int top = lua_gettop(L);
   for (int i = 1; i <= top; i++) appendValue(L, i, &body, fname);
   if (newline) body.push_back('\n');
+  if (body.size() >= kAutoFlushBytes) ctx->flushOutput(false);
   lua_pushinteger(L, 1);  // ok
+  return 1;
+}
+
+// Waits in ngx.flush(true) until the output is written to the socket.
+class DrainWait : public Wait {
+ public:
+  explicit DrainWait(RequestContext* ctx) : ctx_(ctx) {}
+  ~DrainWait() override { ctx_->sink().cancelDrain(); }
+
+ private:
+  RequestContext* ctx_;
+};
+
+// ngx.flush(wait?): sends the head and what was printed so far; with
+// wait, returns once it is written to the socket.
+int ngxFlush(lua_State* L) {
+  RequestContext* ctx = requireResponsePhase(L);
+  bool wait = lua_toboolean(L, 1);
+  if (ctx->eofSent()) return seenEof(L);
+  ctx->flushOutput(false);
+  lua_settop(L, 0);
+  if (wait) {
+    LuaTask* task = requireYieldable(L);
+    Co* co = task->running();
+    bool drained = ctx->sink().waitDrain([task, co] {
+      lua_pushinteger(co->L, 1);
+      task->wake(co, 1);
+    });
+    if (!drained) {
+      task->suspend(std::make_unique<DrainWait>(ctx));
+      return lua_yield(L, 0);
+    }
+  }
+  lua_pushinteger(L, 1);
+  return 1;
+}
+
+// ngx.on_abort(fn): fn runs as a light thread when the client goes away
+// (with lua_check_client_abort on).
+int ngxOnAbort(lua_State* L) {
+  RequestContext* ctx = requireResponsePhase(L);
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (!*ctx->req().settings().lua_check_client_abort) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "lua_check_client_abort is off");
+    return 2;
+  }
+  lua_settop(L, 1);
+  if (!ctx->setOnAbort(L)) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "duplicate call");
+    return 2;
+  }
+  lua_pushinteger(L, 1);
+  return 1;
+}
+
+// ngx.eof(): the response body ends here; the handler may go on working.
+int ngxEof(lua_State* L) {
+  RequestContext* ctx = requireResponsePhase(L);
+  if (ctx->eofSent()) return seenEof(L);
+  ctx->flushOutput(true);
+  lua_pushinteger(L, 1);
   return 1;
 }
 
@@ -118,6 +194,7 @@ int ngxRedirect(lua_State* L) {
   size_t len = 0;
   const char* uri = luaL_checklstring(L, 1, &len);
   lua_Integer status = luaL_optinteger(L, 2, 302);
+  if (ctx->headersSent()) return luaL_error(L, "attempt to call ngx.redirect after sending out the headers");
   if (status != 301 && status != 302 && status != 303 && status != 307 && status != 308) {
     return luaL_error(L, "only ngx.HTTP_MOVED_TEMPORARILY, ngx.HTTP_MOVED_PERMANENTLY, ngx.HTTP_PERMANENT_REDIRECT, "
                          "ngx.HTTP_SEE_OTHER, and ngx.HTTP_TEMPORARY_REDIRECT are allowed");
@@ -175,6 +252,10 @@ int headerIndex(lua_State* L) {
 // ngx.header.NAME = string | number | array of them | nil (removes).
 int headerNewIndex(lua_State* L) {
   RequestContext* ctx = requireRequest(L);
+  if (ctx->headersSent()) {
+    TG_LOG(core::LogLevel::kError, "attempt to set ngx.header.HEADER after sending out response headers");
+    return 0;
+  }
   std::string name = headerName(L, 2);
   auto& headers = ctx->result().headers;
   for (size_t i = 0; i < headers.size();) {
@@ -246,6 +327,10 @@ int ngxNewIndex(lua_State* L) {
   const char* key = lua_tostring(L, 2);
   if (key && std::string_view(key) == "status") {
     RequestContext* ctx = requireRequest(L);
+    if (ctx->headersSent()) {
+      TG_LOG(core::LogLevel::kError, "attempt to set ngx.status after sending out response headers");
+      return 0;
+    }
     ctx->result().status = static_cast<int>(luaL_checkinteger(L, 3));
     return 0;
   }
@@ -284,6 +369,9 @@ void openNgxRequest(lua_State* L) {
   setFn(L, "exit", ngxExit);
   setFn(L, "sleep", ngxSleep);
   setFn(L, "redirect", ngxRedirect);
+  setFn(L, "flush", ngxFlush);
+  setFn(L, "eof", ngxEof);
+  setFn(L, "on_abort", ngxOnAbort);
   proxyTable(L, "header", headerIndex, headerNewIndex);
   proxyTable(L, "var", varIndex, varNewIndex);
   openNgxReq(L);

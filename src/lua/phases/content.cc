@@ -15,7 +15,34 @@ RequestContext::RequestContext(Vm& vm, uv_loop_t* loop, const http::Request& r, 
 
 // Destroying the task (the connection went away, or the request ended)
 // cancels what its coroutines wait for (LuaTask's destructor).
-RequestContext::~RequestContext() = default;
+RequestContext::~RequestContext() {
+  if (on_abort_ref_ != LUA_NOREF) luaL_unref(vm().state(), LUA_REGISTRYINDEX, on_abort_ref_);
+}
+
+bool RequestContext::setOnAbort(lua_State* L) {
+  if (on_abort_ref_ != LUA_NOREF) return false;
+  on_abort_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
+  return true;
+}
+
+// lua_check_client_abort on and the client left: its ngx.on_abort handler
+// runs as a light thread (the request goes on unless it calls ngx.exit);
+// without one, the request ends here with 499, as OpenResty does.
+void RequestContext::clientAborted() {
+  if (done_) return;
+  if (on_abort_ref_ != LUA_NOREF) {
+    lua_rawgeti(vm().state(), LUA_REGISTRYINDEX, on_abort_ref_);
+    luaL_unref(vm().state(), LUA_REGISTRYINDEX, on_abort_ref_);
+    on_abort_ref_ = LUA_NOREF;
+    spawnFromLoop();  // may end this task
+    return;
+  }
+  killAll();
+  result_ = http::ContentResult{};
+  result_.status = 499;
+  result_.aborted = true;
+  finish();
+}
 
 void RequestContext::start() { nextPhase(); }
 
@@ -55,7 +82,7 @@ void RequestContext::nextPhase() {
 // next phase, as in OpenResty; ngx.exit(status >= 200), output, or the
 // content phase produce the response.
 void RequestContext::phaseEnded() {
-  bool responded = exit_status_ >= 200 || !result_.body.empty();
+  bool responded = exit_status_ >= 200 || !result_.body.empty() || sink_.headersSent();
   if (step_ == Step::kContent || responded) {
     finish();
     return;
@@ -74,6 +101,7 @@ void RequestContext::onError(std::string trace) {
   result_.status = 500;
   result_.body.clear();
   result_.headers.clear();
+  result_.aborted = sink_.headersSent();  // too late for a 500: cut the response
   finish();
 }
 
@@ -119,6 +147,10 @@ void LuaContentHandler::runLog(const http::Request& r, const conf::LuaCode& code
   // No earlier Lua phase: a context of its own, which never finishes a response.
   struct NullSink : http::ContentSink {
     void finish(http::ContentResult, http::ContentTask*) override {}
+    void flushOutput(http::ContentResult&, bool) override {}
+    bool headersSent() const override { return true; }
+    bool waitDrain(std::function<void()>) override { return true; }
+    void cancelDrain() override {}
   } sink;
   RequestContext ctx(vm_, loop_, r, http::LuaPhases{}, sink);
   ctx.runLog(code);

@@ -34,6 +34,21 @@ class RequestContext : public LuaTask, public http::ContentTask {
   const http::Request& req() const { return req_; }
   http::ContentResult& result() { return result_; }
 
+  // Output streaming: ngx.flush, ngx.eof, and large output. Sends the
+  // head once, then what was printed; `last` ends the body (ngx.eof).
+  void flushOutput(bool last) {
+    sink_.flushOutput(result_, last);
+    if (last) eof_ = true;
+  }
+  bool headersSent() const { return sink_.headersSent(); }
+  bool eofSent() const { return eof_; }
+  http::ContentSink& sink() { return sink_; }
+
+  // ngx.on_abort(fn): fn (on L's stack top; popped) runs as a light thread
+  // if the client goes away. False if one is registered already.
+  bool setOnAbort(lua_State* L);
+  void clientAborted() override;
+
   // When the request's first byte came, for ngx.req.start_time().
   uint64_t startWallMs() const { return start_wall_ms_; }
 
@@ -62,6 +77,8 @@ class RequestContext : public LuaTask, public http::ContentTask {
   uint64_t start_wall_ms_ = 0;
   int exit_status_ = 0;
   bool done_ = false;
+  bool eof_ = false;
+  int on_abort_ref_ = LUA_NOREF;
 };
 
 class LuaContentHandler : public http::ContentHandler {
