@@ -34,6 +34,10 @@ struct LuaConf {
   bool code_cache = true;
   LuaCode init;               // init_by_lua*: master, before fork
   LuaCode init_worker;        // init_worker_by_lua*: each worker
+  // ngx.re: compile-once ("o") cache size per worker, and PCRE2's match
+  // limit (0: PCRE2's default).
+  uint64_t regex_cache_max_entries = 1024;
+  uint64_t regex_match_limit = 0;
 };
 
 struct LogFormat {

@@ -82,10 +82,24 @@ bool onCodeCache(const ConfNode& n, BuildState& st, std::string* err) {
   return parseFlag(n, &st.http->lua.code_cache, err);
 }
 
+// A count with nginx's ngx_conf_set_num_slot syntax and error text.
+template <uint64_t LuaConf::*Field>
+bool onLuaCount(const ConfNode& n, BuildState& st, std::string* err) {
+  int64_t v = 0;
+  if (!parseInt(n.args[0], &v) || v < 0) {
+    err->assign(1, '"').append(n.name).append("\" directive invalid number");
+    return false;
+  }
+  st.http->lua.*Field = static_cast<uint64_t>(v);
+  return true;
+}
+
 const Directive kLuaDirectives[] = {
     {"lua_package_path", kHttpCtx, 1, 1, false, onPackagePath},
     {"lua_package_cpath", kHttpCtx, 1, 1, false, onPackagePath},
     {"lua_code_cache", kHttpCtx, 1, 1, false, onCodeCache},
+    {"lua_regex_cache_max_entries", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::regex_cache_max_entries>, true},
+    {"lua_regex_match_limit", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::regex_match_limit>, true},
     {"init_by_lua_block", kHttpCtx, 0, 0, true, onInit},
     {"init_by_lua", kHttpCtx, 1, 1, false, onInit},
     {"init_by_lua_file", kHttpCtx, 1, 1, false, onInit},
