@@ -80,5 +80,6 @@ void openNgx(lua_State* L);
 void openNgxRequest(lua_State* L);  // api/ngx_request.cc; expects ngx on the stack top
 void openNgxString(lua_State* L);   // api/ngx_string.cc; same
 void openNgxTime(lua_State* L);     // api/ngx_time.cc; same
+void openNgxRe(lua_State* L);       // api/ngx_re.cc; same (needs the Vm in the registry)
 
 }  // namespace tidegate::lua

@@ -204,6 +204,7 @@ void openNgx(lua_State* L) {
   openNgxRequest(L);
   openNgxString(L);
   openNgxTime(L);
+  openNgxRe(L);
   lua_setglobal(L, "ngx");
   lua_pushcfunction(L, luaPrint);
   lua_setglobal(L, "print");
