@@ -36,6 +36,10 @@ struct LuaConf {
   LuaCode init_worker;        // init_worker_by_lua*: each worker
   uint64_t max_pending_timers = 1024;  // lua_max_pending_timers
   uint64_t max_running_timers = 256;   // lua_max_running_timers
+  // ngx.re: compile-once ("o") cache size per worker, and PCRE2's match
+  // limit (0: PCRE2's default).
+  uint64_t regex_cache_max_entries = 1024;
+  uint64_t regex_match_limit = 0;
 };
 
 struct LogFormat {

@@ -82,12 +82,12 @@ bool onCodeCache(const ConfNode& n, BuildState& st, std::string* err) {
   return parseFlag(n, &st.http->lua.code_cache, err);
 }
 
-// lua_max_pending_timers / lua_max_running_timers N: a positive count.
+// A count with nginx's ngx_conf_set_num_slot syntax and error text.
 template <uint64_t LuaConf::*Field>
-bool onTimerCap(const ConfNode& n, BuildState& st, std::string* err) {
+bool onLuaCount(const ConfNode& n, BuildState& st, std::string* err) {
   int64_t v = 0;
-  if (!parseInt(n.args[0], &v) || v <= 0) {
-    *err = "invalid value \"" + n.args[0] + "\" in \"" + n.name + "\" directive";
+  if (!parseInt(n.args[0], &v) || v < 0) {
+    err->assign(1, '"').append(n.name).append("\" directive invalid number");
     return false;
   }
   st.http->lua.*Field = static_cast<uint64_t>(v);
@@ -109,9 +109,11 @@ const Directive kLuaDirectives[] = {
     {"lua_package_path", kHttpCtx, 1, 1, false, onPackagePath},
     {"lua_package_cpath", kHttpCtx, 1, 1, false, onPackagePath},
     {"lua_code_cache", kHttpCtx, 1, 1, false, onCodeCache},
-    {"lua_max_pending_timers", kHttpCtx, 1, 1, false, onTimerCap<&LuaConf::max_pending_timers>},
-    {"lua_max_running_timers", kHttpCtx, 1, 1, false, onTimerCap<&LuaConf::max_running_timers>},
+    {"lua_max_pending_timers", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::max_pending_timers>, true},
+    {"lua_max_running_timers", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::max_running_timers>, true},
     {"lua_check_client_abort", kAnyHttpLevel, 1, 1, false, onCheckClientAbort},
+    {"lua_regex_cache_max_entries", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::regex_cache_max_entries>, true},
+    {"lua_regex_match_limit", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::regex_match_limit>, true},
     {"init_by_lua_block", kHttpCtx, 0, 0, true, onInit},
     {"init_by_lua", kHttpCtx, 1, 1, false, onInit},
     {"init_by_lua_file", kHttpCtx, 1, 1, false, onInit},

@@ -87,5 +87,6 @@ void openNgxString(lua_State* L);   // api/ngx_string.cc; same
 void openNgxTime(lua_State* L);     // api/ngx_time.cc; same
 void openNgxThread(lua_State* L);   // api/ngx_thread.cc; same (and replaces coroutine.*)
 void openNgxSemaphore(lua_State* L);  // api/ngx_semaphore.cc; preloads "ngx.semaphore"
+void openNgxRe(lua_State* L);       // api/ngx_re.cc; same (needs the Vm in the registry)
 
 }  // namespace tidegate::lua

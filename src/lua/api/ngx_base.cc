@@ -203,6 +203,7 @@ void openNgx(lua_State* L) {
   openNgxTime(L);
   openNgxThread(L);
   openNgxTimer(L);
+  openNgxRe(L);
   lua_setglobal(L, "ngx");
   openNgxSemaphore(L);
   lua_pushcfunction(L, luaPrint);

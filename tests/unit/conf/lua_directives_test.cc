@@ -56,5 +56,29 @@ TEST(LuaDirectivesTest, ContextsAndDuplicates) {
   EXPECT_EQ(loadError("init_by_lua 'x';"), "\"init_by_lua\" directive is not allowed here in test.conf:1");
 }
 
+TEST(LuaDirectivesTest, RegexCacheAndMatchLimit) {
+  ConfigPtr dflt = load("http { }");
+  ASSERT_TRUE(dflt);
+  EXPECT_EQ(dflt->http.lua.regex_cache_max_entries, 1024u);
+  EXPECT_EQ(dflt->http.lua.regex_match_limit, 0u);
+  ConfigPtr cfg = load("http { lua_regex_cache_max_entries 0; lua_regex_match_limit 100000; }");
+  ASSERT_TRUE(cfg);
+  EXPECT_EQ(cfg->http.lua.regex_cache_max_entries, 0u);
+  EXPECT_EQ(cfg->http.lua.regex_match_limit, 100000u);
+}
+
+TEST(LuaDirectivesTest, RegexSettingsRejectBadValuesDuplicatesAndOtherContexts) {
+  EXPECT_EQ(loadError("http { lua_regex_cache_max_entries 1k; }"),
+            "\"lua_regex_cache_max_entries\" directive invalid number in test.conf:1");
+  EXPECT_EQ(loadError("http { lua_regex_match_limit -1; }"),
+            "\"lua_regex_match_limit\" directive invalid number in test.conf:1");
+  EXPECT_EQ(loadError("http { lua_regex_match_limit 1; lua_regex_match_limit 2; }"),
+            "\"lua_regex_match_limit\" directive is duplicate in test.conf:1");
+  EXPECT_EQ(loadError("http { server { lua_regex_cache_max_entries 1; } }"),
+            "\"lua_regex_cache_max_entries\" directive is not allowed here in test.conf:1");
+  EXPECT_EQ(loadError("http { lua_regex_cache_max_entries; }"),
+            "invalid number of arguments in \"lua_regex_cache_max_entries\" directive in test.conf:1");
+}
+
 }  // namespace
 }  // namespace tidegate::conf
