@@ -64,12 +64,30 @@ bool isNameChar(char c) { return std::isalnum(static_cast<unsigned char>(c)) || 
 
 }  // namespace
 
-bool lookupVariable(std::string_view name, VarRef* out) {
+int UserVariables::find(std::string_view name) const {
+  for (size_t i = 0; i < names.size(); i++) {
+    if (names[i] == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+uint16_t UserVariables::declare(std::string_view name) {
+  int id = find(name);
+  if (id >= 0) return static_cast<uint16_t>(id);
+  names.emplace_back(name);
+  return static_cast<uint16_t>(names.size() - 1);
+}
+
+bool lookupVariable(std::string_view name, VarRef* out, const UserVariables* user) {
   for (const auto& f : kFixed) {
     if (f.name == name) {
-      *out = VarRef{f.id, "", std::string(name)};
+      *out = VarRef{f.id, "", std::string(name), 0};
       return true;
     }
+  }
+  if (int id = user ? user->find(name) : -1; id >= 0) {
+    *out = VarRef{VarId::kUser, "", std::string(name), static_cast<uint16_t>(id)};
+    return true;
   }
   for (const auto& p : kPrefixes) {
     if (name.size() > p.prefix.size() && name.substr(0, p.prefix.size()) == p.prefix) {
@@ -77,7 +95,7 @@ bool lookupVariable(std::string_view name, VarRef* out) {
       if (p.header) {
         for (char& c : param) c = c == '_' ? '-' : static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
       }
-      *out = VarRef{p.id, std::move(param), std::string(name)};
+      *out = VarRef{p.id, std::move(param), std::string(name), 0};
       return true;
     }
   }
@@ -89,7 +107,7 @@ const std::string& ComplexValue::constantText() const {
   return parts.empty() ? kEmpty : parts[0].literal;
 }
 
-bool compileComplexValue(std::string_view text, ComplexValue* out, std::string* err) {
+bool compileComplexValue(std::string_view text, ComplexValue* out, std::string* err, const UserVariables* user) {
   *out = ComplexValue{};
   out->raw = std::string(text);
   std::string literal;
@@ -131,7 +149,7 @@ bool compileComplexValue(std::string_view text, ComplexValue* out, std::string* 
     }
     ComplexValue::Part part;
     part.is_var = true;
-    if (!lookupVariable(name, &part.var)) {
+    if (!lookupVariable(name, &part.var, user)) {
       *err = "unknown \"" + std::string(name) + "\" variable";
       return false;
     }

@@ -46,7 +46,14 @@ enum class VarId : uint16_t {
   kSentHttpHeader,  // $sent_http_NAME: a response header
   kArg,             // $arg_NAME: a query argument
   kCookie,          // $cookie_NAME
+  kUser,            // declared by set / set_by_lua*: VarRef::index is its id
 };
+
+// The prefix families ($http_*, $arg_*, ...) are not variables of their own:
+// `set $arg_x` declares a user variable that shadows the family's name.
+inline bool isPrefixVariable(VarId id) {
+  return id == VarId::kHttpHeader || id == VarId::kSentHttpHeader || id == VarId::kArg || id == VarId::kCookie;
+}
 
 struct VarRef {
   VarId id = VarId::kRemoteAddr;
@@ -54,10 +61,22 @@ struct VarRef {
   // '_' turned into '-' for header names (nginx's rule for $http_*).
   std::string param;
   std::string name;  // as written, for error messages
+  uint16_t index = 0;  // kUser: the variable's id
 };
 
-// Resolves a variable name as written after '$'. False if unknown.
-bool lookupVariable(std::string_view name, VarRef* out);
+// The variables a conf declares (set, set_by_lua*). nginx resolves names
+// after the whole conf is read, so the loader declares them all before any
+// directive is built (declareVariables() in conf/directives.h): a value may
+// name a variable whose `set` comes later in the file.
+struct UserVariables {
+  std::vector<std::string> names;  // id -> name
+  int find(std::string_view name) const;
+  uint16_t declare(std::string_view name);  // the existing id, or a new one
+};
+
+// Resolves a variable name as written after '$': built-ins first, then the
+// conf's user variables, then the prefix families. False if unknown.
+bool lookupVariable(std::string_view name, VarRef* out, const UserVariables* user = nullptr);
 
 struct ComplexValue {
   struct Part {
@@ -72,8 +91,11 @@ struct ComplexValue {
   const std::string& constantText() const;  // valid when isConstant()
 };
 
-// Compiles "text with $vars". On failure *err reads like nginx's
+// Compiles "text with $vars", resolving names against the built-ins and
+// `user` (the conf's declared variables; directive handlers pass
+// BuildState::variables()). On failure *err reads like nginx's
 // `unknown "foo" variable`.
-bool compileComplexValue(std::string_view text, ComplexValue* out, std::string* err);
+bool compileComplexValue(std::string_view text, ComplexValue* out, std::string* err,
+                         const UserVariables* user = nullptr);
 
 }  // namespace tidegate::conf

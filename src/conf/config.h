@@ -93,6 +93,25 @@ struct ReturnAction {
   ComplexValue text;  // body, or the Location for redirects
 };
 
+// One directive of nginx's rewrite module (or one that hooks into it, like
+// set_by_lua*). A server's list runs before location matching, the matched
+// location's after it, each in conf order, until a `return`.
+struct RewriteAction {
+  enum class Kind { kSet, kReturn, kSetByLua };
+  Kind kind = Kind::kSet;
+  std::string where;  // file:line
+  VarRef target;      // kSet, kSetByLua: a user variable, or $args
+  ComplexValue value;  // kSet
+  ReturnAction ret;    // kReturn
+  // kSetByLua: the code and its extra arguments (ngx.arg[1..n]). A
+  // set_by_lua_file path with variables is evaluated per request
+  // (lua_path), relative paths against lua_prefix.
+  LuaCode lua;
+  ComplexValue lua_path;
+  std::string lua_prefix;
+  std::vector<ComplexValue> lua_args;
+};
+
 enum class LocationMatch { kPrefix, kExact, kNoRegex /* ^~ */, kRegex, kRegexCaseless };
 
 struct Location {
@@ -101,7 +120,7 @@ struct Location {
   std::shared_ptr<const Regex> regex;
   std::string where;  // file:line
   HttpSettings settings;
-  std::optional<ReturnAction> ret;
+  std::vector<RewriteAction> rewrite;  // not inherited by nested locations (nginx)
   LuaCode content_lua;  // content_by_lua*
   std::vector<std::shared_ptr<Location>> children;
 };
@@ -131,7 +150,7 @@ struct Server {
   HeadLimits limits;
   bool buffers_set = false;  // large_client_header_buffers given in this server
   bool fields_set = false;   // client_max_header_fields given in this server
-  std::optional<ReturnAction> ret;  // server-level return
+  std::vector<RewriteAction> rewrite;  // server-level set, return, set_by_lua*
   std::vector<std::shared_ptr<Location>> locations;
   std::string primaryName() const { return names.empty() ? std::string() : names[0].name; }
 };
@@ -144,6 +163,7 @@ struct HttpConfig {
   bool fields_set = false;
   std::vector<std::shared_ptr<const LogFormat>> log_formats;
   std::vector<std::shared_ptr<Server>> servers;
+  UserVariables variables;  // set / set_by_lua* targets, declared before the build
 };
 
 struct Config {

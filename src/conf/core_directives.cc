@@ -241,7 +241,7 @@ bool onLogFormat(const ConfNode& n, BuildState& st, std::string* err) {
       return false;
     }
   }
-  if (!compileComplexValue(text, &fmt->format, err)) return false;
+  if (!compileComplexValue(text, &fmt->format, err, st.variables())) return false;
   st.http->log_formats.push_back(std::move(fmt));
   return true;
 }
@@ -376,36 +376,6 @@ bool onServerName(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
-bool onReturn(const ConfNode& n, BuildState& st, std::string* err) {
-  ReturnAction r;
-  const std::string& first = n.args[0];
-  int64_t code = 0;
-  if (parseInt(first, &code)) {
-    if (code < 0 || code > 999) {
-      *err = "invalid return code \"" + first + "\"";
-      return false;
-    }
-    r.code = static_cast<int>(code);
-    if (n.args.size() > 1) {
-      r.has_text = true;
-      if (!compileComplexValue(n.args[1], &r.text, err)) return false;
-    }
-  } else {
-    if (n.args.size() != 1 || !(first.rfind("http://", 0) == 0 || first.rfind("https://", 0) == 0 ||
-                                first.rfind("$scheme", 0) == 0)) {
-      *err = "invalid return code \"" + first + "\"";
-      return false;
-    }
-    r.code = 302;
-    r.has_text = true;
-    if (!compileComplexValue(first, &r.text, err)) return false;
-  }
-  // nginx runs the first return of a block; later ones are never reached.
-  auto& slot = st.location ? st.location->ret : st.server->ret;
-  if (!slot) slot = std::move(r);
-  return true;
-}
-
 // --- location --------------------------------------------------------------
 
 bool onLocation(const ConfNode& n, BuildState& st, std::string* err) {
@@ -511,7 +481,6 @@ const Directive kCoreDirectives[] = {
     {"listen", kServerCtx, 1, kAnyArgs, false, onListen},
     {"server_name", kServerCtx, 1, kAnyArgs, false, onServerName},
     {"location", kServerCtx | kLocationCtx, 1, 2, true, onLocation},
-    {"return", kServerCtx | kLocationCtx, 1, 2, false, onReturn},
 };
 
 }  // namespace

@@ -39,6 +39,7 @@ const Directive* findDirective(std::string_view name) {
   std::call_once(once, [] {
     registerCoreDirectives();
     registerLuaDirectives();
+    registerRewriteDirectives();
   });
   auto it = registry().find(name);
   return it == registry().end() ? nullptr : &it->second;

@@ -41,6 +41,8 @@ struct BuildState {
   }
   // Paths in the conf are relative to the prefix (nginx's rule for logs, pid...).
   std::string resolvePath(const std::string& path) const;
+  // The conf's user variables, for compileComplexValue().
+  const UserVariables* variables() const { return &config->http.variables; }
 };
 
 using DirectiveHandler = bool (*)(const ConfNode& node, BuildState& st, std::string* err);
@@ -75,5 +77,18 @@ bool parseInt(std::string_view text, int64_t* out);
 void registerCoreDirectives();
 // Registers the Lua runtime's directives (conf/lua_directives.cc).
 void registerLuaDirectives();
+// Registers set and return (conf/rewrite_directives.cc).
+void registerRewriteDirectives();
+
+// Declares every variable that `set` or `set_by_lua*` assigns anywhere in
+// `nodes`, before the build, so that any value may name it (nginx resolves
+// variable names once the whole conf is read).
+void declareVariables(const std::vector<ConfNode>& nodes, UserVariables* vars);
+// The variable a set or set_by_lua* directive assigns (its first argument,
+// "$name"): a declared user variable, or the one changeable built-in ($args).
+// False with nginx's error text otherwise.
+bool assignableVariable(const ConfNode& n, const BuildState& st, VarRef* out, std::string* err);
+// The rewrite-module list of the block being built (server or location).
+std::vector<RewriteAction>& rewriteActions(BuildState& st);
 
 }  // namespace tidegate::conf

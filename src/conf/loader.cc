@@ -142,6 +142,7 @@ bool build(Config& cfg, std::vector<ConfNode>& nodes, ConfError* err) {
   BuildState st;
   st.config = &cfg;
   st.ctx = kMainCtx;
+  declareVariables(nodes, &cfg.http.variables);
   if (!buildBlock(nodes, st, err)) return false;
   return finish(cfg, err);
 }

@@ -21,19 +21,23 @@ std::string phaseName(const std::string& directive) {
   return directive;
 }
 
-bool setCode(const ConfNode& n, BuildState& st, LuaCode* code, std::string* err) {
+bool isFileDirective(const ConfNode& n) {
+  return n.name.size() > 5 && n.name.compare(n.name.size() - 5, 5, "_file") == 0;
+}
+
+// The code (or file path) is argument `arg`: 0, or 1 after set_by_lua*'s "$var".
+bool setCode(const ConfNode& n, BuildState& st, LuaCode* code, std::string* err, size_t arg = 0) {
   if (!code->empty()) {
     *err = "\"" + n.name + "\" directive is duplicate";
     return false;
   }
-  bool file = n.name.size() > 5 && n.name.compare(n.name.size() - 5, 5, "_file") == 0;
-  if (file) {
+  if (isFileDirective(n)) {
     code->kind = LuaCode::Kind::kFile;
-    code->source = st.resolvePath(n.args[0]);
+    code->source = st.resolvePath(n.args[arg]);
     code->chunkname.assign(1, '@').append(code->source);
   } else {
     code->kind = LuaCode::Kind::kInline;
-    code->source = n.args.back();
+    code->source = n.args[arg];
     int line = n.lua_block ? n.lua_line : n.line;
     code->chunkname.assign(1, '=');
     code->chunkname.append(phaseName(n.name)).append(1, '(').append(baseName(n.file ? *n.file : "conf"));
@@ -61,6 +65,31 @@ bool onPhase(const ConfNode& n, BuildState& st, std::string* err) {
 
 bool onContent(const ConfNode& n, BuildState& st, std::string* err) {
   return setCode(n, st, &st.location->content_lua, err);
+}
+
+// set_by_lua $var '<code>' [$arg...]; set_by_lua_file $var <path> [$arg...];
+// set_by_lua_block $var { <code> }. It joins the block's rewrite-module list
+// and declares $var (declareVariables() saw it before the build).
+bool onSetByLua(const ConfNode& n, BuildState& st, std::string* err) {
+  RewriteAction a;
+  a.kind = RewriteAction::Kind::kSetByLua;
+  a.where = n.where();
+  if (!assignableVariable(n, st, &a.target, err)) return false;
+  if (isFileDirective(n) && n.args[1].find('$') != std::string::npos) {
+    // OpenResty evaluates a file path with variables per request.
+    if (!compileComplexValue(n.args[1], &a.lua_path, err, st.variables())) return false;
+    a.lua_prefix = st.config->prefix;
+  } else if (!setCode(n, st, &a.lua, err, 1)) {
+    return false;
+  }
+  size_t first_arg = n.lua_block ? n.args.size() : 2;
+  for (size_t i = first_arg; i < n.args.size(); i++) {
+    ComplexValue v;
+    if (!compileComplexValue(n.args[i], &v, err, st.variables())) return false;
+    a.lua_args.push_back(std::move(v));
+  }
+  rewriteActions(st).push_back(std::move(a));
+  return true;
 }
 
 // ";;" stands for the default path and "$prefix" for the prefix, as in OpenResty.
@@ -129,6 +158,9 @@ const Directive kLuaDirectives[] = {
     {"log_by_lua_block", kAnyHttpLevel, 0, 0, true, onPhase<&HttpSettings::log_lua>},
     {"log_by_lua", kAnyHttpLevel, 1, 1, false, onPhase<&HttpSettings::log_lua>},
     {"log_by_lua_file", kAnyHttpLevel, 1, 1, false, onPhase<&HttpSettings::log_lua>},
+    {"set_by_lua_block", kServerCtx | kLocationCtx, 1, 1, true, onSetByLua},
+    {"set_by_lua", kServerCtx | kLocationCtx, 2, kAnyArgs, false, onSetByLua},
+    {"set_by_lua_file", kServerCtx | kLocationCtx, 2, kAnyArgs, false, onSetByLua},
     {"content_by_lua_block", kLocationCtx, 0, 0, true, onContent},
     {"content_by_lua", kLocationCtx, 1, 1, false, onContent},
     {"content_by_lua_file", kLocationCtx, 1, 1, false, onContent},

@@ -12,6 +12,7 @@
 #include "core/log.h"
 #include "http/ascii.h"
 #include "http/http_server.h"
+#include "http/rewrite.h"
 #include "http/router.h"
 #include "http/status.h"
 #include "http/uri.h"
@@ -299,11 +300,14 @@ int Connection::onHeadComplete(std::string* why) {
 void Connection::onMessage() {
   req_.base = buf_ + start_;
   req_.request_length = parser_.head().head_len + parser_.bodyBytes();
-  // A server-level return runs before any location is looked at (nginx's
-  // server rewrite phase), so it wins.
-  const conf::ReturnAction* ret = nullptr;
-  if (req_.server->ret) ret = &*req_.server->ret;
-  else if (req_.location && req_.location->ret) ret = &*req_.location->ret;
+  // set, return and set_by_lua*: the server's, then the location's (http/rewrite.h).
+  RewriteOutcome rewrite = runRewritePhases(req_, server_->contentHandler());
+  if (rewrite.kind == RewriteOutcome::Kind::kError) {
+    respond(500, "text/html", errorPage(500), {});
+    finishRequest();
+    return;
+  }
+  const conf::ReturnAction* ret = rewrite.ret;
   LuaPhases lua;
   if (!ret && server_->contentHandler()) {
     const conf::HttpSettings& s = settings();

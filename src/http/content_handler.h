@@ -81,6 +81,12 @@ class ContentHandler {
   // composed; it cannot change the response. `task` (may be null) is the
   // request's earlier phases, whose ngx.ctx it sees.
   virtual void runLog(const Request& r, const conf::LuaCode& code, ContentTask* task) = 0;
+  // set_by_lua*: runs `code` to completion now (it cannot yield), with
+  // `args` as ngx.arg[1..n]; its first return value (string or number,
+  // else "") goes to *out. False after logging the error: the request is
+  // answered with 500.
+  virtual bool runSet(const Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
+                      std::string* out) = 0;
 };
 
 }  // namespace tidegate::http

@@ -11,6 +11,7 @@
 
 #include "conf/config.h"
 #include "http/request_head.h"
+#include "http/request_variables.h"
 
 namespace tidegate::http {
 
@@ -45,9 +46,14 @@ struct Request {
   std::string_view sent_content_type;
   std::string sent_location;
   int64_t sent_content_length = -1;
+  // What set, set_by_lua* and ngx.var writes assigned. Mutable: handlers
+  // see the request as const, and assigning a variable is the one change
+  // nginx lets them make to it.
+  mutable RequestVariables vars;
 
   std::string_view header(std::string_view lower_name) const;
-  std::string_view query() const { return args.in(base); }
+  // $args: the query as received, or as `set $args` / ngx.var.args replaced it.
+  std::string_view query() const { return vars.argsReplaced() ? std::string_view(vars.args()) : args.in(base); }
   // Back to a fresh request; strings keep their capacity (no allocation per request).
   void reset() {
     base = nullptr;
@@ -64,6 +70,7 @@ struct Request {
     sent_content_type = {};
     sent_location.clear();
     sent_content_length = -1;
+    vars.clear();
   }
   // The settings that apply: the location's, else the server's.
   const conf::HttpSettings& settings() const {

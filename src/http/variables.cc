@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "core/clock.h"
+#include "core/log.h"
 #include "http/ascii.h"
 #include "tidegate/version.h"
 
@@ -47,7 +48,26 @@ std::string hostName() {
   return buf;
 }
 
+// nginx's uninitialized_variable_warn (on by default): a user variable read
+// before any set assigned it is "" and says so.
+void appendUserVariable(const conf::VarRef& var, const Request& r, std::string* out) {
+  std::string_view value;
+  if (r.vars.get(var.index, &value) == RequestVariables::State::kUnset) {
+    TG_LOG_CONN_LIMITED(core::LogLevel::kWarn, r.conn ? r.conn->id : 0, "using uninitialized \"%s\" variable%s",
+                        var.name.c_str(), describeRequest(r).c_str());
+  }
+  out->append(value);
+}
+
 }  // namespace
+
+std::string describeRequest(const Request& r) {
+  std::string s;
+  if (r.conn) s.append(", client: ").append(r.conn->remote_addr);
+  if (r.server) s.append(", server: ").append(r.server->primaryName());
+  if (r.head && r.base) s.append(", request: \"").append(r.head->request_line.in(r.base)).append("\"");
+  return s;
+}
 
 std::string_view Request::header(std::string_view lower_name) const {
   for (const auto& h : head->headers) {
@@ -78,7 +98,9 @@ void appendVariable(const conf::VarRef& var, const Request& r, std::string* out,
     case VarId::kRequestUri: if (r.head) out->append(r.head->target.in(r.base)); break;
     case VarId::kUri: out->append(r.uri); break;
     case VarId::kArgs: out->append(r.query()); break;
-    case VarId::kIsArgs: if (r.has_args) out->push_back('?'); break;
+    case VarId::kIsArgs:
+      if (r.vars.argsReplaced() ? !r.vars.args().empty() : r.has_args) out->push_back('?');
+      break;
     case VarId::kStatus: {
       char buf[8];
       int n = snprintf(buf, sizeof(buf), "%03d", r.status);
@@ -131,6 +153,7 @@ void appendVariable(const conf::VarRef& var, const Request& r, std::string* out,
       break;
     case VarId::kArg: out->append(findArg(r.query(), var.param)); break;
     case VarId::kCookie: if (r.head) out->append(findCookie(r.header("cookie"), var.param)); break;
+    case VarId::kUser: appendUserVariable(var, r, out); break;
   }
   if (dash_if_empty && out->size() == before) out->push_back('-');
 }

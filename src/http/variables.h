@@ -13,4 +13,8 @@ namespace tidegate::http {
 void appendVariable(const conf::VarRef& var, const Request& r, std::string* out, bool dash_if_empty = false);
 void evaluate(const conf::ComplexValue& value, const Request& r, std::string* out, bool dash_if_empty = false);
 
+// ", client: ..., server: ..., request: \"...\"": the tail of an error log
+// line about this request, in nginx's shape.
+std::string describeRequest(const Request& r);
+
 }  // namespace tidegate::http

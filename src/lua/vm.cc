@@ -11,15 +11,6 @@ namespace {
 // A light userdata key for the owning Vm in the registry.
 const char kVmKey = 0;
 
-// Message handler for lua_pcall: the error plus a traceback.
-// Stack: [msg] -> [msg .. "\nstack traceback: ..."]
-int traceback(lua_State* L) {
-  const char* msg = lua_tostring(L, 1);
-  if (!msg) msg = lua_typename(L, lua_type(L, 1));
-  luaL_traceback(L, L, msg, 1);
-  return 1;
-}
-
 // ";;" in an OpenResty path means "the default path here".
 std::string expandPath(const std::string& conf, const char* dflt) {
   if (conf.empty()) return dflt;
@@ -69,10 +60,17 @@ void registerEmbedded(lua_State* L) {
 
 }  // namespace
 
+int Vm::traceback(lua_State* L) {
+  if (!lua_isstring(L, 1)) return 1;
+  luaL_traceback(L, L, lua_tostring(L, 1), 1);
+  return 1;
+}
+
 const char* phaseName(Phase p) {
   switch (p) {
     case Phase::kInit: return "init";
     case Phase::kInitWorker: return "init_worker";
+    case Phase::kSet: return "set";
     case Phase::kRewrite: return "rewrite";
     case Phase::kAccess: return "access";
     case Phase::kContent: return "content";

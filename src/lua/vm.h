@@ -15,7 +15,7 @@
 namespace tidegate::lua {
 
 // OpenResty's phase names, as ngx.get_phase() returns them.
-enum class Phase { kInit, kInitWorker, kRewrite, kAccess, kContent, kLog, kTimer };
+enum class Phase { kInit, kInitWorker, kSet, kRewrite, kAccess, kContent, kLog, kTimer };
 
 class LuaTask;  // lua/task.h
 class Timers;   // lua/timer.h
@@ -64,6 +64,10 @@ class Vm {
 
   // The Vm a lua_State belongs to (set in the registry at creation).
   static Vm* from(lua_State* L);
+  // lua_pcall message handler: a string error gets a traceback; any other
+  // value is kept as it is (OpenResty's handler does the same).
+  // Stack: [msg] -> [msg .. "\nstack traceback: ..."] or [msg].
+  static int traceback(lua_State* L);
 
  private:
   Vm() = default;

@@ -2,6 +2,7 @@
 // ngx.print, ngx.exit, ngx.sleep, ngx.status, ngx.header, ngx.var.
 // Arguments, return values and error texts follow lua-nginx-module.
 #include <cmath>
+#include <initializer_list>
 #include <string>
 
 #include "conf/complex_value.h"
@@ -39,8 +40,9 @@ LuaTask* requireTask(lua_State* L) {
 LuaTask* requireYieldable(lua_State* L) {
   Vm* vm = Vm::from(L);
   LuaTask* task = vm->current();
-  if (!task || !task->canYield() || !task->running() || task->running()->L != L) {
-    if (task && task->canYield()) luaL_error(L, "no co ctx found");
+  bool phase_ok = task && task->canYield() && vm->phase() != Phase::kSet;
+  if (!phase_ok || !task->running() || task->running()->L != L) {
+    if (phase_ok) luaL_error(L, "no co ctx found");
     raiseDisabled(L, vm->phase());
   }
   return task;
@@ -83,12 +85,20 @@ void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
              idx, fname, luaL_typename(L, idx));
 }
 
-// Output, exit and yields are not for the log phase (the response is out).
-RequestContext* requireResponsePhase(lua_State* L) {
+// The running request, unless the phase is one of `disabled` (a Lua error
+// in OpenResty's words, from the "Context:" lines of lua-nginx-module).
+RequestContext* requireRequestNotIn(lua_State* L, std::initializer_list<Phase> disabled) {
   RequestContext* ctx = requireRequest(L);
-  if (ctx->phase() == Phase::kLog) raiseDisabled(L, Phase::kLog);
+  Phase phase = Vm::from(L)->phase();
+  for (Phase p : disabled) {
+    if (p == phase) raiseDisabled(L, phase);
+  }
   return ctx;
 }
+
+// Output, exit and yields: not in set_by_lua* (it cannot yield) nor in the
+// log phase (the response is out).
+RequestContext* requireResponsePhase(lua_State* L) { return requireRequestNotIn(L, {Phase::kSet, Phase::kLog}); }
 
 // Output beyond this is sent on (chunked) instead of growing in memory.
 constexpr size_t kAutoFlushBytes = 64 * 1024;
@@ -230,7 +240,7 @@ std::string headerName(lua_State* L, int idx) {
 
 // ngx.header.NAME -> value, a table for a repeated header, or nil.
 int headerIndex(lua_State* L) {
-  RequestContext* ctx = requireRequest(L);
+  RequestContext* ctx = requireRequestNotIn(L, {Phase::kSet});
   std::string name = headerName(L, 2);
   const auto& headers = ctx->result().headers;
   int found = 0;
@@ -251,7 +261,7 @@ int headerIndex(lua_State* L) {
 
 // ngx.header.NAME = string | number | array of them | nil (removes).
 int headerNewIndex(lua_State* L) {
-  RequestContext* ctx = requireRequest(L);
+  RequestContext* ctx = requireRequestNotIn(L, {Phase::kSet});
   if (ctx->headersSent()) {
     TG_LOG(core::LogLevel::kError, "attempt to set ngx.header.HEADER after sending out response headers");
     return 0;
@@ -282,13 +292,20 @@ int headerNewIndex(lua_State* L) {
   return 0;
 }
 
-// ngx.var.NAME: the core variables; nil for an unknown name, as OpenResty.
+// ngx.var.NAME: the core variables and the conf's user variables; nil for
+// an unknown name or a user variable assigned nil, as OpenResty.
 int varIndex(lua_State* L) {
   RequestContext* ctx = requireRequest(L);
   size_t len = 0;
   const char* name = luaL_checklstring(L, 2, &len);
   conf::VarRef ref;
-  if (!conf::lookupVariable(std::string_view(name, len), &ref)) {
+  if (!conf::lookupVariable(std::string_view(name, len), &ref, &Vm::from(L)->config().http.variables)) {
+    lua_pushnil(L);
+    return 1;
+  }
+  std::string_view unused;
+  if (ref.id == conf::VarId::kUser &&
+      ctx->req().vars.get(ref.index, &unused) == http::RequestVariables::State::kNotFound) {
     lua_pushnil(L);
     return 1;
   }
@@ -298,9 +315,30 @@ int varIndex(lua_State* L) {
   return 1;
 }
 
+// ngx.var.NAME = string | number | nil: a variable declared with set (or
+// set_by_lua*), or $args. Error texts are lua-nginx-module's.
 int varNewIndex(lua_State* L) {
-  requireRequest(L);
+  RequestContext* ctx = requireRequest(L);
   const char* name = luaL_checkstring(L, 2);
+  int type = lua_type(L, 3);
+  if (type != LUA_TNIL && type != LUA_TNUMBER && type != LUA_TSTRING) {
+    lua_pushfstring(L, "string, number, or nil expected, but got %s", lua_typename(L, type));
+    return luaL_argerror(L, 1, lua_tostring(L, -1));
+  }
+  conf::VarRef ref;
+  bool known = conf::lookupVariable(name, &ref, &Vm::from(L)->config().http.variables);
+  if (known && (ref.id == conf::VarId::kUser || ref.id == conf::VarId::kArgs)) {
+    size_t len = 0;
+    const char* value = type == LUA_TNIL ? "" : lua_tolstring(L, 3, &len);
+    http::RequestVariables& vars = ctx->req().vars;
+    if (ref.id == conf::VarId::kArgs) vars.replaceArgs(std::string_view(value, len));
+    else if (type == LUA_TNIL) vars.setNotFound(ref.index);
+    else vars.set(ref.index, std::string_view(value, len));
+    return 0;
+  }
+  // A built-in with a value of its own exists but cannot change; the prefix
+  // families ($arg_*, $http_*...) are not variables to nginx at all.
+  if (known && !conf::isPrefixVariable(ref.id)) return luaL_error(L, "variable \"%s\" not changeable", name);
   return luaL_error(L, "variable \"%s\" not found for writing; maybe it is a built-in variable that is not changeable "
                        "or you forgot to use \"set $%s '';\" in the config file to define it first",
                     name, name);

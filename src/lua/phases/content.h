@@ -87,6 +87,8 @@ class LuaContentHandler : public http::ContentHandler {
   std::unique_ptr<http::ContentTask> start(const http::Request& r, const http::LuaPhases& phases,
                                            http::ContentSink& sink) override;
   void runLog(const http::Request& r, const conf::LuaCode& code, http::ContentTask* task) override;
+  bool runSet(const http::Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
+              std::string* out) override;  // phases/set.cc
 
  private:
   Vm& vm_;

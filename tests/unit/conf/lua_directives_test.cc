@@ -80,5 +80,51 @@ TEST(LuaDirectivesTest, RegexSettingsRejectBadValuesDuplicatesAndOtherContexts) 
             "invalid number of arguments in \"lua_regex_cache_max_entries\" directive in test.conf:1");
 }
 
+TEST(LuaDirectivesTest, SetByLuaForms) {
+  ConfigPtr cfg = load("http { server {\n"
+                       "set_by_lua $a 'return \"$x\"' $arg_a \"${arg_b}!\";\n"
+                       "location / {\n"
+                       "  set_by_lua_block $b {\n return 1 }\n"
+                       "  set_by_lua_file $c lua/c.lua $a;\n"
+                       "  set $p lua/p.lua;\n"
+                       "  set_by_lua_file $d $p;\n"
+                       "} } }\n");
+  ASSERT_TRUE(cfg);
+  const RewriteAction& a = cfg->http.servers[0]->rewrite.at(0);
+  EXPECT_EQ(a.kind, RewriteAction::Kind::kSetByLua);
+  EXPECT_EQ(a.target.id, VarId::kUser);
+  EXPECT_EQ(a.lua.kind, LuaCode::Kind::kInline);
+  EXPECT_EQ(a.lua.source, "return \"$x\"");  // Lua code is not a complex value
+  EXPECT_EQ(a.lua.chunkname, "=set_by_lua(test.conf:2)");
+  ASSERT_EQ(a.lua_args.size(), 2u);
+  EXPECT_EQ(a.lua_args[0].parts.at(0).var.id, VarId::kArg);
+  EXPECT_EQ(a.lua_args[1].raw, "${arg_b}!");
+  const auto& loc = cfg->http.servers[0]->locations.at(0)->rewrite;
+  ASSERT_EQ(loc.size(), 4u);
+  EXPECT_EQ(loc[0].lua.chunkname, "=set_by_lua(test.conf:4)");
+  EXPECT_EQ(loc[0].lua.source, "\n return 1 ");
+  EXPECT_TRUE(loc[0].lua_args.empty());
+  EXPECT_EQ(loc[1].lua.kind, LuaCode::Kind::kFile);
+  EXPECT_EQ(loc[1].lua.chunkname, "@/srv/tg/lua/c.lua");
+  EXPECT_EQ(loc[1].lua_args.at(0).parts.at(0).var.index, a.target.index);
+  // A path with variables is evaluated per request, against the prefix.
+  EXPECT_TRUE(loc[3].lua.empty());
+  EXPECT_EQ(loc[3].lua_path.raw, "$p");
+  EXPECT_EQ(loc[3].lua_prefix, "/srv/tg");
+}
+
+TEST(LuaDirectivesTest, SetByLuaErrors) {
+  EXPECT_EQ(loadError("http { set_by_lua $a 'return 1'; }"),
+            "\"set_by_lua\" directive is not allowed here in test.conf:1");
+  EXPECT_EQ(loadError("http { server { set_by_lua $a; } }"),
+            "invalid number of arguments in \"set_by_lua\" directive in test.conf:1");
+  EXPECT_EQ(loadError("http { server {\n set_by_lua_block a { return 1 } } }"),
+            "invalid variable name \"a\" in test.conf:2");
+  EXPECT_EQ(loadError("http { server {\n set_by_lua_file $uri x.lua; } }"),
+            "the duplicate \"uri\" variable in test.conf:2");
+  EXPECT_EQ(loadError("http { server {\n set_by_lua $a 'return 1' $nope; } }"),
+            "unknown \"nope\" variable in test.conf:2");
+}
+
 }  // namespace
 }  // namespace tidegate::conf

@@ -26,6 +26,14 @@ std::string loadError(const std::string& text) {
 // Wraps server-level text; its first line is line 3 of test.conf.
 std::string inServer(const std::string& body) { return "http {\nserver {\n" + body + "\n}\n}\n"; }
 
+// The first return of a block's rewrite-module list.
+const ReturnAction* returnOf(const std::vector<RewriteAction>& list) {
+  for (const auto& a : list) {
+    if (a.kind == RewriteAction::Kind::kReturn) return &a.ret;
+  }
+  return nullptr;
+}
+
 Listen listenOf(const std::string& args) {
   ConfigPtr cfg = load(inServer("listen " + args + ";"));
   if (!cfg) return Listen{};
@@ -165,8 +173,8 @@ TEST(DirectiveLocationTest, NestedLocationsAndSettings) {
   EXPECT_EQ(a.settings.default_type, "x/a");
   ASSERT_EQ(a.children.size(), 2u);
   EXPECT_EQ(a.children[0]->pattern, "/a/b");
-  ASSERT_TRUE(a.children[0]->ret);
-  EXPECT_EQ(a.children[0]->ret->code, 204);
+  ASSERT_TRUE(returnOf(a.children[0]->rewrite));
+  EXPECT_EQ(returnOf(a.children[0]->rewrite)->code, 204);
   EXPECT_EQ(a.children[1]->match, LocationMatch::kRegex);
 }
 
@@ -193,10 +201,10 @@ TEST(DirectiveReturnTest, CodeAndText) {
   ConfigPtr cfg = load(inServer("return 418;\nlocation /t { return 200 \"hello $uri\"; }"));
   ASSERT_TRUE(cfg);
   const Server& s = *cfg->http.servers[0];
-  ASSERT_TRUE(s.ret);
-  EXPECT_EQ(s.ret->code, 418);
-  EXPECT_FALSE(s.ret->has_text);
-  const auto& r = s.locations.at(0)->ret;
+  ASSERT_TRUE(returnOf(s.rewrite));
+  EXPECT_EQ(returnOf(s.rewrite)->code, 418);
+  EXPECT_FALSE(returnOf(s.rewrite)->has_text);
+  const auto& r = returnOf(s.locations.at(0)->rewrite);
   ASSERT_TRUE(r);
   EXPECT_EQ(r->code, 200);
   EXPECT_TRUE(r->has_text);
@@ -210,12 +218,12 @@ TEST(DirectiveReturnTest, RedirectForms) {
                                 "location /c { return $scheme://z.test; }"));
   ASSERT_TRUE(cfg);
   const auto& locs = cfg->http.servers[0]->locations;
-  EXPECT_EQ(locs[0]->ret->code, 301);
-  EXPECT_EQ(locs[0]->ret->text.raw, "https://x.test$request_uri");
-  EXPECT_EQ(locs[1]->ret->code, 302);
-  EXPECT_TRUE(locs[1]->ret->text.isConstant());
-  EXPECT_EQ(locs[1]->ret->text.constantText(), "https://y.test/");
-  EXPECT_EQ(locs[2]->ret->code, 302);
+  EXPECT_EQ(returnOf(locs[0]->rewrite)->code, 301);
+  EXPECT_EQ(returnOf(locs[0]->rewrite)->text.raw, "https://x.test$request_uri");
+  EXPECT_EQ(returnOf(locs[1]->rewrite)->code, 302);
+  EXPECT_TRUE(returnOf(locs[1]->rewrite)->text.isConstant());
+  EXPECT_EQ(returnOf(locs[1]->rewrite)->text.constantText(), "https://y.test/");
+  EXPECT_EQ(returnOf(locs[2]->rewrite)->code, 302);
 }
 
 TEST(DirectiveReturnTest, Errors) {
@@ -224,6 +232,61 @@ TEST(DirectiveReturnTest, Errors) {
   EXPECT_EQ(loadError(inServer("return ftp://x;")), "invalid return code \"ftp://x\" in test.conf:3");
   EXPECT_NE(loadError(inServer("return 200 a b;")).find("invalid number of arguments"), std::string::npos);
   EXPECT_NE(loadError("http { return 200; }").find("not allowed here"), std::string::npos);
+}
+
+// --- set and the rewrite-module list ------------------------------------------
+
+TEST(DirectiveSetTest, ActionsKeepConfOrderPerBlock) {
+  ConfigPtr cfg = load(inServer("set $a 1;\nreturn 200 $a;\nset $b \"$a-$uri\";\n"
+                                "location /t { set $a x; return 204; }"));
+  ASSERT_TRUE(cfg);
+  const auto& list = cfg->http.servers[0]->rewrite;
+  ASSERT_EQ(list.size(), 3u);
+  EXPECT_EQ(list[0].kind, RewriteAction::Kind::kSet);
+  EXPECT_EQ(list[0].target.id, VarId::kUser);
+  EXPECT_EQ(list[0].value.constantText(), "1");
+  EXPECT_EQ(list[0].where, "test.conf:3");
+  EXPECT_EQ(list[1].kind, RewriteAction::Kind::kReturn);
+  EXPECT_EQ(list[1].ret.text.parts.at(0).var.id, VarId::kUser);
+  EXPECT_EQ(list[2].kind, RewriteAction::Kind::kSet);
+  ASSERT_EQ(list[2].value.parts.size(), 3u);
+  EXPECT_EQ(list[2].value.parts[0].var.index, list[0].target.index);
+  EXPECT_EQ(list[2].value.parts[2].var.id, VarId::kUri);
+  const auto& loc = cfg->http.servers[0]->locations.at(0)->rewrite;
+  ASSERT_EQ(loc.size(), 2u);
+  EXPECT_EQ(loc[0].target.index, list[0].target.index);  // one $a for the whole conf
+  EXPECT_EQ(cfg->http.variables.names, (std::vector<std::string>{"a", "b"}));
+}
+
+TEST(DirectiveSetTest, VariablesDeclaredLaterAreKnownEverywhere) {
+  // The log format and the first server use $later before any set declares it.
+  ConfigPtr cfg = load("http {\nlog_format f '$later $other';\nserver { return 200 $later; }\n"
+                       "server { location / { set $later 1; set_by_lua $other 'return 2'; } }\n}\n");
+  ASSERT_TRUE(cfg);
+  EXPECT_EQ(cfg->http.log_formats.back()->format.parts.at(0).var.id, VarId::kUser);
+  EXPECT_EQ(cfg->http.log_formats.back()->format.parts.at(2).var.name, "other");
+  EXPECT_EQ(returnOf(cfg->http.servers[0]->rewrite)->text.parts.at(0).var.name, "later");
+}
+
+TEST(DirectiveSetTest, ArgsIsTheChangeableBuiltin) {
+  ConfigPtr cfg = load(inServer("set $args a=1;\nset $arg_x shadow;\nreturn 200 $arg_x;"));
+  ASSERT_TRUE(cfg);
+  const auto& list = cfg->http.servers[0]->rewrite;
+  EXPECT_EQ(list[0].target.id, VarId::kArgs);
+  // A name of a prefix family becomes a user variable that shadows it (nginx).
+  EXPECT_EQ(list[1].target.id, VarId::kUser);
+  EXPECT_EQ(list[2].ret.text.parts.at(0).var.id, VarId::kUser);
+}
+
+TEST(DirectiveSetTest, Errors) {
+  EXPECT_EQ(loadError(inServer("location / {\n  return 200 $nope;\n}")),
+            "unknown \"nope\" variable in test.conf:4");
+  EXPECT_EQ(loadError(inServer("set $a \"$nope\";")), "unknown \"nope\" variable in test.conf:3");
+  EXPECT_EQ(loadError(inServer("set a 1;")), "invalid variable name \"a\" in test.conf:3");
+  EXPECT_EQ(loadError(inServer("set $ 1;")), "invalid variable name \"$\" in test.conf:3");
+  EXPECT_EQ(loadError(inServer("set $host 1;")), "the duplicate \"host\" variable in test.conf:3");
+  EXPECT_EQ(loadError(inServer("set $a;")), "invalid number of arguments in \"set\" directive in test.conf:3");
+  EXPECT_EQ(loadError("http {\nset $a 1;\n}"), "\"set\" directive is not allowed here in test.conf:2");
 }
 
 }  // namespace
