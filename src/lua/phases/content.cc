@@ -145,13 +145,7 @@ void LuaContentHandler::runLog(const http::Request& r, const conf::LuaCode& code
     return;
   }
   // No earlier Lua phase: a context of its own, which never finishes a response.
-  struct NullSink : http::ContentSink {
-    void finish(http::ContentResult, http::ContentTask*) override {}
-    void flushOutput(http::ContentResult&, bool) override {}
-    bool headersSent() const override { return true; }
-    bool waitDrain(std::function<void()>) override { return true; }
-    void cancelDrain() override {}
-  } sink;
+  DetachedSink sink(true);
   RequestContext ctx(vm_, loop_, r, http::LuaPhases{}, sink);
   ctx.runLog(code);
 }

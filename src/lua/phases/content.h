@@ -81,6 +81,21 @@ class RequestContext : public LuaTask, public http::ContentTask {
   int on_abort_ref_ = LUA_NOREF;
 };
 
+// The sink of a context that never answers: log_by_lua* without earlier
+// Lua phases (the response is out: headers count as sent) and set_by_lua*.
+class DetachedSink : public http::ContentSink {
+ public:
+  explicit DetachedSink(bool headers_sent) : headers_sent_(headers_sent) {}
+  void finish(http::ContentResult, http::ContentTask*) override {}
+  void flushOutput(http::ContentResult&, bool) override {}
+  bool headersSent() const override { return headers_sent_; }
+  bool waitDrain(std::function<void()>) override { return true; }
+  void cancelDrain() override {}
+
+ private:
+  bool headers_sent_;
+};
+
 class LuaContentHandler : public http::ContentHandler {
  public:
   LuaContentHandler(Vm& vm, uv_loop_t* loop) : vm_(vm), loop_(loop) {}

@@ -15,15 +15,6 @@
 namespace tidegate::lua {
 namespace {
 
-// The set phase never produces a response; its context needs a sink anyway.
-struct NoResponse : http::ContentSink {
-  void finish(http::ContentResult, http::ContentTask*) override {}
-  void flushOutput(http::ContentResult&, bool) override {}
-  bool headersSent() const override { return false; }
-  bool waitDrain(std::function<void()>) override { return true; }
-  void cancelDrain() override {}
-};
-
 // ngx.arg = {args...} while the code runs, nil afterwards.
 // Stack: unchanged.
 void setNgxArg(lua_State* L, const std::vector<std::string>* args) {
@@ -78,7 +69,7 @@ bool LuaContentHandler::runSet(const http::Request& r, const conf::LuaCode& code
   // OpenResty passes the arguments both as ngx.arg and as the chunk's `...`.
   for (const auto& a : args) lua_pushlstring(L, a.data(), a.size());  // Stack: [tb, fn, args...]
   setNgxArg(L, &args);
-  NoResponse sink;
+  DetachedSink sink(false);  // the set phase never answers
   RequestContext ctx(vm_, loop_, r, http::LuaPhases{}, sink);
   LuaTask* prev = vm_.current();
   Phase prev_phase = vm_.phase();
