@@ -34,6 +34,7 @@ struct LuaConf {
   bool code_cache = true;
   LuaCode init;               // init_by_lua*: master, before fork
   LuaCode init_worker;        // init_worker_by_lua*: each worker
+  LuaCode exit_worker;        // exit_worker_by_lua*: each worker, as it exits
   uint64_t max_pending_timers = 1024;  // lua_max_pending_timers
   uint64_t max_running_timers = 256;   // lua_max_running_timers
   // ngx.re: compile-once ("o") cache size per worker, and PCRE2's match
@@ -74,6 +75,8 @@ struct HttpSettings {
   std::optional<LuaCode> rewrite_lua;
   std::optional<LuaCode> access_lua;
   std::optional<LuaCode> log_lua;
+  std::optional<LuaCode> header_filter_lua;
+  std::optional<LuaCode> body_filter_lua;
 
   void inheritFrom(const HttpSettings& parent);
   void fillDefaults();

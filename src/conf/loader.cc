@@ -29,6 +29,8 @@ void HttpSettings::inheritFrom(const HttpSettings& p) {
   if (!rewrite_lua) rewrite_lua = p.rewrite_lua;
   if (!access_lua) access_lua = p.access_lua;
   if (!log_lua) log_lua = p.log_lua;
+  if (!header_filter_lua) header_filter_lua = p.header_filter_lua;
+  if (!body_filter_lua) body_filter_lua = p.body_filter_lua;
 }
 
 void HttpSettings::fillDefaults() {

@@ -52,6 +52,10 @@ bool onInitWorker(const ConfNode& n, BuildState& st, std::string* err) {
   return setCode(n, st, &st.http->lua.init_worker, err);
 }
 
+bool onExitWorker(const ConfNode& n, BuildState& st, std::string* err) {
+  return setCode(n, st, &st.http->lua.exit_worker, err);
+}
+
 template <std::optional<LuaCode> HttpSettings::*Field>
 bool onPhase(const ConfNode& n, BuildState& st, std::string* err) {
   std::optional<LuaCode>& slot = st.settings().*Field;
@@ -158,6 +162,15 @@ const Directive kLuaDirectives[] = {
     {"log_by_lua_block", kAnyHttpLevel, 0, 0, true, onPhase<&HttpSettings::log_lua>},
     {"log_by_lua", kAnyHttpLevel, 1, 1, false, onPhase<&HttpSettings::log_lua>},
     {"log_by_lua_file", kAnyHttpLevel, 1, 1, false, onPhase<&HttpSettings::log_lua>},
+    {"header_filter_by_lua_block", kAnyHttpLevel, 0, 0, true, onPhase<&HttpSettings::header_filter_lua>},
+    {"header_filter_by_lua", kAnyHttpLevel, 1, 1, false, onPhase<&HttpSettings::header_filter_lua>},
+    {"header_filter_by_lua_file", kAnyHttpLevel, 1, 1, false, onPhase<&HttpSettings::header_filter_lua>},
+    {"body_filter_by_lua_block", kAnyHttpLevel, 0, 0, true, onPhase<&HttpSettings::body_filter_lua>},
+    {"body_filter_by_lua", kAnyHttpLevel, 1, 1, false, onPhase<&HttpSettings::body_filter_lua>},
+    {"body_filter_by_lua_file", kAnyHttpLevel, 1, 1, false, onPhase<&HttpSettings::body_filter_lua>},
+    {"exit_worker_by_lua_block", kHttpCtx, 0, 0, true, onExitWorker},
+    {"exit_worker_by_lua", kHttpCtx, 1, 1, false, onExitWorker},
+    {"exit_worker_by_lua_file", kHttpCtx, 1, 1, false, onExitWorker},
     {"set_by_lua_block", kServerCtx | kLocationCtx, 1, 1, true, onSetByLua},
     {"set_by_lua", kServerCtx | kLocationCtx, 2, kAnyArgs, false, onSetByLua},
     {"set_by_lua_file", kServerCtx | kLocationCtx, 2, kAnyArgs, false, onSetByLua},

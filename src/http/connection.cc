@@ -395,28 +395,29 @@ void Connection::finish(ContentResult result, ContentTask* task) {
   bool async = task_ != nullptr;
   if (headers_sent_) {
     // The handler streamed: end the body, or cut the connection if it failed.
-    if (result.aborted) {
-      keepalive_ = false;
-      reset_after_write_ = true;
-    } else {
-      writeBodyPart(result.body);
-      endBody();
-    }
+    if (result.aborted) abortResponse();
+    else sendBody(result.body, true, task);
   } else if (result.aborted) {
     // The client is gone (499): nothing is sent; the access log says 499.
     req_.status = result.status;
-    keepalive_ = false;
-    reset_after_write_ = true;
+    abortResponse();
   } else if (result.declined) {
     respond(404, "text/html", errorPage(404), {});
+  } else if (result.status >= 300 && result.body.empty()) {
+    HandlerHeaders h = splitHandlerHeaders(result, *settings().default_type);
+    respond(result.status, "text/html", errorPage(result.status), absoluteRedirect(h.location), &h.extra);
+  } else if (hasFilters()) {
+    sendHead(result.status, std::move(result.headers), static_cast<int64_t>(result.body.size()), task);
+    sendBody(result.body, true, task);
   } else {
     HandlerHeaders h = splitHandlerHeaders(result, *settings().default_type);
-    std::string location = absoluteRedirect(h.location);
-    if (result.status >= 300 && result.body.empty()) {
-      respond(result.status, "text/html", errorPage(result.status), location, &h.extra);
-    } else {
-      respond(result.status, h.content_type, result.body, location, &h.extra);
-    }
+    // The whole body is here: its size is the length (a handler's
+    // Content-Length counts only for HEAD, where no body follows).
+    int64_t length = static_cast<int64_t>(result.body.size());
+    if (parser_.head().is_head && h.content_length >= 0) length = h.content_length;
+    writeHead(result.status, h.content_type, absoluteRedirect(h.location), &h.extra, length);
+    writeBodyPart(result.body);
+    endBody();
   }
   finishRequest();
   if (async) {
@@ -425,6 +426,60 @@ void Connection::finish(ContentResult result, ContentTask* task) {
     processInput();  // the next pipelined requests, already buffered
     resumeReading();
   }
+}
+
+// No (more) output: the connection closes once what is queued is out.
+void Connection::abortResponse() {
+  keepalive_ = false;
+  reset_after_write_ = true;
+  body_ended_ = true;
+}
+
+bool Connection::hasFilters() const {
+  const conf::HttpSettings& s = settings();
+  return (s.header_filter_lua || s.body_filter_lua) && server_->contentHandler();
+}
+
+ContentTask* Connection::filterTask(ContentTask* task) {
+  if (task) return task;
+  if (task_) return task_.get();
+  if (log_task_) return log_task_;
+  if (!aux_task_) aux_task_ = server_->contentHandler()->detached(req_, *this);
+  return aux_task_.get();
+}
+
+void Connection::sendHead(int status, HeaderList headers, int64_t content_length, ContentTask* task) {
+  const conf::HttpSettings& s = settings();
+  if (s.header_filter_lua &&
+      !server_->contentHandler()->runHeaderFilter(req_, *s.header_filter_lua, filterTask(task), &status, &headers)) {
+    req_.status = 500;
+    abortResponse();
+    return;
+  }
+  ContentResult r;
+  r.headers = std::move(headers);
+  HandlerHeaders h = splitHandlerHeaders(r, *s.default_type);
+  // A body filter may change the length: the body goes out chunked.
+  if (h.content_length >= 0) content_length = h.content_length;
+  if (s.body_filter_lua) content_length = -1;
+  writeHead(status, h.content_type, absoluteRedirect(h.location), &h.extra, content_length);
+}
+
+void Connection::sendBody(std::string_view data, bool last, ContentTask* task) {
+  const conf::HttpSettings& s = settings();
+  if (s.body_filter_lua && headers_sent_ && body_allowed_ && !body_ended_ && server_->contentHandler()) {
+    std::string chunk(data);
+    bool eof = last;
+    if (!server_->contentHandler()->runBodyFilter(req_, *s.body_filter_lua, filterTask(task), &chunk, &eof)) {
+      abortResponse();
+      return;
+    }
+    writeBodyPart(chunk);
+    if (eof) endBody();
+    return;
+  }
+  writeBodyPart(data);
+  if (last) endBody();
 }
 
 void Connection::writeHandlerHead(ContentResult& result, int64_t content_length) {
@@ -438,12 +493,13 @@ void Connection::writeHandlerHead(ContentResult& result, int64_t content_length)
 }
 
 // ngx.flush / ngx.eof: the head once, then what the handler printed so far.
-void Connection::flushOutput(ContentResult& result, bool last) {
+void Connection::flushOutput(ContentResult& result, bool last, ContentTask* task) {
   if (closing_) return;
-  if (!headers_sent_) writeHandlerHead(result, last ? static_cast<int64_t>(result.body.size()) : -1);
-  writeBodyPart(result.body);
+  int64_t length = last ? static_cast<int64_t>(result.body.size()) : -1;
+  if (!headers_sent_ && hasFilters()) sendHead(result.status, result.headers, length, task);
+  else if (!headers_sent_) writeHandlerHead(result, length);
+  sendBody(result.body, last, task);
   result.body.clear();
-  if (last) endBody();
   flush();
   updateTimer();
 }
@@ -469,6 +525,15 @@ bool Connection::shouldKeepAlive(int status) const {
 
 void Connection::respond(int status, std::string_view content_type, std::string_view body, std::string_view location,
                          const HeaderList* extra_headers) {
+  if (hasFilters()) {
+    HeaderList headers;
+    headers.emplace_back("Content-Type", content_type);
+    if (!location.empty()) headers.emplace_back("Location", location);
+    if (extra_headers) headers.insert(headers.end(), extra_headers->begin(), extra_headers->end());
+    sendHead(status, std::move(headers), static_cast<int64_t>(body.size()), nullptr);
+    sendBody(body, true, nullptr);
+    return;
+  }
   writeHead(status, content_type, location, extra_headers, static_cast<int64_t>(body.size()));
   writeBodyPart(body);
   body_ended_ = true;
@@ -537,7 +602,7 @@ size_t Connection::writeHead(int status, std::string_view content_type, std::str
 }
 
 void Connection::writeBodyPart(std::string_view data) {
-  if (!body_allowed_ || body_ended_ || data.empty()) return;
+  if (!headers_sent_ || !body_allowed_ || body_ended_ || data.empty()) return;
   size_t before = out_.size();
   if (chunked_) {
     char num[20];
@@ -554,7 +619,7 @@ void Connection::writeBodyPart(std::string_view data) {
 }
 
 void Connection::endBody() {
-  if (body_ended_) return;
+  if (!headers_sent_ || body_ended_) return;
   body_ended_ = true;
   if (chunked_ && body_allowed_) {
     out_.append("0\r\n\r\n");
@@ -587,9 +652,10 @@ void Connection::finishRequest() {
   server_->accessLog().log(req_);
   // log_by_lua*: after the response is composed; it cannot change it.
   if (req_.server && settings().log_lua && server_->contentHandler()) {
-    server_->contentHandler()->runLog(req_, *settings().log_lua, log_task_);
+    server_->contentHandler()->runLog(req_, *settings().log_lua, log_task_ ? log_task_ : aux_task_.get());
   }
   log_task_ = nullptr;
+  aux_task_.reset();
   if (!keepalive_) {
     close_after_write_ = true;
     return;

@@ -51,7 +51,6 @@ class Connection : private RequestParser::Handler, private ContentSink {
   void onBodyData(std::string_view) override {}
   void onMessage();
   void startRequest();
-  using HeaderList = std::vector<std::pair<std::string, std::string>>;
   void respond(int status, std::string_view content_type, std::string_view body, std::string_view location,
                const HeaderList* extra_headers = nullptr);
   // The status line and headers; `content_length` < 0: unknown (chunked,
@@ -61,8 +60,17 @@ class Connection : private RequestParser::Handler, private ContentSink {
   void writeHandlerHead(ContentResult& result, int64_t content_length);
   void writeBodyPart(std::string_view data);
   void endBody();
+  // With header_filter_by_lua* / body_filter_by_lua*: the head from a full
+  // header list (the header filter runs first), and body pieces through
+  // the body filter. `task`: the Lua context to run them in (null: the
+  // request's, or a detached one made for them).
+  bool hasFilters() const;
+  ContentTask* filterTask(ContentTask* task);
+  void sendHead(int status, HeaderList headers, int64_t content_length, ContentTask* task);
+  void sendBody(std::string_view data, bool last, ContentTask* task);
+  void abortResponse();
   void finish(ContentResult result, ContentTask* task) override;
-  void flushOutput(ContentResult& result, bool last) override;
+  void flushOutput(ContentResult& result, bool last, ContentTask* task) override;
   bool headersSent() const override { return headers_sent_; }
   bool waitDrain(std::function<void()> cb) override;
   void cancelDrain() override { drain_cb_ = nullptr; }
@@ -125,6 +133,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   const conf::HttpSettings* conn_settings_ = nullptr;
   std::unique_ptr<ContentTask> task_;  // a content handler still running (kProcessing)
   ContentTask* log_task_ = nullptr;             // the request's Lua phases, for log_by_lua*
+  std::unique_ptr<ContentTask> aux_task_;      // a detached Lua context for filters and log (no Lua content)
   uint64_t linger_start_ms_ = 0;
   bool keepalive_ = true;
   bool reading_ = false;

@@ -14,6 +14,8 @@
 
 namespace tidegate::http {
 
+using HeaderList = std::vector<std::pair<std::string, std::string>>;
+
 // What a content handler produced. A status >= 300 with an empty body gets
 // the built-in error page, as nginx's special responses do.
 struct ContentResult {
@@ -41,7 +43,8 @@ class ContentSink {
   // which is cleared. `last`: the response body ends here. Without a
   // Content-Length from the handler, the body is sent chunked (or, to an
   // HTTP/1.0 client, delimited by closing the connection).
-  virtual void flushOutput(ContentResult& result, bool last) = 0;
+  // `task` is the caller (the filters run in its context).
+  virtual void flushOutput(ContentResult& result, bool last, ContentTask* task) = 0;
   virtual bool headersSent() const = 0;
   // ngx.flush(true): true if every byte handed over so far is written to
   // the socket already; else false, and `cb` runs from the loop once it is.
@@ -77,6 +80,21 @@ class ContentHandler {
   virtual ~ContentHandler() = default;
   // Runs the phases in order; `r` and `sink` outlive the returned task.
   virtual std::unique_ptr<ContentTask> start(const Request& r, const LuaPhases& phases, ContentSink& sink) = 0;
+  // A Lua context for a request whose response does not come from Lua
+  // (return, error pages), so that its filters and log_by_lua* share one
+  // ngx.ctx. It never calls the sink's finish().
+  virtual std::unique_ptr<ContentTask> detached(const Request& r, ContentSink& sink) = 0;
+  // header_filter_by_lua*: runs `code` now, before the head is written; it
+  // may change the status and the headers (Content-Type, Location and
+  // Content-Length among them). False if it failed (logged): the response
+  // cannot be sent.
+  virtual bool runHeaderFilter(const Request& r, const conf::LuaCode& code, ContentTask* task, int* status,
+                               HeaderList* headers) = 0;
+  // body_filter_by_lua*: runs `code` on one piece of the body (ngx.arg[1])
+  // and the end-of-body flag (ngx.arg[2]); it may change both. False if it
+  // failed (logged): the response is cut.
+  virtual bool runBodyFilter(const Request& r, const conf::LuaCode& code, ContentTask* task, std::string* chunk,
+                             bool* eof) = 0;
   // log_by_lua*: runs `code` to completion now, after the response was
   // composed; it cannot change the response. `task` (may be null) is the
   // request's earlier phases, whose ngx.ctx it sees.

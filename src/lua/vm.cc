@@ -76,6 +76,9 @@ const char* phaseName(Phase p) {
     case Phase::kContent: return "content";
     case Phase::kLog: return "log";
     case Phase::kTimer: return "timer";
+    case Phase::kHeaderFilter: return "header_filter";
+    case Phase::kBodyFilter: return "body_filter";
+    case Phase::kExitWorker: return "exit_worker";
   }
   return "?";
 }

@@ -15,7 +15,23 @@
 namespace tidegate::lua {
 
 // OpenResty's phase names, as ngx.get_phase() returns them.
-enum class Phase { kInit, kInitWorker, kSet, kRewrite, kAccess, kContent, kLog, kTimer };
+enum class Phase {
+  kInit,
+  kInitWorker,
+  kSet,
+  kRewrite,
+  kAccess,
+  kContent,
+  kHeaderFilter,
+  kBodyFilter,
+  kLog,
+  kTimer,
+  kExitWorker,
+};
+// Phases whose code runs in a coroutine that may wait for events.
+inline bool yieldablePhase(Phase p) {
+  return p == Phase::kRewrite || p == Phase::kAccess || p == Phase::kContent || p == Phase::kTimer;
+}
 
 class LuaTask;  // lua/task.h
 class Timers;   // lua/timer.h

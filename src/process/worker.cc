@@ -69,6 +69,7 @@ class Worker {
       has_signals_ = true;
     }
     uv_run(&loop_, UV_RUN_DEFAULT);
+    runExitWorker();
     server_.reset();
     if (vm_) vm_->setTimers(nullptr);
     timers_.reset();
@@ -87,6 +88,16 @@ class Worker {
     std::string err;
     if (!vm_->run(cfg_->http.lua.init_worker, lua::Phase::kInitWorker, &err)) {
       TG_LOG(LogLevel::kError, "init_worker_by_lua error: %s", err.c_str());
+    }
+  }
+
+  // exit_worker_by_lua*: the last Lua the worker runs, after its
+  // connections and timers are done; errors are logged.
+  void runExitWorker() {
+    if (!vm_ || cfg_->http.lua.exit_worker.empty()) return;
+    std::string err;
+    if (!vm_->run(cfg_->http.lua.exit_worker, lua::Phase::kExitWorker, &err)) {
+      TG_LOG(LogLevel::kError, "exit_worker_by_lua error: %s", err.c_str());
     }
   }
 

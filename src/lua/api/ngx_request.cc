@@ -40,7 +40,7 @@ LuaTask* requireTask(lua_State* L) {
 LuaTask* requireYieldable(lua_State* L) {
   Vm* vm = Vm::from(L);
   LuaTask* task = vm->current();
-  bool phase_ok = task && task->canYield() && vm->phase() != Phase::kSet;
+  bool phase_ok = task && task->canYield() && yieldablePhase(vm->phase());
   if (!phase_ok || !task->running() || task->running()->L != L) {
     if (phase_ok) luaL_error(L, "no co ctx found");
     raiseDisabled(L, vm->phase());
@@ -98,7 +98,9 @@ RequestContext* requireRequestNotIn(lua_State* L, std::initializer_list<Phase> d
 
 // Output, exit and yields: not in set_by_lua* (it cannot yield) nor in the
 // log phase (the response is out).
-RequestContext* requireResponsePhase(lua_State* L) { return requireRequestNotIn(L, {Phase::kSet, Phase::kLog}); }
+RequestContext* requireResponsePhase(lua_State* L) {
+  return requireRequestNotIn(L, {Phase::kSet, Phase::kHeaderFilter, Phase::kBodyFilter, Phase::kLog});
+}
 
 // Output beyond this is sent on (chunked) instead of growing in memory.
 constexpr size_t kAutoFlushBytes = 64 * 1024;

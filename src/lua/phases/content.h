@@ -37,7 +37,7 @@ class RequestContext : public LuaTask, public http::ContentTask {
   // Output streaming: ngx.flush, ngx.eof, and large output. Sends the
   // head once, then what was printed; `last` ends the body (ngx.eof).
   void flushOutput(bool last) {
-    sink_.flushOutput(result_, last);
+    sink_.flushOutput(result_, last, this);
     if (last) eof_ = true;
   }
   bool headersSent() const { return sink_.headersSent(); }
@@ -48,6 +48,14 @@ class RequestContext : public LuaTask, public http::ContentTask {
   // if the client goes away. False if one is registered already.
   bool setOnAbort(lua_State* L);
   void clientAborted() override;
+
+  // body_filter_by_lua*: ngx.arg[1] and ngx.arg[2] while the filter runs.
+  struct FilterArgs {
+    std::string* chunk;
+    bool* eof;
+  };
+  FilterArgs* filterArgs() const { return filter_args_; }
+  void setFilterArgs(FilterArgs* a) { filter_args_ = a; }
 
   // When the request's first byte came, for ngx.req.start_time().
   uint64_t startWallMs() const { return start_wall_ms_; }
@@ -79,6 +87,7 @@ class RequestContext : public LuaTask, public http::ContentTask {
   bool done_ = false;
   bool eof_ = false;
   int on_abort_ref_ = LUA_NOREF;
+  FilterArgs* filter_args_ = nullptr;
 };
 
 // The sink of a context that never answers: log_by_lua* without earlier
@@ -87,7 +96,7 @@ class DetachedSink : public http::ContentSink {
  public:
   explicit DetachedSink(bool headers_sent) : headers_sent_(headers_sent) {}
   void finish(http::ContentResult, http::ContentTask*) override {}
-  void flushOutput(http::ContentResult&, bool) override {}
+  void flushOutput(http::ContentResult&, bool, http::ContentTask*) override {}
   bool headersSent() const override { return headers_sent_; }
   bool waitDrain(std::function<void()>) override { return true; }
   void cancelDrain() override {}
@@ -102,6 +111,11 @@ class LuaContentHandler : public http::ContentHandler {
   std::unique_ptr<http::ContentTask> start(const http::Request& r, const http::LuaPhases& phases,
                                            http::ContentSink& sink) override;
   void runLog(const http::Request& r, const conf::LuaCode& code, http::ContentTask* task) override;
+  std::unique_ptr<http::ContentTask> detached(const http::Request& r, http::ContentSink& sink) override;
+  bool runHeaderFilter(const http::Request& r, const conf::LuaCode& code, http::ContentTask* task, int* status,
+                       http::HeaderList* headers) override;
+  bool runBodyFilter(const http::Request& r, const conf::LuaCode& code, http::ContentTask* task, std::string* chunk,
+                     bool* eof) override;
   bool runSet(const http::Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
               std::string* out) override;  // phases/set.cc
 

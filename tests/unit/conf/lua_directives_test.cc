@@ -56,6 +56,40 @@ TEST(LuaDirectivesTest, ContextsAndDuplicates) {
   EXPECT_EQ(loadError("init_by_lua 'x';"), "\"init_by_lua\" directive is not allowed here in test.conf:1");
 }
 
+TEST(LuaDirectivesTest, FilterAndExitWorkerPhases) {
+  ConfigPtr cfg = load("http {\n header_filter_by_lua 'a = 1';\n exit_worker_by_lua_block { }\n"
+                       " server { location / {\n body_filter_by_lua_block { b = 1 }\n} } }\n");
+  ASSERT_TRUE(cfg);
+  const auto& loc = cfg->http.servers[0]->locations.at(0)->settings;
+  ASSERT_TRUE(loc.header_filter_lua);  // inherited from http
+  EXPECT_EQ(loc.header_filter_lua->chunkname, "=header_filter_by_lua(test.conf:2)");
+  ASSERT_TRUE(loc.body_filter_lua);
+  EXPECT_EQ(loc.body_filter_lua->chunkname, "=body_filter_by_lua(test.conf:5)");
+  EXPECT_EQ(cfg->http.lua.exit_worker.chunkname, "=exit_worker_by_lua(test.conf:3)");
+  EXPECT_EQ(loadError("http { server { exit_worker_by_lua 'x'; } }"),
+            "\"exit_worker_by_lua\" directive is not allowed here in test.conf:1");
+  EXPECT_EQ(loadError("http { body_filter_by_lua 'x'; body_filter_by_lua_block { } }"),
+            "\"body_filter_by_lua_block\" directive is duplicate in test.conf:1");
+}
+
+TEST(LuaDirectivesTest, TimerCapsAndClientAbort) {
+  ConfigPtr dflt = load("http { server { } }");
+  ASSERT_TRUE(dflt);
+  EXPECT_EQ(dflt->http.lua.max_pending_timers, 1024u);
+  EXPECT_EQ(dflt->http.lua.max_running_timers, 256u);
+  EXPECT_FALSE(*dflt->http.servers[0]->settings.lua_check_client_abort);
+  ConfigPtr cfg = load("http { lua_max_pending_timers 10; lua_max_running_timers 2; lua_check_client_abort on;"
+                       " server { location / { lua_check_client_abort off; } } }");
+  ASSERT_TRUE(cfg);
+  EXPECT_EQ(cfg->http.lua.max_pending_timers, 10u);
+  EXPECT_EQ(cfg->http.lua.max_running_timers, 2u);
+  EXPECT_TRUE(*cfg->http.servers[0]->settings.lua_check_client_abort);
+  EXPECT_FALSE(*cfg->http.servers[0]->locations.at(0)->settings.lua_check_client_abort);
+  EXPECT_EQ(loadError("http { lua_max_pending_timers x; }"),
+            "\"lua_max_pending_timers\" directive invalid number in test.conf:1");
+  EXPECT_NE(loadError("http { lua_check_client_abort maybe; }").find("\"lua_check_client_abort\""), std::string::npos);
+}
+
 TEST(LuaDirectivesTest, RegexCacheAndMatchLimit) {
   ConfigPtr dflt = load("http { }");
   ASSERT_TRUE(dflt);
