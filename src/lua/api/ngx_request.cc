@@ -45,8 +45,6 @@ LuaTask* requireYieldable(lua_State* L) {
   return task;
 }
 
-namespace {
-
 // Appends one ngx.say/ngx.print argument; tables are flattened as OpenResty
 // does (array part, recursively). Raises for other types.
 void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
@@ -81,6 +79,8 @@ void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
   luaL_error(L, "bad argument #%d to '%s' (string, number, boolean, nil, ngx.null, or array table expected, got %s)",
              idx, fname, luaL_typename(L, idx));
 }
+
+namespace {
 
 // Output, exit and yields are not for the log phase (the response is out).
 RequestContext* requireResponsePhase(lua_State* L) {
