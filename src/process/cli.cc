@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "http/access_log.h"
 #include "process/listeners.h"
+#include "process/lua_command.h"
 #include "process/master.h"
 #include "process/pidfile.h"
 #include "tidegate/version.h"
@@ -148,6 +149,8 @@ bool daemonize(std::string* err) {
 }  // namespace
 
 int runCli(int argc, char** argv) {
+  // A subcommand, not a flag: nginx's -e keeps its meaning everywhere else.
+  if (argc > 1 && strcmp(argv[1], "lua") == 0) return runLuaCommand(argc, argv);
   saveArgv(argv);
   Args a;
   if (!parseArgs(argc, argv, &a)) return 1;

@@ -4,6 +4,8 @@
 
 #include <lua.hpp>
 
+#include <string>
+
 namespace tidegate::lua {
 
 class LuaTask;
@@ -15,6 +17,10 @@ RequestContext* requireRequest(lua_State* L);
 LuaTask* requireTask(lua_State* L);
 // The running request or timer, when `L` may yield to wait for an event.
 LuaTask* requireYieldable(lua_State* L);
+
+// Appends the ngx.say/ngx.print argument at `idx` to *out (api/ngx_request.cc);
+// raises OpenResty's error naming `fname` for a value it cannot print.
+void appendValue(lua_State* L, int idx, std::string* out, const char* fname);
 
 // Stack: [t] -> [t] with t[name] = fn.
 inline void setFn(lua_State* L, const char* name, lua_CFunction fn) {

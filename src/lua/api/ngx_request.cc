@@ -48,8 +48,6 @@ LuaTask* requireYieldable(lua_State* L) {
   return task;
 }
 
-namespace {
-
 // Appends one ngx.say/ngx.print argument; tables are flattened as OpenResty
 // does (array part, recursively). Raises for other types.
 void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
@@ -84,6 +82,8 @@ void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
   luaL_error(L, "bad argument #%d to '%s' (string, number, boolean, nil, ngx.null, or array table expected, got %s)",
              idx, fname, luaL_typename(L, idx));
 }
+
+namespace {
 
 // The running request, unless the phase is one of `disabled` (a Lua error
 // in OpenResty's words, from the "Context:" lines of lua-nginx-module).
