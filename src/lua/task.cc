@@ -16,6 +16,70 @@ LuaTask::~LuaTask() {
   killAll();
   sweep();
   if (ctx_ref_ != LUA_NOREF) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, ctx_ref_);
+  if (env_ref_ != LUA_NOREF) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, env_ref_);
+}
+
+namespace {
+
+const char kEnvMetaKey = 0;   // registry: the metatable of request environments
+const char kWarnedKey = 0;    // registry: names of globals already warned about
+
+// __newindex of a request environment: the value stays in the request's
+// table; the first write of each name in a worker is logged, as OpenResty
+// warns about globals written at request time.
+int writeGlobal(lua_State* L) {
+  // Stack: [env, key, value]
+  lua_pushlightuserdata(L, const_cast<char*>(&kWarnedKey));
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  lua_pushvalue(L, 2);
+  lua_rawget(L, -2);
+  if (lua_isnil(L, -1)) {
+    lua_pushvalue(L, 2);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -4);
+    lua_Debug ar;
+    std::string where;
+    if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+      where.append(ar.short_src).append(":").append(std::to_string(ar.currentline)).append(": ");
+    }
+    const char* name = lua_tostring(L, 2);
+    TG_LOG(core::LogLevel::kWarn,
+           "[lua] %swriting a global Lua variable ('%s') which may lead to race conditions between concurrent "
+           "requests, so prefer the use of 'local' variables; it stays in this request",
+           where.c_str(), name ? name : luaL_typename(L, 2));
+  }
+  lua_settop(L, 3);
+  lua_rawset(L, 1);
+  return 0;
+}
+
+}  // namespace
+
+void LuaTask::pushEnv(lua_State* L) {
+  if (env_ref_ != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, env_ref_);
+    return;
+  }
+  lua_newtable(L);
+  lua_pushlightuserdata(L, const_cast<char*>(&kEnvMetaKey));
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushvalue(L, LUA_GLOBALSINDEX);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, writeGlobal);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushlightuserdata(L, const_cast<char*>(&kEnvMetaKey));
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+    lua_pushlightuserdata(L, const_cast<char*>(&kWarnedKey));
+    lua_newtable(L);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+  }
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  env_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 void LuaTask::pushCtx(lua_State* L) {
@@ -121,7 +185,11 @@ void LuaTask::release(Co* co) {
   for (auto& c : cos_) {
     if (c->parent == co) c->parent = nullptr;  // its children outlive it
   }
-  if (co->ref != LUA_NOREF) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, co->ref);
+  if (co->ref != LUA_NOREF) {
+    // An entry coroutine that returned goes back to the pool.
+    if (co->kind == Co::Kind::kEntry && lua_status(co->L) == 0) vm_.recycle(co->L, co->ref);
+    else luaL_unref(vm_.state(), LUA_REGISTRYINDEX, co->ref);
+  }
   co->ref = LUA_NOREF;
 }
 
@@ -169,11 +237,14 @@ void LuaTask::startEntry(int nargs) {
   sweep();
   entry_done_ = false;
   exit_requested_ = false;
-  // Stack: [fn, args...] -> []; the coroutine is anchored while it lives.
-  lua_State* co = lua_newthread(L);
-  lua_insert(L, -2 - nargs);
-  lua_xmove(L, co, 1 + nargs);
-  entry_ = adopt(L, Co::Kind::kEntry);
+  // Stack: [fn, args...] -> []; the coroutine (pooled) is anchored while it lives.
+  auto c = std::make_unique<Co>();
+  c->kind = Co::Kind::kEntry;
+  c->L = vm_.newThread(L, &c->ref);
+  lua_pop(L, 1);
+  lua_xmove(L, c->L, 1 + nargs);
+  cos_.push_back(std::move(c));
+  entry_ = cos_.back().get();
   run(entry_, nargs);
 }
 

@@ -71,6 +71,10 @@ class LuaTask {
   // ngx.ctx: Stack: [] -> [ctx] (created on first use) / [t] -> [] (replace).
   void pushCtx(lua_State* L);
   void setCtx(lua_State* L);
+  // The globals of this task's handlers: a table of its own that falls back
+  // to _G; writing a new global there logs a warning (once per name).
+  // Stack: [] -> [env].
+  void pushEnv(lua_State* L);
 
   // --- used by the API functions (always for the running coroutine) ---
   Co* running() const { return running_; }
@@ -149,6 +153,7 @@ class LuaTask {
   bool exit_requested_ = false;
   bool in_run_ = false;
   int ctx_ref_ = LUA_NOREF;
+  int env_ref_ = LUA_NOREF;
 };
 
 // ngx.sleep(): a one-shot timer that wakes the coroutine with no results.

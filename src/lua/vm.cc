@@ -4,6 +4,7 @@
 
 #include "conf/parser.h"
 #include "lua/embedded.h"
+#include "lua/task.h"
 
 namespace tidegate::lua {
 namespace {
@@ -142,6 +143,103 @@ bool Vm::load(const conf::LuaCode& code, std::string* err) {
     chunks_[code.chunkname] = luaL_ref(L_, LUA_REGISTRYINDEX);
   }
   return true;
+}
+
+namespace {
+
+// The code as the body of a function, so that each request gets a closure
+// of its own (with its own globals). The wrapper shares the first line, so
+// line numbers do not move. A file's "#!" line is blanked, as luaL_loadfile
+// skips it.
+std::string wrapHandler(std::string_view code) {
+  std::string out = "return function(...) ";
+  if (!code.empty() && code[0] == '#') {
+    size_t eol = code.find('\n');
+    code = eol == std::string_view::npos ? std::string_view() : code.substr(eol);
+  }
+  out.append(code);
+  out.append("\nend");
+  return out;
+}
+
+bool readFile(const std::string& path, std::string* out, std::string* err) {
+  FILE* f = fopen(path.c_str(), "rb");
+  if (!f) {
+    err->assign("cannot open ").append(path);
+    return false;
+  }
+  char buf[8192];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out->append(buf, n);
+  bool ok = !ferror(f);
+  fclose(f);
+  if (!ok) err->assign("cannot read ").append(path);
+  return ok;
+}
+
+}  // namespace
+
+bool Vm::loadFactory(const conf::LuaCode& code, std::string* err) {
+  // Stack: [] -> [maker] on success, [] on failure.
+  bool cache = cfg_->http.lua.code_cache;
+  if (cache) {
+    auto it = factories_.find(code.chunkname);
+    if (it != factories_.end()) {
+      lua_rawgeti(L_, LUA_REGISTRYINDEX, it->second);
+      return true;
+    }
+  }
+  std::string text;
+  if (code.kind == conf::LuaCode::Kind::kFile) {
+    std::string body;
+    if (!readFile(code.source, &body, err)) return false;
+    text = wrapHandler(body);
+  } else {
+    text = wrapHandler(code.source);
+  }
+  if (luaL_loadbuffer(L_, text.data(), text.size(), code.chunkname.c_str()) != 0) {
+    *err = lua_tostring(L_, -1) ? lua_tostring(L_, -1) : "failed to load Lua code";
+    lua_pop(L_, 1);
+    return false;
+  }
+  if (cache) {
+    lua_pushvalue(L_, -1);
+    factories_[code.chunkname] = luaL_ref(L_, LUA_REGISTRYINDEX);
+  }
+  return true;
+}
+
+bool Vm::push(const conf::LuaCode& code, LuaTask* task, std::string* err) {
+  if (!loadFactory(code, err)) return false;
+  // Stack: [maker] -> [handler]; the maker only returns the closure.
+  lua_call(L_, 0, 1);
+  task->pushEnv(L_);
+  lua_setfenv(L_, -2);
+  return true;
+}
+
+lua_State* Vm::newThread(lua_State* L, int* ref) {
+  if (!thread_pool_.empty()) {
+    auto [co, r] = thread_pool_.back();
+    thread_pool_.pop_back();
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r);
+    *ref = r;
+    return co;
+  }
+  lua_State* co = lua_newthread(L);
+  lua_pushvalue(L, -1);
+  *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return co;
+}
+
+void Vm::recycle(lua_State* co, int ref) {
+  constexpr size_t kMaxPooled = 256;
+  if (thread_pool_.size() >= kMaxPooled || lua_status(co) != 0) {
+    luaL_unref(L_, LUA_REGISTRYINDEX, ref);
+    return;
+  }
+  lua_settop(co, 0);
+  thread_pool_.emplace_back(co, ref);
 }
 
 bool Vm::run(const conf::LuaCode& code, Phase phase, std::string* err) {

@@ -9,6 +9,8 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "conf/config.h"
 
@@ -74,9 +76,16 @@ class Vm {
   // Compiles `code` (cached by chunk name) and runs it in protected mode in
   // `phase`. False with the error and its traceback in *err.
   bool run(const conf::LuaCode& code, Phase phase, std::string* err);
-  // Pushes the compiled function for `code` (compiling it once). False
-  // with *err (and nothing pushed) on a syntax error.
-  bool push(const conf::LuaCode& code, std::string* err) { return load(code, err); }
+  // Pushes a request-phase handler for `code`: a fresh closure of the code
+  // (compiled once) whose globals are `task`'s environment, so globals it
+  // writes stay in that request (with a warning) while init-time globals
+  // remain readable. False with *err (and nothing pushed) on a syntax error.
+  bool push(const conf::LuaCode& code, LuaTask* task, std::string* err);
+
+  // Entry coroutines are recycled: a pooled thread and its registry ref,
+  // pushed onto L; recycle() takes back one that returned normally.
+  lua_State* newThread(lua_State* L, int* ref);
+  void recycle(lua_State* co, int ref);
 
   // The Vm a lua_State belongs to (set in the registry at creation).
   static Vm* from(lua_State* L);
@@ -88,6 +97,7 @@ class Vm {
  private:
   Vm() = default;
   bool load(const conf::LuaCode& code, std::string* err);  // pushes the function
+  bool loadFactory(const conf::LuaCode& code, std::string* err);  // pushes `function(...) <code> end`'s maker
 
   lua_State* L_ = nullptr;
   conf::ConfigPtr cfg_;
@@ -96,7 +106,9 @@ class Vm {
   bool exiting_ = false;
   LuaTask* current_ = nullptr;
   Timers* timers_ = nullptr;
-  std::map<std::string, int> chunks_;  // chunk name -> registry ref
+  std::map<std::string, int> chunks_;     // chunk name -> registry ref
+  std::map<std::string, int> factories_;  // chunk name -> registry ref of its closure maker
+  std::vector<std::pair<lua_State*, int>> thread_pool_;
   static inline Vm* active_ = nullptr;
 };
 

@@ -119,5 +119,24 @@ TEST(LuaSchedulingTest, OnAbortHandlerRunsWhenTheClientLeaves) {
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
 }
 
+// A global written by one request's handler is not seen by the next one
+// (each request's handlers get an environment of their own).
+TEST(LuaSchedulingTest, GlobalsDoNotLeakAcrossRequests) {
+  Gateway gw;
+  gw.setSimpleConf(R"(
+    location /t {
+        content_by_lua_block {
+            ngx.say(tostring(seen_before))
+            seen_before = true
+        }
+    }
+  )");
+  ASSERT_TRUE(gw.start());
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "nil\n");
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "nil\n");
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.waitLog("writing a global Lua variable ('seen_before')"));
+}
+
 }  // namespace
 }  // namespace tidegate::test

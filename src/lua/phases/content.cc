@@ -62,7 +62,7 @@ void RequestContext::nextPhase() {
       continue;
     }
     std::string err;
-    if (!vm().push(*code, &err)) {  // Stack: [] -> [fn]
+    if (!vm().push(*code, this, &err)) {  // Stack: [] -> [fn]
       TG_LOG(core::LogLevel::kError, "failed to load %s_by_lua code: %s", phaseName(phase_), err.c_str());
       result_ = http::ContentResult{};
       result_.status = 500;
@@ -114,7 +114,7 @@ void RequestContext::finish() {
 void RequestContext::runLog(const conf::LuaCode& code) {
   lua_State* L = vm().state();
   std::string err;
-  if (!vm().push(code, &err)) {  // Stack: [] -> [fn]
+  if (!vm().push(code, this, &err)) {  // Stack: [] -> [fn]
     TG_LOG(core::LogLevel::kError, "failed to load log_by_lua code: %s", err.c_str());
     return;
   }

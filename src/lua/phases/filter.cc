@@ -123,7 +123,7 @@ bool runFilter(Vm& vm, const http::Request& r, const conf::LuaCode& code, Phase 
   int base = lua_gettop(L);
   lua_pushcfunction(L, Vm::traceback);
   std::string err;
-  if (!vm.push(code, &err)) {  // onto the main stack: [fn]
+  if (!vm.push(code, ctx, &err)) {  // onto the main stack: [fn]
     TG_LOG_CONN(core::LogLevel::kError, r.conn ? r.conn->id : 0, "failed to load %s_by_lua code: %s%s",
                 phaseName(phase), err.c_str(), http::describeRequest(r).c_str());
     lua_settop(L, base);

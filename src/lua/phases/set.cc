@@ -60,8 +60,10 @@ bool LuaContentHandler::runSet(const http::Request& r, const conf::LuaCode& code
     return false;
   }
   lua_pushcfunction(L, Vm::traceback);  // Stack: [tb]
+  DetachedSink sink(false);  // the set phase never answers
+  RequestContext ctx(vm_, loop_, r, http::LuaPhases{}, sink);
   std::string err;
-  if (!vm_.push(code, &err)) {  // Stack: [tb, fn], or [tb] on failure
+  if (!vm_.push(code, &ctx, &err)) {  // Stack: [tb, fn], or [tb] on failure
     logLoadError(r, code, err);
     lua_settop(L, base);
     return false;
@@ -69,8 +71,6 @@ bool LuaContentHandler::runSet(const http::Request& r, const conf::LuaCode& code
   // OpenResty passes the arguments both as ngx.arg and as the chunk's `...`.
   for (const auto& a : args) lua_pushlstring(L, a.data(), a.size());  // Stack: [tb, fn, args...]
   setNgxArg(L, &args);
-  DetachedSink sink(false);  // the set phase never answers
-  RequestContext ctx(vm_, loop_, r, http::LuaPhases{}, sink);
   LuaTask* prev = vm_.current();
   Phase prev_phase = vm_.phase();
   vm_.setCurrent(&ctx, Phase::kSet);
