@@ -117,34 +117,6 @@ Vm* Vm::from(lua_State* L) {
   return vm;
 }
 
-bool Vm::load(const conf::LuaCode& code, std::string* err) {
-  // Stack: [] -> [fn] on success, [] on failure.
-  bool cache = cfg_->http.lua.code_cache;
-  if (cache) {
-    auto it = chunks_.find(code.chunkname);
-    if (it != chunks_.end()) {
-      lua_rawgeti(L_, LUA_REGISTRYINDEX, it->second);
-      return true;
-    }
-  }
-  int rc;
-  if (code.kind == conf::LuaCode::Kind::kFile) {
-    rc = luaL_loadfile(L_, code.source.c_str());
-  } else {
-    rc = luaL_loadbuffer(L_, code.source.data(), code.source.size(), code.chunkname.c_str());
-  }
-  if (rc != 0) {
-    *err = lua_tostring(L_, -1) ? lua_tostring(L_, -1) : "failed to load Lua code";
-    lua_pop(L_, 1);
-    return false;
-  }
-  if (cache) {
-    lua_pushvalue(L_, -1);
-    chunks_[code.chunkname] = luaL_ref(L_, LUA_REGISTRYINDEX);
-  }
-  return true;
-}
-
 namespace {
 
 // The code as the body of a function, so that each request gets a closure
@@ -179,38 +151,44 @@ bool readFile(const std::string& path, std::string* out, std::string* err) {
 
 }  // namespace
 
-bool Vm::loadFactory(const conf::LuaCode& code, std::string* err) {
-  // Stack: [] -> [maker] on success, [] on failure.
+// Compiles `code` once (per chunk name, while lua_code_cache is on): as it
+// is for init phases, or wrapped as a closure maker for request handlers.
+// Stack: [] -> [fn] on success, [] on failure.
+bool Vm::load(const conf::LuaCode& code, bool wrap, std::string* err) {
   bool cache = cfg_->http.lua.code_cache;
+  std::map<std::string, int>& chunks = wrap ? factories_ : chunks_;
   if (cache) {
-    auto it = factories_.find(code.chunkname);
-    if (it != factories_.end()) {
+    auto it = chunks.find(code.chunkname);
+    if (it != chunks.end()) {
       lua_rawgeti(L_, LUA_REGISTRYINDEX, it->second);
       return true;
     }
   }
-  std::string text;
-  if (code.kind == conf::LuaCode::Kind::kFile) {
-    std::string body;
-    if (!readFile(code.source, &body, err)) return false;
-    text = wrapHandler(body);
+  int rc;
+  if (!wrap && code.kind == conf::LuaCode::Kind::kFile) {
+    rc = luaL_loadfile(L_, code.source.c_str());
+  } else if (!wrap) {
+    rc = luaL_loadbuffer(L_, code.source.data(), code.source.size(), code.chunkname.c_str());
   } else {
-    text = wrapHandler(code.source);
+    std::string body;
+    if (code.kind == conf::LuaCode::Kind::kFile && !readFile(code.source, &body, err)) return false;
+    std::string text = wrapHandler(code.kind == conf::LuaCode::Kind::kFile ? body : code.source);
+    rc = luaL_loadbuffer(L_, text.data(), text.size(), code.chunkname.c_str());
   }
-  if (luaL_loadbuffer(L_, text.data(), text.size(), code.chunkname.c_str()) != 0) {
+  if (rc != 0) {
     *err = lua_tostring(L_, -1) ? lua_tostring(L_, -1) : "failed to load Lua code";
     lua_pop(L_, 1);
     return false;
   }
   if (cache) {
     lua_pushvalue(L_, -1);
-    factories_[code.chunkname] = luaL_ref(L_, LUA_REGISTRYINDEX);
+    chunks[code.chunkname] = luaL_ref(L_, LUA_REGISTRYINDEX);
   }
   return true;
 }
 
 bool Vm::push(const conf::LuaCode& code, LuaTask* task, std::string* err) {
-  if (!loadFactory(code, err)) return false;
+  if (!load(code, true, err)) return false;
   // Stack: [maker] -> [handler]; the maker only returns the closure.
   lua_call(L_, 0, 1);
   task->pushEnv(L_);
@@ -247,7 +225,7 @@ bool Vm::run(const conf::LuaCode& code, Phase phase, std::string* err) {
   phase_ = phase;
   int base = lua_gettop(L_);
   lua_pushcfunction(L_, traceback);
-  if (!load(code, err)) {
+  if (!load(code, false, err)) {
     lua_settop(L_, base);
     return false;
   }

@@ -96,8 +96,7 @@ class Vm {
 
  private:
   Vm() = default;
-  bool load(const conf::LuaCode& code, std::string* err);  // pushes the function
-  bool loadFactory(const conf::LuaCode& code, std::string* err);  // pushes `function(...) <code> end`'s maker
+  bool load(const conf::LuaCode& code, bool wrap, std::string* err);  // pushes the function
 
   lua_State* L_ = nullptr;
   conf::ConfigPtr cfg_;
