@@ -14,6 +14,19 @@ ROUNDS=${ROUNDS:-5} CONNS=${CONNS:-50} DURATION=${DURATION:-5}
 # SERVER is "nginx" or "tidegate", for the rare case the two need different spelling.
 scenario_hello() { echo 'location / { return 200 "hello"; }'; }
 scenario_lua_say() { echo 'location / { content_by_lua_block { ngx.say("hello") } }'; }
+# The request-facing API: ngx.var, ngx.ctx, ngx.req.get_headers, ngx.header.
+scenario_lua_api() {
+  cat <<'EOC'
+location / {
+    content_by_lua_block {
+        local h = ngx.req.get_headers()
+        ngx.ctx.host = h.host
+        ngx.header["X-Uri"] = ngx.var.uri
+        ngx.say(ngx.var.arg_name or "anon", " ", ngx.ctx.host, " ", ngx.var.request_method)
+    }
+}
+EOC
+}
 
 die() { echo "bench: $*" >&2; exit 1; }
 

@@ -5,6 +5,8 @@
 #ifndef TIDEGATE_FFI_H
 #define TIDEGATE_FFI_H
 
+#include <stddef.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -15,6 +17,22 @@ void* tg_get_request(void);
 int tg_process_type(void);
 /* The master's pid (the worker's parent; our own pid in a single process). */
 int tg_master_pid(void);
+
+/* The request-facing fast paths (lua/tidegate/fastpath.lua). `r` is what
+ * tg_get_request() returned. They return 0 on success; any other value
+ * means "take the slow path" (the lua_CFunction, which raises OpenResty's
+ * error or handles the rare case). They never call back into Lua. */
+
+/* ngx.now(): seconds since the epoch, millisecond resolution. */
+double tg_now(void);
+/* ngx.var.NAME: 0 with the value in *value/*len (valid until the next
+ * call), 1 for nil (unknown or unset variable), < 0: slow path. */
+int tg_var_get(void* r, const char* name, size_t len, const char** value, size_t* value_len);
+/* ngx.ctx: the registry reference of the request's ctx table; < 0 when it
+ * does not exist yet or there is no request (slow path creates it). */
+int tg_ctx_ref(void* r);
+/* ngx.header.NAME = value (one string): 0 done, < 0: slow path. */
+int tg_header_set(void* r, const char* name, size_t name_len, const char* value, size_t value_len);
 
 #ifdef __cplusplus
 }

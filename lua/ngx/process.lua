@@ -1,12 +1,5 @@
 -- ngx.process as lua-resty-core provides it.
-local ffi = require "ffi"
-
-ffi.cdef [[
-int tg_process_type(void);
-int tg_master_pid(void);
-]]
-
-local C = ffi.C
+local C = require "tidegate.cdefs"
 local types = { [0] = "single", [1] = "master", [2] = "worker" }
 
 local _M = { version = "0.1.28" }

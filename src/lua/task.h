@@ -75,6 +75,8 @@ class LuaTask {
   // to _G; writing a new global there logs a warning (once per name).
   // Stack: [] -> [env].
   void pushEnv(lua_State* L);
+  // The registry reference of ngx.ctx, LUA_NOREF before its first use.
+  int ctxRef() const { return ctx_ref_; }
 
   // --- used by the API functions (always for the running coroutine) ---
   Co* running() const { return running_; }

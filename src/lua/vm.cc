@@ -100,6 +100,13 @@ std::shared_ptr<Vm> Vm::create(conf::ConfigPtr cfg, std::string* err) {
   setPackagePaths(L, vm->cfg_->http.lua);
   registerEmbedded(L);
   openNgx(L);
+  // The FFI fast paths replace parts of the ngx table (lua/tidegate/fastpath.lua).
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "tidegate.fastpath");
+  if (lua_pcall(L, 1, 0, 0) != 0) {
+    *err = std::string("failed to load the ngx fast paths: ") + lua_tostring(L, -1);
+    return nullptr;
+  }
   active_ = vm.get();
   return vm;
 }

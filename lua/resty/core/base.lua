@@ -1,12 +1,7 @@
 -- resty.core.base as lua-resty-core exports it, for libraries that require
 -- it: FFI status codes, table helpers, the string buffer and get_request().
 local ffi = require "ffi"
-
-ffi.cdef [[
-void* tg_get_request(void);
-]]
-
-local C = ffi.C
+local C = require "tidegate.cdefs"
 local new_tab = require "table.new"
 local clear_tab = require "table.clear"
 

@@ -5,10 +5,29 @@
 
 #include <unistd.h>
 
+#include <time.h>
+
+#include "lua/api/common.h"
 #include "lua/phases/content.h"
 #include "lua/vm.h"
 
+using tidegate::lua::LuaTask;
+using tidegate::lua::Phase;
+using tidegate::lua::RequestContext;
 using tidegate::lua::Vm;
+
+namespace {
+
+// The running request for a fast path, only if `r` is it (a pointer kept
+// from an earlier request must not be used).
+RequestContext* runningRequest(void* r) {
+  Vm* vm = Vm::active();
+  LuaTask* task = vm ? vm->current() : nullptr;
+  if (!task || task != r) return nullptr;
+  return task->request();
+}
+
+}  // namespace
 
 extern "C" {
 
@@ -28,6 +47,37 @@ int tg_master_pid(void) {
   Vm* vm = Vm::active();
   if (vm && vm->workerId() >= 0 && vm->config().master_process) return static_cast<int>(getppid());
   return static_cast<int>(getpid());
+}
+
+double tg_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec / 1000000) / 1000.0;
+}
+
+int tg_var_get(void* r, const char* name, size_t len, const char** value, size_t* value_len) {
+  RequestContext* ctx = runningRequest(r);
+  if (!ctx) return -1;
+  std::string& out = ctx->scratch();
+  if (!tidegate::lua::readVariable(ctx, std::string_view(name, len), &out)) return 1;
+  *value = out.data();
+  *value_len = out.size();
+  return 0;
+}
+
+int tg_ctx_ref(void* r) {
+  Vm* vm = Vm::active();
+  LuaTask* task = vm ? vm->current() : nullptr;
+  if (!task || task != r || task->ctxRef() == LUA_NOREF) return -1;
+  return task->ctxRef();
+}
+
+int tg_header_set(void* r, const char* name, size_t name_len, const char* value, size_t value_len) {
+  RequestContext* ctx = runningRequest(r);
+  // set_by_lua* refuses it and a sent head logs an error: the slow path does both.
+  if (!ctx || Vm::active()->phase() == Phase::kSet || ctx->headersSent()) return -1;
+  tidegate::lua::setResponseHeader(ctx, std::string(name, name_len), std::string_view(value, value_len));
+  return 0;
 }
 
 }  // extern "C"

@@ -83,6 +83,31 @@ void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
              idx, fname, luaL_typename(L, idx));
 }
 
+bool readVariable(RequestContext* ctx, std::string_view name, std::string* out) {
+  conf::VarRef ref;
+  if (!conf::lookupVariable(name, &ref, &ctx->vm().config().http.variables)) return false;
+  std::string_view unused;
+  if (ref.id == conf::VarId::kUser &&
+      ctx->req().vars.get(ref.index, &unused) == http::RequestVariables::State::kNotFound) {
+    return false;
+  }
+  out->clear();
+  http::appendVariable(ref, ctx->req(), out);
+  return true;
+}
+
+void setResponseHeader(RequestContext* ctx, std::string name, std::string_view value) {
+  for (char& c : name) {
+    if (c == '_') c = '-';
+  }
+  auto& headers = ctx->result().headers;
+  for (size_t i = 0; i < headers.size();) {
+    if (http::iequals(headers[i].first, name)) headers.erase(headers.begin() + static_cast<long>(i));
+    else i++;
+  }
+  headers.emplace_back(std::move(name), std::string(value));
+}
+
 namespace {
 
 // The running request, unless the phase is one of `disabled` (a Lua error
@@ -300,19 +325,11 @@ int varIndex(lua_State* L) {
   RequestContext* ctx = requireRequest(L);
   size_t len = 0;
   const char* name = luaL_checklstring(L, 2, &len);
-  conf::VarRef ref;
-  if (!conf::lookupVariable(std::string_view(name, len), &ref, &Vm::from(L)->config().http.variables)) {
+  std::string& value = ctx->scratch();
+  if (!readVariable(ctx, std::string_view(name, len), &value)) {
     lua_pushnil(L);
     return 1;
   }
-  std::string_view unused;
-  if (ref.id == conf::VarId::kUser &&
-      ctx->req().vars.get(ref.index, &unused) == http::RequestVariables::State::kNotFound) {
-    lua_pushnil(L);
-    return 1;
-  }
-  std::string value;
-  http::appendVariable(ref, ctx->req(), &value);
   lua_pushlstring(L, value.data(), value.size());
   return 1;
 }

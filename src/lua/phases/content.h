@@ -43,6 +43,8 @@ class RequestContext : public LuaTask, public http::ContentTask {
   bool headersSent() const { return sink_.headersSent(); }
   bool eofSent() const { return eof_; }
   http::ContentSink& sink() { return sink_; }
+  // Scratch space for values handed to Lua (the FFI fast paths).
+  std::string& scratch() { return scratch_; }
 
   // ngx.on_abort(fn): fn (on L's stack top; popped) runs as a light thread
   // if the client goes away. False if one is registered already.
@@ -88,6 +90,7 @@ class RequestContext : public LuaTask, public http::ContentTask {
   bool eof_ = false;
   int on_abort_ref_ = LUA_NOREF;
   FilterArgs* filter_args_ = nullptr;
+  std::string scratch_;
 };
 
 // The sink of a context that never answers: log_by_lua* without earlier

@@ -1,0 +1,85 @@
+-- The FFI fast paths of the request API (DESIGN.md section 3): ngx.var
+-- reads, ngx.ctx, ngx.header writes of one value and ngx.now call into the
+-- binary through ffi.C, which JIT-compiled code can do without leaving the
+-- trace; a lua_CFunction call ends it. Anything unusual (no request, a
+-- phase that refuses the API, tables, errors) falls back to the
+-- lua_CFunction, which keeps OpenResty's behaviour and error texts.
+-- Vm::create() loads this module once, after the ngx table exists.
+local ffi = require "ffi"
+local C = require "tidegate.cdefs"
+
+local ffi_string = ffi.string
+local type = type
+local tostring = tostring
+local registry = debug.getregistry()
+
+local value_ptr = ffi.new("const char*[1]")
+local len_ptr = ffi.new("size_t[1]")
+
+local capi = {}
+
+-- ngx.var.NAME
+local var_mt = getmetatable(ngx.var)
+capi.var_index = var_mt.__index
+local c_var_index = capi.var_index
+var_mt.__index = function(t, name)
+  if type(name) == "string" then
+    local r = C.tg_get_request()
+    if r ~= nil then
+      local rc = C.tg_var_get(r, name, #name, value_ptr, len_ptr)
+      if rc == 0 then
+        return ffi_string(value_ptr[0], len_ptr[0])
+      end
+      if rc == 1 then
+        return nil
+      end
+    end
+  end
+  return c_var_index(t, name)
+end
+
+-- ngx.ctx (and ngx.status, through the same metatable)
+local ngx_mt = getmetatable(ngx)
+capi.ngx_index = ngx_mt.__index
+local c_ngx_index = capi.ngx_index
+ngx_mt.__index = function(t, key)
+  if key == "ctx" then
+    local r = C.tg_get_request()
+    if r ~= nil then
+      local ref = C.tg_ctx_ref(r)
+      if ref >= 0 then
+        return registry[ref]
+      end
+    end
+  end
+  return c_ngx_index(t, key)
+end
+
+-- ngx.header.NAME = value
+local header_mt = getmetatable(ngx.header)
+capi.header_newindex = header_mt.__newindex
+local c_header_newindex = capi.header_newindex
+header_mt.__newindex = function(t, name, value)
+  local vt = type(value)
+  if type(name) == "string" and (vt == "string" or vt == "number") then
+    local r = C.tg_get_request()
+    if r ~= nil then
+      if vt == "number" then
+        value = tostring(value)
+      end
+      if C.tg_header_set(r, name, #name, value, #value) == 0 then
+        return
+      end
+    end
+  end
+  return c_header_newindex(t, name, value)
+end
+
+-- ngx.now()
+capi.now = ngx.now
+ngx.now = function()
+  return C.tg_now()
+end
+
+-- The lua_CFunction versions, for bench/lua_micro.sh.
+return { capi = capi }
