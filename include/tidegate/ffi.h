@@ -1,5 +1,6 @@
 /* The C functions tidegate exports for LuaJIT's FFI (ffi.C.tg_*). The Lua
- * modules under lua/ declare them with ffi.cdef; keep the two in step.
+ * modules under lua/ get them from the generated "tidegate.cdefs" module
+ * (cmake/embed_lua.cmake), so this file is their only declaration.
  * An FFI call does not stop a JIT trace the way a lua_CFunction does
  * (DESIGN.md section 3). */
 #ifndef TIDEGATE_FFI_H
