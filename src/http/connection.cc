@@ -420,7 +420,7 @@ void Connection::finish(ContentResult result, ContentTask* task) {
     endBody();
   }
   finishRequest();
-  if (async) {
+  if (async && !log_deferred_) {
     // This call comes from inside the task: it is freed on a later loop turn.
     server_->retire(std::move(task_));
     processInput();  // the next pipelined requests, already buffered
@@ -649,8 +649,24 @@ void Connection::beginRequest() {
 
 void Connection::finishRequest() {
   req_.base = buf_ + start_;
+  if (req_.server && settings().log_lua && server_->contentHandler() && !closing_) {
+    // log_by_lua* runs once the response is handed to the kernel: until
+    // then the request (and its Lua context) stays, and the next one waits.
+    flush();
+    if (!closing_ && (write_pending_ || !out_.empty())) {
+      log_deferred_ = true;
+      phase_ = Phase::kProcessing;
+      return;
+    }
+  }
+  completeRequest();
+}
+
+// The access log line, log_by_lua*, then keepalive or close.
+void Connection::completeRequest() {
+  req_.base = buf_ + start_;
   server_->accessLog().log(req_);
-  // log_by_lua*: after the response is composed; it cannot change it.
+  // log_by_lua*: after the response is sent; it cannot change it.
   if (req_.server && settings().log_lua && server_->contentHandler()) {
     server_->contentHandler()->runLog(req_, *settings().log_lua, log_task_ ? log_task_ : aux_task_.get());
   }
@@ -715,6 +731,14 @@ void Connection::afterWrite(int status) {
   }
   if (closing_) return;
   flush();
+  if (log_deferred_ && !write_pending_ && out_.empty()) {
+    // The response is out: its log phase runs now, then the next request.
+    log_deferred_ = false;
+    completeRequest();
+    if (task_) server_->retire(std::move(task_));
+    flush();
+    if (closing_) return;
+  }
   resumeReading();
   if (!closing_ && phase_ != Phase::kLingering) processInput();  // resume pipelined requests
   if (!closing_ && drain_cb_ && !write_pending_ && out_.empty()) {
@@ -899,6 +923,12 @@ void Connection::closeIfIdle() {
 
 void Connection::close() {
   if (closing_) return;
+  if (log_deferred_) {
+    // The client went away before the response was out: log it anyway.
+    log_deferred_ = false;
+    keepalive_ = false;
+    completeRequest();
+  }
   closing_ = true;
   // Cancels a running handler; it never calls finish() after this. (A task
   // that is calling finish() right now was already handed to retire().)

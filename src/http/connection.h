@@ -78,6 +78,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   void respondError(int status, const std::string& why);
   void beginRequest();
   void finishRequest();
+  void completeRequest();
   void flush();
   void afterWrite(int status);
   void startLingeringClose();
@@ -124,6 +125,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   bool body_ended_ = false;    // the last chunk is out (or the whole body)
   std::function<void()> drain_cb_;  // ngx.flush(true): all output written
   bool client_eof_ = false;    // the client half-closed while a handler ran
+  bool log_deferred_ = false;  // the response is queued; log_by_lua* waits for it to be written
 
   std::string out_;       // response bytes not yet handed to the kernel
   std::string writing_;   // bytes owned by the in-flight uv_write

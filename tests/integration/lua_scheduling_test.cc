@@ -138,5 +138,33 @@ TEST(LuaSchedulingTest, GlobalsDoNotLeakAcrossRequests) {
   EXPECT_TRUE(gw.waitLog("writing a global Lua variable ('seen_before')"));
 }
 
+// log_by_lua* runs once the response is handed to the kernel: with a
+// client that has not read a large response yet, it has not run; once the
+// client reads it all, it runs and sees what was sent.
+TEST(LuaSchedulingTest, LogPhaseRunsAfterTheResponseIsSent) {
+  Gateway gw;
+  gw.setSimpleConf(R"(
+    location /big {
+        content_by_lua_block {
+            local chunk = string.rep("x", 65536)
+            for i = 1, 512 do ngx.print(chunk) end
+            ngx.log(ngx.WARN, "content done")
+        }
+        log_by_lua_block { ngx.log(ngx.WARN, "log phase: body_bytes_sent=", ngx.var.body_bytes_sent) }
+    }
+  )");
+  ASSERT_TRUE(gw.start());
+  RawClient c(gw.port());
+  c.send("GET /big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  // 32 MiB cannot fit in the socket buffers: the response is still queued.
+  ASSERT_TRUE(gw.waitLog("content done"));
+  EXPECT_EQ(gw.errorLog().find("log phase:"), std::string::npos);
+  std::string all = c.readUntilClose(Ms(20000));
+  EXPECT_GT(all.size(), 32u * 1024 * 1024);
+  EXPECT_TRUE(gw.waitLog("log phase: body_bytes_sent=33554432"));
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
 }  // namespace
 }  // namespace tidegate::test
