@@ -69,6 +69,16 @@ struct HttpSettings {
   std::optional<uint64_t> client_max_body_size;
   std::optional<bool> server_tokens;
   std::optional<bool> lua_check_client_abort;
+  std::optional<bool> lua_transform_underscores;  // lua_transform_underscores_in_response_headers
+  // lua_socket_*: the cosocket defaults (OpenResty's values; used by ngx.socket.*).
+  std::optional<uint64_t> lua_socket_connect_timeout_ms;
+  std::optional<uint64_t> lua_socket_send_timeout_ms;
+  std::optional<uint64_t> lua_socket_read_timeout_ms;
+  std::optional<uint64_t> lua_socket_keepalive_timeout_ms;
+  std::optional<uint64_t> lua_socket_buffer_size;
+  std::optional<uint64_t> lua_socket_pool_size;
+  std::optional<uint64_t> lua_socket_send_lowat;
+  std::optional<bool> lua_socket_log_errors;
   // access_log: unset = inherit; set and empty = off.
   std::optional<std::vector<AccessLogTarget>> access_logs;
   // rewrite_by_lua*, access_by_lua*: http, server or location, inherited.

@@ -114,33 +114,6 @@ bool onHttp(const ConfNode& n, BuildState& st, std::string* err) {
   return buildBlock(n.children, inner, st.error);
 }
 
-// nginx refuses a single-value directive given twice in one block.
-template <typename T>
-bool notDuplicate(const std::optional<T>& field, const ConfNode& n, std::string* err) {
-  if (!field) return true;
-  *err = "\"" + n.name + "\" directive is duplicate";
-  return false;
-}
-
-// A single number-like setting: a duration (parseDurationMs) or a size or
-// rate (parseSize; client_max_body_size 0 disables the check, as in nginx).
-template <std::optional<uint64_t> HttpSettings::*Field, bool (*Parse)(std::string_view, uint64_t*)>
-bool onNumber(const ConfNode& n, BuildState& st, std::string* err) {
-  if (!notDuplicate(st.settings().*Field, n, err)) return false;
-  uint64_t v = 0;
-  if (!Parse(n.args[0], &v)) {
-    *err = "invalid value \"" + n.args[0] + "\" in \"" + n.name + "\" directive";
-    return false;
-  }
-  st.settings().*Field = v;
-  return true;
-}
-
-template <std::optional<uint64_t> HttpSettings::*Field>
-constexpr DirectiveHandler onDuration = onNumber<Field, parseDurationMs>;
-template <std::optional<uint64_t> HttpSettings::*Field>
-constexpr DirectiveHandler onSize = onNumber<Field, parseSize>;
-
 bool onKeepaliveTimeout(const ConfNode& n, BuildState& st, std::string* err) {
   if (!notDuplicate(st.settings().keepalive_timeout_ms, n, err)) return false;
   uint64_t ms = 0, header_ms = 0;
@@ -172,13 +145,6 @@ bool onDefaultType(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
-bool onServerTokens(const ConfNode& n, BuildState& st, std::string* err) {
-  if (!notDuplicate(st.settings().server_tokens, n, err)) return false;
-  bool v = true;
-  if (!parseFlag(n, &v, err)) return false;
-  st.settings().server_tokens = v;
-  return true;
-}
 
 HeadLimits& currentLimits(BuildState& st) { return st.server ? st.server->limits : st.http->limits; }
 
@@ -463,7 +429,7 @@ const Directive kCoreDirectives[] = {
     {"worker_connections", kEventsCtx, 1, 1, false, onWorkerConnections, true},
     {"http", kMainCtx, 0, 0, true, onHttp},
     {"default_type", kAnyHttpLevel, 1, 1, false, onDefaultType},
-    {"server_tokens", kAnyHttpLevel, 1, 1, false, onServerTokens},
+    {"server_tokens", kAnyHttpLevel, 1, 1, false, onFlag<&HttpSettings::server_tokens>},
     {"log_format", kHttpCtx, 2, kAnyArgs, false, onLogFormat},
     {"access_log", kAnyHttpLevel, 1, kAnyArgs, false, onAccessLog},
     {"keepalive_timeout", kAnyHttpLevel, 1, 2, false, onKeepaliveTimeout},

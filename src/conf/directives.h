@@ -73,6 +73,42 @@ bool parseSize(std::string_view text, uint64_t* out);        // "1m", "8k", "102
 bool parseFlag(const ConfNode& node, bool* out, std::string* err);  // on|off
 bool parseInt(std::string_view text, int64_t* out);
 
+// nginx refuses a single-value directive given twice in one block.
+template <typename T>
+bool notDuplicate(const std::optional<T>& field, const ConfNode& n, std::string* err) {
+  if (!field) return true;
+  err->assign(1, '"').append(n.name).append("\" directive is duplicate");
+  return false;
+}
+
+// A single number-like setting of the http levels: a duration
+// (parseDurationMs) or a size or rate (parseSize).
+template <std::optional<uint64_t> HttpSettings::*Field, bool (*Parse)(std::string_view, uint64_t*)>
+bool onNumber(const ConfNode& n, BuildState& st, std::string* err) {
+  if (!notDuplicate(st.settings().*Field, n, err)) return false;
+  uint64_t v = 0;
+  if (!Parse(n.args[0], &v)) {
+    err->assign("invalid value \"").append(n.args[0]).append("\" in \"").append(n.name).append("\" directive");
+    return false;
+  }
+  st.settings().*Field = v;
+  return true;
+}
+template <std::optional<uint64_t> HttpSettings::*Field>
+constexpr DirectiveHandler onDuration = onNumber<Field, parseDurationMs>;
+template <std::optional<uint64_t> HttpSettings::*Field>
+constexpr DirectiveHandler onSize = onNumber<Field, parseSize>;
+
+// An on|off setting of the http levels.
+template <std::optional<bool> HttpSettings::*Field>
+bool onFlag(const ConfNode& n, BuildState& st, std::string* err) {
+  if (!notDuplicate(st.settings().*Field, n, err)) return false;
+  bool v = false;
+  if (!parseFlag(n, &v, err)) return false;
+  st.settings().*Field = v;
+  return true;
+}
+
 // Registers the directives of the foundation (core, events, http, server, location).
 void registerCoreDirectives();
 // Registers the Lua runtime's directives (conf/lua_directives.cc).

@@ -25,6 +25,15 @@ void HttpSettings::inheritFrom(const HttpSettings& p) {
   if (!client_max_body_size) client_max_body_size = p.client_max_body_size;
   if (!server_tokens) server_tokens = p.server_tokens;
   if (!lua_check_client_abort) lua_check_client_abort = p.lua_check_client_abort;
+  if (!lua_transform_underscores) lua_transform_underscores = p.lua_transform_underscores;
+  if (!lua_socket_connect_timeout_ms) lua_socket_connect_timeout_ms = p.lua_socket_connect_timeout_ms;
+  if (!lua_socket_send_timeout_ms) lua_socket_send_timeout_ms = p.lua_socket_send_timeout_ms;
+  if (!lua_socket_read_timeout_ms) lua_socket_read_timeout_ms = p.lua_socket_read_timeout_ms;
+  if (!lua_socket_keepalive_timeout_ms) lua_socket_keepalive_timeout_ms = p.lua_socket_keepalive_timeout_ms;
+  if (!lua_socket_buffer_size) lua_socket_buffer_size = p.lua_socket_buffer_size;
+  if (!lua_socket_pool_size) lua_socket_pool_size = p.lua_socket_pool_size;
+  if (!lua_socket_send_lowat) lua_socket_send_lowat = p.lua_socket_send_lowat;
+  if (!lua_socket_log_errors) lua_socket_log_errors = p.lua_socket_log_errors;
   if (!access_logs) access_logs = p.access_logs;
   if (!rewrite_lua) rewrite_lua = p.rewrite_lua;
   if (!access_lua) access_lua = p.access_lua;
@@ -47,6 +56,16 @@ void HttpSettings::fillDefaults() {
   if (!client_max_body_size) client_max_body_size = 1024 * 1024;
   if (!server_tokens) server_tokens = true;
   if (!lua_check_client_abort) lua_check_client_abort = false;
+  if (!lua_transform_underscores) lua_transform_underscores = true;
+  // OpenResty's cosocket defaults.
+  if (!lua_socket_connect_timeout_ms) lua_socket_connect_timeout_ms = 60000;
+  if (!lua_socket_send_timeout_ms) lua_socket_send_timeout_ms = 60000;
+  if (!lua_socket_read_timeout_ms) lua_socket_read_timeout_ms = 60000;
+  if (!lua_socket_keepalive_timeout_ms) lua_socket_keepalive_timeout_ms = 60000;
+  if (!lua_socket_buffer_size) lua_socket_buffer_size = 4096;
+  if (!lua_socket_pool_size) lua_socket_pool_size = 30;
+  if (!lua_socket_send_lowat) lua_socket_send_lowat = 0;
+  if (!lua_socket_log_errors) lua_socket_log_errors = true;
 }
 
 namespace {

@@ -127,24 +127,24 @@ bool onLuaCount(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
-bool onCheckClientAbort(const ConfNode& n, BuildState& st, std::string* err) {
-  if (st.settings().lua_check_client_abort) {
-    *err = "\"" + n.name + "\" directive is duplicate";
-    return false;
-  }
-  bool v = false;
-  if (!parseFlag(n, &v, err)) return false;
-  st.settings().lua_check_client_abort = v;
-  return true;
-}
-
 const Directive kLuaDirectives[] = {
     {"lua_package_path", kHttpCtx, 1, 1, false, onPackagePath},
     {"lua_package_cpath", kHttpCtx, 1, 1, false, onPackagePath},
     {"lua_code_cache", kHttpCtx, 1, 1, false, onCodeCache},
     {"lua_max_pending_timers", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::max_pending_timers>, true},
     {"lua_max_running_timers", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::max_running_timers>, true},
-    {"lua_check_client_abort", kAnyHttpLevel, 1, 1, false, onCheckClientAbort},
+    {"lua_check_client_abort", kAnyHttpLevel, 1, 1, false, onFlag<&HttpSettings::lua_check_client_abort>},
+    {"lua_transform_underscores_in_response_headers", kAnyHttpLevel, 1, 1, false,
+     onFlag<&HttpSettings::lua_transform_underscores>},
+    {"lua_socket_connect_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&HttpSettings::lua_socket_connect_timeout_ms>},
+    {"lua_socket_send_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&HttpSettings::lua_socket_send_timeout_ms>},
+    {"lua_socket_read_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&HttpSettings::lua_socket_read_timeout_ms>},
+    {"lua_socket_keepalive_timeout", kAnyHttpLevel, 1, 1, false,
+     onDuration<&HttpSettings::lua_socket_keepalive_timeout_ms>},
+    {"lua_socket_buffer_size", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::lua_socket_buffer_size>},
+    {"lua_socket_pool_size", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::lua_socket_pool_size>},
+    {"lua_socket_send_lowat", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::lua_socket_send_lowat>},
+    {"lua_socket_log_errors", kAnyHttpLevel, 1, 1, false, onFlag<&HttpSettings::lua_socket_log_errors>},
     {"lua_regex_cache_max_entries", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::regex_cache_max_entries>, true},
     {"lua_regex_match_limit", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::regex_match_limit>, true},
     {"init_by_lua_block", kHttpCtx, 0, 0, true, onInit},

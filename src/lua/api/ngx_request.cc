@@ -97,8 +97,10 @@ bool readVariable(RequestContext* ctx, std::string_view name, std::string* out) 
 }
 
 void setResponseHeader(RequestContext* ctx, std::string name, std::string_view value) {
-  for (char& c : name) {
-    if (c == '_') c = '-';
+  if (*ctx->req().settings().lua_transform_underscores) {
+    for (char& c : name) {
+      if (c == '_') c = '-';
+    }
   }
   auto& headers = ctx->result().headers;
   for (size_t i = 0; i < headers.size();) {
@@ -257,10 +259,12 @@ int ngxSleep(lua_State* L) {
 
 // Header names as lua-nginx-module accepts them: '_' becomes '-'
 // (lua_transform_underscores_in_response_headers on), compared without case.
-std::string headerName(lua_State* L, int idx) {
+std::string headerName(lua_State* L, int idx, const RequestContext* ctx) {
   std::string name = luaL_checkstring(L, idx);
-  for (char& c : name) {
-    if (c == '_') c = '-';
+  if (*ctx->req().settings().lua_transform_underscores) {
+    for (char& c : name) {
+      if (c == '_') c = '-';
+    }
   }
   return name;
 }
@@ -268,7 +272,7 @@ std::string headerName(lua_State* L, int idx) {
 // ngx.header.NAME -> value, a table for a repeated header, or nil.
 int headerIndex(lua_State* L) {
   RequestContext* ctx = requireRequestNotIn(L, {Phase::kSet});
-  std::string name = headerName(L, 2);
+  std::string name = headerName(L, 2, ctx);
   const auto& headers = ctx->result().headers;
   int found = 0;
   for (const auto& h : headers) found += http::iequals(h.first, name) ? 1 : 0;
@@ -293,7 +297,7 @@ int headerNewIndex(lua_State* L) {
     TG_LOG(core::LogLevel::kError, "attempt to set ngx.header.HEADER after sending out response headers");
     return 0;
   }
-  std::string name = headerName(L, 2);
+  std::string name = headerName(L, 2, ctx);
   auto& headers = ctx->result().headers;
   for (size_t i = 0; i < headers.size();) {
     if (http::iequals(headers[i].first, name)) headers.erase(headers.begin() + static_cast<long>(i));

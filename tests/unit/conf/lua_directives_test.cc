@@ -90,6 +90,32 @@ TEST(LuaDirectivesTest, TimerCapsAndClientAbort) {
   EXPECT_NE(loadError("http { lua_check_client_abort maybe; }").find("\"lua_check_client_abort\""), std::string::npos);
 }
 
+TEST(LuaDirectivesTest, SocketDefaultsAndUnderscores) {
+  ConfigPtr dflt = load("http { server { } }");
+  ASSERT_TRUE(dflt);
+  const HttpSettings& d = dflt->http.servers[0]->settings;
+  EXPECT_EQ(*d.lua_socket_connect_timeout_ms, 60000u);
+  EXPECT_EQ(*d.lua_socket_read_timeout_ms, 60000u);
+  EXPECT_EQ(*d.lua_socket_send_timeout_ms, 60000u);
+  EXPECT_EQ(*d.lua_socket_keepalive_timeout_ms, 60000u);
+  EXPECT_EQ(*d.lua_socket_buffer_size, 4096u);
+  EXPECT_EQ(*d.lua_socket_pool_size, 30u);
+  EXPECT_TRUE(*d.lua_socket_log_errors);
+  EXPECT_TRUE(*d.lua_transform_underscores);
+  ConfigPtr cfg = load("http { lua_socket_connect_timeout 5s; lua_socket_pool_size 100;"
+                       " server { lua_socket_read_timeout 250ms; lua_socket_log_errors off;"
+                       " lua_transform_underscores_in_response_headers off; } }");
+  ASSERT_TRUE(cfg);
+  const HttpSettings& s = cfg->http.servers[0]->settings;
+  EXPECT_EQ(*s.lua_socket_connect_timeout_ms, 5000u);
+  EXPECT_EQ(*s.lua_socket_pool_size, 100u);
+  EXPECT_EQ(*s.lua_socket_read_timeout_ms, 250u);
+  EXPECT_FALSE(*s.lua_socket_log_errors);
+  EXPECT_FALSE(*s.lua_transform_underscores);
+  EXPECT_EQ(loadError("http { lua_socket_read_timeout x; }"),
+            "invalid value \"x\" in \"lua_socket_read_timeout\" directive in test.conf:1");
+}
+
 TEST(LuaDirectivesTest, RegexCacheAndMatchLimit) {
   ConfigPtr dflt = load("http { }");
   ASSERT_TRUE(dflt);
