@@ -24,6 +24,10 @@ struct LuaCode {
   Kind kind = Kind::kNone;
   std::string source;     // the code (inline) or the absolute path (file)
   std::string chunkname;
+  // *_by_lua_file with variables in its path: evaluated per request (a
+  // relative result against `prefix`), as OpenResty does; source is empty.
+  std::shared_ptr<const ComplexValue> path;
+  std::string prefix;
   bool empty() const { return kind == Kind::kNone; }
 };
 
@@ -116,12 +120,8 @@ struct RewriteAction {
   VarRef target;      // kSet, kSetByLua: a user variable, or $args
   ComplexValue value;  // kSet
   ReturnAction ret;    // kReturn
-  // kSetByLua: the code and its extra arguments (ngx.arg[1..n]). A
-  // set_by_lua_file path with variables is evaluated per request
-  // (lua_path), relative paths against lua_prefix.
+  // kSetByLua: the code and its extra arguments (ngx.arg[1..n]).
   LuaCode lua;
-  ComplexValue lua_path;
-  std::string lua_prefix;
   std::vector<ComplexValue> lua_args;
 };
 

@@ -31,7 +31,14 @@ bool setCode(const ConfNode& n, BuildState& st, LuaCode* code, std::string* err,
     *err = "\"" + n.name + "\" directive is duplicate";
     return false;
   }
-  if (isFileDirective(n)) {
+  if (isFileDirective(n) && n.args[arg].find('$') != std::string::npos) {
+    // OpenResty evaluates a file path with variables per request.
+    auto path = std::make_shared<ComplexValue>();
+    if (!compileComplexValue(n.args[arg], path.get(), err, st.variables())) return false;
+    code->kind = LuaCode::Kind::kFile;
+    code->path = std::move(path);
+    code->prefix = st.config->prefix;
+  } else if (isFileDirective(n)) {
     code->kind = LuaCode::Kind::kFile;
     code->source = st.resolvePath(n.args[arg]);
     code->chunkname.assign(1, '@').append(code->source);
@@ -79,13 +86,7 @@ bool onSetByLua(const ConfNode& n, BuildState& st, std::string* err) {
   a.kind = RewriteAction::Kind::kSetByLua;
   a.where = n.where();
   if (!assignableVariable(n, st, &a.target, err)) return false;
-  if (isFileDirective(n) && n.args[1].find('$') != std::string::npos) {
-    // OpenResty evaluates a file path with variables per request.
-    if (!compileComplexValue(n.args[1], &a.lua_path, err, st.variables())) return false;
-    a.lua_prefix = st.config->prefix;
-  } else if (!setCode(n, st, &a.lua, err, 1)) {
-    return false;
-  }
+  if (!setCode(n, st, &a.lua, err, 1)) return false;
   size_t first_arg = n.lua_block ? n.args.size() : 2;
   for (size_t i = first_arg; i < n.args.size(); i++) {
     ComplexValue v;

@@ -15,17 +15,6 @@ void assign(const conf::VarRef& target, Request& r, std::string* value) {
   else r.vars.take(target.index, value);
 }
 
-// The code set_by_lua_file names through variables: built per request; the
-// VM caches it by path like any file.
-conf::LuaCode fileCode(const conf::RewriteAction& a, const Request& r) {
-  conf::LuaCode code;
-  code.kind = conf::LuaCode::Kind::kFile;
-  evaluate(a.lua_path, r, &code.source);
-  if (code.source.empty() || code.source[0] != '/') code.source.insert(0, a.lua_prefix + "/");
-  code.chunkname.assign(1, '@').append(code.source);
-  return code;
-}
-
 bool runSetByLua(const conf::RewriteAction& a, Request& r, ContentHandler* lua) {
   if (!lua) {
     TG_LOG_CONN(core::LogLevel::kError, r.conn ? r.conn->id : 0, "failed to run set_by_lua*: no Lua VM%s",
@@ -35,7 +24,7 @@ bool runSetByLua(const conf::RewriteAction& a, Request& r, ContentHandler* lua) 
   std::vector<std::string> args(a.lua_args.size());
   for (size_t i = 0; i < args.size(); i++) evaluate(a.lua_args[i], r, &args[i]);
   std::string value;
-  bool ok = a.lua.empty() ? lua->runSet(r, fileCode(a, r), args, &value) : lua->runSet(r, a.lua, args, &value);
+  bool ok = lua->runSet(r, a.lua, args, &value);
   if (ok) assign(a.target, r, &value);
   return ok;
 }

@@ -165,4 +165,13 @@ void evaluate(const conf::ComplexValue& value, const Request& r, std::string* ou
   }
 }
 
+conf::LuaCode resolveLuaFile(const conf::LuaCode& code, const Request& r) {
+  conf::LuaCode out;
+  out.kind = conf::LuaCode::Kind::kFile;
+  evaluate(*code.path, r, &out.source);
+  if (out.source.empty() || out.source[0] != '/') out.source.insert(0, code.prefix + "/");
+  out.chunkname.assign(1, '@').append(out.source);
+  return out;
+}
+
 }  // namespace tidegate::http

@@ -16,5 +16,8 @@ void evaluate(const conf::ComplexValue& value, const Request& r, std::string* ou
 // ", client: ..., server: ..., request: \"...\"": the tail of an error log
 // line about this request, in nginx's shape.
 std::string describeRequest(const Request& r);
+// A *_by_lua_file whose path has variables, for this request: the path
+// evaluated (relative to the prefix) and its chunk name.
+conf::LuaCode resolveLuaFile(const conf::LuaCode& code, const Request& r);
 
 }  // namespace tidegate::http

@@ -5,6 +5,8 @@
 #include "conf/parser.h"
 #include "lua/embedded.h"
 #include "lua/task.h"
+#include "http/variables.h"
+#include "lua/phases/content.h"
 
 namespace tidegate::lua {
 namespace {
@@ -195,6 +197,16 @@ bool Vm::load(const conf::LuaCode& code, bool wrap, std::string* err) {
 }
 
 bool Vm::push(const conf::LuaCode& code, LuaTask* task, std::string* err) {
+  if (code.path) {
+    // A file named through variables: this request's file (cached by path).
+    RequestContext* ctx = task->request();
+    if (!ctx) {
+      *err = "a Lua file path with variables needs a request";
+      return false;
+    }
+    conf::LuaCode file = http::resolveLuaFile(code, ctx->req());
+    return push(file, task, err);
+  }
   if (!load(code, true, err)) return false;
   // Stack: [maker] -> [handler]; the maker only returns the closure.
   lua_call(L_, 0, 1);

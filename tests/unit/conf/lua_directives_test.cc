@@ -168,9 +168,10 @@ TEST(LuaDirectivesTest, SetByLuaForms) {
   EXPECT_EQ(loc[1].lua.chunkname, "@/srv/tg/lua/c.lua");
   EXPECT_EQ(loc[1].lua_args.at(0).parts.at(0).var.index, a.target.index);
   // A path with variables is evaluated per request, against the prefix.
-  EXPECT_TRUE(loc[3].lua.empty());
-  EXPECT_EQ(loc[3].lua_path.raw, "$p");
-  EXPECT_EQ(loc[3].lua_prefix, "/srv/tg");
+  EXPECT_TRUE(loc[3].lua.source.empty());
+  ASSERT_TRUE(loc[3].lua.path);
+  EXPECT_EQ(loc[3].lua.path->raw, "$p");
+  EXPECT_EQ(loc[3].lua.prefix, "/srv/tg");
 }
 
 TEST(LuaDirectivesTest, SetByLuaErrors) {
