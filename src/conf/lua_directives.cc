@@ -123,14 +123,16 @@ bool onLuaCount(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
-bool onCheckClientAbort(const ConfNode& n, BuildState& st, std::string* err) {
-  if (st.settings().lua_check_client_abort) {
+// An on|off setting of the http, server and location levels.
+template <std::optional<bool> HttpSettings::*Field>
+bool onLuaFlag(const ConfNode& n, BuildState& st, std::string* err) {
+  if (st.settings().*Field) {
     *err = "\"" + n.name + "\" directive is duplicate";
     return false;
   }
   bool v = false;
   if (!parseFlag(n, &v, err)) return false;
-  st.settings().lua_check_client_abort = v;
+  st.settings().*Field = v;
   return true;
 }
 
@@ -140,7 +142,8 @@ const Directive kLuaDirectives[] = {
     {"lua_code_cache", kHttpCtx, 1, 1, false, onCodeCache},
     {"lua_max_pending_timers", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::max_pending_timers>, true},
     {"lua_max_running_timers", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::max_running_timers>, true},
-    {"lua_check_client_abort", kAnyHttpLevel, 1, 1, false, onCheckClientAbort},
+    {"lua_check_client_abort", kAnyHttpLevel, 1, 1, false, onLuaFlag<&HttpSettings::lua_check_client_abort>},
+    {"lua_need_request_body", kAnyHttpLevel, 1, 1, false, onLuaFlag<&HttpSettings::lua_need_request_body>},
     {"lua_regex_cache_max_entries", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::regex_cache_max_entries>, true},
     {"lua_regex_match_limit", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::regex_match_limit>, true},
     {"init_by_lua_block", kHttpCtx, 0, 0, true, onInit},
