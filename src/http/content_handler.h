@@ -27,6 +27,16 @@ struct ContentResult {
   // The handler failed after the headers went out: the response cannot be
   // completed, so the connection is closed (the client sees it truncated).
   bool aborted = false;
+  // No response: the request goes on in another location. kExec
+  // (ngx.exec): an internal redirect to `redirect_uri` (a decoded path)
+  // with `redirect_args` as $args, from the server's rewrite phase on.
+  // kJump (ngx.req.set_uri(uri, true)): the request's $uri is already
+  // changed; the location is searched again and its phases run (nginx's
+  // `rewrite ... last`).
+  enum class Redirect { kNone, kExec, kJump };
+  Redirect redirect = Redirect::kNone;
+  std::string redirect_uri;
+  std::string redirect_args;
 };
 
 // Implemented by the connection. finish() is called exactly once, either
@@ -76,16 +86,17 @@ class ContentHandler {
  public:
   virtual ~ContentHandler() = default;
   // Runs the phases in order; `r` and `sink` outlive the returned task.
-  virtual std::unique_ptr<ContentTask> start(const Request& r, const LuaPhases& phases, ContentSink& sink) = 0;
+  // The handlers may change `r` (ngx.req.set_header, set_uri, the body...).
+  virtual std::unique_ptr<ContentTask> start(Request& r, const LuaPhases& phases, ContentSink& sink) = 0;
   // log_by_lua*: runs `code` to completion now, after the response was
   // composed; it cannot change the response. `task` (may be null) is the
   // request's earlier phases, whose ngx.ctx it sees.
-  virtual void runLog(const Request& r, const conf::LuaCode& code, ContentTask* task) = 0;
+  virtual void runLog(Request& r, const conf::LuaCode& code, ContentTask* task) = 0;
   // set_by_lua*: runs `code` to completion now (it cannot yield), with
   // `args` as ngx.arg[1..n]; its first return value (string or number,
   // else "") goes to *out. False after logging the error: the request is
   // answered with 500.
-  virtual bool runSet(const Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
+  virtual bool runSet(Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
                       std::string* out) = 0;
 };
 
