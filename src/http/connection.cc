@@ -606,6 +606,7 @@ void Connection::finishRequest() {
     server_->contentHandler()->runLog(req_, *settings().log_lua, log_task_);
   }
   log_task_ = nullptr;
+  req_.body.reset();  // the request has ended: its temp file goes now
   if (!keepalive_) {
     close_after_write_ = true;
     return;
