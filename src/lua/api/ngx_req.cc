@@ -304,15 +304,13 @@ int reqSetUriArgs(lua_State* L) {
   return 0;
 }
 
-// lua-nginx-module refuses control bytes and spaces in a URI it is given.
-int checkUnsafeUri(lua_State* L, std::string_view uri, const char* what) {
+// lua-nginx-module refuses control bytes and spaces in a URI it is given:
+// the first such byte, or -1.
+int unsafeUriByte(std::string_view uri) {
   for (unsigned char c : uri) {
-    if (c <= 0x20 || c == 0x7f) {
-      return luaL_error(L, "unsafe byte \"0x%x\" in %s \"%s\"", static_cast<unsigned>(c), what,
-                        std::string(uri).c_str());
-    }
+    if (c <= 0x20 || c == 0x7f) return c;
   }
-  return 0;
+  return -1;
 }
 
 // Headers (or output, which would send them) are out: the request cannot
@@ -336,7 +334,9 @@ int reqSetUri(lua_State* L) {
     luaL_checktype(L, 3, LUA_TBOOLEAN);
     binary = lua_toboolean(L, 3);
   }
-  if (!binary) checkUnsafeUri(L, uri, "uri");
+  if (int c = binary ? -1 : unsafeUriByte(uri); c >= 0) {
+    return luaL_error(L, "unsafe byte \"0x%x\" in uri \"%s\"", static_cast<unsigned>(c), std::string(uri).c_str());
+  }
   bool jump = false;
   if (n >= 2) {
     luaL_checktype(L, 2, LUA_TBOOLEAN);
@@ -365,23 +365,27 @@ int ngxExec(lua_State* L) {
   const char* p = luaL_checklstring(L, 1, &len);
   if (len == 0) return luaL_error(L, "The uri argument is empty");
   std::string_view target(p, len);
-  std::string extra = n == 2 && !lua_isnil(L, 2) ? argsArg(L, 2) : std::string();
+  // OpenResty's order of checks: the uri, the args, then the response.
+  bool named = target[0] == '@';
+  size_t q = named ? std::string_view::npos : target.find('?');
+  std::string path;
+  if (!named && (unsafeUriByte(target) >= 0 || !http::normalizePath(target.substr(0, q), &path))) {
+    return luaL_error(L, "unsafe uri");
+  }
+  std::string args(q == std::string_view::npos ? std::string_view() : target.substr(q + 1));
+  if (n == 2 && !lua_isnil(L, 2)) {
+    std::string extra = argsArg(L, 2);
+    if (!extra.empty()) args.append(args.empty() ? "" : "&").append(extra);
+  }
   requireYieldable(L);
   if (responseStarted(ctx)) return luaL_error(L, "attempt to call ngx.exec after sending out response headers");
-  if (target[0] == '@') {
+  if (named) {
     TG_LOG_CONN(core::LogLevel::kError, ctx->req().conn ? ctx->req().conn->id : 0,
                 "ngx.exec to the named location \"%s\" failed: named locations are not supported%s",
                 std::string(target).c_str(), http::describeRequest(ctx->req()).c_str());
     ctx->exit(500);
     return lua_yield(L, 0);
   }
-  size_t q = target.find('?');
-  std::string args(q == std::string_view::npos ? std::string_view() : target.substr(q + 1));
-  std::string path;
-  if (checkUnsafeUri(L, target, "uri") != 0 || !http::normalizePath(target.substr(0, q), &path)) {
-    return luaL_error(L, "unsafe uri");
-  }
-  if (!extra.empty()) args.append(args.empty() ? "" : "&").append(extra);
   ctx->redirect(http::ContentResult::Redirect::kExec, std::move(path), std::move(args));
   return lua_yield(L, 0);
 }
