@@ -45,6 +45,7 @@ constexpr Fixed kFixed[] = {
     {"content_type", VarId::kContentType},
     {"tidegate_version", VarId::kTidegateVersion},
     {"nginx_version", VarId::kTidegateVersion},
+    {"request_body", VarId::kRequestBody},
 };
 
 struct Prefix {

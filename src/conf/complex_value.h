@@ -42,6 +42,7 @@ enum class VarId : uint16_t {
   kContentLength,
   kContentType,
   kTidegateVersion,
+  kRequestBody,     // the body when kept in memory and read (else "")
   kHttpHeader,      // $http_NAME: a request header
   kSentHttpHeader,  // $sent_http_NAME: a response header
   kArg,             // $arg_NAME: a query argument

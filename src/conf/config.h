@@ -71,6 +71,10 @@ struct HttpSettings {
   std::optional<uint64_t> client_body_min_rate;
   std::optional<uint64_t> send_min_rate;
   std::optional<uint64_t> client_max_body_size;
+  // A request body kept for Lua stays in memory up to this many bytes,
+  // beyond that it goes to a file under client_body_temp_path (absolute).
+  std::optional<uint64_t> client_body_buffer_size;
+  std::optional<std::string> client_body_temp_path;
   std::optional<bool> server_tokens;
   std::optional<bool> lua_check_client_abort;
   std::optional<bool> lua_transform_underscores;  // lua_transform_underscores_in_response_headers
@@ -83,6 +87,7 @@ struct HttpSettings {
   std::optional<uint64_t> lua_socket_pool_size;
   std::optional<uint64_t> lua_socket_send_lowat;
   std::optional<bool> lua_socket_log_errors;
+  std::optional<bool> lua_need_request_body;  // the body counts as read before the Lua phases
   // access_log: unset = inherit; set and empty = off.
   std::optional<std::vector<AccessLogTarget>> access_logs;
   // rewrite_by_lua*, access_by_lua*: http, server or location, inherited.

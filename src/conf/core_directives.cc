@@ -145,6 +145,24 @@ bool onDefaultType(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
+// client_body_temp_path path [level1 [level2 [level3]]]: relative to the
+// prefix. The levels (nginx's hashed subdirectories) are accepted and not
+// used: tidegate keeps every file in `path`.
+bool onClientBodyTempPath(const ConfNode& n, BuildState& st, std::string* err) {
+  if (!notDuplicate(st.settings().client_body_temp_path, n, err)) return false;
+  for (size_t i = 1; i < n.args.size(); i++) {
+    int64_t level = 0;
+    if (!parseInt(n.args[i], &level) || level < 1 || level > 2) {
+      *err = "invalid value \"" + n.args[i] + "\" in \"" + n.name + "\" directive";
+      return false;
+    }
+  }
+  std::string path = st.resolvePath(n.args[0]);
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  st.settings().client_body_temp_path = path;
+  return true;
+}
+
 
 HeadLimits& currentLimits(BuildState& st) { return st.server ? st.server->limits : st.http->limits; }
 
@@ -441,6 +459,8 @@ const Directive kCoreDirectives[] = {
     {"client_body_min_rate", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::client_body_min_rate>},
     {"send_min_rate", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::send_min_rate>},
     {"client_max_body_size", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::client_max_body_size>},
+    {"client_body_buffer_size", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::client_body_buffer_size>},
+    {"client_body_temp_path", kAnyHttpLevel, 1, 4, false, onClientBodyTempPath},
     {"large_client_header_buffers", kHttpCtx | kServerCtx, 2, 2, false, onLargeClientHeaderBuffers},
     {"client_max_header_fields", kHttpCtx | kServerCtx, 1, 1, false, onClientMaxHeaderFields},
     {"server", kHttpCtx, 0, 0, true, onServer},

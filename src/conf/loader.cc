@@ -23,6 +23,8 @@ void HttpSettings::inheritFrom(const HttpSettings& p) {
   if (!client_body_min_rate) client_body_min_rate = p.client_body_min_rate;
   if (!send_min_rate) send_min_rate = p.send_min_rate;
   if (!client_max_body_size) client_max_body_size = p.client_max_body_size;
+  if (!client_body_buffer_size) client_body_buffer_size = p.client_body_buffer_size;
+  if (!client_body_temp_path) client_body_temp_path = p.client_body_temp_path;
   if (!server_tokens) server_tokens = p.server_tokens;
   if (!lua_check_client_abort) lua_check_client_abort = p.lua_check_client_abort;
   if (!lua_transform_underscores) lua_transform_underscores = p.lua_transform_underscores;
@@ -34,6 +36,7 @@ void HttpSettings::inheritFrom(const HttpSettings& p) {
   if (!lua_socket_pool_size) lua_socket_pool_size = p.lua_socket_pool_size;
   if (!lua_socket_send_lowat) lua_socket_send_lowat = p.lua_socket_send_lowat;
   if (!lua_socket_log_errors) lua_socket_log_errors = p.lua_socket_log_errors;
+  if (!lua_need_request_body) lua_need_request_body = p.lua_need_request_body;
   if (!access_logs) access_logs = p.access_logs;
   if (!rewrite_lua) rewrite_lua = p.rewrite_lua;
   if (!access_lua) access_lua = p.access_lua;
@@ -54,6 +57,7 @@ void HttpSettings::fillDefaults() {
   if (!client_body_min_rate) client_body_min_rate = 0;
   if (!send_min_rate) send_min_rate = 0;
   if (!client_max_body_size) client_max_body_size = 1024 * 1024;
+  if (!client_body_buffer_size) client_body_buffer_size = 16 * 1024;  // nginx on 64-bit platforms
   if (!server_tokens) server_tokens = true;
   if (!lua_check_client_abort) lua_check_client_abort = false;
   if (!lua_transform_underscores) lua_transform_underscores = true;
@@ -66,6 +70,7 @@ void HttpSettings::fillDefaults() {
   if (!lua_socket_pool_size) lua_socket_pool_size = 30;
   if (!lua_socket_send_lowat) lua_socket_send_lowat = 0;
   if (!lua_socket_log_errors) lua_socket_log_errors = true;
+  if (!lua_need_request_body) lua_need_request_body = false;
 }
 
 namespace {
@@ -128,6 +133,8 @@ bool finish(Config& cfg, ConfError* err) {
         AccessLogTarget{cfg.prefix + "/logs/access.log", cfg.http.log_formats.empty() ? nullptr : cfg.http.log_formats[0]}};
     if (!(*http.access_logs)[0].format) http.access_logs->clear();
   }
+  // nginx's default, under the prefix (the directory is made when first used).
+  if (!http.client_body_temp_path) http.client_body_temp_path = cfg.prefix + "/client_body_temp";
   http.fillDefaults();
   for (auto& server : cfg.http.servers) {
     // Head limits are merged after the whole http block, so their order

@@ -146,6 +146,7 @@ const Directive kLuaDirectives[] = {
     {"lua_socket_pool_size", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::lua_socket_pool_size>},
     {"lua_socket_send_lowat", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::lua_socket_send_lowat>},
     {"lua_socket_log_errors", kAnyHttpLevel, 1, 1, false, onFlag<&HttpSettings::lua_socket_log_errors>},
+    {"lua_need_request_body", kAnyHttpLevel, 1, 1, false, onFlag<&HttpSettings::lua_need_request_body>},
     {"lua_regex_cache_max_entries", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::regex_cache_max_entries>, true},
     {"lua_regex_match_limit", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::regex_match_limit>, true},
     {"init_by_lua_block", kHttpCtx, 0, 0, true, onInit},

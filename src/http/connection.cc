@@ -288,6 +288,7 @@ int Connection::onHeadComplete(std::string* why) {
     return 413;
   }
   parser_.setMaxBody(max_body);
+  prepareBody();
   if (h.hasBody()) {
     phase_ = Phase::kBody;
     body_start_ms_ = uv_now(server_->loop());
@@ -300,8 +301,12 @@ int Connection::onHeadComplete(std::string* why) {
 void Connection::onMessage() {
   req_.base = buf_ + start_;
   req_.request_length = parser_.head().head_len + parser_.bodyBytes();
+  if (completeBody()) runPhases(true);
+}
+
+void Connection::runPhases(bool with_server) {
   // set, return and set_by_lua*: the server's, then the location's (http/rewrite.h).
-  RewriteOutcome rewrite = runRewritePhases(req_, server_->contentHandler());
+  RewriteOutcome rewrite = runRewritePhases(req_, server_->contentHandler(), with_server);
   if (rewrite.kind == RewriteOutcome::Kind::kError) {
     respond(500, "text/html", errorPage(500), {});
     finishRequest();
@@ -316,11 +321,7 @@ void Connection::onMessage() {
     if (req_.location && !req_.location->content_lua.empty()) lua.content = &req_.location->content_lua;
   }
   if (lua.any()) {
-    // The handlers may finish at once (finish() runs inside start()) or
-    // later from the loop; until then the connection waits in kProcessing.
-    phase_ = Phase::kProcessing;
-    auto task = server_->contentHandler()->start(req_, lua, *this);
-    if (phase_ == Phase::kProcessing) task_ = std::move(task);
+    startLua(lua);
     return;
   }
   if (!ret) {
@@ -341,6 +342,17 @@ void Connection::onMessage() {
     else respond(ret->code, "text/html", errorPage(ret->code), {});
   }
   finishRequest();
+}
+
+// The handlers may finish at once (finish() runs inside start()) or later
+// from the loop; until then the connection waits in kProcessing. A task
+// that finished, or handed the request to another (an internal redirect
+// started one), is freed on a later loop turn.
+void Connection::startLua(const LuaPhases& lua) {
+  phase_ = Phase::kProcessing;
+  auto task = server_->contentHandler()->start(req_, lua, *this);
+  if (phase_ == Phase::kProcessing && !task_) task_ = std::move(task);
+  else server_->retire(std::move(task));
 }
 
 // nginx's absolute_redirect: a Location that is a local URI becomes
@@ -391,6 +403,10 @@ HandlerHeaders splitHandlerHeaders(ContentResult& result, const std::string& def
 // The content handler is done (possibly from a timer, long after onMessage).
 void Connection::finish(ContentResult result, ContentTask* task) {
   if (closing_) return;
+  if (result.redirect != ContentResult::Redirect::kNone) {
+    redirectInternally(result);
+    return;
+  }
   log_task_ = task;
   bool async = task_ != nullptr;
   if (headers_sent_) {
@@ -672,6 +688,7 @@ void Connection::completeRequest() {
   }
   log_task_ = nullptr;
   aux_task_.reset();
+  req_.body.reset();  // the request has ended: its temp file goes now
   if (!keepalive_) {
     close_after_write_ = true;
     return;
@@ -933,6 +950,7 @@ void Connection::close() {
   // Cancels a running handler; it never calls finish() after this. (A task
   // that is calling finish() right now was already handed to retire().)
   task_.reset();
+  req_.body.reset();  // a temp file goes now, not when the handles are closed
   phase_ = Phase::kClosing;
   server_->unlink(this);
   uv_close(reinterpret_cast<uv_handle_t*>(&timer_), onClose);

@@ -48,8 +48,16 @@ class Connection : private RequestParser::Handler, private ContentSink {
   void handleTimer();
   void processInput();
   int onHeadComplete(std::string* why) override;
-  void onBodyData(std::string_view) override {}
+  void onBodyData(std::string_view data) override;  // connection_lua.cc
   void onMessage();
+  // The rewrite-module list, then the Lua phases (or `return`, or 404).
+  // `with_server`: from the server's list (a new request, ngx.exec).
+  void runPhases(bool with_server);
+  void startLua(const LuaPhases& lua);
+  // connection_lua.cc: the body kept for Lua, and internal redirects.
+  void prepareBody();
+  bool completeBody();
+  void redirectInternally(ContentResult& result);
   void startRequest();
   void respond(int status, std::string_view content_type, std::string_view body, std::string_view location,
                const HeaderList* extra_headers = nullptr);

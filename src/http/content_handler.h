@@ -29,6 +29,16 @@ struct ContentResult {
   // The handler failed after the headers went out: the response cannot be
   // completed, so the connection is closed (the client sees it truncated).
   bool aborted = false;
+  // No response: the request goes on in another location. kExec
+  // (ngx.exec): an internal redirect to `redirect_uri` (a decoded path)
+  // with `redirect_args` as $args, from the server's rewrite phase on.
+  // kJump (ngx.req.set_uri(uri, true)): the request's $uri is already
+  // changed; the location is searched again and its phases run (nginx's
+  // `rewrite ... last`).
+  enum class Redirect { kNone, kExec, kJump };
+  Redirect redirect = Redirect::kNone;
+  std::string redirect_uri;
+  std::string redirect_args;
 };
 
 // Implemented by the connection. finish() is called exactly once, either
@@ -79,31 +89,32 @@ class ContentHandler {
  public:
   virtual ~ContentHandler() = default;
   // Runs the phases in order; `r` and `sink` outlive the returned task.
-  virtual std::unique_ptr<ContentTask> start(const Request& r, const LuaPhases& phases, ContentSink& sink) = 0;
+  // The handlers may change `r` (ngx.req.set_header, set_uri, the body...).
+  virtual std::unique_ptr<ContentTask> start(Request& r, const LuaPhases& phases, ContentSink& sink) = 0;
   // A Lua context for a request whose response does not come from Lua
   // (return, error pages), so that its filters and log_by_lua* share one
   // ngx.ctx. It never calls the sink's finish().
-  virtual std::unique_ptr<ContentTask> detached(const Request& r, ContentSink& sink) = 0;
+  virtual std::unique_ptr<ContentTask> detached(Request& r, ContentSink& sink) = 0;
   // header_filter_by_lua*: runs `code` now, before the head is written; it
   // may change the status and the headers (Content-Type, Location and
   // Content-Length among them). False if it failed (logged): the response
   // cannot be sent.
-  virtual bool runHeaderFilter(const Request& r, const conf::LuaCode& code, ContentTask* task, int* status,
+  virtual bool runHeaderFilter(Request& r, const conf::LuaCode& code, ContentTask* task, int* status,
                                HeaderList* headers) = 0;
   // body_filter_by_lua*: runs `code` on one piece of the body (ngx.arg[1])
   // and the end-of-body flag (ngx.arg[2]); it may change both. False if it
   // failed (logged): the response is cut.
-  virtual bool runBodyFilter(const Request& r, const conf::LuaCode& code, ContentTask* task, std::string* chunk,
+  virtual bool runBodyFilter(Request& r, const conf::LuaCode& code, ContentTask* task, std::string* chunk,
                              bool* eof) = 0;
   // log_by_lua*: runs `code` to completion now, after the response was
   // composed; it cannot change the response. `task` (may be null) is the
   // request's earlier phases, whose ngx.ctx it sees.
-  virtual void runLog(const Request& r, const conf::LuaCode& code, ContentTask* task) = 0;
+  virtual void runLog(Request& r, const conf::LuaCode& code, ContentTask* task) = 0;
   // set_by_lua*: runs `code` to completion now (it cannot yield), with
   // `args` as ngx.arg[1..n]; its first return value (string or number,
   // else "") goes to *out. False after logging the error: the request is
   // answered with 500.
-  virtual bool runSet(const Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
+  virtual bool runSet(Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
                       std::string* out) = 0;
 };
 

@@ -8,8 +8,11 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "conf/config.h"
+#include "http/request_body.h"
 #include "http/request_head.h"
 #include "http/request_variables.h"
 
@@ -24,6 +27,10 @@ struct ConnInfo {
   std::string local_addr;
   uint16_t local_port = 0;
 };
+
+// nginx's NGX_HTTP_MAX_URI_CHANGES: internal redirects and location jumps
+// one request may make before it is a "rewrite or internal redirection cycle".
+constexpr int kMaxUriChanges = 10;
 
 struct Request {
   const char* base = nullptr;  // the connection buffer the head's slices point into
@@ -51,7 +58,35 @@ struct Request {
   // nginx lets them make to it.
   mutable RequestVariables vars;
 
+  // What Lua changed (ngx.req.*, ngx.exec). The head stays as received
+  // (ngx.req.raw_header, $request); these win over it where they are set.
+  RequestBody body;
+  std::string method_override;  // ngx.req.set_method; empty: the head's
+  bool internal = false;        // after ngx.exec or ngx.req.set_uri (ngx.req.is_internal)
+  int uri_changes_left = kMaxUriChanges;
+
+  // $request_method and ngx.req.get_method.
+  std::string_view method() const { return method_override.empty() ? head->method.in(base) : method_override; }
+  // The first header of that name (case-insensitive), as Lua left them.
   std::string_view header(std::string_view lower_name) const;
+  // Calls fn(name, value) for each request header, as Lua left them
+  // (ngx.req.get_headers, $http_*). Returns early when fn returns false.
+  template <typename Fn>
+  void forEachHeader(Fn fn) const {
+    if (headers_edited_) {
+      for (const auto& [name, value] : edited_headers_) {
+        if (!fn(std::string_view(name), std::string_view(value))) return;
+      }
+      return;
+    }
+    for (const auto& h : head->headers) {
+      if (!fn(h.name.in(base), h.value.in(base))) return;
+    }
+  }
+  // ngx.req.set_header / clear_header: the first change copies the head's
+  // headers (views into the connection buffer) into an owned list.
+  void removeHeader(std::string_view name);
+  void addHeader(std::string_view name, std::string_view value);
   // $args: the query as received, or as `set $args` / ngx.var.args replaced it.
   std::string_view query() const { return vars.argsReplaced() ? std::string_view(vars.args()) : args.in(base); }
   // Back to a fresh request; strings keep their capacity (no allocation per request).
@@ -71,11 +106,22 @@ struct Request {
     sent_location.clear();
     sent_content_length = -1;
     vars.clear();
+    body.reset();
+    method_override.clear();
+    internal = false;
+    uri_changes_left = kMaxUriChanges;
+    edited_headers_.clear();
+    headers_edited_ = false;
   }
   // The settings that apply: the location's, else the server's.
   const conf::HttpSettings& settings() const {
     return location ? location->settings : server->settings;
   }
+
+ private:
+  void editHeaders();
+  std::vector<std::pair<std::string, std::string>> edited_headers_;
+  bool headers_edited_ = false;
 };
 
 }  // namespace tidegate::http

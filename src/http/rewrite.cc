@@ -51,9 +51,10 @@ RewriteOutcome runList(const std::vector<conf::RewriteAction>& actions, Request&
 
 }  // namespace
 
-RewriteOutcome runRewritePhases(Request& r, ContentHandler* lua) {
+RewriteOutcome runRewritePhases(Request& r, ContentHandler* lua, bool with_server) {
   std::string scratch;
-  RewriteOutcome out = runList(r.server->rewrite, r, lua, &scratch);
+  RewriteOutcome out;
+  if (with_server) out = runList(r.server->rewrite, r, lua, &scratch);
   if (out.kind == RewriteOutcome::Kind::kContinue && r.location) out = runList(r.location->rewrite, r, lua, &scratch);
   return out;
 }

@@ -20,8 +20,9 @@ struct RewriteOutcome {
   const conf::ReturnAction* ret = nullptr;
 };
 
-// Runs r.server's list, then r.location's. `lua` may be null (no Lua VM):
-// set_by_lua* is then an error.
-RewriteOutcome runRewritePhases(Request& r, ContentHandler* lua);
+// Runs r.server's list (unless `with_server` is false: a location jump
+// re-enters at the location's, as nginx's `rewrite ... last` does), then
+// r.location's. `lua` may be null (no Lua VM): set_by_lua* is then an error.
+RewriteOutcome runRewritePhases(Request& r, ContentHandler* lua, bool with_server = true);
 
 }  // namespace tidegate::http

@@ -69,13 +69,6 @@ std::string describeRequest(const Request& r) {
   return s;
 }
 
-std::string_view Request::header(std::string_view lower_name) const {
-  for (const auto& h : head->headers) {
-    if (iequals(h.name.in(base), lower_name)) return h.value.in(base);
-  }
-  return {};
-}
-
 void appendVariable(const conf::VarRef& var, const Request& r, std::string* out, bool dash_if_empty) {
   using conf::VarId;
   size_t before = out->size();
@@ -94,7 +87,7 @@ void appendVariable(const conf::VarRef& var, const Request& r, std::string* out,
       break;
     }
     case VarId::kRequest: if (r.head) out->append(r.head->request_line.in(r.base)); break;
-    case VarId::kRequestMethod: if (r.head) out->append(r.head->method.in(r.base)); break;
+    case VarId::kRequestMethod: if (r.head) out->append(r.method()); break;
     case VarId::kRequestUri: if (r.head) out->append(r.head->target.in(r.base)); break;
     case VarId::kUri: out->append(r.uri); break;
     case VarId::kArgs: out->append(r.query()); break;
@@ -144,6 +137,10 @@ void appendVariable(const conf::VarRef& var, const Request& r, std::string* out,
     case VarId::kContentLength: if (r.head) out->append(r.header("content-length")); break;
     case VarId::kContentType: if (r.head) out->append(r.header("content-type")); break;
     case VarId::kTidegateVersion: out->append(TIDEGATE_VERSION); break;
+    case VarId::kRequestBody:
+      // nginx's rule: only a body that was read and sits in memory.
+      if (r.body.read() && !r.body.inFile()) out->append(r.body.data());
+      break;
     case VarId::kHttpHeader: if (r.head) out->append(r.header(var.param)); break;
     case VarId::kSentHttpHeader:
       if (var.param == "content-type") out->append(r.sent_content_type);

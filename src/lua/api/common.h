@@ -4,10 +4,11 @@
 
 #include <lua.hpp>
 
+#include <initializer_list>
 #include <string>
 #include <string_view>
 
-#include <string>
+#include "lua/vm.h"
 
 namespace tidegate::lua {
 
@@ -29,6 +30,21 @@ void appendValue(lua_State* L, int idx, std::string* out, const char* fname);
 bool readVariable(RequestContext* ctx, std::string_view name, std::string* out);
 // ngx.header.NAME = value for one value ('_' in NAME becomes '-').
 void setResponseHeader(RequestContext* ctx, std::string name, std::string_view value);
+
+// The request being served, if the running phase is one of `allowed` (the
+// API's "Context:" line in lua-nginx-module), else OpenResty's "API
+// disabled in the context of ..." error. api/ngx_req.cc.
+RequestContext* requireRequestIn(lua_State* L, std::initializer_list<Phase> allowed);
+
+// ngx.decode_args / get_uri_args / get_post_args parsing: pushes a table
+// for "a=1&a=2&b&c=x%20y" -> {a={"1","2"}, b=true, c="x y"}; more than
+// `max` (0 = no limit) arguments pushes "truncated" too and returns 2.
+// Stack: [] -> [t] or [t, "truncated"]. api/ngx_req.cc.
+int pushArgs(lua_State* L, std::string_view args, lua_Integer max);
+
+// ngx.encode_args for the table at `idx` ("a=1&b=x%20y&b=2"); raises
+// OpenResty's error for a value it cannot encode. api/ngx_string.cc.
+std::string encodeArgs(lua_State* L, int idx);
 
 // Stack: [t] -> [t] with t[name] = fn.
 inline void setFn(lua_State* L, const char* name, lua_CFunction fn) {

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "http/uri.h"
+#include "lua/api/common.h"
 #include "lua/vm.h"
 
 namespace tidegate::lua {
@@ -190,26 +191,7 @@ void appendArg(lua_State* L, const std::string& key, int vidx, std::string* out)
 
 int ngxEncodeArgs(lua_State* L) {
   luaL_checktype(L, 1, LUA_TTABLE);
-  std::string out;
-  lua_pushnil(L);
-  while (lua_next(L, 1) != 0) {  // Stack: [t, key, value]
-    if (lua_type(L, -2) != LUA_TSTRING) {
-      lua_pop(L, 1);
-      continue;  // OpenResty ignores non-string keys
-    }
-    std::string key = escapeUri(lua_tostring(L, -2));
-    if (lua_istable(L, -1)) {
-      size_t n = lua_objlen(L, -1);
-      for (size_t i = 1; i <= n; i++) {
-        lua_rawgeti(L, -1, static_cast<int>(i));
-        appendArg(L, key, lua_gettop(L), &out);
-        lua_pop(L, 1);
-      }
-    } else {
-      appendArg(L, key, lua_gettop(L), &out);
-    }
-    lua_pop(L, 1);
-  }
+  std::string out = encodeArgs(L, 1);
   lua_pushlstring(L, out.data(), out.size());
   return 1;
 }
@@ -238,6 +220,31 @@ int ngxQuoteSqlStr(lua_State* L) {
 }
 
 }  // namespace
+
+std::string encodeArgs(lua_State* L, int idx) {
+  if (idx < 0) idx = lua_gettop(L) + idx + 1;
+  std::string out;
+  lua_pushnil(L);
+  while (lua_next(L, idx) != 0) {  // Stack: [..., key, value]
+    if (lua_type(L, -2) != LUA_TSTRING) {
+      lua_pop(L, 1);
+      continue;  // OpenResty ignores non-string keys
+    }
+    std::string key = escapeUri(lua_tostring(L, -2));
+    if (lua_istable(L, -1)) {
+      size_t n = lua_objlen(L, -1);
+      for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, -1, static_cast<int>(i));
+        appendArg(L, key, lua_gettop(L), &out);
+        lua_pop(L, 1);
+      }
+    } else {
+      appendArg(L, key, lua_gettop(L), &out);
+    }
+    lua_pop(L, 1);
+  }
+  return out;
+}
 
 // Stack: [ngx] -> [ngx]
 void openNgxString(lua_State* L) {

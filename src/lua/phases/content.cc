@@ -5,7 +5,7 @@
 
 namespace tidegate::lua {
 
-RequestContext::RequestContext(Vm& vm, uv_loop_t* loop, const http::Request& r, const http::LuaPhases& phases,
+RequestContext::RequestContext(Vm& vm, uv_loop_t* loop, http::Request& r, const http::LuaPhases& phases,
                                http::ContentSink& sink)
     : LuaTask(vm, loop), req_(r), sink_(sink), phases_(phases) {
   // The request started start_ms (loop clock) ago, in wall-clock terms.
@@ -82,6 +82,10 @@ void RequestContext::nextPhase() {
 // next phase, as in OpenResty; ngx.exit(status >= 200), output, or the
 // content phase produce the response.
 void RequestContext::phaseEnded() {
+  if (result_.redirect != http::ContentResult::Redirect::kNone) {
+    finish();
+    return;
+  }
   bool responded = exit_status_ >= 200 || !result_.body.empty() || sink_.headersSent();
   if (step_ == Step::kContent || responded) {
     finish();
@@ -139,7 +143,7 @@ void RequestContext::runLog(const conf::LuaCode& code) {
   luaL_unref(L, LUA_REGISTRYINDEX, ref);
 }
 
-void LuaContentHandler::runLog(const http::Request& r, const conf::LuaCode& code, http::ContentTask* task) {
+void LuaContentHandler::runLog(http::Request& r, const conf::LuaCode& code, http::ContentTask* task) {
   if (auto* ctx = dynamic_cast<RequestContext*>(task)) {
     ctx->runLog(code);
     return;
@@ -150,7 +154,7 @@ void LuaContentHandler::runLog(const http::Request& r, const conf::LuaCode& code
   ctx.runLog(code);
 }
 
-std::unique_ptr<http::ContentTask> LuaContentHandler::start(const http::Request& r, const http::LuaPhases& phases,
+std::unique_ptr<http::ContentTask> LuaContentHandler::start(http::Request& r, const http::LuaPhases& phases,
                                                             http::ContentSink& sink) {
   auto ctx = std::make_unique<RequestContext>(vm_, loop_, r, phases, sink);
   ctx->start();

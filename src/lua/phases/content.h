@@ -18,7 +18,7 @@ namespace tidegate::lua {
 // The per-request state the ngx API reaches through Vm::current().
 class RequestContext : public LuaTask, public http::ContentTask {
  public:
-  RequestContext(Vm& vm, uv_loop_t* loop, const http::Request& r, const http::LuaPhases& phases,
+  RequestContext(Vm& vm, uv_loop_t* loop, http::Request& r, const http::LuaPhases& phases,
                  http::ContentSink& sink);
   ~RequestContext() override;
 
@@ -32,6 +32,8 @@ class RequestContext : public LuaTask, public http::ContentTask {
   bool canYield() const override { return phase_ != Phase::kLog; }
 
   const http::Request& req() const { return req_; }
+  // For the APIs that change the request (ngx.req.set_*, the body).
+  http::Request& mutableReq() { return req_; }
   http::ContentResult& result() { return result_; }
 
   // Output streaming: ngx.flush, ngx.eof, and large output. Sends the
@@ -68,6 +70,14 @@ class RequestContext : public LuaTask, public http::ContentTask {
     exit_status_ = status;
     if (status >= 200) result_.status = status;
   }
+  // ngx.exec / ngx.req.set_uri(uri, true): the handler ends once the
+  // caller yields and the connection carries the request on elsewhere.
+  void redirect(http::ContentResult::Redirect kind, std::string uri, std::string args) {
+    requestExit();
+    result_.redirect = kind;
+    result_.redirect_uri = std::move(uri);
+    result_.redirect_args = std::move(args);
+  }
 
  private:
   enum class Step { kRewrite, kAccess, kContent, kDone };
@@ -78,7 +88,7 @@ class RequestContext : public LuaTask, public http::ContentTask {
   void onExit() override { phaseEnded(); }
   void onError(std::string trace) override;
 
-  const http::Request& req_;
+  http::Request& req_;
   http::ContentSink& sink_;
   http::LuaPhases phases_;
   Step step_ = Step::kRewrite;
@@ -111,15 +121,15 @@ class DetachedSink : public http::ContentSink {
 class LuaContentHandler : public http::ContentHandler {
  public:
   LuaContentHandler(Vm& vm, uv_loop_t* loop) : vm_(vm), loop_(loop) {}
-  std::unique_ptr<http::ContentTask> start(const http::Request& r, const http::LuaPhases& phases,
+  std::unique_ptr<http::ContentTask> start(http::Request& r, const http::LuaPhases& phases,
                                            http::ContentSink& sink) override;
-  void runLog(const http::Request& r, const conf::LuaCode& code, http::ContentTask* task) override;
-  std::unique_ptr<http::ContentTask> detached(const http::Request& r, http::ContentSink& sink) override;
-  bool runHeaderFilter(const http::Request& r, const conf::LuaCode& code, http::ContentTask* task, int* status,
+  void runLog(http::Request& r, const conf::LuaCode& code, http::ContentTask* task) override;
+  std::unique_ptr<http::ContentTask> detached(http::Request& r, http::ContentSink& sink) override;
+  bool runHeaderFilter(http::Request& r, const conf::LuaCode& code, http::ContentTask* task, int* status,
                        http::HeaderList* headers) override;
-  bool runBodyFilter(const http::Request& r, const conf::LuaCode& code, http::ContentTask* task, std::string* chunk,
+  bool runBodyFilter(http::Request& r, const conf::LuaCode& code, http::ContentTask* task, std::string* chunk,
                      bool* eof) override;
-  bool runSet(const http::Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
+  bool runSet(http::Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
               std::string* out) override;  // phases/set.cc
 
  private:

@@ -146,11 +146,11 @@ bool runFilter(Vm& vm, const http::Request& r, const conf::LuaCode& code, Phase 
 
 }  // namespace
 
-std::unique_ptr<http::ContentTask> LuaContentHandler::detached(const http::Request& r, http::ContentSink& sink) {
+std::unique_ptr<http::ContentTask> LuaContentHandler::detached(http::Request& r, http::ContentSink& sink) {
   return std::make_unique<RequestContext>(vm_, loop_, r, http::LuaPhases{}, sink);
 }
 
-bool LuaContentHandler::runHeaderFilter(const http::Request& r, const conf::LuaCode& code, http::ContentTask* task,
+bool LuaContentHandler::runHeaderFilter(http::Request& r, const conf::LuaCode& code, http::ContentTask* task,
                                         int* status, http::HeaderList* headers) {
   auto* ctx = dynamic_cast<RequestContext*>(task);
   if (!ctx) return true;
@@ -163,7 +163,7 @@ bool LuaContentHandler::runHeaderFilter(const http::Request& r, const conf::LuaC
   return ok;
 }
 
-bool LuaContentHandler::runBodyFilter(const http::Request& r, const conf::LuaCode& code, http::ContentTask* task,
+bool LuaContentHandler::runBodyFilter(http::Request& r, const conf::LuaCode& code, http::ContentTask* task,
                                       std::string* chunk, bool* eof) {
   auto* ctx = dynamic_cast<RequestContext*>(task);
   if (!ctx) return true;

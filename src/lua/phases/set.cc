@@ -50,7 +50,7 @@ void logLoadError(const http::Request& r, const conf::LuaCode& code, const std::
 
 }  // namespace
 
-bool LuaContentHandler::runSet(const http::Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
+bool LuaContentHandler::runSet(http::Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
                                std::string* out) {
   lua_State* L = vm_.state();
   int base = lua_gettop(L);

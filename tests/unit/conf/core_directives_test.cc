@@ -247,5 +247,29 @@ TEST(DirectiveCoreTest, AccessLogErrors) {
             std::string::npos);
 }
 
+TEST(DirectiveCoreTest, RequestBodySettings) {
+  ConfigPtr cfg = load(
+      "http {\n client_body_buffer_size 1k;\n lua_need_request_body on;\n"
+      " server {\n  client_body_temp_path tmp/bodies/ 1 2;\n  location /a { client_body_buffer_size 32; }\n }\n}\n");
+  ASSERT_TRUE(cfg);
+  const HttpSettings& http = cfg->http.settings;
+  EXPECT_EQ(http.client_body_buffer_size, 1024u);
+  EXPECT_EQ(http.client_body_temp_path, cfg->prefix + "/client_body_temp");  // nginx's default, under the prefix
+  const Server& server = *cfg->http.servers[0];
+  EXPECT_EQ(server.settings.client_body_temp_path, cfg->prefix + "/tmp/bodies");
+  EXPECT_EQ(server.settings.lua_need_request_body, true);
+  const Location& loc = *server.locations[0];
+  EXPECT_EQ(loc.settings.client_body_buffer_size, 32u);
+  EXPECT_EQ(loc.settings.client_body_temp_path, cfg->prefix + "/tmp/bodies");
+  ConfigPtr defaults = load("http { server { } }\n");
+  ASSERT_TRUE(defaults);
+  EXPECT_EQ(defaults->http.servers[0]->settings.client_body_buffer_size, 16u * 1024);
+  EXPECT_EQ(defaults->http.servers[0]->settings.lua_need_request_body, false);
+  EXPECT_NE(loadError("http { client_body_temp_path a 3; }").find("invalid value \"3\""), std::string::npos);
+  EXPECT_NE(loadError("http { lua_need_request_body maybe; }").find("it must be \"on\" or \"off\""), std::string::npos);
+  EXPECT_NE(loadError("http { lua_need_request_body on; lua_need_request_body off; }").find("is duplicate"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace tidegate::conf
