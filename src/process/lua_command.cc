@@ -146,6 +146,7 @@ class LuaRunner {
   static int output(lua_State* L, bool newline, const char* fname);
   static int flush(lua_State* L);
   static int eof(lua_State* L);
+  static int exitNow(lua_State* L);
 
   const LuaArgs& args_;
   int argc_;
@@ -243,7 +244,7 @@ void LuaRunner::tearDown() {
 
 // Output as resty has it: the VM is private to this process, so the ngx
 // table's response functions are replaced by stdout writers, `print` is
-// ngx.say, and ngx.exit is os.exit (it ends the process at once).
+// ngx.say, and ngx.exit ends the process at once (exitNow).
 void LuaRunner::installOutput() {
   lua_State* L = vm_->state();
   struct Field {
@@ -263,11 +264,26 @@ void LuaRunner::installOutput() {
   lua_rawget(L, -2);
   lua_setglobal(L, "print");
   lua_pushliteral(L, "exit");
-  lua_getglobal(L, "os");
-  lua_getfield(L, -1, "exit");
-  lua_remove(L, -2);
+  lua_pushlightuserdata(L, this);
+  lua_pushcclosure(L, exitNow, 1);
   lua_rawset(L, -3);
   lua_pop(L, 1);
+}
+
+// ngx.exit(n): as resty's os.exit, the process ends with status n at once
+// (no pending timer fires), but through tearDown(), so the VM is closed
+// cleanly: the calling coroutine's task ends, and the loop stops.
+int LuaRunner::exitNow(lua_State* L) {
+  auto* self = static_cast<LuaRunner*>(lua_touserdata(L, lua_upvalueindex(1)));
+  self->status_ = static_cast<int>(luaL_optinteger(L, 1, 0));
+  uv_stop(&self->loop_);
+  lua::LuaTask* task = lua::LuaTask::current(L);
+  if (!task || !task->running() || task->running()->L != L) {
+    fflush(stdout);
+    exit(self->status_);  // not from a coroutine of ours (a C library's callback): plain os.exit
+  }
+  task->requestExit();
+  return lua_yield(L, 0);
 }
 
 // What the output functions return, as OpenResty's: 1, or nil and the

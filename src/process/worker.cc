@@ -136,6 +136,7 @@ class Worker {
         std::string err;
         if (!core::ErrorLog::reopen(&err)) TG_LOG(LogLevel::kAlert, "%s", err.c_str());
         if (!server_->reopenLogs(&err)) TG_LOG(LogLevel::kAlert, "%s", err.c_str());
+        else TG_LOG(LogLevel::kNotice, "worker reopened its logs");
         break;
       }
       default: break;
