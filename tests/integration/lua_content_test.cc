@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "harness.h"
@@ -117,6 +118,28 @@ TEST(LuaContentTest, ArgsSurviveBufferMovesWhileReadingABody) {
     return got.find("args=second") != std::string::npos;
   }));
   EXPECT_NE(got.find("\r\n\r\nargs=second=2&keep=this"), std::string::npos) << got;
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+TEST(LuaContentTest, WorkerPidsListsEveryWorker) {
+  Gateway gw;
+  gw.setSimpleConf(R"(
+    location /t {
+        content_by_lua_block {
+            local pids = ngx.worker.pids()
+            local mine = false
+            for _, p in ipairs(pids) do if p == ngx.worker.pid() then mine = true end end
+            table.sort(pids)
+            ngx.say(#pids, " ", mine, " ", table.concat(pids, ","))
+        }
+    }
+  )", "", 2);
+  ASSERT_TRUE(gw.start());
+  std::vector<pid_t> workers = gw.workerPids();
+  ASSERT_EQ(workers.size(), 2u);
+  std::sort(workers.begin(), workers.end());
+  std::string want = "2 true " + std::to_string(workers[0]) + "," + std::to_string(workers[1]) + "\n";
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, want);
   EXPECT_EQ(gw.stop(), 0);
 }
 

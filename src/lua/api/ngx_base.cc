@@ -4,7 +4,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <climits>
+#include <cstdio>
 #include <string>
+#include <vector>
 
 #include "core/log.h"
 #include "lua/api/common.h"
@@ -122,6 +125,44 @@ int workerCount(lua_State* L) {
   return 1;
 }
 
+// The pids of `parent`'s children that run the same binary as we do, from
+// /proc (the master's workers, when called in a worker).
+std::vector<long> workerSiblings(pid_t parent) {
+  std::vector<long> pids;
+  char self_exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self_exe, sizeof(self_exe) - 1);
+  if (n <= 0) return pids;
+  std::string exe(self_exe, static_cast<size_t>(n));
+  std::string path = "/proc/" + std::to_string(parent) + "/task/" + std::to_string(parent) + "/children";
+  FILE* f = fopen(path.c_str(), "r");
+  if (!f) return pids;
+  long pid = 0;
+  while (fscanf(f, "%ld", &pid) == 1) {
+    char buf[PATH_MAX];
+    std::string link = "/proc/" + std::to_string(pid) + "/exe";
+    ssize_t m = readlink(link.c_str(), buf, sizeof(buf) - 1);
+    if (m > 0 && std::string(buf, static_cast<size_t>(m)) == exe) pids.push_back(pid);
+  }
+  fclose(f);
+  return pids;
+}
+
+// ngx.worker.pids(): the workers' pids (this process alone without a
+// master); not in the master's init phase.
+int workerPids(lua_State* L) {
+  Vm* vm = Vm::from(L);
+  if (vm->workerId() < 0) return luaL_error(L, "API disabled in the context of %s_by_lua*", phaseName(vm->phase()));
+  std::vector<long> pids;
+  if (vm->config().master_process) pids = workerSiblings(getppid());
+  if (pids.empty()) pids.push_back(getpid());
+  lua_createtable(L, static_cast<int>(pids.size()), 0);
+  for (size_t i = 0; i < pids.size(); i++) {
+    lua_pushinteger(L, static_cast<lua_Integer>(pids[i]));
+    lua_rawseti(L, -2, static_cast<int>(i + 1));
+  }
+  return 1;
+}
+
 int configPrefix(lua_State* L) {
   lua_pushstring(L, (Vm::from(L)->config().prefix + "/").c_str());
   return 1;
@@ -181,6 +222,7 @@ void openNgx(lua_State* L) {
   setFn(L, "pid", workerPid);
   setFn(L, "id", workerId);
   setFn(L, "count", workerCount);
+  setFn(L, "pids", workerPids);
   setFn(L, "exiting", workerExiting);
   lua_setfield(L, -2, "worker");
 

@@ -102,18 +102,17 @@ int headersIndex(lua_State* L) {
   return 1;
 }
 
-// ngx.req.get_headers(max?, raw?): names lower-cased unless raw, repeated
-// headers as arrays; more than `max` (default 100) returns "truncated".
-int getHeaders(lua_State* L) {
-  RequestContext* ctx = requireRequest(L);
-  lua_Integer max = luaL_optinteger(L, 1, 100);
-  bool raw = lua_toboolean(L, 2);
-  lua_createtable(L, 0, static_cast<int>(ctx->req().head->headers.size()));
+// Pushes a header table as ngx.req.get_headers returns it, from the
+// headers `each` visits (it calls its argument with name and value, and
+// stops when that returns false): names lower-cased unless raw, repeated
+// headers as arrays; more than `max` (0: no limit) returns "truncated" too.
+template <typename Each>
+int pushHeaderTable(lua_State* L, lua_Integer max, bool raw, int hint, Each each) {
+  lua_createtable(L, 0, hint);
   int count = 0;
   bool truncated = false;
   std::string name;
-  // The headers as set_header / clear_header left them.
-  ctx->req().forEachHeader([&](std::string_view n, std::string_view value) {
+  each([&](std::string_view n, std::string_view value) {
     if (max > 0 && count >= max) {
       truncated = true;
       return false;
@@ -128,17 +127,42 @@ int getHeaders(lua_State* L) {
     addMulti(L);
     return true;
   });
-  if (truncated) {
-    lua_pushliteral(L, "truncated");
-    return 2;
-  }
   if (!raw) {
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, headersIndex);
     lua_setfield(L, -2, "__index");
     lua_setmetatable(L, -2);
   }
+  if (truncated) {
+    lua_pushliteral(L, "truncated");
+    return 2;
+  }
   return 1;
+}
+
+// ngx.req.get_headers(max?, raw?): the headers as set_header / clear_header
+// left them; default max 100.
+int getHeaders(lua_State* L) {
+  RequestContext* ctx = requireRequest(L);
+  lua_Integer max = luaL_optinteger(L, 1, 100);
+  bool raw = lua_toboolean(L, 2);
+  const http::Request& r = ctx->req();
+  return pushHeaderTable(L, max, raw, static_cast<int>(r.head->headers.size()),
+                         [&](const auto& visit) { r.forEachHeader(visit); });
+}
+
+// ngx.resp.get_headers(max?, raw?): the response headers set so far
+// (ngx.header), in the same shape.
+int respGetHeaders(lua_State* L) {
+  RequestContext* ctx = requireRequest(L);
+  lua_Integer max = luaL_optinteger(L, 1, 100);
+  bool raw = lua_toboolean(L, 2);
+  const auto& headers = ctx->result().headers;
+  return pushHeaderTable(L, max, raw, static_cast<int>(headers.size()), [&](const auto& visit) {
+    for (const auto& [n, v] : headers) {
+      if (!visit(n, v)) return;
+    }
+  });
 }
 
 // ngx.req.raw_header(no_request_line?): the head as received, whatever
@@ -439,6 +463,9 @@ void openNgxReq(lua_State* L) {
   }
   openNgxReqBody(L);
   lua_setfield(L, -2, "req");
+  lua_createtable(L, 0, 1);
+  setFn(L, "get_headers", respGetHeaders);
+  lua_setfield(L, -2, "resp");
   setFn(L, "decode_args", decodeArgs);
   setFn(L, "exec", ngxExec);
 }
