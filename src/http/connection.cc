@@ -243,6 +243,15 @@ void Connection::processInput() {
     size_t consumed = 0;
     auto ev = parser_.execute(buf_ + start_, parsed_ - start_, end_ - start_, &consumed);
     parsed_ += consumed;
+    if (early_start_ && ev == RequestParser::Event::kNeedMore) {
+      // The head is read and the body is on its way: the rewrite phase and
+      // the Lua phases start now, as in nginx; the body keeps arriving.
+      early_start_ = false;
+      lua_early_ = true;
+      runPhases(true);
+      if (closing_ || close_after_write_) break;
+      continue;  // body bytes may already be buffered behind the head
+    }
     if (ev == RequestParser::Event::kNeedMore) break;
     if (ev == RequestParser::Event::kError) {
       respondError(parser_.errorStatus(), parser_.errorText());
@@ -292,6 +301,15 @@ int Connection::onHeadComplete(std::string* why) {
   if (h.hasBody()) {
     phase_ = Phase::kBody;
     body_start_ms_ = uv_now(server_->loop());
+    // A location with Lua request phases starts them before the body is
+    // read (unless lua_need_request_body wants it first), as nginx does.
+    const conf::HttpSettings& s = settings();
+    bool lua = server_->contentHandler() && (s.rewrite_lua || s.access_lua ||
+                                             (req_.location && !req_.location->content_lua.empty()));
+    if (lua && !*s.lua_need_request_body) {
+      early_start_ = true;
+      req_.body_complete = false;
+    }
     // RFC 9110 10.1.1: the client waits for this before sending the body.
     if (h.expect_continue && h.http_minor == 1 && start_ + h.head_len >= end_) out_.append("HTTP/1.1 100 Continue\r\n\r\n");
   }
@@ -301,7 +319,26 @@ int Connection::onHeadComplete(std::string* why) {
 void Connection::onMessage() {
   req_.base = buf_ + start_;
   req_.request_length = parser_.head().head_len + parser_.bodyBytes();
+  early_start_ = false;
+  req_.body_complete = true;
+  if (lua_early_) {
+    bodyArrivedDuringLua();
+    return;
+  }
   if (completeBody()) runPhases(true);
+}
+
+// The body a running handler started without is complete: the connection
+// now waits for the handler, whose ngx.req.read_body waiters resume.
+void Connection::bodyArrivedDuringLua() {
+  lua_early_ = false;
+  phase_ = Phase::kProcessing;
+  if (!sealBody()) {
+    if (task_) task_.reset();  // from the read callback, not from inside the task
+    failBody();
+    return;
+  }
+  if (task_) task_->bodyComplete();
 }
 
 void Connection::runPhases(bool with_server) {
@@ -349,9 +386,14 @@ void Connection::runPhases(bool with_server) {
 // that finished, or handed the request to another (an internal redirect
 // started one), is freed on a later loop turn.
 void Connection::startLua(const LuaPhases& lua) {
-  phase_ = Phase::kProcessing;
+  // While the body still arrives the connection stays in kBody (reading,
+  // under client_body_timeout); then kProcessing.
+  phase_ = lua_early_ ? Phase::kBody : Phase::kProcessing;
+  uint64_t finishes = finishes_;
   auto task = server_->contentHandler()->start(req_, lua, *this);
-  if (phase_ == Phase::kProcessing && !task_) task_ = std::move(task);
+  // Kept while it runs, or when it ended but its log phase waits for the
+  // response to be written (log_task_ is it).
+  if (!task_ && (finishes_ == finishes || log_deferred_)) task_ = std::move(task);
   else server_->retire(std::move(task));
 }
 
@@ -403,6 +445,8 @@ HandlerHeaders splitHandlerHeaders(ContentResult& result, const std::string& def
 // The content handler is done (possibly from a timer, long after onMessage).
 void Connection::finish(ContentResult result, ContentTask* task) {
   if (closing_) return;
+  finishes_++;
+  lua_early_ = false;  // a handler that ends before the body: the connection closes after the answer
   if (result.redirect != ContentResult::Redirect::kNone) {
     redirectInternally(result);
     return;
@@ -644,6 +688,9 @@ void Connection::endBody() {
 }
 
 void Connection::respondError(int status, const std::string& why) {
+  // A handler started while the body arrived (a body error, 413): it ends.
+  if (task_) task_.reset();
+  lua_early_ = false;
   LogLevel level = status >= 500 && status != 501 && status != 505 ? LogLevel::kError : LogLevel::kInfo;
   const char* activity = !parser_.requestLineDone() ? "reading client request line"
                          : !parser_.headDone()      ? "reading client request headers"
@@ -909,6 +956,8 @@ void Connection::handleTimer() {
               too_slow ? "client sent the body below client_body_min_rate" : "client timed out (110: Connection timed out)",
               what, describe().c_str());
   keepalive_ = false;
+  if (task_) task_.reset();  // a handler started while the body arrived ends with it
+  lua_early_ = false;
   respond(408, "text/html", errorPage(408), {});
   finishRequest();
   flush();

@@ -57,6 +57,9 @@ class Connection : private RequestParser::Handler, private ContentSink {
   // connection_lua.cc: the body kept for Lua, and internal redirects.
   void prepareBody();
   bool completeBody();
+  bool sealBody();
+  void failBody();
+  void bodyArrivedDuringLua();
   void redirectInternally(ContentResult& result);
   void startRequest();
   void respond(int status, std::string_view content_type, std::string_view body, std::string_view location,
@@ -133,7 +136,12 @@ class Connection : private RequestParser::Handler, private ContentSink {
   bool body_ended_ = false;    // the last chunk is out (or the whole body)
   std::function<void()> drain_cb_;  // ngx.flush(true): all output written
   bool client_eof_ = false;    // the client half-closed while a handler ran
-  bool log_deferred_ = false;  // the response is queued; log_by_lua* waits for it to be written
+  bool log_deferred_ = false;
+  // The Lua phases start once the head is read, while the body arrives
+  // (early_start_: at the end of this parse step; lua_early_: running so).
+  bool early_start_ = false;
+  bool lua_early_ = false;
+  uint64_t finishes_ = 0;  // finish() calls, to tell a handler that ended inside start()  // the response is queued; log_by_lua* waits for it to be written
 
   std::string out_;       // response bytes not yet handed to the kernel
   std::string writing_;   // bytes owned by the in-flight uv_write

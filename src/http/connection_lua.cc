@@ -36,18 +36,27 @@ void Connection::onBodyData(std::string_view data) {
 // The whole body is in. False if keeping it failed (disk full, no temp
 // directory): the request was answered with 500, as nginx does.
 bool Connection::completeBody() {
-  if (req_.body.keeping()) req_.body.flush();
-  req_.body.seal();
-  if (req_.body.failed()) {
-    TG_LOG_CONN(LogLevel::kCrit, info_.id, "%s while reading client request body%s", req_.body.error().c_str(),
-                describe().c_str());
-    req_.body.reset();
-    respond(500, "text/html", errorPage(500), {});
-    finishRequest();
+  if (!sealBody()) {
+    failBody();
     return false;
   }
   if (*settings().lua_need_request_body) req_.body.markRead();
   return true;
+}
+
+void Connection::failBody() {
+  TG_LOG_CONN(LogLevel::kCrit, info_.id, "%s while reading client request body%s", req_.body.error().c_str(),
+              describe().c_str());
+  req_.body.reset();
+  respond(500, "text/html", errorPage(500), {});
+  finishRequest();
+}
+
+// Closes the body (its file written out). False if keeping it failed.
+bool Connection::sealBody() {
+  if (req_.body.keeping()) req_.body.flush();
+  req_.body.seal();
+  return !req_.body.failed();
 }
 
 // A handler asked to continue elsewhere (result.redirect). Called from

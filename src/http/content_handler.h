@@ -75,6 +75,9 @@ class ContentTask {
   // has lua_check_client_abort on: ngx.on_abort's handler runs, else the
   // request ends (status 499, nothing sent).
   virtual void clientAborted() {}
+  // The request body, still arriving when the handler started, is complete
+  // (ngx.req.read_body waiters resume).
+  virtual void bodyComplete() {}
 };
 
 // The Lua code a request runs, phase by phase (null: none for that phase).

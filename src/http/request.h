@@ -61,6 +61,9 @@ struct Request {
   // What Lua changed (ngx.req.*, ngx.exec). The head stays as received
   // (ngx.req.raw_header, $request); these win over it where they are set.
   RequestBody body;
+  // False while the body is still arriving and the Lua phases already run
+  // (they start once the head is read; ngx.req.read_body waits for it).
+  bool body_complete = true;
   std::string method_override;  // ngx.req.set_method; empty: the head's
   bool internal = false;        // after ngx.exec or ngx.req.set_uri (ngx.req.is_internal)
   int uri_changes_left = kMaxUriChanges;
@@ -91,6 +94,7 @@ struct Request {
   std::string_view query() const { return vars.argsReplaced() ? std::string_view(vars.args()) : args.in(base); }
   // Back to a fresh request; strings keep their capacity (no allocation per request).
   void reset() {
+    body_complete = true;
     base = nullptr;
     head = nullptr;
     server = nullptr;

@@ -171,4 +171,18 @@ conf::LuaCode resolveLuaFile(const conf::LuaCode& code, const Request& r) {
   return out;
 }
 
+// nginx's "not found" variables, which Lua reads as nil: a header, an
+// argument or a cookie the request does not have (a missing value is a
+// null view; an empty one points into the request).
+bool variableFound(const conf::VarRef& var, const Request& r) {
+  switch (var.id) {
+    case conf::VarId::kHttpHeader: return r.head && r.header(var.param).data() != nullptr;
+    case conf::VarId::kContentLength: return r.head && r.header("content-length").data() != nullptr;
+    case conf::VarId::kContentType: return r.head && r.header("content-type").data() != nullptr;
+    case conf::VarId::kArg: return findArg(r.query(), var.param).data() != nullptr;
+    case conf::VarId::kCookie: return r.head && findCookie(r.header("cookie"), var.param).data() != nullptr;
+    default: return true;
+  }
+}
+
 }  // namespace tidegate::http

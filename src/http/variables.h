@@ -16,6 +16,9 @@ void evaluate(const conf::ComplexValue& value, const Request& r, std::string* ou
 // ", client: ..., server: ..., request: \"...\"": the tail of an error log
 // line about this request, in nginx's shape.
 std::string describeRequest(const Request& r);
+// False for a variable nginx reports "not found" in this request (a missing
+// header, argument or cookie): ngx.var reads it as nil.
+bool variableFound(const conf::VarRef& var, const Request& r);
 // A *_by_lua_file whose path has variables, for this request: the path
 // evaluated (relative to the prefix) and its chunk name.
 conf::LuaCode resolveLuaFile(const conf::LuaCode& code, const Request& r);

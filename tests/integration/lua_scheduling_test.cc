@@ -166,5 +166,76 @@ TEST(LuaSchedulingTest, LogPhaseRunsAfterTheResponseIsSent) {
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
 }
 
+// The Lua phases start once the head is read: an access handler answers
+// before the body is sent, and ngx.req.read_body waits for the body.
+const char* kEarly = R"(
+    location /guarded {
+        access_by_lua_block { if not ngx.var.http_x_key then ngx.exit(403) end }
+        content_by_lua_block { ngx.req.read_body() ngx.say("got ", #(ngx.req.get_body_data() or "")) }
+    }
+    location /echo {
+        content_by_lua_block {
+            ngx.log(ngx.WARN, "handler runs before the body, complete: ", tostring(ngx.req.get_body_data()))
+            local t = ngx.thread.spawn(function()
+                ngx.req.read_body()
+                return "thread saw " .. ngx.req.get_body_data()
+            end)
+            ngx.req.read_body()
+            local _, from_thread = ngx.thread.wait(t)
+            ngx.say(ngx.req.get_body_data(), " / ", from_thread)
+        }
+    }
+    location /slow {
+        client_body_timeout 200ms;
+        content_by_lua_block {
+            ngx.req.read_body()
+            ngx.log(ngx.ERR, "never: the body timed out")
+        }
+    }
+)";
+
+TEST(LuaSchedulingTest, AccessPhaseAnswersBeforeTheBodyArrives) {
+  Gateway gw;
+  gw.setSimpleConf(kEarly);
+  ASSERT_TRUE(gw.start());
+  RawClient c(gw.port());
+  c.send("POST /guarded HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n");
+  Response r = c.readResponse();  // no body byte was sent
+  EXPECT_EQ(r.status, 403);
+  EXPECT_EQ(r.header("connection"), "close");
+  EXPECT_TRUE(c.waitClosed());
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+TEST(LuaSchedulingTest, ReadBodyWaitsForTheBody) {
+  Gateway gw;
+  gw.setSimpleConf(kEarly);
+  ASSERT_TRUE(gw.start());
+  RawClient c(gw.port());
+  c.send("POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello");
+  ASSERT_TRUE(gw.waitLog("handler runs before the body, complete: nil"));
+  c.send(" world");
+  Response r = c.readResponse();
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "hello world / thread saw hello world\n");
+  EXPECT_EQ(r.header("connection"), "keep-alive");  // the body was read whole
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+TEST(LuaSchedulingTest, BodyTimeoutWhileReadBodyWaitsEndsTheHandler) {
+  Gateway gw;
+  gw.setSimpleConf(kEarly);
+  ASSERT_TRUE(gw.start());
+  RawClient c(gw.port());
+  c.send("POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc");
+  Response r = c.readResponse();
+  EXPECT_EQ(r.status, 408);
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_EQ(gw.errorLog().find("never: the body timed out"), std::string::npos);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
 }  // namespace
 }  // namespace tidegate::test

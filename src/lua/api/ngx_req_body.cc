@@ -3,10 +3,11 @@
 // append_body, finish_body. Arguments, results, phases and error texts
 // follow lua-nginx-module.
 //
-// Unlike OpenResty, the connection reads the whole body before the Lua
-// phases run (http/request_body.h keeps it), so read_body never waits; it
-// still marks the body as read, which get_body_data and friends require,
-// as in OpenResty.
+// As in OpenResty, the Lua phases start once the head is read; the body
+// keeps arriving (http/request_body.h keeps it) and ngx.req.read_body waits
+// for the rest. It marks the body as read, which get_body_data and friends
+// require.
+#include <algorithm>
 #include <string>
 
 #include "core/log.h"
@@ -53,11 +54,32 @@ int fileError(lua_State* L, RequestContext* ctx) {
   return luaL_error(L, "fail to write file");
 }
 
+// Waits in ngx.req.read_body for the rest of the body.
+class BodyWait : public Wait {
+ public:
+  BodyWait(RequestContext* ctx, Co* co) : ctx_(ctx), co_(co) { ctx->bodyWaiters().push_back(co); }
+  ~BodyWait() override {
+    auto& w = ctx_->bodyWaiters();
+    w.erase(std::remove(w.begin(), w.end(), co_), w.end());
+  }
+
+ private:
+  RequestContext* ctx_;
+  Co* co_;
+};
+
+// ngx.req.read_body(): returns once the whole body is in (at once when it
+// already is); the body then counts as read.
 int readBodyFn(lua_State* L) {
   checkArgCount(L, 0, 0, "0 arguments");
   RequestContext* ctx = requireBodyPhase(L);
-  ctx->mutableReq().body.markRead();  // the connection has read it already
-  return 0;
+  if (ctx->req().body_complete) {
+    ctx->mutableReq().body.markRead();
+    return 0;
+  }
+  LuaTask* task = requireYieldable(L);
+  task->suspend(std::make_unique<BodyWait>(ctx, task->running()));
+  return lua_yield(L, 0);
 }
 
 // The body is dropped (and its temp file deleted); get_body_data returns

@@ -91,6 +91,7 @@ bool readVariable(RequestContext* ctx, std::string_view name, std::string* out) 
       ctx->req().vars.get(ref.index, &unused) == http::RequestVariables::State::kNotFound) {
     return false;
   }
+  if (!http::variableFound(ref, ctx->req())) return false;
   out->clear();
   http::appendVariable(ref, ctx->req(), out);
   return true;

@@ -25,6 +25,14 @@ bool RequestContext::setOnAbort(lua_State* L) {
   return true;
 }
 
+// The body arrived: ngx.req.read_body returns in every coroutine waiting
+// in it (each wake removes its waiter; the handler may end meanwhile).
+void RequestContext::bodyComplete() {
+  if (body_waiters_.empty()) return;
+  mutableReq().body.markRead();
+  while (!body_waiters_.empty() && !done_) wake(body_waiters_.front(), 0);
+}
+
 // lua_check_client_abort on and the client left: its ngx.on_abort handler
 // runs as a light thread (the request goes on unless it calls ngx.exit);
 // without one, the request ends here with 499, as OpenResty does.

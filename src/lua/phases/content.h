@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "http/content_handler.h"
 #include "lua/task.h"
@@ -52,6 +53,10 @@ class RequestContext : public LuaTask, public http::ContentTask {
   // if the client goes away. False if one is registered already.
   bool setOnAbort(lua_State* L);
   void clientAborted() override;
+  // ngx.req.read_body while the body still arrives: coroutines waiting for
+  // it (lua/api/ngx_req_body.cc), resumed by bodyComplete().
+  std::vector<Co*>& bodyWaiters() { return body_waiters_; }
+  void bodyComplete() override;
 
   // body_filter_by_lua*: ngx.arg[1] and ngx.arg[2] while the filter runs.
   struct FilterArgs {
@@ -100,6 +105,7 @@ class RequestContext : public LuaTask, public http::ContentTask {
   bool eof_ = false;
   int on_abort_ref_ = LUA_NOREF;
   FilterArgs* filter_args_ = nullptr;
+  std::vector<Co*> body_waiters_;
   std::string scratch_;
 };
 
