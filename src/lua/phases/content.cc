@@ -16,6 +16,9 @@ RequestContext::RequestContext(Vm& vm, uv_loop_t* loop, http::Request& r, const 
 // Destroying the task (the connection went away, or the request ended)
 // cancels what its coroutines wait for (LuaTask's destructor).
 RequestContext::~RequestContext() {
+  // End the coroutines while this object is whole: some waits (read_body,
+  // flush) unregister from it.
+  killAll();
   if (on_abort_ref_ != LUA_NOREF) luaL_unref(vm().state(), LUA_REGISTRYINDEX, on_abort_ref_);
 }
 
