@@ -28,7 +28,10 @@ var_mt.__index = function(t, name)
     if r ~= nil then
       local rc = C.tg_var_get(r, name, #name, value_ptr, len_ptr)
       if rc == 0 then
-        return ffi_string(value_ptr[0], len_ptr[0])
+        -- Not a tail call: a trace that starts here may then return to the
+        -- (interpreted) caller; "return ffi_string(...)" aborts it.
+        local value = ffi_string(value_ptr[0], len_ptr[0])
+        return value
       end
       if rc == 1 then
         return nil
@@ -78,7 +81,8 @@ end
 -- ngx.now()
 capi.now = ngx.now
 ngx.now = function()
-  return C.tg_now()
+  local now = C.tg_now()  -- not a tail call (see ngx.var above)
+  return now
 end
 
 -- The lua_CFunction versions, for bench/lua_micro.sh.
