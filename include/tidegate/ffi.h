@@ -32,6 +32,9 @@ int tg_var_get(void* r, const char* name, size_t len, const char** value, size_t
 /* ngx.ctx: the registry reference of the request's ctx table; < 0 when it
  * does not exist yet or there is no request (slow path creates it). */
 int tg_ctx_ref(void* r);
+/* ngx.say / ngx.print of one string (newline: ngx.say): 0 done, < 0: slow
+ * path (a phase without output, after ngx.eof). */
+int tg_output(void* r, const char* data, size_t len, int newline);
 /* ngx.header.NAME = value (one string): 0 done, < 0: slow path. */
 int tg_header_set(void* r, const char* name, size_t name_len, const char* value, size_t value_len);
 

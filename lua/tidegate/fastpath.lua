@@ -1,5 +1,6 @@
 -- The FFI fast paths of the request API (DESIGN.md section 3): ngx.var
--- reads, ngx.ctx, ngx.header writes of one value and ngx.now call into the
+-- reads, ngx.ctx, ngx.header writes of one value, ngx.say/ngx.print of one
+-- string and ngx.now call into the
 -- binary through ffi.C, which JIT-compiled code can do without leaving the
 -- trace; a lua_CFunction call ends it. Anything unusual (no request, a
 -- phase that refuses the API, tables, errors) falls back to the
@@ -76,6 +77,31 @@ header_mt.__newindex = function(t, name, value)
     end
   end
   return c_header_newindex(t, name, value)
+end
+
+-- ngx.say / ngx.print of one string (the common case)
+capi.say = ngx.say
+capi.print = ngx.print
+local c_say, c_print = capi.say, capi.print
+ngx.say = function(...)
+  local s = ...
+  if type(s) == "string" and select("#", ...) == 1 then
+    local r = C.tg_get_request()
+    if r ~= nil and C.tg_output(r, s, #s, 1) == 0 then
+      return 1
+    end
+  end
+  return c_say(...)
+end
+ngx.print = function(...)
+  local s = ...
+  if type(s) == "string" and select("#", ...) == 1 then
+    local r = C.tg_get_request()
+    if r ~= nil and C.tg_output(r, s, #s, 0) == 0 then
+      return 1
+    end
+  end
+  return c_print(...)
 end
 
 -- ngx.now()

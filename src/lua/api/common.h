@@ -26,6 +26,10 @@ LuaTask* requireYieldable(lua_State* L);
 // raises OpenResty's error naming `fname` for a value it cannot print.
 void appendValue(lua_State* L, int idx, std::string* out, const char* fname);
 
+// After ngx.say/ngx.print appended to the body: large output is streamed.
+void outputAppended(RequestContext* ctx);
+// Whether ngx.say/ngx.print may append now (a request phase, before ngx.eof).
+bool outputAllowed(RequestContext* ctx);
 // ngx.var.NAME's value into *out; false for nil (unknown, or unset).
 bool readVariable(RequestContext* ctx, std::string_view name, std::string* out);
 // ngx.header.NAME = value for one value ('_' in NAME becomes '-').

@@ -65,6 +65,16 @@ int tg_var_get(void* r, const char* name, size_t len, const char** value, size_t
   return 0;
 }
 
+int tg_output(void* r, const char* data, size_t len, int newline) {
+  RequestContext* ctx = runningRequest(r);
+  if (!ctx || !tidegate::lua::outputAllowed(ctx)) return -1;
+  std::string& body = ctx->result().body;
+  body.append(data, len);
+  if (newline) body.push_back('\n');
+  tidegate::lua::outputAppended(ctx);
+  return 0;
+}
+
 int tg_ctx_ref(void* r) {
   Vm* vm = Vm::active();
   LuaTask* task = vm ? vm->current() : nullptr;

@@ -83,6 +83,17 @@ void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
              idx, fname, luaL_typename(L, idx));
 }
 
+void outputAppended(RequestContext* ctx) {
+  // Output beyond this is sent on (chunked) instead of growing in memory.
+  constexpr size_t kAutoFlushBytes = 64 * 1024;
+  if (ctx->result().body.size() >= kAutoFlushBytes) ctx->flushOutput(false);
+}
+
+bool outputAllowed(RequestContext* ctx) {
+  Phase p = ctx->vm().phase();
+  return (p == Phase::kRewrite || p == Phase::kAccess || p == Phase::kContent) && !ctx->eofSent();
+}
+
 bool readVariable(RequestContext* ctx, std::string_view name, std::string* out) {
   conf::VarRef ref;
   if (!conf::lookupVariable(name, &ref, &ctx->vm().config().http.variables)) return false;
@@ -130,9 +141,6 @@ RequestContext* requireResponsePhase(lua_State* L) {
   return requireRequestNotIn(L, {Phase::kSet, Phase::kHeaderFilter, Phase::kBodyFilter, Phase::kLog});
 }
 
-// Output beyond this is sent on (chunked) instead of growing in memory.
-constexpr size_t kAutoFlushBytes = 64 * 1024;
-
 // nil, "seen eof" once ngx.eof() ended the body, as OpenResty returns it.
 int seenEof(lua_State* L) {
   lua_pushnil(L);
@@ -147,7 +155,7 @@ int output(lua_State* L, bool newline, const char* fname) {
   int top = lua_gettop(L);
   for (int i = 1; i <= top; i++) appendValue(L, i, &body, fname);
   if (newline) body.push_back('\n');
-  if (body.size() >= kAutoFlushBytes) ctx->flushOutput(false);
+  outputAppended(ctx);
   lua_pushinteger(L, 1);  // ok
   return 1;
 }
