@@ -44,6 +44,8 @@ http {
         measure("ngx.header cfunction", function(k) for i = 1, k do capi.header_newindex(hdr, "x_a", "v") end end)
         measure("ngx.now ffi", function(k) local s for i = 1, k do s = ngx.now() end return s end)
         measure("ngx.now cfunction", function(k) local s for i = 1, k do s = capi.now() end return s end)
+        measure("get_headers ffi", function(k) local s for i = 1, k do s = ngx.req.get_headers() end return s end)
+        measure("get_headers cfunction", function(k) local s for i = 1, k do s = capi.get_headers() end return s end)
         -- A handler runs once per request, in the interpreter; the fast paths it
         -- calls are traced on their own. The same calls from a loop the JIT may
         -- not compile:
@@ -57,6 +59,8 @@ http {
         measure("interp ngx.header cfunction", function(k) for i = 1, k do capi.header_newindex(hdr, "x_a", "v") end end)
         measure("interp ngx.now ffi", function(k) local s for i = 1, k do s = ngx.now() end return s end)
         measure("interp ngx.now cfunction", function(k) local s for i = 1, k do s = capi.now() end return s end)
+        measure("interp get_headers ffi", function(k) local s for i = 1, k do s = ngx.req.get_headers() end return s end)
+        measure("interp get_headers cfunction", function(k) local s for i = 1, k do s = capi.get_headers() end return s end)
       }
     }
   }

@@ -35,6 +35,19 @@ int tg_ctx_ref(void* r);
 /* ngx.say / ngx.print of one string (newline: ngx.say): 0 done, < 0: slow
  * path (a phase without output, after ngx.eof). */
 int tg_output(void* r, const char* data, size_t len, int newline);
+/* ngx.req.get_headers: one header. */
+typedef struct {
+  const char* name;
+  size_t name_len;
+  const char* value;
+  size_t value_len;
+} tg_header_t;
+/* The number of request headers (with ngx.req.set_header changes), or < 0:
+ * slow path. */
+int tg_req_headers_count(void* r);
+/* Fills the first `n` headers into `out`, names lower-cased unless `raw`
+ * (kept valid until the next call); returns how many. */
+int tg_req_headers(void* r, tg_header_t* out, int n, int raw);
 /* ngx.header.NAME = value (one string): 0 done, < 0: slow path. */
 int tg_header_set(void* r, const char* name, size_t name_len, const char* value, size_t value_len);
 

@@ -1,6 +1,6 @@
 -- The FFI fast paths of the request API (DESIGN.md section 3): ngx.var
 -- reads, ngx.ctx, ngx.header writes of one value, ngx.say/ngx.print of one
--- string and ngx.now call into the
+-- string, ngx.req.get_headers and ngx.now call into the
 -- binary through ffi.C, which JIT-compiled code can do without leaving the
 -- trace; a lua_CFunction call ends it. Anything unusual (no request, a
 -- phase that refuses the API, tables, errors) falls back to the
@@ -102,6 +102,62 @@ ngx.print = function(...)
     end
   end
   return c_print(...)
+end
+
+-- ngx.req.get_headers(max?, raw?)
+local new_tab = require "table.new"
+local headers_mt = {
+  -- h.user_agent and h["User-Agent"] find "user-agent", as OpenResty's.
+  __index = function(t, key)
+    if type(key) ~= "string" then
+      return nil
+    end
+    return rawget(t, (string.lower(key):gsub("_", "-")))
+  end,
+}
+local header_buf, header_cap = nil, 0
+capi.get_headers = ngx.req.get_headers
+local c_get_headers = capi.get_headers
+ngx.req.get_headers = function(max, raw)
+  local r = C.tg_get_request()
+  if r == nil or (max ~= nil and type(max) ~= "number") then
+    return c_get_headers(max, raw)
+  end
+  local n = C.tg_req_headers_count(r)
+  if n < 0 then
+    return c_get_headers(max, raw)
+  end
+  max = max or 100
+  local take = n
+  if max > 0 and n > max then
+    take = max
+  end
+  if take > header_cap then
+    header_cap = take
+    header_buf = ffi.new("tg_header_t[?]", take)
+  end
+  take = C.tg_req_headers(r, header_buf, take, raw and 1 or 0)
+  local t = new_tab(0, take)
+  for i = 0, take - 1 do
+    local h = header_buf[i]
+    local name = ffi_string(h.name, h.name_len)
+    local value = ffi_string(h.value, h.value_len)
+    local old = t[name]
+    if old == nil then
+      t[name] = value
+    elseif type(old) == "table" then
+      old[#old + 1] = value
+    else
+      t[name] = { old, value }
+    end
+  end
+  if not raw then
+    setmetatable(t, headers_mt)
+  end
+  if take < n then
+    return t, "truncated"
+  end
+  return t
 end
 
 -- ngx.now()

@@ -7,6 +7,7 @@
 
 #include <time.h>
 
+#include "http/ascii.h"
 #include "lua/api/common.h"
 #include "lua/phases/content.h"
 #include "lua/vm.h"
@@ -73,6 +74,49 @@ int tg_output(void* r, const char* data, size_t len, int newline) {
   if (newline) body.push_back('\n');
   tidegate::lua::outputAppended(ctx);
   return 0;
+}
+
+int tg_req_headers_count(void* r) {
+  RequestContext* ctx = runningRequest(r);
+  if (!ctx || !ctx->req().head) return -1;
+  int n = 0;
+  ctx->req().forEachHeader([&](std::string_view, std::string_view) {
+    n++;
+    return true;
+  });
+  return n;
+}
+
+int tg_req_headers(void* r, tg_header_t* out, int n, int raw) {
+  RequestContext* ctx = runningRequest(r);
+  if (!ctx || !ctx->req().head || n <= 0) return 0;
+  // The lower-cased names go into one buffer, sized first so that it does
+  // not move while the pointers into it are handed out.
+  std::string& names = ctx->scratch();
+  names.clear();
+  size_t total = 0;
+  int count = 0;
+  ctx->req().forEachHeader([&](std::string_view name, std::string_view) {
+    total += name.size();
+    return ++count < n;
+  });
+  names.reserve(total);
+  int i = 0;
+  ctx->req().forEachHeader([&](std::string_view name, std::string_view value) {
+    tg_header_t& h = out[i];
+    if (raw) {
+      h.name = name.data();
+    } else {
+      size_t at = names.size();
+      for (char c : name) names.push_back(tidegate::http::asciiLower(c));
+      h.name = names.data() + at;
+    }
+    h.name_len = name.size();
+    h.value = value.data();
+    h.value_len = value.size();
+    return ++i < n;
+  });
+  return i;
 }
 
 int tg_ctx_ref(void* r) {
