@@ -446,11 +446,11 @@ HandlerHeaders splitHandlerHeaders(ContentResult& result, const std::string& def
 void Connection::finish(ContentResult result, ContentTask* task) {
   if (closing_) return;
   finishes_++;
-  lua_early_ = false;  // a handler that ends before the body: the connection closes after the answer
   if (result.redirect != ContentResult::Redirect::kNone) {
-    redirectInternally(result);
+    redirectInternally(result);  // the body, if still arriving, keeps arriving for the next handler
     return;
   }
+  lua_early_ = false;  // a handler that ends before the body: the connection closes after the answer
   log_task_ = task;
   bool async = task_ != nullptr;
   if (headers_sent_) {

@@ -185,6 +185,9 @@ const char* kEarly = R"(
             ngx.say(ngx.req.get_body_data(), " / ", from_thread)
         }
     }
+    location /hop {
+        access_by_lua_block { ngx.exec("/echo") }
+    }
     location /slow {
         client_body_timeout 200ms;
         content_by_lua_block {
@@ -220,6 +223,23 @@ TEST(LuaSchedulingTest, ReadBodyWaitsForTheBody) {
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body, "hello world / thread saw hello world\n");
   EXPECT_EQ(r.header("connection"), "keep-alive");  // the body was read whole
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+// ngx.exec while the body is still arriving: the next location's handler
+// reads it.
+TEST(LuaSchedulingTest, ExecBeforeTheBodyArrivesKeepsReadingIt) {
+  Gateway gw;
+  gw.setSimpleConf(kEarly);
+  ASSERT_TRUE(gw.start());
+  RawClient c(gw.port());
+  c.send("POST /hop HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello");
+  ASSERT_TRUE(gw.waitLog("handler runs before the body, complete: nil"));
+  c.send(" world");
+  Response r = c.readResponse();
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, "hello world / thread saw hello world\n");
   EXPECT_EQ(gw.stop(), 0);
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
 }
