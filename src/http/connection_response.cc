@@ -1,0 +1,308 @@
+// The response side of Connection: the head and body of an answer, the
+// streaming a handler asks for (flushOutput), and the header/body filters
+// every response of a location passes through. Reading, the request life
+// and timers are in connection.cc.
+#include <charconv>
+#include <string>
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "http/ascii.h"
+#include "http/connection.h"
+#include "http/http_server.h"
+#include "http/status.h"
+#include "tidegate/version.h"
+
+namespace tidegate::http {
+
+// nginx's absolute_redirect: a Location that is a local URI becomes
+// absolute, with the host the client asked for (else the server name, else
+// the local address) and our port when it is not the default.
+std::string Connection::absoluteRedirect(const std::string& uri) const {
+  if (uri.empty() || uri[0] != '/') return uri;
+  std::string abs = "http://";
+  const std::string& name = !req_.host.empty() ? req_.host : req_.server->primaryName();
+  abs.append(!name.empty() ? name : info_.local_addr);
+  if (info_.local_port != 80) abs.append(":").append(std::to_string(info_.local_port));
+  return abs + uri;
+}
+
+namespace {
+
+// A handler's headers as the response carries them: Content-Type,
+// Location and Content-Length are taken out; framing headers stay ours.
+struct HandlerHeaders {
+  std::string content_type;
+  std::string location;
+  int64_t content_length = -1;
+  std::vector<std::pair<std::string, std::string>> extra;
+};
+
+HandlerHeaders splitHandlerHeaders(ContentResult& result, const std::string& default_type) {
+  HandlerHeaders h;
+  h.content_type = default_type;
+  for (auto& [name, value] : result.headers) {
+    if (iequals(name, "content-type")) {
+      h.content_type = value;
+    } else if (iequals(name, "location")) {
+      h.location = value;
+    } else if (iequals(name, "content-length")) {
+      int64_t n = 0;
+      auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+      if (ec == std::errc() && end == value.data() + value.size() && n >= 0) h.content_length = n;
+    } else if (!iequals(name, "connection") && !iequals(name, "date") && !iequals(name, "server") &&
+               !iequals(name, "transfer-encoding")) {
+      h.extra.emplace_back(std::move(name), std::move(value));
+    }
+  }
+  return h;
+}
+
+}  // namespace
+
+// The content handler is done (possibly from a timer, long after onMessage).
+void Connection::finish(ContentResult result, ContentTask* task) {
+  if (closing_) return;
+  finishes_++;
+  if (result.redirect != ContentResult::Redirect::kNone) {
+    redirectInternally(result);  // the body, if still arriving, keeps arriving for the next handler
+    return;
+  }
+  lua_early_ = false;  // a handler that ends before the body: the connection closes after the answer
+  log_task_ = task;
+  bool async = task_ != nullptr;
+  if (headers_sent_) {
+    // The handler streamed: end the body, or cut the connection if it failed.
+    if (result.aborted) abortResponse();
+    else sendBody(result.body, true, task);
+  } else if (result.aborted) {
+    // The client is gone (499): nothing is sent; the access log says 499.
+    req_.status = result.status;
+    abortResponse();
+  } else if (result.declined) {
+    respond(404, "text/html", errorPage(404), {});
+  } else if (result.status >= 300 && result.body.empty()) {
+    HandlerHeaders h = splitHandlerHeaders(result, *settings().default_type);
+    respond(result.status, "text/html", errorPage(result.status), absoluteRedirect(h.location), &h.extra);
+  } else if (hasFilters()) {
+    sendHead(result.status, std::move(result.headers), static_cast<int64_t>(result.body.size()), task);
+    sendBody(result.body, true, task);
+  } else {
+    HandlerHeaders h = splitHandlerHeaders(result, *settings().default_type);
+    // The whole body is here: its size is the length (a handler's
+    // Content-Length counts only for HEAD, where no body follows).
+    int64_t length = static_cast<int64_t>(result.body.size());
+    if (parser_.head().is_head && h.content_length >= 0) length = h.content_length;
+    writeHead(result.status, h.content_type, absoluteRedirect(h.location), &h.extra, length);
+    writeBodyPart(result.body);
+    endBody();
+  }
+  finishRequest();
+  if (async && !log_deferred_) {
+    // This call comes from inside the task: it is freed on a later loop turn.
+    server_->retire(std::move(task_));
+    processInput();  // the next pipelined requests, already buffered
+    resumeReading();
+  }
+}
+
+// No (more) output: the connection closes once what is queued is out.
+void Connection::abortResponse() {
+  keepalive_ = false;
+  reset_after_write_ = true;
+  body_ended_ = true;
+}
+
+bool Connection::hasFilters() const {
+  const conf::HttpSettings& s = settings();
+  return (s.header_filter_lua || s.body_filter_lua) && server_->contentHandler();
+}
+
+ContentTask* Connection::filterTask(ContentTask* task) {
+  if (task) return task;
+  if (task_) return task_.get();
+  if (log_task_) return log_task_;
+  if (!aux_task_) aux_task_ = server_->contentHandler()->detached(req_, *this);
+  return aux_task_.get();
+}
+
+void Connection::sendHead(int status, HeaderList headers, int64_t content_length, ContentTask* task) {
+  const conf::HttpSettings& s = settings();
+  if (s.header_filter_lua &&
+      !server_->contentHandler()->runHeaderFilter(req_, *s.header_filter_lua, filterTask(task), &status, &headers)) {
+    req_.status = 500;
+    abortResponse();
+    return;
+  }
+  ContentResult r;
+  r.headers = std::move(headers);
+  HandlerHeaders h = splitHandlerHeaders(r, *s.default_type);
+  // A body filter may change the length: the body goes out chunked.
+  if (h.content_length >= 0) content_length = h.content_length;
+  if (s.body_filter_lua) content_length = -1;
+  writeHead(status, h.content_type, absoluteRedirect(h.location), &h.extra, content_length);
+}
+
+void Connection::sendBody(std::string_view data, bool last, ContentTask* task) {
+  const conf::HttpSettings& s = settings();
+  if (s.body_filter_lua && headers_sent_ && body_allowed_ && !body_ended_ && server_->contentHandler()) {
+    std::string chunk(data);
+    bool eof = last;
+    if (!server_->contentHandler()->runBodyFilter(req_, *s.body_filter_lua, filterTask(task), &chunk, &eof)) {
+      abortResponse();
+      return;
+    }
+    writeBodyPart(chunk);
+    if (eof) endBody();
+    return;
+  }
+  writeBodyPart(data);
+  if (last) endBody();
+}
+
+void Connection::writeHandlerHead(ContentResult& result, int64_t content_length) {
+  // A copy: the handler may still read ngx.header after the head is out.
+  ContentResult sent;
+  sent.headers = result.headers;
+  HandlerHeaders h = splitHandlerHeaders(sent, *settings().default_type);
+  std::string location = absoluteRedirect(h.location);
+  writeHead(result.status, h.content_type, location, &h.extra,
+            h.content_length >= 0 ? h.content_length : content_length);
+}
+
+// ngx.flush / ngx.eof: the head once, then what the handler printed so far.
+void Connection::flushOutput(ContentResult& result, bool last, ContentTask* task) {
+  if (closing_) return;
+  int64_t length = last ? static_cast<int64_t>(result.body.size()) : -1;
+  if (!headers_sent_ && hasFilters()) sendHead(result.status, result.headers, length, task);
+  else if (!headers_sent_) writeHandlerHead(result, length);
+  sendBody(result.body, last, task);
+  result.body.clear();
+  flush();
+  updateTimer();
+}
+
+bool Connection::waitDrain(std::function<void()> cb) {
+  if (!write_pending_ && out_.empty()) return true;
+  drain_cb_ = std::move(cb);
+  return false;
+}
+
+// --- responding -----------------------------------------------------------------
+
+bool Connection::shouldKeepAlive(int status) const {
+  const RequestHead& h = parser_.head();
+  if (server_->draining() || !h.keep_alive) return false;
+  if (status == 400 || status == 408 || status == 413 || status == 414 || status == 431 || status == 501 ||
+      status == 505) {
+    return false;
+  }
+  if (*settings().keepalive_timeout_ms == 0) return false;  // nginx: keepalive_timeout 0 disables keepalive
+  return info_.requests < *settings().keepalive_requests;
+}
+
+void Connection::respond(int status, std::string_view content_type, std::string_view body, std::string_view location,
+                         const HeaderList* extra_headers) {
+  if (hasFilters()) {
+    HeaderList headers;
+    headers.emplace_back("Content-Type", content_type);
+    if (!location.empty()) headers.emplace_back("Location", location);
+    if (extra_headers) headers.insert(headers.end(), extra_headers->begin(), extra_headers->end());
+    sendHead(status, std::move(headers), static_cast<int64_t>(body.size()), nullptr);
+    sendBody(body, true, nullptr);
+    return;
+  }
+  writeHead(status, content_type, location, extra_headers, static_cast<int64_t>(body.size()));
+  writeBodyPart(body);
+  body_ended_ = true;
+}
+
+size_t Connection::writeHead(int status, std::string_view content_type, std::string_view location,
+                             const HeaderList* extra_headers, int64_t content_length) {
+  const RequestHead& h = parser_.head();
+  keepalive_ = keepalive_ && shouldKeepAlive(status);
+  // The body must be fully read to keep the connection: a reply that came
+  // before the body (an early error) closes it.
+  if (!parser_.messageDone() && h.hasBody()) keepalive_ = false;
+  bool no_body = status == 204 || status == 304 || (status >= 100 && status < 200);
+  body_allowed_ = !no_body && !h.is_head;
+  chunked_ = false;
+  if (!no_body && content_length < 0) {
+    // The length is not known yet: chunked to HTTP/1.1 clients; HTTP/1.0
+    // ones read until the connection closes.
+    if (h.http_minor >= 1) chunked_ = body_allowed_;
+    else keepalive_ = false;
+  }
+  headers_sent_ = true;
+  body_ended_ = false;
+  req_.status = status;
+  size_t before = out_.size();
+  out_.append("HTTP/1.1 ");  // RFC 9110 6.2: our version, whatever the client's
+  char code[4] = {static_cast<char>('0' + status / 100 % 10), static_cast<char>('0' + status / 10 % 10),
+                  static_cast<char>('0' + status % 10), ' '};
+  out_.append(code, 4);
+  out_.append(reasonPhrase(status));
+  // server_tokens: nginx's rule, our name.
+  out_.append(*settings().server_tokens ? "\r\nServer: tidegate/" TIDEGATE_VERSION "\r\nDate: " : "\r\nServer: tidegate\r\nDate: ");
+  out_.append(core::httpDate());
+  if (!no_body) {
+    out_.append("\r\nContent-Type: ");
+    out_.append(content_type);
+    if (content_length >= 0) {
+      out_.append("\r\nContent-Length: ");
+      char num[24];
+      auto [end, ec] = std::to_chars(num, num + sizeof(num), content_length);
+      out_.append(num, static_cast<size_t>(end - num));
+      req_.sent_content_length = content_length;
+    } else if (h.http_minor >= 1) {
+      out_.append("\r\nTransfer-Encoding: chunked");
+    }
+  }
+  req_.sent_content_type = content_type;
+  if (!location.empty()) {
+    out_.append("\r\nLocation: ");
+    out_.append(location);
+    req_.sent_location.assign(location);
+  }
+  if (extra_headers) {
+    for (const auto& [name, value] : *extra_headers) {
+      out_.append("\r\n").append(name).append(": ").append(value);
+    }
+  }
+  if (keepalive_ && *settings().keepalive_header_s) {
+    out_.append("\r\nKeep-Alive: timeout=");
+    out_.append(std::to_string(*settings().keepalive_header_s));
+  }
+  out_.append(keepalive_ ? "\r\nConnection: keep-alive\r\n\r\n" : "\r\nConnection: close\r\n\r\n");
+  size_t head_bytes = out_.size() - before;
+  req_.bytes_sent += head_bytes;
+  return head_bytes;
+}
+
+void Connection::writeBodyPart(std::string_view data) {
+  if (!headers_sent_ || !body_allowed_ || body_ended_ || data.empty()) return;
+  size_t before = out_.size();
+  if (chunked_) {
+    char num[20];
+    auto [end, ec] = std::to_chars(num, num + sizeof(num), data.size(), 16);
+    out_.append(num, static_cast<size_t>(end - num));
+    out_.append("\r\n");
+    out_.append(data);
+    out_.append("\r\n");
+  } else {
+    out_.append(data);
+  }
+  req_.body_bytes_sent += data.size();
+  req_.bytes_sent += out_.size() - before;
+}
+
+void Connection::endBody() {
+  if (!headers_sent_ || body_ended_) return;
+  body_ended_ = true;
+  if (chunked_ && body_allowed_) {
+    out_.append("0\r\n\r\n");
+    req_.bytes_sent += 5;
+  }
+}
+
+}  // namespace tidegate::http
