@@ -505,8 +505,10 @@ FakeUpstream::Session::End FakeUpstream::Session::respond(const Behaviour& b, co
   if (b.fault == Fault::kTruncatedBody) framed.framing = Framing::kContentLength;
   if (b.delay.count() > 0 && !pause(Clock::now() + b.delay, 0, false)) return End::kGraceful;
   {
+    // Commands issued from here on concern the next request cycle.
     std::lock_guard<std::mutex> lock(up_->mu_);
     c_->idle_base = up_->idle_close_gen_;
+    c_->release_base = up_->release_gen_;
   }
   if (!sendHead(framed, keepalive)) return End::kGraceful;
   if (r.method == "HEAD") return keepalive ? End::kContinue : End::kGraceful;
