@@ -38,16 +38,7 @@ void replaceAll(std::string* s, const std::string& from, const std::string& to) 
   }
 }
 
-bool canConnect(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
-  ::close(fd);
-  return ok;
-}
+bool canConnect(int port) { return connectErrno(port) == 0; }
 
 void removeTree(const std::string& path) {
   DIR* d = opendir(path.c_str());
@@ -81,6 +72,17 @@ bool waitFor(const std::function<bool()>& cond, Ms timeout) {
     if (Clock::now() >= deadline) return false;
     std::this_thread::sleep_for(Ms(5));  // polling interval, not synchronisation
   }
+}
+
+int connectErrno(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int err = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 ? 0 : errno;
+  ::close(fd);
+  return err;
 }
 
 int freePort() {

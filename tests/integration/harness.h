@@ -19,6 +19,9 @@ using Ms = std::chrono::milliseconds;
 // Polls `cond` every few milliseconds until it holds or `timeout` passes.
 bool waitFor(const std::function<bool()>& cond, Ms timeout = Ms(10000));
 
+// Connects to 127.0.0.1:port once: 0 on success, else connect()'s errno.
+int connectErrno(int port);
+
 // A port on 127.0.0.1 that was free a moment ago.
 int freePort();
 
