@@ -26,7 +26,7 @@ int tg_master_pid(void);
 
 /* ngx.now(): seconds since the epoch, millisecond resolution. */
 double tg_now(void);
-/* ngx.var.NAME: 0 with the value in *value/*len (valid until the next
+/* ngx.var.NAME: 0 with the value in *value and *value_len (valid until the next
  * call), 1 for nil (unknown or unset variable), < 0: slow path. */
 int tg_var_get(void* r, const char* name, size_t len, const char** value, size_t* value_len);
 /* ngx.ctx: the registry reference of the request's ctx table; < 0 when it
