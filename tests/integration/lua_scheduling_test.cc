@@ -257,5 +257,41 @@ TEST(LuaSchedulingTest, BodyTimeoutWhileReadBodyWaitsEndsTheHandler) {
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
 }
 
+// A body read while the handler runs, a log phase and keepalive together:
+// the next requests on the connection (one pipelined behind the body) are
+// served in order, each logged once.
+TEST(LuaSchedulingTest, EarlyBodyThenLogPhaseThenPipelinedRequests) {
+  Gateway gw;
+  gw.setSimpleConf(R"(
+    location /up {
+        content_by_lua_block {
+            ngx.log(ngx.WARN, "up handler started")
+            ngx.req.read_body()
+            ngx.say("len ", #ngx.req.get_body_data())
+        }
+        log_by_lua_block { ngx.log(ngx.WARN, "logged ", ngx.var.request_uri, " ", ngx.status) }
+        header_filter_by_lua_block { ngx.header["X-Filtered"] = "1" }
+    }
+    location /next { content_by_lua_block { ngx.say("next ", ngx.var.arg_n) } }
+  )");
+  ASSERT_TRUE(gw.start());
+  RawClient c(gw.port());
+  c.send("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc");
+  ASSERT_TRUE(gw.waitLog("up handler started"));  // the rest of the body comes after
+  c.send("def" "GET /next?n=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+  Response first = c.readResponse();
+  EXPECT_EQ(first.body, "len 6\n");
+  EXPECT_EQ(first.header("x-filtered"), "1");
+  EXPECT_EQ(first.header("connection"), "keep-alive");
+  EXPECT_EQ(c.readResponse().body, "next 1\n");
+  c.send("GET /next?n=2 HTTP/1.1\r\nHost: a\r\n\r\n");
+  EXPECT_EQ(c.readResponse().body, "next 2\n");
+  EXPECT_TRUE(gw.waitLog("logged /up 200"));
+  EXPECT_EQ(gw.stop(), 0);
+  std::string log = gw.errorLog();
+  EXPECT_EQ(log.find("logged /up 200"), log.rfind("logged /up 200"));  // once
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << log;
+}
+
 }  // namespace
 }  // namespace tidegate::test
