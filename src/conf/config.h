@@ -173,6 +173,37 @@ struct Server {
   std::string primaryName() const { return names.empty() ? std::string() : names[0].name; }
 };
 
+// One `server` line of an upstream block.
+struct UpstreamServer {
+  std::string host;  // as written (a name or an address)
+  uint16_t port = 80;
+  std::vector<std::string> addresses;  // resolved at load: "ip:port" (IPv6 in brackets)
+  int weight = 1;
+  int max_fails = 1;
+  uint64_t fail_timeout_ms = 10000;
+  bool backup = false;  // tier 1 unless a tier is given
+  bool down = false;
+  int tier = 0;
+  std::string where;  // file:line
+  std::string id() const { return host + ":" + std::to_string(port); }
+};
+
+// upstream NAME { ... }: the servers and how to choose among them
+// (src/upstream/ balancers; the proxy that uses it comes with issue 4).
+struct UpstreamConf {
+  std::string name;
+  std::string where;
+  std::vector<UpstreamServer> servers;
+  std::string balancer = "round_robin";  // round_robin | chash | least_conn | ewma
+  std::optional<ComplexValue> hash_key;  // chash
+  bool fail_open = false;
+  int tier_min_healthy = 0;  // percent
+  uint64_t keepalive = 0;    // idle connections cached per worker (0: none)
+  uint64_t keepalive_timeout_ms = 60000;
+  uint64_t keepalive_requests = 1000;
+  bool balancer_set = false;
+};
+
 struct HttpConfig {
   HttpSettings settings;
   LuaConf lua;
@@ -181,6 +212,7 @@ struct HttpConfig {
   bool fields_set = false;
   std::vector<std::shared_ptr<const LogFormat>> log_formats;
   std::vector<std::shared_ptr<Server>> servers;
+  std::vector<std::shared_ptr<UpstreamConf>> upstreams;
   UserVariables variables;  // set / set_by_lua* targets, declared before the build
 };
 

@@ -11,8 +11,10 @@
 namespace tidegate::conf {
 namespace {
 
-std::unordered_map<std::string_view, Directive>& registry() {
-  static std::unordered_map<std::string_view, Directive> r;
+// A name may have one entry per context it means something different in
+// (`server` is a block in http and a line in upstream).
+std::unordered_multimap<std::string_view, Directive>& registry() {
+  static std::unordered_multimap<std::string_view, Directive> r;
   return r;
 }
 
@@ -31,23 +33,28 @@ std::string BuildState::resolvePath(const std::string& path) const {
 }
 
 void registerDirectives(const Directive* list, size_t count) {
-  for (size_t i = 0; i < count; i++) registry()[list[i].name] = list[i];
+  for (size_t i = 0; i < count; i++) registry().emplace(list[i].name, list[i]);
 }
 
-const Directive* findDirective(std::string_view name) {
+const Directive* findDirective(std::string_view name, uint32_t ctx) {
   static std::once_flag once;
   std::call_once(once, [] {
     registerCoreDirectives();
     registerLuaDirectives();
     registerRewriteDirectives();
+    registerUpstreamDirectives();
   });
-  auto it = registry().find(name);
-  return it == registry().end() ? nullptr : &it->second;
+  auto [first, last] = registry().equal_range(name);
+  if (first == last) return nullptr;
+  for (auto it = first; it != last; ++it) {
+    if (it->second.contexts & ctx) return &it->second;
+  }
+  return &first->second;  // known, but not here
 }
 
 bool buildBlock(const std::vector<ConfNode>& nodes, BuildState& st, ConfError* err) {
   for (const auto& node : nodes) {
-    const Directive* d = findDirective(node.name);
+    const Directive* d = findDirective(node.name, st.ctx);
     auto fail = [&](std::string text) {
       *err = ConfError{std::move(text), node.file ? *node.file : "", node.line};
       return false;

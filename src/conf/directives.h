@@ -30,6 +30,7 @@ struct BuildState {
   HttpConfig* http = nullptr;
   Server* server = nullptr;
   Location* location = nullptr;
+  UpstreamConf* upstream = nullptr;  // inside an upstream { } block
   uint32_t ctx = kMainCtx;
   // Where a handler that builds a nested block reports that block's error.
   ConfError* error = nullptr;
@@ -61,7 +62,9 @@ struct Directive {
 };
 
 void registerDirectives(const Directive* list, size_t count);
-const Directive* findDirective(std::string_view name);
+// The entry for `name` in context `ctx` (or another context's, to say it is
+// not allowed here); null for an unknown name.
+const Directive* findDirective(std::string_view name, uint32_t ctx);
 
 // Walks `nodes` in context `st.ctx`, checking each node against the registry
 // and calling its handler. The first error stops the walk; *err says where.
@@ -115,6 +118,8 @@ void registerCoreDirectives();
 void registerLuaDirectives();
 // Registers set and return (conf/rewrite_directives.cc).
 void registerRewriteDirectives();
+// Registers upstream { } and what goes in it (conf/upstream_directives.cc).
+void registerUpstreamDirectives();
 
 // Declares every variable that `set` or `set_by_lua*` assigns anywhere in
 // `nodes`, before the build, so that any value may name it (nginx resolves

@@ -160,15 +160,19 @@ std::string buildError(const std::string& text) {
 TEST(DirectiveRegistryTest, CoreDirectivesAreRegistered) {
   for (std::string_view name : {"daemon", "worker_processes", "http", "server", "listen", "location", "return",
                                 "keepalive_timeout", "access_log", "log_format"}) {
-    const Directive* d = findDirective(name);
+    const Directive* d = findDirective(name, kMainCtx);
     ASSERT_NE(d, nullptr) << name;
     EXPECT_EQ(d->name, name);
   }
-  EXPECT_EQ(findDirective("no_such_directive"), nullptr);
-  const Directive* location = findDirective("location");
+  EXPECT_EQ(findDirective("no_such_directive", kMainCtx), nullptr);
+  const Directive* location = findDirective("location", kServerCtx);
   EXPECT_TRUE(location->block);
   EXPECT_EQ(location->contexts, static_cast<uint32_t>(kServerCtx | kLocationCtx));
-  EXPECT_FALSE(findDirective("listen")->block);
+  EXPECT_FALSE(findDirective("listen", kServerCtx)->block);
+  // One name, one meaning per context: `server` is a block in http, a line in upstream.
+  EXPECT_TRUE(findDirective("server", kHttpCtx)->block);
+  EXPECT_FALSE(findDirective("server", kUpstreamCtx)->block);
+  EXPECT_EQ(findDirective("keepalive_timeout", kUpstreamCtx)->contexts, static_cast<uint32_t>(kUpstreamCtx));
 }
 
 TEST(DirectiveBuildTest, UnknownDirective) {
@@ -247,8 +251,8 @@ class DirectiveCustomTest : public ::testing::Test {
 };
 
 TEST_F(DirectiveCustomTest, RegisteredDirectiveIsFoundAlongsideCore) {
-  ASSERT_NE(findDirective("tgtest_fails"), nullptr);
-  EXPECT_NE(findDirective("daemon"), nullptr);
+  ASSERT_NE(findDirective("tgtest_fails", kMainCtx), nullptr);
+  EXPECT_NE(findDirective("daemon", kMainCtx), nullptr);
 }
 
 TEST_F(DirectiveCustomTest, LuaSourceIsNotCountedAsAnArgument) {

@@ -2,23 +2,10 @@
 #include <gtest/gtest.h>
 
 #include "conf/loader.h"
+#include "load_util.h"
 
 namespace tidegate::conf {
 namespace {
-
-ConfigPtr load(const std::string& text) {
-  ConfigPtr cfg;
-  ConfError err;
-  EXPECT_TRUE(loadConfigFromString(text, "/srv/tg", &cfg, &err)) << err.message();
-  return cfg;
-}
-
-std::string loadError(const std::string& text) {
-  ConfigPtr cfg;
-  ConfError err;
-  EXPECT_FALSE(loadConfigFromString(text, "/srv/tg", &cfg, &err));
-  return err.message();
-}
 
 TEST(LuaDirectivesTest, InlineChunkNamesFollowOpenResty) {
   ConfigPtr cfg = load("http {\n\n  init_by_lua_block {\n return 1 }\n  init_worker_by_lua 'x = 1';\n}\n");
