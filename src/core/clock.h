@@ -9,6 +9,8 @@ namespace tidegate::core {
 
 // Milliseconds since the epoch (CLOCK_REALTIME_COARSE: a vDSO read, no syscall).
 uint64_t wallMs();
+// The precise wall clock in seconds, cut to milliseconds (ngx.now()).
+double wallSeconds();
 
 // "Sun, 29 Nov 2026 16:20:00 GMT" (RFC 9110 5.6.7 IMF-fixdate).
 std::string_view httpDate();

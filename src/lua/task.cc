@@ -221,14 +221,25 @@ void LuaTask::kill(Co* co) {
   release(co);
 }
 
-int LuaTask::reap(Co* thread, lua_State* to) {
-  lua_State* from = thread->L;
-  int n = lua_gettop(from);
+namespace {
+
+// What coroutine.resume (or ngx.thread.wait) returns, moved to `to`: true
+// and every value on `from`'s stack, or false and the error on its top.
+// Returns the number of values pushed.
+int handBack(lua_State* from, lua_State* to, bool ok) {
+  int n = ok ? lua_gettop(from) : 1;
   lua_checkstack(to, n + 1);
-  lua_pushboolean(to, !thread->failed);
+  lua_pushboolean(to, ok);
   lua_xmove(from, to, n);
-  release(thread);
   return n + 1;
+}
+
+}  // namespace
+
+int LuaTask::reap(Co* thread, lua_State* to) {
+  int n = handBack(thread->L, to, !thread->failed);
+  release(thread);
+  return n;
 }
 
 void LuaTask::startEntry(int nargs) {
@@ -309,13 +320,9 @@ void LuaTask::run(Co* co, int nargs) {
           if (co->kind == Co::Kind::kUser && co->parent) {
             // Back to the resumer: coroutine.resume returns true, values...
             Co* parent = co->parent;
-            int n = lua_gettop(co->L);
-            lua_checkstack(parent->L, n + 1);
-            lua_pushboolean(parent->L, 1);
-            lua_xmove(co->L, parent->L, n);
+            nargs = handBack(co->L, parent->L, true);
             co->state = Co::State::kSuspended;
             co->parent = nullptr;
-            nargs = n + 1;
             co = parent;
             continue;
           }
@@ -378,18 +385,7 @@ Co* LuaTask::afterEnd(Co* co, bool error, int* nargs) {
     case Co::Kind::kUser: {
       // coroutine.resume returns true, results... or false, err.
       Co* parent = co->parent;
-      int n = lua_gettop(co->L);
-      if (error) {
-        lua_checkstack(parent->L, 2);
-        lua_pushboolean(parent->L, 0);
-        lua_xmove(co->L, parent->L, 1);
-        *nargs = 2;
-      } else {
-        lua_checkstack(parent->L, n + 1);
-        lua_pushboolean(parent->L, 1);
-        lua_xmove(co->L, parent->L, n);
-        *nargs = n + 1;
-      }
+      *nargs = handBack(co->L, parent->L, !error);
       release(co);
       return parent;
     }

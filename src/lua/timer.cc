@@ -108,33 +108,29 @@ void Timers::fire(Pending* p, bool premature) {
 
 void Timers::finished(Task* t) {
   running_.erase(t->pos);  // destroys t; its caller returns at once
-  if (stopping_ && running_.empty() && idle_) {
-    auto idle = std::move(idle_);
-    idle_ = nullptr;
-    idle();
-  }
+  notifyIfIdle();
+}
+
+// Stopping and nothing runs any more: the worker's callback, once.
+void Timers::notifyIfIdle() {
+  if (!stopping_ || !running_.empty() || !idle_) return;
+  auto idle = std::move(idle_);
+  idle_ = nullptr;
+  idle();
 }
 
 void Timers::shutdown(std::function<void()> idle) {
   stopping_ = true;
   idle_ = std::move(idle);
   while (!pending_.empty()) fire(pending_.front(), true);
-  if (running_.empty() && idle_) {
-    auto cb = std::move(idle_);
-    idle_ = nullptr;
-    cb();
-  }
+  notifyIfIdle();
 }
 
 void Timers::abortAll() {
   stopping_ = true;
   while (!pending_.empty()) drop(pending_.front());
   running_.clear();
-  if (idle_) {
-    auto cb = std::move(idle_);
-    idle_ = nullptr;
-    cb();
-  }
+  notifyIfIdle();
 }
 
 namespace {

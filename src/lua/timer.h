@@ -45,6 +45,7 @@ class Timers {
   void fire(Pending* p, bool premature);
   void drop(Pending* p);
   void finished(Task* t);
+  void notifyIfIdle();
   static void onTimer(uv_timer_t* h) noexcept;
 
   Vm& vm_;

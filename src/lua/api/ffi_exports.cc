@@ -5,8 +5,7 @@
 
 #include <unistd.h>
 
-#include <time.h>
-
+#include "core/clock.h"
 #include "http/ascii.h"
 #include "lua/api/common.h"
 #include "lua/phases/content.h"
@@ -50,11 +49,7 @@ int tg_master_pid(void) {
   return static_cast<int>(getpid());
 }
 
-double tg_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec / 1000000) / 1000.0;
-}
+double tg_now(void) { return tidegate::core::wallSeconds(); }
 
 int tg_var_get(void* r, const char* name, size_t len, const char** value, size_t* value_len) {
   RequestContext* ctx = runningRequest(r);

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.h"
 #include "core/log.h"
 #include "lua/api/common.h"
 #include "lua/timer.h"
@@ -85,14 +86,8 @@ int getPhase(lua_State* L) {
   return 1;
 }
 
-double wallSeconds() {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec / 1000000) / 1000.0;
-}
-
 int ngxNow(lua_State* L) {
-  lua_pushnumber(L, wallSeconds());  // seconds with millisecond resolution, as OpenResty
+  lua_pushnumber(L, core::wallSeconds());  // seconds with millisecond resolution, as OpenResty
   return 1;
 }
 

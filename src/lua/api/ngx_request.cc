@@ -108,12 +108,19 @@ bool readVariable(RequestContext* ctx, std::string_view name, std::string* out) 
   return true;
 }
 
-void setResponseHeader(RequestContext* ctx, std::string name, std::string_view value) {
+// Header names as lua-nginx-module takes them: '_' becomes '-' (unless
+// lua_transform_underscores_in_response_headers is off).
+std::string responseHeaderName(std::string name, const RequestContext* ctx) {
   if (*ctx->req().settings().lua_transform_underscores) {
     for (char& c : name) {
       if (c == '_') c = '-';
     }
   }
+  return name;
+}
+
+void setResponseHeader(RequestContext* ctx, std::string name, std::string_view value) {
+  name = responseHeaderName(std::move(name), ctx);
   auto& headers = ctx->result().headers;
   for (size_t i = 0; i < headers.size();) {
     if (http::iequals(headers[i].first, name)) headers.erase(headers.begin() + static_cast<long>(i));
@@ -266,16 +273,9 @@ int ngxSleep(lua_State* L) {
   return lua_yield(L, 0);
 }
 
-// Header names as lua-nginx-module accepts them: '_' becomes '-'
-// (lua_transform_underscores_in_response_headers on), compared without case.
+// ngx.header's key at `idx`, compared without case.
 std::string headerName(lua_State* L, int idx, const RequestContext* ctx) {
-  std::string name = luaL_checkstring(L, idx);
-  if (*ctx->req().settings().lua_transform_underscores) {
-    for (char& c : name) {
-      if (c == '_') c = '-';
-    }
-  }
-  return name;
+  return responseHeaderName(luaL_checkstring(L, idx), ctx);
 }
 
 // ngx.header.NAME -> value, a table for a repeated header, or nil.
