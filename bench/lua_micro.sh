@@ -36,31 +36,27 @@ http {
           local ns = (os.clock() - t0) * 1e9 / n
           ngx.say(string.format("%-30s %8.1f ns/call", name, ns))
         end
-        measure("ngx.var.uri ffi", function(k) local s for i = 1, k do s = var.uri end return s end)
-        measure("ngx.var.uri cfunction", function(k) local s for i = 1, k do s = capi.var_index(var, "uri") end return s end)
-        measure("ngx.ctx ffi", function(k) local s for i = 1, k do s = ngx.ctx end return s end)
-        measure("ngx.ctx cfunction", function(k) local s for i = 1, k do s = capi.ngx_index(ngx, "ctx") end return s end)
-        measure("ngx.header ffi", function(k) for i = 1, k do hdr.x_a = "v" end end)
-        measure("ngx.header cfunction", function(k) for i = 1, k do capi.header_newindex(hdr, "x_a", "v") end end)
-        measure("ngx.now ffi", function(k) local s for i = 1, k do s = ngx.now() end return s end)
-        measure("ngx.now cfunction", function(k) local s for i = 1, k do s = capi.now() end return s end)
-        measure("get_headers ffi", function(k) local s for i = 1, k do s = ngx.req.get_headers() end return s end)
-        measure("get_headers cfunction", function(k) local s for i = 1, k do s = capi.get_headers() end return s end)
+        local cases = {
+          {"ngx.var.uri ffi", function(k) local s for i = 1, k do s = var.uri end return s end},
+          {"ngx.var.uri cfunction", function(k) local s for i = 1, k do s = capi.var_index(var, "uri") end return s end},
+          {"ngx.ctx ffi", function(k) local s for i = 1, k do s = ngx.ctx end return s end},
+          {"ngx.ctx cfunction", function(k) local s for i = 1, k do s = capi.ngx_index(ngx, "ctx") end return s end},
+          {"ngx.header ffi", function(k) for i = 1, k do hdr.x_a = "v" end end},
+          {"ngx.header cfunction", function(k) for i = 1, k do capi.header_newindex(hdr, "x_a", "v") end end},
+          {"ngx.now ffi", function(k) local s for i = 1, k do s = ngx.now() end return s end},
+          {"ngx.now cfunction", function(k) local s for i = 1, k do s = capi.now() end return s end},
+          {"get_headers ffi", function(k) local s for i = 1, k do s = ngx.req.get_headers() end return s end},
+          {"get_headers cfunction", function(k) local s for i = 1, k do s = capi.get_headers() end return s end},
+        }
+        for _, c in ipairs(cases) do measure(c[1], c[2]) end
         -- A handler runs once per request, in the interpreter; the fast paths it
-        -- calls are traced on their own. The same calls from a loop the JIT may
+        -- calls are traced on their own. The same calls from loops the JIT may
         -- not compile:
-        local measure_jit = measure
-        measure = function(name, f) jit.off(f) return measure_jit(name, f) end
-        measure("interp ngx.var.uri ffi", function(k) local s for i = 1, k do s = var.uri end return s end)
-        measure("interp ngx.var.uri cfunction", function(k) local s for i = 1, k do s = capi.var_index(var, "uri") end return s end)
-        measure("interp ngx.ctx ffi", function(k) local s for i = 1, k do s = ngx.ctx end return s end)
-        measure("interp ngx.ctx cfunction", function(k) local s for i = 1, k do s = capi.ngx_index(ngx, "ctx") end return s end)
-        measure("interp ngx.header ffi", function(k) for i = 1, k do hdr.x_a = "v" end end)
-        measure("interp ngx.header cfunction", function(k) for i = 1, k do capi.header_newindex(hdr, "x_a", "v") end end)
-        measure("interp ngx.now ffi", function(k) local s for i = 1, k do s = ngx.now() end return s end)
-        measure("interp ngx.now cfunction", function(k) local s for i = 1, k do s = capi.now() end return s end)
-        measure("interp get_headers ffi", function(k) local s for i = 1, k do s = ngx.req.get_headers() end return s end)
-        measure("interp get_headers cfunction", function(k) local s for i = 1, k do s = capi.get_headers() end return s end)
+        for _, c in ipairs(cases) do
+          local f = c[2]
+          jit.off(f)
+          measure("interp " .. c[1], f)
+        end
       }
     }
   }

@@ -80,29 +80,22 @@ header_mt.__newindex = function(t, name, value)
 end
 
 -- ngx.say / ngx.print of one string (the common case)
+local function fast_output(c_fn, newline)
+  return function(...)
+    local s = ...
+    if type(s) == "string" and select("#", ...) == 1 then
+      local r = C.tg_get_request()
+      if r ~= nil and C.tg_output(r, s, #s, newline) == 0 then
+        return 1
+      end
+    end
+    return c_fn(...)
+  end
+end
 capi.say = ngx.say
 capi.print = ngx.print
-local c_say, c_print = capi.say, capi.print
-ngx.say = function(...)
-  local s = ...
-  if type(s) == "string" and select("#", ...) == 1 then
-    local r = C.tg_get_request()
-    if r ~= nil and C.tg_output(r, s, #s, 1) == 0 then
-      return 1
-    end
-  end
-  return c_say(...)
-end
-ngx.print = function(...)
-  local s = ...
-  if type(s) == "string" and select("#", ...) == 1 then
-    local r = C.tg_get_request()
-    if r ~= nil and C.tg_output(r, s, #s, 0) == 0 then
-      return 1
-    end
-  end
-  return c_print(...)
-end
+ngx.say = fast_output(capi.say, 1)
+ngx.print = fast_output(capi.print, 0)
 
 -- ngx.req.get_headers(max?, raw?)
 local new_tab = require "table.new"
