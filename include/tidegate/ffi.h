@@ -42,11 +42,10 @@ typedef struct {
   const char* value;
   size_t value_len;
 } tg_header_t;
-/* The number of request headers (with ngx.req.set_header changes), or < 0:
- * slow path. */
-int tg_req_headers_count(void* r);
-/* Fills the first `n` headers into `out`, names lower-cased unless `raw`
- * (kept valid until the next call); returns how many. */
+/* Fills the first `n` request headers (with ngx.req.set_header changes)
+ * into `out`, names lower-cased unless `raw` (valid until the next call);
+ * returns how many headers there are in all (more than `n`: call again with
+ * room for them), or < 0: slow path. */
 int tg_req_headers(void* r, tg_header_t* out, int n, int raw);
 /* ngx.header.NAME = value (one string): 0 done, < 0: slow path. */
 int tg_header_set(void* r, const char* name, size_t name_len, const char* value, size_t value_len);

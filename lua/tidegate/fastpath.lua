@@ -108,7 +108,8 @@ local headers_mt = {
     return rawget(t, (string.lower(key):gsub("_", "-")))
   end,
 }
-local header_buf, header_cap = nil, 0
+local header_cap = 32
+local header_buf = ffi.new("tg_header_t[?]", header_cap)
 capi.get_headers = ngx.req.get_headers
 local c_get_headers = capi.get_headers
 ngx.req.get_headers = function(max, raw)
@@ -116,9 +117,10 @@ ngx.req.get_headers = function(max, raw)
   if r == nil or (max ~= nil and type(max) ~= "number") then
     return c_get_headers(max, raw)
   end
-  local n = C.tg_req_headers_count(r)
+  raw = raw and 1 or 0
+  local n = C.tg_req_headers(r, header_buf, header_cap, raw)
   if n < 0 then
-    return c_get_headers(max, raw)
+    return c_get_headers(max, raw ~= 0)
   end
   max = max or 100
   local take = n
@@ -128,8 +130,8 @@ ngx.req.get_headers = function(max, raw)
   if take > header_cap then
     header_cap = take
     header_buf = ffi.new("tg_header_t[?]", take)
+    C.tg_req_headers(r, header_buf, take, raw)
   end
-  take = C.tg_req_headers(r, header_buf, take, raw and 1 or 0)
   local t = new_tab(0, take)
   for i = 0, take - 1 do
     local h = header_buf[i]
@@ -144,7 +146,7 @@ ngx.req.get_headers = function(max, raw)
       t[name] = { old, value }
     end
   end
-  if not raw then
+  if raw == 0 then
     setmetatable(t, headers_mt)
   end
   if take < n then

@@ -71,34 +71,24 @@ int tg_output(void* r, const char* data, size_t len, int newline) {
   return 0;
 }
 
-int tg_req_headers_count(void* r) {
-  RequestContext* ctx = runningRequest(r);
-  if (!ctx || !ctx->req().head) return -1;
-  int n = 0;
-  ctx->req().forEachHeader([&](std::string_view, std::string_view) {
-    n++;
-    return true;
-  });
-  return n;
-}
-
 int tg_req_headers(void* r, tg_header_t* out, int n, int raw) {
   RequestContext* ctx = runningRequest(r);
-  if (!ctx || !ctx->req().head || n <= 0) return 0;
+  if (!ctx || !ctx->req().head) return -1;
   // The lower-cased names go into one buffer, sized first so that it does
   // not move while the pointers into it are handed out.
+  int total = 0;
+  size_t names_size = 0;
+  ctx->req().forEachHeader([&](std::string_view name, std::string_view) {
+    if (total++ < n) names_size += name.size();
+    return true;
+  });
   std::string& names = ctx->scratch();
   names.clear();
-  size_t total = 0;
-  int count = 0;
-  ctx->req().forEachHeader([&](std::string_view name, std::string_view) {
-    total += name.size();
-    return ++count < n;
-  });
-  names.reserve(total);
+  names.reserve(names_size);
   int i = 0;
   ctx->req().forEachHeader([&](std::string_view name, std::string_view value) {
-    tg_header_t& h = out[i];
+    if (i == n) return false;
+    tg_header_t& h = out[i++];
     if (raw) {
       h.name = name.data();
     } else {
@@ -109,9 +99,9 @@ int tg_req_headers(void* r, tg_header_t* out, int n, int raw) {
     h.name_len = name.size();
     h.value = value.data();
     h.value_len = value.size();
-    return ++i < n;
+    return true;
   });
-  return i;
+  return total;
 }
 
 int tg_ctx_ref(void* r) {
