@@ -50,6 +50,12 @@ int pushArgs(lua_State* L, std::string_view args, lua_Integer max);
 // OpenResty's error for a value it cannot encode. api/ngx_string.cc.
 std::string encodeArgs(lua_State* L, int idx);
 
+// Stack: [t] -> [t], with t's metatable = {__index = index, __newindex = newindex}.
+void setAccessors(lua_State* L, lua_CFunction index, lua_CFunction newindex);
+// ngx.arg = the value on the top (set_by_lua*'s arguments, body_filter's
+// chunk and eof, or nil afterwards). Stack: [v] -> [].
+void setNgxArg(lua_State* L);
+
 // Stack: [t] -> [t] with t[name] = fn.
 inline void setFn(lua_State* L, const char* name, lua_CFunction fn) {
   lua_pushcfunction(L, fn);

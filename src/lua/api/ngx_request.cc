@@ -129,6 +129,25 @@ void setResponseHeader(RequestContext* ctx, std::string name, std::string_view v
   headers.emplace_back(std::move(name), std::string(value));
 }
 
+void setAccessors(lua_State* L, lua_CFunction index, lua_CFunction newindex) {
+  lua_createtable(L, 0, 2);
+  setFn(L, "__index", index);
+  setFn(L, "__newindex", newindex);
+  lua_setmetatable(L, -2);
+}
+
+void setNgxArg(lua_State* L) {
+  lua_getglobal(L, "ngx");
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 2);
+    return;
+  }
+  lua_pushliteral(L, "arg");
+  lua_pushvalue(L, -3);
+  lua_rawset(L, -3);
+  lua_pop(L, 2);
+}
+
 namespace {
 
 // The running request, unless the phase is one of `disabled` (a Lua error
@@ -413,14 +432,6 @@ int ngxNewIndex(lua_State* L) {
   }
   lua_rawset(L, 1);
   return 0;
-}
-
-// Stack: [t] -> [t], with t's metatable = {__index = index, __newindex = newindex}.
-void setAccessors(lua_State* L, lua_CFunction index, lua_CFunction newindex) {
-  lua_createtable(L, 0, 2);
-  setFn(L, "__index", index);
-  setFn(L, "__newindex", newindex);
-  lua_setmetatable(L, -2);
 }
 
 // Stack: [ngx] -> [ngx] with ngx.<field> = an empty table with accessors.

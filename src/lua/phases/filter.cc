@@ -8,6 +8,7 @@
 
 #include "core/log.h"
 #include "http/variables.h"
+#include "lua/api/common.h"
 #include "lua/phases/content.h"
 
 namespace tidegate::lua {
@@ -87,33 +88,22 @@ int argNewIndex(lua_State* L) {
 // ngx.arg = the proxy while a body filter runs, nil afterwards (set_by_lua*
 // has its own ngx.arg). Stack: unchanged.
 void setArgProxy(lua_State* L, bool on) {
-  lua_getglobal(L, "ngx");
-  if (!lua_istable(L, -1)) {
-    lua_pop(L, 1);
+  if (!on) {
+    lua_pushnil(L);
+    setNgxArg(L);
     return;
   }
-  lua_pushliteral(L, "arg");
-  if (on) {
+  lua_pushlightuserdata(L, const_cast<char*>(&kArgProxyKey));
+  lua_rawget(L, LUA_REGISTRYINDEX);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    setAccessors(L, argIndex, argNewIndex);
     lua_pushlightuserdata(L, const_cast<char*>(&kArgProxyKey));
-    lua_rawget(L, LUA_REGISTRYINDEX);
-    if (lua_isnil(L, -1)) {
-      lua_pop(L, 1);
-      lua_newtable(L);
-      lua_createtable(L, 0, 2);
-      lua_pushcfunction(L, argIndex);
-      lua_setfield(L, -2, "__index");
-      lua_pushcfunction(L, argNewIndex);
-      lua_setfield(L, -2, "__newindex");
-      lua_setmetatable(L, -2);
-      lua_pushlightuserdata(L, const_cast<char*>(&kArgProxyKey));
-      lua_pushvalue(L, -2);
-      lua_rawset(L, LUA_REGISTRYINDEX);
-    }
-  } else {
-    lua_pushnil(L);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
   }
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
+  setNgxArg(L);
 }
 
 // Runs `code` in `ctx`'s context in `phase`; false (logged) on an error.

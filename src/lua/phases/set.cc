@@ -10,6 +10,7 @@
 
 #include "core/log.h"
 #include "http/variables.h"
+#include "lua/api/common.h"
 #include "lua/phases/content.h"
 
 namespace tidegate::lua {
@@ -17,13 +18,7 @@ namespace {
 
 // ngx.arg = {args...} while the code runs, nil afterwards.
 // Stack: unchanged.
-void setNgxArg(lua_State* L, const std::vector<std::string>* args) {
-  lua_getglobal(L, "ngx");
-  if (!lua_istable(L, -1)) {
-    lua_pop(L, 1);
-    return;
-  }
-  lua_pushliteral(L, "arg");
+void setArgTable(lua_State* L, const std::vector<std::string>* args) {
   if (args) {
     lua_createtable(L, static_cast<int>(args->size()), 0);
     for (size_t i = 0; i < args->size(); i++) {
@@ -33,8 +28,7 @@ void setNgxArg(lua_State* L, const std::vector<std::string>* args) {
   } else {
     lua_pushnil(L);
   }
-  lua_rawset(L, -3);
-  lua_pop(L, 1);
+  setNgxArg(L);
 }
 
 void logLoadError(const http::Request& r, const conf::LuaCode& code, const std::string& err) {
@@ -70,13 +64,13 @@ bool LuaContentHandler::runSet(http::Request& r, const conf::LuaCode& code, cons
   }
   // OpenResty passes the arguments both as ngx.arg and as the chunk's `...`.
   for (const auto& a : args) lua_pushlstring(L, a.data(), a.size());  // Stack: [tb, fn, args...]
-  setNgxArg(L, &args);
+  setArgTable(L, &args);
   LuaTask* prev = vm_.current();
   Phase prev_phase = vm_.phase();
   vm_.setCurrent(&ctx, Phase::kSet);
   int rc = lua_pcall(L, static_cast<int>(args.size()), 1, base + 1);  // Stack: [tb, result] or [tb, error]
   vm_.setCurrent(prev, prev_phase);
-  setNgxArg(L, nullptr);
+  setArgTable(L, nullptr);
   size_t len = 0;
   const char* s = lua_tolstring(L, -1, &len);
   if (rc != 0) {
