@@ -18,13 +18,17 @@ using tidegate::lua::Vm;
 
 namespace {
 
-// The running request for a fast path, only if `r` is it (a pointer kept
-// from an earlier request must not be used).
-RequestContext* runningRequest(void* r) {
+// The running task (request or timer) for a fast path, only if `r` is it
+// (a pointer kept from an earlier request must not be used).
+LuaTask* runningTask(void* r) {
   Vm* vm = Vm::active();
   LuaTask* task = vm ? vm->current() : nullptr;
-  if (!task || task != r) return nullptr;
-  return task->request();
+  return task && task == r ? task : nullptr;
+}
+
+RequestContext* runningRequest(void* r) {
+  LuaTask* task = runningTask(r);
+  return task ? task->request() : nullptr;
 }
 
 }  // namespace
@@ -105,9 +109,8 @@ int tg_req_headers(void* r, tg_header_t* out, int n, int raw) {
 }
 
 int tg_ctx_ref(void* r) {
-  Vm* vm = Vm::active();
-  LuaTask* task = vm ? vm->current() : nullptr;
-  if (!task || task != r || task->ctxRef() == LUA_NOREF) return -1;
+  LuaTask* task = runningTask(r);
+  if (!task || task->ctxRef() == LUA_NOREF) return -1;
   return task->ctxRef();
 }
 
