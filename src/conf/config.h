@@ -57,6 +57,78 @@ struct AccessLogTarget {
   std::shared_ptr<const LogFormat> format;
 };
 
+// proxy_next_upstream's conditions (a bit set).
+enum NextUpstream : uint32_t {
+  kNextError = 1u << 0,
+  kNextTimeout = 1u << 1,
+  kNextInvalidHeader = 1u << 2,
+  kNextHttp500 = 1u << 3,
+  kNextHttp502 = 1u << 4,
+  kNextHttp503 = 1u << 5,
+  kNextHttp504 = 1u << 6,
+  kNextHttp403 = 1u << 7,
+  kNextHttp404 = 1u << 8,
+  kNextHttp429 = 1u << 9,
+  kNextNonIdempotent = 1u << 10,
+  kNextOff = 1u << 31,  // `off` alone: never retry
+};
+
+// One proxy_set_header: the value is evaluated per request; an empty
+// result drops the header (nginx's rule).
+struct ProxyHeader {
+  std::string name;        // as written
+  std::string lower;       // lower-cased, for matching
+  ComplexValue value;
+};
+
+// The proxy_* settings of the http levels, inherited as nginx merges them
+// (a list given at a level replaces its parent's whole list).
+struct ProxySettings {
+  std::optional<std::vector<ProxyHeader>> set_headers;     // proxy_set_header
+  std::optional<bool> pass_request_headers;                // on
+  std::optional<bool> pass_request_body;                   // on
+  std::optional<std::vector<std::string>> hide_headers;    // proxy_hide_header, lower-cased
+  std::optional<std::vector<std::string>> pass_headers;    // proxy_pass_header, lower-cased
+  // proxy_http_version: 10 or 11. tidegate's default is 11 with pooled
+  // connections (nginx's is 10 and Connection: close); an explicit 1.0
+  // keeps nginx's Connection: close.
+  std::optional<int> http_version;
+  std::optional<uint64_t> connect_timeout_ms;              // 60s
+  std::optional<uint64_t> send_timeout_ms;                 // 60s
+  std::optional<uint64_t> read_timeout_ms;                 // 60s
+  std::optional<bool> buffering;                           // on
+  std::optional<uint64_t> buffer_size;                     // proxy_buffer_size: 4k (the response head must fit)
+  std::optional<uint64_t> buffers_number;                  // proxy_buffers: 8
+  std::optional<uint64_t> buffers_size;                    //                4k
+  std::optional<bool> request_buffering;                   // on
+  std::optional<uint32_t> next_upstream;                   // kNextError | kNextTimeout
+  std::optional<uint64_t> next_upstream_tries;             // 0: unlimited
+  std::optional<uint64_t> next_upstream_timeout_ms;        // 0: unlimited
+  std::optional<bool> intercept_errors;                    // off
+  std::optional<bool> ignore_client_abort;                 // off
+
+  void inheritFrom(const ProxySettings& parent);
+  void fillDefaults();
+};
+
+// proxy_pass's target. A fixed one is parsed at load; one with variables
+// is evaluated per request and parsed the same way then.
+struct ProxyPass {
+  std::string where;  // file:line
+  bool has_vars = false;
+  ComplexValue value;      // has_vars: the whole argument
+  // Fixed target: "http://" host [":" port] [uri].
+  std::string scheme = "http";
+  std::string host;        // as written (an upstream name, a host name or an address)
+  uint16_t port = 80;
+  bool port_given = false;
+  bool has_uri = false;    // a URI part, even "/": it replaces the location's prefix
+  std::string uri;
+  // host:port resolved at load when `host` is not an upstream block's name
+  // and resolves ("ip:port"); empty for a name that may be created later.
+  std::vector<std::string> addresses;
+};
+
 // Settings that http, server and location levels share and inherit, with
 // nginx's merge rule: a level that does not set one takes its parent's.
 struct HttpSettings {
@@ -96,6 +168,7 @@ struct HttpSettings {
   std::optional<LuaCode> log_lua;
   std::optional<LuaCode> header_filter_lua;
   std::optional<LuaCode> body_filter_lua;
+  ProxySettings proxy;
 
   void inheritFrom(const HttpSettings& parent);
   void fillDefaults();
@@ -140,6 +213,7 @@ struct Location {
   HttpSettings settings;
   std::vector<RewriteAction> rewrite;  // not inherited by nested locations (nginx)
   LuaCode content_lua;  // content_by_lua*
+  std::optional<ProxyPass> proxy_pass;
   std::vector<std::shared_ptr<Location>> children;
 };
 
@@ -198,7 +272,10 @@ struct UpstreamConf {
   std::optional<ComplexValue> hash_key;  // chash
   bool fail_open = false;
   int tier_min_healthy = 0;  // percent
-  uint64_t keepalive = 0;    // idle connections cached per worker (0: none)
+  // Idle connections cached per worker and peer; 0 (the default): sized
+  // from demand (as many as were busy at once), each closed after
+  // keepalive_timeout idle. tidegate pools by default; nginx does not.
+  uint64_t keepalive = 0;
   uint64_t keepalive_timeout_ms = 60000;
   uint64_t keepalive_requests = 1000;
   bool balancer_set = false;

@@ -43,6 +43,7 @@ void HttpSettings::inheritFrom(const HttpSettings& p) {
   if (!log_lua) log_lua = p.log_lua;
   if (!header_filter_lua) header_filter_lua = p.header_filter_lua;
   if (!body_filter_lua) body_filter_lua = p.body_filter_lua;
+  proxy.inheritFrom(p.proxy);
 }
 
 void HttpSettings::fillDefaults() {
@@ -71,6 +72,54 @@ void HttpSettings::fillDefaults() {
   if (!lua_socket_send_lowat) lua_socket_send_lowat = 0;
   if (!lua_socket_log_errors) lua_socket_log_errors = true;
   if (!lua_need_request_body) lua_need_request_body = false;
+  proxy.fillDefaults();
+}
+
+void ProxySettings::inheritFrom(const ProxySettings& p) {
+  if (!set_headers) set_headers = p.set_headers;
+  if (!pass_request_headers) pass_request_headers = p.pass_request_headers;
+  if (!pass_request_body) pass_request_body = p.pass_request_body;
+  if (!hide_headers) hide_headers = p.hide_headers;
+  if (!pass_headers) pass_headers = p.pass_headers;
+  if (!http_version) http_version = p.http_version;
+  if (!connect_timeout_ms) connect_timeout_ms = p.connect_timeout_ms;
+  if (!send_timeout_ms) send_timeout_ms = p.send_timeout_ms;
+  if (!read_timeout_ms) read_timeout_ms = p.read_timeout_ms;
+  if (!buffering) buffering = p.buffering;
+  if (!buffer_size) buffer_size = p.buffer_size;
+  if (!buffers_number) {
+    buffers_number = p.buffers_number;
+    buffers_size = p.buffers_size;
+  }
+  if (!request_buffering) request_buffering = p.request_buffering;
+  if (!next_upstream) next_upstream = p.next_upstream;
+  if (!next_upstream_tries) next_upstream_tries = p.next_upstream_tries;
+  if (!next_upstream_timeout_ms) next_upstream_timeout_ms = p.next_upstream_timeout_ms;
+  if (!intercept_errors) intercept_errors = p.intercept_errors;
+  if (!ignore_client_abort) ignore_client_abort = p.ignore_client_abort;
+}
+
+void ProxySettings::fillDefaults() {
+  if (!set_headers) set_headers.emplace();
+  if (!pass_request_headers) pass_request_headers = true;
+  if (!pass_request_body) pass_request_body = true;
+  if (!hide_headers) hide_headers.emplace();
+  if (!pass_headers) pass_headers.emplace();
+  if (!connect_timeout_ms) connect_timeout_ms = 60000;
+  if (!send_timeout_ms) send_timeout_ms = 60000;
+  if (!read_timeout_ms) read_timeout_ms = 60000;
+  if (!buffering) buffering = true;
+  if (!buffer_size) buffer_size = 4096;
+  if (!buffers_number) {
+    buffers_number = 8;
+    buffers_size = 4096;
+  }
+  if (!request_buffering) request_buffering = true;
+  if (!next_upstream) next_upstream = kNextError | kNextTimeout;
+  if (!next_upstream_tries) next_upstream_tries = 0;
+  if (!next_upstream_timeout_ms) next_upstream_timeout_ms = 0;
+  if (!intercept_errors) intercept_errors = false;
+  if (!ignore_client_abort) ignore_client_abort = false;
 }
 
 namespace {
