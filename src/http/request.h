@@ -28,6 +28,32 @@ struct ConnInfo {
   uint16_t local_port = 0;
 };
 
+// One try of the proxy (nginx's upstream state), for $upstream_*.
+struct UpstreamTry {
+  std::string addr;          // "ip:port"; the upstream's name when no peer was usable
+  int status = 0;            // the upstream's status; 502/504 for a try that failed before one
+  int64_t connect_us = -1;   // -1: not measured ("-")
+  int64_t header_us = -1;
+  int64_t response_us = -1;
+  int64_t length = 0;        // response body bytes received from the upstream
+};
+
+// What the proxy did for a request, for $upstream_*, $proxy_host and
+// $upstream_http_NAME. `tries` is empty when the request was not proxied.
+struct UpstreamRecord {
+  std::vector<UpstreamTry> tries;
+  std::string proxy_host;    // $proxy_host: the upstream name or host[:port] of proxy_pass
+  std::string proxy_port;    // $proxy_port
+  // The last response head's headers, as received (lower-case not assumed).
+  std::vector<std::pair<std::string, std::string>> headers;
+  void clear() {
+    tries.clear();
+    proxy_host.clear();
+    proxy_port.clear();
+    headers.clear();
+  }
+};
+
 // nginx's NGX_HTTP_MAX_URI_CHANGES: internal redirects and location jumps
 // one request may make before it is a "rewrite or internal redirection cycle".
 constexpr int kMaxUriChanges = 10;
@@ -67,6 +93,7 @@ struct Request {
   std::string method_override;  // ngx.req.set_method; empty: the head's
   bool internal = false;        // after ngx.exec or ngx.req.set_uri (ngx.req.is_internal)
   int uri_changes_left = kMaxUriChanges;
+  UpstreamRecord upstream;
 
   // $request_method and ngx.req.get_method.
   std::string_view method() const { return method_override.empty() ? head->method.in(base) : method_override; }
@@ -114,6 +141,7 @@ struct Request {
     method_override.clear();
     internal = false;
     uri_changes_left = kMaxUriChanges;
+    upstream.clear();
     edited_headers_.clear();
     headers_edited_ = false;
   }
