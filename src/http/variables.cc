@@ -61,6 +61,13 @@ void appendUserVariable(const conf::VarRef& var, const Request& r, std::string* 
 
 }  // namespace
 
+void appendMsAsSeconds(uint64_t ms, std::string* out) {
+  char buf[32];
+  int n = snprintf(buf, sizeof(buf), "%llu.%03llu", static_cast<unsigned long long>(ms / 1000),
+                   static_cast<unsigned long long>(ms % 1000));
+  out->append(buf, static_cast<size_t>(n));
+}
+
 std::string describeRequest(const Request& r) {
   std::string s;
   if (r.conn) s.append(", client: ").append(r.conn->remote_addr);
@@ -78,14 +85,7 @@ void appendVariable(const conf::VarRef& var, const Request& r, std::string* out,
     case VarId::kRemoteUser: break;
     case VarId::kTimeLocal: out->append(core::timeLocal()); break;
     case VarId::kTimeIso8601: out->append(core::timeIso8601()); break;
-    case VarId::kMsec: {
-      uint64_t ms = core::wallMs();
-      char buf[32];
-      int n = snprintf(buf, sizeof(buf), "%llu.%03llu", static_cast<unsigned long long>(ms / 1000),
-                       static_cast<unsigned long long>(ms % 1000));
-      out->append(buf, static_cast<size_t>(n));
-      break;
-    }
+    case VarId::kMsec: appendMsAsSeconds(core::wallMs(), out); break;
     case VarId::kRequest: if (r.head) out->append(r.head->request_line.in(r.base)); break;
     case VarId::kRequestMethod: if (r.head) out->append(r.method()); break;
     case VarId::kRequestUri: if (r.head) out->append(r.head->target.in(r.base)); break;
@@ -104,11 +104,7 @@ void appendVariable(const conf::VarRef& var, const Request& r, std::string* out,
     case VarId::kBytesSent: appendNumber(out, r.bytes_sent); break;
     case VarId::kRequestTime: {
       uint64_t now = r.conn && r.conn->loop ? uv_now(r.conn->loop) : r.start_ms;
-      uint64_t ms = now > r.start_ms ? now - r.start_ms : 0;
-      char buf[32];
-      int n = snprintf(buf, sizeof(buf), "%llu.%03llu", static_cast<unsigned long long>(ms / 1000),
-                       static_cast<unsigned long long>(ms % 1000));
-      out->append(buf, static_cast<size_t>(n));
+      appendMsAsSeconds(now > r.start_ms ? now - r.start_ms : 0, out);
       break;
     }
     case VarId::kRequestLength: appendNumber(out, r.request_length); break;

@@ -1,6 +1,7 @@
 // Evaluates conf variables ($remote_addr, $http_NAME, ...) against a request.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "conf/complex_value.h"
@@ -12,6 +13,10 @@ namespace tidegate::http {
 // the access log, which passes `dash_if_empty`.
 void appendVariable(const conf::VarRef& var, const Request& r, std::string* out, bool dash_if_empty = false);
 void evaluate(const conf::ComplexValue& value, const Request& r, std::string* out, bool dash_if_empty = false);
+
+// A time in ms as nginx prints $msec and the *_time variables ("%T.%03M"):
+// seconds with three decimals, "0.012".
+void appendMsAsSeconds(uint64_t ms, std::string* out);
 
 // ", client: ..., server: ..., request: \"...\"": the tail of an error log
 // line about this request, in nginx's shape.
