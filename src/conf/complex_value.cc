@@ -46,6 +46,15 @@ constexpr Fixed kFixed[] = {
     {"tidegate_version", VarId::kTidegateVersion},
     {"nginx_version", VarId::kTidegateVersion},
     {"request_body", VarId::kRequestBody},
+    {"upstream_addr", VarId::kUpstreamAddr},
+    {"upstream_status", VarId::kUpstreamStatus},
+    {"upstream_response_time", VarId::kUpstreamResponseTime},
+    {"upstream_connect_time", VarId::kUpstreamConnectTime},
+    {"upstream_header_time", VarId::kUpstreamHeaderTime},
+    {"upstream_response_length", VarId::kUpstreamResponseLength},
+    {"proxy_host", VarId::kProxyHost},
+    {"proxy_port", VarId::kProxyPort},
+    {"proxy_add_x_forwarded_for", VarId::kProxyAddXForwardedFor},
 };
 
 struct Prefix {
@@ -57,6 +66,7 @@ struct Prefix {
 constexpr Prefix kPrefixes[] = {
     {"http_", VarId::kHttpHeader, true},
     {"sent_http_", VarId::kSentHttpHeader, true},
+    {"upstream_http_", VarId::kUpstreamHttpHeader, true},
     {"arg_", VarId::kArg, false},
     {"cookie_", VarId::kCookie, false},
 };

@@ -43,8 +43,19 @@ enum class VarId : uint16_t {
   kContentType,
   kTidegateVersion,
   kRequestBody,     // the body when kept in memory and read (else "")
-  kHttpHeader,      // $http_NAME: a request header
-  kSentHttpHeader,  // $sent_http_NAME: a response header
+  // The proxy's (http/upstream_variables.h), from Request::upstream.
+  kUpstreamAddr,
+  kUpstreamStatus,
+  kUpstreamResponseTime,
+  kUpstreamConnectTime,
+  kUpstreamHeaderTime,
+  kUpstreamResponseLength,
+  kProxyHost,
+  kProxyPort,
+  kProxyAddXForwardedFor,
+  kHttpHeader,          // $http_NAME: a request header
+  kSentHttpHeader,      // $sent_http_NAME: a response header
+  kUpstreamHttpHeader,  // $upstream_http_NAME: a header of the upstream's response
   kArg,             // $arg_NAME: a query argument
   kCookie,          // $cookie_NAME
   kUser,            // declared by set / set_by_lua*: VarRef::index is its id
@@ -53,7 +64,8 @@ enum class VarId : uint16_t {
 // The prefix families ($http_*, $arg_*, ...) are not variables of their own:
 // `set $arg_x` declares a user variable that shadows the family's name.
 inline bool isPrefixVariable(VarId id) {
-  return id == VarId::kHttpHeader || id == VarId::kSentHttpHeader || id == VarId::kArg || id == VarId::kCookie;
+  return id == VarId::kHttpHeader || id == VarId::kSentHttpHeader || id == VarId::kUpstreamHttpHeader ||
+         id == VarId::kArg || id == VarId::kCookie;
 }
 
 struct VarRef {

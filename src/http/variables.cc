@@ -7,6 +7,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "http/ascii.h"
+#include "http/upstream_variables.h"
 #include "tidegate/version.h"
 
 namespace tidegate::http {
@@ -137,6 +138,16 @@ void appendVariable(const conf::VarRef& var, const Request& r, std::string* out,
       // nginx's rule: only a body that was read and sits in memory.
       if (r.body.read() && !r.body.inFile()) out->append(r.body.data());
       break;
+    case VarId::kUpstreamAddr:
+    case VarId::kUpstreamStatus:
+    case VarId::kUpstreamResponseTime:
+    case VarId::kUpstreamConnectTime:
+    case VarId::kUpstreamHeaderTime:
+    case VarId::kUpstreamResponseLength:
+    case VarId::kUpstreamHttpHeader:
+    case VarId::kProxyHost:
+    case VarId::kProxyPort:
+    case VarId::kProxyAddXForwardedFor: appendUpstreamVariable(var, r, out); break;
     case VarId::kHttpHeader: if (r.head) out->append(r.header(var.param)); break;
     case VarId::kSentHttpHeader:
       if (var.param == "content-type") out->append(r.sent_content_type);
@@ -169,7 +180,8 @@ conf::LuaCode resolveLuaFile(const conf::LuaCode& code, const Request& r) {
 
 // nginx's "not found" variables, which Lua reads as nil: a header, an
 // argument or a cookie the request does not have (a missing value is a
-// null view; an empty one points into the request).
+// null view; an empty one points into the request), and the proxy's
+// variables of a request that was not proxied.
 bool variableFound(const conf::VarRef& var, const Request& r) {
   switch (var.id) {
     case conf::VarId::kHttpHeader: return r.head && r.header(var.param).data() != nullptr;
@@ -177,7 +189,7 @@ bool variableFound(const conf::VarRef& var, const Request& r) {
     case conf::VarId::kContentType: return r.head && r.header("content-type").data() != nullptr;
     case conf::VarId::kArg: return findArg(r.query(), var.param).data() != nullptr;
     case conf::VarId::kCookie: return r.head && findCookie(r.header("cookie"), var.param).data() != nullptr;
-    default: return true;
+    default: return upstreamVariableFound(var, r);
   }
 }
 
