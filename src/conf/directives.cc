@@ -84,6 +84,18 @@ bool parseInt(std::string_view text, int64_t* out) {
   return ec == std::errc() && p == text.data() + text.size();
 }
 
+std::string lowerCase(std::string text) {
+  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return text;
+}
+
+bool parseCount(std::string_view text, uint64_t* out) {
+  int64_t v = 0;
+  if (!parseInt(text, &v) || v < 0) return false;
+  *out = static_cast<uint64_t>(v);
+  return true;
+}
+
 bool parseDurationMs(std::string_view text, uint64_t* out) {
   // nginx's ngx_parse_time: "1h30m", "500ms"; a trailing number without a
   // unit is seconds ("1m30" = 90 s). Overflow is an error, never a wrap.

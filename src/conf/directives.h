@@ -75,6 +75,8 @@ bool parseDurationMs(std::string_view text, uint64_t* out);  // "75s", "1m30s", 
 bool parseSize(std::string_view text, uint64_t* out);        // "1m", "8k", "1024"
 bool parseFlag(const ConfNode& node, bool* out, std::string* err);  // on|off
 bool parseInt(std::string_view text, int64_t* out);
+bool parseCount(std::string_view text, uint64_t* out);       // a non-negative integer
+std::string lowerCase(std::string text);                      // ASCII
 
 // nginx refuses a single-value directive given twice in one block.
 template <typename T>

@@ -3,7 +3,6 @@
 #include <unistd.h>
 
 #include <climits>
-#include <cstdlib>
 
 #include "conf/directives.h"
 #include "conf/parser.h"
@@ -148,10 +147,7 @@ bool groupListens(Config& cfg, ConfError* err) {
       group->servers.push_back(server);
       if (l.default_server) {
         if (group->default_server) {
-          *err = ConfError{"a duplicate default server for " + l.key(), "", 0};
-          size_t colon = server->where.rfind(':');
-          err->file = server->where.substr(0, colon);
-          err->line = std::atoi(server->where.c_str() + colon + 1);
+          *err = ConfError::at(server->where, "a duplicate default server for " + l.key());
           return false;
         }
         group->default_server = server;

@@ -78,6 +78,8 @@ TEST(UpstreamDirectivesTest, Errors) {
             "invalid parameter \"slow_start=1s\" in test.conf:2");
   EXPECT_EQ(loadError("http { upstream a {\n server 127.0.0.1:99999; } }"),
             "invalid host in upstream \"127.0.0.1:99999\" in test.conf:2");
+  EXPECT_EQ(loadError("http { upstream a {\n server [::zz]:80; } }"),
+            "invalid host in upstream \"[::zz]:80\" in test.conf:2");
   EXPECT_EQ(loadError("http { upstream a {\n server no-such-host.invalid:80; } }"),
             "host not found in upstream \"no-such-host.invalid\" in test.conf:2");
   EXPECT_EQ(loadError("http { upstream a {\n server 127.0.0.1:1;\n server 127.0.0.1:1 weight=2; } }"),
