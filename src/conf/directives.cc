@@ -43,6 +43,7 @@ const Directive* findDirective(std::string_view name, uint32_t ctx) {
     registerLuaDirectives();
     registerRewriteDirectives();
     registerUpstreamDirectives();
+    registerProxyDirectives();
   });
   auto [first, last] = registry().equal_range(name);
   if (first == last) return nullptr;

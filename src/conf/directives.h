@@ -148,6 +148,12 @@ void registerLuaDirectives();
 void registerRewriteDirectives();
 // Registers upstream { } and what goes in it (conf/upstream_directives.cc).
 void registerUpstreamDirectives();
+// Registers proxy_pass and the proxy_* settings (conf/proxy_directives.cc).
+void registerProxyDirectives();
+// The step of proxy_pass that needs the whole http block built (an upstream
+// block may follow the server that names it): a fixed target that names no
+// upstream block is resolved into ProxyPass::addresses. False with *err set.
+bool resolveProxyPasses(HttpConfig& http, ConfError* err);
 
 // Declares every variable that `set` or `set_by_lua*` assigns anywhere in
 // `nodes`, before the build, so that any value may name it (nginx resolves

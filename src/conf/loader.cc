@@ -217,6 +217,8 @@ bool build(Config& cfg, std::vector<ConfNode>& nodes, ConfError* err) {
   st.ctx = kMainCtx;
   declareVariables(nodes, &cfg.http.variables);
   if (!buildBlock(nodes, st, err)) return false;
+  // What refers to blocks anywhere in http, once all of them exist.
+  if (!resolveProxyPasses(cfg.http, err)) return false;
   return finish(cfg, err);
 }
 
