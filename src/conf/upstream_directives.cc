@@ -2,6 +2,8 @@
 // syntax and errors, plus tidegate's `tier=` and `balancer` (issue 4).
 // Host names resolve when the conf loads (and on each reload), as nginx
 // does. Only the model is built here; the proxy uses it.
+#include <strings.h>
+
 #include "conf/directives.h"
 #include "conf/resolve.h"
 
@@ -23,7 +25,7 @@ bool intParam(std::string_view arg, std::string_view key, int64_t max, int* out)
 
 bool onUpstream(const ConfNode& n, BuildState& st, std::string* err) {
   for (const auto& u : st.http->upstreams) {
-    if (u->name == n.args[0]) {
+    if (strcasecmp(u->name.c_str(), n.args[0].c_str()) == 0) {  // nginx's names are case-insensitive
       err->assign("duplicate upstream \"").append(n.args[0]).append("\"");
       return false;
     }

@@ -72,6 +72,8 @@ TEST(UpstreamDirectivesTest, Errors) {
   EXPECT_EQ(loadError("http {\n upstream a { }\n}"), "no servers are inside upstream in test.conf:2");
   EXPECT_EQ(loadError("http { upstream a { server 127.0.0.1:1; } upstream a { server 127.0.0.1:2; } }"),
             "duplicate upstream \"a\" in test.conf:1");
+  EXPECT_EQ(loadError("http { upstream a { server 127.0.0.1:1; }\n upstream A { server 127.0.0.1:2; } }"),
+            "duplicate upstream \"A\" in test.conf:2");
   EXPECT_EQ(loadError("http { upstream a {\n server 127.0.0.1:1 weight=0; } }"),
             "invalid parameter \"weight=0\" in test.conf:2");
   EXPECT_EQ(loadError("http { upstream a {\n server 127.0.0.1:1 slow_start=1s; } }"),
