@@ -2,6 +2,7 @@
 // interpreted. Later stages (directives.h) give the nodes their meaning.
 #pragma once
 
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,6 +33,13 @@ struct ConfError {
   std::string message() const {
     if (file.empty()) return text;
     return text + " in " + file + ":" + std::to_string(line);
+  }
+  // An error found after the build, at a place the model kept as
+  // ConfNode::where() ("file:line").
+  static ConfError at(const std::string& where, std::string text) {
+    size_t colon = where.rfind(':');
+    if (colon == std::string::npos) return ConfError{std::move(text), where, 0};
+    return ConfError{std::move(text), where.substr(0, colon), std::atoi(where.c_str() + colon + 1)};
   }
 };
 

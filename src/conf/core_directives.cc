@@ -10,11 +10,6 @@
 namespace tidegate::conf {
 namespace {
 
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
 // --- main ---------------------------------------------------------------
 
 bool onDaemon(const ConfNode& n, BuildState& st, std::string* err) {
@@ -334,7 +329,7 @@ bool onServerName(const ConfNode& n, BuildState& st, std::string* err) {
       sn.regex = Regex::compile(raw.substr(1), true, err);
       if (!sn.regex) return false;
     } else {
-      std::string name = lower(raw);
+      std::string name = lowerCase(raw);
       if (name.rfind("*.", 0) == 0) {
         sn.kind = ServerName::Kind::kLeadingWild;
         sn.name = name.substr(1);  // ".example.com"

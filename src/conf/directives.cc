@@ -43,6 +43,7 @@ const Directive* findDirective(std::string_view name, uint32_t ctx) {
     registerLuaDirectives();
     registerRewriteDirectives();
     registerUpstreamDirectives();
+    registerProxyDirectives();
   });
   auto [first, last] = registry().equal_range(name);
   if (first == last) return nullptr;
@@ -82,6 +83,18 @@ bool parseInt(std::string_view text, int64_t* out) {
   if (text.empty()) return false;
   auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), *out);
   return ec == std::errc() && p == text.data() + text.size();
+}
+
+std::string lowerCase(std::string text) {
+  for (char& c : text) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return text;
+}
+
+bool parseCount(std::string_view text, uint64_t* out) {
+  int64_t v = 0;
+  if (!parseInt(text, &v) || v < 0) return false;
+  *out = static_cast<uint64_t>(v);
+  return true;
 }
 
 bool parseDurationMs(std::string_view text, uint64_t* out) {

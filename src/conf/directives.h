@@ -75,6 +75,8 @@ bool parseDurationMs(std::string_view text, uint64_t* out);  // "75s", "1m30s", 
 bool parseSize(std::string_view text, uint64_t* out);        // "1m", "8k", "1024"
 bool parseFlag(const ConfNode& node, bool* out, std::string* err);  // on|off
 bool parseInt(std::string_view text, int64_t* out);
+bool parseCount(std::string_view text, uint64_t* out);       // a non-negative integer
+std::string lowerCase(std::string text);                      // ASCII
 
 // nginx refuses a single-value directive given twice in one block.
 template <typename T>
@@ -84,31 +86,57 @@ bool notDuplicate(const std::optional<T>& field, const ConfNode& n, std::string*
   return false;
 }
 
-// A single number-like setting of the http levels: a duration
-// (parseDurationMs) or a size or rate (parseSize).
-template <std::optional<uint64_t> HttpSettings::*Field, bool (*Parse)(std::string_view, uint64_t*)>
+// The settings object a member pointer of the http levels belongs to, in
+// the block being built: HttpSettings itself or its nested ProxySettings.
+template <typename S>
+S& settingsOf(BuildState& st);
+template <>
+inline HttpSettings& settingsOf<HttpSettings>(BuildState& st) { return st.settings(); }
+template <>
+inline ProxySettings& settingsOf<ProxySettings>(BuildState& st) { return st.settings().proxy; }
+
+template <typename M>
+struct MemberOf;
+template <typename S, typename T>
+struct MemberOf<T S::*> {
+  using Settings = S;
+};
+
+// The field `Field` (&HttpSettings::x or &ProxySettings::x) of the block being built.
+template <auto Field>
+auto& settingsField(BuildState& st) {
+  return settingsOf<typename MemberOf<decltype(Field)>::Settings>(st).*Field;
+}
+
+// A single number-like setting of the http levels (a std::optional<uint64_t>
+// member of HttpSettings or ProxySettings): a duration (parseDurationMs), a
+// size or rate (parseSize) or a count (parseCount).
+template <auto Field, bool (*Parse)(std::string_view, uint64_t*)>
 bool onNumber(const ConfNode& n, BuildState& st, std::string* err) {
-  if (!notDuplicate(st.settings().*Field, n, err)) return false;
+  std::optional<uint64_t>& field = settingsField<Field>(st);
+  if (!notDuplicate(field, n, err)) return false;
   uint64_t v = 0;
   if (!Parse(n.args[0], &v)) {
     err->assign("invalid value \"").append(n.args[0]).append("\" in \"").append(n.name).append("\" directive");
     return false;
   }
-  st.settings().*Field = v;
+  field = v;
   return true;
 }
-template <std::optional<uint64_t> HttpSettings::*Field>
+template <auto Field>
 constexpr DirectiveHandler onDuration = onNumber<Field, parseDurationMs>;
-template <std::optional<uint64_t> HttpSettings::*Field>
+template <auto Field>
 constexpr DirectiveHandler onSize = onNumber<Field, parseSize>;
 
-// An on|off setting of the http levels.
-template <std::optional<bool> HttpSettings::*Field>
+// An on|off setting of the http levels (a std::optional<bool> member of
+// HttpSettings or ProxySettings).
+template <auto Field>
 bool onFlag(const ConfNode& n, BuildState& st, std::string* err) {
-  if (!notDuplicate(st.settings().*Field, n, err)) return false;
+  std::optional<bool>& field = settingsField<Field>(st);
+  if (!notDuplicate(field, n, err)) return false;
   bool v = false;
   if (!parseFlag(n, &v, err)) return false;
-  st.settings().*Field = v;
+  field = v;
   return true;
 }
 
@@ -120,6 +148,12 @@ void registerLuaDirectives();
 void registerRewriteDirectives();
 // Registers upstream { } and what goes in it (conf/upstream_directives.cc).
 void registerUpstreamDirectives();
+// Registers proxy_pass and the proxy_* settings (conf/proxy_directives.cc).
+void registerProxyDirectives();
+// The step of proxy_pass that needs the whole http block built (an upstream
+// block may follow the server that names it): a fixed target that names no
+// upstream block is resolved into ProxyPass::addresses. False with *err set.
+bool resolveProxyPasses(HttpConfig& http, ConfError* err);
 
 // Declares every variable that `set` or `set_by_lua*` assigns anywhere in
 // `nodes`, before the build, so that any value may name it (nginx resolves

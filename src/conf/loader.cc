@@ -3,7 +3,6 @@
 #include <unistd.h>
 
 #include <climits>
-#include <cstdlib>
 
 #include "conf/directives.h"
 #include "conf/parser.h"
@@ -148,10 +147,7 @@ bool groupListens(Config& cfg, ConfError* err) {
       group->servers.push_back(server);
       if (l.default_server) {
         if (group->default_server) {
-          *err = ConfError{"a duplicate default server for " + l.key(), "", 0};
-          size_t colon = server->where.rfind(':');
-          err->file = server->where.substr(0, colon);
-          err->line = std::atoi(server->where.c_str() + colon + 1);
+          *err = ConfError::at(server->where, "a duplicate default server for " + l.key());
           return false;
         }
         group->default_server = server;
@@ -221,6 +217,8 @@ bool build(Config& cfg, std::vector<ConfNode>& nodes, ConfError* err) {
   st.ctx = kMainCtx;
   declareVariables(nodes, &cfg.http.variables);
   if (!buildBlock(nodes, st, err)) return false;
+  // What refers to blocks anywhere in http, once all of them exist.
+  if (!resolveProxyPasses(cfg.http, err)) return false;
   return finish(cfg, err);
 }
 

@@ -2,72 +2,13 @@
 // syntax and errors, plus tidegate's `tier=` and `balancer` (issue 4).
 // Host names resolve when the conf loads (and on each reload), as nginx
 // does. Only the model is built here; the proxy uses it.
-#include <netdb.h>
-#include <arpa/inet.h>
-#include <sys/socket.h>
-
-#include <set>
+#include <strings.h>
 
 #include "conf/directives.h"
+#include "conf/resolve.h"
 
 namespace tidegate::conf {
 namespace {
-
-// "ip:port" for each address `host` resolves to (IPv6 in brackets), in the
-// resolver's order, without duplicates. False with nginx's error text.
-bool resolve(const std::string& host, uint16_t port, std::vector<std::string>* out, std::string* err) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  std::string name = host.size() > 2 && host.front() == '[' ? host.substr(1, host.size() - 2) : host;
-  if (getaddrinfo(name.c_str(), nullptr, &hints, &res) != 0 || !res) {
-    err->assign("host not found in upstream \"").append(host).append("\"");
-    return false;
-  }
-  std::set<std::string> seen;
-  for (addrinfo* a = res; a; a = a->ai_next) {
-    char buf[INET6_ADDRSTRLEN] = {0};
-    std::string addr;
-    if (a->ai_family == AF_INET) {
-      inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr, buf, sizeof(buf));
-      addr.assign(buf);
-    } else if (a->ai_family == AF_INET6) {
-      inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr, buf, sizeof(buf));
-      addr.assign(1, '[').append(buf).append(1, ']');
-    } else {
-      continue;
-    }
-    addr.append(1, ':').append(std::to_string(port));
-    if (seen.insert(addr).second) out->push_back(addr);
-  }
-  freeaddrinfo(res);
-  return true;
-}
-
-// "host[:port]", "[v6][:port]"; the port defaults to 80 as in nginx.
-bool splitAddress(const std::string& text, std::string* host, uint16_t* port) {
-  std::string port_text;
-  if (!text.empty() && text.front() == '[') {
-    size_t close = text.find(']');
-    if (close == std::string::npos) return false;
-    *host = text.substr(0, close + 1);
-    if (close + 1 < text.size()) {
-      if (text[close + 1] != ':') return false;
-      port_text = text.substr(close + 2);
-    }
-  } else {
-    size_t colon = text.rfind(':');
-    *host = colon == std::string::npos ? text : text.substr(0, colon);
-    if (colon != std::string::npos) port_text = text.substr(colon + 1);
-  }
-  if (host->empty()) return false;
-  if (port_text.empty()) return text.back() != ':';  // "host:" has an empty port
-  int64_t p = 0;
-  if (!parseInt(port_text, &p) || p < 1 || p > 65535) return false;
-  *port = static_cast<uint16_t>(p);
-  return true;
-}
 
 bool invalidParameter(const std::string& arg, std::string* err) {
   err->assign("invalid parameter \"").append(arg).append("\"");
@@ -84,7 +25,7 @@ bool intParam(std::string_view arg, std::string_view key, int64_t max, int* out)
 
 bool onUpstream(const ConfNode& n, BuildState& st, std::string* err) {
   for (const auto& u : st.http->upstreams) {
-    if (u->name == n.args[0]) {
+    if (strcasecmp(u->name.c_str(), n.args[0].c_str()) == 0) {  // nginx's names are case-insensitive
       err->assign("duplicate upstream \"").append(n.args[0]).append("\"");
       return false;
     }
@@ -108,10 +49,13 @@ bool onUpstream(const ConfNode& n, BuildState& st, std::string* err) {
 bool onUpstreamServer(const ConfNode& n, BuildState& st, std::string* err) {
   UpstreamServer s;
   s.where = n.where();
-  if (!splitAddress(n.args[0], &s.host, &s.port)) {
+  HostPort hp;
+  if (parseHostPort(n.args[0], &hp)) {
     err->assign("invalid host in upstream \"").append(n.args[0]).append("\"");
     return false;
   }
+  s.host = hp.host;
+  s.port = hp.port;
   bool tier_set = false;
   for (size_t i = 1; i < n.args.size(); i++) {
     const std::string& a = n.args[i];
@@ -141,7 +85,10 @@ bool onUpstreamServer(const ConfNode& n, BuildState& st, std::string* err) {
       return false;
     }
   }
-  if (!resolve(s.host, s.port, &s.addresses, err)) return false;
+  if (!resolveHost(s.host, s.port, &s.addresses)) {
+    err->assign("host not found in upstream \"").append(s.host).append("\"");
+    return false;
+  }
   st.upstream->servers.push_back(std::move(s));
   return true;
 }
@@ -211,13 +158,6 @@ bool onUpstreamNumber(const ConfNode& n, BuildState& st, std::string* err) {
     err->assign("invalid value \"").append(n.args[0]).append("\" in \"").append(n.name).append("\" directive");
     return false;
   }
-  return true;
-}
-
-bool parseCount(std::string_view text, uint64_t* out) {
-  int64_t v = 0;
-  if (!parseInt(text, &v) || v < 0) return false;
-  *out = static_cast<uint64_t>(v);
   return true;
 }
 

@@ -72,12 +72,16 @@ TEST(UpstreamDirectivesTest, Errors) {
   EXPECT_EQ(loadError("http {\n upstream a { }\n}"), "no servers are inside upstream in test.conf:2");
   EXPECT_EQ(loadError("http { upstream a { server 127.0.0.1:1; } upstream a { server 127.0.0.1:2; } }"),
             "duplicate upstream \"a\" in test.conf:1");
+  EXPECT_EQ(loadError("http { upstream a { server 127.0.0.1:1; }\n upstream A { server 127.0.0.1:2; } }"),
+            "duplicate upstream \"A\" in test.conf:2");
   EXPECT_EQ(loadError("http { upstream a {\n server 127.0.0.1:1 weight=0; } }"),
             "invalid parameter \"weight=0\" in test.conf:2");
   EXPECT_EQ(loadError("http { upstream a {\n server 127.0.0.1:1 slow_start=1s; } }"),
             "invalid parameter \"slow_start=1s\" in test.conf:2");
   EXPECT_EQ(loadError("http { upstream a {\n server 127.0.0.1:99999; } }"),
             "invalid host in upstream \"127.0.0.1:99999\" in test.conf:2");
+  EXPECT_EQ(loadError("http { upstream a {\n server [::zz]:80; } }"),
+            "invalid host in upstream \"[::zz]:80\" in test.conf:2");
   EXPECT_EQ(loadError("http { upstream a {\n server no-such-host.invalid:80; } }"),
             "host not found in upstream \"no-such-host.invalid\" in test.conf:2");
   EXPECT_EQ(loadError("http { upstream a {\n server 127.0.0.1:1;\n server 127.0.0.1:1 weight=2; } }"),

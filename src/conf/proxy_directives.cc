@@ -1,0 +1,212 @@
+// proxy_pass and the proxy_* settings of nginx's ngx_http_proxy_module, with
+// its syntax, contexts, defaults (ProxySettings::fillDefaults) and errors.
+// Only the model is built here; src/proxy/ uses it (issue 4).
+#include <strings.h>
+
+#include "conf/directives.h"
+#include "conf/resolve.h"
+
+namespace tidegate::conf {
+namespace {
+
+bool invalidValue(const ConfNode& n, const std::string& value, std::string* err) {
+  err->assign("invalid value \"").append(value).append("\" in \"").append(n.name).append("\" directive");
+  return false;
+}
+
+// proxy_pass http://host[:port][uri]; or a URL with variables, evaluated per
+// request. Host names are resolved later, in resolveProxyPasses().
+bool parseTarget(const std::string& url, ProxyPass* pp, std::string* err) {
+  if (strncasecmp(url.c_str(), "https://", 8) == 0) {
+    err->assign("https upstreams are not supported yet");
+    return false;
+  }
+  if (strncasecmp(url.c_str(), "http://", 7) != 0) {
+    err->assign("invalid URL prefix");  // nginx's text at conf time
+    return false;
+  }
+  std::string_view rest = std::string_view(url).substr(7);
+  if (strncasecmp(rest.data(), "unix:", 5) == 0) {
+    err->assign("unix domain socket upstreams are not supported yet");
+    return false;
+  }
+  // The URI starts at the first '/' or '?' after the host (after ']' for IPv6).
+  size_t host_end = rest.empty() || rest.front() != '[' ? 0 : rest.find(']');
+  size_t uri_at = host_end == std::string_view::npos ? host_end : rest.find_first_of("/?", host_end);
+  HostPort hp;
+  if (const char* why = parseHostPort(rest.substr(0, uri_at), &hp)) {
+    err->assign(why).append(" in upstream \"").append(rest).append("\"");
+    return false;
+  }
+  pp->host = hp.host;
+  pp->port = hp.port;
+  pp->port_given = hp.port_given;
+  pp->has_uri = uri_at != std::string_view::npos;
+  if (pp->has_uri) pp->uri.assign(rest.substr(uri_at));
+  return true;
+}
+
+bool onProxyPass(const ConfNode& n, BuildState& st, std::string* err) {
+  Location& loc = *st.location;
+  if (!notDuplicate(loc.proxy_pass, n, err)) return false;
+  ProxyPass pp;
+  pp.where = n.where();
+  const std::string& url = n.args[0];
+  if (url.find('$') != std::string::npos) {
+    // As nginx: nothing is checked until the value exists, per request.
+    pp.has_vars = true;
+    if (!compileComplexValue(url, &pp.value, err, st.variables())) return false;
+    loc.proxy_pass = std::move(pp);
+    return true;
+  }
+  if (!parseTarget(url, &pp, err)) return false;
+  // The URI part replaces the part of the request URI that matched the
+  // location; a regex location has no such part to replace.
+  if (pp.has_uri && (loc.match == LocationMatch::kRegex || loc.match == LocationMatch::kRegexCaseless)) {
+    err->assign(
+        "\"proxy_pass\" cannot have URI part in location given by regular expression, or inside named location, "
+        "or inside \"if\" statement, or inside \"limit_except\" block");
+    return false;
+  }
+  loc.proxy_pass = std::move(pp);
+  return true;
+}
+
+// proxy_set_header field value; (repeatable: the level's list replaces its parent's)
+bool onSetHeader(const ConfNode& n, BuildState& st, std::string* err) {
+  ProxyHeader h;
+  h.name = n.args[0];
+  h.lower = lowerCase(h.name);
+  if (!compileComplexValue(n.args[1], &h.value, err, st.variables())) return false;
+  auto& list = st.settings().proxy.set_headers;
+  if (!list) list.emplace();
+  list->push_back(std::move(h));
+  return true;
+}
+
+// proxy_hide_header / proxy_pass_header field; (repeatable, a list per level)
+template <std::optional<std::vector<std::string>> ProxySettings::*Field>
+bool onHeaderName(const ConfNode& n, BuildState& st, std::string*) {
+  auto& list = st.settings().proxy.*Field;
+  if (!list) list.emplace();
+  list->push_back(lowerCase(n.args[0]));
+  return true;
+}
+
+// proxy_http_version 1.0 | 1.1;
+bool onHttpVersion(const ConfNode& n, BuildState& st, std::string* err) {
+  auto& version = st.settings().proxy.http_version;
+  if (!notDuplicate(version, n, err)) return false;
+  if (n.args[0] == "1.0") {
+    version = 10;
+  } else if (n.args[0] == "1.1") {
+    version = 11;
+  } else {
+    return invalidValue(n, n.args[0], err);
+  }
+  return true;
+}
+
+// proxy_buffers number size;
+bool onBuffers(const ConfNode& n, BuildState& st, std::string* err) {
+  ProxySettings& p = st.settings().proxy;
+  if (!notDuplicate(p.buffers_number, n, err)) return false;
+  uint64_t number = 0, size = 0;
+  if (!parseCount(n.args[0], &number) || number == 0) return invalidValue(n, n.args[0], err);
+  if (!parseSize(n.args[1], &size) || size == 0) return invalidValue(n, n.args[1], err);
+  p.buffers_number = number;
+  p.buffers_size = size;
+  return true;
+}
+
+// proxy_next_upstream error | timeout | ... | off ...;
+// As nginx's bitmask: names are case-insensitive, a second directive in the
+// same block adds to the first, and `off` anywhere means only `off`.
+bool onNextUpstream(const ConfNode& n, BuildState& st, std::string* err) {
+  static const struct {
+    const char* name;
+    uint32_t bit;
+  } kConditions[] = {
+      {"error", kNextError},       {"timeout", kNextTimeout},   {"invalid_header", kNextInvalidHeader},
+      {"http_500", kNextHttp500},  {"http_502", kNextHttp502},  {"http_503", kNextHttp503},
+      {"http_504", kNextHttp504},  {"http_403", kNextHttp403},  {"http_404", kNextHttp404},
+      {"http_429", kNextHttp429},  {"non_idempotent", kNextNonIdempotent},
+      {"off", kNextOff},
+  };
+  uint32_t bits = st.settings().proxy.next_upstream.value_or(0);
+  for (const std::string& a : n.args) {
+    uint32_t bit = 0;
+    for (const auto& c : kConditions) {
+      if (strcasecmp(a.c_str(), c.name) == 0) bit = c.bit;
+    }
+    if (!bit) return invalidValue(n, a, err);
+    bits |= bit;
+  }
+  st.settings().proxy.next_upstream = bits & kNextOff ? kNextOff : bits;
+  return true;
+}
+
+const Directive kProxyDirectives[] = {
+    {"proxy_pass", kLocationCtx, 1, 1, false, onProxyPass},
+    {"proxy_set_header", kAnyHttpLevel, 2, 2, false, onSetHeader},
+    {"proxy_pass_request_headers", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::pass_request_headers>},
+    {"proxy_pass_request_body", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::pass_request_body>},
+    {"proxy_hide_header", kAnyHttpLevel, 1, 1, false, onHeaderName<&ProxySettings::hide_headers>},
+    {"proxy_pass_header", kAnyHttpLevel, 1, 1, false, onHeaderName<&ProxySettings::pass_headers>},
+    {"proxy_http_version", kAnyHttpLevel, 1, 1, false, onHttpVersion},
+    {"proxy_connect_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&ProxySettings::connect_timeout_ms>},
+    {"proxy_send_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&ProxySettings::send_timeout_ms>},
+    {"proxy_read_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&ProxySettings::read_timeout_ms>},
+    {"proxy_buffering", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::buffering>},
+    {"proxy_buffer_size", kAnyHttpLevel, 1, 1, false, onSize<&ProxySettings::buffer_size>},
+    {"proxy_buffers", kAnyHttpLevel, 2, 2, false, onBuffers},
+    {"proxy_request_buffering", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::request_buffering>},
+    {"proxy_next_upstream", kAnyHttpLevel, 1, kAnyArgs, false, onNextUpstream},
+    {"proxy_next_upstream_tries", kAnyHttpLevel, 1, 1, false,
+     onNumber<&ProxySettings::next_upstream_tries, parseCount>},
+    {"proxy_next_upstream_timeout", kAnyHttpLevel, 1, 1, false,
+     onDuration<&ProxySettings::next_upstream_timeout_ms>},
+    {"proxy_intercept_errors", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::intercept_errors>},
+    {"proxy_ignore_client_abort", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::ignore_client_abort>},
+};
+
+const UpstreamConf* findUpstream(const HttpConfig& http, const std::string& name) {
+  for (const auto& u : http.upstreams) {
+    if (strcasecmp(u->name.c_str(), name.c_str()) == 0) return u.get();
+  }
+  return nullptr;
+}
+
+// A fixed target names an upstream block (looked up by name at run time, as
+// nginx matches them: case-insensitively) or is resolved here. A name that
+// does not resolve is not an error: the proxy answers 502 until it does.
+bool resolveTargets(const std::vector<std::shared_ptr<Location>>& locations, const HttpConfig& http,
+                    ConfError* err) {
+  for (const auto& loc : locations) {
+    if (!resolveTargets(loc->children, http, err)) return false;
+    if (!loc->proxy_pass || loc->proxy_pass->has_vars) continue;
+    ProxyPass& pp = *loc->proxy_pass;
+    if (findUpstream(http, pp.host)) {
+      if (!pp.port_given) continue;
+      *err = ConfError::at(pp.where, "upstream \"" + pp.host + "\" may not have port " + std::to_string(pp.port));
+      return false;
+    }
+    resolveHost(pp.host, pp.port, &pp.addresses);
+  }
+  return true;
+}
+
+}  // namespace
+
+bool resolveProxyPasses(HttpConfig& http, ConfError* err) {
+  for (const auto& server : http.servers) {
+    if (!resolveTargets(server->locations, http, err)) return false;
+  }
+  return true;
+}
+
+void registerProxyDirectives() {
+  registerDirectives(kProxyDirectives, sizeof(kProxyDirectives) / sizeof(kProxyDirectives[0]));
+}
+
+}  // namespace tidegate::conf
