@@ -14,19 +14,21 @@ bool invalidValue(const ConfNode& n, const std::string& value, std::string* err)
   return false;
 }
 
+}  // namespace
+
 // proxy_pass http://host[:port][uri]; or a URL with variables, evaluated per
 // request. Host names are resolved later, in resolveProxyPasses().
-bool parseTarget(const std::string& url, ProxyPass* pp, std::string* err) {
-  if (strncasecmp(url.c_str(), "https://", 8) == 0) {
+bool parseProxyUrl(std::string_view url, ProxyPass* pp, std::string* err) {
+  if (url.size() >= 8 && strncasecmp(url.data(), "https://", 8) == 0) {
     err->assign("https upstreams are not supported yet");
     return false;
   }
-  if (strncasecmp(url.c_str(), "http://", 7) != 0) {
+  if (url.size() < 7 || strncasecmp(url.data(), "http://", 7) != 0) {
     err->assign("invalid URL prefix");  // nginx's text at conf time
     return false;
   }
-  std::string_view rest = std::string_view(url).substr(7);
-  if (strncasecmp(rest.data(), "unix:", 5) == 0) {
+  std::string_view rest = url.substr(7);
+  if (rest.size() >= 5 && strncasecmp(rest.data(), "unix:", 5) == 0) {
     err->assign("unix domain socket upstreams are not supported yet");
     return false;
   }
@@ -46,6 +48,8 @@ bool parseTarget(const std::string& url, ProxyPass* pp, std::string* err) {
   return true;
 }
 
+namespace {
+
 bool onProxyPass(const ConfNode& n, BuildState& st, std::string* err) {
   Location& loc = *st.location;
   if (!notDuplicate(loc.proxy_pass, n, err)) return false;
@@ -59,7 +63,7 @@ bool onProxyPass(const ConfNode& n, BuildState& st, std::string* err) {
     loc.proxy_pass = std::move(pp);
     return true;
   }
-  if (!parseTarget(url, &pp, err)) return false;
+  if (!parseProxyUrl(url, &pp, err)) return false;
   // The URI part replaces the part of the request URI that matched the
   // location; a regex location has no such part to replace.
   if (pp.has_uri && (loc.match == LocationMatch::kRegex || loc.match == LocationMatch::kRegexCaseless)) {

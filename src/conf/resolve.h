@@ -26,4 +26,10 @@ const char* parseHostPort(std::string_view text, HostPort* out);
 // conf load only. False if the name does not resolve.
 bool resolveHost(const std::string& host, uint16_t port, std::vector<std::string>* out);
 
+struct ProxyPass;
+// proxy_pass's "http://host[:port][uri]" into `pp` (host, port, URI; not
+// resolved). At load for a fixed value, per request for one with
+// variables. False with *err in nginx's words.
+bool parseProxyUrl(std::string_view url, ProxyPass* pp, std::string* err);
+
 }  // namespace tidegate::conf

@@ -172,6 +172,10 @@ void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) noexcept
 
 void Connection::handleRead(ssize_t nread) {
   if (closing_) return;
+  if (phase_ == Phase::kTunnel) {
+    handleTunnelRead(nread);
+    return;
+  }
   // The last answer is out or on its way: input is read only to see the
   // client close, and dropped (end_ stays put, so nothing accumulates).
   bool discarding = phase_ == Phase::kLingering || close_after_write_;
@@ -199,7 +203,8 @@ void Connection::handleRead(ssize_t nread) {
     keepalive_ = false;
     if (client_eof_) return;
     client_eof_ = true;
-    if (*settings().lua_check_client_abort) task_->clientAborted();  // may finish the request
+    // The proxy hears of it unless proxy_ignore_client_abort (nginx: 499).
+    if (proxying_ || *settings().lua_check_client_abort) task_->clientAborted();  // may finish the request
     return;
   }
   if (nread < 0) {
@@ -362,6 +367,10 @@ void Connection::runPhases(bool with_server) {
     startLua(lua);
     return;
   }
+  if (!ret && proxyLocation()) {
+    startProxy();
+    return;
+  }
   if (!ret) {
     respond(404, "text/html", errorPage(404), {});
   } else if (ret->code == 444) {
@@ -392,10 +401,36 @@ void Connection::startLua(const LuaPhases& lua) {
   phase_ = lua_early_ ? Phase::kBody : Phase::kProcessing;
   uint64_t finishes = finishes_;
   auto task = server_->contentHandler()->start(req_, lua, *this);
+  if (proxy_pending_) {
+    // The phases ended inside start() and left the content to the proxy.
+    proxy_pending_ = false;
+    lua_task_ = std::move(task);
+    startProxy();
+    return;
+  }
+  adoptTask(std::move(task), finishes);
+}
+
+void Connection::adoptTask(std::unique_ptr<ContentTask> task, uint64_t finishes_before) {
   // Kept while it runs, or when it ended but its log phase waits for the
   // response to be written (log_task_ is it).
-  if (!task_ && (finishes_ == finishes || log_deferred_)) task_ = std::move(task);
+  if (!task_ && (finishes_ == finishes_before || log_deferred_)) task_ = std::move(task);
   else server_->retire(std::move(task));
+}
+
+bool Connection::proxyLocation() const {
+  return req_.location && req_.location->proxy_pass && server_->proxyHandler();
+}
+
+// The proxy reads the whole body first (proxy_request_buffering): while
+// it still arrives the connection stays in kBody, and the task starts its
+// tries on bodyComplete().
+void Connection::startProxy() {
+  phase_ = lua_early_ ? Phase::kBody : Phase::kProcessing;
+  proxying_ = true;
+  uint64_t finishes = finishes_;
+  auto task = server_->proxyHandler()->start(req_, *this, lua_task_.get());
+  adoptTask(std::move(task), finishes);
 }
 
 void Connection::respondError(int status, const std::string& why) {
@@ -445,7 +480,10 @@ void Connection::completeRequest() {
     server_->contentHandler()->runLog(req_, *settings().log_lua, log_task_ ? log_task_ : aux_task_.get());
   }
   log_task_ = nullptr;
+  tunnel_ = nullptr;
   aux_task_.reset();
+  if (lua_task_) server_->retire(std::move(lua_task_));
+  proxying_ = false;
   req_.body.reset();  // the request has ended: its temp file goes now
   if (!keepalive_) {
     close_after_write_ = true;
@@ -707,9 +745,11 @@ void Connection::close() {
     completeRequest();
   }
   closing_ = true;
-  // Cancels a running handler; it never calls finish() after this. (A task
-  // that is calling finish() right now was already handed to retire().)
-  task_.reset();
+  // Cancels a running handler; it never calls finish() after this. It may
+  // be on the stack (a write to the client failed inside its call), so it
+  // is freed on a later turn; until then the sink ignores it (closing_).
+  if (task_) server_->retire(std::move(task_));
+  if (lua_task_) server_->retire(std::move(lua_task_));
   req_.body.reset();  // a temp file goes now, not when the handles are closed
   phase_ = Phase::kClosing;
   server_->unlink(this);

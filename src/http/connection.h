@@ -32,7 +32,8 @@ class Connection : private RequestParser::Handler, private ContentSink {
  private:
   // kProcessing: the request is read and a content handler (Lua) is
   // running; no client timer applies and pipelined input waits.
-  enum class Phase { kIdle, kHead, kBody, kProcessing, kLingering, kClosing };
+  // kTunnel: after a 101, raw bytes both ways (tunnel_ gets the client's).
+  enum class Phase { kIdle, kHead, kBody, kProcessing, kTunnel, kLingering, kClosing };
 
   Connection(HttpServer* server, const conf::Config::ListenGroup* group);
   ~Connection() override;
@@ -54,6 +55,12 @@ class Connection : private RequestParser::Handler, private ContentSink {
   // `with_server`: from the server's list (a new request, ngx.exec).
   void runPhases(bool with_server);
   void startLua(const LuaPhases& lua);
+  // proxy_pass as the content phase, after the Lua phases if any (their
+  // task is kept in lua_task_ for the filters and log_by_lua*).
+  bool proxyLocation() const;
+  void startProxy();
+  // Keeps a task that runs on, or retires one that finished inside start().
+  void adoptTask(std::unique_ptr<ContentTask> task, uint64_t finishes_before);
   // connection_lua.cc: the body kept for Lua, and internal redirects.
   void prepareBody();
   bool completeBody();
@@ -83,6 +90,12 @@ class Connection : private RequestParser::Handler, private ContentSink {
   void finish(ContentResult result, ContentTask* task) override;
   void flushOutput(ContentResult& result, bool last, ContentTask* task) override;
   bool headersSent() const override { return headers_sent_; }
+  void streamBody(std::string_view data, bool last, ContentTask* task) override;
+  size_t pendingOutput() const override;
+  void startTunnel(const HeaderList& headers, TunnelPeer* peer) override;
+  void tunnelWrite(std::string_view data) override;
+  void pauseTunnel(bool paused) override;
+  void handleTunnelRead(ssize_t nread);
   bool waitDrain(std::function<void()> cb) override;
   void cancelDrain() override { drain_cb_ = nullptr; }
   std::string absoluteRedirect(const std::string& uri) const;
@@ -152,6 +165,11 @@ class Connection : private RequestParser::Handler, private ContentSink {
   std::unique_ptr<ContentTask> task_;  // a content handler still running (kProcessing)
   ContentTask* log_task_ = nullptr;             // the request's Lua phases, for log_by_lua*
   std::unique_ptr<ContentTask> aux_task_;      // a detached Lua context for filters and log (no Lua content)
+  std::unique_ptr<ContentTask> lua_task_;      // the Lua phases of a proxied request (task_ is the proxy)
+  bool proxying_ = false;       // task_ is the proxy
+  TunnelPeer* tunnel_ = nullptr;
+  bool tunnel_paused_ = false;
+  bool proxy_pending_ = false;  // the Lua phases declined: the proxy starts once their call returns
   uint64_t linger_start_ms_ = 0;
   bool keepalive_ = true;
   bool reading_ = false;

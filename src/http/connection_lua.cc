@@ -19,7 +19,8 @@ void Connection::prepareBody() {
   const conf::HttpSettings& s = settings();
   bool lua_location = s.rewrite_lua || s.access_lua || s.log_lua || *s.lua_need_request_body ||
                       (req_.location && !req_.location->content_lua.empty());
-  if (!server_->contentHandler() || !lua_location) return;
+  bool proxied = proxyLocation() && *s.proxy.pass_request_body;
+  if (!proxied && (!server_->contentHandler() || !lua_location)) return;
   req_.body.start(*s.client_body_buffer_size, &*s.client_body_temp_path);
 }
 

@@ -68,6 +68,17 @@ void Connection::finish(ContentResult result, ContentTask* task) {
     redirectInternally(result);  // the body, if still arriving, keeps arriving for the next handler
     return;
   }
+  if (result.declined && proxyLocation() && !proxying_) {
+    // rewrite/access_by_lua* are done and the location proxies: the Lua
+    // task stays (ngx.ctx for the filters and the log phase).
+    if (task_ && task_.get() == task) {
+      lua_task_ = std::move(task_);
+      startProxy();
+    } else {
+      proxy_pending_ = true;  // startLua() starts it once start() returns
+    }
+    return;
+  }
   lua_early_ = false;  // a handler that ends before the body: the connection closes after the answer
   log_task_ = task;
   bool async = task_ != nullptr;
@@ -120,7 +131,8 @@ bool Connection::hasFilters() const {
 
 ContentTask* Connection::filterTask(ContentTask* task) {
   if (task) return task;
-  if (task_) return task_.get();
+  if (lua_task_) return lua_task_.get();
+  if (task_ && !proxying_) return task_.get();
   if (log_task_) return log_task_;
   if (!aux_task_) aux_task_ = server_->contentHandler()->detached(req_, *this);
   return aux_task_.get();
@@ -180,6 +192,76 @@ void Connection::flushOutput(ContentResult& result, bool last, ContentTask* task
   result.body.clear();
   flush();
   updateTimer();
+}
+
+void Connection::streamBody(std::string_view data, bool last, ContentTask* task) {
+  if (closing_) return;
+  sendBody(data, last, task);
+  flush();
+  updateTimer();
+}
+
+size_t Connection::pendingOutput() const { return out_.size() + tcp_.write_queue_size; }
+
+void Connection::startTunnel(const HeaderList& headers, TunnelPeer* peer) {
+  if (closing_) return;
+  headers_sent_ = true;
+  body_allowed_ = false;
+  body_ended_ = true;
+  keepalive_ = false;  // the connection ends with the tunnel
+  req_.status = 101;
+  size_t before = out_.size();
+  out_.append(*settings().server_tokens ? "HTTP/1.1 101 Switching Protocols\r\nServer: tidegate/" TIDEGATE_VERSION
+                                        : "HTTP/1.1 101 Switching Protocols\r\nServer: tidegate");
+  out_.append("\r\nDate: ");
+  out_.append(core::httpDate());
+  for (const auto& [name, value] : headers) out_.append("\r\n").append(name).append(": ").append(value);
+  out_.append("\r\nConnection: upgrade\r\n\r\n");
+  req_.bytes_sent += out_.size() - before;
+  phase_ = Phase::kTunnel;
+  tunnel_ = peer;
+  flush();
+  if (closing_) return;
+  // What the client sent right behind its request belongs to the tunnel.
+  size_t early = end_ - parsed_;
+  const char* at = buf_ + parsed_;
+  end_ = parsed_;
+  if (early > 0) peer->onClientData(at, early);
+  if (closing_ || tunnel_paused_) return;
+  pauseTunnel(false);
+}
+
+void Connection::tunnelWrite(std::string_view data) {
+  if (closing_) return;
+  out_.append(data);
+  req_.bytes_sent += data.size();
+  req_.body_bytes_sent += data.size();
+  flush();
+  updateTimer();
+}
+
+void Connection::pauseTunnel(bool paused) {
+  tunnel_paused_ = paused;
+  if (closing_) return;
+  if (paused) {
+    pauseReading();
+  } else if (!reading_) {
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), onAlloc, onRead);
+    reading_ = true;
+  }
+}
+
+// Client bytes land at end_ and go to the peer at once; end_ stays (the
+// head before it is kept for the log).
+void Connection::handleTunnelRead(ssize_t nread) {
+  if (nread == UV_ENOBUFS || nread == 0) return;
+  if (nread < 0) {
+    pauseReading();
+    if (tunnel_) tunnel_->onClientEnd();
+    return;
+  }
+  last_io_ms_ = uv_now(server_->loop());
+  if (tunnel_) tunnel_->onClientData(buf_ + end_, static_cast<size_t>(nread));
 }
 
 bool Connection::waitDrain(std::function<void()> cb) {

@@ -64,6 +64,28 @@ class ContentSink {
   // `task` is the caller, alive for the duration of the call (the log phase
   // runs in it, to share ngx.ctx).
   virtual void finish(ContentResult result, ContentTask* task) = 0;
+  // The proxy's streaming, once flushOutput() sent the head: body bytes as
+  // they come (through the body filter), `last` ending the body.
+  virtual void streamBody(std::string_view data, bool last, ContentTask* task) = 0;
+  // Bytes handed over for the client that the kernel has not taken yet
+  // (the proxy pauses its upstream above a limit: back-pressure).
+  virtual size_t pendingOutput() const = 0;
+
+  // A protocol switch (the proxy got 101 for an Upgrade request): the 101
+  // head goes out with `headers` (plus Connection: upgrade), then the
+  // connection carries raw bytes both ways until either side ends it
+  // (finish() with `aborted` closes it). What the client sends goes to
+  // `peer`, bytes already read behind the request first.
+  class TunnelPeer {
+   public:
+    virtual ~TunnelPeer() = default;
+    virtual void onClientData(const char* data, size_t len) = 0;
+    virtual void onClientEnd() = 0;  // EOF or an error
+  };
+  virtual void startTunnel(const HeaderList& headers, TunnelPeer* peer) = 0;
+  virtual void tunnelWrite(std::string_view data) = 0;
+  // Back-pressure toward the client: no onClientData() while paused.
+  virtual void pauseTunnel(bool paused) = 0;
 };
 
 // A running handler. Destroying it cancels whatever it waits for (timers,
@@ -78,6 +100,19 @@ class ContentTask {
   // The request body, still arriving when the handler started, is complete
   // (ngx.req.read_body waiters resume).
   virtual void bodyComplete() {}
+};
+
+// The proxy (src/proxy/): proxy_pass as a location's content phase.
+class ProxyHandler {
+ public:
+  virtual ~ProxyHandler() = default;
+  // Starts proxying `r`; its body may still be arriving (bodyComplete()
+  // follows). `lua`: the request's Lua phases (their ngx.ctx serves the
+  // filters, log_by_lua* and balancer_by_lua*), or null. `r`, `sink` and
+  // `lua` outlive the task.
+  virtual std::unique_ptr<ContentTask> start(Request& r, ContentSink& sink, ContentTask* lua) = 0;
+  // The worker stops: idle upstream connections close, none is pooled again.
+  virtual void shutdown() = 0;
 };
 
 // The Lua code a request runs, phase by phase (null: none for that phase).

@@ -174,6 +174,8 @@ void HttpServer::onListenerClosed(uv_handle_t* h) noexcept {
 void HttpServer::shutdown(bool graceful, std::function<void()> done) {
   draining_ = true;
   done_ = std::move(done);
+  // Idle upstream connections close now; busy ones close when their request ends.
+  if (proxy_handler_) proxy_handler_->shutdown();
   for (Listener* l : listeners_) uv_close(reinterpret_cast<uv_handle_t*>(&l->poll), onListenerClosed);
   listeners_.clear();
   if (retry_timer_open_) {

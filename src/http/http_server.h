@@ -35,6 +35,9 @@ class HttpServer {
   // The handler for content_by_lua* locations (null: none configured).
   void setContentHandler(ContentHandler* h) { content_handler_ = h; }
   ContentHandler* contentHandler() const { return content_handler_; }
+  // The proxy for proxy_pass locations (null: none).
+  void setProxyHandler(ProxyHandler* h) { proxy_handler_ = h; }
+  ProxyHandler* proxyHandler() const { return proxy_handler_; }
   // Frees a finished task on a later loop turn: it may be the caller.
   void retire(std::unique_ptr<ContentTask> task);
 
@@ -79,6 +82,7 @@ class HttpServer {
   uv_loop_t* loop_;
   conf::ConfigPtr cfg_;
   ContentHandler* content_handler_ = nullptr;
+  ProxyHandler* proxy_handler_ = nullptr;
   AccessLog access_log_;
   std::vector<Listener*> listeners_;
   Connection* head_ = nullptr;  // intrusive list of live connections

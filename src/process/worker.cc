@@ -12,6 +12,7 @@
 #include "http/http_server.h"
 #include "lua/phases/content.h"
 #include "lua/timer.h"
+#include "proxy/proxy.h"
 
 namespace tidegate::process {
 namespace {
@@ -36,6 +37,8 @@ class Worker {
     }
     uv_loop_init(&loop_);
     server_ = std::make_unique<http::HttpServer>(&loop_, cfg_);
+    proxy_ = std::make_unique<proxy::ProxyModule>(&loop_, *cfg_);
+    server_->setProxyHandler(proxy_.get());
     if (vm_) {
       content_handler_ = std::make_unique<lua::LuaContentHandler>(*vm_, &loop_);
       server_->setContentHandler(content_handler_.get());
@@ -71,6 +74,7 @@ class Worker {
     uv_run(&loop_, UV_RUN_DEFAULT);
     runExitWorker();
     server_.reset();
+    proxy_.reset();
     if (vm_) vm_->setTimers(nullptr);
     timers_.reset();
     uv_run(&loop_, UV_RUN_NOWAIT);  // close callbacks of what they still held
@@ -207,6 +211,7 @@ class Worker {
   char cmd_[64];
   std::unique_ptr<lua::LuaContentHandler> content_handler_;
   std::unique_ptr<lua::Timers> timers_;
+  std::unique_ptr<proxy::ProxyModule> proxy_;
   std::unique_ptr<http::HttpServer> server_;  // declared last: destroyed first
 };
 

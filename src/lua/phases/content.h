@@ -119,6 +119,11 @@ class DetachedSink : public http::ContentSink {
   bool headersSent() const override { return headers_sent_; }
   bool waitDrain(std::function<void()>) override { return true; }
   void cancelDrain() override {}
+  void streamBody(std::string_view, bool, http::ContentTask*) override {}
+  size_t pendingOutput() const override { return 0; }
+  void startTunnel(const http::HeaderList&, TunnelPeer*) override {}
+  void tunnelWrite(std::string_view) override {}
+  void pauseTunnel(bool) override {}
 
  private:
   bool headers_sent_;

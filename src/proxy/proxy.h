@@ -1,0 +1,41 @@
+// proxy_pass: the worker's proxy module (its upstreams and connection pool)
+// and the task that proxies one request, try by try: pick a peer, connect
+// or reuse, send the request, read the response head, retry per
+// proxy_next_upstream, then stream the body to the client with
+// back-pressure. One exit for every outcome (finishTry/fail).
+#pragma once
+
+#include <uv.h>
+
+#include <memory>
+
+#include "conf/config.h"
+#include "http/content_handler.h"
+#include "proxy/upstream_conn.h"
+#include "proxy/upstreams.h"
+
+namespace tidegate::proxy {
+
+class ProxyModule final : public http::ProxyHandler {
+ public:
+  ProxyModule(uv_loop_t* loop, const conf::Config& cfg);
+  ~ProxyModule() override;
+
+  std::unique_ptr<http::ContentTask> start(http::Request& r, http::ContentSink& sink, http::ContentTask* lua) override;
+  void shutdown() override;
+
+  uv_loop_t* loop() const { return loop_; }
+  ConnPool& pool() { return pool_; }
+  Upstreams& upstreams() { return upstreams_; }
+  // The most connections one worker may have (worker_connections): the
+  // ceiling of a pool sized from demand.
+  uint64_t maxIdle() const { return max_idle_; }
+
+ private:
+  uv_loop_t* loop_;
+  ConnPool pool_;
+  Upstreams upstreams_;
+  uint64_t max_idle_;
+};
+
+}  // namespace tidegate::proxy

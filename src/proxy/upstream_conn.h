@@ -1,0 +1,148 @@
+// One TCP connection to an upstream peer, and the per-worker keepalive pool
+// that keeps idle ones. A connection belongs to one user (a proxy try)
+// while busy and to the pool while idle; it frees itself once its handles
+// are closed.
+//
+// Reads go into one per-worker buffer: a user handles every byte inside
+// onData() (parses it, copies what it keeps), so nothing is allocated per
+// read and a paused connection holds no buffer.
+#pragma once
+
+#include <sys/socket.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+
+namespace tidegate::proxy {
+
+// A peer's address in the form connect() takes, and its text ("ip:port"),
+// which is also its pool key.
+struct PeerAddress {
+  sockaddr_storage sa{};
+  socklen_t len = 0;
+  std::string text;
+};
+
+// "ip:port" or "[v6]:port" (numeric only) to a PeerAddress. False if it is
+// not one.
+bool parsePeerAddress(const std::string& text, PeerAddress* out);
+
+class ConnPool;
+
+class UpstreamConn {
+ public:
+  // What a busy connection reports to its user. Every callback comes from
+  // the loop; the user may close() or release the connection inside any.
+  class User {
+   public:
+    virtual ~User() = default;
+    virtual void onConnected(int status) = 0;  // 0 or a libuv error
+    virtual void onWritten(int status) = 0;    // the last write() is in the kernel (0) or failed
+    virtual void onData(const char* data, size_t len) = 0;
+    virtual void onReadEnd(int status) = 0;    // UV_EOF or a libuv error; reading stopped
+    virtual void onTimeout() = 0;              // the timer set with setTimer() fired
+  };
+
+  // A new connection to `peer` (not yet connecting).
+  static UpstreamConn* create(ConnPool* pool, const PeerAddress& peer);
+
+  // Starts connecting; onConnected() follows. False (with *status) if
+  // connect() failed at once (no callback then).
+  bool connect(User* user, int* status);
+  // Hands a connection taken from the pool to its new user.
+  void attach(User* user);
+  // Writes `n` buffers (kept alive by the caller until onWritten()). One
+  // write at a time.
+  void write(const uv_buf_t* bufs, unsigned n);
+  void startReading();
+  void stopReading();
+  // One timer per connection: connect, send or read timeout (ms).
+  void setTimer(uint64_t ms);
+  void stopTimer();
+  // Closes and frees the connection. No callback after this.
+  void close();
+  // Gives an idle connection back to the pool (or closes it if the pool is
+  // full, draining or the connection served keepalive_requests).
+  void release(uint64_t idle_timeout_ms, uint64_t max_idle, uint64_t max_requests);
+
+  // False if the peer already closed this (idle) connection or sent
+  // something unasked: a non-blocking peek, for requests that must not be
+  // sent on a connection that cannot take them.
+  bool peerOpen();
+  const std::string& key() const { return key_; }
+  bool reused() const { return requests_ > 0; }
+  uint64_t requests() const { return requests_; }
+  void countRequest() { requests_++; }
+  uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&tcp_); }
+
+ private:
+  friend class ConnPool;
+  UpstreamConn(ConnPool* pool, std::string key);
+  ~UpstreamConn() = default;
+
+  static void onConnect(uv_connect_t* req, int status) noexcept;
+  static void onWrite(uv_write_t* req, int status) noexcept;
+  static void onAlloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf) noexcept;
+  static void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept;
+  static void onTimer(uv_timer_t* t) noexcept;
+  static void onClose(uv_handle_t* h) noexcept;
+
+  ConnPool* pool_;
+  std::string key_;
+  User* user_ = nullptr;  // null while idle in the pool
+  uv_tcp_t tcp_;
+  uv_timer_t timer_;
+  uv_connect_t connect_req_;
+  uv_write_t write_req_;
+  int open_handles_ = 0;
+  uint64_t requests_ = 0;
+  bool reading_ = false;
+  bool closing_ = false;
+  bool in_pool_ = false;
+  int write_failed_ = 0;  // a write that failed at once, reported from the timer
+  // In the pool: its peer's idle list (most recent first).
+  UpstreamConn* idle_next_ = nullptr;
+  UpstreamConn* idle_prev_ = nullptr;
+};
+
+// The idle connections of one worker, by peer. Each idle connection keeps
+// reading (data or a close from the peer means it cannot be reused: it is
+// closed at once) and has its keepalive timer running.
+class ConnPool {
+ public:
+  explicit ConnPool(uv_loop_t* loop);
+  ~ConnPool();
+  ConnPool(const ConnPool&) = delete;
+  ConnPool& operator=(const ConnPool&) = delete;
+
+  // An idle connection to `key`, most recently used first; null if none.
+  UpstreamConn* take(const std::string& key);
+  // Stops pooling: closes every idle connection now; released ones close.
+  void shutdown();
+
+  uv_loop_t* loop() const { return loop_; }
+  size_t idleCount() const { return idle_total_; }
+  size_t idleCount(const std::string& key) const;
+  char* readBuffer() { return read_buf_; }
+  static constexpr size_t kReadBufferSize = 64 * 1024;
+
+ private:
+  friend class UpstreamConn;
+  struct List {
+    UpstreamConn* head = nullptr;
+    UpstreamConn* tail = nullptr;
+    size_t count = 0;
+  };
+  void put(UpstreamConn* c, uint64_t max_idle);
+  void remove(UpstreamConn* c);
+
+  uv_loop_t* loop_;
+  std::unordered_map<std::string, List> idle_;
+  size_t idle_total_ = 0;
+  bool shut_ = false;
+  char* read_buf_;
+};
+
+}  // namespace tidegate::proxy
