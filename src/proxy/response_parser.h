@@ -33,7 +33,8 @@ struct ResponseHead {
   bool chunked = false;
   // The connection may carry another request after this message: HTTP/1.1
   // without "Connection: close", or HTTP/1.0 with "Connection: keep-alive";
-  // never for a body delimited by close, nor after an upgrade.
+  // never for a body delimited by close, after an upgrade, for a 204 that
+  // announces a body, nor for chunked in HTTP/1.0 (RFC 9112 6.1).
   bool keep_alive = false;
   bool upgrade = false;       // a 101 to a request that asked for an upgrade
   bool head_request = false;  // the request was HEAD (as given to reset())
