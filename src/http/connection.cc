@@ -474,6 +474,7 @@ void Connection::finishRequest() {
 // The access log line, log_by_lua*, then keepalive or close.
 void Connection::completeRequest() {
   req_.base = buf_ + start_;
+  req_.completed = headers_sent_ && body_ended_ && !reset_after_write_;
   server_->accessLog().log(req_);
   // log_by_lua*: after the response is sent; it cannot change it.
   if (req_.server && settings().log_lua && server_->contentHandler()) {

@@ -94,6 +94,9 @@ struct Request {
   bool internal = false;        // after ngx.exec or ngx.req.set_uri (ngx.req.is_internal)
   int uri_changes_left = kMaxUriChanges;
   UpstreamRecord upstream;
+  // The response went out whole ($request_completion): false when it was
+  // cut (an upstream or a handler broke after the head) or never sent.
+  bool completed = false;
 
   // $request_method and ngx.req.get_method.
   std::string_view method() const { return method_override.empty() ? head->method.in(base) : method_override; }
@@ -142,6 +145,7 @@ struct Request {
     internal = false;
     uri_changes_left = kMaxUriChanges;
     upstream.clear();
+    completed = false;
     edited_headers_.clear();
     headers_edited_ = false;
   }

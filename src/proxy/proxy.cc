@@ -150,6 +150,7 @@ class ProxyTask final : public http::ContentTask,
   bool request_sent_ = false;     // a byte of the request may have reached the peer
   bool request_done_ = false;     // the whole request is in the kernel
   bool got_bytes_ = false;        // the peer sent something on this connection
+  bool conn_reused_ = false;      // the connection came from the pool
   bool fresh_retry_done_ = false; // a pooled connection that was closed was replaced once
   int64_t try_start_us_ = 0;
   uint64_t body_offset_ = 0;
@@ -278,6 +279,7 @@ void ProxyTask::startTry() {
     if (!non_idempotent_ || conn_->peerOpen()) break;
     dropConnection();
   }
+  conn_reused_ = conn_ != nullptr;
   if (conn_) {
     r_.upstream.tries.back().connect_us = 0;
     sendRequest();
@@ -296,12 +298,13 @@ void ProxyTask::reconnectFresh() {
 }
 
 void ProxyTask::connectNew() {
+  conn_reused_ = false;
   conn_ = UpstreamConn::create(&m_.pool(), rt_->peers[peer_].addr);
   state_ = State::kConnecting;
   int status = 0;
   if (!conn_->connect(this, &status)) {
     fail(conf::kNextError, 502,
-         std::string("connect() failed (") + std::to_string(-status) + ": " + uv_strerror(status) + ")");
+         std::string("connect() failed (") + std::to_string(-status) + ": " + strerror(-status) + ")");
     return;
   }
   conn_->setTimer(*s_.connect_timeout_ms);
@@ -311,7 +314,7 @@ void ProxyTask::onConnected(int status) {
   conn_->stopTimer();
   if (status != 0) {
     fail(conf::kNextError, 502,
-         std::string("connect() failed (") + std::to_string(-status) + ": " + uv_strerror(status) + ")");
+         std::string("connect() failed (") + std::to_string(-status) + ": " + strerror(-status) + ")");
     return;
   }
   r_.upstream.tries.back().connect_us = nowUs() - try_start_us_;
@@ -362,12 +365,12 @@ void ProxyTask::onWritten(int status) {
   }
   if (status != 0) {
     if (state_ != State::kSending) return;  // the response already came; the upload just stops
-    if (conn_->reused() && !got_bytes_ && !fresh_retry_done_) {
+    if (conn_reused_ && !got_bytes_ && !fresh_retry_done_) {
       reconnectFresh();  // the peer had closed it: nothing of the request reached it
       return;
     }
     fail(conf::kNextError, 502,
-         std::string("writev() failed (") + std::to_string(-status) + ": " + uv_strerror(status) + ")");
+         std::string("writev() failed (") + std::to_string(-status) + ": " + strerror(-status) + ")");
     return;
   }
   if (state_ != State::kSending) return;
@@ -562,19 +565,19 @@ void ProxyTask::onReadEnd(int status) {
     }
     breakResponse(status == UV_EOF ? std::string("upstream prematurely closed connection while reading upstream")
                                    : std::string("recv() failed (") + std::to_string(-status) + ": " +
-                                         uv_strerror(status) + ") while reading upstream");
+                                         strerror(-status) + ") while reading upstream");
     return;
   }
   // Before the head: a pooled connection the peer closed as we reused it
   // is replaced by a fresh one, once, without counting a try, when the
   // request may be sent again (idempotent, or nothing reached the peer).
-  if (conn_ && conn_->reused() && !got_bytes_ && !fresh_retry_done_ && (!non_idempotent_ || !request_sent_)) {
+  if (conn_ && conn_reused_ && !got_bytes_ && !fresh_retry_done_ && (!non_idempotent_ || !request_sent_)) {
     reconnectFresh();
     return;
   }
   std::string why = status == UV_EOF ? std::string("upstream prematurely closed connection")
                                      : std::string("recv() failed (") + std::to_string(-status) + ": " +
-                                           uv_strerror(status) + ")";
+                                           strerror(-status) + ")";
   fail(conf::kNextError, 502, why + " while reading response header from upstream");
 }
 
