@@ -219,6 +219,9 @@ TEST_F(ProxyFaults, PooledConnectionClosedByThePeerIsReplacedTransparentlyEvenFo
     EXPECT_EQ(send(Kind::kGet).status, 200);
     ASSERT_TRUE(a.waitForOpenConnections(1));
     a.closeIdleConnections();
+    // The peer's close has happened (its FIN is on our socket) but the
+    // worker may not have read it yet: the reuse itself meets the close.
+    ASSERT_TRUE(a.waitForOpenConnections(0));
     EXPECT_EQ(send(k).status, 200) << name(k) << gw.errorLog();
   }
   EXPECT_EQ(b.requestCount(), 0u);
