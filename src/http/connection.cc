@@ -315,6 +315,12 @@ int Connection::onHeadComplete(std::string* why) {
     if (lua && !*s.lua_need_request_body) {
       early_start_ = true;
       req_.body_complete = false;
+    } else if (streamsBody()) {
+      // proxy_request_buffering off: the proxy starts now and the body
+      // follows it upstream as it arrives.
+      early_start_ = true;
+      req_.body_complete = false;
+      req_.body_streamed = true;
     }
     // RFC 9110 10.1.1: the client waits for this before sending the body.
     if (h.expect_continue && h.http_minor == 1 && start_ + h.head_len >= end_) out_.append("HTTP/1.1 100 Continue\r\n\r\n");

@@ -90,6 +90,9 @@ struct Request {
   // False while the body is still arriving and the Lua phases already run
   // (they start once the head is read; ngx.req.read_body waits for it).
   bool body_complete = true;
+  // proxy_request_buffering off: the body is not kept but handed to the
+  // proxy piece by piece as it arrives (ContentSink::takeRequestBody).
+  bool body_streamed = false;
   std::string method_override;  // ngx.req.set_method; empty: the head's
   bool internal = false;        // after ngx.exec or ngx.req.set_uri (ngx.req.is_internal)
   int uri_changes_left = kMaxUriChanges;
@@ -125,6 +128,7 @@ struct Request {
   // Back to a fresh request; strings keep their capacity (no allocation per request).
   void reset() {
     body_complete = true;
+    body_streamed = false;
     base = nullptr;
     head = nullptr;
     server = nullptr;

@@ -89,6 +89,10 @@ class ProxyTask final : public http::ContentTask,
   void clientAborted() override;
   void bodyComplete() override {
     if (state_ == State::kWaitBody) startTries();
+    else bodyAvailable();
+  }
+  void bodyAvailable() override {
+    if (state_ == State::kSending && r_.body_streamed && !stream_writing_ && request_head_written_) pumpBody();
   }
 
  private:
@@ -103,6 +107,9 @@ class ProxyTask final : public http::ContentTask,
   bool mayRetry(uint32_t condition) const;
   void sendRequest();
   void sendMoreBody();
+  // proxy_request_buffering off: the next piece of the client's body, as
+  // it arrives (chunk-framed when its length is unknown).
+  void pumpBody();
   void onConnected(int status) override;
   void onWritten(int status) override;
   void onData(const char* data, size_t len) override;
@@ -161,6 +168,13 @@ class ProxyTask final : public http::ContentTask,
   std::vector<size_t> tried_;
   std::string hash_key_;  // chash: the key, evaluated once per request
   std::string tunnel_buf_;  // client bytes on their way upstream
+  // A streamed request body (proxy_request_buffering off).
+  std::string stream_piece_;
+  std::string chunk_head_;
+  bool stream_writing_ = false;
+  bool stream_last_ = false;         // the piece being written ends the body
+  bool body_streamed_ = false;       // some of the body left the client connection: no replay
+  bool request_head_written_ = false;
   uint64_t tries_ = 0;
   int64_t first_try_us_ = 0;
 
@@ -217,7 +231,7 @@ void ProxyTask::run() {
   // proxy_buffering on: up to proxy_buffers wait for the client before the
   // upstream is paused; off: proxy_buffer_size.
   high_water_ = *s_.buffering ? *s_.buffers_number * *s_.buffers_size : *s_.buffer_size;
-  if (!r_.body_complete) return;  // bodyComplete() starts the tries
+  if (!r_.body_complete && !r_.body_streamed) return;  // bodyComplete() starts the tries
   startTries();
 }
 
@@ -269,7 +283,7 @@ void ProxyTask::startTry() {
   t.addr = addr.text;
   r_.upstream.tries.push_back(std::move(t));
   try_start_us_ = nowUs();
-  request_sent_ = request_done_ = got_bytes_ = false;
+  request_sent_ = request_done_ = got_bytes_ = request_head_written_ = stream_last_ = false;
   body_offset_ = 0;
 
   while ((conn_ = m_.pool().take(addr.text)) != nullptr) {
@@ -292,7 +306,7 @@ void ProxyTask::reconnectFresh() {
   fresh_retry_done_ = true;
   dropConnection();
   try_start_us_ = nowUs();
-  request_sent_ = request_done_ = got_bytes_ = false;
+  request_sent_ = request_done_ = got_bytes_ = request_head_written_ = stream_last_ = false;
   body_offset_ = 0;
   connectNew();
 }
@@ -330,7 +344,7 @@ void ProxyTask::sendRequest() {
   conn_->startReading();
   unsigned n = 0;
   bufs_[n++] = uv_buf_init(req_.head.data(), static_cast<unsigned>(req_.head.size()));
-  if (req_.body_length > 0 && !r_.body.inFile()) {
+  if (req_.body_length > 0 && !r_.body.inFile() && !r_.body_streamed) {
     const std::string& data = r_.body.data();
     bufs_[n++] = uv_buf_init(const_cast<char*>(data.data()), static_cast<unsigned>(data.size()));
     body_offset_ = data.size();
@@ -357,6 +371,30 @@ void ProxyTask::sendMoreBody() {
   conn_->setTimer(*s_.send_timeout_ms);
 }
 
+void ProxyTask::pumpBody() {
+  bool last = sink_.takeRequestBody(&stream_piece_);
+  if (stream_piece_.empty() && !last) {
+    conn_->stopTimer();  // waiting for the client (client_body_timeout watches it)
+    return;
+  }
+  if (!stream_piece_.empty()) body_streamed_ = true;
+  unsigned n = 0;
+  bool chunked = req_.body_length < 0;
+  if (chunked && !stream_piece_.empty()) {
+    char hex[24];
+    int len = snprintf(hex, sizeof(hex), "%zx\r\n", stream_piece_.size());
+    chunk_head_.assign(hex, static_cast<size_t>(len));
+    stream_piece_.append("\r\n");
+    bufs_[n++] = uv_buf_init(chunk_head_.data(), static_cast<unsigned>(chunk_head_.size()));
+  }
+  if (chunked && last) stream_piece_.append("0\r\n\r\n");
+  bufs_[n++] = uv_buf_init(stream_piece_.data(), static_cast<unsigned>(stream_piece_.size()));
+  stream_writing_ = true;
+  stream_last_ = last;
+  conn_->write(bufs_, n);
+  conn_->setTimer(*s_.send_timeout_ms);
+}
+
 void ProxyTask::onWritten(int status) {
   if (state_ == State::kTunnel) {
     if (status != 0) endTunnel("upstream closed the upgraded connection");
@@ -365,7 +403,7 @@ void ProxyTask::onWritten(int status) {
   }
   if (status != 0) {
     if (state_ != State::kSending) return;  // the response already came; the upload just stops
-    if (conn_reused_ && !got_bytes_ && !fresh_retry_done_) {
+    if (conn_reused_ && !got_bytes_ && !fresh_retry_done_ && !body_streamed_) {
       reconnectFresh();  // the peer had closed it: nothing of the request reached it
       return;
     }
@@ -374,7 +412,14 @@ void ProxyTask::onWritten(int status) {
     return;
   }
   if (state_ != State::kSending) return;
-  if (body_offset_ < static_cast<uint64_t>(req_.body_length)) {
+  request_head_written_ = true;
+  if (r_.body_streamed && req_.body_length != 0) {
+    stream_writing_ = false;
+    if (!stream_last_) {
+      pumpBody();
+      return;
+    }
+  } else if (body_offset_ < static_cast<uint64_t>(req_.body_length)) {
     sendMoreBody();
     return;
   }
@@ -571,7 +616,8 @@ void ProxyTask::onReadEnd(int status) {
   // Before the head: a pooled connection the peer closed as we reused it
   // is replaced by a fresh one, once, without counting a try, when the
   // request may be sent again (idempotent, or nothing reached the peer).
-  if (conn_ && conn_reused_ && !got_bytes_ && !fresh_retry_done_ && (!non_idempotent_ || !request_sent_)) {
+  if (conn_ && conn_reused_ && !got_bytes_ && !fresh_retry_done_ && !body_streamed_ &&
+      (!non_idempotent_ || !request_sent_)) {
     reconnectFresh();
     return;
   }
@@ -604,6 +650,7 @@ const char* ProxyTask::activity() const {
 bool ProxyTask::mayRetry(uint32_t condition) const {
   uint32_t next = *s_.next_upstream;
   if ((next & conf::kNextOff) || !(next & condition) || head_sent_) return false;
+  if (body_streamed_) return false;  // the body cannot be sent again
   // A request that is not idempotent goes once, unless nothing of it was
   // sent or proxy_next_upstream non_idempotent allows it.
   if (non_idempotent_ && request_sent_ && !(next & conf::kNextNonIdempotent)) return false;

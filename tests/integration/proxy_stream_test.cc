@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <chrono>
 #include <string>
 #include <vector>
@@ -133,6 +134,48 @@ TEST_F(ProxyStream, AClientThatStopsReadingPausesTheUpstream) {
   // Once the client reads, the rest follows, intact.
   std::string head;
   EXPECT_EQ(readGeneratedBody(c.fd(), &head, kBody, Ms(60000)), kBody);
+}
+
+// proxy_request_buffering off: the body goes upstream as it arrives (the
+// upstream has its first bytes before the client sent the rest), chunked
+// when its length is unknown, and a GiB passes with flat memory and no
+// temp file.
+TEST_F(ProxyStream, UnbufferedUploadReachesTheUpstreamAsItArrives) {
+  start("proxy_request_buffering off;");
+  std::atomic<bool> head_seen{false};
+  up.setHandler([&](const RecordedRequest& r) {
+    if (r.target == "/s") head_seen = true;
+    return Behaviour::respond(200, "ok");
+  });
+  RawClient c(gw.port());
+  ASSERT_TRUE(c.send("POST /s HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n"));
+  // The upstream has the request while the client is still sending it.
+  ASSERT_TRUE(waitFor([&] { return head_seen.load(); })) << gw.errorLog();
+  ASSERT_TRUE(c.send("7\r\n second\r\n0\r\n\r\n"));
+  Response r = c.readResponse();
+  EXPECT_EQ(r.status, 200) << gw.errorLog();
+  ASSERT_TRUE(up.waitForRequests(2));
+  RecordedRequest got = up.requests()[1];
+  EXPECT_TRUE(got.chunked);
+  EXPECT_EQ(got.body, "first second");
+  EXPECT_FALSE(gw.prefix().exists("client_body_temp")) << "nothing was buffered to disk";
+}
+
+TEST_F(ProxyStream, UnbufferedGigabyteUploadKeepsMemoryFlat) {
+  start("proxy_request_buffering off;");
+  RawClient c(gw.port());
+  ASSERT_TRUE(c.send("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: " + std::to_string(kGiB) + "\r\n\r\n"));
+  std::string piece(1 << 20, 'u');
+  for (size_t sent = 0; sent < kGiB; sent += piece.size()) ASSERT_TRUE(c.send(piece));
+  Response r = c.readResponse(Ms(120000));
+  EXPECT_EQ(r.status, 200) << gw.errorLog();
+  ASSERT_TRUE(up.waitForRequests(2));
+  RecordedRequest got = up.requests()[1];
+  EXPECT_EQ(got.body_bytes, kGiB);
+  EXPECT_EQ(got.header("content-length"), std::to_string(kGiB));
+  EXPECT_TRUE(got.body_complete);
+  EXPECT_LT(peakGrowthKb(), kFlatKb) << "the worker's peak RSS grew with the body";
+  EXPECT_FALSE(gw.prefix().exists("client_body_temp")) << "nothing was buffered to disk";
 }
 
 }  // namespace
