@@ -25,10 +25,8 @@ constexpr size_t kFileChunk = 64 * 1024;
 
 int64_t nowUs() { return static_cast<int64_t>(uv_hrtime() / 1000); }
 
-bool idempotent(std::string_view method) {
-  return method == "GET" || method == "HEAD" || method == "PUT" || method == "DELETE" || method == "OPTIONS" ||
-         method == "TRACE";
-}
+// nginx's list of the methods proxy_next_upstream treats as non-idempotent.
+bool idempotent(std::string_view method) { return method != "POST" && method != "LOCK" && method != "PATCH"; }
 
 // Response headers the client never sees from an upstream: hop-by-hop ones
 // and nginx's default proxy_hide_header list (the connection writes its own
