@@ -176,7 +176,8 @@ void Connection::sendBody(std::string_view data, bool last, ContentTask* task) {
 void Connection::writeHandlerHead(ContentResult& result, int64_t content_length) {
   // A copy: the handler may still read ngx.header after the head is out.
   ContentResult sent;
-  sent.headers = result.headers;
+  if (result.headers_disposable) sent.headers = std::move(result.headers);
+  else sent.headers = result.headers;
   HandlerHeaders h = splitHandlerHeaders(sent, *settings().default_type);
   std::string location = absoluteRedirect(h.location);
   writeHead(result.status, h.content_type, location, &h.extra,

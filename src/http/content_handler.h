@@ -25,6 +25,9 @@ struct ContentResult {
   bool declined = false;
   int status = 200;
   std::vector<std::pair<std::string, std::string>> headers;  // as set, in order
+  // The handler does not read `headers` after the head went out (the
+  // proxy): the connection may take them instead of copying.
+  bool headers_disposable = false;
   std::string body;
   // The handler failed after the headers went out: the response cannot be
   // completed, so the connection is closed (the client sees it truncated).

@@ -492,8 +492,8 @@ void ProxyTask::handleHead() {
     // connection cannot be reused.
     req_.keepalive = false;
   }
-  r_.upstream.headers = h.headers;
   if (h.upgrade) {
+    r_.upstream.headers = h.headers;
     startTunnel();
     return;
   }
@@ -509,6 +509,7 @@ void ProxyTask::handleHead() {
   }
   http::ContentResult res;
   res.status = h.status;
+  res.headers_disposable = true;
   res.headers.reserve(h.headers.size());
   const std::vector<std::string>& hide = *s_.hide_headers;
   const std::vector<std::string>& pass = *s_.pass_headers;
@@ -517,6 +518,7 @@ void ProxyTask::handleHead() {
     if (hiddenByDefault(name) && !listed(pass, name)) continue;
     res.headers.emplace_back(name, value);
   }
+  r_.upstream.headers = parser_.takeHeaders();  // for $upstream_http_*
   head_sent_ = true;
   sink_.flushOutput(res, false, lua_);
 }
