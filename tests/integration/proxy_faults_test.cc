@@ -100,8 +100,17 @@ TEST_F(ProxyFaults, ResetAfterAcceptIs502AndOnlyIdempotentRequestsMoveOn) {
   a.setDefault(Behaviour::resetOnAccept());
   start(a.port());
   EXPECT_EQ(send(Kind::kGet).status, 200) << gw.errorLog();
-  for (Kind k : {Kind::kPostLength, Kind::kPostChunked}) EXPECT_EQ(send(k).status, 502) << name(k);
-  EXPECT_EQ(b.requestCount(), 1u);
+  // The reset may arrive before the connection is seen established: then
+  // nothing was sent and the POST moves on too. Either way it reaches a
+  // server at most once.
+  size_t moved_on = 0;
+  for (Kind k : {Kind::kPostLength, Kind::kPostChunked}) {
+    int status = send(k).status;
+    EXPECT_TRUE(status == 502 || status == 200) << name(k) << ": " << status;
+    if (status == 200) moved_on++;
+  }
+  EXPECT_EQ(b.requestCount(), 1u + moved_on);
+  EXPECT_EQ(a.requestCount(), 0u);
 }
 
 TEST_F(ProxyFaults, ResetAfterTheRequestIs502AndAPostIsNeverSentTwice) {
