@@ -488,6 +488,7 @@ void Connection::completeRequest() {
   }
   log_task_ = nullptr;
   tunnel_ = nullptr;
+  output_held_ = false;
   aux_task_.reset();
   if (lua_task_) server_->retire(std::move(lua_task_));
   proxying_ = false;

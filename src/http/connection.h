@@ -93,6 +93,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   bool headersSent() const override { return headers_sent_; }
   void streamBody(std::string_view data, bool last, ContentTask* task) override;
   size_t pendingOutput() const override;
+  void holdOutput(bool hold) override;
   bool takeRequestBody(std::string* out) override;
   void startTunnel(const HeaderList& headers, TunnelPeer* peer) override;
   void tunnelWrite(std::string_view data) override;
@@ -170,6 +171,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   std::unique_ptr<ContentTask> lua_task_;      // the Lua phases of a proxied request (task_ is the proxy)
   bool proxying_ = false;       // task_ is the proxy
   TunnelPeer* tunnel_ = nullptr;
+  bool output_held_ = false;  // holdOutput(true): flushOutput/streamBody only queue
   std::string body_stream_;  // a streamed request body read but not yet taken by the proxy
   bool tunnel_paused_ = false;
   bool proxy_pending_ = false;  // the Lua phases declined: the proxy starts once their call returns

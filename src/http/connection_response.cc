@@ -192,6 +192,14 @@ void Connection::flushOutput(ContentResult& result, bool last, ContentTask* task
   else if (!headers_sent_) writeHandlerHead(result, length);
   sendBody(result.body, last, task);
   result.body.clear();
+  if (output_held_) return;
+  flush();
+  updateTimer();
+}
+
+void Connection::holdOutput(bool hold) {
+  output_held_ = hold;
+  if (hold || closing_) return;
   flush();
   updateTimer();
 }
@@ -199,6 +207,7 @@ void Connection::flushOutput(ContentResult& result, bool last, ContentTask* task
 void Connection::streamBody(std::string_view data, bool last, ContentTask* task) {
   if (closing_) return;
   sendBody(data, last, task);
+  if (output_held_) return;
   flush();
   updateTimer();
 }

@@ -73,6 +73,10 @@ class ContentSink {
   // Bytes handed over for the client that the kernel has not taken yet
   // (the proxy pauses its upstream above a limit: back-pressure).
   virtual size_t pendingOutput() const = 0;
+  // While held, flushOutput() and streamBody() queue their bytes without
+  // writing; releasing writes what is queued: one write for a response
+  // head and the body pieces read with it.
+  virtual void holdOutput(bool hold) = 0;
   // proxy_request_buffering off: the request body as it arrives. Moves the
   // bytes read since the last call into *out (replacing its content);
   // true once the whole body was read and handed over. Reading from the

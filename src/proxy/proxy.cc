@@ -122,6 +122,8 @@ class ProxyTask final : public http::ContentTask,
   void forwardBody(std::string_view data);
   void endResponse();
   void pauseForClient();
+  // Parses one read from the upstream and acts on it.
+  void consume(const char* data, size_t len);
   // A try failed before the response head reached the client: retried on
   // the next peer when proxy_next_upstream allows, else answered with
   // `status`. `condition` is the NextUpstream bit; `why` nginx's log text.
@@ -347,7 +349,16 @@ void ProxyTask::sendRequest() {
     bufs_[n++] = uv_buf_init(const_cast<char*>(data.data()), static_cast<unsigned>(data.size()));
     body_offset_ = data.size();
   }
-  conn_->write(bufs_, n);
+  // The head (and a body in memory) usually goes in one writev at once.
+  int error = 0;
+  if (conn_->writeNow(bufs_, n, &error)) {
+    onWritten(0);
+    return;
+  }
+  if (error != 0) {
+    onWritten(error);
+    return;
+  }
   conn_->setTimer(*s_.send_timeout_ms);
 }
 
@@ -365,8 +376,8 @@ void ProxyTask::sendMoreBody() {
   }
   body_offset_ += static_cast<uint64_t>(n);
   bufs_[0] = uv_buf_init(body_chunk_.data(), static_cast<unsigned>(n));
+  conn_->setTimer(*s_.send_timeout_ms);  // first: a write that fails at once resets it
   conn_->write(bufs_, 1);
-  conn_->setTimer(*s_.send_timeout_ms);
 }
 
 void ProxyTask::pumpBody() {
@@ -389,8 +400,8 @@ void ProxyTask::pumpBody() {
   bufs_[n++] = uv_buf_init(stream_piece_.data(), static_cast<unsigned>(stream_piece_.size()));
   stream_writing_ = true;
   stream_last_ = last;
+  conn_->setTimer(*s_.send_timeout_ms);  // first: a write that fails at once resets it
   conn_->write(bufs_, n);
-  conn_->setTimer(*s_.send_timeout_ms);
 }
 
 void ProxyTask::onWritten(int status) {
@@ -428,10 +439,18 @@ void ProxyTask::onWritten(int status) {
 
 void ProxyTask::onData(const char* data, size_t len) {
   got_bytes_ = true;
+  // What this read produces for the client goes out in one write.
+  sink_.holdOutput(true);
+  consume(data, len);
+  sink_.holdOutput(false);
+  // Written now, or waiting for the client: past the limit, pause.
+  if (state_ == State::kStreaming || state_ == State::kTunnel) pauseForClient();
+}
+
+void ProxyTask::consume(const char* data, size_t len) {
   if (state_ == State::kTunnel) {
     conn_->setTimer(*s_.read_timeout_ms);
     sink_.tunnelWrite(std::string_view(data, len));
-    if (!waiting_drain_ && sink_.pendingOutput() > high_water_) pauseForClient();
     return;
   }
   if (state_ == State::kStreaming || state_ == State::kWaitHead || state_ == State::kSending) {
@@ -444,10 +463,6 @@ void ProxyTask::onData(const char* data, size_t len) {
     len -= used;
     switch (ev) {
       case ResponseParser::Event::kNeedMore:
-        if (state_ == State::kStreaming && len == 0) {
-          if (!waiting_drain_ && sink_.pendingOutput() > high_water_) pauseForClient();
-          return;
-        }
         if (len == 0) return;
         break;
       case ResponseParser::Event::kHead:
@@ -542,8 +557,8 @@ void ProxyTask::onClientData(const char* data, size_t len) {
   tunnel_buf_.assign(data, len);
   bufs_[0] = uv_buf_init(tunnel_buf_.data(), static_cast<unsigned>(tunnel_buf_.size()));
   sink_.pauseTunnel(true);
-  conn_->write(bufs_, 1);
   conn_->setTimer(*s_.read_timeout_ms);
+  conn_->write(bufs_, 1);
 }
 
 void ProxyTask::onClientEnd() { endTunnel(nullptr); }
@@ -568,15 +583,17 @@ void ProxyTask::forwardBody(std::string_view data) {
 void ProxyTask::pauseForClient() {
   // The client reads slower than the upstream sends: stop reading the
   // upstream until what waits for the client is written.
-  conn_->stopReading();
-  conn_->stopTimer();
-  waiting_drain_ = true;
-  sink_.waitDrain([this] {
+  if (waiting_drain_ || !conn_ || sink_.pendingOutput() <= high_water_) return;
+  bool drained = sink_.waitDrain([this] {
     waiting_drain_ = false;
     if (!conn_) return;
     conn_->startReading();
     conn_->setTimer(*s_.read_timeout_ms);
   });
+  if (drained) return;
+  waiting_drain_ = true;
+  conn_->stopReading();
+  conn_->stopTimer();
 }
 
 void ProxyTask::endResponse() {

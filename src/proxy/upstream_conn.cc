@@ -65,7 +65,8 @@ void UpstreamConn::attach(User* user) {
   pool_->remove(this);
   user_ = user;
   stopTimer();
-  stopReading();
+  // Reading goes on: stopping and restarting it would cost two epoll_ctl
+  // calls per reused connection.
 }
 
 void UpstreamConn::onConnect(uv_connect_t* req, int status) noexcept {
@@ -85,6 +86,29 @@ void UpstreamConn::write(const uv_buf_t* bufs, unsigned n) {
     write_failed_ = rc;
     setTimer(0);
   }
+}
+
+bool UpstreamConn::writeNow(const uv_buf_t* bufs, unsigned n, int* error) {
+  int rc = uv_try_write(stream(), bufs, n);
+  if (rc == UV_EAGAIN) rc = 0;
+  if (rc < 0) {
+    *error = rc;
+    return false;
+  }
+  auto done = static_cast<size_t>(rc);
+  uv_buf_t rest[4];
+  unsigned m = 0;
+  for (unsigned i = 0; i < n; i++) {
+    if (done >= bufs[i].len) {
+      done -= bufs[i].len;
+      continue;
+    }
+    rest[m++] = uv_buf_init(bufs[i].base + done, static_cast<unsigned>(bufs[i].len - done));
+    done = 0;
+  }
+  if (m == 0) return true;
+  write(rest, m);  // libuv copies the buffer list
+  return false;
 }
 
 void UpstreamConn::onWrite(uv_write_t* req, int status) noexcept {

@@ -54,8 +54,14 @@ class UpstreamConn {
   // Hands a connection taken from the pool to its new user.
   void attach(User* user);
   // Writes `n` buffers (kept alive by the caller until onWritten()). One
-  // write at a time.
+  // write at a time. A write that fails at once is reported from the loop
+  // through the connection's timer (set the timer before writing).
   void write(const uv_buf_t* bufs, unsigned n);
+  // Writes what the kernel takes now. True if that was everything (no
+  // onWritten() follows); false with *error set if writing failed (no
+  // onWritten() either); else false and the rest follows with write().
+  // Unlike write(), no event-loop watcher changes when all fits.
+  bool writeNow(const uv_buf_t* bufs, unsigned n, int* error);
   void startReading();
   void stopReading();
   // One timer per connection: connect, send or read timeout (ms).

@@ -121,6 +121,7 @@ class DetachedSink : public http::ContentSink {
   void cancelDrain() override {}
   void streamBody(std::string_view, bool, http::ContentTask*) override {}
   size_t pendingOutput() const override { return 0; }
+  void holdOutput(bool) override {}
   bool takeRequestBody(std::string* out) override {
     out->clear();
     return true;
