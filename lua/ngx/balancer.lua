@@ -131,24 +131,26 @@ function _M.set_timeouts(connect_timeout, send_timeout, read_timeout)
   return false, ffi_string(errmsg[0])
 end
 
+-- An optional non-negative number argument of enable_keepalive.
+local function keepalive_arg(value, argn, default)
+  if not value then
+    return default
+  end
+  if type(value) ~= "number" then
+    error("bad argument #" .. argn .. " to 'enable_keepalive' (number expected, got " .. type(value) .. ")", 3)
+  end
+  if value < 0 then
+    error("bad argument #" .. argn .. " to 'enable_keepalive' (expected >= 0)", 3)
+  end
+  return value
+end
+
 -- enable_keepalive(idle_timeout?, max_requests?): seconds (default 60) and
 -- requests (default 100) for the connection to the peer set.
 function _M.enable_keepalive(idle_timeout, max_requests)
   local r = request()
-  if not idle_timeout then
-    idle_timeout = 60
-  elseif type(idle_timeout) ~= "number" then
-    error("bad argument #1 to 'enable_keepalive' (number expected, got " .. type(idle_timeout) .. ")", 2)
-  elseif idle_timeout < 0 then
-    error("bad argument #1 to 'enable_keepalive' (expected >= 0)", 2)
-  end
-  if not max_requests then
-    max_requests = 100
-  elseif type(max_requests) ~= "number" then
-    error("bad argument #2 to 'enable_keepalive' (number expected, got " .. type(max_requests) .. ")", 2)
-  elseif max_requests < 0 then
-    error("bad argument #2 to 'enable_keepalive' (expected >= 0)", 2)
-  end
+  idle_timeout = keepalive_arg(idle_timeout, 1, 60)
+  max_requests = keepalive_arg(max_requests, 2, 100)
   if C.tg_balancer_enable_keepalive(r, idle_timeout * 1000, max_requests, errmsg) == 0 then
     return true
   end

@@ -25,6 +25,31 @@ void balancerConf(Gateway& gw, const std::string& lua, const std::string& server
                        "\n }\n}\n");
 }
 
+// A server_extra / http_extra pair that logs each request's upstream tries
+// to logs/up.log.
+constexpr const char* kUpLog = "access_log logs/up.log up;";
+constexpr const char* kUpFormat = "log_format up '$status $upstream_addr $upstream_status';";
+
+void expectUpLog(const Gateway& gw, const std::string& want) {
+  EXPECT_TRUE(waitFor([&] { return gw.prefix().read("logs/up.log").find(want) != std::string::npos; }))
+      << gw.prefix().read("logs/up.log");
+}
+
+// Stops the gateway, which must have logged no error.
+void stopClean(Gateway& gw) {
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+// `n` requests, one after the other on one client connection.
+void getOnOneConnection(const Gateway& gw, int n) {
+  RawClient c(gw.port());
+  for (int i = 0; i < n; i++) {
+    ASSERT_TRUE(c.send("GET /k HTTP/1.1\r\nHost: a\r\n\r\n"));
+    EXPECT_EQ(c.readResponse().status, 200) << gw.errorLog();
+  }
+}
+
 // Lua that sends every try to 127.0.0.1:`p`, failing loudly if refused.
 std::string peerLua(int p) {
   return "local b = require 'ngx.balancer'\n"
@@ -37,7 +62,7 @@ TEST(ProxyBalancerLuaTest, SetCurrentPeerChoosesTheUpstream) {
   up.setDefault(Behaviour::respond(200, "from fake"));
   Gateway gw;
   balancerConf(gw, peerLua(up.port()) + "ngx.log(ngx.NOTICE, 'phase: ', ngx.get_phase())",
-               "access_log logs/up.log up;", "log_format up '$status $upstream_addr $upstream_status';");
+               kUpLog, kUpFormat);
   ASSERT_TRUE(gw.start()) << gw.errorLog();
   Response r = httpGet(gw.port(), "/x");
   EXPECT_EQ(r.status, 200) << gw.errorLog();
@@ -46,10 +71,8 @@ TEST(ProxyBalancerLuaTest, SetCurrentPeerChoosesTheUpstream) {
   EXPECT_EQ(up.requests()[0].target, "/x");
   EXPECT_TRUE(gw.waitLog("phase: balancer"));
   std::string want = "200 127.0.0.1:" + port(up) + " 200";
-  EXPECT_TRUE(waitFor([&] { return gw.prefix().read("logs/up.log").find(want) != std::string::npos; }))
-      << gw.prefix().read("logs/up.log");
-  EXPECT_EQ(gw.stop(), 0);
-  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+  expectUpLog(gw, want);
+  stopClean(gw);
 }
 
 TEST(ProxyBalancerLuaTest, SetCurrentPeerTakesAddressesAsOpenResty) {
@@ -101,8 +124,7 @@ TEST(ProxyBalancerLuaTest, NgxCtxFromAccessByLuaIsVisible) {
   EXPECT_EQ(c.readResponse().status, 200) << gw.errorLog();
   EXPECT_EQ(up.requestCount(), 1u);
   EXPECT_TRUE(gw.waitLog("uri=/p arg=1 hdr=v"));
-  EXPECT_EQ(gw.stop(), 0);
-  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+  stopClean(gw);
 }
 
 TEST(ProxyBalancerLuaTest, NgxCtxOfTheBalancerLastsAcrossTriesAndReachesLogByLua) {
@@ -142,14 +164,13 @@ TEST(ProxyBalancerLuaTest, GetLastFailureReportsTheRefusedTry) {
       assert(b.set_current_peer("127.0.0.1", )" + port(up) + R"())
     end
   )",
-               "access_log logs/up.log up;", "log_format up '$status $upstream_addr $upstream_status';");
+               kUpLog, kUpFormat);
   ASSERT_TRUE(gw.start()) << gw.errorLog();
   EXPECT_EQ(httpGet(gw.port(), "/").status, 200) << gw.errorLog();
   EXPECT_TRUE(gw.waitLog("last failure: nil nil"));
   EXPECT_TRUE(gw.waitLog("last failure: failed 502")) << gw.errorLog();
   std::string want = "200 127.0.0.1:" + std::to_string(refused.port()) + ", 127.0.0.1:" + port(up) + " 502, 200";
-  EXPECT_TRUE(waitFor([&] { return gw.prefix().read("logs/up.log").find(want) != std::string::npos; }))
-      << gw.prefix().read("logs/up.log");
+  expectUpLog(gw, want);
   EXPECT_EQ(gw.stop(), 0);
 }
 
@@ -256,11 +277,7 @@ TEST(ProxyBalancerLuaTest, EnableKeepalivePoolsWithItsLimits) {
     assert(b.enable_keepalive(60, 2))
   )");
   ASSERT_TRUE(gw.start()) << gw.errorLog();
-  RawClient c(gw.port());
-  for (int i = 0; i < 4; i++) {
-    ASSERT_TRUE(c.send("GET /k HTTP/1.1\r\nHost: a\r\n\r\n"));
-    EXPECT_EQ(c.readResponse().status, 200) << gw.errorLog();
-  }
+  getOnOneConnection(gw, 4);
   EXPECT_EQ(up.connectionsAccepted(), 2);
   EXPECT_EQ(up.requestsOnConnection(1), 2);
   EXPECT_EQ(up.requestsOnConnection(2), 2);
@@ -273,11 +290,7 @@ TEST(ProxyBalancerLuaTest, ALuaPeerIsPooledByDefault) {
   Gateway gw;
   balancerConf(gw, peerLua(up.port()));
   ASSERT_TRUE(gw.start()) << gw.errorLog();
-  RawClient c(gw.port());
-  for (int i = 0; i < 3; i++) {
-    ASSERT_TRUE(c.send("GET /k HTTP/1.1\r\nHost: a\r\n\r\n"));
-    EXPECT_EQ(c.readResponse().status, 200) << gw.errorLog();
-  }
+  getOnOneConnection(gw, 3);
   EXPECT_EQ(up.connectionsAccepted(), 1) << "the pool key is the peer's ip:port";
   EXPECT_EQ(up.requestsOnConnection(1), 3);
   EXPECT_EQ(gw.stop(), 0);
@@ -301,8 +314,7 @@ TEST(ProxyBalancerLuaTest, RecreateRequestSendsChangesMadeInTheBalancer) {
   EXPECT_EQ(reqs[0].header("x-via"), "balancer");
   EXPECT_FALSE(reqs[1].hasHeader("x-from-balancer")) << "the request was built before the balancer ran";
   EXPECT_EQ(reqs[1].header("x-via"), "conf");
-  EXPECT_EQ(gw.stop(), 0);
-  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+  stopClean(gw);
 }
 
 TEST(ProxyBalancerLuaTest, AnErrorInTheBalancerIsA500WithATraceback) {
@@ -338,8 +350,7 @@ TEST(ProxyBalancerLuaTest, WithoutAPeerTheUpstreamsServersServe) {
   EXPECT_EQ(httpGet(gw.port(), "/").status, 200) << gw.errorLog();
   EXPECT_EQ(up.requestCount(), 1u);
   EXPECT_TRUE(gw.waitLog("try nil"));
-  EXPECT_EQ(gw.stop(), 0);
-  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+  stopClean(gw);
 }
 
 TEST(ProxyBalancerLuaTest, TheApiOutsideTheBalancerSaysSo) {
