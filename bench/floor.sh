@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 TMP=$(mktemp -d /tmp/tidegate-floor.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 cc -O2 -o "$TMP/minimal_responder" bench/floor/minimal_responder.c
-# run.sh starts its server as "BIN -p DIR -c CONF"; take the port from the conf.
+# run.sh starts its server as "BIN -p DIR -c CONF" (take the port from the conf) after
+# checking the conf with "BIN -t ..." (nothing to check here).
 cat >"$TMP/wrapper" <<WRAP
 #!/usr/bin/env bash
-while [ \$# -gt 0 ]; do case \$1 in -c) conf=\$2; shift;; esac; shift; done
+while [ \$# -gt 0 ]; do case \$1 in -c) conf=\$2; shift;; -t) exit 0;; esac; shift; done
 exec "$TMP/minimal_responder" "\$(grep -o 'listen 127.0.0.1:[0-9]*' "\$conf" | cut -d: -f2)"
 WRAP
 chmod +x "$TMP/wrapper"

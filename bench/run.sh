@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: tidegate vs Debian nginx + lua module, same conf, same load.
 # Usage: bench/run.sh [scenario]   (default: hello; see README.md)
-# Env:   TIDEGATE=build/tidegate NGINX=/usr/sbin/nginx ROUNDS=5 CONNS=50 DURATION=5
+# Env:   TIDEGATE=build/tidegate NGINX=/usr/sbin/nginx ROUNDS=5 DURATION=5
+#        CONNS=50 THREADS=1 (scenario defaults may differ) BACKEND_WORKERS=1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SCENARIO=${1:-hello}
 TIDEGATE=${TIDEGATE:-build/tidegate}
 NGINX=${NGINX:-/usr/sbin/nginx}
-ROUNDS=${ROUNDS:-5} CONNS=${CONNS:-50} DURATION=${DURATION:-5}
+ROUNDS=${ROUNDS:-5} DURATION=${DURATION:-5}
+CONNS=${CONNS:-} THREADS=${THREADS:-}   # empty: the scenario's default, else 50 and 1
+BACKEND_WORKERS=${BACKEND_WORKERS:-1}
+# The servers compared, in the order of round 1. Ratios are tidegate over each other
+# side, the first one being the headline. A side is "nginx" or "tidegate", optionally
+# followed by "_VARIANT" for a scenario that compares variants of one server's conf.
+SIDES="nginx tidegate"
+declare -A LABEL=([nginx]=ng [tidegate]=tg)   # column headings
+BACKEND="" BACKEND_PORT=""   # BACKEND set by a scenario's setup: it needs the backend
 
-# ---- scenarios: scenario_NAME SERVER prints the body of the server block ------------
-# SERVER is "nginx" or "tidegate", for the rare case the two need different spelling.
+# ---- scenarios ------------------------------------------------------------------------
+# scenario_NAME SERVER SIDE prints the body of the server block. SERVER is "nginx" or
+# "tidegate", for the rare case the two need different spelling; SIDE is the full side
+# name. Optional hooks:
+#   http_NAME SERVER SIDE  prints more of the http block (upstream blocks);
+#   setup_NAME             runs before anything starts: sets BACKEND, SIDES, LABEL, or
+#                          defaults for CONNS and THREADS (${CONNS:-N}: the env wins).
 scenario_hello() { echo 'location / { return 200 "hello"; }'; }
 scenario_lua_say() { echo 'location / { content_by_lua_block { ngx.say("hello") } }'; }
 # The request-facing API: ngx.var, ngx.ctx, ngx.req.get_headers, ngx.header.
@@ -28,6 +42,60 @@ location / {
 EOC
 }
 
+# Proxy scenarios. One backend (plain nginx answering "hello", started once, its CPU not
+# counted) serves every run. The location is nginx's recipe for upstream keepalive;
+# tidegate pools without it but reads the same conf.
+proxy_location() {   # proxy_location [LUA]: LUA (an access_by_lua_block) goes first
+  printf 'location / {\n%s\n    proxy_pass http://backend;\n' "${1:-}"
+  printf '    proxy_http_version 1.1;\n    proxy_set_header Connection "";\n}\n'
+}
+upstream_backend() {   # upstream_backend [KEEPALIVE]: none means the server's default pool
+  echo "upstream backend { server 127.0.0.1:$BACKEND_PORT;${1:+ keepalive $1;} }"
+}
+
+scenario_proxy() { proxy_location; }
+http_proxy() { upstream_backend 64; }
+setup_proxy() { BACKEND=1; }
+
+# Lua on the proxy path: an access check that reads ngx.var, and a balancer that picks
+# the peer itself.
+scenario_proxy_lua() {
+  proxy_location '    access_by_lua_block {
+        if ngx.var.http_x_api_key == "blocked" then return ngx.exit(403) end
+        ngx.ctx.uri = ngx.var.uri
+    }'
+}
+http_proxy_lua() {
+  # keepalive after balancer_by_lua: in nginx, the one declared last wraps the other.
+  cat <<EOC
+upstream backend {
+    server 0.0.0.1;   # never used: the balancer sets the peer
+    balancer_by_lua_block {
+        local b = require "ngx.balancer"
+        b.set_current_peer("127.0.0.1", $BACKEND_PORT)
+    }
+    keepalive 64;
+}
+EOC
+}
+setup_proxy_lua() { BACKEND=1; }
+
+# Many clients: tidegate's default pool (sized from demand) against nginx with a pool
+# big enough for every client connection, and with the common small one.
+scenario_proxy_1000() { proxy_location; }
+http_proxy_1000() {
+  case $2 in
+    nginx) upstream_backend 1024 ;;
+    nginx_ka64) upstream_backend 64 ;;
+    *) upstream_backend ;;
+  esac
+}
+setup_proxy_1000() {
+  BACKEND=1 CONNS=${CONNS:-1000} THREADS=${THREADS:-2}
+  SIDES="nginx tidegate nginx_ka64"
+  LABEL[nginx_ka64]=ng64
+}
+
 die() { echo "bench: $*" >&2; exit 1; }
 
 declare -F "scenario_$SCENARIO" >/dev/null ||
@@ -35,6 +103,8 @@ declare -F "scenario_$SCENARIO" >/dev/null ||
 [ -x "$TIDEGATE" ] ||
   die "tidegate binary not found at '$TIDEGATE': build it first, or set TIDEGATE=/path/to/tidegate"
 TIDEGATE=$(realpath "$TIDEGATE")
+if declare -F "setup_$SCENARIO" >/dev/null; then "setup_$SCENARIO"; fi
+CONNS=${CONNS:-50} THREADS=${THREADS:-1}
 
 # ---- dependencies ---------------------------------------------------------------------
 install_deps() {
@@ -65,12 +135,18 @@ done
 NGX_MODULES="load_module $MODDIR/ndk_http_module.so; load_module $MODDIR/ngx_http_lua_module.so;"
 
 TICK=$(getconf CLK_TCK)
-ulimit -n 65536 2>/dev/null || true   # large CONNS would otherwise hit the fd limit
+# A proxy holds a client and an upstream socket per connection; wrk and the backend one
+# each. The servers inherit this limit.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+((NOFILE >= 2 * CONNS + 64)) || die "ulimit -n is $NOFILE, too low for CONNS=$CONNS (need $((2 * CONNS + 64)))"
+WORKER_CONNS=$((2 * CONNS + 64 > 4096 ? 2 * CONNS + 64 : 4096))
 TMP=$(mktemp -d /tmp/tidegate-bench.XXXXXX)
-SERVER_PID="" WRK_PID=""
+SERVER_PID="" BACKEND_PID="" WRK_PID=""
 cleanup() {
   if [ -n "$WRK_PID" ]; then kill "$WRK_PID" 2>/dev/null || true; fi
-  if [ -n "$SERVER_PID" ]; then stop_server; fi
+  if [ -n "$SERVER_PID" ]; then stop SERVER_PID; fi
+  if [ -n "$BACKEND_PID" ]; then stop BACKEND_PID; fi
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -95,24 +171,31 @@ tree() {
   for pid in $want; do if [ -n "${ticks[$pid]:-}" ]; then echo "$pid ${ticks[$pid]}"; fi; done
 }
 cpu_ticks() { tree "$1" | awk '{ t += $2 } END { print t + 0 }'; }
+# "busy total" jiffies of CPUs 0 and 1 (whatever runs there, other load included).
+# Fields 2-9: user nice system idle iowait irq softirq steal; guest time is in user.
+cpus_busy() {
+  awk '$1 == "cpu0" || $1 == "cpu1" { t = 0; for (i = 2; i <= 9; i++) t += $i
+    printf "%d %d ", t - $5 - $6, t }' /proc/stat
+}
 
 # ---- servers --------------------------------------------------------------------------
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-write_conf() {   # write_conf SERVER PORT -> path of a fresh prefix dir holding conf
-  local dir="$TMP/$1"; rm -rf "$dir"; mkdir -p "$dir/logs"
-  { [ "$1" = nginx ] && echo "$NGX_MODULES"
+write_conf() {   # write_conf SIDE PORT -> path of a fresh prefix dir holding conf
+  local dir="$TMP/$1" kind=${1%%_*}; rm -rf "$dir"; mkdir -p "$dir/logs"
+  { [ "$kind" = nginx ] && echo "$NGX_MODULES"
     cat <<EOF
 daemon off; master_process on; worker_processes 1;
 error_log $dir/logs/error.log warn; pid $dir/logs/server.pid;
-events { worker_connections 4096; }
+events { worker_connections $WORKER_CONNS; }
 http {
   access_log off; keepalive_requests 1000000;
+  $(if declare -F "http_$SCENARIO" >/dev/null; then "http_$SCENARIO" "$kind" "$1"; fi)
   server {
     listen 127.0.0.1:$2;
-    $("scenario_$SCENARIO" "$1")
+    $("scenario_$SCENARIO" "$kind" "$1")
   }
 }
 EOF
@@ -120,26 +203,52 @@ EOF
   echo "$dir"
 }
 
-start_server() {   # start_server SERVER PORT; sets SERVER_PID
-  local bin=$NGINX dir deadline=$((SECONDS + 10))
-  [ "$1" = tidegate ] && bin=$TIDEGATE
-  dir=$(write_conf "$1" "$2")
-  # Pin the master to CPU 0; workers inherit the mask. taskset execs, so $! is the master.
-  taskset -c 0 "$bin" -p "$dir/" -c "$dir/server.conf" >"$dir/logs/stdout" 2>&1 &
-  SERVER_PID=$!
-  # Ready means a worker answered, not merely that the port is bound.
-  until curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$2/" 2>/dev/null; do
-    if ! kill -0 "$SERVER_PID" 2>/dev/null || ((SECONDS > deadline)); then
-      cat "$dir/logs/stdout" "$dir/logs/error.log" >&2 2>/dev/null || true
-      die "$1 did not become ready on port $2"
+server_bin() { if [ "${1%%_*}" = tidegate ]; then echo "$TIDEGATE"; else echo "$NGINX"; fi; }
+
+# launch VAR BIN CPUS DIR PORT: starts BIN with DIR's conf pinned to CPUS (workers inherit
+# the mask; taskset execs, so the pid is the master's), stores the pid in VAR at once (so
+# cleanup can stop it) and returns when a worker answers, not merely when the port is bound.
+launch() {
+  local deadline=$((SECONDS + 10))
+  taskset -c "$3" "$2" -p "$4/" -c "$4/server.conf" >"$4/logs/stdout" 2>&1 &
+  printf -v "$1" %s $!
+  until curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$5/" 2>/dev/null; do
+    if ! kill -0 "${!1}" 2>/dev/null || ((SECONDS > deadline)); then
+      cat "$4/logs/stdout" "$4/logs/error.log" >&2 2>/dev/null || true
+      die "$2 did not become ready on port $5"
     fi
     sleep 0.05
   done
 }
 
-stop_server() {   # graceful QUIT, then SIGKILL the whole tree after a deadline
-  local pid=$SERVER_PID deadline=$((SECONDS + 10)) left
-  SERVER_PID=""
+start_server() { launch SERVER_PID "$(server_bin "$1")" 0 "$(write_conf "$1" "$2")" "$2"; }
+
+# The proxies' upstream: plain nginx (no lua module), on the load CPU beside wrk so the
+# gateway has CPU 0 to itself. It never closes a keepalive connection first.
+start_backend() {
+  local dir="$TMP/backend"; mkdir -p "$dir/logs"
+  cat >"$dir/server.conf" <<EOF
+daemon off; master_process on; worker_processes $BACKEND_WORKERS;
+error_log $dir/logs/error.log warn; pid $dir/logs/server.pid;
+events { worker_connections $WORKER_CONNS; }
+http {
+  access_log off; keepalive_requests 1000000; keepalive_timeout 600s;
+  server {
+    listen 127.0.0.1:$BACKEND_PORT;
+    location / { return 200 "hello"; }
+    location = /bench-status { stub_status; }
+  }
+}
+EOF
+  launch BACKEND_PID "$NGINX" 1 "$dir" "$BACKEND_PORT"
+}
+backend_accepts() {   # connections the backend has accepted so far (this request's too)
+  curl -fsS --max-time 2 "http://127.0.0.1:$BACKEND_PORT/bench-status" | awk 'NR == 3 { print $1 }'
+}
+
+stop() {   # stop VAR: graceful QUIT of the tree whose root pid VAR holds, SIGKILL after 10 s
+  local pid=${!1} deadline=$((SECONDS + 10)) left
+  printf -v "$1" %s ""
   mapfile -t left < <(tree "$pid" | cut -d' ' -f1)
   kill -QUIT "$pid" 2>/dev/null || true
   # A zombie still passes kill -0, so look at the state letter too.
@@ -153,68 +262,152 @@ stop_server() {   # graceful QUIT, then SIGKILL the whole tree after a deadline
   wait "$pid" 2>/dev/null || true
 }
 
-# ---- one run: sets RESULT="req/s p99_us cpu_us_per_req" -------------------------------
+# Each side's conf must pass its server's -t. tidegate refusing one means a directive it
+# does not have yet: the scenario is skipped, not failed, and runs once it lands.
+check_confs() {
+  local side dir out
+  for side in $SIDES; do
+    dir=$(write_conf "$side" 1)
+    out=$("$(server_bin "$side")" -t -p "$dir/" -c "$dir/server.conf" 2>&1) && continue
+    [ "${side%%_*}" = tidegate ] || die "$side -t refuses the $SCENARIO conf:"$'\n'"$out"
+    echo "bench: SKIPPED $SCENARIO: tidegate -t refuses its conf:" >&2
+    sed 's/^/  /' <<<"$out" >&2
+    exit 0
+  done
+}
+
+# ---- one run: sets RESULT="req/s p99_us cpu_us_per_req est new backend% cpu0% cpu1%" ---
 # Called directly, never in $(...): a subshell does not run the EXIT trap, so a failure
-# there would orphan the server.
+# there would orphan the server. est, new and backend% are "-" without a backend.
 to_us() { awk -v v="$1" 'BEGIN { n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
   print (u == "s" ? n * 1e6 : u == "ms" ? n * 1e3 : n) }'; }
 
 run_one() {
-  local port out c0 c1 reqs rps p99
+  local port out c0 c1 b0=0 b1=0 n0=0 n1=1 est=- s0 s1 t0 t1 reqs rps p99 n
   port=$(free_port)
   start_server "$1" "$port"
+  if [ -n "$BACKEND" ]; then n0=$(backend_accepts); b0=$(cpu_ticks "$BACKEND_PID"); fi
+  s0=$(cpus_busy) t0=$EPOCHREALTIME
   c0=$(cpu_ticks "$SERVER_PID")
   # wrk catches SIGINT and exits 0, so bash would swallow a Ctrl-C given to a foreground
   # wrk and carry on; `wait` on a background wrk is interrupted by the trap instead.
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" \
+  taskset -c 1 wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" \
     >"$TMP/wrk.out" &
   WRK_PID=$!
+  if [ -n "$BACKEND" ]; then   # how many connections the gateway holds to the backend
+    sleep "$(awk -v d="$DURATION" 'BEGIN { print d / 2 }')"
+    est=$(ss -Htn state established "( dport = :$BACKEND_PORT )" | wc -l)
+  fi
   wait "$WRK_PID"
   WRK_PID=""
   c1=$(cpu_ticks "$SERVER_PID")
-  stop_server
+  s1=$(cpus_busy) t1=$EPOCHREALTIME
+  if [ -n "$BACKEND" ]; then b1=$(cpu_ticks "$BACKEND_PID"); n1=$(backend_accepts); fi
+  stop SERVER_PID
   out=$(<"$TMP/wrk.out")
   # Errors or non-2xx make the CPU/request meaningless; say so loudly but keep the data.
   grep -E 'Socket errors|Non-2xx' <<<"$out" | sed "s/^ */bench: WARNING $1 round $round: /" >&2 || true
+  n=$(grep -cE '\[(error|crit|alert|emerg)\]' "$TMP/$1/logs/error.log" 2>/dev/null) || true
+  if ((n > 0)); then
+    echo "bench: WARNING $1 round $round: $n error lines in its log; the first:" >&2
+    grep -m1 -E '\[(error|crit|alert|emerg)\]' "$TMP/$1/logs/error.log" >&2
+  fi
   reqs=$(awk '/requests in/ { print $1 }' <<<"$out")
   rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$out")
   p99=$(to_us "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
   [[ $reqs =~ ^[1-9][0-9]*$ ]] || die "$1: wrk reported no requests:"$'\n'"$out"
+  # new: connections the backend accepted during the run, less the second status request.
   RESULT=$(awk -v r="$rps" -v p="$p99" -v t=$((c1 - c0)) -v hz="$TICK" -v n="$reqs" \
-    'BEGIN { printf "%.0f %.0f %.3f\n", r, p, t * 1e6 / hz / n }')
+    -v est="$est" -v new=$((n1 - n0 - 1)) -v b=$((b1 - b0)) -v wall="$(awk -v a="$t0" -v b="$t1" \
+    'BEGIN { print b - a }')" -v s="$s0 $s1" -v bk="$BACKEND" 'BEGIN {
+      split(s, c); printf "%.0f %.0f %.3f %s %s %s %.0f %.0f\n", r, p, t * 1e6 / hz / n,
+        est, bk ? new : "-", bk ? sprintf("%.0f", b * 100 / hz / wall) : "-",
+        100 * (c[5] - c[1]) / (c[6] - c[2]), 100 * (c[7] - c[3]) / (c[8] - c[4]) }')
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 
 # ---- interleaved rounds ---------------------------------------------------------------
-echo "scenario=$SCENARIO rounds=$ROUNDS conns=$CONNS duration=${DURATION}s tidegate=$TIDEGATE"
-echo "server on CPU 0, wrk on CPU 1; ng = nginx, tg = tidegate, r:* = tg/ng per round"
-echo "p99 in us; cpu = server CPU (all its processes) in us per request"
-printf '%-6s | %9s %7s %7s | %9s %7s %7s | %6s %6s %6s\n' round \
-  "ng req/s" "ng p99" "ng cpu" "tg req/s" "tg p99" "tg cpu" "r:rps" "r:p99" "r:cpu"
-declare -A R
+if [ -n "$BACKEND" ]; then BACKEND_PORT=$(free_port); fi
+check_confs
+if [ -n "$BACKEND" ]; then start_backend; fi
+read -ra SIDE <<<"$SIDES"
+REF=${SIDE[0]}
+echo "scenario=$SCENARIO rounds=$ROUNDS conns=$CONNS threads=$THREADS duration=${DURATION}s tidegate=$TIDEGATE"
+echo "server on CPU 0, wrk on CPU 1;$(for s in "${SIDE[@]}"; do printf ' %s = %s,' "${LABEL[$s]}" "$s"; done | sed 's/,$//')"
+echo "r:* = tidegate/$REF per round; p99 in us; cpu = server CPU (all its processes) in us per request"
+if [ -n "$BACKEND" ]; then
+  echo "backend: nginx, $BACKEND_WORKERS worker(s) on CPU 1 (with wrk), port $BACKEND_PORT; its CPU is not counted"
+fi
+# Columns of $TMP/runs: round side req/s p99 cpu est new backend% cpu0% cpu1%
+row() {   # row ROUND VALUES...: one table line, three columns per side then the ratios
+  local first=$1; shift
+  printf '%-6s' "$first"
+  while (($# > 3)); do printf ' | %10s %8s %8s' "$1" "$2" "$3"; shift 3; done
+  printf ' | %6s %6s %6s\n' "$1" "$2" "$3"
+}
+heads=()
+for s in "${SIDE[@]}"; do l=${LABEL[$s]}; heads+=("$l req/s" "$l p99" "$l cpu"); done
+row round "${heads[@]}" r:rps r:p99 r:cpu
+# Per-round tidegate/SIDE ratios of column COL: ratios SIDE COL [ROUND]
+ratios() {
+  awk -v s="$1" -v c="$2" -v only="${3:-}" '$2 == "tidegate" { t[$1] = $c } $2 == s { r[$1] = $c }
+    END { for (k in t) if ((only == "" || k == only) && r[k] > 0) printf "%.3f\n", t[k] / r[k] }' "$TMP/runs"
+}
+values() { awk -v s="$1" -v c="$2" '$2 == s { print $c }' "$TMP/runs"; }   # values SIDE COL
+: >"$TMP/runs"
 for ((round = 1; round <= ROUNDS; round++)); do
-  order="nginx tidegate"; ((round % 2)) || order="tidegate nginx"   # cancel drift/warm-up bias
-  for s in $order; do run_one "$s"; R[$s]=$RESULT; done
-  read -r nr np nc <<<"${R[nginx]}"; read -r tr tp tc <<<"${R[tidegate]}"
-  read -r rr rp rc < <(awk -v a="$tr" -v b="$nr" -v c="$tp" -v d="$np" -v e="$tc" -v f="$nc" \
-    'function q(x, y) { return y > 0 ? x / y : 0 } BEGIN { printf "%.3f %.3f %.3f\n", q(a,b), q(c,d), q(e,f) }')
-  echo "$nr $np $nc $tr $tp $tc $rr $rp $rc" >>"$TMP/rounds"
-  printf '%-6s | %9s %7s %7s | %9s %7s %7s | %6s %6s %6s\n' "$round" "$nr" "$np" "$nc" "$tr" "$tp" "$tc" "$rr" "$rp" "$rc"
+  # Rotate the order each round, so no side always gets the cooler or the warmer slot.
+  cells=() notes=""
+  for ((i = 0; i < ${#SIDE[@]}; i++)); do
+    s=${SIDE[(i + round - 1) % ${#SIDE[@]}]}
+    run_one "$s"
+    echo "$round $s $RESULT" >>"$TMP/runs"
+  done
+  for s in "${SIDE[@]}"; do
+    read -r rps p99 cpu est new bk c0 c1 < <(awk -v r="$round" -v s="$s" '$1 == r && $2 == s' "$TMP/runs" | cut -d' ' -f3-)
+    cells+=("$rps" "$p99" "$cpu")
+    notes+=" ${LABEL[$s]} $est/$new ${bk}% $c0/$c1;"
+  done
+  row "$round" "${cells[@]}" "$(ratios "$REF" 3 "$round")" "$(ratios "$REF" 4 "$round")" "$(ratios "$REF" 5 "$round")"
+  if [ -n "$BACKEND" ]; then echo "       backend conns est/new, backend CPU, CPU 0/1 % busy:${notes%;}"; fi
 done
 
-col() { awk -v c="$1" '{ print $c }' "$TMP/rounds" | median; }
-printf '%-6s | %9.0f %7.0f %7.3f | %9.0f %7.0f %7.3f | %6.3f %6.3f %6.3f\n' median \
-  "$(col 1)" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)" "$(col 7)" "$(col 8)" "$(col 9)"
+cells=()
+for s in "${SIDE[@]}"; do
+  cells+=("$(printf '%.0f %.0f %.3f' "$(values "$s" 3 | median)" "$(values "$s" 4 | median)" "$(values "$s" 5 | median)")")
+done
+cells+=("$(printf '%.3f %.3f %.3f' "$(ratios "$REF" 3 | median)" "$(ratios "$REF" 4 | median)" "$(ratios "$REF" 5 | median)")")
+row median ${cells[*]}
 echo
 # The range shows how far single rounds scatter, i.e. how much to trust the median.
-summary() {   # summary LABEL COLUMN
+summary() {   # summary LABEL COLUMN SIDE
   local lo hi
-  read -r lo hi < <(awk -v c="$2" 'NR == 1 || $c < lo { lo = $c } NR == 1 || $c > hi { hi = $c }
-    END { print lo, hi }' "$TMP/rounds")
-  printf '%s: %s ratio (tidegate/nginx) median = %.2f over %d rounds (range %.2f-%.2f)\n' \
-    "$SCENARIO" "$1" "$(col "$2")" "$ROUNDS" "$lo" "$hi"
+  read -r lo hi < <(ratios "$3" "$2" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo, hi }')
+  printf '%s: %s ratio (tidegate/%s) median = %.2f over %d rounds (range %.2f-%.2f)\n' \
+    "$SCENARIO" "$1" "$3" "$(ratios "$3" "$2" | median)" "$ROUNDS" "$lo" "$hi"
 }
-summary req/s 7
-summary p99 8
-summary cpu/req 9
+for s in "${SIDE[@]}"; do
+  [ "$s" = tidegate ] && continue
+  summary req/s 3 "$s"
+  summary p99 4 "$s"
+  summary cpu/req 5 "$s"
+done
+[ -n "$BACKEND" ] || exit 0
+
+# Pooling: a gateway that pools holds about CONNS connections to the backend and opens
+# few new ones (each is reopened after keepalive_requests, 1000 by default, requests).
+line=""
+for s in "${SIDE[@]}"; do
+  line+=" $s $(values "$s" 6 | median) established, $(values "$s" 7 | median) new per run;"
+done
+echo "$SCENARIO: backend connections (median):${line%;}"
+# The backend shares CPU 1 with wrk. If either saturates it, req/s and p99 describe the
+# load side rather than the gateway; CPU per request still holds.
+read -r bmax lmax < <(awk '{ if ($8 > b) b = $8; if ($10 > l) l = $10 } END { print b + 0, l + 0 }' "$TMP/runs")
+echo "$SCENARIO: backend CPU max ${bmax}% (of CPU 1); CPU 1 (wrk + backend + others) busy max ${lmax}%"
+if ((bmax >= 90)); then   # all its workers share CPU 1
+  echo "$SCENARIO: WARNING the backend was saturated: req/s and p99 are the backend's, not the gateway's"
+elif ((lmax >= 95)); then
+  echo "$SCENARIO: WARNING CPU 1 (wrk + backend) was saturated: req/s and p99 may be the load side's"
+fi

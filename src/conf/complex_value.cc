@@ -40,6 +40,7 @@ constexpr Fixed kFixed[] = {
     {"https", VarId::kHttps},
     {"connection", VarId::kConnection},
     {"connection_requests", VarId::kConnectionRequests},
+    {"request_completion", VarId::kRequestCompletion},
     {"pid", VarId::kPid},
     {"content_length", VarId::kContentLength},
     {"content_type", VarId::kContentType},

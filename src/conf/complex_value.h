@@ -38,6 +38,7 @@ enum class VarId : uint16_t {
   kHttps,
   kConnection,
   kConnectionRequests,
+  kRequestCompletion,  // "OK" once the whole response went out, else ""
   kPid,
   kContentLength,
   kContentType,

@@ -315,6 +315,12 @@ int Connection::onHeadComplete(std::string* why) {
     if (lua && !*s.lua_need_request_body) {
       early_start_ = true;
       req_.body_complete = false;
+    } else if (streamsBody()) {
+      // proxy_request_buffering off: the proxy starts now and the body
+      // follows it upstream as it arrives.
+      early_start_ = true;
+      req_.body_complete = false;
+      req_.body_streamed = true;
     }
     // RFC 9110 10.1.1: the client waits for this before sending the body.
     if (h.expect_continue && h.http_minor == 1 && start_ + h.head_len >= end_) out_.append("HTTP/1.1 100 Continue\r\n\r\n");
@@ -474,6 +480,7 @@ void Connection::finishRequest() {
 // The access log line, log_by_lua*, then keepalive or close.
 void Connection::completeRequest() {
   req_.base = buf_ + start_;
+  req_.completed = headers_sent_ && body_ended_ && !reset_after_write_;
   server_->accessLog().log(req_);
   // log_by_lua*: after the response is sent; it cannot change it.
   if (req_.server && settings().log_lua && server_->contentHandler()) {

@@ -58,6 +58,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   // proxy_pass as the content phase, after the Lua phases if any (their
   // task is kept in lua_task_ for the filters and log_by_lua*).
   bool proxyLocation() const;
+  bool streamsBody() const;
   void startProxy();
   // Keeps a task that runs on, or retires one that finished inside start().
   void adoptTask(std::unique_ptr<ContentTask> task, uint64_t finishes_before);
@@ -92,6 +93,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   bool headersSent() const override { return headers_sent_; }
   void streamBody(std::string_view data, bool last, ContentTask* task) override;
   size_t pendingOutput() const override;
+  bool takeRequestBody(std::string* out) override;
   void startTunnel(const HeaderList& headers, TunnelPeer* peer) override;
   void tunnelWrite(std::string_view data) override;
   void pauseTunnel(bool paused) override;
@@ -168,6 +170,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   std::unique_ptr<ContentTask> lua_task_;      // the Lua phases of a proxied request (task_ is the proxy)
   bool proxying_ = false;       // task_ is the proxy
   TunnelPeer* tunnel_ = nullptr;
+  std::string body_stream_;  // a streamed request body read but not yet taken by the proxy
   bool tunnel_paused_ = false;
   bool proxy_pending_ = false;  // the Lua phases declined: the proxy starts once their call returns
   uint64_t linger_start_ms_ = 0;

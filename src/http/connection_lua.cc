@@ -1,5 +1,6 @@
 // The parts of Connection that serve Lua's view of the request: the body
-// kept for ngx.req.* (http/request_body.h), and internal redirects
+// kept for ngx.req.* (http/request_body.h) or streamed to the proxy
+// (proxy_request_buffering off), and internal redirects
 // (ngx.exec, ngx.req.set_uri with jump) that carry the request on in
 // another location.
 #include "core/log.h"
@@ -12,6 +13,12 @@ namespace tidegate::http {
 
 using core::LogLevel;
 
+namespace {
+// A streamed request body waiting for the upstream beyond this pauses the
+// client.
+constexpr size_t kMaxStreamedBody = 64 * 1024;
+}  // namespace
+
 // Called once the location is known. The body is kept only for a location
 // whose Lua may read it (any Lua phase, or lua_need_request_body, which
 // also serves $request_body); elsewhere it is dropped as it is parsed.
@@ -19,12 +26,39 @@ void Connection::prepareBody() {
   const conf::HttpSettings& s = settings();
   bool lua_location = s.rewrite_lua || s.access_lua || s.log_lua || *s.lua_need_request_body ||
                       (req_.location && !req_.location->content_lua.empty());
-  bool proxied = proxyLocation() && *s.proxy.pass_request_body;
+  bool proxied = proxyLocation() && *s.proxy.pass_request_body && !streamsBody();
   if (!proxied && (!server_->contentHandler() || !lua_location)) return;
   req_.body.start(*s.client_body_buffer_size, &*s.client_body_temp_path);
 }
 
+bool Connection::takeRequestBody(std::string* out) {
+  out->swap(body_stream_);
+  body_stream_.clear();
+  if (!out->empty()) {
+    last_io_ms_ = uv_now(server_->loop());  // the body moves: the client is not idle
+    if (phase_ == Phase::kBody) resumeReading();
+  }
+  return req_.body_complete;
+}
+
+// proxy_request_buffering off, for a location without Lua request phases
+// (they may read the body) and a body the upstream can be sent as it comes
+// (a chunked one needs HTTP/1.1 upstream, as in nginx).
+bool Connection::streamsBody() const {
+  const conf::HttpSettings& s = settings();
+  if (!proxyLocation() || *s.proxy.request_buffering || !*s.proxy.pass_request_body) return false;
+  if (s.rewrite_lua || s.access_lua || *s.lua_need_request_body) return false;
+  return !parser_.head().chunked || !s.proxy.http_version || *s.proxy.http_version != 10;
+}
+
 void Connection::onBodyData(std::string_view data) {
+  if (req_.body_streamed) {
+    body_stream_.append(data);
+    // Back-pressure: the client waits while the upstream has not taken this.
+    if (body_stream_.size() >= kMaxStreamedBody) pauseReading();
+    if (task_) task_->bodyAvailable();
+    return;
+  }
   if (!req_.body.keeping()) return;
   req_.body.append(data);  // a failure is answered once the body is complete
   if (req_.body.takeSpilled()) {

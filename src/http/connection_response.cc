@@ -50,8 +50,9 @@ HandlerHeaders splitHandlerHeaders(ContentResult& result, const std::string& def
       int64_t n = 0;
       auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
       if (ec == std::errc() && end == value.data() + value.size() && n >= 0) h.content_length = n;
-    } else if (!iequals(name, "connection") && !iequals(name, "date") && !iequals(name, "server") &&
-               !iequals(name, "transfer-encoding")) {
+    } else if (!iequals(name, "connection") && !iequals(name, "transfer-encoding")) {
+      // A handler's Server or Date (ngx.header.Server, proxy_pass_header)
+      // replaces ours, as in nginx.
       h.extra.emplace_back(std::move(name), std::move(value));
     }
   }
@@ -175,7 +176,8 @@ void Connection::sendBody(std::string_view data, bool last, ContentTask* task) {
 void Connection::writeHandlerHead(ContentResult& result, int64_t content_length) {
   // A copy: the handler may still read ngx.header after the head is out.
   ContentResult sent;
-  sent.headers = result.headers;
+  if (result.headers_disposable) sent.headers = std::move(result.headers);
+  else sent.headers = result.headers;
   HandlerHeaders h = splitHandlerHeaders(sent, *settings().default_type);
   std::string location = absoluteRedirect(h.location);
   writeHead(result.status, h.content_type, location, &h.extra,
@@ -324,9 +326,19 @@ size_t Connection::writeHead(int status, std::string_view content_type, std::str
                   static_cast<char>('0' + status % 10), ' '};
   out_.append(code, 4);
   out_.append(reasonPhrase(status));
+  bool own_server = true, own_date = true;
+  if (extra_headers) {
+    for (const auto& [name, value] : *extra_headers) {
+      if (name.size() == 6 && iequals(name, "server")) own_server = false;
+      if (name.size() == 4 && iequals(name, "date")) own_date = false;
+    }
+  }
   // server_tokens: nginx's rule, our name.
-  out_.append(*settings().server_tokens ? "\r\nServer: tidegate/" TIDEGATE_VERSION "\r\nDate: " : "\r\nServer: tidegate\r\nDate: ");
-  out_.append(core::httpDate());
+  if (own_server) out_.append(*settings().server_tokens ? "\r\nServer: tidegate/" TIDEGATE_VERSION : "\r\nServer: tidegate");
+  if (own_date) {
+    out_.append("\r\nDate: ");
+    out_.append(core::httpDate());
+  }
   if (!no_body) {
     out_.append("\r\nContent-Type: ");
     out_.append(content_type);

@@ -26,6 +26,9 @@ struct ContentResult {
   bool declined = false;
   int status = 200;
   std::vector<std::pair<std::string, std::string>> headers;  // as set, in order
+  // The handler does not read `headers` after the head went out (the
+  // proxy): the connection may take them instead of copying.
+  bool headers_disposable = false;
   std::string body;
   // The handler failed after the headers went out: the response cannot be
   // completed, so the connection is closed (the client sees it truncated).
@@ -71,6 +74,11 @@ class ContentSink {
   // Bytes handed over for the client that the kernel has not taken yet
   // (the proxy pauses its upstream above a limit: back-pressure).
   virtual size_t pendingOutput() const = 0;
+  // proxy_request_buffering off: the request body as it arrives. Moves the
+  // bytes read since the last call into *out (replacing its content);
+  // true once the whole body was read and handed over. Reading from the
+  // client pauses while too much waits here (back-pressure).
+  virtual bool takeRequestBody(std::string* out) = 0;
 
   // A protocol switch (the proxy got 101 for an Upgrade request): the 101
   // head goes out with `headers` (plus Connection: upgrade), then the
@@ -101,6 +109,8 @@ class ContentTask {
   // The request body, still arriving when the handler started, is complete
   // (ngx.req.read_body waiters resume).
   virtual void bodyComplete() {}
+  // More of a streamed request body waits in the sink (takeRequestBody()).
+  virtual void bodyAvailable() {}
 };
 
 // The proxy (src/proxy/): proxy_pass as a location's content phase.

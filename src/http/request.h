@@ -90,10 +90,16 @@ struct Request {
   // False while the body is still arriving and the Lua phases already run
   // (they start once the head is read; ngx.req.read_body waits for it).
   bool body_complete = true;
+  // proxy_request_buffering off: the body is not kept but handed to the
+  // proxy piece by piece as it arrives (ContentSink::takeRequestBody).
+  bool body_streamed = false;
   std::string method_override;  // ngx.req.set_method; empty: the head's
   bool internal = false;        // after ngx.exec or ngx.req.set_uri (ngx.req.is_internal)
   int uri_changes_left = kMaxUriChanges;
   UpstreamRecord upstream;
+  // The response went out whole ($request_completion): false when it was
+  // cut (an upstream or a handler broke after the head) or never sent.
+  bool completed = false;
 
   // $request_method and ngx.req.get_method.
   std::string_view method() const { return method_override.empty() ? head->method.in(base) : method_override; }
@@ -122,6 +128,7 @@ struct Request {
   // Back to a fresh request; strings keep their capacity (no allocation per request).
   void reset() {
     body_complete = true;
+    body_streamed = false;
     base = nullptr;
     head = nullptr;
     server = nullptr;
@@ -142,6 +149,7 @@ struct Request {
     internal = false;
     uri_changes_left = kMaxUriChanges;
     upstream.clear();
+    completed = false;
     edited_headers_.clear();
     headers_edited_ = false;
   }

@@ -130,6 +130,9 @@ void appendVariable(const conf::VarRef& var, const Request& r, std::string* out,
     case VarId::kHttps: break;
     case VarId::kConnection: appendNumber(out, r.conn->id); break;
     case VarId::kConnectionRequests: appendNumber(out, r.conn->requests); break;
+    case VarId::kRequestCompletion:
+      if (r.completed) out->append("OK");
+      break;
     case VarId::kPid: appendNumber(out, static_cast<uint64_t>(getpid())); break;
     case VarId::kContentLength: if (r.head) out->append(r.header("content-length")); break;
     case VarId::kContentType: if (r.head) out->append(r.header("content-type")); break;

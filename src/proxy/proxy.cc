@@ -25,10 +25,8 @@ constexpr size_t kFileChunk = 64 * 1024;
 
 int64_t nowUs() { return static_cast<int64_t>(uv_hrtime() / 1000); }
 
-bool idempotent(std::string_view method) {
-  return method == "GET" || method == "HEAD" || method == "PUT" || method == "DELETE" || method == "OPTIONS" ||
-         method == "TRACE";
-}
+// nginx's list of the methods proxy_next_upstream treats as non-idempotent.
+bool idempotent(std::string_view method) { return method != "POST" && method != "LOCK" && method != "PATCH"; }
 
 // Response headers the client never sees from an upstream: hop-by-hop ones
 // and nginx's default proxy_hide_header list (the connection writes its own
@@ -83,6 +81,10 @@ class ProxyTask final : public http::ContentTask,
   void clientAborted() override;
   void bodyComplete() override {
     if (state_ == State::kWaitBody) startTries();
+    else bodyAvailable();
+  }
+  void bodyAvailable() override {
+    if (state_ == State::kSending && r_.body_streamed && !stream_writing_ && request_head_written_) pumpBody();
   }
 
  private:
@@ -110,6 +112,9 @@ class ProxyTask final : public http::ContentTask,
   bool retriesOn(uint32_t condition) const;
   void sendRequest();
   void sendMoreBody();
+  // proxy_request_buffering off: the next piece of the client's body, as
+  // it arrives (chunk-framed when its length is unknown).
+  void pumpBody();
   void onConnected(int status) override;
   void onWritten(int status) override;
   void onData(const char* data, size_t len) override;
@@ -161,6 +166,7 @@ class ProxyTask final : public http::ContentTask,
   bool request_sent_ = false;     // a byte of the request may have reached the peer
   bool request_done_ = false;     // the whole request is in the kernel
   bool got_bytes_ = false;        // the peer sent something on this connection
+  bool conn_reused_ = false;      // the connection came from the pool
   bool fresh_retry_done_ = false; // a pooled connection that was closed was replaced once
   int64_t try_start_us_ = 0;
   uint64_t body_offset_ = 0;
@@ -171,6 +177,13 @@ class ProxyTask final : public http::ContentTask,
   std::vector<size_t> tried_;
   std::string hash_key_;  // chash: the key, evaluated once per request
   std::string tunnel_buf_;  // client bytes on their way upstream
+  // A streamed request body (proxy_request_buffering off).
+  std::string stream_piece_;
+  std::string chunk_head_;
+  bool stream_writing_ = false;
+  bool stream_last_ = false;         // the piece being written ends the body
+  bool body_streamed_ = false;       // some of the body left the client connection: no replay
+  bool request_head_written_ = false;
   uint64_t tries_ = 0;
   int64_t first_try_us_ = 0;
   // The last failed try, for ngx.balancer.get_last_failure(): "failed" or
@@ -246,7 +259,7 @@ void ProxyTask::run() {
   // proxy_buffering on: up to proxy_buffers wait for the client before the
   // upstream is paused; off: proxy_buffer_size.
   high_water_ = *s_.buffering ? *s_.buffers_number * *s_.buffers_size : *s_.buffer_size;
-  if (!r_.body_complete) return;  // bodyComplete() starts the tries
+  if (!r_.body_complete && !r_.body_streamed) return;  // bodyComplete() starts the tries
   startTries();
 }
 
@@ -274,7 +287,7 @@ void ProxyTask::startTry() {
   t.addr = addr.text;
   r_.upstream.tries.push_back(std::move(t));
   try_start_us_ = nowUs();
-  request_sent_ = request_done_ = got_bytes_ = false;
+  request_sent_ = request_done_ = got_bytes_ = request_head_written_ = stream_last_ = false;
   body_offset_ = 0;
 
   while ((conn_ = m_.pool().take(addr.text)) != nullptr) {
@@ -284,6 +297,7 @@ void ProxyTask::startTry() {
     if (!non_idempotent_ || conn_->peerOpen()) break;
     dropConnection();
   }
+  conn_reused_ = conn_ != nullptr;
   if (conn_) {
     r_.upstream.tries.back().connect_us = 0;
     sendRequest();
@@ -380,18 +394,19 @@ void ProxyTask::reconnectFresh() {
   fresh_retry_done_ = true;
   dropConnection();
   try_start_us_ = nowUs();
-  request_sent_ = request_done_ = got_bytes_ = false;
+  request_sent_ = request_done_ = got_bytes_ = request_head_written_ = stream_last_ = false;
   body_offset_ = 0;
   connectNew();
 }
 
 void ProxyTask::connectNew() {
+  conn_reused_ = false;
   conn_ = UpstreamConn::create(&m_.pool(), peerAddress());
   state_ = State::kConnecting;
   int status = 0;
   if (!conn_->connect(this, &status)) {
     fail(conf::kNextError, 502,
-         std::string("connect() failed (") + std::to_string(-status) + ": " + uv_strerror(status) + ")");
+         std::string("connect() failed (") + std::to_string(-status) + ": " + strerror(-status) + ")");
     return;
   }
   conn_->setTimer(connect_timeout_ms_);
@@ -401,7 +416,7 @@ void ProxyTask::onConnected(int status) {
   conn_->stopTimer();
   if (status != 0) {
     fail(conf::kNextError, 502,
-         std::string("connect() failed (") + std::to_string(-status) + ": " + uv_strerror(status) + ")");
+         std::string("connect() failed (") + std::to_string(-status) + ": " + strerror(-status) + ")");
     return;
   }
   r_.upstream.tries.back().connect_us = nowUs() - try_start_us_;
@@ -417,7 +432,7 @@ void ProxyTask::sendRequest() {
   conn_->startReading();
   unsigned n = 0;
   bufs_[n++] = uv_buf_init(req_.head.data(), static_cast<unsigned>(req_.head.size()));
-  if (req_.body_length > 0 && !r_.body.inFile()) {
+  if (req_.body_length > 0 && !r_.body.inFile() && !r_.body_streamed) {
     const std::string& data = r_.body.data();
     bufs_[n++] = uv_buf_init(const_cast<char*>(data.data()), static_cast<unsigned>(data.size()));
     body_offset_ = data.size();
@@ -444,6 +459,30 @@ void ProxyTask::sendMoreBody() {
   conn_->setTimer(send_timeout_ms_);
 }
 
+void ProxyTask::pumpBody() {
+  bool last = sink_.takeRequestBody(&stream_piece_);
+  if (stream_piece_.empty() && !last) {
+    conn_->stopTimer();  // waiting for the client (client_body_timeout watches it)
+    return;
+  }
+  if (!stream_piece_.empty()) body_streamed_ = true;
+  unsigned n = 0;
+  bool chunked = req_.body_length < 0;
+  if (chunked && !stream_piece_.empty()) {
+    char hex[24];
+    int len = snprintf(hex, sizeof(hex), "%zx\r\n", stream_piece_.size());
+    chunk_head_.assign(hex, static_cast<size_t>(len));
+    stream_piece_.append("\r\n");
+    bufs_[n++] = uv_buf_init(chunk_head_.data(), static_cast<unsigned>(chunk_head_.size()));
+  }
+  if (chunked && last) stream_piece_.append("0\r\n\r\n");
+  bufs_[n++] = uv_buf_init(stream_piece_.data(), static_cast<unsigned>(stream_piece_.size()));
+  stream_writing_ = true;
+  stream_last_ = last;
+  conn_->write(bufs_, n);
+  conn_->setTimer(send_timeout_ms_);
+}
+
 void ProxyTask::onWritten(int status) {
   if (state_ == State::kTunnel) {
     if (status != 0) endTunnel("upstream closed the upgraded connection");
@@ -452,16 +491,23 @@ void ProxyTask::onWritten(int status) {
   }
   if (status != 0) {
     if (state_ != State::kSending) return;  // the response already came; the upload just stops
-    if (conn_->reused() && !got_bytes_ && !fresh_retry_done_) {
+    if (conn_reused_ && !got_bytes_ && !fresh_retry_done_ && !body_streamed_) {
       reconnectFresh();  // the peer had closed it: nothing of the request reached it
       return;
     }
     fail(conf::kNextError, 502,
-         std::string("writev() failed (") + std::to_string(-status) + ": " + uv_strerror(status) + ")");
+         std::string("writev() failed (") + std::to_string(-status) + ": " + strerror(-status) + ")");
     return;
   }
   if (state_ != State::kSending) return;
-  if (body_offset_ < static_cast<uint64_t>(req_.body_length)) {
+  request_head_written_ = true;
+  if (r_.body_streamed && req_.body_length != 0) {
+    stream_writing_ = false;
+    if (!stream_last_) {
+      pumpBody();
+      return;
+    }
+  } else if (body_offset_ < static_cast<uint64_t>(req_.body_length)) {
     sendMoreBody();
     return;
   }
@@ -537,8 +583,8 @@ void ProxyTask::handleHead() {
     // connection cannot be reused.
     req_.keepalive = false;
   }
-  r_.upstream.headers = h.headers;
   if (h.upgrade) {
+    r_.upstream.headers = h.headers;
     startTunnel();
     return;
   }
@@ -554,6 +600,7 @@ void ProxyTask::handleHead() {
   }
   http::ContentResult res;
   res.status = h.status;
+  res.headers_disposable = true;
   res.headers.reserve(h.headers.size());
   const std::vector<std::string>& hide = *s_.hide_headers;
   const std::vector<std::string>& pass = *s_.pass_headers;
@@ -562,6 +609,7 @@ void ProxyTask::handleHead() {
     if (hiddenByDefault(name) && !listed(pass, name)) continue;
     res.headers.emplace_back(name, value);
   }
+  r_.upstream.headers = parser_.takeHeaders();  // for $upstream_http_*
   head_sent_ = true;
   sink_.flushOutput(res, false, lua_);
 }
@@ -657,19 +705,20 @@ void ProxyTask::onReadEnd(int status) {
     }
     breakResponse(status == UV_EOF ? std::string("upstream prematurely closed connection while reading upstream")
                                    : std::string("recv() failed (") + std::to_string(-status) + ": " +
-                                         uv_strerror(status) + ") while reading upstream");
+                                         strerror(-status) + ") while reading upstream");
     return;
   }
   // Before the head: a pooled connection the peer closed as we reused it
   // is replaced by a fresh one, once, without counting a try, when the
   // request may be sent again (idempotent, or nothing reached the peer).
-  if (conn_ && conn_->reused() && !got_bytes_ && !fresh_retry_done_ && (!non_idempotent_ || !request_sent_)) {
+  if (conn_ && conn_reused_ && !got_bytes_ && !fresh_retry_done_ && !body_streamed_ &&
+      (!non_idempotent_ || !request_sent_)) {
     reconnectFresh();
     return;
   }
   std::string why = status == UV_EOF ? std::string("upstream prematurely closed connection")
                                      : std::string("recv() failed (") + std::to_string(-status) + ": " +
-                                           uv_strerror(status) + ")";
+                                           strerror(-status) + ")";
   fail(conf::kNextError, 502, why + " while reading response header from upstream");
 }
 
@@ -701,6 +750,7 @@ bool ProxyTask::retriesOn(uint32_t condition) const {
 bool ProxyTask::mayRetry(uint32_t condition) const {
   uint32_t next = *s_.next_upstream;
   if (!retriesOn(condition) || head_sent_) return false;
+  if (body_streamed_) return false;  // the body cannot be sent again
   // A request that is not idempotent goes once, unless nothing of it was
   // sent or proxy_next_upstream non_idempotent allows it.
   if (non_idempotent_ && request_sent_ && !(next & conf::kNextNonIdempotent)) return false;

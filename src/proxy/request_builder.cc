@@ -135,7 +135,12 @@ void buildRequest(const http::Request& r, const conf::ProxySettings& s, const Pr
   }
   bool pass_body = *s.pass_request_body;
   out->body_length = pass_body ? static_cast<int64_t>(r.body.size()) : 0;
-  if (out->body_length > 0 || (pass_body && r.head->hasBody())) {
+  if (pass_body && r.body_streamed) {
+    // Sent as it arrives: its declared length, or chunked when unknown.
+    out->body_length = r.head->chunked ? -1 : r.head->content_length;
+    if (out->body_length < 0) appendHeader(&h, "Transfer-Encoding", "chunked");
+  }
+  if (out->body_length > 0 || (pass_body && r.head->hasBody() && out->body_length == 0)) {
     char num[24];
     auto [end, ec] = std::to_chars(num, num + sizeof(num), out->body_length);
     appendHeader(&h, "Content-Length", std::string_view(num, static_cast<size_t>(end - num)));

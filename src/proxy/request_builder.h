@@ -30,7 +30,7 @@ void appendEscapedPath(std::string_view path, std::string* out);
 
 struct BuiltRequest {
   std::string head;        // request line, headers, blank line
-  int64_t body_length = 0; // bytes of the request body that follow
+  int64_t body_length = 0; // bytes of the request body that follow (-1: streamed chunked)
   bool keepalive = true;   // the upstream connection may be reused after this exchange
   bool upgrade = false;    // the request asks for a protocol upgrade (WebSocket)
 };

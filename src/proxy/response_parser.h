@@ -100,6 +100,8 @@ class ResponseParser {
   bool messageDone() const { return message_done_; }
   bool bodyUntilClose() const { return body_until_close_; }
   const ResponseHead& head() const { return head_; }
+  // The head's fields, moved out (the head keeps none); for after kHead.
+  std::vector<std::pair<std::string, std::string>> takeHeaders() { return std::move(head_.headers); }
   const std::string& errorText() const { return error_text_; }
   uint64_t bodyBytes() const { return body_bytes_; }
 

@@ -72,7 +72,6 @@ class UpstreamConn {
   // sent on a connection that cannot take them.
   bool peerOpen();
   const std::string& key() const { return key_; }
-  bool reused() const { return requests_ > 0; }
   uint64_t requests() const { return requests_; }
   void countRequest() { requests_++; }
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&tcp_); }

@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -655,6 +656,11 @@ void FakeUpstream::acceptLoop() {
     if (p[1].revents) return;
     if (!p[0].revents) continue;
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd >= 0) {
+      // A head and body written separately must not wait for a delayed ACK.
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
     if (fd < 0) continue;
     reapFinished();
     startConn(fd);

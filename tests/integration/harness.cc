@@ -505,6 +505,15 @@ std::vector<pid_t> childrenOf(pid_t parent) {
   return out;
 }
 
+long procStatusKb(pid_t pid, const std::string& field) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) return std::stol(line.substr(field.size() + 1));
+  }
+  return -1;
+}
+
 int openFdCount(pid_t pid) {
   int n = 0;
   DIR* d = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());

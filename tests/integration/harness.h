@@ -144,5 +144,7 @@ class Gateway {
 std::vector<pid_t> childrenOf(pid_t parent);
 // Count of open fds of a process.
 int openFdCount(pid_t pid);
+// A field of /proc/<pid>/status in kB ("VmHWM", "VmRSS"); -1 if absent.
+long procStatusKb(pid_t pid, const std::string& field);
 
 }  // namespace tidegate::test

@@ -6,7 +6,6 @@
 #include <dirent.h>
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <string>
 
 #include "harness.h"
@@ -26,16 +25,6 @@ int fileCount(const std::string& dir) {
   }
   closedir(d);
   return n;
-}
-
-// A field of /proc/<pid>/status in kB ("VmHWM", "VmRSS").
-long statusKb(pid_t pid, const std::string& field) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(field + ":", 0) == 0) return std::stol(line.substr(field.size() + 1));
-  }
-  return -1;
 }
 
 const char* kUpload = R"(
@@ -66,7 +55,7 @@ TEST(LuaReqBodyTest, LargeBodyGoesToATempFileWithBoundedMemoryAndIsDeletedAfterT
   ASSERT_EQ(gw.workerPids().size(), 1u);
   pid_t worker = gw.workerPids()[0];
   ASSERT_EQ(httpGet(gw.port(), "/warm").status, 404);  // buffers and code paths touched once
-  long peak_before = statusKb(worker, "VmHWM");
+  long peak_before = procStatusKb(worker, "VmHWM");
   ASSERT_GT(peak_before, 0);
 
   RawClient c(gw.port());
@@ -84,7 +73,7 @@ TEST(LuaReqBodyTest, LargeBodyGoesToATempFileWithBoundedMemoryAndIsDeletedAfterT
 
   // The body never sat in the worker's memory: its peak grew by far less
   // than the 5 MB that went through it.
-  long peak_after = statusKb(worker, "VmHWM");
+  long peak_after = procStatusKb(worker, "VmHWM");
   EXPECT_LT(peak_after - peak_before, 2048) << "worker peak RSS grew from " << peak_before << " kB to "
                                            << peak_after << " kB";
   // The request ended: the file is gone.

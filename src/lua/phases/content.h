@@ -134,6 +134,10 @@ class DetachedSink : public http::ContentSink {
   void cancelDrain() override {}
   void streamBody(std::string_view, bool, http::ContentTask*) override {}
   size_t pendingOutput() const override { return 0; }
+  bool takeRequestBody(std::string* out) override {
+    out->clear();
+    return true;
+  }
   void startTunnel(const http::HeaderList&, TunnelPeer*) override {}
   void tunnelWrite(std::string_view) override {}
   void pauseTunnel(bool) override {}
