@@ -50,6 +50,29 @@ int tg_req_headers(void* r, tg_header_t* out, int n, int raw);
 /* ngx.header.NAME = value (one string): 0 done, < 0: slow path. */
 int tg_header_set(void* r, const char* name, size_t name_len, const char* value, size_t value_len);
 
+/* ngx.balancer (lua/ngx/balancer.lua) for the balancer_by_lua* code of the
+ * request `r` (what tg_get_request() returned). Each returns 0 on success;
+ * -1 with a static message in *err, which is OpenResty's: "API disabled in
+ * the current context" anywhere but in balancer_by_lua*, else what was
+ * wrong. */
+
+/* `addr` is an IP address ("[v6]" too), optionally with ":port", which then
+ * wins over `port`. */
+int tg_balancer_set_current_peer(void* r, const char* addr, size_t len, int port, const char** err);
+/* 1 instead of 0 when `count` was reduced to fit proxy_next_upstream_tries
+ * (the warning "reduced tries due to limit" in *err). `statuses` (`n` of
+ * them) are retried for the rest of the request as if proxy_next_upstream
+ * named them (tidegate's extension). */
+int tg_balancer_set_more_tries(void* r, int count, const int* statuses, int n, const char** err);
+/* The previous try of the request: 0 on the first try, else 2 ("next") or
+ * 4 ("failed"), nginx's peer states, with its status in *status. */
+int tg_balancer_get_last_failure(void* r, int* status, const char** err);
+/* Milliseconds; 0 keeps the value in force. */
+int tg_balancer_set_timeouts(void* r, long connect_ms, long send_ms, long read_ms, const char** err);
+/* The peer set by set_current_peer goes back to the pool after the try. */
+int tg_balancer_enable_keepalive(void* r, long idle_timeout_ms, long max_requests, const char** err);
+int tg_balancer_recreate_request(void* r, const char** err);
+
 #ifdef __cplusplus
 }
 #endif

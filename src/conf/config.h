@@ -73,6 +73,21 @@ enum NextUpstream : uint32_t {
   kNextOff = 1u << 31,  // `off` alone: never retry
 };
 
+// The condition that names an upstream response status (http_502...), or
+// 0 for a status proxy_next_upstream cannot name.
+inline uint32_t nextUpstreamForStatus(int status) {
+  switch (status) {
+    case 500: return kNextHttp500;
+    case 502: return kNextHttp502;
+    case 503: return kNextHttp503;
+    case 504: return kNextHttp504;
+    case 403: return kNextHttp403;
+    case 404: return kNextHttp404;
+    case 429: return kNextHttp429;
+    default: return 0;
+  }
+}
+
 // One proxy_set_header: the value is evaluated per request; an empty
 // result drops the header (nginx's rule).
 struct ProxyHeader {
@@ -263,7 +278,7 @@ struct UpstreamServer {
 };
 
 // upstream NAME { ... }: the servers and how to choose among them
-// (src/upstream/ balancers; the proxy that uses it comes with issue 4).
+// (src/upstream/ balancers, or balancer_by_lua*; src/proxy/ uses it).
 struct UpstreamConf {
   std::string name;
   std::string where;
@@ -279,6 +294,9 @@ struct UpstreamConf {
   uint64_t keepalive_timeout_ms = 60000;
   uint64_t keepalive_requests = 1000;
   bool balancer_set = false;
+  // balancer_by_lua*: runs before every try; a peer it sets replaces the
+  // balancer's pick (which remains the fallback).
+  LuaCode balancer_lua;
 };
 
 struct HttpConfig {

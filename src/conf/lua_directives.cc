@@ -78,6 +78,11 @@ bool onContent(const ConfNode& n, BuildState& st, std::string* err) {
   return setCode(n, st, &st.location->content_lua, err);
 }
 
+// balancer_by_lua*: inside upstream { }, once per block.
+bool onBalancer(const ConfNode& n, BuildState& st, std::string* err) {
+  return setCode(n, st, &st.upstream->balancer_lua, err);
+}
+
 // set_by_lua $var '<code>' [$arg...]; set_by_lua_file $var <path> [$arg...];
 // set_by_lua_block $var { <code> }. It joins the block's rewrite-module list
 // and declares $var (declareVariables() saw it before the build).
@@ -179,6 +184,9 @@ const Directive kLuaDirectives[] = {
     {"content_by_lua_block", kLocationCtx, 0, 0, true, onContent},
     {"content_by_lua", kLocationCtx, 1, 1, false, onContent},
     {"content_by_lua_file", kLocationCtx, 1, 1, false, onContent},
+    {"balancer_by_lua_block", kUpstreamCtx, 0, 0, true, onBalancer},
+    {"balancer_by_lua", kUpstreamCtx, 1, 1, false, onBalancer},
+    {"balancer_by_lua_file", kUpstreamCtx, 1, 1, false, onBalancer},
 };
 
 }  // namespace

@@ -38,7 +38,9 @@ bool onUpstream(const ConfNode& n, BuildState& st, std::string* err) {
   inner.ctx = kUpstreamCtx;
   inner.upstream = up.get();
   if (!buildBlock(n.children, inner, st.error)) return false;
-  if (up->servers.empty()) {
+  // With balancer_by_lua* the code may choose every peer itself (OpenResty
+  // confs still name a placeholder such as `server 0.0.0.1;`).
+  if (up->servers.empty() && up->balancer_lua.empty()) {
     *st.error = ConfError{"no servers are inside upstream", n.file ? *n.file : "", n.line};
     return false;
   }

@@ -3,6 +3,7 @@
 // src/lua/ implements them.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -137,6 +138,52 @@ struct LuaPhases {
   bool any() const { return rewrite || access || content; }
 };
 
+// balancer_by_lua*: one run of an upstream's code, before a try picks its
+// peer. The proxy fills the inputs; the code's ngx.balancer calls
+// (lua/ngx/balancer.lua) fill the outputs, which apply to this try (the
+// peer, keepalive, the rebuilt request) or to the rest of the request (more
+// tries, retry_on, timeouts).
+struct BalancerCall {
+  // --- in ---
+  uint64_t try_number = 1;  // 1 on the first try
+  // The previous try's failure for get_last_failure(): "next" (a 403 or 404
+  // that was retried) or "failed" (anything else), and its status; empty
+  // on the first try.
+  std::string last_state;
+  int last_status = 0;
+  // What set_more_tries() is capped to: the tries this request may make so
+  // far (1 + the more tries granted by earlier runs) and
+  // proxy_next_upstream_tries (0: no limit).
+  uint64_t tries_allowed = 1;
+  uint64_t max_tries = 0;
+
+  // --- out ---
+  // set_current_peer(): an IP address (IPv6 without brackets) and a port;
+  // an empty host: none was set, the upstream's balancer picks.
+  std::string peer_host;
+  uint16_t peer_port = 0;
+  // set_more_tries(count, retry_on): the last call's count (already capped),
+  // and the statuses (conf::nextUpstreamForStatus() names them) retried
+  // for this request as if proxy_next_upstream listed them.
+  uint64_t more_tries = 0;
+  std::vector<int> retry_on;
+  // set_timeouts(), in ms: -1 keeps the current value.
+  int64_t connect_timeout_ms = -1;
+  int64_t send_timeout_ms = -1;
+  int64_t read_timeout_ms = -1;
+  // enable_keepalive(): the set peer's connection is pooled with these
+  // (instead of the upstream's keepalive settings). 0 requests: no limit.
+  bool keepalive = false;
+  uint64_t keepalive_timeout_ms = 60000;
+  uint64_t keepalive_requests = 100;
+  // recreate_request(): the request head is built again (ngx.req.set_header
+  // or ngx.var changes made since reach the upstream).
+  bool recreate_request = false;
+  // ngx.exit(status) in the code: >= 300 answers with that status, any
+  // other value but 0 (ngx.OK) with 500, as OpenResty's balancer does.
+  int exit_status = 0;
+};
+
 class ContentHandler {
  public:
   virtual ~ContentHandler() = default;
@@ -168,6 +215,12 @@ class ContentHandler {
   // answered with 500.
   virtual bool runSet(Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
                       std::string* out) = 0;
+  // balancer_by_lua*: runs `code` to completion now (it cannot yield), for
+  // one try of a proxied request; `call` holds what the code sees and what
+  // it set. `task` (may be null: a fresh context then) is the request's
+  // Lua context, whose ngx.ctx the code shares. False after logging the
+  // error (with its traceback): the request is answered with 500.
+  virtual bool runBalancer(Request& r, const conf::LuaCode& code, ContentTask* task, BalancerCall* call) = 0;
 };
 
 }  // namespace tidegate::http

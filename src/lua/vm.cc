@@ -82,6 +82,7 @@ const char* phaseName(Phase p) {
     case Phase::kHeaderFilter: return "header_filter";
     case Phase::kBodyFilter: return "body_filter";
     case Phase::kExitWorker: return "exit_worker";
+    case Phase::kBalancer: return "balancer";
   }
   return "?";
 }

@@ -29,6 +29,7 @@ enum class Phase {
   kLog,
   kTimer,
   kExitWorker,
+  kBalancer,
 };
 // Phases whose code runs in a coroutine that may wait for events.
 inline bool yieldablePhase(Phase p) {

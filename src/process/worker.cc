@@ -42,6 +42,7 @@ class Worker {
     if (vm_) {
       content_handler_ = std::make_unique<lua::LuaContentHandler>(*vm_, &loop_);
       server_->setContentHandler(content_handler_.get());
+      proxy_->setContentHandler(content_handler_.get());
       timers_ = std::make_unique<lua::Timers>(*vm_, &loop_);
       vm_->setTimers(timers_.get());
     }

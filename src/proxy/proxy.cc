@@ -54,19 +54,6 @@ bool listed(const std::vector<std::string>& list, std::string_view name) {
   return false;
 }
 
-uint32_t statusCondition(int status) {
-  switch (status) {
-    case 500: return conf::kNextHttp500;
-    case 502: return conf::kNextHttp502;
-    case 503: return conf::kNextHttp503;
-    case 504: return conf::kNextHttp504;
-    case 403: return conf::kNextHttp403;
-    case 404: return conf::kNextHttp404;
-    case 429: return conf::kNextHttp429;
-    default: return 0;
-  }
-}
-
 // One proxied request. Owned by the downstream connection (as its content
 // task); owns its upstream connection while a try runs.
 class ProxyTask final : public http::ContentTask,
@@ -74,7 +61,14 @@ class ProxyTask final : public http::ContentTask,
                         private http::ContentSink::TunnelPeer {
  public:
   ProxyTask(ProxyModule& m, http::Request& r, http::ContentSink& sink, http::ContentTask* lua)
-      : m_(m), r_(r), sink_(sink), lua_(lua), s_(r.settings().proxy) {
+      : m_(m),
+        r_(r),
+        sink_(sink),
+        lua_(lua),
+        s_(r.settings().proxy),
+        connect_timeout_ms_(*s_.connect_timeout_ms),
+        send_timeout_ms_(*s_.send_timeout_ms),
+        read_timeout_ms_(*s_.read_timeout_ms) {
     parser_.onBody([this](std::string_view data) { forwardBody(data); });
   }
   ~ProxyTask() override {
@@ -98,11 +92,24 @@ class ProxyTask final : public http::ContentTask,
 
   void startTries();
   void startTry();
+  // The upstream's balancer picks this try's peer. False if none may be
+  // picked (the request was answered).
+  bool pickPeer();
+  // balancer_by_lua*: the upstream's code runs before every try and may
+  // set the peer, grant more tries, change timeouts (http::BalancerCall).
+  // False if the request was answered instead (an error in the code,
+  // ngx.exit).
+  bool runBalancerLua();
+  bool applyBalancerCall(const http::BalancerCall& call);
+  bool balancerLua() const { return rt_->conf && !rt_->conf->balancer_lua.empty(); }
+  const PeerAddress& peerAddress() const { return lua_choice_.peer ? lua_choice_.addr : rt_->peers[peer_].addr; }
   void connectNew();
   // The pooled connection just used was closed by the peer: the same peer
   // again on a fresh connection, once, without counting a try.
   void reconnectFresh();
   bool mayRetry(uint32_t condition) const;
+  // proxy_next_upstream names `condition`, or retry_on did for this request.
+  bool retriesOn(uint32_t condition) const;
   void sendRequest();
   void sendMoreBody();
   // proxy_request_buffering off: the next piece of the client's body, as
@@ -142,6 +149,10 @@ class ProxyTask final : public http::ContentTask,
   http::ContentSink& sink_;
   http::ContentTask* lua_;
   const conf::ProxySettings& s_;
+  // proxy_*_timeout, unless balancer_by_lua* set others for the request.
+  uint64_t connect_timeout_ms_;
+  uint64_t send_timeout_ms_;
+  uint64_t read_timeout_ms_;
   State state_ = State::kWaitBody;
 
   UpstreamRuntime* rt_ = nullptr;
@@ -177,6 +188,25 @@ class ProxyTask final : public http::ContentTask,
   bool request_head_written_ = false;
   uint64_t tries_ = 0;
   int64_t first_try_us_ = 0;
+  // The last failed try, for ngx.balancer.get_last_failure(): "failed" or
+  // "next" (a 403 or 404), and its status.
+  std::string last_state_;
+  int last_status_ = 0;
+
+  // balancer_by_lua*: what the upstream's code chose.
+  struct LuaChoice {
+    bool peer = false;  // this try's peer: `addr`, not the balancer's pick
+    PeerAddress addr;
+    bool keepalive = false;  // enable_keepalive() for this try
+    uint64_t keepalive_timeout_ms = 0;
+    uint64_t keepalive_requests = 0;
+    uint64_t tries = 1;     // tries allowed: 1 + the more tries granted
+    uint32_t retry_on = 0;  // NextUpstream bits of the retry_on statuses
+  };
+  LuaChoice lua_choice_;
+  // The request's Lua context when no Lua phase made one: ngx.ctx lasts
+  // from one try to the next and reaches the filters and log_by_lua*.
+  std::unique_ptr<http::ContentTask> own_lua_;
 
   bool head_sent_ = false;       // the response head went to the client
   bool waiting_drain_ = false;
@@ -250,35 +280,11 @@ void ProxyTask::startTries() {
 }
 
 void ProxyTask::startTry() {
-  uint64_t now_ms = uv_now(m_.loop());
-  rt_->refreshHealth(now_ms);
-  upstream::PickContext ctx;
-  ctx.tried = tried_;
-  ctx.now_us = nowUs();
-  if (rt_->conf && rt_->conf->hash_key) {
-    if (hash_key_.empty()) http::evaluate(*rt_->conf->hash_key, r_, &hash_key_);
-    ctx.hash_key = hash_key_;
-  }
-  std::optional<size_t> pick = rt_->balancer->pick(ctx);
-  if (!pick) {
-    if (r_.upstream.tries.empty()) {
-      logError(LogLevel::kError, "no live upstreams while connecting to upstream");
-      http::UpstreamTry t;
-      t.addr = rt_->name;
-      t.status = 503;
-      r_.upstream.tries.push_back(t);
-      respondError(503);
-    } else {
-      respondError(r_.upstream.tries.back().status);
-    }
-    return;
-  }
-  peer_ = *pick;
-  have_peer_ = true;
-  tried_.push_back(peer_);
+  rt_->refreshHealth(uv_now(m_.loop()));
+  if (balancerLua() && !runBalancerLua()) return;
+  if (!lua_choice_.peer && !pickPeer()) return;
   tries_++;
-  rt_->balancer->onStart(peer_);
-  const PeerAddress& addr = rt_->peers[peer_].addr;
+  const PeerAddress& addr = peerAddress();
   http::UpstreamTry t;
   t.addr = addr.text;
   r_.upstream.tries.push_back(std::move(t));
@@ -302,6 +308,90 @@ void ProxyTask::startTry() {
   connectNew();
 }
 
+bool ProxyTask::pickPeer() {
+  upstream::PickContext ctx;
+  ctx.tried = tried_;
+  ctx.now_us = nowUs();
+  if (rt_->conf && rt_->conf->hash_key) {
+    if (hash_key_.empty()) http::evaluate(*rt_->conf->hash_key, r_, &hash_key_);
+    ctx.hash_key = hash_key_;
+  }
+  std::optional<size_t> pick = rt_->balancer->pick(ctx);
+  if (!pick) {
+    if (r_.upstream.tries.empty()) {
+      logError(LogLevel::kError, "no live upstreams while connecting to upstream");
+      http::UpstreamTry t;
+      t.addr = rt_->name;
+      t.status = 503;
+      r_.upstream.tries.push_back(t);
+      respondError(503);
+    } else {
+      respondError(r_.upstream.tries.back().status);
+    }
+    return false;
+  }
+  peer_ = *pick;
+  have_peer_ = true;
+  tried_.push_back(peer_);
+  rt_->balancer->onStart(peer_);
+  return true;
+}
+
+bool ProxyTask::runBalancerLua() {
+  lua_choice_.peer = false;
+  lua_choice_.keepalive = false;
+  http::ContentHandler* lua = m_.contentHandler();
+  if (!lua) {
+    logError(LogLevel::kError, "balancer_by_lua* cannot run: no Lua VM");
+    respondError(500);
+    return false;
+  }
+  if (!lua_) {
+    own_lua_ = lua->detached(r_, sink_);
+    lua_ = own_lua_.get();
+  }
+  http::BalancerCall call;
+  call.try_number = tries_ + 1;
+  call.last_state = last_state_;
+  call.last_status = last_status_;
+  call.tries_allowed = lua_choice_.tries;
+  call.max_tries = *s_.next_upstream_tries;
+  if (!lua->runBalancer(r_, rt_->conf->balancer_lua, lua_, &call)) {
+    respondError(500);  // logged with its traceback
+    return false;
+  }
+  if (call.exit_status != 0) {
+    // OpenResty's balancer: ngx.exit(status >= 300) answers with it,
+    // ngx.exit(ngx.ERROR) (or any other value) with 500.
+    respondError(call.exit_status >= 300 ? call.exit_status : 500);
+    return false;
+  }
+  return applyBalancerCall(call);
+}
+
+bool ProxyTask::applyBalancerCall(const http::BalancerCall& call) {
+  lua_choice_.tries += call.more_tries;
+  for (int status : call.retry_on) lua_choice_.retry_on |= conf::nextUpstreamForStatus(status);
+  if (call.connect_timeout_ms > 0) connect_timeout_ms_ = static_cast<uint64_t>(call.connect_timeout_ms);
+  if (call.send_timeout_ms > 0) send_timeout_ms_ = static_cast<uint64_t>(call.send_timeout_ms);
+  if (call.read_timeout_ms > 0) read_timeout_ms_ = static_cast<uint64_t>(call.read_timeout_ms);
+  if (call.recreate_request) buildRequest(r_, s_, target_, &req_);
+  if (call.peer_host.empty()) return true;  // the upstream's balancer picks (OpenResty's fallback)
+  bool v6 = call.peer_host.find(':') != std::string::npos;
+  std::string text = v6 ? "[" + call.peer_host + "]" : call.peer_host;
+  text.append(1, ':').append(std::to_string(call.peer_port));
+  if (!parsePeerAddress(text, &lua_choice_.addr)) {
+    logError(LogLevel::kError, "balancer_by_lua* set an invalid peer \"" + text + "\"");
+    respondError(500);
+    return false;
+  }
+  lua_choice_.peer = true;
+  lua_choice_.keepalive = call.keepalive;
+  lua_choice_.keepalive_timeout_ms = call.keepalive_timeout_ms;
+  lua_choice_.keepalive_requests = call.keepalive_requests > 0 ? call.keepalive_requests : UINT64_MAX;
+  return true;
+}
+
 void ProxyTask::reconnectFresh() {
   fresh_retry_done_ = true;
   dropConnection();
@@ -313,7 +403,7 @@ void ProxyTask::reconnectFresh() {
 
 void ProxyTask::connectNew() {
   conn_reused_ = false;
-  conn_ = UpstreamConn::create(&m_.pool(), rt_->peers[peer_].addr);
+  conn_ = UpstreamConn::create(&m_.pool(), peerAddress());
   state_ = State::kConnecting;
   int status = 0;
   if (!conn_->connect(this, &status)) {
@@ -321,7 +411,7 @@ void ProxyTask::connectNew() {
          std::string("connect() failed (") + std::to_string(-status) + ": " + strerror(-status) + ")");
     return;
   }
-  conn_->setTimer(*s_.connect_timeout_ms);
+  conn_->setTimer(connect_timeout_ms_);
 }
 
 void ProxyTask::onConnected(int status) {
@@ -359,7 +449,7 @@ void ProxyTask::sendRequest() {
     onWritten(error);
     return;
   }
-  conn_->setTimer(*s_.send_timeout_ms);
+  conn_->setTimer(send_timeout_ms_);
 }
 
 // A body in a file: the next piece once the previous one is in the kernel.
@@ -376,7 +466,7 @@ void ProxyTask::sendMoreBody() {
   }
   body_offset_ += static_cast<uint64_t>(n);
   bufs_[0] = uv_buf_init(body_chunk_.data(), static_cast<unsigned>(n));
-  conn_->setTimer(*s_.send_timeout_ms);  // first: a write that fails at once resets it
+  conn_->setTimer(send_timeout_ms_);  // first: a write that fails at once resets it
   conn_->write(bufs_, 1);
 }
 
@@ -400,7 +490,7 @@ void ProxyTask::pumpBody() {
   bufs_[n++] = uv_buf_init(stream_piece_.data(), static_cast<unsigned>(stream_piece_.size()));
   stream_writing_ = true;
   stream_last_ = last;
-  conn_->setTimer(*s_.send_timeout_ms);  // first: a write that fails at once resets it
+  conn_->setTimer(send_timeout_ms_);  // first: a write that fails at once resets it
   conn_->write(bufs_, n);
 }
 
@@ -434,7 +524,7 @@ void ProxyTask::onWritten(int status) {
   }
   request_done_ = true;
   state_ = State::kWaitHead;
-  conn_->setTimer(*s_.read_timeout_ms);
+  conn_->setTimer(read_timeout_ms_);
 }
 
 void ProxyTask::onData(const char* data, size_t len) {
@@ -449,12 +539,12 @@ void ProxyTask::onData(const char* data, size_t len) {
 
 void ProxyTask::consume(const char* data, size_t len) {
   if (state_ == State::kTunnel) {
-    conn_->setTimer(*s_.read_timeout_ms);
+    conn_->setTimer(read_timeout_ms_);
     sink_.tunnelWrite(std::string_view(data, len));
     return;
   }
   if (state_ == State::kStreaming || state_ == State::kWaitHead || state_ == State::kSending) {
-    conn_->setTimer(*s_.read_timeout_ms);
+    conn_->setTimer(read_timeout_ms_);
   }
   while (len > 0 || state_ == State::kStreaming) {
     size_t used = 0;
@@ -490,15 +580,16 @@ void ProxyTask::handleHead() {
   http::UpstreamTry& t = r_.upstream.tries.back();
   t.status = h.status;
   t.header_us = nowUs() - try_start_us_;
-  uint32_t cond = statusCondition(h.status);
-  if (cond && (*s_.next_upstream & cond)) {
+  uint32_t cond = conf::nextUpstreamForStatus(h.status);
+  if (cond && retriesOn(cond)) {
     // A status named in proxy_next_upstream: the next peer if one may be
     // tried, else this answer goes to the client as it is.
     if (mayRetry(cond)) {
       fail(cond, h.status, {});
       return;
     }
-    if (cond != conf::kNextHttp403 && cond != conf::kNextHttp404 && rt_->reportFailure(peer_, uv_now(m_.loop()))) {
+    if (cond != conf::kNextHttp403 && cond != conf::kNextHttp404 && !lua_choice_.peer &&
+        rt_->reportFailure(peer_, uv_now(m_.loop()))) {
       logError(LogLevel::kWarn, "upstream server temporarily disabled");
     }
   }
@@ -547,7 +638,7 @@ void ProxyTask::startTunnel() {
       headers.emplace_back(name, value);
     }
   }
-  conn_->setTimer(*s_.read_timeout_ms);
+  conn_->setTimer(read_timeout_ms_);
   sink_.startTunnel(headers, this);
 }
 
@@ -557,7 +648,7 @@ void ProxyTask::onClientData(const char* data, size_t len) {
   tunnel_buf_.assign(data, len);
   bufs_[0] = uv_buf_init(tunnel_buf_.data(), static_cast<unsigned>(tunnel_buf_.size()));
   sink_.pauseTunnel(true);
-  conn_->setTimer(*s_.read_timeout_ms);
+  conn_->setTimer(read_timeout_ms_);
   conn_->write(bufs_, 1);
 }
 
@@ -588,7 +679,7 @@ void ProxyTask::pauseForClient() {
     waiting_drain_ = false;
     if (!conn_) return;
     conn_->startReading();
-    conn_->setTimer(*s_.read_timeout_ms);
+    conn_->setTimer(read_timeout_ms_);
   });
   if (drained) return;
   waiting_drain_ = true;
@@ -605,7 +696,11 @@ void ProxyTask::endResponse() {
   conn_ = nullptr;
   if (reuse) {
     uint64_t max_idle = rt_->keepalive > 0 ? rt_->keepalive : m_.maxIdle();
-    c->release(rt_->keepalive_timeout_ms, max_idle, rt_->keepalive_requests);
+    if (lua_choice_.peer && lua_choice_.keepalive) {
+      c->release(lua_choice_.keepalive_timeout_ms, max_idle, lua_choice_.keepalive_requests);
+    } else {
+      c->release(rt_->keepalive_timeout_ms, max_idle, rt_->keepalive_requests);
+    }
   } else {
     c->close();
   }
@@ -664,9 +759,14 @@ const char* ProxyTask::activity() const {
   }
 }
 
+bool ProxyTask::retriesOn(uint32_t condition) const {
+  uint32_t next = *s_.next_upstream;
+  return (!(next & conf::kNextOff) && (next & condition)) || (lua_choice_.retry_on & condition);
+}
+
 bool ProxyTask::mayRetry(uint32_t condition) const {
   uint32_t next = *s_.next_upstream;
-  if ((next & conf::kNextOff) || !(next & condition) || head_sent_) return false;
+  if (!retriesOn(condition) || head_sent_) return false;
   if (body_streamed_) return false;  // the body cannot be sent again
   // A request that is not idempotent goes once, unless nothing of it was
   // sent or proxy_next_upstream non_idempotent allows it.
@@ -676,11 +776,14 @@ bool ProxyTask::mayRetry(uint32_t condition) const {
       static_cast<uint64_t>(nowUs() - first_try_us_) / 1000 >= *s_.next_upstream_timeout_ms) {
     return false;
   }
+  // balancer_by_lua* grants tries with set_more_tries(); otherwise each
+  // server is tried once at most.
+  if (balancerLua()) return tries_ < lua_choice_.tries;
   return tried_.size() < rt_->peers.size();
 }
 
 void ProxyTask::fail(uint32_t condition, int status, const std::string& why) {
-  bool is_status = statusCondition(status) != 0 && condition == statusCondition(status);
+  bool is_status = conf::nextUpstreamForStatus(status) != 0 && condition == conf::nextUpstreamForStatus(status);
   if (!is_status) {
     std::string line = why;
     if (line.find(" while ") == std::string::npos) line.append(" while ").append(activity());
@@ -694,7 +797,9 @@ void ProxyTask::fail(uint32_t condition, int status, const std::string& why) {
   // only when proxy_next_upstream names them (as nginx's max_fails).
   bool counts = condition != conf::kNextHttp403 && condition != conf::kNextHttp404;
   endTry(counts ? upstream::Outcome::kFailed : upstream::Outcome::kOk);
-  if (counts && rt_->reportFailure(peer_, uv_now(m_.loop()))) {
+  last_state_ = counts ? "failed" : "next";  // nginx's NGX_PEER_FAILED / NGX_PEER_NEXT
+  last_status_ = t.status;
+  if (counts && !lua_choice_.peer && rt_->reportFailure(peer_, uv_now(m_.loop()))) {
     logError(LogLevel::kWarn, "upstream server temporarily disabled");
   }
   if (mayRetry(condition)) {

@@ -30,12 +30,16 @@ class ProxyModule final : public http::ProxyHandler {
   // The most connections one worker may have (worker_connections): the
   // ceiling of a pool sized from demand.
   uint64_t maxIdle() const { return max_idle_; }
+  // The Lua runtime that runs balancer_by_lua* (null: none).
+  void setContentHandler(http::ContentHandler* h) { content_handler_ = h; }
+  http::ContentHandler* contentHandler() const { return content_handler_; }
 
  private:
   uv_loop_t* loop_;
   ConnPool pool_;
   Upstreams upstreams_;
   uint64_t max_idle_;
+  http::ContentHandler* content_handler_ = nullptr;
 };
 
 }  // namespace tidegate::proxy

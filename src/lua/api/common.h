@@ -40,6 +40,16 @@ void setResponseHeader(RequestContext* ctx, std::string name, std::string_view v
 // disabled in the context of ..." error. api/ngx_req.cc.
 RequestContext* requireRequestIn(lua_State* L, std::initializer_list<Phase> allowed);
 
+// The running task (request or timer) for an FFI entry point, only if `r`
+// (what tg_get_request() returned) is it: a pointer kept from an earlier
+// request is never used. Null otherwise. api/ffi_exports.cc.
+LuaTask* ffiTask(void* r);
+RequestContext* ffiRequest(void* r);
+
+// ngx.exit(status) in balancer_by_lua*: records the status for the proxy
+// and returns (nothing yields there), as OpenResty does. api/ngx_balancer.cc.
+int balancerExit(lua_State* L);
+
 // ngx.decode_args / get_uri_args / get_post_args parsing: pushes a table
 // for "a=1&a=2&b&c=x%20y" -> {a={"1","2"}, b=true, c="x y"}; more than
 // `max` (0 = no limit) arguments pushes "truncated" too and returns 2.

@@ -16,22 +16,23 @@ using tidegate::lua::Phase;
 using tidegate::lua::RequestContext;
 using tidegate::lua::Vm;
 
-namespace {
+namespace tidegate::lua {
 
-// The running task (request or timer) for a fast path, only if `r` is it
-// (a pointer kept from an earlier request must not be used).
-LuaTask* runningTask(void* r) {
+LuaTask* ffiTask(void* r) {
   Vm* vm = Vm::active();
   LuaTask* task = vm ? vm->current() : nullptr;
   return task && task == r ? task : nullptr;
 }
 
-RequestContext* runningRequest(void* r) {
-  LuaTask* task = runningTask(r);
+RequestContext* ffiRequest(void* r) {
+  LuaTask* task = ffiTask(r);
   return task ? task->request() : nullptr;
 }
 
-}  // namespace
+}  // namespace tidegate::lua
+
+using tidegate::lua::ffiRequest;
+using tidegate::lua::ffiTask;
 
 extern "C" {
 
@@ -56,7 +57,7 @@ int tg_master_pid(void) {
 double tg_now(void) { return tidegate::core::wallSeconds(); }
 
 int tg_var_get(void* r, const char* name, size_t len, const char** value, size_t* value_len) {
-  RequestContext* ctx = runningRequest(r);
+  RequestContext* ctx = ffiRequest(r);
   if (!ctx) return -1;
   std::string& out = ctx->scratch();
   if (!tidegate::lua::readVariable(ctx, std::string_view(name, len), &out)) return 1;
@@ -66,7 +67,7 @@ int tg_var_get(void* r, const char* name, size_t len, const char** value, size_t
 }
 
 int tg_output(void* r, const char* data, size_t len, int newline) {
-  RequestContext* ctx = runningRequest(r);
+  RequestContext* ctx = ffiRequest(r);
   if (!ctx || !tidegate::lua::outputAllowed(ctx)) return -1;
   std::string& body = ctx->result().body;
   body.append(data, len);
@@ -76,7 +77,7 @@ int tg_output(void* r, const char* data, size_t len, int newline) {
 }
 
 int tg_req_headers(void* r, tg_header_t* out, int n, int raw) {
-  RequestContext* ctx = runningRequest(r);
+  RequestContext* ctx = ffiRequest(r);
   if (!ctx || !ctx->req().head) return -1;
   // The lower-cased names go into one buffer, sized first so that it does
   // not move while the pointers into it are handed out.
@@ -109,13 +110,13 @@ int tg_req_headers(void* r, tg_header_t* out, int n, int raw) {
 }
 
 int tg_ctx_ref(void* r) {
-  LuaTask* task = runningTask(r);
+  LuaTask* task = ffiTask(r);
   if (!task || task->ctxRef() == LUA_NOREF) return -1;
   return task->ctxRef();
 }
 
 int tg_header_set(void* r, const char* name, size_t name_len, const char* value, size_t value_len) {
-  RequestContext* ctx = runningRequest(r);
+  RequestContext* ctx = ffiRequest(r);
   // set_by_lua* refuses it and a sent head logs an error: the slow path does both.
   if (!ctx || Vm::active()->phase() == Phase::kSet || ctx->headersSent()) return -1;
   tidegate::lua::setResponseHeader(ctx, std::string(name, name_len), std::string_view(value, value_len));

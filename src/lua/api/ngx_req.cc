@@ -183,9 +183,10 @@ int rawHeader(lua_State* L) {
 // --- changing the request ---------------------------------------------------
 
 // set_header, clear_header, set_method, set_uri_args, set_uri: the phases
-// of their "Context:" lines that tidegate has.
+// of their "Context:" lines that tidegate has, and balancer_by_lua*, whose
+// changes reach the upstream through ngx.balancer.recreate_request().
 RequestContext* requireMutablePhase(lua_State* L) {
-  return requireRequestIn(L, {Phase::kSet, Phase::kRewrite, Phase::kAccess, Phase::kContent});
+  return requireRequestIn(L, {Phase::kSet, Phase::kRewrite, Phase::kAccess, Phase::kContent, Phase::kBalancer});
 }
 
 // A header name or value as OpenResty stores it: control bytes (CR, LF...)

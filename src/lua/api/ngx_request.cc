@@ -161,10 +161,11 @@ RequestContext* requireRequestNotIn(lua_State* L, std::initializer_list<Phase> d
   return ctx;
 }
 
-// Output, exit and yields: not in set_by_lua* (it cannot yield) nor in the
-// log phase (the response is out).
+// Output, exit and yields: not in set_by_lua* and balancer_by_lua* (they
+// cannot yield) nor in the log phase (the response is out).
 RequestContext* requireResponsePhase(lua_State* L) {
-  return requireRequestNotIn(L, {Phase::kSet, Phase::kHeaderFilter, Phase::kBodyFilter, Phase::kLog});
+  return requireRequestNotIn(L, {Phase::kSet, Phase::kHeaderFilter, Phase::kBodyFilter, Phase::kLog,
+                                 Phase::kBalancer});
 }
 
 // nil, "seen eof" once ngx.eof() ended the body, as OpenResty returns it.
@@ -255,6 +256,7 @@ int ngxPrint(lua_State* L) { return output(L, false, "print"); }
 // ngx.exit(status): ends the handler; a status >= 200 becomes the
 // response's (an error page if nothing was printed), 0 keeps the current.
 int ngxExit(lua_State* L) {
+  if (Vm::from(L)->phase() == Phase::kBalancer) return balancerExit(L);
   LuaTask* task = requireYieldable(L);
   lua_Integer status = luaL_checkinteger(L, 1);
   if (RequestContext* ctx = task->request()) ctx->exit(static_cast<int>(status));

@@ -66,6 +66,11 @@ class RequestContext : public LuaTask, public http::ContentTask {
   FilterArgs* filterArgs() const { return filter_args_; }
   void setFilterArgs(FilterArgs* a) { filter_args_ = a; }
 
+  // balancer_by_lua*: what ngx.balancer reads and sets while the code runs
+  // (null otherwise).
+  http::BalancerCall* balancerCall() const { return balancer_call_; }
+  void setBalancerCall(http::BalancerCall* c) { balancer_call_ = c; }
+
   // When the request's first byte came, for ngx.req.start_time().
   uint64_t startWallMs() const { return start_wall_ms_; }
 
@@ -105,12 +110,20 @@ class RequestContext : public LuaTask, public http::ContentTask {
   bool eof_ = false;
   int on_abort_ref_ = LUA_NOREF;
   FilterArgs* filter_args_ = nullptr;
+  http::BalancerCall* balancer_call_ = nullptr;
   std::vector<Co*> body_waiters_;
   std::string scratch_;
 };
 
+// Runs `code` to completion in `ctx`'s context as `phase` (lua_pcall on a
+// thread of its own, so nothing in it can yield): the filters and
+// balancer_by_lua*. An error is logged, with its traceback, as "failed to
+// run <phase>_by_lua*: ..."; false then. phases/filter.cc.
+bool runToCompletion(Vm& vm, const http::Request& r, const conf::LuaCode& code, Phase phase, RequestContext* ctx);
+
 // The sink of a context that never answers: log_by_lua* without earlier
-// Lua phases (the response is out: headers count as sent) and set_by_lua*.
+// Lua phases (the response is out: headers count as sent), set_by_lua* and
+// balancer_by_lua*.
 class DetachedSink : public http::ContentSink {
  public:
   explicit DetachedSink(bool headers_sent) : headers_sent_(headers_sent) {}
@@ -147,6 +160,8 @@ class LuaContentHandler : public http::ContentHandler {
                      bool* eof) override;
   bool runSet(http::Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
               std::string* out) override;  // phases/set.cc
+  bool runBalancer(http::Request& r, const conf::LuaCode& code, http::ContentTask* task,
+                   http::BalancerCall* call) override;  // phases/balancer.cc
 
  private:
   Vm& vm_;

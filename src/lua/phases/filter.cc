@@ -106,8 +106,9 @@ void setArgProxy(lua_State* L, bool on) {
   setNgxArg(L);
 }
 
-// Runs `code` in `ctx`'s context in `phase`; false (logged) on an error.
-bool runFilter(Vm& vm, const http::Request& r, const conf::LuaCode& code, Phase phase, RequestContext* ctx) {
+}  // namespace
+
+bool runToCompletion(Vm& vm, const http::Request& r, const conf::LuaCode& code, Phase phase, RequestContext* ctx) {
   lua_State* main = vm.state();
   lua_State* L = filterThread(main);
   int base = lua_gettop(L);
@@ -134,8 +135,6 @@ bool runFilter(Vm& vm, const http::Request& r, const conf::LuaCode& code, Phase 
   return rc == 0;
 }
 
-}  // namespace
-
 std::unique_ptr<http::ContentTask> LuaContentHandler::detached(http::Request& r, http::ContentSink& sink) {
   return std::make_unique<RequestContext>(vm_, loop_, r, http::LuaPhases{}, sink);
 }
@@ -147,7 +146,7 @@ bool LuaContentHandler::runHeaderFilter(http::Request& r, const conf::LuaCode& c
   http::ContentResult& res = ctx->result();
   res.status = *status;
   res.headers = std::move(*headers);
-  bool ok = runFilter(vm_, r, code, Phase::kHeaderFilter, ctx);
+  bool ok = runToCompletion(vm_, r, code, Phase::kHeaderFilter, ctx);
   *status = res.status;
   *headers = res.headers;  // a copy: ngx.header stays readable in later phases
   return ok;
@@ -161,7 +160,7 @@ bool LuaContentHandler::runBodyFilter(http::Request& r, const conf::LuaCode& cod
   RequestContext::FilterArgs* prev = ctx->filterArgs();
   ctx->setFilterArgs(&args);
   setArgProxy(vm_.state(), true);
-  bool ok = runFilter(vm_, r, code, Phase::kBodyFilter, ctx);
+  bool ok = runToCompletion(vm_, r, code, Phase::kBodyFilter, ctx);
   setArgProxy(vm_.state(), false);
   ctx->setFilterArgs(prev);
   return ok;

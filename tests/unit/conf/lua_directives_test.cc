@@ -59,6 +59,46 @@ TEST(LuaDirectivesTest, FilterAndExitWorkerPhases) {
             "\"body_filter_by_lua_block\" directive is duplicate in test.conf:1");
 }
 
+TEST(LuaDirectivesTest, BalancerByLuaInsideUpstream) {
+  ConfigPtr cfg = load(
+      "http {\n"
+      " upstream a {\n  server 0.0.0.1;\n  balancer_by_lua_block {\n   local b = 1 }\n }\n"
+      " upstream b { server 127.0.0.1:1; balancer_by_lua 'x = 1'; }\n"
+      " upstream c { server 127.0.0.1:1; balancer_by_lua_file lua/b.lua; }\n"
+      " upstream d { server 127.0.0.1:1; }\n"
+      "}\n");
+  ASSERT_TRUE(cfg);
+  const auto& ups = cfg->http.upstreams;
+  EXPECT_EQ(ups[0]->balancer_lua.kind, LuaCode::Kind::kInline);
+  EXPECT_EQ(ups[0]->balancer_lua.chunkname, "=balancer_by_lua(test.conf:4)");
+  EXPECT_EQ(ups[0]->balancer_lua.source, "\n   local b = 1 ");
+  EXPECT_EQ(ups[0]->servers.at(0).addresses, std::vector<std::string>{"0.0.0.1:80"});  // OpenResty's placeholder
+  EXPECT_EQ(ups[1]->balancer_lua.chunkname, "=balancer_by_lua(test.conf:7)");
+  EXPECT_EQ(ups[1]->balancer_lua.source, "x = 1");
+  EXPECT_EQ(ups[2]->balancer_lua.kind, LuaCode::Kind::kFile);
+  EXPECT_EQ(ups[2]->balancer_lua.source, "/srv/tg/lua/b.lua");
+  EXPECT_TRUE(ups[3]->balancer_lua.empty());
+}
+
+TEST(LuaDirectivesTest, BalancerByLuaMayChooseEveryPeer) {
+  // No server at all: the code sets every peer.
+  ConfigPtr cfg = load("http { upstream a { balancer_by_lua 'x = 1'; } }");
+  ASSERT_TRUE(cfg);
+  EXPECT_TRUE(cfg->http.upstreams.at(0)->servers.empty());
+  EXPECT_EQ(loadError("http {\n upstream a { keepalive 1; }\n}"), "no servers are inside upstream in test.conf:2");
+}
+
+TEST(LuaDirectivesTest, BalancerByLuaErrors) {
+  EXPECT_EQ(loadError("http { server { location / {\n balancer_by_lua_block { } } } }"),
+            "\"balancer_by_lua_block\" directive is not allowed here in test.conf:2");
+  EXPECT_EQ(loadError("http {\n balancer_by_lua 'x'; }"),
+            "\"balancer_by_lua\" directive is not allowed here in test.conf:2");
+  EXPECT_EQ(loadError("http { upstream a { server 127.0.0.1:1;\n balancer_by_lua 'x';\n balancer_by_lua_block { } } }"),
+            "\"balancer_by_lua_block\" directive is duplicate in test.conf:3");
+  EXPECT_EQ(loadError("http { upstream a { server 127.0.0.1:1;\n balancer_by_lua 'x' 'y'; } }"),
+            "invalid number of arguments in \"balancer_by_lua\" directive in test.conf:2");
+}
+
 TEST(LuaDirectivesTest, TimerCapsAndClientAbort) {
   ConfigPtr dflt = load("http { server { } }");
   ASSERT_TRUE(dflt);
