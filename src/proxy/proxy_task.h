@@ -1,0 +1,185 @@
+// The task that proxies one request (see proxy.h). Internal to src/proxy/:
+// proxy.cc runs the tries (pick, connect, retry policy, passive health),
+// proxy_io.cc moves the bytes (the request out, the response and tunnels
+// back).
+#pragma once
+
+#include <uv.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/log.h"
+#include "http/content_handler.h"
+#include "proxy/proxy.h"
+#include "proxy/request_builder.h"
+#include "proxy/response_parser.h"
+#include "proxy/upstream_conn.h"
+
+namespace tidegate::proxy {
+
+// Monotonic microseconds, for try timings and the balancers.
+inline int64_t nowUs() { return static_cast<int64_t>(uv_hrtime() / 1000); }
+
+// One proxied request. Owned by the downstream connection (as its content
+// task); owns its upstream connection while a try runs.
+class ProxyTask final : public http::ContentTask,
+                        private UpstreamConn::User,
+                        private http::ContentSink::TunnelPeer {
+ public:
+  ProxyTask(ProxyModule& m, http::Request& r, http::ContentSink& sink, http::ContentTask* lua)
+      : m_(m),
+        r_(r),
+        sink_(sink),
+        lua_(lua),
+        s_(r.settings().proxy),
+        connect_timeout_ms_(*s_.connect_timeout_ms),
+        send_timeout_ms_(*s_.send_timeout_ms),
+        read_timeout_ms_(*s_.read_timeout_ms) {
+    parser_.onBody([this](std::string_view data) { forwardBody(data); });
+  }
+  ~ProxyTask() override {
+    if (waiting_drain_) sink_.cancelDrain();
+    dropConnection();
+    if (body_fd_ >= 0) ::close(body_fd_);
+  }
+
+  void run();
+  void clientAborted() override;
+  void bodyComplete() override {
+    if (state_ == State::kWaitBody) startTries();
+    else bodyAvailable();
+  }
+  void bodyAvailable() override {
+    if (state_ == State::kSending && r_.body_streamed && !stream_writing_ && request_head_written_) pumpBody();
+  }
+
+ private:
+  enum class State { kWaitBody, kConnecting, kSending, kWaitHead, kStreaming, kTunnel, kDone };
+
+  void startTries();
+  void startTry();
+  // The upstream's balancer picks this try's peer. False if none may be
+  // picked (the request was answered).
+  bool pickPeer();
+  // balancer_by_lua*: the upstream's code runs before every try and may
+  // set the peer, grant more tries, change timeouts (http::BalancerCall).
+  // False if the request was answered instead (an error in the code,
+  // ngx.exit).
+  bool runBalancerLua();
+  bool applyBalancerCall(const http::BalancerCall& call);
+  bool balancerLua() const { return rt_->conf && !rt_->conf->balancer_lua.empty(); }
+  const PeerAddress& peerAddress() const { return lua_choice_.peer ? lua_choice_.addr : rt_->peers[peer_].addr; }
+  void connectNew();
+  // The pooled connection just used was closed by the peer: the same peer
+  // again on a fresh connection, once, without counting a try.
+  void reconnectFresh();
+  bool mayRetry(uint32_t condition) const;
+  // proxy_next_upstream names `condition`, or retry_on did for this request.
+  bool retriesOn(uint32_t condition) const;
+  void sendRequest();
+  void sendMoreBody();
+  // proxy_request_buffering off: the next piece of the client's body, as
+  // it arrives (chunk-framed when its length is unknown).
+  void pumpBody();
+  void onConnected(int status) override;
+  void onWritten(int status) override;
+  void onData(const char* data, size_t len) override;
+  void onReadEnd(int status) override;
+  void onTimeout() override;
+  void handleHead();
+  // 101 to an Upgrade request: bytes both ways until either side ends.
+  void startTunnel();
+  void onClientData(const char* data, size_t len) override;
+  void onClientEnd() override;
+  void endTunnel(const char* why);
+  void forwardBody(std::string_view data);
+  void endResponse();
+  void pauseForClient();
+  // Parses one read from the upstream and acts on it.
+  void consume(const char* data, size_t len);
+  // A try failed before the response head reached the client: retried on
+  // the next peer when proxy_next_upstream allows, else answered with
+  // `status`. `condition` is the NextUpstream bit; `why` nginx's log text.
+  void fail(uint32_t condition, int status, const std::string& why);
+  // The response broke after its head went to the client: the client sees
+  // it truncated and the connection closes.
+  void breakResponse(const std::string& why);
+  void respondError(int status);
+  void dropConnection();
+  void logError(core::LogLevel level, const std::string& why);
+  void endTry(upstream::Outcome outcome);
+  const char* activity() const;
+
+  ProxyModule& m_;
+  http::Request& r_;
+  http::ContentSink& sink_;
+  http::ContentTask* lua_;
+  const conf::ProxySettings& s_;
+  // proxy_*_timeout, unless balancer_by_lua* set others for the request.
+  uint64_t connect_timeout_ms_;
+  uint64_t send_timeout_ms_;
+  uint64_t read_timeout_ms_;
+  State state_ = State::kWaitBody;
+
+  UpstreamRuntime* rt_ = nullptr;
+  ProxyTarget target_;
+  BuiltRequest req_;
+  bool is_head_ = false;
+  bool non_idempotent_ = false;
+
+  // The current try.
+  UpstreamConn* conn_ = nullptr;
+  size_t peer_ = 0;
+  bool have_peer_ = false;
+  bool request_sent_ = false;     // a byte of the request may have reached the peer
+  bool request_done_ = false;     // the whole request is in the kernel
+  bool got_bytes_ = false;        // the peer sent something on this connection
+  bool conn_reused_ = false;      // the connection came from the pool
+  bool fresh_retry_done_ = false; // a pooled connection that was closed was replaced once
+  int64_t try_start_us_ = 0;
+  uint64_t body_offset_ = 0;
+  int body_fd_ = -1;
+  std::string body_chunk_;
+  uv_buf_t bufs_[2];
+  ResponseParser parser_;
+  std::vector<size_t> tried_;
+  std::string hash_key_;  // chash: the key, evaluated once per request
+  std::string tunnel_buf_;  // client bytes on their way upstream
+  // A streamed request body (proxy_request_buffering off).
+  std::string stream_piece_;
+  std::string chunk_head_;
+  bool stream_writing_ = false;
+  bool stream_last_ = false;         // the piece being written ends the body
+  bool body_streamed_ = false;       // some of the body left the client connection: no replay
+  bool request_head_written_ = false;
+  uint64_t tries_ = 0;
+  int64_t first_try_us_ = 0;
+  // The last failed try, for ngx.balancer.get_last_failure(): "failed" or
+  // "next" (a 403 or 404), and its status.
+  std::string last_state_;
+  int last_status_ = 0;
+
+  // balancer_by_lua*: what the upstream's code chose.
+  struct LuaChoice {
+    bool peer = false;  // this try's peer: `addr`, not the balancer's pick
+    PeerAddress addr;
+    bool keepalive = false;  // enable_keepalive() for this try
+    uint64_t keepalive_timeout_ms = 0;
+    uint64_t keepalive_requests = 0;
+    uint64_t tries = 1;     // tries allowed: 1 + the more tries granted
+    uint32_t retry_on = 0;  // NextUpstream bits of the retry_on statuses
+  };
+  LuaChoice lua_choice_;
+  // The request's Lua context when no Lua phase made one: ngx.ctx lasts
+  // from one try to the next and reaches the filters and log_by_lua*.
+  std::unique_ptr<http::ContentTask> own_lua_;
+
+  bool head_sent_ = false;       // the response head went to the client
+  bool waiting_drain_ = false;
+  bool intercept_ = false;       // the upstream's error response is replaced by ours
+  size_t high_water_ = 0;
+};
+
+}  // namespace tidegate::proxy
