@@ -3,8 +3,10 @@
 // every framing), keepalive pooling, and the variables the access log sees.
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
 
+#include <atomic>
 #include <string>
 #include <thread>
 
@@ -142,6 +144,72 @@ TEST(ProxyTest, KeepaliveConnectionsArePooledAndReused) {
   }
   EXPECT_EQ(up.connectionsAccepted(), 1) << "one upstream connection serves every request";
   EXPECT_EQ(up.requestsOnConnection(1), 5);
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+TEST(ProxyTest, PoolHonoursKeepaliveRequestsTimeoutAndCap) {
+  FakeUpstream up;
+  Gateway gw;
+  gw.setSimpleConf("location / { proxy_pass http://backend; }\nlocation /t { proxy_pass http://short; }\n"
+                   "location /c { proxy_pass http://capped; }",
+                   "upstream backend { server 127.0.0.1:" + std::to_string(up.port()) + "; keepalive_requests 3; }\n"
+                   "upstream short { server 127.0.0.1:" + std::to_string(up.port()) +
+                       "; keepalive_timeout 200ms; }\n"
+                   "upstream capped { server 127.0.0.1:" + std::to_string(up.port()) + "; keepalive 1; }");
+  ASSERT_TRUE(gw.start());
+  // keepalive_requests 3: a connection serves three requests, then closes.
+  RawClient c(gw.port());
+  for (int i = 0; i < 6; i++) {
+    ASSERT_TRUE(c.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+    ASSERT_EQ(c.readResponse().status, 200) << gw.errorLog();
+  }
+  EXPECT_EQ(up.connectionsAccepted(), 2);
+  EXPECT_EQ(up.requestsOnConnection(1), 3);
+  EXPECT_EQ(up.requestsOnConnection(2), 3);
+  // keepalive_timeout: an idle pooled connection is closed by us after it.
+  ASSERT_TRUE(c.send("GET /t HTTP/1.1\r\nHost: a\r\n\r\n"));
+  ASSERT_EQ(c.readResponse().status, 200);
+  int before = up.connectionsAccepted();
+  EXPECT_TRUE(up.waitForOpenConnections(0)) << "idle connections outlived keepalive_timeout";
+  ASSERT_TRUE(c.send("GET /t HTTP/1.1\r\nHost: a\r\n\r\n"));
+  ASSERT_EQ(c.readResponse().status, 200);
+  EXPECT_EQ(up.connectionsAccepted(), before + 1);
+  // keepalive 1: of two connections busy at once, one stays pooled.
+  RawClient c2(gw.port());
+  up.enqueue(Behaviour::slow(Ms(200)));
+  up.enqueue(Behaviour::slow(Ms(200)));
+  ASSERT_TRUE(c.send("GET /c HTTP/1.1\r\nHost: a\r\n\r\n"));
+  ASSERT_TRUE(c2.send("GET /c HTTP/1.1\r\nHost: a\r\n\r\n"));
+  ASSERT_EQ(c.readResponse().status, 200);
+  ASSERT_EQ(c2.readResponse().status, 200);
+  EXPECT_TRUE(up.waitForOpenConnections(1));
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+TEST(ProxyTest, ReloadKeepsProxyingWithoutFailures) {
+  FakeUpstream a, b;
+  Gateway gw;
+  auto conf = [&](const FakeUpstream& u) {
+    return "upstream backend { server 127.0.0.1:" + std::to_string(u.port()) + "; }";
+  };
+  gw.setSimpleConf(kProxyAll, conf(a), 2);
+  ASSERT_TRUE(gw.start());
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, failed{0};
+  std::thread client([&] {
+    while (!stop) {
+      if (httpGet(gw.port(), "/").status == 200) ok++;
+      else failed++;
+    }
+  });
+  ASSERT_TRUE(waitFor([&] { return ok > 20; }));
+  // The upstream block changes to another server: the new workers use it.
+  gw.setSimpleConf(kProxyAll, conf(b), 2);
+  gw.signal(SIGHUP);
+  EXPECT_TRUE(waitFor([&] { return b.requestCount() > 20; })) << gw.errorLog();
+  stop = true;
+  client.join();
+  EXPECT_EQ(failed.load(), 0);
   EXPECT_EQ(gw.stop(), 0);
 }
 
