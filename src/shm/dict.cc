@@ -1,7 +1,10 @@
 #include "shm/dict.h"
 
+#include <sys/random.h>
+
 #include <atomic>
 #include <bit>
+#include <chrono>
 #include <cstring>
 
 #include "shm/mutex.h"
@@ -22,9 +25,10 @@ constexpr int64_t kFlushedAt = 1;
 
 uint64_t align8(uint64_t n) { return (n + 7) & ~uint64_t{7}; }
 
-// FNV-1a, folded to 32 bits.
-uint32_t hashKey(std::string_view key) {
-  uint64_t h = 0xcbf29ce484222325;
+// FNV-1a from a per-zone random basis (so clients cannot aim keys at one
+// chain), folded to 32 bits.
+uint32_t hashKey(uint64_t seed, std::string_view key) {
+  uint64_t h = 0xcbf29ce484222325 ^ seed;
   for (unsigned char c : key) h = (h ^ c) * 0x100000001b3;
   return static_cast<uint32_t>(h ^ (h >> 32));
 }
@@ -69,6 +73,7 @@ struct DictHeader {
   pthread_mutex_t mutex;
   uint32_t dirty;  // a mutation is in progress (see dict.h)
   uint32_t bucket_mask;
+  uint64_t hash_seed;
   Offset buckets;
   Offset heap_origin;
   Offset lru_head;  // most recently used
@@ -150,6 +155,9 @@ bool Dict::init(Zone& zone, std::string* err) {
   }
   h->owner_deaths = 0;
   h->resets = 0;
+  if (getrandom(&h->hash_seed, sizeof(h->hash_seed), 0) != sizeof(h->hash_seed)) {
+    h->hash_seed = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  }
   Dict d(zone, nullptr);
   d.reset();
   h->magic = kMagic;
@@ -285,7 +293,7 @@ void Dict::readValue(const Entry* e, ReadResult* r, std::string* out) const {
   r->flags = e->flags;
   switch (e->type) {
     case Type::kString:
-      out->assign(reinterpret_cast<const char*>(e->value()), e->value_len);
+      if (out != nullptr) out->assign(reinterpret_cast<const char*>(e->value()), e->value_len);
       break;
     case Type::kNumber:
       std::memcpy(&r->number, e->value(), sizeof(double));
@@ -302,7 +310,7 @@ ReadResult Dict::read(std::string_view key, std::string* out, bool stale_ok) {
   ReadResult r;
   if ((r.status = checkKey(key)) != Status::kOk) return r;
   int64_t now = now_();
-  uint32_t hash = hashKey(key);
+  uint32_t hash = hashKey(h_->hash_seed, key);
   DictLock lock(*this, false);
   r.status = Status::kNotFound;
   Offset off = find(key, hash);
@@ -335,7 +343,7 @@ WriteResult Dict::store(std::string_view key, const Value& v, int64_t ttl_ms, ui
   size_t bytes = valueBytes(v);
   if (bytes > UINT32_MAX) return {Status::kNoMemory, false};
   int64_t now = now_();
-  uint32_t hash = hashKey(key);
+  uint32_t hash = hashKey(h_->hash_seed, key);
   DictLock lock(*this, true);
   expireSome(now);
   Offset off = find(key, hash);
@@ -392,7 +400,7 @@ IncrResult Dict::incr(std::string_view key, double n, const double* init, int64_
   IncrResult r;
   if ((r.status = checkKey(key)) != Status::kOk) return r;
   int64_t now = now_();
-  uint32_t hash = hashKey(key);
+  uint32_t hash = hashKey(h_->hash_seed, key);
   DictLock lock(*this, true);
   expireSome(now);
   Offset off = find(key, hash);
@@ -425,7 +433,7 @@ CountResult Dict::push(std::string_view key, const Value& v, bool left) {
   size_t bytes = valueBytes(v);
   if (bytes > UINT32_MAX) return {Status::kNoMemory, 0};
   int64_t now = now_();
-  uint32_t hash = hashKey(key);
+  uint32_t hash = hashKey(h_->hash_seed, key);
   DictLock lock(*this, true);
   expireSome(now);
   Offset off = find(key, hash);
@@ -475,7 +483,7 @@ ReadResult Dict::pop(std::string_view key, std::string* out, bool left) {
   ReadResult r;
   if ((r.status = checkKey(key)) != Status::kOk) return r;
   int64_t now = now_();
-  uint32_t hash = hashKey(key);
+  uint32_t hash = hashKey(h_->hash_seed, key);
   DictLock lock(*this, true);
   r.status = Status::kNotFound;
   Offset off = find(key, hash);
@@ -495,7 +503,7 @@ ReadResult Dict::pop(std::string_view key, std::string* out, bool left) {
   r.type = node->type;
   if (node->type == Type::kNumber) {
     std::memcpy(&r.number, node->bytes(), sizeof(double));
-  } else {
+  } else if (out != nullptr) {
     out->assign(reinterpret_cast<const char*>(node->bytes()), node->len);
   }
   if (left) {
@@ -519,7 +527,7 @@ CountResult Dict::llen(std::string_view key) {
   CountResult r;
   if ((r.status = checkKey(key)) != Status::kOk) return r;
   int64_t now = now_();
-  uint32_t hash = hashKey(key);
+  uint32_t hash = hashKey(h_->hash_seed, key);
   DictLock lock(*this, false);
   Offset off = find(key, hash);
   if (off == 0 || expired(entry(off), now)) return r;
@@ -532,7 +540,7 @@ CountResult Dict::ttl(std::string_view key) {
   CountResult r;
   if ((r.status = checkKey(key)) != Status::kOk) return r;
   int64_t now = now_();
-  uint32_t hash = hashKey(key);
+  uint32_t hash = hashKey(h_->hash_seed, key);
   DictLock lock(*this, false);
   Offset off = find(key, hash);
   if (off == 0 || expired(entry(off), now)) return {Status::kNotFound, 0};
@@ -544,7 +552,7 @@ CountResult Dict::ttl(std::string_view key) {
 Status Dict::expire(std::string_view key, int64_t ttl_ms) {
   if (Status s = checkKey(key); s != Status::kOk) return s;
   int64_t now = now_();
-  uint32_t hash = hashKey(key);
+  uint32_t hash = hashKey(h_->hash_seed, key);
   DictLock lock(*this, true);
   Offset off = find(key, hash);
   if (off == 0 || expired(entry(off), now)) return Status::kNotFound;

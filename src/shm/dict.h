@@ -75,7 +75,8 @@ struct Value {
   static Value ofBoolean(bool b) { return {Type::kBoolean, b, 0, {}}; }
 };
 
-// A value read out; strings are copied into the caller's buffer.
+// A value read out; strings are copied into the caller's buffer (which may be
+// nullptr when only the status, type or flags matter).
 struct ReadResult {
   Status status = Status::kNotFound;
   Type type = Type::kNil;

@@ -63,6 +63,7 @@ void Heap::init(Offset begin, Offset end) {
 }
 
 Offset Heap::alloc(size_t n) {
+  if (n > h_->end - h_->begin) return 0;
   uint64_t need = ((uint64_t{n} + 7) & ~uint64_t{7}) + 2 * kTagBytes;
   if (need < kMinBlock) need = kMinBlock;
   if (need > h_->free_bytes) return 0;

@@ -35,6 +35,10 @@ TEST_F(DictTest, SetAndGetEveryType) {
   EXPECT_EQ(r.type, Type::kString);
   EXPECT_EQ(out, "");
   EXPECT_EQ(dict_->get("missing", &out).status, Status::kNotFound);
+  // No buffer: status, type and flags only.
+  r = dict_->get("s", nullptr);
+  EXPECT_EQ(r.type, Type::kString);
+  EXPECT_EQ(r.flags, 7u);
 }
 
 TEST_F(DictTest, OverwriteSameAndOtherSizes) {

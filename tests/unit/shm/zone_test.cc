@@ -126,6 +126,8 @@ TEST_F(ZoneHeapTest, RandomAllocFreeKeepsInvariants) {
 
 TEST_F(ZoneHeapTest, RefusesWhatCannotFit) {
   EXPECT_EQ(heap().alloc(zone_->size()), 0u);
+  EXPECT_EQ(heap().alloc(SIZE_MAX), 0u);
+  EXPECT_EQ(heap().alloc(SIZE_MAX - 8), 0u);
   EXPECT_EQ(heap().freeBytes(), initial_free_);
 }
 
