@@ -179,13 +179,24 @@ Offset& Dict::bucket(uint32_t hash) const {
   return reinterpret_cast<Offset*>(base_ + h_->buckets)[hash & h_->bucket_mask];
 }
 
-Offset Dict::find(std::string_view key, uint32_t hash) const {
-  for (Offset off = bucket(hash); off != 0;) {
+Status Dict::probe(std::string_view key, Probe* p) const {
+  if (Status s = checkKey(key); s != Status::kOk) return s;
+  *p = {key, hashKey(h_->hash_seed, key), now_()};
+  return Status::kOk;
+}
+
+Offset Dict::find(const Probe& p) const {
+  for (Offset off = bucket(p.hash); off != 0;) {
     const Entry* e = entry(off);
-    if (e->hash == hash && e->key() == key) return off;
+    if (e->hash == p.hash && e->key() == p.key) return off;
     off = e->hash_next;
   }
   return 0;
+}
+
+Offset Dict::findLive(const Probe& p) const {
+  Offset off = find(p);
+  return off != 0 && !expired(entry(off), p.now) ? off : 0;
 }
 
 bool Dict::expired(const Entry* e, int64_t now) const { return e->expires != 0 && e->expires <= now; }
@@ -266,19 +277,18 @@ Offset Dict::allocEntry(size_t bytes, bool evict, int64_t now, bool* forcible) {
   return off;
 }
 
-Offset Dict::insert(std::string_view key, uint32_t hash, size_t value_bytes, bool evict, int64_t now,
-                    bool* forcible) {
-  Offset off = allocEntry(Entry::valueAt(key.size()) + value_bytes, evict, now, forcible);
+Offset Dict::insert(const Probe& p, size_t value_bytes, bool evict, bool* forcible) {
+  Offset off = allocEntry(Entry::valueAt(p.key.size()) + value_bytes, evict, p.now, forcible);
   if (off == 0) return 0;
   Entry* e = entry(off);
-  e->hash = hash;
-  e->key_len = static_cast<uint16_t>(key.size());
+  e->hash = p.hash;
+  e->key_len = static_cast<uint16_t>(p.key.size());
   e->value_len = static_cast<uint32_t>(value_bytes);
   e->type = Type::kNil;
   e->flags = 0;
   e->expires = 0;
-  std::memcpy(e + 1, key.data(), key.size());
-  Offset& head = bucket(hash);
+  std::memcpy(e + 1, p.key.data(), p.key.size());
+  Offset& head = bucket(p.hash);
   e->hash_next = head;
   head = off;
   TG_SHM_CRASH_POINT(kInsertBeforeLru);
@@ -308,15 +318,14 @@ void Dict::readValue(const Entry* e, ReadResult* r, std::string* out) const {
 
 ReadResult Dict::read(std::string_view key, std::string* out, bool stale_ok) {
   ReadResult r;
-  if ((r.status = checkKey(key)) != Status::kOk) return r;
-  int64_t now = now_();
-  uint32_t hash = hashKey(h_->hash_seed, key);
+  Probe p;
+  if ((r.status = probe(key, &p)) != Status::kOk) return r;
   DictLock lock(*this, false);
   r.status = Status::kNotFound;
-  Offset off = find(key, hash);
+  Offset off = find(p);
   if (off == 0) return r;
   const Entry* e = entry(off);
-  bool is_expired = expired(e, now);
+  bool is_expired = expired(e, p.now);
   if (is_expired && !stale_ok) return r;
   if (e->type == Type::kList) {
     r.status = Status::kIsAList;
@@ -339,15 +348,14 @@ ReadResult Dict::getStale(std::string_view key, std::string* out) { return read(
 WriteResult Dict::store(std::string_view key, const Value& v, int64_t ttl_ms, uint32_t flags, Mode mode,
                         bool safe) {
   WriteResult r;
-  if ((r.status = checkKey(key)) != Status::kOk) return r;
+  Probe p;
+  if ((r.status = probe(key, &p)) != Status::kOk) return r;
   size_t bytes = valueBytes(v);
   if (bytes > UINT32_MAX) return {Status::kNoMemory, false};
-  int64_t now = now_();
-  uint32_t hash = hashKey(h_->hash_seed, key);
   DictLock lock(*this, true);
-  expireSome(now);
-  Offset off = find(key, hash);
-  bool live = off != 0 && !expired(entry(off), now);
+  expireSome(p.now);
+  Offset off = find(p);
+  bool live = off != 0 && !expired(entry(off), p.now);
   if (mode == Mode::kAdd && live) return {Status::kExists, false};
   if (mode == Mode::kReplace && !live) return {Status::kNotFound, false};
   if (v.type == Type::kNil) {
@@ -360,14 +368,14 @@ WriteResult Dict::store(std::string_view key, const Value& v, int64_t ttl_ms, ui
   }
   if (off != 0) {
     touch(off);
-  } else if ((off = insert(key, hash, bytes, !safe, now, &r.forcible)) == 0) {
+  } else if ((off = insert(p, bytes, !safe, &r.forcible)) == 0) {
     r.status = Status::kNoMemory;
     return r;
   }
   Entry* e = entry(off);
   e->type = v.type;
   e->flags = flags;
-  e->expires = ttl_ms > 0 ? now + ttl_ms : 0;
+  e->expires = ttl_ms > 0 ? p.now + ttl_ms : 0;
   if (v.type == Type::kString) {
     std::memcpy(e->value(), v.string.data(), bytes);
   } else if (v.type == Type::kNumber) {
@@ -398,13 +406,12 @@ Status Dict::remove(std::string_view key) { return store(key, Value{}, 0, 0, Mod
 
 IncrResult Dict::incr(std::string_view key, double n, const double* init, int64_t init_ttl_ms) {
   IncrResult r;
-  if ((r.status = checkKey(key)) != Status::kOk) return r;
-  int64_t now = now_();
-  uint32_t hash = hashKey(h_->hash_seed, key);
+  Probe p;
+  if ((r.status = probe(key, &p)) != Status::kOk) return r;
   DictLock lock(*this, true);
-  expireSome(now);
-  Offset off = find(key, hash);
-  if (off != 0 && !expired(entry(off), now)) {
+  expireSome(p.now);
+  Offset off = find(p);
+  if (off != 0 && !expired(entry(off), p.now)) {
     Entry* e = entry(off);
     if (e->type != Type::kNumber) return {Status::kNotANumber, 0, false};
     std::memcpy(&r.value, e->value(), sizeof(double));
@@ -415,13 +422,13 @@ IncrResult Dict::incr(std::string_view key, double n, const double* init, int64_
   }
   if (init == nullptr) return {Status::kNotFound, 0, false};
   if (off != 0) freeEntry(off);
-  if ((off = insert(key, hash, sizeof(double), true, now, &r.forcible)) == 0) {
+  if ((off = insert(p, sizeof(double), true, &r.forcible)) == 0) {
     r.status = Status::kNoMemory;
     return r;
   }
   Entry* e = entry(off);
   e->type = Type::kNumber;
-  e->expires = init_ttl_ms > 0 ? now + init_ttl_ms : 0;
+  e->expires = init_ttl_ms > 0 ? p.now + init_ttl_ms : 0;
   r.value = *init + n;
   std::memcpy(e->value(), &r.value, sizeof(double));
   return r;
@@ -429,15 +436,14 @@ IncrResult Dict::incr(std::string_view key, double n, const double* init, int64_
 
 CountResult Dict::push(std::string_view key, const Value& v, bool left) {
   CountResult r;
-  if ((r.status = checkKey(key)) != Status::kOk) return r;
+  Probe p;
+  if ((r.status = probe(key, &p)) != Status::kOk) return r;
   size_t bytes = valueBytes(v);
   if (bytes > UINT32_MAX) return {Status::kNoMemory, 0};
-  int64_t now = now_();
-  uint32_t hash = hashKey(h_->hash_seed, key);
   DictLock lock(*this, true);
-  expireSome(now);
-  Offset off = find(key, hash);
-  if (off != 0 && expired(entry(off), now)) {
+  expireSome(p.now);
+  Offset off = find(p);
+  if (off != 0 && expired(entry(off), p.now)) {
     freeEntry(off);
     off = 0;
   }
@@ -445,7 +451,7 @@ CountResult Dict::push(std::string_view key, const Value& v, bool left) {
   bool created = off == 0;
   bool unused = false;
   if (created) {
-    if ((off = insert(key, hash, sizeof(ListHead), false, now, &unused)) == 0) return {Status::kNoMemory, 0};
+    if ((off = insert(p, sizeof(ListHead), false, &unused)) == 0) return {Status::kNoMemory, 0};
     entry(off)->type = Type::kList;
     *entry(off)->list() = ListHead{0, 0, 0};
   }
@@ -481,14 +487,13 @@ CountResult Dict::push(std::string_view key, const Value& v, bool left) {
 
 ReadResult Dict::pop(std::string_view key, std::string* out, bool left) {
   ReadResult r;
-  if ((r.status = checkKey(key)) != Status::kOk) return r;
-  int64_t now = now_();
-  uint32_t hash = hashKey(h_->hash_seed, key);
+  Probe p;
+  if ((r.status = probe(key, &p)) != Status::kOk) return r;
   DictLock lock(*this, true);
   r.status = Status::kNotFound;
-  Offset off = find(key, hash);
+  Offset off = find(p);
   if (off == 0) return r;
-  if (expired(entry(off), now)) {
+  if (expired(entry(off), p.now)) {
     freeEntry(off);
     return r;
   }
@@ -525,12 +530,11 @@ ReadResult Dict::pop(std::string_view key, std::string* out, bool left) {
 
 CountResult Dict::llen(std::string_view key) {
   CountResult r;
-  if ((r.status = checkKey(key)) != Status::kOk) return r;
-  int64_t now = now_();
-  uint32_t hash = hashKey(h_->hash_seed, key);
+  Probe p;
+  if ((r.status = probe(key, &p)) != Status::kOk) return r;
   DictLock lock(*this, false);
-  Offset off = find(key, hash);
-  if (off == 0 || expired(entry(off), now)) return r;
+  Offset off = findLive(p);
+  if (off == 0) return r;
   if (entry(off)->type != Type::kList) return {Status::kNotAList, 0};
   r.count = entry(off)->list()->len;
   return r;
@@ -538,25 +542,22 @@ CountResult Dict::llen(std::string_view key) {
 
 CountResult Dict::ttl(std::string_view key) {
   CountResult r;
-  if ((r.status = checkKey(key)) != Status::kOk) return r;
-  int64_t now = now_();
-  uint32_t hash = hashKey(h_->hash_seed, key);
+  Probe p;
+  if ((r.status = probe(key, &p)) != Status::kOk) return r;
   DictLock lock(*this, false);
-  Offset off = find(key, hash);
-  if (off == 0 || expired(entry(off), now)) return {Status::kNotFound, 0};
-  int64_t expires = entry(off)->expires;
-  r.count = expires == 0 ? 0 : expires - now;
+  Offset off = findLive(p);
+  if (off == 0) return {Status::kNotFound, 0};
+  r.count = entry(off)->expires == 0 ? 0 : entry(off)->expires - p.now;
   return r;
 }
 
 Status Dict::expire(std::string_view key, int64_t ttl_ms) {
-  if (Status s = checkKey(key); s != Status::kOk) return s;
-  int64_t now = now_();
-  uint32_t hash = hashKey(h_->hash_seed, key);
+  Probe p;
+  if (Status s = probe(key, &p); s != Status::kOk) return s;
   DictLock lock(*this, true);
-  Offset off = find(key, hash);
-  if (off == 0 || expired(entry(off), now)) return Status::kNotFound;
-  entry(off)->expires = ttl_ms > 0 ? now + ttl_ms : 0;
+  Offset off = findLive(p);
+  if (off == 0) return Status::kNotFound;
+  entry(off)->expires = ttl_ms > 0 ? p.now + ttl_ms : 0;
   return Status::kOk;
 }
 

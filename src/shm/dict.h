@@ -159,9 +159,20 @@ class Dict {
 
   Entry* entry(Offset off) const { return reinterpret_cast<Entry*>(base_ + off); }
   Offset& bucket(uint32_t hash) const;
-  Offset find(std::string_view key, uint32_t hash) const;
+  // A valid key with its hash and the time, taken before the lock.
+  struct Probe {
+    std::string_view key;
+    uint32_t hash;
+    int64_t now;
+  };
+  Status probe(std::string_view key, Probe* p) const;
+  Offset find(const Probe& p) const;
+  // find(), but 0 for an expired entry too.
+  Offset findLive(const Probe& p) const;
   Offset allocEntry(size_t bytes, bool evict, int64_t now, bool* forcible);
-  Offset insert(std::string_view key, uint32_t hash, size_t value_bytes, bool evict, int64_t now, bool* forcible);
+  // Allocates, hashes and LRU-links an entry for p.key with room for `value_bytes`;
+  // the caller fills in type, value, flags and expiry. 0 when out of memory.
+  Offset insert(const Probe& p, size_t value_bytes, bool evict, bool* forcible);
   void unlinkEntry(Offset off);
   void freeEntry(Offset off);
   void lruPushHead(Offset off);
