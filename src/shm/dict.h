@@ -36,6 +36,8 @@
 //   ttl: kOk -> seconds (0 = never); kNotFound -> nil, "not found"
 //   expire: kOk -> true; kNotFound -> nil, "not found"
 //   kEmptyKey -> nil, "empty key"; kKeyTooLong -> nil, "key too long" (any method)
+//   capacity: the zone size, as nginx. free_space: bytes in free heap blocks;
+//   nginx counts only wholly free 4 KB slab pages, so ours reads higher.
 #pragma once
 
 #include <pthread.h>
