@@ -13,15 +13,17 @@
 // up to two expired entries from the LRU tail (nginx's shdict_expire), and
 // flush_expired frees them in bulk. When the heap is full, set/add/replace/incr
 // evict from the LRU tail and report `forcible` if a live entry went;
-// safe_set/safe_add and list pushes never evict and return kNoMemory.
+// safe_set/safe_add and list pushes never evict and return kNoMemory. A value
+// of another size replaces the old one by free + insert, so a failed overwrite
+// leaves the key absent, as in nginx.
 //
 // Crash safety: every mutation runs with `dirty` set in the header (set after
 // the lock, cleared before unlock). If a process dies holding the lock, the
 // next locker gets EOWNERDEAD; if `dirty` is set the dead process may have left
 // a chain, the LRU list or the heap half-linked, so the dict is reset to empty
-// (a cache loses its contents rather than serving a broken structure; nginx
-// itself never recovers). A death during a read leaves dirty clear and keeps
-// everything.
+// (a cache loses its contents rather than serving a broken structure; nginx's
+// master only force-unlocks and leaves the structure as the worker left it).
+// A death during a read leaves dirty clear and keeps everything.
 //
 // Lua mapping (OpenResty returns; the Lua layer converts seconds <-> ms):
 //   get/get_stale: kOk -> value, flags (nil when 0) [, stale]; kNotFound -> nil;
