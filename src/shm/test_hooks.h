@@ -1,0 +1,30 @@
+// Crash points for tests: lets a unit test kill a process at a chosen place
+// inside a dict operation while it holds the dict lock. Compiled only where
+// TIDEGATE_TEST_HOOKS is defined (the unit test target builds its own copy of
+// src/shm with it, see tests/CMakeLists.txt); elsewhere the points are no-ops.
+#pragma once
+
+#ifdef TIDEGATE_TEST_HOOKS
+
+namespace tidegate::shm::test {
+
+enum class CrashPoint {
+  kUnlinkBeforeLru,  // an entry being freed is out of its hash chain, still in the LRU list
+  kGetBeforeTouch,   // get: lock held, nothing written yet
+  kInsertBeforeLru,  // a new entry is in its hash chain, not yet in the LRU list
+};
+
+using CrashHook = void (*)(CrashPoint);
+// nullptr disarms. The hook runs with the dict lock held.
+void setCrashHook(CrashHook hook);
+void crashPoint(CrashPoint point);
+
+}  // namespace tidegate::shm::test
+
+#define TG_SHM_CRASH_POINT(p) ::tidegate::shm::test::crashPoint(::tidegate::shm::test::CrashPoint::p)
+
+#else
+
+#define TG_SHM_CRASH_POINT(p) ((void)0)
+
+#endif
