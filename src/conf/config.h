@@ -31,6 +31,13 @@ struct LuaCode {
   bool empty() const { return kind == Kind::kNone; }
 };
 
+// lua_shared_dict NAME SIZE: a zone of shared memory holding ngx.shared.NAME.
+struct SharedDictConf {
+  std::string name;
+  uint64_t size = 0;
+  std::string where;  // file:line
+};
+
 // http-level Lua settings (lua_package_path and friends, init phases).
 struct LuaConf {
   std::string package_path;   // "" = LuaJIT's default; ";;" expanded to it
@@ -45,6 +52,7 @@ struct LuaConf {
   // limit (0: PCRE2's default).
   uint64_t regex_cache_max_entries = 1024;
   uint64_t regex_match_limit = 0;
+  std::vector<SharedDictConf> shared_dicts;  // lua_shared_dict, in conf order
 };
 
 struct LogFormat {

@@ -133,11 +133,36 @@ bool onLuaCount(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
+
+// lua_shared_dict NAME SIZE; (http): lua-nginx-module's errors. The zone is
+// made by the master when the conf is loaded (shm/registry.h).
+bool onSharedDict(const ConfNode& n, BuildState& st, std::string* err) {
+  const std::string& name = n.args[0];
+  if (name.empty()) {
+    err->assign("invalid lua shared dict name \"").append(name).append("\"");
+    return false;
+  }
+  uint64_t size = 0;
+  if (!parseSize(n.args[1], &size) || size < 32 * 1024) {
+    err->assign("invalid lua shared dict size \"").append(n.args[1]).append("\"");
+    return false;
+  }
+  for (const SharedDictConf& d : st.http->lua.shared_dicts) {
+    if (d.name == name) {
+      err->assign("lua_shared_dict \"").append(name).append("\" is already defined as \"").append(d.name).append("\"");
+      return false;
+    }
+  }
+  st.http->lua.shared_dicts.push_back(SharedDictConf{name, size, n.where()});
+  return true;
+}
+
 const Directive kLuaDirectives[] = {
     {"lua_package_path", kHttpCtx, 1, 1, false, onPackagePath},
     {"lua_package_cpath", kHttpCtx, 1, 1, false, onPackagePath},
     {"lua_code_cache", kHttpCtx, 1, 1, false, onCodeCache},
     {"lua_max_pending_timers", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::max_pending_timers>, true},
+    {"lua_shared_dict", kHttpCtx, 2, 2, false, onSharedDict},
     {"lua_max_running_timers", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::max_running_timers>, true},
     {"lua_check_client_abort", kAnyHttpLevel, 1, 1, false, onFlag<&HttpSettings::lua_check_client_abort>},
     {"lua_transform_underscores_in_response_headers", kAnyHttpLevel, 1, 1, false,

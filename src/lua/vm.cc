@@ -7,6 +7,7 @@
 #include "lua/task.h"
 #include "http/variables.h"
 #include "lua/phases/content.h"
+#include "shm/registry.h"
 
 namespace tidegate::lua {
 namespace {
@@ -102,7 +103,13 @@ std::shared_ptr<Vm> Vm::create(conf::ConfigPtr cfg, std::string* err) {
   lua_rawset(L, LUA_REGISTRYINDEX);
   setPackagePaths(L, vm->cfg_->http.lua);
   registerEmbedded(L);
+  // The lua_shared_dict zones exist before any Lua runs (init_by_lua* uses
+  // them) and before workers are forked (they inherit the mappings).
+  if (!shm::SharedDicts::instance().ensure(vm->cfg_->http.lua.shared_dicts, err)) return nullptr;
   openNgx(L);
+  lua_getglobal(L, "ngx");
+  openNgxShared(L, vm->cfg_->http.lua);
+  lua_pop(L, 1);
   // The FFI fast paths replace parts of the ngx table (lua/tidegate/fastpath.lua).
   lua_getglobal(L, "require");
   lua_pushliteral(L, "tidegate.fastpath");

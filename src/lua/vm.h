@@ -117,6 +117,8 @@ void openNgx(lua_State* L);
 void openNgxRequest(lua_State* L);  // api/ngx_request.cc; expects ngx on the stack top
 void openNgxString(lua_State* L);   // api/ngx_string.cc; same
 void openNgxTime(lua_State* L);     // api/ngx_time.cc; same
+// ngx.shared.NAME for each lua_shared_dict (api/ngx_shared.cc). Stack: [ngx] -> [ngx].
+void openNgxShared(lua_State* L, const conf::LuaConf& lua);
 void openNgxThread(lua_State* L);   // api/ngx_thread.cc; same (and replaces coroutine.*)
 void openNgxSemaphore(lua_State* L);  // api/ngx_semaphore.cc; preloads "ngx.semaphore"
 void openNgxRe(lua_State* L);       // api/ngx_re.cc; same (needs the Vm in the registry)

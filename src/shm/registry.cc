@@ -1,0 +1,40 @@
+#include "shm/registry.h"
+
+#include <time.h>
+
+namespace tidegate::shm {
+
+SharedDicts& SharedDicts::instance() {
+  static SharedDicts registry;
+  return registry;
+}
+
+int64_t SharedDicts::nowMs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+bool SharedDicts::ensure(const std::vector<conf::SharedDictConf>& dicts, std::string* err) {
+  for (const conf::SharedDictConf& d : dicts) {
+    auto key = std::make_pair(d.name, d.size);
+    if (zones_.count(key)) continue;
+    Entry e;
+    std::string why;
+    e.zone = Zone::create(d.size, &why);
+    if (!e.zone || !Dict::init(*e.zone, &why)) {
+      *err = "lua_shared_dict \"" + d.name + "\": " + why + " in " + d.where;
+      return false;
+    }
+    e.dict = std::make_unique<Dict>(*e.zone, &SharedDicts::nowMs);
+    zones_.emplace(key, std::move(e));
+  }
+  return true;
+}
+
+Dict* SharedDicts::find(const std::string& name, uint64_t size) {
+  auto it = zones_.find(std::make_pair(name, size));
+  return it == zones_.end() ? nullptr : it->second.dict.get();
+}
+
+}  // namespace tidegate::shm

@@ -1,0 +1,43 @@
+// The process's shared dict zones, by name (lua_shared_dict). The master
+// makes them when a conf is loaded, before it forks workers, so every
+// worker inherits the same mappings; a reload keeps a zone whose name and
+// size stay (its data with it) and makes the new ones (a resized zone is a
+// new, empty one, as in nginx). Zones are never
+// unmapped while the process lives: workers of an older conf may still use
+// them.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "conf/config.h"
+#include "shm/dict.h"
+#include "shm/zone.h"
+
+namespace tidegate::shm {
+
+class SharedDicts {
+ public:
+  static SharedDicts& instance();
+
+  // Makes the zones of `dicts` that do not exist with that size yet. False
+  // with *err if a mapping fails.
+  bool ensure(const std::vector<conf::SharedDictConf>& dicts, std::string* err);
+  // The dict of that name and size as ensure() made it; null if none.
+  Dict* find(const std::string& name, uint64_t size);
+
+  // Milliseconds on a clock every process shares (CLOCK_MONOTONIC), for expiry.
+  static int64_t nowMs();
+
+ private:
+  struct Entry {
+    std::unique_ptr<Zone> zone;
+    std::unique_ptr<Dict> dict;
+  };
+  std::map<std::pair<std::string, uint64_t>, Entry> zones_;
+};
+
+}  // namespace tidegate::shm
