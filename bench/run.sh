@@ -96,6 +96,21 @@ setup_proxy_1000() {
   LABEL[nginx_ka64]=ng64
 }
 
+# ngx.shared.DICT: one get and one set per request (issue 5: <= 0.85x nginx CPU/request).
+scenario_shdict() {
+  cat <<'EOC'
+location / {
+    content_by_lua_block {
+        local d = ngx.shared.bench
+        local n = d:get("n") or 0
+        d:set("n", n + 1)
+        ngx.say(n)
+    }
+}
+EOC
+}
+http_shdict() { echo 'lua_shared_dict bench 10m;'; }
+
 die() { echo "bench: $*" >&2; exit 1; }
 
 declare -F "scenario_$SCENARIO" >/dev/null ||

@@ -73,6 +73,23 @@ int tg_balancer_set_timeouts(void* r, long connect_ms, long send_ms, long read_m
 int tg_balancer_enable_keepalive(void* r, long idle_timeout_ms, long max_requests, const char** err);
 int tg_balancer_recreate_request(void* r, const char** err);
 
+/* ngx.shared.DICT get/set fast paths (api/ngx_shared.cc). `zone` is the
+ * dict's [1] (a lightuserdata); the key is valid (1..65535 bytes). */
+typedef struct {
+  int type;           /* 1 boolean, 3 number, 4 string (LUA_T*) */
+  double number;      /* number; boolean: 0 or 1 */
+  unsigned int flags;
+  size_t len;         /* string length */
+  int forcible;
+} tg_shdict_result_t;
+/* get: 0 found (a string in *value, valid until the next tg_shdict_* call),
+ * 1 absent or expired, < 0: slow path (a list, an error). */
+int tg_shdict_get(void* zone, const char* key, size_t key_len, tg_shdict_result_t* res, const char** value);
+/* set(key, value, exptime, flags) with `type` 1/3/4 as above: 0 stored
+ * (res->forcible), 1 "no memory" (res->forcible), < 0: slow path. */
+int tg_shdict_set(void* zone, const char* key, size_t key_len, int type, const char* str, size_t str_len,
+                  double number, double exptime, unsigned int flags, tg_shdict_result_t* res);
+
 #ifdef __cplusplus
 }
 #endif

@@ -162,5 +162,72 @@ ngx.now = function()
   return now
 end
 
+-- ngx.shared.DICT:get(key) and :set(key, value, exptime?, flags?) for a
+-- string key and a string, number or boolean value.
+local shdict = registry["tidegate.shdict.methods"]
+if shdict then
+  local res = ffi.new("tg_shdict_result_t[1]")
+  local str_ptr = ffi.new("const char*[1]")
+  local tonumber = tonumber
+  capi.shdict_get = shdict.get
+  local c_get = capi.shdict_get
+  shdict.get = function(zone, key)
+    if type(zone) == "table" and type(key) == "string" then
+      local d = zone[1]
+      local n = #key
+      if d ~= nil and n > 0 and n <= 65535 then
+        local rc = C.tg_shdict_get(d, key, n, res, str_ptr)
+        if rc == 1 then
+          return nil
+        end
+        if rc == 0 then
+          local r = res[0]
+          local t = r.type
+          local v
+          if t == 4 then
+            v = ffi_string(str_ptr[0], r.len)
+          elseif t == 3 then
+            v = tonumber(r.number)
+          else
+            v = r.number ~= 0
+          end
+          if r.flags ~= 0 then
+            return v, tonumber(r.flags)
+          end
+          return v
+        end
+      end
+    end
+    return c_get(zone, key)
+  end
+  capi.shdict_set = shdict.set
+  local c_set = capi.shdict_set
+  shdict.set = function(zone, key, value, exptime, flags)
+    if type(zone) == "table" and type(key) == "string" then
+      local d = zone[1]
+      local n = #key
+      local vt = type(value)
+      if d ~= nil and n > 0 and n <= 65535 and (exptime == nil or type(exptime) == "number")
+          and (flags == nil or type(flags) == "number") then
+        local rc = -1
+        if vt == "string" then
+          rc = C.tg_shdict_set(d, key, n, 4, value, #value, 0, exptime or 0, flags or 0, res)
+        elseif vt == "number" then
+          rc = C.tg_shdict_set(d, key, n, 3, nil, 0, value, exptime or 0, flags or 0, res)
+        elseif vt == "boolean" then
+          rc = C.tg_shdict_set(d, key, n, 1, nil, 0, value and 1 or 0, exptime or 0, flags or 0, res)
+        end
+        if rc == 0 then
+          return true, nil, res[0].forcible ~= 0
+        end
+        if rc == 1 then
+          return false, "no memory", res[0].forcible ~= 0
+        end
+      end
+    end
+    return c_set(zone, key, value, exptime, flags)
+  end
+end
+
 -- The lua_CFunction versions, for bench/lua_micro.sh.
 return { capi = capi }

@@ -9,6 +9,7 @@
 
 #include "lua/api/common.h"
 #include "shm/registry.h"
+#include "tidegate/ffi.h"
 
 namespace tidegate::lua {
 namespace {
@@ -341,6 +342,46 @@ int dictFreeSpace(lua_State* L) {
 
 }  // namespace
 
+}  // namespace tidegate::lua
+
+extern "C" {
+
+int tg_shdict_get(void* zone, const char* key, size_t key_len, tg_shdict_result_t* res, const char** value) {
+  auto* d = static_cast<tidegate::shm::Dict*>(zone);
+  std::string& buf = tidegate::lua::scratch();
+  tidegate::shm::ReadResult r = d->get(std::string_view(key, key_len), &buf);
+  if (r.status == tidegate::shm::Status::kNotFound) return 1;
+  if (r.status != tidegate::shm::Status::kOk) return -1;
+  res->type = static_cast<int>(r.type);
+  res->number = r.type == tidegate::shm::Type::kBoolean ? (r.boolean ? 1 : 0) : r.number;
+  res->flags = r.flags;
+  res->len = buf.size();
+  *value = buf.data();
+  return 0;
+}
+
+int tg_shdict_set(void* zone, const char* key, size_t key_len, int type, const char* str, size_t str_len,
+                  double number, double exptime, unsigned int flags, tg_shdict_result_t* res) {
+  if (exptime < 0) return -1;  // the slow path raises the error
+  tidegate::shm::Value v;
+  switch (type) {
+    case 1: v = tidegate::shm::Value::ofBoolean(number != 0); break;
+    case 3: v = tidegate::shm::Value::ofNumber(number); break;
+    case 4: v = tidegate::shm::Value::ofString(std::string_view(str, str_len)); break;
+    default: return -1;
+  }
+  auto* d = static_cast<tidegate::shm::Dict*>(zone);
+  tidegate::shm::WriteResult w = d->set(std::string_view(key, key_len), v, static_cast<int64_t>(std::llround(exptime * 1000)), flags);
+  res->forcible = w.forcible;
+  if (w.status == tidegate::shm::Status::kOk) return 0;
+  if (w.status == tidegate::shm::Status::kNoMemory) return 1;
+  return -1;
+}
+
+}  // extern "C"
+
+namespace tidegate::lua {
+
 void openNgxShared(lua_State* L, const conf::LuaConf& lua) {
   // Stack: [ngx] -> [ngx] with ngx.shared set.
   lua_createtable(L, 0, 20);  // the methods, shared by every dict: [ngx, mt]
@@ -366,6 +407,9 @@ void openNgxShared(lua_State* L, const conf::LuaConf& lua) {
   setFn(L, "get_keys", dictGetKeys);
   setFn(L, "capacity", dictCapacity);
   setFn(L, "free_space", dictFreeSpace);
+  // lua/tidegate/fastpath.lua replaces get and set with FFI versions.
+  lua_pushvalue(L, -1);
+  lua_setfield(L, LUA_REGISTRYINDEX, "tidegate.shdict.methods");
   lua_setfield(L, -2, "__index");  // [ngx, mt]
   lua_createtable(L, 0, static_cast<int>(lua.shared_dicts.size()));  // [ngx, mt, shared]
   for (const conf::SharedDictConf& c : lua.shared_dicts) {
