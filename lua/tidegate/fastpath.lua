@@ -166,6 +166,12 @@ end
 -- string key and a string, number or boolean value.
 local shdict = registry["tidegate.shdict.methods"]
 if shdict then
+  -- zone[2]: the dict as a void* cdata. A lightuserdata argument is a JIT
+  -- "NYI: unsupported C type conversion": every call would leave the trace.
+  local cast = ffi.cast
+  for _, zone in pairs(ngx.shared) do
+    rawset(zone, 2, cast("void*", zone[1]))
+  end
   local res = ffi.new("tg_shdict_result_t[1]")
   local str_ptr = ffi.new("const char*[1]")
   local tonumber = tonumber
@@ -173,7 +179,7 @@ if shdict then
   local c_get = capi.shdict_get
   shdict.get = function(zone, key)
     if type(zone) == "table" and type(key) == "string" then
-      local d = zone[1]
+      local d = zone[2]
       local n = #key
       if d ~= nil and n > 0 and n <= 65535 then
         local rc = C.tg_shdict_get(d, key, n, res, str_ptr)
@@ -204,7 +210,7 @@ if shdict then
   local c_set = capi.shdict_set
   shdict.set = function(zone, key, value, exptime, flags)
     if type(zone) == "table" and type(key) == "string" then
-      local d = zone[1]
+      local d = zone[2]
       local n = #key
       local vt = type(value)
       if d ~= nil and n > 0 and n <= 65535 and (exptime == nil or type(exptime) == "number")

@@ -415,7 +415,7 @@ void openNgxShared(lua_State* L, const conf::LuaConf& lua) {
   for (const conf::SharedDictConf& c : lua.shared_dicts) {
     Dict* d = shm::SharedDicts::instance().find(c.name, c.size);
     if (!d) continue;
-    lua_createtable(L, 1, 0);  // [ngx, mt, shared, dict]
+    lua_createtable(L, 2, 0);  // [ngx, mt, shared, dict]: [1] the Dict, [2] its FFI pointer
     lua_pushlightuserdata(L, d);
     lua_rawseti(L, -2, 1);
     lua_pushvalue(L, -3);
