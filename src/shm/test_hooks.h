@@ -1,7 +1,7 @@
 // Crash points for tests: lets a unit test kill a process at a chosen place
 // inside a dict operation while it holds the dict lock. Compiled only where
-// TIDEGATE_TEST_HOOKS is defined (the unit test target builds its own copy of
-// src/shm with it, see tests/CMakeLists.txt); elsewhere the points are no-ops.
+// TIDEGATE_TEST_HOOKS is defined (builds with -DTIDEGATE_TESTS=ON, see
+// CMakeLists.txt); elsewhere the points are no-ops.
 #pragma once
 
 #ifdef TIDEGATE_TEST_HOOKS

@@ -4,11 +4,14 @@
 // included. ngx.shared.NAME is a table holding the dict at [1], with the
 // methods in its metatable; a method called with '.' instead of ':' is
 // OpenResty's 'bad "zone" argument'.
+#include <signal.h>
+
 #include <cmath>
 #include <string>
 
 #include "lua/api/common.h"
 #include "shm/registry.h"
+#include "shm/test_hooks.h"
 #include "tidegate/ffi.h"
 
 namespace tidegate::lua {
@@ -340,6 +343,30 @@ int dictFreeSpace(lua_State* L) {
   return 1;
 }
 
+#ifdef TIDEGATE_TEST_HOOKS
+// Test builds only: dict:_crash_next("unlink" | "get" | "insert") makes this
+// process die by SIGKILL at that point of its next dict operation, with the
+// lock held (the lock-recovery integration test).
+shm::test::CrashPoint g_armed_point;
+bool g_armed = false;
+
+void crashIfArmed(shm::test::CrashPoint point) {
+  if (g_armed && point == g_armed_point) raise(SIGKILL);
+}
+
+int dictCrashNext(lua_State* L) {
+  checkDict(L);
+  std::string_view what = luaL_checkstring(L, 2);
+  if (what == "unlink") g_armed_point = shm::test::CrashPoint::kUnlinkBeforeLru;
+  else if (what == "get") g_armed_point = shm::test::CrashPoint::kGetBeforeTouch;
+  else if (what == "insert") g_armed_point = shm::test::CrashPoint::kInsertBeforeLru;
+  else return luaL_error(L, "unknown crash point \"%s\"", std::string(what).c_str());
+  g_armed = true;
+  shm::test::setCrashHook(crashIfArmed);
+  return 0;
+}
+#endif
+
 }  // namespace
 
 }  // namespace tidegate::lua
@@ -407,6 +434,9 @@ void openNgxShared(lua_State* L, const conf::LuaConf& lua) {
   setFn(L, "get_keys", dictGetKeys);
   setFn(L, "capacity", dictCapacity);
   setFn(L, "free_space", dictFreeSpace);
+#ifdef TIDEGATE_TEST_HOOKS
+  setFn(L, "_crash_next", dictCrashNext);
+#endif
   // lua/tidegate/fastpath.lua replaces get and set with FFI versions.
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, "tidegate.shdict.methods");
