@@ -18,6 +18,7 @@ BACKEND_WORKERS=${BACKEND_WORKERS:-1}
 SIDES="nginx tidegate"
 declare -A LABEL=([nginx]=ng [tidegate]=tg)   # column headings
 BACKEND="" BACKEND_PORT=""   # BACKEND set by a scenario's setup: it needs the backend
+WORKERS=1 SERVER_CPUS=0      # a scenario's setup may change them (shdict_ops)
 
 # ---- scenarios ------------------------------------------------------------------------
 # scenario_NAME SERVER SIDE prints the body of the server block. SERVER is "nginx" or
@@ -110,6 +111,22 @@ location / {
 EOC
 }
 http_shdict() { echo 'lua_shared_dict bench 10m;'; }
+# ngx.shared.DICT under contention: 2 workers on both CPUs, each request 1000 incr of one
+# key (so ops/s = req/s x 1000; CPU/request is per 1000 operations).
+scenario_shdict_ops() {
+  cat <<'EOC'
+location / {
+    content_by_lua_block {
+        local d = ngx.shared.bench
+        local incr = d.incr
+        for i = 1, 1000 do incr(d, "hot", 1, 0) end
+        ngx.say("ok")
+    }
+}
+EOC
+}
+http_shdict_ops() { echo 'lua_shared_dict bench 10m;'; }
+setup_shdict_ops() { WORKERS=${SHDICT_WORKERS:-2} SERVER_CPUS=${SHDICT_CPUS:-0,1}; CONNS=${CONNS:-4}; }
 
 die() { echo "bench: $*" >&2; exit 1; }
 
@@ -202,7 +219,7 @@ write_conf() {   # write_conf SIDE PORT -> path of a fresh prefix dir holding co
   local dir="$TMP/$1" kind=${1%%_*}; rm -rf "$dir"; mkdir -p "$dir/logs"
   { [ "$kind" = nginx ] && echo "$NGX_MODULES"
     cat <<EOF
-daemon off; master_process on; worker_processes 1;
+daemon off; master_process on; worker_processes $WORKERS;
 error_log $dir/logs/error.log warn; pid $dir/logs/server.pid;
 events { worker_connections $WORKER_CONNS; }
 http {
@@ -236,7 +253,7 @@ launch() {
   done
 }
 
-start_server() { launch SERVER_PID "$(server_bin "$1")" 0 "$(write_conf "$1" "$2")" "$2"; }
+start_server() { launch SERVER_PID "$(server_bin "$1")" "$SERVER_CPUS" "$(write_conf "$1" "$2")" "$2"; }
 
 # The proxies' upstream: plain nginx (no lua module), on the load CPU beside wrk so the
 # gateway has CPU 0 to itself. It never closes a keepalive connection first.
@@ -349,7 +366,7 @@ if [ -n "$BACKEND" ]; then start_backend; fi
 read -ra SIDE <<<"$SIDES"
 REF=${SIDE[0]}
 echo "scenario=$SCENARIO rounds=$ROUNDS conns=$CONNS threads=$THREADS duration=${DURATION}s tidegate=$TIDEGATE"
-echo "server on CPU 0, wrk on CPU 1;$(for s in "${SIDE[@]}"; do printf ' %s = %s,' "${LABEL[$s]}" "$s"; done | sed 's/,$//')"
+echo "server ($WORKERS worker(s)) on CPU $SERVER_CPUS, wrk on CPU 1;$(for s in "${SIDE[@]}"; do printf ' %s = %s,' "${LABEL[$s]}" "$s"; done | sed 's/,$//')"
 echo "r:* = tidegate/$REF per round; p99 in us; cpu = server CPU (all its processes) in us per request"
 if [ -n "$BACKEND" ]; then
   echo "backend: nginx, $BACKEND_WORKERS worker(s) on CPU 1 (with wrk), port $BACKEND_PORT; its CPU is not counted"

@@ -89,6 +89,10 @@ int tg_shdict_get(void* zone, const char* key, size_t key_len, tg_shdict_result_
  * (res->forcible), 1 "no memory" (res->forcible), < 0: slow path. */
 int tg_shdict_set(void* zone, const char* key, size_t key_len, int type, const char* str, size_t str_len,
                   double number, double exptime, unsigned int flags, tg_shdict_result_t* res);
+/* incr(key, n, init?, init_ttl?): 0 with the new value in res->number (and
+ * res->forcible); < 0: nothing changed, slow path (it returns the error). */
+int tg_shdict_incr(void* zone, const char* key, size_t key_len, double n, int has_init, double init,
+                   double init_ttl, tg_shdict_result_t* res);
 
 #ifdef __cplusplus
 }

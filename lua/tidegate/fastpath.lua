@@ -233,6 +233,23 @@ if shdict then
     end
     return c_set(zone, key, value, exptime, flags)
   end
+  capi.shdict_incr = shdict.incr
+  local c_incr = capi.shdict_incr
+  shdict.incr = function(zone, key, value, init, init_ttl)
+    if type(zone) == "table" and type(key) == "string" and type(value) == "number" then
+      local d = zone[2]
+      local n = #key
+      if d ~= nil and n > 0 and n <= 65535 and (init == nil or type(init) == "number")
+          and (init_ttl == nil or (init ~= nil and type(init_ttl) == "number")) then
+        -- An error changes nothing: the lua_CFunction then returns it.
+        local rc = C.tg_shdict_incr(d, key, n, value, init ~= nil and 1 or 0, init or 0, init_ttl or 0, res)
+        if rc == 0 then
+          return res[0].number, nil, res[0].forcible ~= 0
+        end
+      end
+    end
+    return c_incr(zone, key, value, init, init_ttl)
+  end
 end
 
 -- The lua_CFunction versions, for bench/lua_micro.sh.

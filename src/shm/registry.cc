@@ -10,8 +10,10 @@ SharedDicts& SharedDicts::instance() {
 }
 
 int64_t SharedDicts::nowMs() {
+  // The coarse clock (a few ns, a tick of resolution): expiry needs no more
+  // precision than nginx's cached time gives its shared dicts.
   timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 

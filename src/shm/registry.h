@@ -29,7 +29,7 @@ class SharedDicts {
   // The dict of that name and size as ensure() made it; null if none.
   Dict* find(const std::string& name, uint64_t size);
 
-  // Milliseconds on a clock every process shares (CLOCK_MONOTONIC), for expiry.
+  // Milliseconds on a clock every process shares (CLOCK_MONOTONIC_COARSE), for expiry.
   static int64_t nowMs();
 
  private:

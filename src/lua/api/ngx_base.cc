@@ -92,7 +92,9 @@ int ngxNow(lua_State* L) {
 }
 
 int ngxTime(lua_State* L) {
-  lua_pushinteger(L, static_cast<lua_Integer>(time(nullptr)));
+  // The clock ngx.now() reads: time() uses a coarser one that may still
+  // show the previous second, so math.floor(ngx.now()) could pass ngx.time().
+  lua_pushinteger(L, static_cast<lua_Integer>(core::wallSeconds()));
   return 1;
 }
 

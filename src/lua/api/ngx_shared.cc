@@ -405,6 +405,18 @@ int tg_shdict_set(void* zone, const char* key, size_t key_len, int type, const c
   return -1;
 }
 
+int tg_shdict_incr(void* zone, const char* key, size_t key_len, double n, int has_init, double init,
+                   double init_ttl, tg_shdict_result_t* res) {
+  if (init_ttl < 0) return -1;
+  auto* d = static_cast<tidegate::shm::Dict*>(zone);
+  tidegate::shm::IncrResult r = d->incr(std::string_view(key, key_len), n, has_init ? &init : nullptr,
+                                         static_cast<int64_t>(std::llround(init_ttl * 1000)));
+  if (r.status != tidegate::shm::Status::kOk) return -1;
+  res->number = r.value;
+  res->forcible = r.forcible;
+  return 0;
+}
+
 }  // extern "C"
 
 namespace tidegate::lua {
