@@ -211,12 +211,12 @@ void ProxyTask::reconnectFresh() {
 
 void ProxyTask::connectNew() {
   conn_reused_ = false;
-  conn_ = UpstreamConn::create(&m_.pool(), peerAddress());
+  const PeerAddress& peer = peerAddress();
+  conn_ = UpstreamConn::create(&m_.pool(), peer);
   state_ = State::kConnecting;
   int status = 0;
-  if (!conn_->connect(this, &status)) {
-    fail(conf::kNextError, 502,
-         std::string("connect() failed (") + std::to_string(-status) + ": " + strerror(-status) + ")");
+  if (!conn_->connect(this, peer, &status)) {
+    onConnected(status);  // failed at once: reported as a failed connect
     return;
   }
   conn_->setTimer(connect_timeout_ms_);

@@ -225,7 +225,6 @@ void ProxyTask::handleHead() {
   state_ = State::kStreaming;
   if (*s_.intercept_errors && h.status >= 300 && h.status != 304) {
     // No error_page yet: our own page for that status replaces the upstream's.
-    intercept_ = true;
     req_.keepalive = false;
     dropConnection();
     endTry(upstream::Outcome::kOk);

@@ -178,7 +178,6 @@ class ProxyTask final : public http::ContentTask,
 
   bool head_sent_ = false;       // the response head went to the client
   bool waiting_drain_ = false;
-  bool intercept_ = false;       // the upstream's error response is replaced by ours
   size_t high_water_ = 0;
 };
 

@@ -49,10 +49,8 @@ UpstreamConn* UpstreamConn::create(ConnPool* pool, const PeerAddress& peer) {
   return new UpstreamConn(pool, peer.text);
 }
 
-bool UpstreamConn::connect(User* user, int* status) {
+bool UpstreamConn::connect(User* user, const PeerAddress& peer, int* status) {
   user_ = user;
-  PeerAddress peer;
-  parsePeerAddress(key_, &peer);
   int rc = uv_tcp_connect(&connect_req_, &tcp_, reinterpret_cast<const sockaddr*>(&peer.sa), onConnect);
   if (rc != 0) {
     *status = rc;

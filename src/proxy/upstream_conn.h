@@ -50,7 +50,7 @@ class UpstreamConn {
 
   // Starts connecting; onConnected() follows. False (with *status) if
   // connect() failed at once (no callback then).
-  bool connect(User* user, int* status);
+  bool connect(User* user, const PeerAddress& peer, int* status);
   // Hands a connection taken from the pool to its new user.
   void attach(User* user);
   // Writes `n` buffers (kept alive by the caller until onWritten()). One

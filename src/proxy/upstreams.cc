@@ -1,18 +1,12 @@
 #include "proxy/upstreams.h"
 
+#include "conf/directives.h"
 #include "core/log.h"
-#include "http/ascii.h"
 
 namespace tidegate::proxy {
 namespace {
 
 using core::LogLevel;
-
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = http::asciiLower(c);
-  return out;
-}
 
 std::unique_ptr<UpstreamRuntime> build(const std::string& name, std::shared_ptr<const conf::UpstreamConf> uc) {
   auto rt = std::make_unique<UpstreamRuntime>();
@@ -86,11 +80,11 @@ bool UpstreamRuntime::reportFailure(size_t i, uint64_t now_ms) {
 }
 
 Upstreams::Upstreams(const conf::Config& cfg) {
-  for (const auto& uc : cfg.http.upstreams) named_[lower(uc->name)] = build(uc->name, uc);
+  for (const auto& uc : cfg.http.upstreams) named_[conf::lowerCase(uc->name)] = build(uc->name, uc);
 }
 
 UpstreamRuntime* Upstreams::find(std::string_view name) {
-  auto it = named_.find(lower(name));
+  auto it = named_.find(conf::lowerCase(std::string(name)));
   return it == named_.end() ? nullptr : it->second.get();
 }
 

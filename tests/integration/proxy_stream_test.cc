@@ -37,6 +37,18 @@ class ProxyStream : public ::testing::Test {
     if (gw.running()) EXPECT_EQ(gw.stop(), 0);
   }
   long peakGrowthKb() const { return procStatusKb(worker, "VmHWM") - peak_before; }
+  // POSTs a GiB with Content-Length; *got is what the upstream recorded.
+  void uploadGigabyte(RecordedRequest* got) {
+    RawClient c(gw.port());
+    ASSERT_TRUE(c.send("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: " + std::to_string(kGiB) + "\r\n\r\n"));
+    std::string piece(1 << 20, 'u');
+    for (size_t sent = 0; sent < kGiB; sent += piece.size()) ASSERT_TRUE(c.send(piece));
+    Response r = c.readResponse(Ms(120000));
+    EXPECT_EQ(r.status, 200) << gw.errorLog();
+    ASSERT_TRUE(up.waitForRequests(2));
+    *got = up.requests()[1];
+    EXPECT_EQ(got->body_bytes, kGiB);
+  }
 
   FakeUpstream up;
   Gateway gw;
@@ -94,15 +106,8 @@ TEST_F(ProxyStream, OneGigabyteDownloadKeepsMemoryFlat) {
 
 TEST_F(ProxyStream, OneGigabyteUploadKeepsMemoryFlat) {
   start();
-  RawClient c(gw.port());
-  ASSERT_TRUE(c.send("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: " + std::to_string(kGiB) + "\r\n\r\n"));
-  std::string piece(1 << 20, 'u');
-  for (size_t sent = 0; sent < kGiB; sent += piece.size()) ASSERT_TRUE(c.send(piece));
-  Response r = c.readResponse(Ms(120000));
-  EXPECT_EQ(r.status, 200) << gw.errorLog();
-  ASSERT_TRUE(up.waitForRequests(2));
-  RecordedRequest got = up.requests()[1];
-  EXPECT_EQ(got.body_bytes, kGiB);
+  RecordedRequest got;
+  ASSERT_NO_FATAL_FAILURE(uploadGigabyte(&got));
   EXPECT_TRUE(got.body_complete);
   EXPECT_LT(peakGrowthKb(), kFlatKb) << "the worker's peak RSS grew with the body";
 }
@@ -163,15 +168,8 @@ TEST_F(ProxyStream, UnbufferedUploadReachesTheUpstreamAsItArrives) {
 
 TEST_F(ProxyStream, UnbufferedGigabyteUploadKeepsMemoryFlat) {
   start("proxy_request_buffering off;");
-  RawClient c(gw.port());
-  ASSERT_TRUE(c.send("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: " + std::to_string(kGiB) + "\r\n\r\n"));
-  std::string piece(1 << 20, 'u');
-  for (size_t sent = 0; sent < kGiB; sent += piece.size()) ASSERT_TRUE(c.send(piece));
-  Response r = c.readResponse(Ms(120000));
-  EXPECT_EQ(r.status, 200) << gw.errorLog();
-  ASSERT_TRUE(up.waitForRequests(2));
-  RecordedRequest got = up.requests()[1];
-  EXPECT_EQ(got.body_bytes, kGiB);
+  RecordedRequest got;
+  ASSERT_NO_FATAL_FAILURE(uploadGigabyte(&got));
   EXPECT_EQ(got.header("content-length"), std::to_string(kGiB));
   EXPECT_TRUE(got.body_complete);
   EXPECT_LT(peakGrowthKb(), kFlatKb) << "the worker's peak RSS grew with the body";
