@@ -285,6 +285,25 @@ struct UpstreamServer {
   std::string id() const { return host + ":" + std::to_string(port); }
 };
 
+// health_check [type=http|tcp] [uri=/path] [host=NAME] [interval=T]
+// [unhealthy_interval=T] [timeout=T] [fails=N] [passes=N]
+// [status=200-399,...] [port=N]; in an upstream (docs/health.md).
+struct HealthCheckConf {
+  bool enabled = false;
+  bool tcp = false;      // type=tcp: a connect is the whole probe
+  std::string uri = "/";
+  std::string host;      // the Host header; empty: the server's host as written
+  uint64_t interval_ms = 5000;
+  uint64_t unhealthy_interval_ms = 0;  // 0: interval_ms
+  uint64_t timeout_ms = 1000;
+  int fails = 1;   // consecutive failed probes that take a server out
+  int passes = 1;  // consecutive passed probes that bring it back
+  std::vector<std::pair<int, int>> statuses;  // inclusive ranges; empty: 200-399
+  int port = 0;    // 0: the server's own port
+
+  bool statusOk(int status) const;
+};
+
 // upstream NAME { ... }: the servers and how to choose among them
 // (src/upstream/ balancers, or balancer_by_lua*; src/proxy/ uses it).
 struct UpstreamConf {
@@ -305,6 +324,7 @@ struct UpstreamConf {
   // balancer_by_lua*: runs before every try; a peer it sets replaces the
   // balancer's pick (which remains the fallback).
   LuaCode balancer_lua;
+  HealthCheckConf health_check;
 };
 
 struct HttpConfig {

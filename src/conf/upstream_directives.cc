@@ -154,6 +154,69 @@ bool onBalancer(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
+// "200-399,404": inclusive ranges of HTTP statuses.
+bool parseStatuses(std::string_view v, std::vector<std::pair<int, int>>* out) {
+  while (!v.empty()) {
+    size_t comma = v.find(',');
+    std::string_view item = v.substr(0, comma);
+    v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
+    size_t dash = item.find('-');
+    int64_t lo = 0, hi = 0;
+    if (!parseInt(item.substr(0, dash), &lo)) return false;
+    hi = lo;
+    if (dash != std::string_view::npos && !parseInt(item.substr(dash + 1), &hi)) return false;
+    if (lo < 100 || hi > 599 || lo > hi) return false;
+    out->emplace_back(static_cast<int>(lo), static_cast<int>(hi));
+    if (comma != std::string_view::npos && v.empty()) return false;
+  }
+  return true;
+}
+
+// health_check [type=http|tcp] [uri=/path] [host=NAME] [interval=T]
+// [unhealthy_interval=T] [timeout=T] [fails=N] [passes=N] [status=...] [port=N];
+bool onHealthCheck(const ConfNode& n, BuildState& st, std::string* err) {
+  HealthCheckConf& hc = st.upstream->health_check;
+  if (hc.enabled) {
+    err->assign("\"health_check\" directive is duplicate");
+    return false;
+  }
+  hc.enabled = true;
+  for (const std::string& a : n.args) {
+    std::string_view v(a);
+    size_t eq = v.find('=');
+    std::string_view key = v.substr(0, eq);
+    std::string_view val = eq == std::string_view::npos ? std::string_view() : v.substr(eq + 1);
+    if (eq == std::string_view::npos || val.empty()) return invalidParameter(a, err);
+    bool ok = false;
+    if (key == "type") {
+      ok = val == "http" || val == "tcp";
+      hc.tcp = val == "tcp";
+    } else if (key == "uri") {
+      ok = val[0] == '/' && val.find_first_of(" \r\n") == std::string_view::npos;
+      hc.uri = val;
+    } else if (key == "host") {
+      ok = val.find_first_of(" \r\n") == std::string_view::npos;
+      hc.host = val;
+    } else if (key == "interval") {
+      ok = parseDurationMs(val, &hc.interval_ms) && hc.interval_ms > 0;
+    } else if (key == "unhealthy_interval") {
+      ok = parseDurationMs(val, &hc.unhealthy_interval_ms) && hc.unhealthy_interval_ms > 0;
+    } else if (key == "timeout") {
+      ok = parseDurationMs(val, &hc.timeout_ms) && hc.timeout_ms > 0;
+    } else if (key == "fails") {
+      ok = intParam(v, "fails=", 1000, &hc.fails) && hc.fails > 0;
+    } else if (key == "passes") {
+      ok = intParam(v, "passes=", 1000, &hc.passes) && hc.passes > 0;
+    } else if (key == "port") {
+      ok = intParam(v, "port=", 65535, &hc.port) && hc.port > 0;
+    } else if (key == "status") {
+      ok = parseStatuses(val, &hc.statuses);
+    }
+    if (!ok) return invalidParameter(a, err);
+  }
+  return true;
+}
+
 template <uint64_t UpstreamConf::*Field, bool (*Parse)(std::string_view, uint64_t*)>
 bool onUpstreamNumber(const ConfNode& n, BuildState& st, std::string* err) {
   if (!Parse(n.args[0], &(st.upstream->*Field))) {
@@ -173,9 +236,18 @@ const Directive kUpstreamDirectives[] = {
     {"keepalive_timeout", kUpstreamCtx, 1, 1, false,
      onUpstreamNumber<&UpstreamConf::keepalive_timeout_ms, parseDurationMs>},
     {"keepalive_requests", kUpstreamCtx, 1, 1, false, onUpstreamNumber<&UpstreamConf::keepalive_requests, parseCount>},
+    {"health_check", kUpstreamCtx, 0, kAnyArgs, false, onHealthCheck},
 };
 
 }  // namespace
+
+bool HealthCheckConf::statusOk(int status) const {
+  if (statuses.empty()) return status >= 200 && status <= 399;
+  for (const auto& [lo, hi] : statuses) {
+    if (status >= lo && status <= hi) return true;
+  }
+  return false;
+}
 
 void registerUpstreamDirectives() {
   registerDirectives(kUpstreamDirectives, sizeof(kUpstreamDirectives) / sizeof(kUpstreamDirectives[0]));

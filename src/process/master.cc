@@ -21,7 +21,9 @@
 #include "process/listeners.h"
 #include "process/pidfile.h"
 #include "process/worker.h"
+#include "shm/upstream_table.h"
 #include "tidegate/version.h"
+#include "upstream/publish.h"
 
 namespace tidegate::process {
 namespace {
@@ -190,10 +192,21 @@ class Master {
     (void)n;  // a dead worker's channel fails; its SIGCHLD is on the way
   }
 
+  // The current conf's upstreams into the shared table again: after a
+  // failed reload, or after a worker died mid-write and the table was
+  // emptied (UpstreamTable::resets()).
+  void republish() {
+    std::string err;
+    shm::UpstreamTable* table = shm::UpstreamTable::shared();
+    if (table && !upstream::publishConfUpstreams(*cfg_, *table, &err)) TG_LOG(LogLevel::kAlert, "%s", err.c_str());
+  }
+
   void reap() {
     int status = 0;
     pid_t pid;
+    shm::UpstreamTable* table = shm::UpstreamTable::shared();
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+      if (table) table->processExited(pid);
       if (pid == upgrade_pid_) {
         upgradeFailed(status);
         continue;
@@ -214,6 +227,11 @@ class Master {
         if (!expected && w.generation == generation_) scheduleRespawn(w);
         break;
       }
+    }
+    if (table && table->resets() != table_resets_) {
+      table_resets_ = table->resets();
+      TG_LOG(LogLevel::kAlert, "the shared upstream table was emptied after a worker died writing it; republishing");
+      republish();
     }
   }
 
@@ -326,6 +344,7 @@ class Master {
     auto fail = [&](const std::string& why) {
       TG_LOG(LogLevel::kEmerg, "%s", why.c_str());
       TG_LOG(LogLevel::kAlert, "reconfiguration failed, the old configuration keeps serving");
+      republish();  // the new conf's upstreams may be in the table already
     };
     conf::ConfigPtr next;
     conf::ConfError cerr;
@@ -371,6 +390,7 @@ class Master {
   bool quitting_ = false;
   bool terminating_ = false;
   pid_t upgrade_pid_ = -1;
+  uint64_t table_resets_ = 0;
 };
 
 }  // namespace
@@ -387,6 +407,14 @@ void saveArgv(char** argv) { g_argv = argv; }
 char** savedArgv() { return g_argv; }
 
 std::shared_ptr<lua::Vm> prepareLua(conf::ConfigPtr cfg, std::string* err) {
+  // The conf's upstreams are in the shared table before any Lua runs
+  // (init_by_lua* may read them) and before workers are forked.
+  shm::UpstreamTable* table = shm::UpstreamTable::shared();
+  if (!table) {
+    *err = "cannot map the shared upstream table";
+    return nullptr;
+  }
+  if (!upstream::publishConfUpstreams(*cfg, *table, err)) return nullptr;
   std::string why;
   std::shared_ptr<lua::Vm> vm = lua::Vm::create(cfg, &why);
   if (vm && !vm->run(cfg->http.lua.init, lua::Phase::kInit, &why)) vm.reset();

@@ -13,6 +13,7 @@
 #include "lua/phases/content.h"
 #include "lua/timer.h"
 #include "proxy/proxy.h"
+#include "shm/upstream_table.h"
 
 namespace tidegate::process {
 namespace {
@@ -37,7 +38,12 @@ class Worker {
     }
     uv_loop_init(&loop_);
     server_ = std::make_unique<http::HttpServer>(&loop_, cfg_);
-    proxy_ = std::make_unique<proxy::ProxyModule>(&loop_, *cfg_);
+    shm::UpstreamTable* table = shm::UpstreamTable::shared();
+    if (!table) {
+      TG_LOG(LogLevel::kEmerg, "cannot map the shared upstream table");
+      return 2;
+    }
+    proxy_ = std::make_unique<proxy::ProxyModule>(&loop_, *cfg_, *table);
     server_->setProxyHandler(proxy_.get());
     if (vm_) {
       content_handler_ = std::make_unique<lua::LuaContentHandler>(*vm_, &loop_);

@@ -44,6 +44,7 @@ void ProxyTask::run() {
   target_.uri = pp->uri;
   r_.upstream.proxy_host = target_.proxyHost();
   r_.upstream.proxy_port = std::to_string(target_.port);
+  m_.upstreams().sync();
   if (!target_.port_given) rt_ = m_.upstreams().find(target_.host);
   if (!rt_) {
     // Resolved at load (a fixed value), or an address literal.
@@ -88,7 +89,7 @@ void ProxyTask::startTries() {
 }
 
 void ProxyTask::startTry() {
-  rt_->refreshHealth(uv_now(m_.loop()));
+  m_.upstreams().sync();  // a server that went out or came back since the last try
   if (balancerLua() && !runBalancerLua()) return;
   if (!lua_choice_.peer && !pickPeer()) return;
   tries_++;
@@ -139,6 +140,8 @@ bool ProxyTask::pickPeer() {
     return false;
   }
   peer_ = *pick;
+  peer_gen_ = rt_->generation;
+  peer_addr_ = rt_->peers[peer_].addr;
   have_peer_ = true;
   tried_.push_back(peer_);
   rt_->balancer->onStart(peer_);
@@ -164,7 +167,7 @@ bool ProxyTask::runBalancerLua() {
   call.last_status = last_status_;
   call.tries_allowed = lua_choice_.tries;
   call.max_tries = *s_.next_upstream_tries;
-  if (!lua->runBalancer(r_, rt_->conf->balancer_lua, lua_, &call)) {
+  if (!lua->runBalancer(r_, *rt_->balancer_lua, lua_, &call)) {
     respondError(500);  // logged with its traceback
     return false;
   }
@@ -323,9 +326,7 @@ void ProxyTask::fail(uint32_t condition, int status, const std::string& why) {
   endTry(counts ? upstream::Outcome::kFailed : upstream::Outcome::kOk);
   last_state_ = counts ? "failed" : "next";  // nginx's NGX_PEER_FAILED / NGX_PEER_NEXT
   last_status_ = t.status;
-  if (counts && !lua_choice_.peer && rt_->reportFailure(peer_, uv_now(m_.loop()))) {
-    logError(LogLevel::kWarn, "upstream server temporarily disabled");
-  }
+  if (counts) reportFailure(why.empty() ? "status " + std::to_string(t.status) : why);
   if (mayRetry(condition)) {
     startTry();
     return;
@@ -368,7 +369,15 @@ void ProxyTask::clientAborted() {
 void ProxyTask::endTry(upstream::Outcome outcome) {
   if (!have_peer_) return;
   have_peer_ = false;
-  rt_->balancer->onFinish(peer_, nowUs() - try_start_us_, outcome, nowUs());
+  size_t i = rt_->indexNow(peer_, peer_gen_, peer_addr_.text);
+  if (i != std::string::npos) rt_->balancer->onFinish(i, nowUs() - try_start_us_, outcome, nowUs());
+}
+
+void ProxyTask::reportFailure(std::string_view why) {
+  if (lua_choice_.peer) return;
+  if (m_.upstreams().reportFailure(*rt_, peer_addr_.text, why)) {
+    logError(LogLevel::kWarn, "upstream server temporarily disabled");
+  }
 }
 
 void ProxyTask::dropConnection() {
@@ -386,8 +395,8 @@ void ProxyTask::logError(LogLevel level, const std::string& why) {
   TG_LOG_CONN(level, r_.conn->id, "%s", line.c_str());
 }
 
-ProxyModule::ProxyModule(uv_loop_t* loop, const conf::Config& cfg)
-    : loop_(loop), pool_(loop), upstreams_(cfg), max_idle_(static_cast<uint64_t>(cfg.worker_connections)) {}
+ProxyModule::ProxyModule(uv_loop_t* loop, const conf::Config& cfg, shm::UpstreamTable& table)
+    : loop_(loop), pool_(loop), upstreams_(cfg, table), max_idle_(static_cast<uint64_t>(cfg.worker_connections)) {}
 
 ProxyModule::~ProxyModule() = default;
 

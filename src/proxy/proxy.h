@@ -18,7 +18,7 @@ namespace tidegate::proxy {
 
 class ProxyModule final : public http::ProxyHandler {
  public:
-  ProxyModule(uv_loop_t* loop, const conf::Config& cfg);
+  ProxyModule(uv_loop_t* loop, const conf::Config& cfg, shm::UpstreamTable& table);
   ~ProxyModule() override;
 
   std::unique_ptr<http::ContentTask> start(http::Request& r, http::ContentSink& sink, http::ContentTask* lua) override;

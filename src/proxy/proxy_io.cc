@@ -207,10 +207,7 @@ void ProxyTask::handleHead() {
       fail(cond, h.status, {});
       return;
     }
-    if (cond != conf::kNextHttp403 && cond != conf::kNextHttp404 && !lua_choice_.peer &&
-        rt_->reportFailure(peer_, uv_now(m_.loop()))) {
-      logError(LogLevel::kWarn, "upstream server temporarily disabled");
-    }
+    if (cond != conf::kNextHttp403 && cond != conf::kNextHttp404) reportFailure("status " + std::to_string(h.status));
   }
   if (!request_done_) {
     // An early answer: the rest of the body is not sent, and the

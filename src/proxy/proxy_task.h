@@ -69,8 +69,11 @@ class ProxyTask final : public http::ContentTask,
   // ngx.exit).
   bool runBalancerLua();
   bool applyBalancerCall(const http::BalancerCall& call);
-  bool balancerLua() const { return rt_->conf && !rt_->conf->balancer_lua.empty(); }
-  const PeerAddress& peerAddress() const { return lua_choice_.peer ? lua_choice_.addr : rt_->peers[peer_].addr; }
+  bool balancerLua() const { return rt_->balancer_lua != nullptr; }
+  const PeerAddress& peerAddress() const { return lua_choice_.peer ? lua_choice_.addr : peer_addr_; }
+  // Passive health: this try's failure counts against its peer (not one
+  // balancer_by_lua* chose); logs when that took the peer out.
+  void reportFailure(std::string_view why);
   void connectNew();
   // The pooled connection just used was closed by the peer: the same peer
   // again on a fresh connection, once, without counting a try.
@@ -123,7 +126,7 @@ class ProxyTask final : public http::ContentTask,
   uint64_t read_timeout_ms_;
   State state_ = State::kWaitBody;
 
-  UpstreamRuntime* rt_ = nullptr;
+  std::shared_ptr<UpstreamRuntime> rt_;
   ProxyTarget target_;
   BuiltRequest req_;
   bool is_head_ = false;
@@ -131,7 +134,9 @@ class ProxyTask final : public http::ContentTask,
 
   // The current try.
   UpstreamConn* conn_ = nullptr;
-  size_t peer_ = 0;
+  size_t peer_ = 0;             // the balancer's index as of peer_gen_
+  uint64_t peer_gen_ = 0;       // rt_->generation when peer_ was picked
+  PeerAddress peer_addr_;       // the picked peer (its text is its id)
   bool have_peer_ = false;
   bool request_sent_ = false;     // a byte of the request may have reached the peer
   bool request_done_ = false;     // the whole request is in the kernel
