@@ -1,5 +1,6 @@
 // Crash points for tests: lets a unit test kill a process at a chosen place
-// inside a dict operation while it holds the dict lock. Compiled only where
+// inside a dict or upstream table operation while it holds that structure's
+// lock. Compiled only where
 // TIDEGATE_TEST_HOOKS is defined (builds with -DTIDEGATE_TESTS=ON, see
 // CMakeLists.txt); elsewhere the points are no-ops.
 #pragma once
@@ -12,6 +13,7 @@ enum class CrashPoint {
   kUnlinkBeforeLru,  // an entry being freed is out of its hash chain, still in the LRU list
   kGetBeforeTouch,   // get: lock held, nothing written yet
   kInsertBeforeLru,  // a new entry is in its hash chain, not yet in the LRU list
+  kUpstreamPut,      // upstream table: a new spec is allocated, not yet linked
 };
 
 using CrashHook = void (*)(CrashPoint);

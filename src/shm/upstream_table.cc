@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "shm/mutex.h"
+#include "shm/test_hooks.h"
 
 namespace tidegate::shm {
 
@@ -231,6 +232,7 @@ bool UpstreamTable::put(std::string_view name, std::string_view spec, std::strin
     return false;
   }
   memcpy(base_ + blob, spec.data(), spec.size());
+  TG_SHM_CRASH_POINT(kUpstreamPut);
   if (off == 0) {
     off = heap.alloc(sizeof(DirEntry) + name.size());
     if (off == 0) {
