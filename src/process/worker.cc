@@ -13,12 +13,18 @@
 #include "lua/phases/content.h"
 #include "lua/timer.h"
 #include "proxy/proxy.h"
+#include "shm/registry.h"
 #include "shm/upstream_table.h"
 
 namespace tidegate::process {
 namespace {
 
 using core::LogLevel;
+
+// The periodic half of shared dict expiry: each worker looks at the least
+// recently used entries of every zone once a second.
+constexpr uint64_t kSweepIntervalMs = 1000;
+constexpr uint64_t kSweepScan = 1000;
 
 class Worker {
  public:
@@ -63,6 +69,13 @@ class Worker {
       if (fd >= 0) ::close(fd);
     }
     runInitWorker();
+    if (!cfg_->http.lua.shared_dicts.empty()) {
+      // Expired dict entries no one touches are freed within a few seconds.
+      uv_timer_init(&loop_, &sweep_timer_);
+      uv_timer_start(&sweep_timer_, onSweep, kSweepIntervalMs, kSweepIntervalMs);
+      uv_unref(reinterpret_cast<uv_handle_t*>(&sweep_timer_));
+      has_sweep_timer_ = true;
+    }
     if (channel_fd_ >= 0) {
       uv_pipe_init(&loop_, &channel_, 0);
       channel_.data = this;
@@ -111,6 +124,8 @@ class Worker {
       TG_LOG(LogLevel::kError, "exit_worker_by_lua error: %s", err.c_str());
     }
   }
+
+  static void onSweep(uv_timer_t*) noexcept { shm::SharedDicts::instance().sweepExpired(kSweepScan); }
 
   static void onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) noexcept {
     auto* w = static_cast<Worker*>(h->data);
@@ -199,6 +214,10 @@ class Worker {
       timer_armed_ = false;
       uv_close(reinterpret_cast<uv_handle_t*>(&shutdown_timer_), nullptr);
     }
+    if (has_sweep_timer_) {
+      has_sweep_timer_ = false;
+      uv_close(reinterpret_cast<uv_handle_t*>(&sweep_timer_), nullptr);
+    }
   }
 
   conf::ConfigPtr cfg_;
@@ -209,6 +228,8 @@ class Worker {
   uv_pipe_t channel_;
   uv_signal_t signals_[4];
   uv_timer_t shutdown_timer_;
+  uv_timer_t sweep_timer_;
+  bool has_sweep_timer_ = false;
   bool has_channel_ = false;
   bool has_signals_ = false;
   bool timer_armed_ = false;

@@ -566,11 +566,11 @@ void Dict::flushAll() {
   for (Offset off = h_->lru_head; off != 0; off = entry(off)->lru_next) entry(off)->expires = kFlushedAt;
 }
 
-uint64_t Dict::flushExpired(uint64_t max) {
+uint64_t Dict::flushExpired(uint64_t max, uint64_t max_scan) {
   int64_t now = now_();
   DictLock lock(*this, true);
-  uint64_t freed = 0;
-  for (Offset off = h_->lru_tail; off != 0 && (max == 0 || freed < max);) {
+  uint64_t freed = 0, scanned = 0;
+  for (Offset off = h_->lru_tail; off != 0 && (max == 0 || freed < max) && (max_scan == 0 || scanned++ < max_scan);) {
     Offset prev = entry(off)->lru_prev;
     if (expired(entry(off), now)) {
       freeEntry(off);

@@ -138,8 +138,10 @@ class Dict {
   CountResult ttl(std::string_view key);
   Status expire(std::string_view key, int64_t ttl_ms);
   void flushAll();
-  // Frees expired entries, at most `max` (0 = all); returns how many.
-  uint64_t flushExpired(uint64_t max = 0);
+  // Frees expired entries, at most `max` (0 = all), looking at no more than
+  // `max_scan` entries from the least recently used end (0 = all); returns
+  // how many.
+  uint64_t flushExpired(uint64_t max = 0, uint64_t max_scan = 0);
   // Live keys, most recently used first, at most `max` (0 = all).
   std::vector<std::string> getKeys(size_t max = 0);
   uint64_t capacity() const { return zone_.size(); }

@@ -34,6 +34,12 @@ bool SharedDicts::ensure(const std::vector<conf::SharedDictConf>& dicts, std::st
   return true;
 }
 
+uint64_t SharedDicts::sweepExpired(uint64_t scan_each) {
+  uint64_t n = 0;
+  for (auto& [key, e] : zones_) n += e.dict->flushExpired(0, scan_each);
+  return n;
+}
+
 Dict* SharedDicts::find(const std::string& name, uint64_t size) {
   auto it = zones_.find(std::make_pair(name, size));
   return it == zones_.end() ? nullptr : it->second.dict.get();

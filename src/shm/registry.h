@@ -29,6 +29,11 @@ class SharedDicts {
   // The dict of that name and size as ensure() made it; null if none.
   Dict* find(const std::string& name, uint64_t size);
 
+  // The periodic half of expiry (reads and writes free expired entries
+  // lazily too): in every zone, frees the expired among the `scan_each`
+  // least recently used entries. Returns how many went.
+  uint64_t sweepExpired(uint64_t scan_each);
+
   // Milliseconds on a clock every process shares (CLOCK_MONOTONIC_COARSE), for expiry.
   static int64_t nowMs();
 

@@ -102,6 +102,21 @@ TEST(SharedDictTest, AWorkerKilledHoldingTheLockDoesNotBlockTheOthers) {
   EXPECT_EQ(gw.stop(), 0);
 }
 
+TEST(SharedDictTest, ExpiredEntriesNoOneTouchesAreFreedPeriodically) {
+  Gateway gw;
+  gw.setSimpleConf(R"(
+    location /set { content_by_lua_block { local ok = ngx.shared.counters:set("k", "v", 0.05); ngx.say(ok) } }
+    location /stale { content_by_lua_block { ngx.say(ngx.shared.counters:get_stale("k")) } }
+  )",
+                   "lua_shared_dict counters 1m;", 2);
+  ASSERT_TRUE(gw.start());
+  ASSERT_EQ(httpGet(gw.port(), "/set").body, "true\n");
+  // get_stale returns an expired value until it is freed; no write comes to
+  // free it lazily, so only the workers' sweep can.
+  EXPECT_TRUE(waitFor([&] { return httpGet(gw.port(), "/stale").body == "nil\n"; }, Ms(10000)));
+  EXPECT_EQ(gw.stop(), 0);
+}
+
 TEST(SharedDictTest, ABadSizeIsAConfError) {
   Gateway gw;
   gw.setSimpleConf(kServer, "lua_shared_dict counters 1k;");

@@ -226,6 +226,17 @@ TEST_F(DictTest, FlushAllMarksExpiredAndFlushExpiredFrees) {
   EXPECT_EQ(dict_->freeSpace(), empty);
 }
 
+TEST_F(DictTest, FlushExpiredCanBoundItsScanFromTheLruTail) {
+  for (int i = 0; i < 6; i++) dict_->set("k" + std::to_string(i), Value::ofNumber(i), 10);
+  g_fake_now += 11;  // all six expired; k0 is the least recently used
+  EXPECT_EQ(dict_->flushExpired(0, 2), 2u);
+  std::string out;
+  EXPECT_EQ(dict_->getStale("k0", &out).status, Status::kNotFound);  // freed
+  EXPECT_EQ(dict_->getStale("k1", &out).status, Status::kNotFound);
+  EXPECT_TRUE(dict_->getStale("k2", &out).stale);  // beyond the scan
+  EXPECT_EQ(dict_->flushExpired(0, 100), 4u);
+}
+
 TEST_F(DictTest, FlushExpiredLeavesLiveEntries) {
   dict_->set("a", Value::ofNumber(1), 100);
   dict_->set("b", Value::ofNumber(2));
