@@ -237,6 +237,7 @@ struct Location {
   std::vector<RewriteAction> rewrite;  // not inherited by nested locations (nginx)
   LuaCode content_lua;  // content_by_lua*
   std::optional<ProxyPass> proxy_pass;
+  bool admin = false;  // the admin API (only in the server made for admin_listen)
   std::vector<std::shared_ptr<Location>> children;
 };
 
@@ -327,6 +328,19 @@ struct UpstreamConf {
   HealthCheckConf health_check;
 };
 
+// admin_listen, admin_token, state_dir (docs/admin-api.md). The loader
+// makes a server of its own for the admin listener (one location served by
+// the admin API), in a listen group no data-plane server shares.
+constexpr uint64_t kAdminMaxBody = 8u << 20;  // a request body to the admin API
+
+struct AdminConf {
+  bool enabled = false;
+  Listen listen;
+  std::string token;      // the value (admin_token env:NAME is read at load)
+  std::string state_dir;  // absolute; default <prefix>/state
+  std::string where;      // admin_listen's file:line
+};
+
 struct HttpConfig {
   HttpSettings settings;
   LuaConf lua;
@@ -337,6 +351,7 @@ struct HttpConfig {
   std::vector<std::shared_ptr<Server>> servers;
   std::vector<std::shared_ptr<UpstreamConf>> upstreams;
   UserVariables variables;  // set / set_by_lua* targets, declared before the build
+  AdminConf admin;
 };
 
 struct Config {

@@ -280,11 +280,12 @@ bool parsePort(std::string_view text, uint16_t* port) {
   return true;
 }
 
-bool onListen(const ConfNode& n, BuildState& st, std::string* err) {
-  Listen l;
-  const std::string& addr = n.args[0];
-  bool ok = true;
-  if (addr.front() == '[') {
+}  // namespace
+
+bool parseListenAddress(const std::string& addr, Listen* out) {
+  Listen& l = *out;
+  bool ok = !addr.empty();
+  if (ok && addr.front() == '[') {
     size_t close = addr.find(']');
     ok = close != std::string::npos;
     if (ok) {
@@ -301,7 +302,15 @@ bool onListen(const ConfNode& n, BuildState& st, std::string* err) {
   }
   if (l.host == "*") l.host = "0.0.0.0";
   if (l.host == "localhost") l.host = "127.0.0.1";
-  if (!ok || l.host.empty()) {
+  return ok && !l.host.empty();
+}
+
+namespace {
+
+bool onListen(const ConfNode& n, BuildState& st, std::string* err) {
+  Listen l;
+  const std::string& addr = n.args[0];
+  if (!parseListenAddress(addr, &l)) {
     *err = "invalid address \"" + addr + "\" in \"listen\" directive";
     return false;
   }

@@ -44,6 +44,7 @@ const Directive* findDirective(std::string_view name, uint32_t ctx) {
     registerRewriteDirectives();
     registerUpstreamDirectives();
     registerProxyDirectives();
+    registerAdminDirectives();
   });
   auto [first, last] = registry().equal_range(name);
   if (first == last) return nullptr;

@@ -77,6 +77,9 @@ bool parseFlag(const ConfNode& node, bool* out, std::string* err);  // on|off
 bool parseInt(std::string_view text, int64_t* out);
 bool parseCount(std::string_view text, uint64_t* out);       // a non-negative integer
 std::string lowerCase(std::string text);                      // ASCII
+// listen's address: "host:port", "port", "host" (port 80), "[v6]:port";
+// "*" is 0.0.0.0 and "localhost" 127.0.0.1. Only host and port are set.
+bool parseListenAddress(const std::string& addr, Listen* out);
 
 // nginx refuses a single-value directive given twice in one block.
 template <typename T>
@@ -150,6 +153,7 @@ void registerRewriteDirectives();
 void registerUpstreamDirectives();
 // Registers proxy_pass and the proxy_* settings (conf/proxy_directives.cc).
 void registerProxyDirectives();
+void registerAdminDirectives();
 // The step of proxy_pass that needs the whole http block built (an upstream
 // block may follow the server that names it): a fixed target that names no
 // upstream block is resolved into ProxyPass::addresses. False with *err set.

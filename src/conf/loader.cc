@@ -171,6 +171,55 @@ bool groupListens(Config& cfg, ConfError* err) {
   return true;
 }
 
+// The admin API's server: one location served by the admin handler, none
+// of the http level's Lua phases, and a listen group of its own (a port a
+// data-plane server also listens on is refused, so no data-plane request
+// can reach it, and the admin API no data-plane location).
+bool addAdminServer(Config& cfg, ConfError* err) {
+  AdminConf& a = cfg.http.admin;
+  if (a.state_dir.empty()) a.state_dir = cfg.prefix + "/state";
+  if (!a.enabled) return true;
+  const std::string& host = a.listen.host;
+  bool loopback = host.rfind("127.", 0) == 0 || host == "::1";
+  if (a.token.empty()) {
+    *err = ConfError::at(a.where, "admin_listen needs an admin_token (there is no default credential)");
+    return false;
+  }
+  if (!loopback && a.token.size() < 32) {
+    *err = ConfError::at(a.where, "admin_listen on a non-loopback address needs an admin_token of 32 characters or more");
+    return false;
+  }
+  for (const auto& server : cfg.http.servers) {
+    for (const Listen& l : server->listens) {
+      if (l.port == a.listen.port) {
+        *err = ConfError::at(a.where, "admin_listen " + a.listen.key() + " shares its port with the listen of the server in " +
+                                          server->where);
+        return false;
+      }
+    }
+  }
+  auto server = std::make_shared<Server>();
+  server->where = a.where;
+  server->listens.push_back(a.listen);
+  server->limits = cfg.http.limits;
+  HttpSettings& s = server->settings;
+  // Bodies are JSON or Lua source, read whole into memory, never to a file.
+  s.client_max_body_size = kAdminMaxBody;
+  s.client_body_buffer_size = kAdminMaxBody;
+  s.access_logs = cfg.http.settings.access_logs;
+  s.lua_need_request_body = false;
+  s.fillDefaults();
+  s.client_body_temp_path = cfg.prefix + "/client_body_temp";
+  auto loc = std::make_shared<Location>();
+  loc->pattern = "/";
+  loc->where = a.where;
+  loc->admin = true;
+  loc->settings = s;
+  server->locations.push_back(loc);
+  cfg.http.servers.push_back(server);
+  return true;
+}
+
 bool finish(Config& cfg, ConfError* err) {
   HttpSettings& http = cfg.http.settings;
   if (!http.access_logs) {
@@ -195,7 +244,7 @@ bool finish(Config& cfg, ConfError* err) {
   }
   if (cfg.error_log.rfind('/', 0) != 0 && cfg.error_log != "stderr") cfg.error_log = cfg.prefix + "/" + cfg.error_log;
   if (!cfg.pid_file.empty() && cfg.pid_file[0] != '/') cfg.pid_file = cfg.prefix + "/" + cfg.pid_file;
-  return groupListens(cfg, err);
+  return addAdminServer(cfg, err) && groupListens(cfg, err);
 }
 
 std::string absolutePrefix(const std::string& prefix) {

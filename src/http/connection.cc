@@ -362,6 +362,11 @@ void Connection::runPhases(bool with_server) {
     return;
   }
   const conf::ReturnAction* ret = rewrite.ret;
+  if (!ret && req_.location && req_.location->admin && server_->adminHandler()) {
+    phase_ = Phase::kProcessing;
+    server_->adminHandler()->handle(req_, *this);
+    return;
+  }
   LuaPhases lua;
   if (!ret && server_->contentHandler()) {
     const conf::HttpSettings& s = settings();

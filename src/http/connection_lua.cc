@@ -27,7 +27,8 @@ void Connection::prepareBody() {
   bool lua_location = s.rewrite_lua || s.access_lua || s.log_lua || *s.lua_need_request_body ||
                       (req_.location && !req_.location->content_lua.empty());
   bool proxied = proxyLocation() && *s.proxy.pass_request_body && !streamsBody();
-  if (!proxied && (!server_->contentHandler() || !lua_location)) return;
+  bool admin = req_.location && req_.location->admin;
+  if (!proxied && !admin && (!server_->contentHandler() || !lua_location)) return;
   req_.body.start(*s.client_body_buffer_size, &*s.client_body_temp_path);
 }
 

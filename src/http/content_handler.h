@@ -130,6 +130,16 @@ class ProxyHandler {
   virtual void shutdown() = 0;
 };
 
+// The admin API (src/admin/): the content of the admin server's location
+// (conf::Location::admin).
+class AdminHandler {
+ public:
+  virtual ~AdminHandler() = default;
+  // Answers `r`, whose body is complete and in memory, through
+  // sink.finish() before returning.
+  virtual void handle(Request& r, ContentSink& sink) = 0;
+};
+
 // The Lua code a request runs, phase by phase (null: none for that phase).
 struct LuaPhases {
   const conf::LuaCode* rewrite = nullptr;

@@ -38,6 +38,8 @@ class HttpServer {
   // The proxy for proxy_pass locations (null: none).
   void setProxyHandler(ProxyHandler* h) { proxy_handler_ = h; }
   ProxyHandler* proxyHandler() const { return proxy_handler_; }
+  void setAdminHandler(AdminHandler* h) { admin_handler_ = h; }
+  AdminHandler* adminHandler() const { return admin_handler_; }
   // Frees a finished task on a later loop turn: it may be the caller.
   void retire(std::unique_ptr<ContentTask> task);
 
@@ -83,6 +85,7 @@ class HttpServer {
   conf::ConfigPtr cfg_;
   ContentHandler* content_handler_ = nullptr;
   ProxyHandler* proxy_handler_ = nullptr;
+  AdminHandler* admin_handler_ = nullptr;
   AccessLog access_log_;
   std::vector<Listener*> listeners_;
   Connection* head_ = nullptr;  // intrusive list of live connections

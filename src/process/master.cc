@@ -15,6 +15,7 @@
 #include <cstring>
 #include <vector>
 
+#include "admin/state_store.h"
 #include "core/clock.h"
 #include "core/log.h"
 #include "http/access_log.h"
@@ -415,6 +416,8 @@ std::shared_ptr<lua::Vm> prepareLua(conf::ConfigPtr cfg, std::string* err) {
     return nullptr;
   }
   if (!upstream::publishConfUpstreams(*cfg, *table, err)) return nullptr;
+  // Then what the admin API changed, which wins over the conf.
+  if (!admin::StateStore(cfg->http.admin.state_dir).loadUpstreams(*table, &cfg->http.variables, err)) return nullptr;
   std::string why;
   std::shared_ptr<lua::Vm> vm = lua::Vm::create(cfg, &why);
   if (vm && !vm->run(cfg->http.lua.init, lua::Phase::kInit, &why)) vm.reset();

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <memory>
 
+#include "admin/admin_api.h"
 #include "core/log.h"
 #include "http/http_server.h"
 #include "lua/phases/content.h"
@@ -51,6 +52,10 @@ class Worker {
     }
     proxy_ = std::make_unique<proxy::ProxyModule>(&loop_, *cfg_, *table);
     server_->setProxyHandler(proxy_.get());
+    if (cfg_->http.admin.enabled) {
+      admin_ = std::make_unique<admin::AdminApi>(*cfg_, *table);
+      server_->setAdminHandler(admin_.get());
+    }
     if (vm_) {
       content_handler_ = std::make_unique<lua::LuaContentHandler>(*vm_, &loop_);
       server_->setContentHandler(content_handler_.get());
@@ -240,6 +245,7 @@ class Worker {
   std::unique_ptr<lua::LuaContentHandler> content_handler_;
   std::unique_ptr<lua::Timers> timers_;
   std::unique_ptr<proxy::ProxyModule> proxy_;
+  std::unique_ptr<admin::AdminApi> admin_;
   std::unique_ptr<http::HttpServer> server_;  // declared last: destroyed first
 };
 

@@ -1,7 +1,8 @@
 // The conf's upstream blocks into the shared upstream table: the master
 // does it when a conf loads (before init_by_lua* and before it forks) and on
 // every reload. Upstreams the conf made and no longer has are removed;
-// those made at runtime (origin other than "conf") are left alone.
+// those made or replaced at runtime (origin other than "conf") are left
+// alone: runtime state wins over the conf until it is deleted.
 #pragma once
 
 #include <string>

@@ -1,0 +1,37 @@
+// The admin API (docs/admin-api.md): the handler of the server the conf
+// makes for admin_listen. Every worker runs one; writes go through the
+// shared upstream table (so every worker sees them on its next request)
+// and the state directory (so a restart or reload keeps them).
+//
+// A request is checked in this order: the token (401), the route (404),
+// the method (405 with Allow), then the route's own checks (415, 413, 400,
+// 404, 409). Errors are JSON: {"error": "...", "field": "..."} (field only
+// when one is to blame).
+#pragma once
+
+#include <memory>
+
+#include "conf/config.h"
+#include "http/content_handler.h"
+#include "shm/upstream_table.h"
+
+namespace tidegate::admin {
+
+class UpstreamRoutes;
+
+class AdminApi final : public http::AdminHandler {
+ public:
+  AdminApi(const conf::Config& cfg, shm::UpstreamTable& table);
+  ~AdminApi() override;
+
+  void handle(http::Request& r, http::ContentSink& sink) override;
+
+ private:
+  const conf::Config& cfg_;
+  std::unique_ptr<UpstreamRoutes> upstreams_;
+};
+
+// True if `given` equals `token`, in time that does not depend on where they differ.
+bool tokenMatches(std::string_view given, std::string_view token);
+
+}  // namespace tidegate::admin

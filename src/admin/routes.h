@@ -1,0 +1,78 @@
+// The admin API's inside: a request as the routes see it, their reply, the
+// route table, and the JSON body rules every write shares.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "conf/config.h"
+#include "shm/upstream_table.h"
+
+namespace tidegate::admin {
+
+using nlohmann::json;
+
+// JSON bodies: at most this many bytes (413) and this much nesting (400),
+// both checked before parsing.
+constexpr size_t kMaxJsonBody = 1u << 20;
+constexpr int kMaxJsonDepth = 32;
+
+struct AdminRequest {
+  std::string_view method;
+  std::vector<std::string> segments;  // the path split on '/', empty ones dropped
+  std::string_view body;
+  std::string_view content_type;
+  std::string_view if_match;  // "" when absent
+};
+
+struct Reply {
+  int status = 200;
+  json body;
+  std::vector<std::pair<std::string, std::string>> headers;
+};
+
+Reply errorReply(int status, std::string message, std::string field = {});
+
+// Reads a JSON body: 415 unless the Content-Type is application/json (or
+// absent), 413 above kMaxJsonBody, 400 for nesting deeper than
+// kMaxJsonDepth or malformed JSON. False with *err set.
+bool parseJsonBody(const AdminRequest& r, json* out, Reply* err);
+
+// One route: a path pattern ("*" matches one segment) and its methods.
+struct Route {
+  std::vector<std::string_view> pattern;
+  std::vector<std::string_view> methods;
+};
+// Every route, for routing and for tests that walk them.
+const std::vector<Route>& routes();
+
+// The upstream routes: /upstreams[/{name}[/servers[/{host:port}]]].
+class UpstreamRoutes {
+ public:
+  UpstreamRoutes(const conf::Config& cfg, shm::UpstreamTable& table) : cfg_(cfg), table_(table) {}
+  Reply handle(const AdminRequest& r);
+
+ private:
+  Reply list();
+  Reply get(const std::string& name);
+  Reply put(const AdminRequest& r, const std::string& name);
+  Reply patch(const AdminRequest& r, const std::string& name);
+  Reply remove(const AdminRequest& r, const std::string& name);
+  Reply addServer(const AdminRequest& r, const std::string& name);
+  Reply changeServer(const AdminRequest& r, const std::string& name, const std::string& server);
+  // Validates `spec` (the whole upstream object), then under the state
+  // lock checks If-Match against the current version, publishes it and
+  // persists it (undoing the publish if that fails). 201 for a new
+  // upstream, else 200, with the stored object and its ETag.
+  Reply write(const AdminRequest& r, const std::string& name, json spec);
+  // The current spec of `name` as JSON; false if there is none.
+  bool current(const std::string& name, json* spec, uint64_t* version);
+
+  const conf::Config& cfg_;
+  shm::UpstreamTable& table_;
+};
+
+}  // namespace tidegate::admin
