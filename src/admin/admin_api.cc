@@ -112,12 +112,19 @@ const std::vector<Route>& routes() {
       {{"upstreams", "*"}, {"GET", "PUT", "PATCH", "DELETE"}},
       {{"upstreams", "*", "servers"}, {"POST"}},
       {{"upstreams", "*", "servers", "*"}, {"PATCH", "DELETE"}},
+      {{"status"}, {"GET"}},
+      // tengine dyups and Slardar
+      {{"list"}, {"GET"}},
+      {{"detail"}, {"GET"}},
+      {{"upstream", "*"}, {"GET", "POST", "DELETE"}},
   };
   return kRoutes;
 }
 
 AdminApi::AdminApi(const conf::Config& cfg, shm::UpstreamTable& table)
-    : cfg_(cfg), upstreams_(std::make_unique<UpstreamRoutes>(cfg, table)) {}
+    : cfg_(cfg),
+      upstreams_(std::make_unique<UpstreamRoutes>(cfg, table)),
+      compat_(std::make_unique<CompatRoutes>(table, *upstreams_)) {}
 
 AdminApi::~AdminApi() = default;
 
@@ -149,15 +156,16 @@ void AdminApi::handle(http::Request& r, http::ContentSink& sink) {
       ar.body = r.body.inFile() ? std::string_view() : std::string_view(r.body.data());
       ar.content_type = r.header("content-type");
       ar.if_match = r.header("if-match");
-      reply = upstreams_->handle(ar);
+      reply = ar.segments[0] == "upstreams" ? upstreams_->handle(ar) : compat_->handle(ar);
     }
   }
   http::ContentResult res;
   res.status = reply.status;
   res.headers = std::move(reply.headers);
-  res.headers.emplace_back("Content-Type", "application/json");
+  res.headers.emplace_back("Content-Type", reply.is_text ? "text/plain" : "application/json");
   res.headers.emplace_back("Cache-Control", "no-store");
-  res.body = reply.body.is_null() ? "{}\n" : reply.body.dump() + "\n";
+  if (reply.is_text) res.body = std::move(reply.text);
+  else res.body = reply.body.is_null() ? "{}\n" : reply.body.dump() + "\n";
   sink.finish(std::move(res), nullptr);
 }
 

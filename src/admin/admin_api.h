@@ -18,6 +18,7 @@
 namespace tidegate::admin {
 
 class UpstreamRoutes;
+class CompatRoutes;
 
 class AdminApi final : public http::AdminHandler {
  public:
@@ -29,6 +30,7 @@ class AdminApi final : public http::AdminHandler {
  private:
   const conf::Config& cfg_;
   std::unique_ptr<UpstreamRoutes> upstreams_;
+  std::unique_ptr<CompatRoutes> compat_;
 };
 
 // True if `given` equals `token`, in time that does not depend on where they differ.

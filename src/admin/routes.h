@@ -31,6 +31,10 @@ struct AdminRequest {
 struct Reply {
   int status = 200;
   json body;
+  // The tengine dyups routes answer text/plain: `text` is sent instead of
+  // `body` when is_text.
+  bool is_text = false;
+  std::string text;
   std::vector<std::pair<std::string, std::string>> headers;
 };
 
@@ -55,24 +59,50 @@ class UpstreamRoutes {
   UpstreamRoutes(const conf::Config& cfg, shm::UpstreamTable& table) : cfg_(cfg), table_(table) {}
   Reply handle(const AdminRequest& r);
 
- private:
-  Reply list();
-  Reply get(const std::string& name);
-  Reply put(const AdminRequest& r, const std::string& name);
-  Reply patch(const AdminRequest& r, const std::string& name);
-  Reply remove(const AdminRequest& r, const std::string& name);
-  Reply addServer(const AdminRequest& r, const std::string& name);
-  Reply changeServer(const AdminRequest& r, const std::string& name, const std::string& server);
   // Validates `spec` (the whole upstream object), then under the state
   // lock checks If-Match against the current version, publishes it and
   // persists it (undoing the publish if that fails). 201 for a new
   // upstream, else 200, with the stored object and its ETag.
   Reply write(const AdminRequest& r, const std::string& name, json spec);
+  Reply remove(const AdminRequest& r, const std::string& name);
+
+ private:
+  Reply list();
+  Reply get(const std::string& name);
+  Reply put(const AdminRequest& r, const std::string& name);
+  Reply patch(const AdminRequest& r, const std::string& name);
+  Reply addServer(const AdminRequest& r, const std::string& name);
+  Reply changeServer(const AdminRequest& r, const std::string& name, const std::string& server);
   // The current spec of `name` as JSON; false if there is none.
   bool current(const std::string& name, json* spec, uint64_t* version);
 
   const conf::Config& cfg_;
   shm::UpstreamTable& table_;
 };
+
+// Routes for people coming from tengine's dyups (GET /list, GET /detail,
+// GET|POST|DELETE /upstream/{name} with text bodies) and from Slardar
+// (POST /upstream/{name} with JSON, GET /status). Writes go through
+// UpstreamRoutes::write, with the same validation and persistence.
+class CompatRoutes {
+ public:
+  CompatRoutes(shm::UpstreamTable& table, UpstreamRoutes& upstreams) : table_(table), upstreams_(upstreams) {}
+  Reply handle(const AdminRequest& r);
+
+ private:
+  Reply list();
+  Reply detail();
+  Reply show(const std::string& name);
+  Reply post(const AdminRequest& r, const std::string& name);
+  Reply status();
+
+  shm::UpstreamTable& table_;
+  UpstreamRoutes& upstreams_;
+};
+
+// dyups's body ("server 127.0.0.1:8089 weight=2;server 127.0.0.1:8088;",
+// plus keepalive N; least_conn; ip_hash; hash KEY [consistent];) as an
+// upstream object. False with *err.
+bool parseDyupsText(std::string_view text, json* spec, std::string* err);
 
 }  // namespace tidegate::admin

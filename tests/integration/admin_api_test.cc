@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "admin/routes.h"
 #include "fake_upstream.h"
 #include "harness.h"
@@ -276,6 +278,80 @@ TEST(AdminApiTest, ChangesPersistAcrossRestartAndReloadAndWinOverTheConf) {
   EXPECT_EQ(httpGet(gw.port(), "/dyn").body, "runtime");
   EXPECT_EQ(gw.stop(), 0);
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+TEST(AdminApiTest, DyupsAndSlardarRoutesWork) {
+  FakeUpstream conf_up, a, b;
+  a.setDefault(Behaviour::respond(200, "from-a"));
+  b.setDefault(Behaviour::respond(200, "from-b"));
+  Gateway gw;
+  adminConf(gw, conf_up, 2);
+  ASSERT_TRUE(gw.start());
+  int p = gw.port2();
+  std::string pa = std::to_string(a.port()), pb = std::to_string(b.port());
+  // dyups: a text body (curl -d sends it form-encoded), "success".
+  Response r = admin(p, "POST", "/upstream/dyn",
+                     "server 127.0.0.1:" + pa + " weight=2 max_fails=3 fail_timeout=5s;server 127.0.0.1:" + pb + ";",
+                     authed(), "application/x-www-form-urlencoded");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.body, "success");
+  std::set<std::string> seen;
+  for (int i = 0; i < 12; i++) seen.insert(httpGet(gw.port(), "/dyn").body);
+  EXPECT_EQ(seen, (std::set<std::string>{"from-a", "from-b"}));
+  EXPECT_EQ(admin(p, "GET", "/list").body, "backend\ndyn\n");
+  std::string line_a = "server 127.0.0.1:" + pa + " weight=2 max_conns=0 max_fails=3 fail_timeout=5 backup=0 down=0\n";
+  EXPECT_EQ(admin(p, "GET", "/upstream/dyn").body,
+            line_a + "server 127.0.0.1:" + pb + " weight=1 max_conns=0 max_fails=1 fail_timeout=10 backup=0 down=0\n");
+  EXPECT_NE(admin(p, "GET", "/detail").body.find("dyn\n" + line_a), std::string::npos);
+  r = admin(p, "POST", "/upstream/dyn", "server 127.0.0.1:1 colour=red;", authed(), "");
+  EXPECT_EQ(r.status, 400);
+  EXPECT_NE(r.body.find("invalid parameter \"colour=red\""), std::string::npos) << r.body;
+  // Slardar: JSON, same answer.
+  r = admin(p, "POST", "/upstream/dyn", R"({"servers": [{"host": "127.0.0.1", "port": )" + pb + R"(}], "keepalive": 20})",
+            authed(), "");
+  ASSERT_EQ(r.status, 200) << r.body;
+  EXPECT_EQ(r.body, "success");
+  for (int i = 0; i < 6; i++) EXPECT_EQ(httpGet(gw.port(), "/dyn").body, "from-b");
+  EXPECT_EQ(admin(p, "DELETE", "/upstream/dyn").body, "success");
+  EXPECT_EQ(admin(p, "GET", "/upstream/dyn").status, 404);
+  EXPECT_EQ(httpGet(gw.port(), "/dyn").status, 502);
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+TEST(AdminApiTest, StatusShowsHealthWithHistory) {
+  FakeUpstream conf_up;
+  RefusingPort refusing;
+  Gateway gw;
+  adminConf(gw, conf_up, 2);
+  ASSERT_TRUE(gw.start());
+  int p = gw.port2();
+  ASSERT_EQ(admin(p, "PUT", "/upstreams/dyn",
+                  R"({"servers": [{"host": "127.0.0.1", "port": )" + std::to_string(refusing.port()) +
+                      R"(, "max_fails": 1, "fail_timeout": 60}, )" + serverJson(conf_up) + "]}")
+                .status,
+            201);
+  // One failed try (retried on the other server) takes the refusing one out.
+  EXPECT_EQ(httpGet(gw.port(), "/dyn").status, 200);
+  EXPECT_EQ(httpGet(gw.port(), "/dyn").status, 200);
+  Response st = admin(p, "GET", "/status");
+  ASSERT_EQ(st.status, 200);
+  std::string refusing_id = "127.0.0.1:" + std::to_string(refusing.port());
+  nlohmann::json doc = nlohmann::json::parse(st.body, nullptr, false);
+  ASSERT_TRUE(doc.contains("cls:dyn")) << st.body;
+  nlohmann::json entry;
+  for (const auto& s : doc["cls:dyn"]) {
+    if (s["server"] == refusing_id) entry = s;
+  }
+  ASSERT_TRUE(entry.is_object()) << st.body;
+  EXPECT_EQ(entry["status"], "err");
+  EXPECT_NE(entry["msg"].get<std::string>().find("Connection refused"), std::string::npos) << entry;
+  EXPECT_EQ(entry["fail_num"], 1);
+  EXPECT_TRUE(entry["lastmodified"].is_string());
+  ASSERT_EQ(entry["history"].size(), 1u);
+  EXPECT_EQ(entry["history"][0]["status"], "err");
+  EXPECT_NE(entry["history"][0]["reason"].get<std::string>().find("max_fails"), std::string::npos);
+  EXPECT_NE(st.body.find("\"status\":\"ok\""), std::string::npos);
+  EXPECT_EQ(gw.stop(), 0);
 }
 
 TEST(AdminApiTest, ConfRulesForTheAdminListener) {
