@@ -113,6 +113,7 @@ const std::vector<Route>& routes() {
       {{"upstreams", "*", "servers"}, {"POST"}},
       {{"upstreams", "*", "servers", "*"}, {"PATCH", "DELETE"}},
       {{"status"}, {"GET"}},
+      {{"config"}, {"GET"}},
       // tengine dyups and Slardar
       {{"list"}, {"GET"}},
       {{"detail"}, {"GET"}},
@@ -123,10 +124,29 @@ const std::vector<Route>& routes() {
 
 AdminApi::AdminApi(const conf::Config& cfg, shm::UpstreamTable& table)
     : cfg_(cfg),
+      table_(table),
       upstreams_(std::make_unique<UpstreamRoutes>(cfg, table)),
       compat_(std::make_unique<CompatRoutes>(table, *upstreams_)) {}
 
 AdminApi::~AdminApi() = default;
+
+// GET /config: the effective state (the conf's upstreams as runtime
+// changes left them), in the form PUT /upstreams/{name} takes back.
+Reply AdminApi::exportConfig() {
+  std::vector<shm::UpstreamTable::Entry> entries;
+  uint64_t version = table_.list(&entries);
+  json upstreams = json::object();
+  for (const shm::UpstreamTable::Entry& e : entries) {
+    json spec = json::parse(e.spec, nullptr, false);
+    if (spec.is_object()) upstreams[e.name] = std::move(spec);
+  }
+  Reply r;
+  r.body = json{{"version", version},
+                {"state_dir", cfg_.http.admin.state_dir},
+                {"conf_file", cfg_.conf_file},
+                {"upstreams", std::move(upstreams)}};
+  return r;
+}
 
 void AdminApi::handle(http::Request& r, http::ContentSink& sink) {
   Reply reply;
@@ -156,7 +176,9 @@ void AdminApi::handle(http::Request& r, http::ContentSink& sink) {
       ar.body = r.body.inFile() ? std::string_view() : std::string_view(r.body.data());
       ar.content_type = r.header("content-type");
       ar.if_match = r.header("if-match");
-      reply = ar.segments[0] == "upstreams" ? upstreams_->handle(ar) : compat_->handle(ar);
+      if (ar.segments[0] == "upstreams") reply = upstreams_->handle(ar);
+      else if (ar.segments[0] == "config") reply = exportConfig();
+      else reply = compat_->handle(ar);
     }
   }
   http::ContentResult res;

@@ -18,6 +18,7 @@
 namespace tidegate::admin {
 
 class UpstreamRoutes;
+struct Reply;
 class CompatRoutes;
 
 class AdminApi final : public http::AdminHandler {
@@ -28,7 +29,10 @@ class AdminApi final : public http::AdminHandler {
   void handle(http::Request& r, http::ContentSink& sink) override;
 
  private:
+  Reply exportConfig();
+
   const conf::Config& cfg_;
+  shm::UpstreamTable& table_;
   std::unique_ptr<UpstreamRoutes> upstreams_;
   std::unique_ptr<CompatRoutes> compat_;
 };

@@ -128,6 +128,12 @@ TEST(AdminApiTest, AnUpstreamMadeAtRuntimeServesEveryWorkerAtOnce) {
   Response all = admin(gw.port2(), "GET", "/upstreams");
   EXPECT_NE(all.body.find("\"name\":\"backend\""), std::string::npos);
   EXPECT_NE(all.body.find("\"name\":\"dyn\""), std::string::npos);
+  // GET /config: the effective state, by name.
+  nlohmann::json config = nlohmann::json::parse(admin(gw.port2(), "GET", "/config").body, nullptr, false);
+  ASSERT_TRUE(config.is_object());
+  EXPECT_EQ(config["upstreams"]["backend"]["origin"], "conf");
+  EXPECT_EQ(config["upstreams"]["dyn"]["origin"], "api");
+  EXPECT_EQ(config["upstreams"]["dyn"]["servers"].size(), 2u);
 
   // Remove b: a is down, so no live peer (503); delete the upstream: 502.
   ASSERT_EQ(admin(gw.port2(), "DELETE", "/upstreams/dyn/servers/127.0.0.1:" + std::to_string(b.port())).status, 200);
