@@ -122,5 +122,6 @@ void openNgxShared(lua_State* L, const conf::LuaConf& lua);
 void openNgxThread(lua_State* L);   // api/ngx_thread.cc; same (and replaces coroutine.*)
 void openNgxSemaphore(lua_State* L);  // api/ngx_semaphore.cc; preloads "ngx.semaphore"
 void openNgxRe(lua_State* L);       // api/ngx_re.cc; same (needs the Vm in the registry)
+void openTidegateUpstream(lua_State* L);  // api/tidegate_upstream.cc; preloads "tidegate.upstream"
 
 }  // namespace tidegate::lua

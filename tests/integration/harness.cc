@@ -459,6 +459,16 @@ int Gateway::stop(Ms timeout) { return stopWith(SIGQUIT, timeout); }
 
 std::vector<pid_t> Gateway::workerPids() const { return pid_ > 0 ? childrenOf(pid_) : std::vector<pid_t>{}; }
 
+bool Gateway::waitWorkersReplaced(const std::vector<pid_t>& old, size_t count, Ms timeout) const {
+  return waitFor([&] {
+    std::vector<pid_t> now = workerPids();
+    for (pid_t p : old) {
+      if (std::find(now.begin(), now.end(), p) != now.end()) return false;
+    }
+    return now.size() == count;
+  }, timeout);
+}
+
 void Gateway::signal(int sig) const {
   if (pid_ > 0) kill(pid_, sig);
 }

@@ -118,6 +118,9 @@ class Gateway {
 
   pid_t masterPid() const { return pid_; }
   std::vector<pid_t> workerPids() const;
+  // Waits until none of `old` is a worker any more and `count` workers run
+  // (a reload's new generation took over and the old one drained).
+  bool waitWorkersReplaced(const std::vector<pid_t>& old, size_t count, Ms timeout = Ms(10000)) const;
   void signal(int sig) const;
 
   int port() const { return port_; }

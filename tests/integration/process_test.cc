@@ -165,13 +165,7 @@ TEST(ProcessTest, ReloadUnderLoadFailsNoRequest) {
     std::vector<pid_t> old = gw.workerPids();
     gw.signal(SIGHUP);
     // Wait until every old worker has drained and exited, then keep going.
-    ASSERT_TRUE(waitFor([&] {
-      auto now = gw.workerPids();
-      for (pid_t p : old) {
-        if (std::find(now.begin(), now.end(), p) != now.end()) return false;
-      }
-      return now.size() == 2;
-    }));
+    ASSERT_TRUE(gw.waitWorkersReplaced(old, 2));
     int seen = ok;
     waitFor([&] { return ok > seen + 200; });
   }

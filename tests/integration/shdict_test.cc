@@ -55,15 +55,7 @@ TEST(SharedDictTest, ReloadKeepsTheDataOfAnUnchangedZone) {
   for (int i = 0; i < 5; i++) ASSERT_EQ(httpGet(gw.port(), "/incr").status, 200);
   std::vector<pid_t> old_workers = gw.workerPids();
   gw.signal(SIGHUP);
-  ASSERT_TRUE(waitFor([&] {
-    std::vector<pid_t> now = gw.workerPids();
-    for (pid_t p : now) {
-      for (pid_t o : old_workers) {
-        if (p == o) return false;
-      }
-    }
-    return now.size() == 2;
-  })) << gw.errorLog();
+  ASSERT_TRUE(gw.waitWorkersReplaced(old_workers, 2)) << gw.errorLog();
   EXPECT_EQ(httpGet(gw.port(), "/get").body, "5\n");
   EXPECT_EQ(gw.stop(), 0);
 }

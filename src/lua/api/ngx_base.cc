@@ -245,6 +245,7 @@ void openNgx(lua_State* L) {
   openNgxRe(L);
   lua_setglobal(L, "ngx");
   openNgxSemaphore(L);
+  openTidegateUpstream(L);
   lua_pushcfunction(L, luaPrint);
   lua_setglobal(L, "print");
 }
