@@ -1,5 +1,7 @@
 #include "admin/admin_api.h"
 
+#include <time.h>
+
 #include "admin/routes.h"
 #include "core/log.h"
 #include "http/request.h"
@@ -73,6 +75,16 @@ bool tokenMatches(std::string_view given, std::string_view token) {
   return diff == 0 && !token.empty();
 }
 
+std::string localTimeText(int64_t wall_ms) {
+  if (wall_ms == 0) return {};
+  time_t t = static_cast<time_t>(wall_ms / 1000);
+  struct tm tm;
+  localtime_r(&t, &tm);
+  char buf[32];
+  strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
 Reply errorReply(int status, std::string message, std::string field) {
   Reply r;
   r.status = status;
@@ -114,6 +126,10 @@ const std::vector<Route>& routes() {
       {{"upstreams", "*", "servers", "*"}, {"PATCH", "DELETE"}},
       {{"status"}, {"GET"}},
       {{"config"}, {"GET"}},
+      {{"lua"}, {"GET"}},
+      {{"lua", "*"}, {"GET", "PUT", "DELETE"}},
+      {{"lua", "*", "versions"}, {"GET"}},
+      {{"lua", "*", "rollback"}, {"POST"}},
       // tengine dyups and Slardar
       {{"list"}, {"GET"}},
       {{"detail"}, {"GET"}},
@@ -122,11 +138,12 @@ const std::vector<Route>& routes() {
   return kRoutes;
 }
 
-AdminApi::AdminApi(const conf::Config& cfg, shm::UpstreamTable& table)
+AdminApi::AdminApi(const conf::Config& cfg, shm::UpstreamTable& table, lua::Vm* vm)
     : cfg_(cfg),
       table_(table),
       upstreams_(std::make_unique<UpstreamRoutes>(cfg, table)),
-      compat_(std::make_unique<CompatRoutes>(table, *upstreams_)) {}
+      compat_(std::make_unique<CompatRoutes>(table, *upstreams_)),
+      lua_(std::make_unique<LuaRoutes>(cfg, table, vm)) {}
 
 AdminApi::~AdminApi() = default;
 
@@ -176,8 +193,10 @@ void AdminApi::handle(http::Request& r, http::ContentSink& sink) {
       ar.body = r.body.inFile() ? std::string_view() : std::string_view(r.body.data());
       ar.content_type = r.header("content-type");
       ar.if_match = r.header("if-match");
+      ar.query = r.query();
       if (ar.segments[0] == "upstreams") reply = upstreams_->handle(ar);
       else if (ar.segments[0] == "config") reply = exportConfig();
+      else if (ar.segments[0] == "lua") reply = lua_->handle(ar);
       else reply = compat_->handle(ar);
     }
   }

@@ -15,15 +15,21 @@
 #include "http/content_handler.h"
 #include "shm/upstream_table.h"
 
+namespace tidegate::lua {
+class Vm;
+}
+
 namespace tidegate::admin {
 
 class UpstreamRoutes;
 struct Reply;
 class CompatRoutes;
+class LuaRoutes;
 
 class AdminApi final : public http::AdminHandler {
  public:
-  AdminApi(const conf::Config& cfg, shm::UpstreamTable& table);
+  // `vm`: the worker's Lua VM (pushed modules are tried in it), or null.
+  AdminApi(const conf::Config& cfg, shm::UpstreamTable& table, lua::Vm* vm);
   ~AdminApi() override;
 
   void handle(http::Request& r, http::ContentSink& sink) override;
@@ -35,6 +41,7 @@ class AdminApi final : public http::AdminHandler {
   shm::UpstreamTable& table_;
   std::unique_ptr<UpstreamRoutes> upstreams_;
   std::unique_ptr<CompatRoutes> compat_;
+  std::unique_ptr<LuaRoutes> lua_;
 };
 
 // True if `given` equals `token`, in time that does not depend on where they differ.

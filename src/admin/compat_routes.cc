@@ -30,16 +30,6 @@ std::string dyupsServers(const json& spec) {
   return out;
 }
 
-std::string localTime(int64_t wall_ms) {
-  if (wall_ms == 0) return {};
-  time_t t = static_cast<time_t>(wall_ms / 1000);
-  struct tm tm;
-  localtime_r(&t, &tm);
-  char buf[32];
-  strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
-  return buf;
-}
-
 // Splits on whitespace.
 std::vector<std::string> words(std::string_view s) {
   std::vector<std::string> out;
@@ -213,13 +203,13 @@ Reply CompatRoutes::status() {
         bool down = owner[i]->value("down", false) || h.manual_down;
         json history = json::array();
         for (const auto& t : h.history) {
-          history.push_back(json{{"time", localTime(t.at_ms)}, {"status", t.healthy ? "ok" : "err"}, {"reason", t.reason}});
+          history.push_back(json{{"time", localTimeText(t.at_ms)}, {"status", t.healthy ? "ok" : "err"}, {"reason", t.reason}});
         }
         servers.push_back(json{{"server", ids[i]},
                                {"host", owner[i]->value("host", "")},
                                {"status", down ? "down" : h.healthy(now) ? "ok" : "err"},
                                {"msg", h.last_error.empty() ? json(nullptr) : json(h.last_error)},
-                               {"lastmodified", h.last_change_ms ? json(localTime(h.last_change_ms)) : json(nullptr)},
+                               {"lastmodified", h.last_change_ms ? json(localTimeText(h.last_change_ms)) : json(nullptr)},
                                {"fail_num", h.fail_num},
                                {"history", history}});
       }

@@ -11,6 +11,10 @@
 #include "conf/config.h"
 #include "shm/upstream_table.h"
 
+namespace tidegate::lua {
+class Vm;
+}
+
 namespace tidegate::admin {
 
 using nlohmann::json;
@@ -26,6 +30,7 @@ struct AdminRequest {
   std::string_view body;
   std::string_view content_type;
   std::string_view if_match;  // "" when absent
+  std::string_view query;     // the raw query string
 };
 
 struct Reply {
@@ -39,6 +44,8 @@ struct Reply {
 };
 
 Reply errorReply(int status, std::string message, std::string field = {});
+// "2026-11-29 23:59:01" in local time, as ngx.localtime() prints; "" for 0.
+std::string localTimeText(int64_t wall_ms);
 
 // Reads a JSON body: 415 unless the Content-Type is application/json (or
 // absent), 413 above kMaxJsonBody, 400 for nesting deeper than
@@ -98,6 +105,30 @@ class CompatRoutes {
 
   shm::UpstreamTable& table_;
   UpstreamRoutes& upstreams_;
+};
+
+// Pushed Lua modules: /lua[/{module}[/versions|/rollback]] (lua/module_store.h).
+class LuaRoutes {
+ public:
+  // `vm`: this worker's VM, where a push is tried before it is kept (null:
+  // no Lua, pushes are refused).
+  LuaRoutes(const conf::Config& cfg, shm::UpstreamTable& table, lua::Vm* vm) : cfg_(cfg), table_(table), vm_(vm) {}
+  Reply handle(const AdminRequest& r);
+
+  // History kept per module (older versions' sources are deleted).
+  static constexpr size_t kHistory = 10;
+
+ private:
+  Reply list();
+  Reply source(const std::string& name);
+  Reply versions(const std::string& name);
+  Reply push(const AdminRequest& r, const std::string& name);
+  Reply rollback(const AdminRequest& r, const std::string& name);
+  Reply remove(const std::string& name);
+
+  const conf::Config& cfg_;
+  shm::UpstreamTable& table_;
+  lua::Vm* vm_;
 };
 
 // dyups's body ("server 127.0.0.1:8089 weight=2;server 127.0.0.1:8088;",

@@ -90,6 +90,7 @@ void Timers::fire(Pending* p, bool premature) {
     if (!p->every) drop(p);
     return;
   }
+  vm_.refreshModules();
   // Stack: [] -> [fn, premature, args...]
   lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
   int t = lua_gettop(L);

@@ -103,6 +103,8 @@ std::shared_ptr<Vm> Vm::create(conf::ConfigPtr cfg, std::string* err) {
   lua_rawset(L, LUA_REGISTRYINDEX);
   setPackagePaths(L, vm->cfg_->http.lua);
   registerEmbedded(L);
+  vm->modules_ = std::make_unique<PushedModules>(vm->cfg_->http.admin.state_dir);
+  vm->modules_->install(L);
   // The lua_shared_dict zones exist before any Lua runs (init_by_lua* uses
   // them) and before workers are forked (they inherit the mappings).
   if (!shm::SharedDicts::instance().ensure(vm->cfg_->http.lua.shared_dicts, err)) return nullptr;
@@ -205,6 +207,7 @@ bool Vm::load(const conf::LuaCode& code, bool wrap, std::string* err) {
 }
 
 bool Vm::push(const conf::LuaCode& code, LuaTask* task, std::string* err) {
+  refreshModules();
   if (code.path) {
     // A file named through variables: this request's file (cached by path).
     RequestContext* ctx = task->request();

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "conf/config.h"
+#include "lua/pushed_modules.h"
 
 namespace tidegate::lua {
 
@@ -83,6 +84,12 @@ class Vm {
   // remain readable. False with *err (and nothing pushed) on a syntax error.
   bool push(const conf::LuaCode& code, LuaTask* task, std::string* err);
 
+  // Modules pushed through the admin API (lua/pushed_modules.h).
+  PushedModules& modules() { return *modules_; }
+  // Picks up pushed modules that changed; called before every request
+  // phase handler and timer (one integer compare when nothing did).
+  void refreshModules() { modules_->refresh(L_); }
+
   // Entry coroutines are recycled: a pooled thread and its registry ref,
   // pushed onto L; recycle() takes back one that returned normally.
   lua_State* newThread(lua_State* L, int* ref);
@@ -106,6 +113,7 @@ class Vm {
   bool exiting_ = false;
   LuaTask* current_ = nullptr;
   Timers* timers_ = nullptr;
+  std::unique_ptr<PushedModules> modules_;
   std::map<std::string, int> chunks_;     // chunk name -> registry ref
   std::map<std::string, int> factories_;  // chunk name -> registry ref of its closure maker
   std::vector<std::pair<lua_State*, int>> thread_pool_;

@@ -53,7 +53,7 @@ class Worker {
     proxy_ = std::make_unique<proxy::ProxyModule>(&loop_, *cfg_, *table);
     server_->setProxyHandler(proxy_.get());
     if (cfg_->http.admin.enabled) {
-      admin_ = std::make_unique<admin::AdminApi>(*cfg_, *table);
+      admin_ = std::make_unique<admin::AdminApi>(*cfg_, *table, vm_.get());
       server_->setAdminHandler(admin_.get());
     }
     if (vm_) {

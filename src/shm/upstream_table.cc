@@ -74,6 +74,7 @@ struct UpstreamTableHeader {
   Offset heap_origin;
   uint64_t owner_deaths;
   uint64_t resets;
+  uint64_t module_version;  // atomic_ref; never reset with the table
   HeapHeader heap;
 };
 
@@ -180,6 +181,7 @@ bool UpstreamTable::init(Zone& zone, std::string* err) {
   h->next_version = 1;
   h->owner_deaths = 0;
   h->resets = 0;
+  h->module_version = 0;
   h->dir_head = h->dir_tail = 0;
   memset(zone.base() + h->buckets, 0, kBuckets * sizeof(Offset));
   Heap(zone.base(), &h->heap).init(h->heap_origin, zone.size());
@@ -504,6 +506,14 @@ void UpstreamTable::processExited(pid_t pid) { releaseChecker(pid); }
 
 pid_t UpstreamTable::checker() const {
   return std::atomic_ref<int32_t>(h_->checker_pid).load(std::memory_order_acquire);
+}
+
+uint64_t UpstreamTable::moduleVersion() const {
+  return std::atomic_ref<uint64_t>(h_->module_version).load(std::memory_order_acquire);
+}
+
+void UpstreamTable::bumpModuleVersion() {
+  std::atomic_ref<uint64_t>(h_->module_version).fetch_add(1, std::memory_order_acq_rel);
 }
 
 uint64_t UpstreamTable::ownerDeaths() {

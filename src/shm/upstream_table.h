@@ -29,7 +29,9 @@
 // (resets() tells it). Health records are lost then; servers count as up.
 //
 // The health checker election lives here too: checker() is the pid of the
-// one process that runs active probes for the machine (0: none yet).
+// one process that runs active probes for the machine (0: none yet). So
+// does the counter of pushed Lua modules (moduleVersion(): the admin API
+// bumps it after each push, rollback or delete; workers compare it).
 #pragma once
 
 #include <sys/types.h>
@@ -137,6 +139,10 @@ class UpstreamTable {
   // The master reaped `pid`: if it was the checker, the place is free.
   void processExited(pid_t pid);
   pid_t checker() const;
+
+  // --- pushed Lua modules ---------------------------------------------------
+  uint64_t moduleVersion() const;
+  void bumpModuleVersion();
 
   // Times the lock was inherited from a dead holder, and how many of those
   // emptied the table.
