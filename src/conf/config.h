@@ -311,7 +311,8 @@ struct UpstreamConf {
   std::string name;
   std::string where;
   std::vector<UpstreamServer> servers;
-  std::string balancer = "round_robin";  // round_robin | chash | least_conn | ewma
+  std::string balancer = "round_robin";  // round_robin | chash | least_conn | ewma | lua
+  std::string balancer_module;           // lua: the module (pushed or on lua_package_path)
   std::optional<ComplexValue> hash_key;  // chash
   bool fail_open = false;
   int tier_min_healthy = 0;  // percent

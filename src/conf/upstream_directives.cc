@@ -121,11 +121,11 @@ bool onHash(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
-// balancer round_robin|least_conn|ewma|chash [key=VALUE] [fail_open] [tier_min_healthy=N%];
+// balancer round_robin|least_conn|ewma|chash|lua [key=VALUE] [module=NAME] [fail_open] [tier_min_healthy=N%];
 bool onBalancer(const ConfNode& n, BuildState& st, std::string* err) {
   const std::string& type = n.args[0];
-  if (type != "round_robin" && type != "least_conn" && type != "ewma" && type != "chash") {
-    err->assign("unknown balancer \"").append(type).append("\" (round_robin, chash, least_conn, ewma)");
+  if (type != "round_robin" && type != "least_conn" && type != "ewma" && type != "chash" && type != "lua") {
+    err->assign("unknown balancer \"").append(type).append("\" (round_robin, chash, least_conn, ewma, lua)");
     return false;
   }
   if (!setBalancer(st, type, err)) return false;
@@ -139,6 +139,8 @@ bool onBalancer(const ConfNode& n, BuildState& st, std::string* err) {
       int64_t pct = 0;
       if (!parseInt(v, &pct) || pct < 0 || pct > 100) return invalidParameter(n.args[i], err);
       st.upstream->tier_min_healthy = static_cast<int>(pct);
+    } else if (a.rfind("module=", 0) == 0 && type == "lua" && a.size() > 7) {
+      st.upstream->balancer_module = std::string(a.substr(7));
     } else if (a.rfind("key=", 0) == 0 && type == "chash") {
       ComplexValue key;
       if (!compileComplexValue(std::string(a.substr(4)), &key, err, st.variables())) return false;
@@ -149,6 +151,10 @@ bool onBalancer(const ConfNode& n, BuildState& st, std::string* err) {
   }
   if (type == "chash" && !st.upstream->hash_key) {
     err->assign("balancer chash needs key=VALUE");
+    return false;
+  }
+  if (type == "lua" && st.upstream->balancer_module.empty()) {
+    err->assign("balancer lua needs module=NAME");
     return false;
   }
   return true;

@@ -231,6 +231,26 @@ class ContentHandler {
   // Lua context, whose ngx.ctx the code shares. False after logging the
   // error (with its traceback): the request is answered with 500.
   virtual bool runBalancer(Request& r, const conf::LuaCode& code, ContentTask* task, BalancerCall* call) = 0;
+
+  // A Lua balancer module (an upstream with "balancer": {"type": "lua",
+  // "module": M}; docs/balancers.md). newLuaBalancer: require(M).new(servers)
+  // with one table per peer {id = "ip:port", host, port, weight, tier,
+  // backup}; a handle > 0, or 0 with *err. luaBalancerPick: obj:pick(),
+  // which returns one of those tables or an id; false with *err.
+  // luaBalancerFeedback: obj:feedback(server, ok, latency_ms) when the
+  // object has it (errors are logged). All run to completion (no yield).
+  struct LuaBalancerPeer {
+    std::string id;
+    std::string host;
+    uint16_t port = 0;
+    int weight = 1;
+    int tier = 0;
+  };
+  virtual int newLuaBalancer(const std::string& module, const std::vector<LuaBalancerPeer>& peers,
+                             std::string* err) = 0;
+  virtual bool luaBalancerPick(int handle, std::string* id, std::string* err) = 0;
+  virtual void luaBalancerFeedback(int handle, const std::string& id, bool ok, double latency_ms) = 0;
+  virtual void freeLuaBalancer(int handle) = 0;
 };
 
 }  // namespace tidegate::http

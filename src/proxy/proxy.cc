@@ -125,7 +125,9 @@ bool ProxyTask::pickPeer() {
     if (hash_key_.empty()) http::evaluate(*rt_->conf->hash_key, r_, &hash_key_);
     ctx.hash_key = hash_key_;
   }
-  std::optional<size_t> pick = rt_->balancer->pick(ctx);
+  std::optional<size_t> pick;
+  if (rt_->conf->balancer == "lua") pick = pickWithLua(ctx);
+  if (!pick) pick = rt_->balancer->pick(ctx);
   if (!pick) {
     if (r_.upstream.tries.empty()) {
       logError(LogLevel::kError, "no live upstreams while connecting to upstream");
@@ -146,6 +148,51 @@ bool ProxyTask::pickPeer() {
   tried_.push_back(peer_);
   rt_->balancer->onStart(peer_);
   return true;
+}
+
+std::optional<size_t> ProxyTask::pickWithLua(const upstream::PickContext& ctx) {
+  http::ContentHandler* lua = m_.contentHandler();
+  if (!lua) return std::nullopt;
+  UpstreamRuntime& rt = *rt_;
+  uint64_t modules = m_.upstreams().moduleVersion();
+  if (!rt.lua_balancer || rt.lua_balancer->generation != rt.generation || rt.lua_balancer->modules != modules) {
+    rt.lua_balancer.reset();
+    std::vector<http::ContentHandler::LuaBalancerPeer> peers;
+    for (size_t i = 0; i < rt.balancer->size(); i++) {
+      const upstream::Peer& p = rt.balancer->peer(i);
+      peers.push_back({p.id(), p.host, p.port, p.weight, p.tier});
+    }
+    auto inst = std::make_unique<LuaBalancerInstance>();
+    inst->host = lua;
+    inst->generation = rt.generation;
+    inst->modules = modules;
+    std::string err;
+    inst->handle = lua->newLuaBalancer(rt.conf->balancer_module, peers, &err);
+    if (!inst->handle) {
+      TG_LOG_CONN_LIMITED(LogLevel::kError, r_.conn->id, "lua balancer \"%s\" of upstream \"%s\": %s; using round robin",
+                          rt.conf->balancer_module.c_str(), rt.name.c_str(), err.c_str());
+    }
+    rt.lua_balancer = std::move(inst);
+  }
+  if (!rt.lua_balancer->handle) return std::nullopt;
+  std::string id, err;
+  if (!lua->luaBalancerPick(rt.lua_balancer->handle, &id, &err)) {
+    TG_LOG_CONN_LIMITED(LogLevel::kError, r_.conn->id, "lua balancer \"%s\" of upstream \"%s\": pick() failed: %s; using round robin",
+                        rt.conf->balancer_module.c_str(), rt.name.c_str(), err.c_str());
+    return std::nullopt;
+  }
+  std::optional<size_t> i = rt.balancer->indexOf(id);
+  if (!i) {
+    TG_LOG_CONN_LIMITED(LogLevel::kError, r_.conn->id, "lua balancer \"%s\" of upstream \"%s\" picked \"%s\", not one of its servers; using round robin",
+                        rt.conf->balancer_module.c_str(), rt.name.c_str(), id.c_str());
+    return std::nullopt;
+  }
+  // Health and `down` still rule: such a pick goes to round robin.
+  if (rt.balancer->peer(*i).down || !rt.balancer->state(*i).healthy) return std::nullopt;
+  for (size_t t : ctx.tried) {
+    if (t == *i) return std::nullopt;
+  }
+  return i;
 }
 
 bool ProxyTask::runBalancerLua() {
@@ -370,7 +417,12 @@ void ProxyTask::endTry(upstream::Outcome outcome) {
   if (!have_peer_) return;
   have_peer_ = false;
   size_t i = rt_->indexNow(peer_, peer_gen_, peer_addr_.text);
-  if (i != std::string::npos) rt_->balancer->onFinish(i, nowUs() - try_start_us_, outcome, nowUs());
+  int64_t latency = nowUs() - try_start_us_;
+  if (i != std::string::npos) rt_->balancer->onFinish(i, latency, outcome, nowUs());
+  if (rt_->lua_balancer && rt_->lua_balancer->handle && m_.contentHandler()) {
+    m_.contentHandler()->luaBalancerFeedback(rt_->lua_balancer->handle, peer_addr_.text,
+                                             outcome == upstream::Outcome::kOk, static_cast<double>(latency) / 1000.0);
+  }
 }
 
 void ProxyTask::reportFailure(std::string_view why) {

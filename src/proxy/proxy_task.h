@@ -63,6 +63,10 @@ class ProxyTask final : public http::ContentTask,
   // The upstream's balancer picks this try's peer. False if none may be
   // picked (the request was answered).
   bool pickPeer();
+  // The upstream's Lua balancer module, when it has one: its pick if that
+  // names a usable peer not tried yet; nullopt falls back to round robin
+  // (an error in the module is logged).
+  std::optional<size_t> pickWithLua(const upstream::PickContext& ctx);
   // balancer_by_lua*: the upstream's code runs before every try and may
   // set the peer, grant more tries, change timeouts (http::BalancerCall).
   // False if the request was answered instead (an error in the code,

@@ -53,7 +53,8 @@ void Upstreams::build(UpstreamRuntime& rt, std::shared_ptr<const conf::UpstreamC
   bool same = rt.balancer && rt.conf && rt.conf->balancer == uc->balancer && rt.conf->fail_open == uc->fail_open &&
               rt.conf->tier_min_healthy == uc->tier_min_healthy;
   if (!same) {
-    rt.balancer = upstream::makeBalancer(uc->balancer, optionsOf(*uc));
+    // A Lua balancer module picks in front of round robin (the fallback).
+    rt.balancer = upstream::makeBalancer(uc->balancer == "lua" ? "round_robin" : uc->balancer, optionsOf(*uc));
     if (!rt.balancer) {
       TG_LOG(LogLevel::kError, "upstream \"%s\": unknown balancer \"%s\", using round_robin", rt.name.c_str(),
              uc->balancer.c_str());

@@ -22,11 +22,27 @@
 #include <vector>
 
 #include "conf/config.h"
+#include "http/content_handler.h"
 #include "proxy/upstream_conn.h"
 #include "shm/upstream_table.h"
 #include "upstream/balancer.h"
 
 namespace tidegate::proxy {
+
+// An instance of an upstream's Lua balancer module, made for one
+// generation of its peers and one version of the pushed modules.
+struct LuaBalancerInstance {
+  http::ContentHandler* host = nullptr;
+  int handle = 0;  // 0: new() failed (round robin until something changes)
+  uint64_t generation = 0;
+  uint64_t modules = 0;
+  LuaBalancerInstance() = default;
+  LuaBalancerInstance(const LuaBalancerInstance&) = delete;
+  LuaBalancerInstance& operator=(const LuaBalancerInstance&) = delete;
+  ~LuaBalancerInstance() {
+    if (host && handle) host->freeLuaBalancer(handle);
+  }
+};
 
 struct UpstreamRuntime {
   struct PeerInfo {
@@ -47,6 +63,7 @@ struct UpstreamRuntime {
   uint64_t keepalive = 0;       // idle connections per peer (0: sized from demand)
   uint64_t keepalive_timeout_ms = 60000;
   uint64_t keepalive_requests = 1000;
+  std::unique_ptr<LuaBalancerInstance> lua_balancer;  // "balancer": {"type": "lua"}
 
   // The peer's index now (after a rebuild it may have moved or gone:
   // npos). `index` and `gen` are what the caller saw at pick time.
@@ -75,6 +92,8 @@ class Upstreams {
   // it took the peer out (this worker stops choosing it at once, the others
   // on their next request).
   bool reportFailure(UpstreamRuntime& rt, const std::string& id, std::string_view error);
+  // The pushed Lua modules' version (a Lua balancer is rebuilt when it moves).
+  uint64_t moduleVersion() const { return table_.moduleVersion(); }
 
  private:
   void resync();

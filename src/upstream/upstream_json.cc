@@ -199,6 +199,7 @@ std::string upstreamToJson(const conf::UpstreamConf& u, std::string_view origin)
   }
   json balancer{{"type", u.balancer}, {"fail_open", u.fail_open}, {"tier_min_healthy", u.tier_min_healthy}};
   if (u.hash_key) balancer["key"] = u.hash_key->raw;
+  if (!u.balancer_module.empty()) balancer["module"] = u.balancer_module;
   json j{{"name", u.name},
          {"origin", origin},
          {"servers", servers},
@@ -247,15 +248,18 @@ bool upstreamFromJson(std::string_view text, conf::UpstreamConf* out, std::strin
   }
   if (r.has("balancer")) {
     Reader b(r.at("balancer"), "balancer", err, field);
-    if (!b.isObject() || !b.onlyKnown({"type", "key", "fail_open", "tier_min_healthy"})) return false;
+    if (!b.isObject() || !b.onlyKnown({"type", "key", "module", "fail_open", "tier_min_healthy"})) return false;
     if (!b.str("type", &out->balancer) || !b.boolean("fail_open", &out->fail_open) ||
         !b.integer("tier_min_healthy", 0, 100, &out->tier_min_healthy)) {
       return false;
     }
     const std::string& t = out->balancer;
-    if (t != "round_robin" && t != "chash" && t != "least_conn" && t != "ewma") {
-      return b.fail("type", "must be round_robin, chash, least_conn or ewma");
+    if (t != "round_robin" && t != "chash" && t != "least_conn" && t != "ewma" && t != "lua") {
+      return b.fail("type", "must be round_robin, chash, least_conn, ewma or lua");
     }
+    if (!b.str("module", &out->balancer_module)) return false;
+    if (t == "lua" && out->balancer_module.empty()) return b.fail("module", "is required for lua");
+    if (t != "lua" && !out->balancer_module.empty()) return b.fail("module", "is only for lua");
     std::string key;
     if (!b.str("key", &key)) return false;
     if (t == "chash" && key.empty()) return b.fail("key", "is required for chash");

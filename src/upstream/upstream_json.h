@@ -7,7 +7,7 @@
 //                 "weight": 1, "max_fails": 1, "fail_timeout": 10,
 //                 "backup": false, "down": false, "tier": 0}],
 //    "balancer": {"type": "chash", "key": "$arg_u", "fail_open": false,
-//                 "tier_min_healthy": 0},
+//                 "tier_min_healthy": 0},   (or {"type": "lua", "module": "name"})
 //    "keepalive": 0, "keepalive_timeout": 60, "keepalive_requests": 1000,
 //    "health_check": {"type": "http", "uri": "/", "host": "", "interval": 5,
 //                     "unhealthy_interval": 5, "timeout": 1, "fails": 1,

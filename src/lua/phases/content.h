@@ -162,6 +162,11 @@ class LuaContentHandler : public http::ContentHandler {
               std::string* out) override;  // phases/set.cc
   bool runBalancer(http::Request& r, const conf::LuaCode& code, http::ContentTask* task,
                    http::BalancerCall* call) override;  // phases/balancer.cc
+  // Lua balancer modules (phases/balancer.cc).
+  int newLuaBalancer(const std::string& module, const std::vector<LuaBalancerPeer>& peers, std::string* err) override;
+  bool luaBalancerPick(int handle, std::string* id, std::string* err) override;
+  void luaBalancerFeedback(int handle, const std::string& id, bool ok, double latency_ms) override;
+  void freeLuaBalancer(int handle) override;
 
  private:
   Vm& vm_;
