@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <string>
@@ -145,6 +146,29 @@ TEST(HealthCheckTest, AnotherWorkerTakesOverWhenTheCheckerDies) {
   size_t after = probeCount(up);
   EXPECT_TRUE(waitFor([&] { return probeCount(up) >= after + 3; })) << "probes go on";
   EXPECT_EQ(gw.stop(), 0);
+}
+
+TEST(HealthCheckTest, ReloadHandsTheChecksToANewWorkerWithTheNewSettings) {
+  FakeUpstream up;
+  Gateway gw;
+  ASSERT_TRUE(startChecked(gw, up, 2));
+  ASSERT_TRUE(waitFor([&] { return checkerPids(gw).size() == 1 && probeCount(up) >= 1; })) << gw.errorLog();
+  std::vector<pid_t> old = gw.workerPids();
+  gw.setSimpleConf(kProxyAll,
+                   "upstream backend { server " + server(up.port()) + "; health_check uri=/v2 interval=100ms; }", 2);
+  gw.signal(SIGHUP);
+  auto probedV2 = [&] {
+    for (const RecordedRequest& r : up.requests()) {
+      if (isProbe(r) && r.target == "/v2") return true;
+    }
+    return false;
+  };
+  ASSERT_TRUE(waitFor(probedV2)) << gw.errorLog();
+  ASSERT_TRUE(waitFor([&] { return checkerPids(gw).size() >= 2; })) << gw.errorLog();
+  pid_t now = checkerPids(gw).back();
+  EXPECT_EQ(std::find(old.begin(), old.end(), now), old.end()) << "a new worker checks after the reload";
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
 }
 
 TEST(HealthCheckTest, TcpCheckStartsWithoutRequestsAndFindsARefusingPort) {
