@@ -190,6 +190,19 @@ TEST(HealthCheckTest, TcpCheckStartsWithoutRequestsAndFindsARefusingPort) {
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
 }
 
+TEST(HealthCheckTest, BadStatusLineFailsAndAServerThatIsOutIsProbedAtUnhealthyInterval) {
+  FakeUpstream up;
+  up.setDefault(Behaviour::rawBytes("HTTP/1.1 2OO OK\r\n\r\n"));
+  Gateway gw;
+  gw.setSimpleConf(kProxyAll, "upstream backend { server " + server(up.port()) +
+                                  "; health_check interval=1m unhealthy_interval=50ms; }");
+  ASSERT_TRUE(gw.start());
+  ASSERT_TRUE(gw.waitLog("is down: 1 health check(s) failed: bad status line")) << gw.errorLog();
+  // With interval=1m, five probes in a few seconds come only from unhealthy_interval.
+  EXPECT_TRUE(waitFor([&] { return probeCount(up) >= 5; }, Ms(5000))) << probeCount(up) << " probes";
+  EXPECT_EQ(gw.stop(), 0);
+}
+
 TEST(HealthCheckTest, StalledProbeTimesOutAndPortParameterIsUsed) {
   FakeUpstream served, stalled;
   stalled.setDefault(Behaviour::stallOnAccept());
