@@ -13,6 +13,7 @@
 #include "http/http_server.h"
 #include "lua/phases/content.h"
 #include "lua/timer.h"
+#include "proxy/health_checker.h"
 #include "proxy/proxy.h"
 #include "shm/registry.h"
 #include "shm/upstream_table.h"
@@ -56,6 +57,7 @@ class Worker {
       admin_ = std::make_unique<admin::AdminApi>(*cfg_, *table, vm_.get());
       server_->setAdminHandler(admin_.get());
     }
+    checker_ = std::make_unique<proxy::HealthChecker>(&loop_, *cfg_, *table);
     if (vm_) {
       content_handler_ = std::make_unique<lua::LuaContentHandler>(*vm_, &loop_);
       server_->setContentHandler(content_handler_.get());
@@ -96,8 +98,10 @@ class Worker {
       }
       has_signals_ = true;
     }
+    checker_->start();
     uv_run(&loop_, UV_RUN_DEFAULT);
     runExitWorker();
+    checker_.reset();
     server_.reset();
     proxy_.reset();
     if (vm_) vm_->setTimers(nullptr);
@@ -177,6 +181,9 @@ class Worker {
   void stop(bool graceful) {
     if (stopping_ && graceful) return;
     stopping_ = true;
+    // A stopping worker probes no more and frees the checker slot at once
+    // (a reload's new workers take it over while this one drains).
+    checker_->stop();
     if (vm_) vm_->setExiting();
     if (graceful && cfg_->worker_shutdown_timeout_ms > 0 && !timer_armed_) {
       uv_timer_init(&loop_, &shutdown_timer_);
@@ -207,6 +214,7 @@ class Worker {
   // The last connection and Lua timer are gone: close our own handles so
   // uv_run returns.
   void closeAll() {
+    checker_->stop();
     if (has_channel_) {
       has_channel_ = false;
       uv_close(reinterpret_cast<uv_handle_t*>(&channel_), nullptr);
@@ -246,6 +254,7 @@ class Worker {
   std::unique_ptr<lua::Timers> timers_;
   std::unique_ptr<proxy::ProxyModule> proxy_;
   std::unique_ptr<admin::AdminApi> admin_;
+  std::unique_ptr<proxy::HealthChecker> checker_;
   std::unique_ptr<http::HttpServer> server_;  // declared last: destroyed first
 };
 

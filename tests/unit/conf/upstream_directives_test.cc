@@ -100,5 +100,78 @@ TEST(UpstreamDirectivesTest, Errors) {
             "invalid number of arguments in \"least_conn\" directive in test.conf:2");
 }
 
+TEST(UpstreamDirectivesTest, HealthCheckDefaults) {
+  ConfigPtr cfg = load(
+      "http {\n"
+      " upstream a { server 127.0.0.1:1; health_check; }\n"
+      " upstream b { server 127.0.0.1:1; }\n"
+      "}\n");
+  ASSERT_TRUE(cfg);
+  const HealthCheckConf& hc = cfg->http.upstreams[0]->health_check;
+  EXPECT_TRUE(hc.enabled);
+  EXPECT_FALSE(hc.tcp);
+  EXPECT_EQ(hc.uri, "/");
+  EXPECT_EQ(hc.host, "");
+  EXPECT_EQ(hc.interval_ms, 5000u);
+  EXPECT_EQ(hc.unhealthy_interval_ms, 0u) << "0: the interval";
+  EXPECT_EQ(hc.timeout_ms, 1000u);
+  EXPECT_EQ(hc.fails, 1);
+  EXPECT_EQ(hc.passes, 1);
+  EXPECT_EQ(hc.port, 0);
+  EXPECT_TRUE(hc.statuses.empty());
+  EXPECT_TRUE(hc.statusOk(200));
+  EXPECT_TRUE(hc.statusOk(399));
+  EXPECT_FALSE(hc.statusOk(199));
+  EXPECT_FALSE(hc.statusOk(400));
+  EXPECT_FALSE(cfg->http.upstreams[1]->health_check.enabled);
+}
+
+TEST(UpstreamDirectivesTest, HealthCheckParameters) {
+  ConfigPtr cfg = load(
+      "http {\n"
+      " upstream a { server 127.0.0.1:1;\n"
+      "  health_check type=http uri=/healthz?full=1 host=app.example interval=2s unhealthy_interval=500ms\n"
+      "               timeout=300ms fails=3 passes=2 status=200,204,300-302 port=8081; }\n"
+      " upstream b { server 127.0.0.1:1; health_check type=tcp interval=1m; }\n"
+      "}\n");
+  ASSERT_TRUE(cfg);
+  const HealthCheckConf& hc = cfg->http.upstreams[0]->health_check;
+  EXPECT_FALSE(hc.tcp);
+  EXPECT_EQ(hc.uri, "/healthz?full=1");
+  EXPECT_EQ(hc.host, "app.example");
+  EXPECT_EQ(hc.interval_ms, 2000u);
+  EXPECT_EQ(hc.unhealthy_interval_ms, 500u);
+  EXPECT_EQ(hc.timeout_ms, 300u);
+  EXPECT_EQ(hc.fails, 3);
+  EXPECT_EQ(hc.passes, 2);
+  EXPECT_EQ(hc.port, 8081);
+  std::vector<std::pair<int, int>> statuses{{200, 200}, {204, 204}, {300, 302}};
+  EXPECT_EQ(hc.statuses, statuses);
+  EXPECT_TRUE(hc.statusOk(204));
+  EXPECT_TRUE(hc.statusOk(301));
+  EXPECT_FALSE(hc.statusOk(201));
+  EXPECT_FALSE(hc.statusOk(303));
+  const HealthCheckConf& tcp = cfg->http.upstreams[1]->health_check;
+  EXPECT_TRUE(tcp.tcp);
+  EXPECT_EQ(tcp.interval_ms, 60000u);
+}
+
+TEST(UpstreamDirectivesTest, HealthCheckErrors) {
+  auto error = [](const std::string& params) {
+    return loadError("http { upstream a { server 127.0.0.1:1;\n health_check " + params + "; } }");
+  };
+  for (const char* bad : {"type=udp", "uri=healthz", "uri=", "interval=0", "interval=soon", "unhealthy_interval=0",
+                          "timeout=0", "fails=0", "fails=-1", "fails=x", "passes=0", "port=0", "port=65536",
+                          "status=99", "status=600", "status=300-200", "status=200,", "status=2xx", "interval",
+                          "color=blue"}) {
+    EXPECT_EQ(error(bad), std::string("invalid parameter \"") + bad + "\" in test.conf:2") << bad;
+  }
+  EXPECT_EQ(error("interval=1s fails=2 passes=two"), "invalid parameter \"passes=two\" in test.conf:2");
+  EXPECT_EQ(loadError("http { upstream a { server 127.0.0.1:1;\n health_check;\n health_check type=tcp; } }"),
+            "\"health_check\" directive is duplicate in test.conf:3");
+  EXPECT_EQ(loadError("http { server {\n health_check; } }"),
+            "\"health_check\" directive is not allowed here in test.conf:2");
+}
+
 }  // namespace
 }  // namespace tidegate::conf
