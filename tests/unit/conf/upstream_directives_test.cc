@@ -89,7 +89,7 @@ TEST(UpstreamDirectivesTest, Errors) {
   EXPECT_EQ(loadError("http { upstream a { server 127.0.0.1:1;\n least_conn;\n hash $uri; } }"),
             "load balancing method redefined in test.conf:3");
   EXPECT_EQ(loadError("http { upstream a { server 127.0.0.1:1;\n balancer random; } }"),
-            "unknown balancer \"random\" (round_robin, chash, least_conn, ewma) in test.conf:2");
+            "unknown balancer \"random\" (round_robin, chash, least_conn, ewma, lua) in test.conf:2");
   EXPECT_EQ(loadError("http { upstream a { server 127.0.0.1:1;\n balancer chash; } }"),
             "balancer chash needs key=VALUE in test.conf:2");
   EXPECT_EQ(loadError("http { upstream a { server 127.0.0.1:1;\n hash $nope; } }"),
