@@ -419,7 +419,7 @@ void ProxyTask::endTry(upstream::Outcome outcome) {
   size_t i = rt_->indexNow(peer_, peer_gen_, peer_addr_.text);
   int64_t latency = nowUs() - try_start_us_;
   if (i != std::string::npos) rt_->balancer->onFinish(i, latency, outcome, nowUs());
-  if (rt_->lua_balancer && rt_->lua_balancer->handle && m_.contentHandler()) {
+  if (rt_->conf->balancer == "lua" && rt_->lua_balancer && rt_->lua_balancer->handle && m_.contentHandler()) {
     m_.contentHandler()->luaBalancerFeedback(rt_->lua_balancer->handle, peer_addr_.text,
                                              outcome == upstream::Outcome::kOk, static_cast<double>(latency) / 1000.0);
   }

@@ -61,6 +61,7 @@ void Upstreams::build(UpstreamRuntime& rt, std::shared_ptr<const conf::UpstreamC
       rt.balancer = upstream::makeBalancer("round_robin", optionsOf(*uc));
     }
   }
+  if (uc->balancer != "lua") rt.lua_balancer.reset();  // (a lua one is remade on its next pick)
   rt.keepalive = uc->keepalive;
   rt.keepalive_timeout_ms = uc->keepalive_timeout_ms;
   rt.keepalive_requests = uc->keepalive_requests;

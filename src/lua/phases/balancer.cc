@@ -119,11 +119,14 @@ void LuaContentHandler::luaBalancerFeedback(int handle, const std::string& id, b
   lua_rawgeti(L, LUA_REGISTRYINDEX, handle);
   lua_getfield(L, -1, "obj");
   lua_getfield(L, -1, "feedback");
-  if (lua_isfunction(L, -1)) {
-    lua_pushvalue(L, -2);
-    lua_getfield(L, -4, "servers");
-    lua_getfield(L, -1, id.c_str());
-    lua_remove(L, -2);
+  lua_getfield(L, -3, "servers");
+  lua_getfield(L, -1, id.c_str());
+  lua_remove(L, -2);
+  // Stack: [inst, obj, feedback, server]. A try that started before the
+  // instance was rebuilt may end on a server it does not have: no feedback.
+  if (lua_isfunction(L, -2) && !lua_isnil(L, -1)) {
+    lua_pushvalue(L, -3);
+    lua_insert(L, -2);  // [inst, obj, feedback, obj, server]
     lua_pushboolean(L, ok);
     lua_pushnumber(L, latency_ms);
     if (lua_pcall(L, 4, 0, 0) != 0) {
