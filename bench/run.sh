@@ -126,6 +126,57 @@ location / {
 EOC
 }
 http_shdict_ops() { echo 'lua_shared_dict bench 10m;'; }
+
+# Upstream updates under load, 2 workers: tidegate changes its upstream through the admin
+# API every 100 ms (a PUT that swaps the server's weight: a new version every worker
+# picks up); nginx flips the peer its balancer_by_lua reads from a shared dict, the way
+# OpenResty setups change upstreams without a reload; tidegate_still is tidegate with no
+# updates, so tidegate/tidegate_still is the cost of the updates themselves.
+scenario_admin_updates() { proxy_location; }
+http_admin_updates() {
+  case $2 in
+    nginx)
+      cat <<EOC
+lua_shared_dict ups 1m;
+init_by_lua_block { ngx.shared.ups:set("port", $BACKEND_PORT) }
+upstream backend {
+    server 0.0.0.1;
+    balancer_by_lua_block {
+        require("ngx.balancer").set_current_peer("127.0.0.1", ngx.shared.ups:get("port"))
+    }
+    keepalive 64;
+}
+server {
+    listen 127.0.0.1:$ADMIN_PORT;
+    location /flip { content_by_lua_block { ngx.shared.ups:set("port", $BACKEND_PORT); ngx.shared.ups:incr("n", 1, 0); ngx.say("ok") } }
+}
+EOC
+      ;;
+    *)
+      echo "admin_listen 127.0.0.1:$ADMIN_PORT; admin_token $ADMIN_TOKEN; state_dir $TMP/$2/state;"
+      upstream_backend 64
+      ;;
+  esac
+}
+setup_admin_updates() {
+  BACKEND=1 WORKERS=2 SIDES="nginx tidegate tidegate_still"
+  LABEL[tidegate_still]=tg0
+  ADMIN_PORT=needed ADMIN_TOKEN=bench-token-0123456789abcdef0123456789
+}
+# during_SCENARIO SIDE: runs in the background while wrk does, killed when wrk ends.
+during_admin_updates() {
+  local n=0 w
+  while sleep 0.1; do
+    n=$((n + 1)) w=$((n % 2 + 1))
+    case $1 in
+      nginx) curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/flip" ;;
+      tidegate) curl -fsS -o /dev/null -X PUT -H "X-API-KEY: $ADMIN_TOKEN" -H 'Content-Type: application/json' \
+        -d "{\"servers\": [{\"host\": \"127.0.0.1\", \"port\": $BACKEND_PORT, \"weight\": $w}], \"keepalive\": 64}" \
+        "http://127.0.0.1:$ADMIN_PORT/upstreams/backend" ;;
+      *) return 0 ;;
+    esac || echo "bench: WARNING $1: update $n failed" >&2
+  done
+}
 setup_shdict_ops() { WORKERS=${SHDICT_WORKERS:-2} SERVER_CPUS=${SHDICT_CPUS:-0,1}; CONNS=${CONNS:-4}; }
 
 die() { echo "bench: $*" >&2; exit 1; }
@@ -174,9 +225,10 @@ NOFILE=$(ulimit -n)
 ((NOFILE >= 2 * CONNS + 64)) || die "ulimit -n is $NOFILE, too low for CONNS=$CONNS (need $((2 * CONNS + 64)))"
 WORKER_CONNS=$((2 * CONNS + 64 > 4096 ? 2 * CONNS + 64 : 4096))
 TMP=$(mktemp -d /tmp/tidegate-bench.XXXXXX)
-SERVER_PID="" BACKEND_PID="" WRK_PID=""
+SERVER_PID="" BACKEND_PID="" WRK_PID="" DURING_PID=""
 cleanup() {
   if [ -n "$WRK_PID" ]; then kill "$WRK_PID" 2>/dev/null || true; fi
+  if [ -n "$DURING_PID" ]; then kill "$DURING_PID" 2>/dev/null || true; fi
   if [ -n "$SERVER_PID" ]; then stop SERVER_PID; fi
   if [ -n "$BACKEND_PID" ]; then stop BACKEND_PID; fi
   rm -rf "$TMP"
@@ -326,12 +378,17 @@ run_one() {
   taskset -c 1 wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" \
     >"$TMP/wrk.out" &
   WRK_PID=$!
+  if declare -F "during_$SCENARIO" >/dev/null; then
+    "during_$SCENARIO" "$1" &
+    DURING_PID=$!
+  fi
   if [ -n "$BACKEND" ]; then   # how many connections the gateway holds to the backend
     sleep "$(awk -v d="$DURATION" 'BEGIN { print d / 2 }')"
     est=$(ss -Htn state established "( dport = :$BACKEND_PORT )" | wc -l)
   fi
   wait "$WRK_PID"
   WRK_PID=""
+  if [ -n "$DURING_PID" ]; then kill "$DURING_PID" 2>/dev/null || true; wait "$DURING_PID" 2>/dev/null || true; DURING_PID=""; fi
   c1=$(cpu_ticks "$SERVER_PID")
   s1=$(cpus_busy) t1=$EPOCHREALTIME
   if [ -n "$BACKEND" ]; then b1=$(cpu_ticks "$BACKEND_PID"); n1=$(backend_accepts); fi
@@ -361,6 +418,7 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] :
 
 # ---- interleaved rounds ---------------------------------------------------------------
 if [ -n "$BACKEND" ]; then BACKEND_PORT=$(free_port); fi
+if [ "${ADMIN_PORT:-}" = needed ]; then ADMIN_PORT=$(free_port); fi
 check_confs
 if [ -n "$BACKEND" ]; then start_backend; fi
 read -ra SIDE <<<"$SIDES"
