@@ -244,11 +244,16 @@ struct Location {
 struct Listen {
   std::string host = "0.0.0.0";
   uint16_t port = 80;
+  std::string unix_path;  // "unix:/path": a unix-domain socket (host empty, port 0)
   bool default_server = false;
   bool reuseport = false;
   int backlog = 511;  // nginx's default on Linux
+  bool isUnix() const { return !unix_path.empty(); }
   bool ipv6() const { return host.find(':') != std::string::npos; }
-  std::string key() const { return (ipv6() ? "[" + host + "]" : host) + ":" + std::to_string(port); }
+  std::string key() const {
+    if (isUnix()) return "unix:" + unix_path;
+    return (ipv6() ? "[" + host + "]" : host) + ":" + std::to_string(port);
+  }
 };
 
 struct ServerName {

@@ -284,6 +284,12 @@ bool parsePort(std::string_view text, uint16_t* port) {
 
 bool parseListenAddress(const std::string& addr, Listen* out) {
   Listen& l = *out;
+  if (addr.rfind("unix:", 0) == 0) {
+    l.unix_path = addr.substr(5);
+    l.host.clear();
+    l.port = 0;
+    return l.unix_path.size() > 1 && l.unix_path.size() < 108;  // sun_path
+  }
   bool ok = !addr.empty();
   if (ok && addr.front() == '[') {
     size_t close = addr.find(']');

@@ -77,8 +77,9 @@ bool parseFlag(const ConfNode& node, bool* out, std::string* err);  // on|off
 bool parseInt(std::string_view text, int64_t* out);
 bool parseCount(std::string_view text, uint64_t* out);       // a non-negative integer
 std::string lowerCase(std::string text);                      // ASCII
-// listen's address: "host:port", "port", "host" (port 80), "[v6]:port";
-// "*" is 0.0.0.0 and "localhost" 127.0.0.1. Only host and port are set.
+// listen's address: "host:port", "port", "host" (port 80), "[v6]:port",
+// "unix:/path"; "*" is 0.0.0.0 and "localhost" 127.0.0.1. Only the address
+// fields are set.
 bool parseListenAddress(const std::string& addr, Listen* out);
 
 // nginx refuses a single-value directive given twice in one block.

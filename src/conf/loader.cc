@@ -180,7 +180,8 @@ bool addAdminServer(Config& cfg, ConfError* err) {
   if (a.state_dir.empty()) a.state_dir = cfg.prefix + "/state";
   if (!a.enabled) return true;
   const std::string& host = a.listen.host;
-  bool loopback = host.rfind("127.", 0) == 0 || host == "::1";
+  // A unix socket is reachable from this machine only (and made mode 0600).
+  bool loopback = a.listen.isUnix() || host.rfind("127.", 0) == 0 || host == "::1";
   if (a.token.empty()) {
     *err = ConfError::at(a.where, "admin_listen needs an admin_token (there is no default credential)");
     return false;
@@ -191,7 +192,7 @@ bool addAdminServer(Config& cfg, ConfError* err) {
   }
   for (const auto& server : cfg.http.servers) {
     for (const Listen& l : server->listens) {
-      if (l.port == a.listen.port) {
+      if (l.isUnix() ? l.unix_path == a.listen.unix_path : l.port == a.listen.port) {
         *err = ConfError::at(a.where, "admin_listen " + a.listen.key() + " shares its port with the listen of the server in " +
                                           server->where);
         return false;

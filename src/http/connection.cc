@@ -42,6 +42,10 @@ void sockaddrToText(const sockaddr_storage& ss, std::string* addr, uint16_t* por
     const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
     inet_ntop(AF_INET6, &in6->sin6_addr, buf, sizeof(buf));
     *port = ntohs(in6->sin6_port);
+  } else if (ss.ss_family == AF_UNIX) {
+    *addr = "unix:";  // as nginx's $remote_addr
+    *port = 0;
+    return;
   }
   *addr = buf;
 }

@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,7 +17,36 @@
 namespace tidegate::process {
 namespace {
 
+// A unix-domain listener. A socket file left by a process that is gone is
+// replaced; the socket is made 0600 (only this user may connect).
+int openUnixSocket(const conf::Listen& l, std::string* err) {
+  sockaddr_un un{};
+  un.sun_family = AF_UNIX;
+  memcpy(un.sun_path, l.unix_path.data(), l.unix_path.size());
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *err = std::string("socket() failed (") + std::to_string(errno) + ": " + strerror(errno) + ")";
+    return -1;
+  }
+  struct stat st;
+  if (lstat(l.unix_path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+    // Still served? Then it is someone else's, and bind() reports it.
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    bool live = probe >= 0 && connect(probe, reinterpret_cast<sockaddr*>(&un), sizeof(un)) == 0;
+    if (probe >= 0) ::close(probe);
+    if (!live) unlink(l.unix_path.c_str());
+  }
+  if (bind(fd, reinterpret_cast<sockaddr*>(&un), sizeof(un)) != 0 || chmod(l.unix_path.c_str(), 0600) != 0 ||
+      listen(fd, l.backlog) != 0) {
+    *err = "bind() to " + l.key() + " failed (" + std::to_string(errno) + ": " + strerror(errno) + ")";
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 int openSocket(const conf::Listen& l, std::string* err) {
+  if (l.isUnix()) return openUnixSocket(l, err);
   sockaddr_storage ss{};
   socklen_t len = 0;
   if (l.ipv6()) {

@@ -5,6 +5,12 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
 
 #include <atomic>
 #include <set>
@@ -358,6 +364,46 @@ TEST(AdminApiTest, StatusShowsHealthWithHistory) {
   EXPECT_NE(entry["history"][0]["reason"].get<std::string>().find("max_fails"), std::string::npos);
   EXPECT_NE(st.body.find("\"status\":\"ok\""), std::string::npos);
   EXPECT_EQ(gw.stop(), 0);
+}
+
+// One request over a unix-domain socket; the raw response text.
+std::string unixRequest(const std::string& path, const std::string& request) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un un{};
+  un.sun_family = AF_UNIX;
+  memcpy(un.sun_path, path.data(), path.size());
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&un), sizeof(un)) == 0 &&
+      write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return out;
+}
+
+TEST(AdminApiTest, AUnixSocketListener) {
+  FakeUpstream up;
+  Gateway gw;
+  gw.setSimpleConf("location / { proxy_pass http://backend; }",
+                   "admin_listen unix:{PREFIX}/admin.sock; admin_token " + kToken +
+                       "; upstream backend { server 127.0.0.1:" + std::to_string(up.port()) + "; }",
+                   2);
+  std::string sock = gw.path("admin.sock");
+  for (int run = 0; run < 2; run++) {  // the second start replaces the file the first left
+    ASSERT_TRUE(gw.start());
+    std::string ok = unixRequest(sock, "GET /upstreams HTTP/1.1\r\nHost: a\r\nX-API-KEY: " + kToken +
+                                           "\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(ok.rfind("HTTP/1.1 200", 0), 0u) << ok;
+    EXPECT_NE(ok.find("\"name\":\"backend\""), std::string::npos);
+    std::string no = unixRequest(sock, "GET /upstreams HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(no.rfind("HTTP/1.1 401", 0), 0u) << no;
+    struct stat st;
+    ASSERT_EQ(stat(sock.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600u);
+    EXPECT_EQ(gw.stop(), 0);
+  }
 }
 
 TEST(AdminApiTest, ConfRulesForTheAdminListener) {
