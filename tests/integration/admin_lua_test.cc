@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "harness.h"
 
@@ -27,9 +28,16 @@ Response admin(int port, const std::string& method, const std::string& path, con
 void luaConf(Gateway& gw) {
   gw.prefix().write("lualib/mymod.lua", "return {v = 'file'}\n");
   gw.setSimpleConf("location / { content_by_lua_block { ngx.say(require('mymod').v) } }\n"
-                   "location /other { content_by_lua_block { ngx.say(require('helper').greet()) } }",
+                   "location /other { content_by_lua_block { ngx.say(require('helper').greet()) } }\n"
+                   // Holds the module it started with until /go says so.
+                   "location /slow { content_by_lua_block {\n"
+                   "  local m = require('mymod'); ngx.shared.flags:set('started', true)\n"
+                   "  while not ngx.shared.flags:get('go') do ngx.sleep(0.005) end\n"
+                   "  ngx.say(m.v) } }\n"
+                   "location /started { content_by_lua_block { ngx.say(ngx.shared.flags:get('started')) } }\n"
+                   "location /go { content_by_lua_block { ngx.shared.flags:set('go', true) } }",
                    "admin_listen 127.0.0.1:{PORT2};\nadmin_token " + kToken +
-                       ";\nlua_package_path '{PREFIX}/lualib/?.lua;;';",
+                       ";\nlua_package_path '{PREFIX}/lualib/?.lua;;';\nlua_shared_dict flags 1m;",
                    2);
 }
 
@@ -76,6 +84,22 @@ TEST(AdminLuaTest, APushServesEveryWorkerFromItsNextRequest) {
   EXPECT_EQ(src.header("content-type"), "text/plain");
   EXPECT_EQ(gw.stop(), 0);
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+TEST(AdminLuaTest, ARunningRequestKeepsTheVersionItStartedWith) {
+  Gateway gw;
+  luaConf(gw);
+  ASSERT_TRUE(gw.start());
+  ASSERT_EQ(admin(gw.port2(), "PUT", "/lua/mymod", "return {v = 'old'}").status, 201);
+  Response slow;
+  std::thread t([&] { slow = httpGet(gw.port(), "/slow"); });
+  ASSERT_TRUE(waitFor([&] { return httpGet(gw.port(), "/started").body == "true\n"; }));
+  ASSERT_EQ(admin(gw.port2(), "PUT", "/lua/mymod", "return {v = 'new'}").status, 200);
+  EXPECT_EQ(answers(gw), Answers{"new\n"});  // the next requests, on every worker
+  httpGet(gw.port(), "/go");
+  t.join();
+  EXPECT_EQ(slow.body, "old\n");
+  EXPECT_EQ(gw.stop(), 0);
 }
 
 TEST(AdminLuaTest, ABadPushChangesNothing) {
