@@ -69,6 +69,38 @@ std::set<std::string> sourcesOf(const lua::ModuleIndex& index, const std::string
   return out;
 }
 
+// One change of the module index: the state lock held from construction,
+// the index as it is under it, and the sources the module named had before
+// the change (those no longer named are deleted by commit()).
+class IndexChange {
+ public:
+  IndexChange(const std::string& dir, const std::string& name) : dir_(dir), store_(dir), lock_(store_, &err_) {
+    if (!lock_.ok()) err_ = "cannot lock the state directory: " + err_;
+    else if (lua::readModuleIndex(dir, &index_, &err_)) ok_ = true;
+    if (ok_) before_ = sourcesOf(index_, name);
+  }
+  bool ok() const { return ok_; }
+  const std::string& error() const { return err_; }
+  lua::ModuleIndex& index() { return index_; }
+  // Writes the index, deletes the sources nothing names any more, and
+  // tells every worker. False with *err (nothing changed then).
+  bool commit(shm::UpstreamTable& table, std::string* err) {
+    if (!writeFileAtomic(lua::moduleDir(dir_) + "/index.json", index_.toJson(), err)) return false;
+    collectSources(index_, before_, dir_);
+    table.bumpModuleVersion();
+    return true;
+  }
+
+ private:
+  std::string dir_;
+  StateStore store_;
+  std::string err_;
+  StateStore::Lock lock_;
+  bool ok_ = false;
+  lua::ModuleIndex index_;
+  std::set<std::string> before_;
+};
+
 }  // namespace
 
 Reply LuaRoutes::handle(const AdminRequest& r) {
@@ -143,11 +175,9 @@ Reply LuaRoutes::push(const AdminRequest& r, const std::string& name) {
   if (!lua::PushedModules::tryLoad(L, name, src, &err)) return errorReply(400, "error while loading: " + err);
 
   const std::string& dir = cfg_.http.admin.state_dir;
-  StateStore store(dir);
-  StateStore::Lock lock(store, &err);
-  if (!lock.ok()) return errorReply(500, "cannot lock the state directory: " + err);
-  lua::ModuleIndex index;
-  if (!lua::readModuleIndex(dir, &index, &err)) return errorReply(500, err);
+  IndexChange change(dir, name);
+  if (!change.ok()) return errorReply(500, change.error());
+  lua::ModuleIndex& index = change.index();
   std::string md5 = lua::md5Hex(src);
   auto it = index.modules.find(name);
   bool existed = it != index.modules.end();
@@ -156,17 +186,13 @@ Reply LuaRoutes::push(const AdminRequest& r, const std::string& name) {
     reply.body = versionJson(name, {md5, it->second.time_ms});
     return reply;  // the same source: nothing changes
   }
-  std::set<std::string> before = sourcesOf(index, name);
   setCurrent(index, name, md5, static_cast<int64_t>(core::wallMs()), kHistory);
   if (::mkdir(lua::moduleDir(dir).c_str(), 0700) != 0 && errno != EEXIST) {
     return errorReply(500, "mkdir() \"" + lua::moduleDir(dir) + "\" failed (" + strerror(errno) + ")");
   }
-  if (!writeFileAtomic(lua::moduleSourcePath(dir, md5), src, &err) ||
-      !writeFileAtomic(lua::moduleDir(dir) + "/index.json", index.toJson(), &err)) {
+  if (!writeFileAtomic(lua::moduleSourcePath(dir, md5), src, &err) || !change.commit(table_, &err)) {
     return errorReply(500, "cannot persist the module: " + err);
   }
-  collectSources(index, before, dir);
-  table_.bumpModuleVersion();
   vm_->refreshModules();
   TG_LOG(LogLevel::kNotice, "admin: Lua module \"%s\" %s (%s)", name.c_str(), existed ? "replaced" : "pushed",
          md5.c_str());
@@ -178,12 +204,10 @@ Reply LuaRoutes::push(const AdminRequest& r, const std::string& name) {
 
 Reply LuaRoutes::rollback(const AdminRequest& r, const std::string& name) {
   const std::string& dir = cfg_.http.admin.state_dir;
-  StateStore store(dir);
+  IndexChange change(dir, name);
+  if (!change.ok()) return errorReply(500, change.error());
+  lua::ModuleIndex& index = change.index();
   std::string err;
-  StateStore::Lock lock(store, &err);
-  if (!lock.ok()) return errorReply(500, "cannot lock the state directory: " + err);
-  lua::ModuleIndex index;
-  if (!lua::readModuleIndex(dir, &index, &err)) return errorReply(500, err);
   auto it = index.modules.find(name);
   if (it == index.modules.end()) return errorReply(404, "no module \"" + name + "\"");
   const std::vector<lua::ModuleVersion>& history = it->second.history;
@@ -204,13 +228,8 @@ Reply LuaRoutes::rollback(const AdminRequest& r, const std::string& name) {
   }
   std::string src;
   if (!lua::readModuleSource(dir, to, &src, &err)) return errorReply(500, err);
-  std::set<std::string> before = sourcesOf(index, name);
   setCurrent(index, name, to, static_cast<int64_t>(core::wallMs()), kHistory);
-  if (!writeFileAtomic(lua::moduleDir(dir) + "/index.json", index.toJson(), &err)) {
-    return errorReply(500, "cannot persist the rollback: " + err);
-  }
-  collectSources(index, before, dir);
-  table_.bumpModuleVersion();
+  if (!change.commit(table_, &err)) return errorReply(500, "cannot persist the rollback: " + err);
   if (vm_) vm_->refreshModules();
   TG_LOG(LogLevel::kNotice, "admin: Lua module \"%s\" rolled back to %s", name.c_str(), to.c_str());
   reply.body = versionJson(name, {to, index.modules[name].time_ms});
@@ -219,22 +238,14 @@ Reply LuaRoutes::rollback(const AdminRequest& r, const std::string& name) {
 }
 
 Reply LuaRoutes::remove(const std::string& name) {
-  const std::string& dir = cfg_.http.admin.state_dir;
-  StateStore store(dir);
-  std::string err;
-  StateStore::Lock lock(store, &err);
-  if (!lock.ok()) return errorReply(500, "cannot lock the state directory: " + err);
-  lua::ModuleIndex index;
-  if (!lua::readModuleIndex(dir, &index, &err)) return errorReply(500, err);
+  IndexChange change(cfg_.http.admin.state_dir, name);
+  if (!change.ok()) return errorReply(500, change.error());
+  lua::ModuleIndex& index = change.index();
   if (!index.modules.count(name)) return errorReply(404, "no module \"" + name + "\"");
-  std::set<std::string> before = sourcesOf(index, name);
   index.modules.erase(name);
   index.version++;
-  if (!writeFileAtomic(lua::moduleDir(dir) + "/index.json", index.toJson(), &err)) {
-    return errorReply(500, "cannot persist the delete: " + err);
-  }
-  collectSources(index, before, dir);
-  table_.bumpModuleVersion();
+  std::string err;
+  if (!change.commit(table_, &err)) return errorReply(500, "cannot persist the delete: " + err);
   if (vm_) vm_->refreshModules();
   TG_LOG(LogLevel::kNotice, "admin: Lua module \"%s\" deleted", name.c_str());
   Reply reply;
