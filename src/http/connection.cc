@@ -459,7 +459,13 @@ void Connection::respondError(int status, const std::string& why) {
   TG_LOG_CONN_LIMITED(level, info_.id, "%s while %s%s", why.c_str(), activity, describe().c_str());
   keepalive_ = false;
   if (!req_.base) req_.base = buf_ + start_;
-  respond(status, "text/html", errorPage(status), {});
+  if (req_.location && req_.location->admin) {
+    // The admin API answers in JSON even before its handler runs (413).
+    std::string body = "{\"error\":\"" + std::string(reasonPhrase(status)) + "\"}\n";
+    respond(status, "application/json", body, {});
+  } else {
+    respond(status, "text/html", errorPage(status), {});
+  }
   finishRequest();
 }
 

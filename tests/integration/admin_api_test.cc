@@ -192,6 +192,14 @@ TEST(AdminApiTest, ErrorsAreJsonWithTheRightStatus) {
   std::string big = "{\"servers\": [], \"pad\": \"" + std::string(1u << 20, 'x') + "\"}";
   Response r = admin(p, "PUT", "/upstreams/u", big);
   EXPECT_EQ(r.status, 413) << r.body;
+  // Above the listener's own cap (8 MiB): refused from the head, still in JSON.
+  RawClient huge(p);
+  huge.send("PUT /upstreams/u HTTP/1.1\r\nHost: a\r\nX-API-KEY: " + kToken +
+            "\r\nContent-Type: application/json\r\nContent-Length: 9000000\r\n\r\n{");
+  r = huge.readResponse();
+  EXPECT_EQ(r.status, 413);
+  EXPECT_EQ(r.header("content-type"), "application/json");
+  EXPECT_NE(r.body.find("\"error\""), std::string::npos) << r.body;
   std::string deep = std::string(100000, '[') + std::string(100000, ']');
   r = admin(p, "PUT", "/upstreams/u", deep);
   EXPECT_EQ(r.status, 400);
