@@ -2,7 +2,9 @@
 """How fast an admin write reaches every worker, and whether any request fails meanwhile.
 
 Starts an nginx backend with two servers (answering "A" and "B"), tidegate with 2 workers
-and its admin API, and wrk against tidegate for the whole run. Then makes UPDATES
+and its admin API, and wrk against tidegate for the whole run at a steady RATE (requests
+per second, paced with wrk's delay(); RATE=0: as fast as it can, which also measures the
+queueing of a saturated 2-CPU machine). Then makes UPDATES
 upstream writes (each swaps the upstream between A and B) and PUSHES Lua module pushes
 (each a new version string), every INTERVAL seconds. After each write's 2xx it probes
 every worker on a keepalive connection of its own until that worker answers with the new
@@ -12,7 +14,7 @@ Prints the distribution of those times and wrk's failures (non-2xx, socket error
 goals (issue "Admin API"): under 5 ms, and zero failed requests.
 
 Usage: python3 bench/admin_propagation.py   (env: TIDEGATE, NGINX, UPDATES=100,
-PUSHES=20, INTERVAL=0.1, CONNS=20). Needs wrk and nginx (bench/run.sh installs them).
+PUSHES=20, INTERVAL=0.1, CONNS=20, RATE=5000). Needs wrk and nginx (bench/run.sh installs them).
 """
 import json
 import os
@@ -32,6 +34,7 @@ UPDATES = int(os.environ.get("UPDATES", "100"))
 PUSHES = int(os.environ.get("PUSHES", "20"))
 INTERVAL = float(os.environ.get("INTERVAL", "0.1"))
 CONNS = int(os.environ.get("CONNS", "20"))
+RATE = int(os.environ.get("RATE", "5000"))
 TOKEN = "bench-token-0123456789abcdef0123456789"
 
 
@@ -159,7 +162,13 @@ http {{
             c = Conn(port)
             _, h, _ = c.request("GET", "/")
             workers.setdefault(h["x-worker"], c)
-        wrk = subprocess.Popen(["wrk", "-t1", f"-c{CONNS}", "-d600s", f"http://127.0.0.1:{port}/"],
+        cmd = ["wrk", "-t1", f"-c{CONNS}", "-d600s"]
+        if RATE > 0:
+            # Each connection waits CONNS/RATE s between requests: RATE req/s in all.
+            with open(f"{tmp}/pace.lua", "w") as f:
+                f.write(f"function delay() return {1000.0 * CONNS / RATE:.3f} end\n")
+            cmd += ["-s", f"{tmp}/pace.lua"]
+        wrk = subprocess.Popen(cmd + [f"http://127.0.0.1:{port}/"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         procs.append(wrk)
         time.sleep(1)
@@ -195,7 +204,8 @@ http {{
         non2xx = int((re.search(r"Non-2xx or 3xx responses: (\d+)", out) or [0, 0])[1])
         sock = re.search(r"Socket errors: (.*)", out)
         reqs = re.search(r"(\d+) requests in", out)
-        print(f"admin propagation: 2 workers, wrk -c{CONNS} throughout ({reqs[1] if reqs else '?'} requests)")
+        pace = f"{RATE} req/s" if RATE > 0 else "full speed"
+        print(f"admin propagation: 2 workers, wrk -c{CONNS} at {pace} throughout ({reqs[1] if reqs else '?'} requests)")
         for name, v in (("upstream writes", upd), ("Lua pushes", lua)):
             if v:
                 print(f"  {name} ({len(v)}): 2xx -> every worker serves it: median {percentile(v, 50):.2f} ms, "

@@ -164,18 +164,30 @@ setup_admin_updates() {
   ADMIN_PORT=needed ADMIN_TOKEN=bench-token-0123456789abcdef0123456789
 }
 # during_SCENARIO SIDE: runs in the background while wrk does, killed when wrk ends.
+# One python process on a keepalive connection (a curl per update would cost the load
+# CPU more than the update costs the server).
 during_admin_updates() {
-  local n=0 w
-  while sleep 0.1; do
-    n=$((n + 1)) w=$((n % 2 + 1))
-    case $1 in
-      nginx) curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN_PORT/flip" ;;
-      tidegate) curl -fsS -o /dev/null -X PUT -H "X-API-KEY: $ADMIN_TOKEN" -H 'Content-Type: application/json' \
-        -d "{\"servers\": [{\"host\": \"127.0.0.1\", \"port\": $BACKEND_PORT, \"weight\": $w}], \"keepalive\": 64}" \
-        "http://127.0.0.1:$ADMIN_PORT/upstreams/backend" ;;
-      *) return 0 ;;
-    esac || echo "bench: WARNING $1: update $n failed" >&2
-  done
+  python3 - "$1" "$ADMIN_PORT" "$ADMIN_TOKEN" "$BACKEND_PORT" <<'EOP'
+import http.client, json, sys, time
+side, port, token, backend = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+if side not in ("nginx", "tidegate"):
+    sys.exit(0)
+conn = http.client.HTTPConnection("127.0.0.1", port)
+n = 0
+while True:
+    time.sleep(0.1)
+    n += 1
+    if side == "nginx":
+        conn.request("GET", "/flip")
+    else:
+        spec = {"servers": [{"host": "127.0.0.1", "port": backend, "weight": n % 2 + 1}], "keepalive": 64}
+        conn.request("PUT", "/upstreams/backend", json.dumps(spec),
+                     {"X-API-KEY": token, "Content-Type": "application/json"})
+    r = conn.getresponse()
+    r.read()
+    if r.status >= 300:
+        print(f"bench: WARNING {side}: update {n} answered {r.status}", file=sys.stderr)
+EOP
 }
 setup_shdict_ops() { WORKERS=${SHDICT_WORKERS:-2} SERVER_CPUS=${SHDICT_CPUS:-0,1}; CONNS=${CONNS:-4}; }
 
