@@ -186,7 +186,7 @@ Reply LuaRoutes::push(const AdminRequest& r, const std::string& name) {
     reply.body = versionJson(name, {md5, it->second.time_ms});
     return reply;  // the same source: nothing changes
   }
-  setCurrent(index, name, md5, static_cast<int64_t>(core::wallMs()), kHistory);
+  setCurrent(index, name, md5, static_cast<int64_t>(core::wallMs()), cfg_.http.admin.lua_history);
   if (::mkdir(lua::moduleDir(dir).c_str(), 0700) != 0 && errno != EEXIST) {
     return errorReply(500, "mkdir() \"" + lua::moduleDir(dir) + "\" failed (" + strerror(errno) + ")");
   }
@@ -228,7 +228,7 @@ Reply LuaRoutes::rollback(const AdminRequest& r, const std::string& name) {
   }
   std::string src;
   if (!lua::readModuleSource(dir, to, &src, &err)) return errorReply(500, err);
-  setCurrent(index, name, to, static_cast<int64_t>(core::wallMs()), kHistory);
+  setCurrent(index, name, to, static_cast<int64_t>(core::wallMs()), cfg_.http.admin.lua_history);
   if (!change.commit(table_, &err)) return errorReply(500, "cannot persist the rollback: " + err);
   if (vm_) vm_->refreshModules();
   TG_LOG(LogLevel::kNotice, "admin: Lua module \"%s\" rolled back to %s", name.c_str(), to.c_str());

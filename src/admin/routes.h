@@ -115,9 +115,6 @@ class LuaRoutes {
   LuaRoutes(const conf::Config& cfg, shm::UpstreamTable& table, lua::Vm* vm) : cfg_(cfg), table_(table), vm_(vm) {}
   Reply handle(const AdminRequest& r);
 
-  // History kept per module (older versions' sources are deleted).
-  static constexpr size_t kHistory = 10;
-
  private:
   Reply list();
   Reply source(const std::string& name);

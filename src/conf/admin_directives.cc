@@ -1,5 +1,6 @@
-// admin_listen, admin_token and state_dir: where the admin API listens, the
-// token every route needs, and where runtime changes persist. The loader
+// admin_listen, admin_token, state_dir and lua_module_history: where the
+// admin API listens, the token every route needs, where runtime changes
+// persist, and how many versions of a pushed Lua module are kept. The loader
 // checks them together and makes the admin server (loader.cc).
 #include <cstdlib>
 
@@ -53,10 +54,22 @@ bool onStateDir(const ConfNode& n, BuildState& st, std::string*) {
   return true;
 }
 
+// lua_module_history N; (1-1000)
+bool onLuaModuleHistory(const ConfNode& n, BuildState& st, std::string* err) {
+  uint64_t v = 0;
+  if (!parseCount(n.args[0], &v) || v < 1 || v > 1000) {
+    err->assign("invalid value \"").append(n.args[0]).append("\" in \"lua_module_history\" directive (1-1000)");
+    return false;
+  }
+  st.config->http.admin.lua_history = v;
+  return true;
+}
+
 const Directive kAdminDirectives[] = {
     {"admin_listen", kHttpCtx, 1, 1, false, onAdminListen},
     {"admin_token", kHttpCtx, 1, 1, false, onAdminToken},
     {"state_dir", kHttpCtx, 1, 1, false, onStateDir},
+    {"lua_module_history", kHttpCtx, 1, 1, false, onLuaModuleHistory},
 };
 
 }  // namespace

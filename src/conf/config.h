@@ -344,6 +344,7 @@ struct AdminConf {
   Listen listen;
   std::string token;      // the value (admin_token env:NAME is read at load)
   std::string state_dir;  // absolute; default <prefix>/state
+  uint64_t lua_history = 10;  // lua_module_history: versions kept per pushed module
   std::string where;      // admin_listen's file:line
 };
 

@@ -25,7 +25,7 @@ Response admin(int port, const std::string& method, const std::string& path, con
 
 // A gateway with 2 workers whose / says require("mymod").v, a file
 // version of mymod on lua_package_path, and the admin API on port2.
-void luaConf(Gateway& gw) {
+void luaConf(Gateway& gw, const std::string& extra = "") {
   gw.prefix().write("lualib/mymod.lua", "return {v = 'file'}\n");
   gw.setSimpleConf("location / { content_by_lua_block { ngx.say(require('mymod').v) } }\n"
                    "location /other { content_by_lua_block { ngx.say(require('helper').greet()) } }\n"
@@ -37,7 +37,7 @@ void luaConf(Gateway& gw) {
                    "location /started { content_by_lua_block { ngx.say(ngx.shared.flags:get('started')) } }\n"
                    "location /go { content_by_lua_block { ngx.shared.flags:set('go', true) } }",
                    "admin_listen 127.0.0.1:{PORT2};\nadmin_token " + kToken +
-                       ";\nlua_package_path '{PREFIX}/lualib/?.lua;;';\nlua_shared_dict flags 1m;",
+                       ";\nlua_package_path '{PREFIX}/lualib/?.lua;;';\nlua_shared_dict flags 1m;\n" + extra,
                    2);
 }
 
@@ -166,6 +166,22 @@ TEST(AdminLuaTest, RollbackVersionsAndDelete) {
   EXPECT_EQ(admin(gw.port2(), "DELETE", "/lua/mymod").status, 404);
   EXPECT_EQ(admin(gw.port2(), "POST", "/lua/mymod/rollback").status, 404);
   EXPECT_EQ(gw.stop(), 0);
+}
+
+TEST(AdminLuaTest, LuaModuleHistorySetsTheVersionsKept) {
+  Gateway gw;
+  luaConf(gw, "lua_module_history 3;");
+  ASSERT_TRUE(gw.start());
+  for (int i = 1; i <= 5; i++) {
+    ASSERT_LT(admin(gw.port2(), "PUT", "/lua/mymod", "return {v = " + std::to_string(i) + "}").status, 300);
+  }
+  nlohmann::json versions = nlohmann::json::parse(admin(gw.port2(), "GET", "/lua/mymod/versions").body);
+  EXPECT_EQ(versions["versions"].size(), 3u);
+  EXPECT_EQ(gw.stop(), 0);
+  Gateway bad;
+  bad.setSimpleConf("location / { return 200; }", "lua_module_history 0;");
+  RunResult r = runTidegate({"-t", "-p", bad.prefix().path(), "-c", bad.path("conf/tidegate.conf")});
+  EXPECT_NE(r.err.find("invalid value \"0\" in \"lua_module_history\" directive"), std::string::npos) << r.err;
 }
 
 TEST(AdminLuaTest, PushedModulesPersistAcrossRestartAndReload) {
