@@ -46,6 +46,11 @@ void PushedModules::install(lua_State* L) {
 bool PushedModules::freshIndex(std::string* err) {
   uint64_t now = moduleCounter();
   if (have_index_ && now == seen_) return true;
+  if (dir_.empty()) {  // no state directory (the `tidegate lua` command): nothing pushed
+    have_index_ = true;
+    seen_ = now;
+    return true;
+  }
   if (!readModuleIndex(dir_, &index_, err)) return false;
   seen_ = now;
   have_index_ = true;
