@@ -55,6 +55,17 @@ size_t findServer(const json& spec, const std::string& id) {
   return std::string::npos;
 }
 
+// A name proxy_pass can say: 1-128 of letters, digits, '_', '-', '.', ':'.
+bool validUpstreamName(const std::string& name) {
+  if (name.empty() || name.size() > 128) return false;
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+              c == '.' || c == ':';
+    if (!ok) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 Reply UpstreamRoutes::handle(const AdminRequest& r) {
@@ -173,6 +184,9 @@ Reply UpstreamRoutes::changeServer(const AdminRequest& r, const std::string& nam
 }
 
 Reply UpstreamRoutes::write(const AdminRequest& r, const std::string& name, json spec) {
+  if (!validUpstreamName(name)) {
+    return errorReply(400, "invalid upstream name \"" + name + "\" (letters, digits, _ - . :)", "name");
+  }
   spec["name"] = name;
   spec["origin"] = "api";
   spec.erase("version");

@@ -168,6 +168,7 @@ TEST(AdminApiTest, ErrorsAreJsonWithTheRightStatus) {
        "must be round_robin", "balancer.type"},
       {"PUT", "/upstreams/u", R"({"name": "other"})", "application/json", 400, "differs", "name"},
       {"PUT", "/upstreams/u", "[1]", "application/json", 400, "JSON object", ""},
+      {"PUT", "/upstreams/bad%20name", R"({"servers": []})", "application/json", 400, "invalid upstream name", "name"},
       {"PUT", "/upstreams/u", "{}", "application/x-www-form-urlencoded", 415, "Content-Type: application/json", ""},
       {"GET", "/upstreams/none", "", "", 404, "no upstream", ""},
       {"PATCH", "/upstreams/none", "{}", "application/json", 404, "no upstream", ""},
