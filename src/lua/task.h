@@ -62,6 +62,13 @@ class LuaTask {
 
   Vm& vm() const { return vm_; }
   uv_loop_t* loop() const { return loop_; }
+  // Unique in this process: an object handed to Lua remembers the id of
+  // the task that made it, so a later task cannot use it by mistake.
+  uint64_t id() const { return id_; }
+  // Called with a task's id when it is destroyed, after its coroutines
+  // ended (ngx.socket closes the connections the task left open).
+  using EndHook = void (*)(uint64_t task_id);
+  static void setEndHook(EndHook hook) { end_hook_ = hook; }
   virtual Phase phase() const = 0;
   // The request this task serves; null for a timer.
   virtual RequestContext* request() { return nullptr; }
@@ -140,8 +147,11 @@ class LuaTask {
   void markKilled(lua_State* co);
   void sweep();
 
+  static inline uint64_t last_id_ = 0;
+  static inline EndHook end_hook_ = nullptr;
   Vm& vm_;
   uv_loop_t* loop_;
+  const uint64_t id_ = ++last_id_;
   std::vector<std::unique_ptr<Co>> cos_;
   Co* entry_ = nullptr;
   Co* running_ = nullptr;
