@@ -128,6 +128,9 @@ void openNgxTime(lua_State* L);     // api/ngx_time.cc; same
 // ngx.shared.NAME for each lua_shared_dict (api/ngx_shared.cc). Stack: [ngx] -> [ngx].
 void openNgxShared(lua_State* L, const conf::LuaConf& lua);
 void openNgxThread(lua_State* L);   // api/ngx_thread.cc; same (and replaces coroutine.*)
+void openNgxSocket(lua_State* L);     // api/ngx_socket.cc; ngx.socket.* (expects ngx on the top)
+// Closes the idle connections of the worker's cosocket pool (worker exit).
+void closeSocketPool();
 void openNgxSemaphore(lua_State* L);  // api/ngx_semaphore.cc; preloads "ngx.semaphore"
 void openNgxRe(lua_State* L);       // api/ngx_re.cc; same (needs the Vm in the registry)
 void openTidegateUpstream(lua_State* L);  // api/tidegate_upstream.cc; preloads "tidegate.upstream"

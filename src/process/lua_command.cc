@@ -235,6 +235,7 @@ void LuaRunner::tearDown() {
   main_.reset();
   if (vm_) vm_->setTimers(nullptr);
   timers_.reset();
+  lua::closeSocketPool();
   uv_close(reinterpret_cast<uv_handle_t*>(&exit_timer_), nullptr);
   uv_run(&loop_, UV_RUN_DEFAULT);  // the close callbacks of the handles just closed
   uv_loop_close(&loop_);

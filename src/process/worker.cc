@@ -106,6 +106,7 @@ class Worker {
     proxy_.reset();
     if (vm_) vm_->setTimers(nullptr);
     timers_.reset();
+    lua::closeSocketPool();
     uv_run(&loop_, UV_RUN_NOWAIT);  // close callbacks of what they still held
     int rc = uv_loop_close(&loop_);
     if (rc != 0) TG_LOG(LogLevel::kAlert, "worker loop closed with open handles (%s)", uv_strerror(rc));

@@ -243,6 +243,7 @@ void openNgx(lua_State* L) {
   openNgxThread(L);
   openNgxTimer(L);
   openNgxRe(L);
+  openNgxSocket(L);
   lua_setglobal(L, "ngx");
   openNgxSemaphore(L);
   openTidegateUpstream(L);

@@ -1,0 +1,750 @@
+// ngx.socket.tcp / ngx.socket.connect: OpenResty's TCP cosockets (connect,
+// send, receive, receiveany, timeouts, close, a per-worker keepalive pool,
+// setoption). Each call that waits follows ngx.sleep's shape: check the
+// arguments, check the phase, arm the event, suspend, yield; the event
+// pushes the results and wakes the coroutine. A SockWait destroyed before
+// its event (the request was aborted, the thread killed) closes the
+// connection, whose memory is freed only in its close callbacks.
+// Not yet: receiveuntil, sslhandshake, udp, ngx.req.socket.
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <new>
+#include <string>
+#include <unordered_map>
+
+#include "lua/api/common.h"
+#include "lua/phases/content.h"
+#include "lua/task.h"
+#include "lua/vm.h"
+
+namespace tidegate::lua {
+namespace {
+
+const char kTcpMeta[] = "tidegate.socket.tcp";
+
+class SockWait;
+
+// One connection: its stream, a timer (a waiting call's timeout, or the
+// idle timeout in the pool) and the bytes read but not yet returned.
+// Freed only by closeConn(), once both handles are closed.
+struct Conn {
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } h;
+  uv_timer_t timer;
+  uv_connect_t connect_req;
+  uv_write_t write_req;
+  bool is_pipe = false;
+  std::string out;             // the bytes of the pending write
+  std::string in;              // read, not yet returned
+  SockWait* waiter = nullptr;  // the call waiting on this connection
+  std::string pool_key;        // while idle in the pool
+  int reused = 0;
+  int open_handles = 2;
+  bool closing = false;
+};
+
+Conn* newConn(uv_loop_t* loop, bool pipe) {
+  auto* c = new Conn;
+  c->is_pipe = pipe;
+  if (pipe) uv_pipe_init(loop, &c->h.pipe, 0);
+  else uv_tcp_init(loop, &c->h.tcp);
+  uv_timer_init(loop, &c->timer);
+  c->h.handle.data = c;
+  c->timer.data = c;
+  return c;
+}
+
+// Closes both handles; the Conn is deleted in the last close callback
+// (a pending write or connect is called back first with UV_ECANCELED).
+void closeConn(Conn* c) {
+  if (c->closing) return;
+  c->closing = true;
+  auto done = [](uv_handle_t* h) {
+    auto* conn = static_cast<Conn*>(h->data);
+    if (--conn->open_handles == 0) delete conn;
+  };
+  uv_close(&c->h.handle, done);
+  uv_close(reinterpret_cast<uv_handle_t*>(&c->timer), done);
+}
+
+// libuv calls alloc then read synchronously, so one buffer serves every
+// connection of the worker. 64 KiB: a few reads per typical response.
+void onAlloc(uv_handle_t*, size_t, uv_buf_t* buf) noexcept {
+  static char storage[65536];
+  *buf = uv_buf_init(storage, sizeof(storage));
+}
+
+// --- the per-worker keepalive pool, by pool name (one loop per worker) ---
+
+std::unordered_map<std::string, std::deque<Conn*>>& pools() {
+  static std::unordered_map<std::string, std::deque<Conn*>> p;
+  return p;
+}
+
+void dropFromPool(Conn* c) {
+  auto it = pools().find(c->pool_key);
+  if (it == pools().end()) return;
+  auto& q = it->second;
+  q.erase(std::remove(q.begin(), q.end(), c), q.end());
+  if (q.empty()) pools().erase(it);
+}
+
+// An idle connection that the peer closed, or that received bytes nobody
+// asked for, cannot be reused.
+void onIdleRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) noexcept {
+  if (nread == 0) return;
+  auto* c = static_cast<Conn*>(s->data);
+  dropFromPool(c);
+  closeConn(c);
+}
+
+void onIdleTimeout(uv_timer_t* t) noexcept {
+  auto* c = static_cast<Conn*>(t->data);
+  dropFromPool(c);
+  closeConn(c);
+}
+
+void setRef(Conn* c, bool ref) {
+  for (auto* h : {&c->h.handle, reinterpret_cast<uv_handle_t*>(&c->timer)}) {
+    if (ref) uv_ref(h);
+    else uv_unref(h);
+  }
+}
+
+// The most recently parked connection for `key`, or null.
+Conn* takeFromPool(const std::string& key) {
+  auto it = pools().find(key);
+  if (it == pools().end()) return nullptr;
+  Conn* c = it->second.back();
+  it->second.pop_back();
+  if (it->second.empty()) pools().erase(it);
+  uv_read_stop(&c->h.stream);
+  uv_timer_stop(&c->timer);
+  setRef(c, true);
+  c->reused++;
+  return c;
+}
+
+// The Lua object (a userdata). `conn` is null when not connected.
+struct Socket {
+  Conn* conn = nullptr;
+  uint64_t task_id = 0;  // the task that made it; no other may use it
+  uint64_t connect_ms = 60000, send_ms = 60000, read_ms = 60000;
+  bool busy = false;  // a call waits on it (another light thread's)
+  std::string pool_key;
+};
+
+// Every live socket by the id of its task: a task that ends closes the
+// connections of its sockets (OpenResty's request cleanup); the socket
+// objects stay, and any later use raises "bad request".
+std::unordered_multimap<uint64_t, Socket*>& liveSockets() {
+  static std::unordered_multimap<uint64_t, Socket*> m;
+  return m;
+}
+
+void forgetSocket(Socket* sock) {
+  auto [b, e] = liveSockets().equal_range(sock->task_id);
+  for (auto it = b; it != e; ++it) {
+    if (it->second == sock) {
+      liveSockets().erase(it);
+      return;
+    }
+  }
+}
+
+// LuaTask's end hook. The task's waits are gone, so no socket is busy.
+void closeTaskSockets(uint64_t task_id) {
+  auto [b, e] = liveSockets().equal_range(task_id);
+  for (auto it = b; it != e; ++it) {
+    if (it->second->conn) closeConn(it->second->conn);
+    it->second->conn = nullptr;
+  }
+  liveSockets().erase(task_id);
+}
+
+enum class ReadMode { kLine, kAll, kBytes, kAny };
+
+// Pushes the result of a receive that the buffer can satisfy now and
+// returns the number of values; 0 if more bytes are needed.
+// Stack of L: [] -> [data] or [].
+int takeBuffered(lua_State* L, Conn* c, ReadMode mode, size_t n) {
+  std::string& in = c->in;
+  size_t take = 0, skip = 0;
+  switch (mode) {
+    case ReadMode::kLine: {
+      size_t nl = in.find('\n');
+      if (nl == std::string::npos) return 0;
+      take = nl > 0 && in[nl - 1] == '\r' ? nl - 1 : nl;
+      skip = nl + 1;
+      break;
+    }
+    case ReadMode::kAll: return 0;
+    case ReadMode::kBytes:
+      if (in.size() < n) return 0;
+      take = skip = n;
+      break;
+    case ReadMode::kAny:
+      if (in.empty()) return 0;
+      take = skip = std::min(in.size(), n);
+      break;
+  }
+  lua_pushlstring(L, in.data(), take);
+  in.erase(0, skip);
+  return 1;
+}
+
+// A receive that cannot complete: nil, err and (but for receiveany) the
+// partial data, which is consumed. Stack of L: [] -> [nil, err(, partial)].
+int pushReadFailure(lua_State* L, Conn* c, ReadMode mode, const char* err) {
+  lua_pushnil(L);
+  lua_pushstring(L, err);
+  if (mode == ReadMode::kAny) return 2;
+  lua_pushlstring(L, c->in.data(), c->in.size());
+  c->in.clear();
+  return 3;
+}
+
+const conf::HttpSettings& settingsOf(LuaTask* task) {
+  if (RequestContext* ctx = task->request()) return ctx->req().settings();
+  return task->vm().config().http.settings;
+}
+
+// A name lookup in flight. It outlives a cancelled SockWait: libuv always
+// calls back (with UV_ECANCELED), and the callback frees it.
+struct Resolve {
+  uv_getaddrinfo_t req;
+  SockWait* waiter = nullptr;
+  std::string host;
+  int port = 0;
+};
+
+// One coroutine waiting in connect, send or receive. It anchors the socket
+// userdata (a registry reference) so the GC cannot free it meanwhile.
+class SockWait : public Wait {
+ public:
+  enum class Kind { kConnect, kSend, kRead };
+  SockWait(LuaTask* task, Co* co, Socket* sock, Kind kind) : task_(task), co_(co), sock_(sock), conn_(sock->conn), kind_(kind) {
+    lua_pushvalue(co->L, 1);  // the socket
+    ref_ = luaL_ref(co->L, LUA_REGISTRYINDEX);
+    sock->busy = true;
+    conn_->waiter = this;
+    uint64_t ms = kind == Kind::kConnect ? sock->connect_ms : kind == Kind::kSend ? sock->send_ms : sock->read_ms;
+    uv_timer_start(&conn_->timer, onTimeout, ms, 0);
+  }
+  // A wait cancelled before its event leaves the connection in an unknown
+  // state: it is closed.
+  ~SockWait() override {
+    if (resolve_) {
+      resolve_->waiter = nullptr;
+      uv_cancel(reinterpret_cast<uv_req_t*>(&resolve_->req));
+    }
+    if (conn_) {
+      conn_->waiter = nullptr;
+      sock_->conn = nullptr;
+      closeConn(conn_);
+    }
+    sock_->busy = false;
+    luaL_unref(task_->vm().state(), LUA_REGISTRYINDEX, ref_);
+  }
+
+  void setRead(ReadMode mode, size_t n) {
+    mode_ = mode;
+    n_ = n;
+  }
+  void setResolve(Resolve* r) { resolve_ = r; }
+  void setReturnSocket() { return_socket_ = true; }
+
+  void resolved(int status, const addrinfo* res);
+  void connected(int status);
+  void written(int status);
+  void read(ssize_t nread, const uv_buf_t* buf);
+  void timedOut();
+
+ private:
+  lua_State* co() const { return co_->L; }
+  // The call is over: `nargs` results are on co's stack. `close` ends the
+  // connection too. Destroys this (through wake).
+  void finish(int nargs, bool close) {
+    Conn* c = conn_;
+    conn_ = nullptr;
+    c->waiter = nullptr;
+    uv_timer_stop(&c->timer);
+    if (kind_ == Kind::kRead && !c->closing) uv_read_stop(&c->h.stream);
+    if (close) {
+      sock_->conn = nullptr;
+      closeConn(c);
+    }
+    task_->wake(co_, nargs);
+  }
+  int fail(const char* err) {
+    lua_pushnil(co());
+    lua_pushstring(co(), err);
+    return 2;
+  }
+
+  static void onTimeout(uv_timer_t* t) noexcept {
+    auto* c = static_cast<Conn*>(t->data);
+    if (c->waiter) c->waiter->timedOut();
+  }
+
+  LuaTask* task_;
+  Co* co_;
+  Socket* sock_;
+  Conn* conn_;
+  Kind kind_;
+  int ref_ = LUA_NOREF;
+  Resolve* resolve_ = nullptr;
+  ReadMode mode_ = ReadMode::kLine;
+  size_t n_ = 0;
+  bool return_socket_ = false;
+};
+
+void onConnect(uv_connect_t* req, int status) noexcept {
+  auto* c = static_cast<Conn*>(req->handle->data);
+  if (c->waiter) c->waiter->connected(status);
+}
+
+void onWrite(uv_write_t* req, int status) noexcept {
+  auto* c = static_cast<Conn*>(req->handle->data);
+  if (c->waiter) c->waiter->written(status);
+}
+
+void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept {
+  auto* c = static_cast<Conn*>(s->data);
+  if (c->waiter) c->waiter->read(nread, buf);
+}
+
+void onResolved(uv_getaddrinfo_t* req, int status, addrinfo* res) noexcept {
+  auto* r = reinterpret_cast<Resolve*>(req);
+  if (r->waiter) r->waiter->resolved(status, res);
+  uv_freeaddrinfo(res);
+  delete r;
+}
+
+void SockWait::resolved(int status, const addrinfo* res) {
+  Resolve* r = resolve_;
+  resolve_ = nullptr;
+  if (status != 0 || !res) {
+    std::string msg = r->host + " could not be resolved (" + uv_strerror(status) + ")";
+    lua_pushnil(co());
+    lua_pushstring(co(), msg.c_str());
+    finish(2, true);
+    return;
+  }
+  sockaddr_storage addr{};
+  std::memcpy(&addr, res->ai_addr, std::min(sizeof(addr), static_cast<size_t>(res->ai_addrlen)));
+  auto port = htons(static_cast<uint16_t>(r->port));
+  if (addr.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port = port;
+  else reinterpret_cast<sockaddr_in*>(&addr)->sin_port = port;
+  int rc = uv_tcp_connect(&conn_->connect_req, &conn_->h.tcp, reinterpret_cast<sockaddr*>(&addr), onConnect);
+  if (rc != 0) finish(fail(uv_strerror(rc)), true);
+}
+
+void SockWait::connected(int status) {
+  if (status != 0) {
+    finish(fail(uv_strerror(status)), true);
+    return;
+  }
+  if (return_socket_) lua_rawgeti(co(), LUA_REGISTRYINDEX, ref_);
+  else lua_pushinteger(co(), 1);
+  finish(1, false);
+}
+
+void SockWait::written(int status) {
+  if (status != 0) {
+    finish(fail(uv_strerror(status)), true);
+    return;
+  }
+  lua_pushinteger(co(), static_cast<lua_Integer>(conn_->out.size()));
+  conn_->out.clear();
+  finish(1, false);
+}
+
+void SockWait::read(ssize_t nread, const uv_buf_t* buf) {
+  if (nread > 0) {
+    conn_->in.append(buf->base, static_cast<size_t>(nread));
+    int n = takeBuffered(co(), conn_, mode_, n_);
+    if (n > 0) finish(n, false);
+    return;
+  }
+  if (nread == 0) return;
+  if (nread == UV_EOF && mode_ == ReadMode::kAll) {
+    lua_pushlstring(co(), conn_->in.data(), conn_->in.size());
+    conn_->in.clear();
+    finish(1, true);
+    return;
+  }
+  const char* err = nread == UV_EOF ? "closed" : uv_strerror(static_cast<int>(nread));
+  finish(pushReadFailure(co(), conn_, mode_, err), true);
+}
+
+// OpenResty: a read timeout leaves the connection usable; a connect or
+// send timeout closes it.
+void SockWait::timedOut() {
+  if (kind_ == Kind::kRead) {
+    finish(pushReadFailure(co(), conn_, mode_, "timeout"), false);
+    return;
+  }
+  finish(fail("timeout"), true);
+}
+
+// --- Lua methods ---
+
+// The socket at index 1, only for the task that made it (OpenResty's "bad
+// request" for an object kept from an ended request).
+Socket* checkSocket(lua_State* L) {
+  auto* sock = static_cast<Socket*>(luaL_checkudata(L, 1, kTcpMeta));
+  LuaTask* task = requireTask(L);
+  if (task->id() != sock->task_id) luaL_error(L, "bad request");
+  return sock;
+}
+
+int pushFail(lua_State* L, const char* err) {
+  lua_pushnil(L);
+  lua_pushstring(L, err);
+  return 2;
+}
+
+// Stack: [] -> [sock]
+void pushNewSocket(lua_State* L, LuaTask* task) {
+  auto* sock = new (lua_newuserdata(L, sizeof(Socket))) Socket;
+  sock->task_id = task->id();
+  liveSockets().emplace(sock->task_id, sock);
+  const conf::HttpSettings& s = settingsOf(task);
+  sock->connect_ms = s.lua_socket_connect_timeout_ms.value_or(60000);
+  sock->send_ms = s.lua_socket_send_timeout_ms.value_or(60000);
+  sock->read_ms = s.lua_socket_read_timeout_ms.value_or(60000);
+  luaL_getmetatable(L, kTcpMeta);
+  lua_setmetatable(L, -2);
+}
+
+int socketTcp(lua_State* L) {
+  pushNewSocket(L, requireYieldable(L));
+  return 1;
+}
+
+// Starts connecting sock->conn (new) to the host; false with *rc results
+// pushed on L when it failed at once.
+bool startConnect(lua_State* L, SockWait* w, Conn* c, const char* host, int port, bool unix_path, int* rc) {
+  int err = 0;
+  if (unix_path) {
+    uv_pipe_connect(&c->connect_req, &c->h.pipe, host, onConnect);
+    return true;
+  }
+  sockaddr_storage addr{};
+  if (uv_ip4_addr(host, port, reinterpret_cast<sockaddr_in*>(&addr)) == 0 ||
+      uv_ip6_addr(host, port, reinterpret_cast<sockaddr_in6*>(&addr)) == 0) {
+    err = uv_tcp_connect(&c->connect_req, &c->h.tcp, reinterpret_cast<sockaddr*>(&addr), onConnect);
+  } else {
+    auto* r = new Resolve;
+    r->host = host;
+    r->port = port;
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    err = uv_getaddrinfo(c->h.handle.loop, &r->req, onResolved, host, nullptr, &hints);
+    if (err == 0) {
+      r->waiter = w;
+      w->setResolve(r);
+    } else {
+      delete r;
+    }
+  }
+  if (err == 0) return true;
+  *rc = pushFail(L, uv_strerror(err));
+  return false;
+}
+
+// sock:connect(host, port [, opts]) / sock:connect("unix:/path" [, opts])
+// -> 1 | nil, err; `return_socket`: the socket instead of 1 (ngx.socket.connect).
+int doConnect(lua_State* L, bool return_socket) {
+  Socket* sock = checkSocket(L);
+  LuaTask* task = requireYieldable(L);
+  const char* host = luaL_checkstring(L, 2);
+  bool unix_path = std::strncmp(host, "unix:", 5) == 0;
+  int port = 0, opts = 3;
+  if (!unix_path) {
+    lua_Integer p = luaL_checkinteger(L, 3);
+    if (p < 0 || p > 65535) return luaL_error(L, "bad port number: %d", static_cast<int>(p));
+    port = static_cast<int>(p);
+    opts = 4;
+  }
+  if (sock->busy) return pushFail(L, "socket busy");
+  if (!lua_isnoneornil(L, opts)) {
+    luaL_checktype(L, opts, LUA_TTABLE);
+    lua_getfield(L, opts, "pool");
+    if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "bad \"pool\" option type: %s", luaL_typename(L, -1));
+  } else {
+    lua_pushnil(L);
+  }
+  if (unix_path) host += 5;
+  if (lua_isstring(L, -1)) sock->pool_key = lua_tostring(L, -1);
+  else sock->pool_key = unix_path ? std::string(host) : std::string(host) + ":" + std::to_string(port);
+  lua_pop(L, 1);
+  if (sock->conn) {
+    closeConn(sock->conn);
+    sock->conn = nullptr;
+  }
+  if (Conn* c = takeFromPool(sock->pool_key)) {
+    sock->conn = c;
+    if (return_socket) lua_pushvalue(L, 1);
+    else lua_pushinteger(L, 1);
+    return 1;
+  }
+  sock->conn = newConn(task->loop(), unix_path);
+  auto wait = std::make_unique<SockWait>(task, task->running(), sock, SockWait::Kind::kConnect);
+  if (return_socket) wait->setReturnSocket();
+  int rc = 0;
+  if (!startConnect(L, wait.get(), sock->conn, host, port, unix_path, &rc)) return rc;  // ~SockWait closes the conn
+  task->suspend(std::move(wait));
+  return lua_yield(L, 0);
+}
+
+// ngx.socket.connect(host, port [, opts]) -> sock | nil, err
+int socketConnect(lua_State* L) {
+  pushNewSocket(L, requireYieldable(L));
+  lua_insert(L, 1);
+  return doConnect(L, true);
+}
+
+int sockConnect(lua_State* L) { return doConnect(L, false); }
+
+// sock:send(data) -> bytes | nil, err. data: a string, a number or an
+// array table of them (nested), concatenated as ngx.print does.
+int sockSend(lua_State* L) {
+  Socket* sock = checkSocket(L);
+  LuaTask* task = requireYieldable(L);
+  int t = lua_type(L, 2);
+  if (t != LUA_TSTRING && t != LUA_TNUMBER && t != LUA_TTABLE) {
+    return luaL_error(L, "bad argument #1 to 'send' (string, number, boolean, nil, ngx.null, or array table expected, got %s)",
+                      lua_typename(L, t));
+  }
+  if (!sock->conn) return pushFail(L, "closed");
+  if (sock->busy) return pushFail(L, "socket busy");
+  Conn* c = sock->conn;
+  c->out.clear();
+  appendValue(L, 2, &c->out, "send");
+  if (c->out.empty()) {
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  uv_buf_t buf = uv_buf_init(c->out.data(), static_cast<unsigned>(c->out.size()));
+  int rc = uv_write(&c->write_req, &c->h.stream, &buf, 1, onWrite);
+  if (rc != 0) {
+    sock->conn = nullptr;
+    closeConn(c);
+    return pushFail(L, uv_strerror(rc));
+  }
+  task->suspend(std::make_unique<SockWait>(task, task->running(), sock, SockWait::Kind::kSend));
+  return lua_yield(L, 0);
+}
+
+// Answers from the buffer, or waits for bytes. Stack: results.
+int startReceive(lua_State* L, Socket* sock, ReadMode mode, size_t n) {
+  LuaTask* task = requireYieldable(L);
+  if (!sock->conn) return pushFail(L, "closed");
+  if (sock->busy) return pushFail(L, "socket busy");
+  if (int got = takeBuffered(L, sock->conn, mode, n)) return got;
+  int rc = uv_read_start(&sock->conn->h.stream, onAlloc, onRead);
+  if (rc != 0) {
+    closeConn(sock->conn);
+    sock->conn = nullptr;
+    return pushFail(L, uv_strerror(rc));
+  }
+  auto wait = std::make_unique<SockWait>(task, task->running(), sock, SockWait::Kind::kRead);
+  wait->setRead(mode, n);
+  task->suspend(std::move(wait));
+  return lua_yield(L, 0);
+}
+
+// sock:receive(pattern?) -> data | nil, err, partial. pattern: "*l"
+// (default; the line without "\n" or "\r\n"), "*a" (until the peer
+// closes), or a byte count.
+int sockReceive(lua_State* L) {
+  Socket* sock = checkSocket(L);
+  ReadMode mode = ReadMode::kLine;
+  size_t n = 0;
+  if (lua_type(L, 2) == LUA_TNUMBER) {
+    lua_Number v = lua_tonumber(L, 2);
+    if (v < 0) return luaL_argerror(L, 2, "bad pattern argument");
+    n = static_cast<size_t>(v);
+    if (n == 0) {
+      lua_pushliteral(L, "");
+      return 1;
+    }
+    mode = ReadMode::kBytes;
+  } else if (!lua_isnoneornil(L, 2)) {
+    const char* p = luaL_checkstring(L, 2);
+    if (std::strcmp(p, "*a") == 0) mode = ReadMode::kAll;
+    else if (std::strcmp(p, "*l") != 0) return luaL_argerror(L, 2, "bad pattern argument");
+  }
+  return startReceive(L, sock, mode, n);
+}
+
+// sock:receiveany(max) -> data | nil, err: whatever arrives, at most max bytes.
+int sockReceiveAny(lua_State* L) {
+  Socket* sock = checkSocket(L);
+  lua_Integer max = luaL_checkinteger(L, 2);
+  if (max <= 0) return luaL_argerror(L, 2, "bad max argument");
+  return startReceive(L, sock, ReadMode::kAny, static_cast<size_t>(max));
+}
+
+uint64_t checkMs(lua_State* L, int idx, uint64_t current) {
+  if (lua_isnoneornil(L, idx)) return current;
+  lua_Number ms = luaL_checknumber(L, idx);
+  if (ms < 0) luaL_argerror(L, idx, "bad timeout value");
+  return static_cast<uint64_t>(ms);
+}
+
+// sock:settimeout(ms): connect, send and read.
+int sockSetTimeout(lua_State* L) {
+  Socket* sock = checkSocket(L);
+  uint64_t ms = checkMs(L, 2, sock->read_ms);
+  sock->connect_ms = sock->send_ms = sock->read_ms = ms;
+  return 0;
+}
+
+// sock:settimeouts(connect_ms, send_ms, read_ms)
+int sockSetTimeouts(lua_State* L) {
+  Socket* sock = checkSocket(L);
+  sock->connect_ms = checkMs(L, 2, sock->connect_ms);
+  sock->send_ms = checkMs(L, 3, sock->send_ms);
+  sock->read_ms = checkMs(L, 4, sock->read_ms);
+  return 0;
+}
+
+// sock:close() -> 1 | nil, err
+int sockClose(lua_State* L) {
+  Socket* sock = checkSocket(L);
+  if (!sock->conn) return pushFail(L, "closed");
+  if (sock->busy) return pushFail(L, "socket busy");
+  closeConn(sock->conn);
+  sock->conn = nullptr;
+  lua_pushinteger(L, 1);
+  return 1;
+}
+
+// sock:setkeepalive(timeout_ms?, size?) -> 1 | nil, err. Parks the
+// connection in the worker's pool for its pool name; the oldest idle one
+// is closed when the pool is full. timeout 0: no idle timeout.
+int sockSetKeepalive(lua_State* L) {
+  Socket* sock = checkSocket(L);
+  LuaTask* task = requireTask(L);
+  const conf::HttpSettings& s = settingsOf(task);
+  uint64_t timeout = checkMs(L, 2, s.lua_socket_keepalive_timeout_ms.value_or(60000));
+  lua_Integer size = luaL_optinteger(L, 3, static_cast<lua_Integer>(s.lua_socket_pool_size.value_or(30)));
+  if (size <= 0) return luaL_error(L, "bad \"pool_size\" option value: %d", static_cast<int>(size));
+  if (!sock->conn) return pushFail(L, "closed");
+  if (sock->busy) return pushFail(L, "socket busy");
+  Conn* c = sock->conn;
+  if (!c->in.empty()) return pushFail(L, "unread data in buffer");
+  if (uv_read_start(&c->h.stream, onAlloc, onIdleRead) != 0) {
+    sock->conn = nullptr;
+    closeConn(c);
+    return pushFail(L, "closed");
+  }
+  auto& q = pools()[sock->pool_key];
+  while (q.size() >= static_cast<size_t>(size)) {
+    closeConn(q.front());
+    q.pop_front();
+  }
+  c->pool_key = sock->pool_key;
+  q.push_back(c);
+  if (timeout > 0) uv_timer_start(&c->timer, onIdleTimeout, timeout, 0);
+  setRef(c, false);  // an idle connection does not keep the worker running
+  sock->conn = nullptr;
+  lua_pushinteger(L, 1);
+  return 1;
+}
+
+// sock:getreusedtimes() -> count | nil, err
+int sockGetReusedTimes(lua_State* L) {
+  Socket* sock = checkSocket(L);
+  if (!sock->conn) return pushFail(L, "closed");
+  lua_pushinteger(L, sock->conn->reused);
+  return 1;
+}
+
+// sock:setoption(name, value) -> true | nil, err
+int sockSetOption(lua_State* L) {
+  Socket* sock = checkSocket(L);
+  const char* name = luaL_checkstring(L, 2);
+  if (!sock->conn) return pushFail(L, "closed");
+  Conn* c = sock->conn;
+  int rc = 0;
+  int on = lua_toboolean(L, 3);
+  if (std::strcmp(name, "keepalive") == 0) {
+    if (!c->is_pipe) rc = uv_tcp_keepalive(&c->h.tcp, on, 60);
+  } else if (std::strcmp(name, "tcp-nodelay") == 0) {
+    if (!c->is_pipe) rc = uv_tcp_nodelay(&c->h.tcp, on);
+  } else if (std::strcmp(name, "reuseaddr") == 0) {
+    uv_os_fd_t fd;
+    rc = uv_fileno(&c->h.handle, &fd);
+    if (rc == 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0) rc = -errno;
+  } else if (std::strcmp(name, "sndbuf") == 0 || std::strcmp(name, "rcvbuf") == 0) {
+    int v = static_cast<int>(luaL_checkinteger(L, 3));
+    rc = name[0] == 's' ? uv_send_buffer_size(&c->h.handle, &v) : uv_recv_buffer_size(&c->h.handle, &v);
+  } else {
+    lua_pushnil(L);
+    lua_pushfstring(L, "unsupported option %s", name);
+    return 2;
+  }
+  if (rc != 0) return pushFail(L, uv_strerror(rc));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+// A socket the script dropped: its connection goes too. A waiting call
+// anchors the socket, so none is pending here.
+int sockGc(lua_State* L) {
+  auto* sock = static_cast<Socket*>(lua_touserdata(L, 1));
+  if (sock->conn) closeConn(sock->conn);
+  forgetSocket(sock);
+  sock->~Socket();
+  return 0;
+}
+
+}  // namespace
+
+void closeSocketPool() {
+  for (auto& [key, q] : pools()) {
+    for (Conn* c : q) closeConn(c);
+  }
+  pools().clear();
+}
+
+// Stack: [ngx] -> [ngx] with ngx.socket = {tcp, connect}.
+void openNgxSocket(lua_State* L) {
+  LuaTask::setEndHook(closeTaskSockets);
+  luaL_newmetatable(L, kTcpMeta);
+  lua_createtable(L, 0, 12);
+  setFn(L, "connect", sockConnect);
+  setFn(L, "send", sockSend);
+  setFn(L, "receive", sockReceive);
+  setFn(L, "receiveany", sockReceiveAny);
+  setFn(L, "settimeout", sockSetTimeout);
+  setFn(L, "settimeouts", sockSetTimeouts);
+  setFn(L, "close", sockClose);
+  setFn(L, "setkeepalive", sockSetKeepalive);
+  setFn(L, "getreusedtimes", sockGetReusedTimes);
+  setFn(L, "setoption", sockSetOption);
+  lua_setfield(L, -2, "__index");
+  setFn(L, "__gc", sockGc);
+  lua_pop(L, 1);
+  lua_createtable(L, 0, 2);
+  setFn(L, "tcp", socketTcp);
+  setFn(L, "connect", socketConnect);
+  lua_setfield(L, -2, "socket");
+}
+
+}  // namespace tidegate::lua
