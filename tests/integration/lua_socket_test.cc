@@ -1,0 +1,311 @@
+// ngx.socket.tcp against scripted peers: bytes split at every offset,
+// refused connects, stalls, resets, close-delimited reads, the keepalive
+// pool, a timer, a client leaving while a cosocket waits, and 1,000
+// cosockets at once in one worker.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "fake_upstream.h"
+#include "harness.h"
+
+namespace tidegate::test {
+namespace {
+
+// A loopback listener whose every connection runs `script(fd)` in a thread
+// of its own (the fd is closed afterwards).
+class ScriptedPeer {
+ public:
+  explicit ScriptedPeer(std::function<void(int)> script) : script_(std::move(script)) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    socklen_t len = sizeof(a);
+    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    ::listen(fd_, 64);
+    acceptor_ = std::thread([this] {
+      for (;;) {
+        int c = ::accept(fd_, nullptr, nullptr);
+        if (c < 0) return;
+        std::lock_guard<std::mutex> lock(mu_);
+        threads_.emplace_back([this, c] {
+          script_(c);
+          ::close(c);
+        });
+      }
+    });
+  }
+  ~ScriptedPeer() {
+    ::shutdown(fd_, SHUT_RDWR);
+    acceptor_.join();
+    ::close(fd_);
+    for (auto& t : threads_) t.join();
+  }
+  int port() const { return port_; }
+
+ private:
+  std::function<void(int)> script_;
+  int fd_ = -1;
+  int port_ = 0;
+  std::thread acceptor_;
+  std::mutex mu_;
+  std::vector<std::thread> threads_;
+};
+
+// Reads one "\n"-terminated line from fd (byte by byte: tests only).
+std::string readLine(int fd) {
+  std::string line;
+  char ch;
+  while (::read(fd, &ch, 1) == 1 && ch != '\n') line += ch;
+  return line;
+}
+
+void writeAll(int fd, const std::string& s) {
+  size_t off = 0;
+  while (off < s.size()) {
+    ssize_t n = ::write(fd, s.data() + off, s.size() - off);
+    if (n <= 0) return;
+    off += static_cast<size_t>(n);
+  }
+}
+
+Gateway* startWith(Gateway& gw, const std::string& body, const std::string& http_extra = "") {
+  gw.setSimpleConf("location /t { content_by_lua_block {\n" + body + "\n} }", http_extra);
+  return gw.start() ? &gw : nullptr;
+}
+
+// Lua: `sock`, connected to 127.0.0.1:port, with a GET sent.
+std::string connectAndGet(int port) {
+  return "local sock = ngx.socket.tcp()\n"
+         "assert(sock:connect(\"127.0.0.1\", " + std::to_string(port) + "))\n"
+         "sock:send(\"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n\")\n";
+}
+
+const std::string kPayload = "line1\r\nline2\nABCDE";
+
+// The peer answers "split N" with kPayload in two writes at offset N.
+TEST(LuaSocketTest, ReceivePatternsWithThePayloadSplitAtEveryByte) {
+  ScriptedPeer peer([](int fd) {
+    int split = std::stoi(readLine(fd).substr(6));
+    writeAll(fd, kPayload.substr(0, static_cast<size_t>(split)));
+    std::this_thread::sleep_for(Ms(3));  // separate reads at the gateway
+    writeAll(fd, kPayload.substr(static_cast<size_t>(split)));
+  });
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, R"(
+    local bad = {}
+    for split = 0, )" + std::to_string(kPayload.size()) + R"( do
+        local sock = ngx.socket.tcp()
+        assert(sock:connect("127.0.0.1", )" + std::to_string(peer.port()) + R"())
+        sock:send({"split ", split, "\n"})
+        local a = sock:receive()
+        local b = sock:receive("*l")
+        local c = sock:receive(3)
+        local d = sock:receive("*a")
+        local e, err = sock:receive(1)  -- *a saw the close
+        if a ~= "line1" or b ~= "line2" or c ~= "ABC" or d ~= "DE" or err ~= "closed" then
+            bad[#bad + 1] = split
+        end
+    end
+    ngx.say("bad splits: ", #bad, " ", table.concat(bad, ","))
+  )"));
+  Response r = httpGet(gw.port(), "/t");
+  EXPECT_EQ(r.body, "bad splits: 0 \n");
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+TEST(LuaSocketTest, ConnectRefused) {
+  RefusingPort refusing;
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, R"(
+    local sock = ngx.socket.tcp()
+    ngx.say(sock:connect("127.0.0.1", )" + std::to_string(refusing.port()) + R"())
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "nilconnection refused\n");
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+TEST(LuaSocketTest, ReadTimeoutOnAStalledPeerAndTheConfDefault) {
+  FakeUpstream up;
+  up.setDefault(Behaviour::stallOnAccept());
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, R"(
+    local sock = ngx.socket.tcp()
+    assert(sock:connect("127.0.0.1", )" + std::to_string(up.port()) + R"())
+    local t0 = ngx.now()
+    ngx.say(sock:receive())
+    ngx.say(ngx.now() - t0 < 2)
+    sock:settimeout(50)
+    ngx.say(sock:receive(4))
+    ngx.say(sock:close())
+  )", "lua_socket_read_timeout 100ms;"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "niltimeout\ntrue\nniltimeout\n1\n");
+  up.release();
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+// How a read ends follows the peer: closed before the count (the partial
+// data), reset (the socket is closed after), "*a" until a close.
+TEST(LuaSocketTest, ReadsEndAsThePeerDoes) {
+  struct Case {
+    const char* name;
+    Behaviour peer;
+    std::string lua;
+    std::string want;
+  };
+  const Case cases[] = {
+      {"closed before the count", Behaviour::rawBytes("12345"), "ngx.say(sock:receive(10))", "nilclosed12345\n"},
+      {"reset", Behaviour::resetAfterRequest(), "ngx.say(sock:receive('*a'))\nngx.say(sock:receive())",
+       "nilconnection reset by peer\nnilclosed\n"},
+      {"*a until close", Behaviour::closing(200, "the whole body"),
+       "local all, err = sock:receive('*a')\nngx.say(all:sub(-14), ' ', err)", "the whole body nil\n"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    FakeUpstream up;
+    up.setDefault(c.peer);
+    Gateway gw;
+    ASSERT_TRUE(startWith(gw, connectAndGet(up.port()) + c.lua));
+    EXPECT_EQ(httpGet(gw.port(), "/t").body, c.want);
+    EXPECT_EQ(gw.stop(), 0);
+    EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+  }
+}
+
+// Three requests of the gateway, one upstream connection.
+TEST(LuaSocketTest, KeepalivePoolReusesTheConnectionAcrossRequests) {
+  FakeUpstream up;
+  up.setDefault(Behaviour::respond(200, "pooled"));
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, connectAndGet(up.port()) + R"LUA(
+    local len
+    while true do
+        local line = sock:receive()
+        if line == "" then break end
+        len = len or tonumber(line:match("^[Cc]ontent%-[Ll]ength: (%d+)"))
+    end
+    ngx.say(sock:receive(len), " ", sock:getreusedtimes())
+    ngx.say(sock:setkeepalive(10000, 4))
+  )LUA"));
+  for (int i = 0; i < 3; i++) {
+    EXPECT_EQ(httpGet(gw.port(), "/t").body, "pooled " + std::to_string(i) + "\n1\n");
+  }
+  EXPECT_EQ(up.connectionsAccepted(), 1);
+  EXPECT_EQ(up.requestCount(), 3u);
+  // The peer closing an idle pooled connection drops it from the pool.
+  up.closeIdleConnections();
+  ASSERT_TRUE(up.waitForOpenConnections(0));
+  EXPECT_TRUE(waitFor([&] { return httpGet(gw.port(), "/t").body == "pooled 0\n1\n"; }));
+  EXPECT_EQ(up.connectionsAccepted(), 2);
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+TEST(LuaSocketTest, SocketInATimer) {
+  FakeUpstream up;
+  up.setDefault(Behaviour::closing(200, "from timer"));
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, R"(
+    local done
+    ngx.timer.at(0, function()
+)" + connectAndGet(up.port()) + R"(
+        done = sock:receive("*a"):sub(-10)
+    end)
+    while not done do ngx.sleep(0.01) end
+    ngx.say(done)
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "from timer\n");
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+// The client leaves while the cosocket waits in receive: the wait is
+// cancelled and the peer sees its connection closed.
+TEST(LuaSocketTest, ClientLeavingWhileACosocketWaitsClosesTheUpstreamConnection) {
+  std::atomic<int> peer_saw_close{0};
+  ScriptedPeer peer([&](int fd) {
+    char buf[256];
+    while (::read(fd, buf, sizeof(buf)) > 0) {
+    }
+    peer_saw_close++;
+  });
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, R"(
+    local sock = ngx.socket.tcp()
+    assert(sock:connect("127.0.0.1", )" + std::to_string(peer.port()) + R"())
+    sock:send("hello\n")
+    ngx.log(ngx.WARN, "cosocket waiting")
+    sock:receive()
+  )", "lua_check_client_abort on;"));
+  {
+    RawClient c(gw.port());
+    c.send("GET /t HTTP/1.1\r\nHost: a\r\n\r\n");
+    ASSERT_TRUE(gw.waitLog("cosocket waiting"));
+  }
+  EXPECT_TRUE(waitFor([&] { return peer_saw_close.load() == 1; }));
+  EXPECT_EQ(httpGet(gw.port(), "/none").status, 404);  // the worker lives on
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+// 1,000 light threads of one request, each with a cosocket to a second
+// server of the same worker that answers after a short sleep.
+TEST(LuaSocketTest, AThousandConcurrentCosocketsInOneWorker) {
+  Gateway gw;
+  gw.setConf(R"(
+worker_processes 1;
+worker_rlimit_nofile 8192;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server {
+    listen 127.0.0.1:{PORT2};
+    location /peer { content_by_lua_block { ngx.sleep(0.05) ngx.header["Content-Length"] = 4 ngx.print("pong") } }
+  }
+  server {
+    listen 127.0.0.1:{PORT};
+    location /t {
+      content_by_lua_block {
+        local ok, running, max = 0, 0, 0
+        local threads = {}
+        for i = 1, 1000 do
+          threads[i] = ngx.thread.spawn(function()
+            local sock = ngx.socket.tcp()
+            assert(sock:connect("127.0.0.1", {PORT2}))
+            running = running + 1
+            if running > max then max = running end
+            sock:send("GET /peer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            local all = sock:receive("*a")
+            running = running - 1
+            if all and all:sub(-4) == "pong" then ok = ok + 1 end
+          end)
+        end
+        for i = 1, 1000 do ngx.thread.wait(threads[i]) end
+        ngx.say(ok, " ", max > 500)
+      }
+    }
+  }
+}
+)");
+  ASSERT_TRUE(gw.start()) << gw.errorLog();
+  RawClient c(gw.port());
+  c.send("GET /t HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  Response r = c.readResponse(Ms(20000));
+  EXPECT_EQ(r.body, "1000 true\n");
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+}  // namespace
+}  // namespace tidegate::test
