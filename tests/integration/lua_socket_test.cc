@@ -84,11 +84,24 @@ Gateway* startWith(Gateway& gw, const std::string& body, const std::string& http
   return gw.start() ? &gw : nullptr;
 }
 
-// Lua: `sock`, connected to 127.0.0.1:port, with a GET sent.
+// Lua: `sock`, connected to 127.0.0.1:port.
+std::string connectTo(int port) {
+  return "local sock = ngx.socket.tcp()\nassert(sock:connect(\"127.0.0.1\", " + std::to_string(port) + "))\n";
+}
+
+// The same, with a GET sent.
 std::string connectAndGet(int port) {
-  return "local sock = ngx.socket.tcp()\n"
-         "assert(sock:connect(\"127.0.0.1\", " + std::to_string(port) + "))\n"
-         "sock:send(\"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n\")\n";
+  return connectTo(port) + "sock:send(\"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n\")\n";
+}
+
+// A peer script that reads until the gateway closes, then counts it.
+std::function<void(int)> readUntilClose(std::atomic<int>* closes) {
+  return [closes](int fd) {
+    char buf[256];
+    while (::read(fd, buf, sizeof(buf)) > 0) {
+    }
+    (*closes)++;
+  };
 }
 
 const std::string kPayload = "line1\r\nline2\nABCDE";
@@ -234,16 +247,9 @@ TEST(LuaSocketTest, SocketInATimer) {
 // cancelled and the peer sees its connection closed.
 TEST(LuaSocketTest, ClientLeavingWhileACosocketWaitsClosesTheUpstreamConnection) {
   std::atomic<int> peer_saw_close{0};
-  ScriptedPeer peer([&](int fd) {
-    char buf[256];
-    while (::read(fd, buf, sizeof(buf)) > 0) {
-    }
-    peer_saw_close++;
-  });
+  ScriptedPeer peer(readUntilClose(&peer_saw_close));
   Gateway gw;
-  ASSERT_TRUE(startWith(gw, R"(
-    local sock = ngx.socket.tcp()
-    assert(sock:connect("127.0.0.1", )" + std::to_string(peer.port()) + R"())
+  ASSERT_TRUE(startWith(gw, connectTo(peer.port()) + R"(
     sock:send("hello\n")
     ngx.log(ngx.WARN, "cosocket waiting")
     sock:receive()
@@ -257,6 +263,50 @@ TEST(LuaSocketTest, ClientLeavingWhileACosocketWaitsClosesTheUpstreamConnection)
   EXPECT_EQ(httpGet(gw.port(), "/none").status, 404);  // the worker lives on
   EXPECT_EQ(gw.stop(), 0);
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+// A socket the handler leaves open is closed when its request ends.
+TEST(LuaSocketTest, TheEndOfTheRequestClosesItsSockets) {
+  std::atomic<int> peer_saw_close{0};
+  ScriptedPeer peer(readUntilClose(&peer_saw_close));
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, connectTo(peer.port()) + R"(
+    ngx.say("left open")
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "left open\n");
+  EXPECT_TRUE(waitFor([&] { return peer_saw_close.load() == 1; }));
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+// A listener whose backlog is full drops further SYNs (Linux), so a
+// connect to it waits until the connect timeout.
+TEST(LuaSocketTest, ConnectTimeout) {
+  int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  socklen_t len = sizeof(a);
+  ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+  ASSERT_EQ(::listen(lfd, 0), 0);
+  std::vector<int> fillers;
+  for (int i = 0; i < 4; i++) {
+    int f = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    ::connect(f, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    fillers.push_back(f);
+  }
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, R"(
+    local sock = ngx.socket.tcp()
+    sock:settimeouts(150, 1000, 1000)
+    local t0 = ngx.now()
+    ngx.say(sock:connect("127.0.0.1", )" + std::to_string(ntohs(a.sin_port)) + R"())
+    ngx.say(ngx.now() - t0 < 1)
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "niltimeout\ntrue\n");
+  EXPECT_EQ(gw.stop(), 0);
+  for (int f : fillers) ::close(f);
+  ::close(lfd);
 }
 
 // 1,000 light threads of one request, each with a cosocket to a second
