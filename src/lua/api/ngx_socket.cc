@@ -341,8 +341,16 @@ void SockWait::resolved(int status, const addrinfo* res) {
     finish(2, true);
     return;
   }
+  // An IPv4 address first, as OpenResty's resolver (A records unless ipv6=on).
+  const addrinfo* pick = res;
+  for (const addrinfo* a = res; a; a = a->ai_next) {
+    if (a->ai_family == AF_INET) {
+      pick = a;
+      break;
+    }
+  }
   sockaddr_storage addr{};
-  std::memcpy(&addr, res->ai_addr, std::min(sizeof(addr), static_cast<size_t>(res->ai_addrlen)));
+  std::memcpy(&addr, pick->ai_addr, std::min(sizeof(addr), static_cast<size_t>(pick->ai_addrlen)));
   auto port = htons(static_cast<uint16_t>(r->port));
   if (addr.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port = port;
   else reinterpret_cast<sockaddr_in*>(&addr)->sin_port = port;
