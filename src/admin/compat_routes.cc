@@ -200,14 +200,13 @@ Reply CompatRoutes::status() {
       table_.health(e.name, ids, &health);
       for (size_t i = 0; i < ids.size(); i++) {
         const shm::ServerHealth& h = health[i];
-        bool down = owner[i]->value("down", false) || h.manual_down;
         json history = json::array();
         for (const auto& t : h.history) {
           history.push_back(json{{"time", localTimeText(t.at_ms)}, {"status", t.healthy ? "ok" : "err"}, {"reason", t.reason}});
         }
         servers.push_back(json{{"server", ids[i]},
                                {"host", owner[i]->value("host", "")},
-                               {"status", down ? "down" : h.healthy(now) ? "ok" : "err"},
+                               {"status", h.status(owner[i]->value("down", false), now)},
                                {"msg", h.last_error.empty() ? json(nullptr) : json(h.last_error)},
                                {"lastmodified", h.last_change_ms ? json(localTimeText(h.last_change_ms)) : json(nullptr)},
                                {"fail_num", h.fail_num},

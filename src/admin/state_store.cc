@@ -9,6 +9,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "conf/parser.h"
 #include "upstream/upstream_json.h"
 
 namespace tidegate::admin {
@@ -103,23 +104,9 @@ bool StateStore::saveUpstreams(shm::UpstreamTable& table, std::string* err) cons
 
 bool StateStore::loadUpstreams(shm::UpstreamTable& table, const conf::UserVariables* vars, std::string* err) const {
   std::string path = dir_ + "/upstreams.json";
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) return true;
-    *err = sysError("open", path);
-    return false;
-  }
+  if (::access(path.c_str(), F_OK) != 0 && errno == ENOENT) return true;  // no state yet
   std::string text;
-  char buf[65536];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR)) {
-    if (n > 0) text.append(buf, static_cast<size_t>(n));
-  }
-  ::close(fd);
-  if (n < 0) {
-    *err = sysError("read", path);
-    return false;
-  }
+  if (!conf::readFile(path, &text, err)) return false;
   json doc = json::parse(text, nullptr, false);
   if (!doc.is_object() || !doc.contains("upstreams") || !doc["upstreams"].is_array()) {
     *err = "\"" + path + "\" is not a tidegate state file";

@@ -1,41 +1,16 @@
 #include "lua/module_store.h"
 
-#include <fcntl.h>
 #include <openssl/evp.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "conf/parser.h"
+
 namespace tidegate::lua {
-namespace {
 
 using nlohmann::json;
-
-// The whole file; false with *err.
-bool readFile(const std::string& path, std::string* out, std::string* err) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    *err = "open() \"" + path + "\" failed (" + std::to_string(errno) + ": " + strerror(errno) + ")";
-    return false;
-  }
-  out->clear();
-  char buf[65536];
-  ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR)) {
-    if (n > 0) out->append(buf, static_cast<size_t>(n));
-  }
-  int saved = errno;
-  ::close(fd);
-  if (n < 0) {
-    *err = "read() \"" + path + "\" failed (" + std::to_string(saved) + ": " + strerror(saved) + ")";
-    return false;
-  }
-  return true;
-}
-
-}  // namespace
 
 std::string moduleDir(const std::string& state_dir) { return state_dir + "/lua"; }
 
@@ -58,7 +33,7 @@ bool readModuleIndex(const std::string& state_dir, ModuleIndex* out, std::string
   std::string path = moduleDir(state_dir) + "/index.json";
   std::string text;
   if (::access(path.c_str(), F_OK) != 0 && errno == ENOENT) return true;
-  if (!readFile(path, &text, err)) return false;
+  if (!conf::readFile(path, &text, err)) return false;
   json doc = json::parse(text, nullptr, false);
   auto bad = [&] {
     *err = "\"" + path + "\" is not a tidegate module index";
@@ -83,7 +58,7 @@ bool readModuleIndex(const std::string& state_dir, ModuleIndex* out, std::string
 }
 
 bool readModuleSource(const std::string& state_dir, const std::string& md5, std::string* out, std::string* err) {
-  return readFile(moduleSourcePath(state_dir, md5), out, err);
+  return conf::readFile(moduleSourcePath(state_dir, md5), out, err);
 }
 
 std::string md5Hex(const std::string& data) {

@@ -72,6 +72,12 @@ struct ServerHealth {
 
   // Gets traffic (manual_down aside, which works like the `down` flag).
   bool healthy(int64_t now_ms) const { return !active_down && (passive_down_until == 0 || passive_down_until <= now_ms); }
+  // The word /status and get_status() show: "down" (`down` in its
+  // definition, or set down by hand), "err" (out by active or passive
+  // health) or "ok".
+  const char* status(bool conf_down, int64_t now_ms) const {
+    return conf_down || manual_down ? "down" : healthy(now_ms) ? "ok" : "err";
+  }
 };
 
 class UpstreamTable {

@@ -152,7 +152,7 @@ void pushStatus(lua_State* L, const conf::UpstreamServer& s, const shm::ServerHe
   setString(L, "server", h.server);
   setString(L, "host", s.host);
   setNumber(L, "port", s.port);
-  setString(L, "status", s.down || h.manual_down ? "down" : healthy ? "ok" : "err");
+  setString(L, "status", h.status(s.down, now_ms));
   setBool(L, "healthy", healthy);
   setBool(L, "manual_down", h.manual_down);
   setBool(L, "active_down", h.active_down);
