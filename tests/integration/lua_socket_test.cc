@@ -104,31 +104,32 @@ std::function<void(int)> readUntilClose(std::atomic<int>* closes) {
   };
 }
 
-const std::string kPayload = "line1\r\nline2\nABCDE";
-
-// The peer answers "split N" with kPayload in two writes at offset N.
-TEST(LuaSocketTest, ReceivePatternsWithThePayloadSplitAtEveryByte) {
-  ScriptedPeer peer([](int fd) {
+// A peer script: reads "split N" and answers `payload` in two writes, the
+// first N bytes, then the rest.
+std::function<void(int)> splitting(const std::string& payload) {
+  return [payload](int fd) {
     int split = std::stoi(readLine(fd).substr(6));
-    writeAll(fd, kPayload.substr(0, static_cast<size_t>(split)));
+    writeAll(fd, payload.substr(0, static_cast<size_t>(split)));
     std::this_thread::sleep_for(Ms(3));  // separate reads at the gateway
-    writeAll(fd, kPayload.substr(static_cast<size_t>(split)));
-  });
+    writeAll(fd, payload.substr(static_cast<size_t>(split)));
+  };
+}
+
+// Connects once per split offset of `payload` (0..size) to a peer that
+// sends it in two writes; `reads` (Lua) reads it from `sock` into the
+// string `got`, which must equal `want` for every split.
+void expectEverySplitReads(const std::string& payload, const std::string& reads, const std::string& want) {
+  ScriptedPeer peer(splitting(payload));
   Gateway gw;
   ASSERT_TRUE(startWith(gw, R"(
     local bad = {}
-    for split = 0, )" + std::to_string(kPayload.size()) + R"( do
+    for split = 0, )" + std::to_string(payload.size()) + R"( do
         local sock = ngx.socket.tcp()
         assert(sock:connect("127.0.0.1", )" + std::to_string(peer.port()) + R"())
         sock:send({"split ", split, "\n"})
-        local a = sock:receive()
-        local b = sock:receive("*l")
-        local c = sock:receive(3)
-        local d = sock:receive("*a")
-        local e, err = sock:receive(1)  -- *a saw the close
-        if a ~= "line1" or b ~= "line2" or c ~= "ABC" or d ~= "DE" or err ~= "closed" then
-            bad[#bad + 1] = split
-        end
+        local got
+        )" + reads + R"(
+        if got ~= ")" + want + R"(" then bad[#bad + 1] = split .. "=" .. tostring(got) end
     end
     ngx.say("bad splits: ", #bad, " ", table.concat(bad, ","))
   )"));
@@ -136,6 +137,30 @@ TEST(LuaSocketTest, ReceivePatternsWithThePayloadSplitAtEveryByte) {
   EXPECT_EQ(r.body, "bad splits: 0 \n");
   EXPECT_EQ(gw.stop(), 0);
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+TEST(LuaSocketTest, ReceivePatternsWithThePayloadSplitAtEveryByte) {
+  expectEverySplitReads("line1\r\nline2\nABCDE", R"(
+        local a = sock:receive()
+        local b = sock:receive("*l")
+        local c = sock:receive(3)
+        local d = sock:receive("*a")
+        local e, err = sock:receive(1)  -- *a saw the close
+        got = table.concat({a, b, c, d, err}, "|"))",
+                        "line1|line2|ABC|DE|closed");
+}
+
+// The pattern's prefix "\r\n--xy" appears once without its end.
+TEST(LuaSocketTest, ReceiveUntilWithThePayloadSplitAtEveryByte) {
+  expectEverySplitReads("head\r\n--xyz\r\n--xybody\r\n--xyzAAAAAAA\r\n--xyz--end", R"(
+        local t = {}
+        t[1] = sock:receiveuntil("\r\n--xyz")()
+        t[2] = sock:receiveuntil("\r\n--xyz", {inclusive = true})()
+        local sized = sock:receiveuntil("\r\n--xyz")
+        for i = 3, 6 do t[i] = tostring(sized(3)) end
+        t[7] = sock:receive("*a")
+        got = table.concat(t, "|"))",
+                        "head|\\r\\n--xybody\\r\\n--xyz|AAA|AAA|A|nil|--end");
 }
 
 TEST(LuaSocketTest, ConnectRefused) {
