@@ -499,7 +499,11 @@ void Connection::completeRequest() {
   server_->accessLog().log(req_);
   // log_by_lua*: after the response is sent; it cannot change it.
   if (req_.server && settings().log_lua && server_->contentHandler()) {
-    server_->contentHandler()->runLog(req_, *settings().log_lua, log_task_ ? log_task_ : aux_task_.get());
+    // One that waits goes on without this connection (the server keeps it).
+    HttpServer* server = server_;
+    auto waiting = server_->contentHandler()->runLog(req_, *settings().log_lua, log_task_ ? log_task_ : aux_task_.get(),
+                                                     [server](ContentTask* t) { server->releaseLog(t); });
+    if (waiting) server_->keepLog(std::move(waiting));
   }
   log_task_ = nullptr;
   tunnel_ = nullptr;

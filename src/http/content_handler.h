@@ -215,10 +215,14 @@ class ContentHandler {
   // failed (logged): the response is cut.
   virtual bool runBodyFilter(Request& r, const conf::LuaCode& code, ContentTask* task, std::string* chunk,
                              bool* eof) = 0;
-  // log_by_lua*: runs `code` to completion now, after the response was
-  // composed; it cannot change the response. `task` (may be null) is the
-  // request's earlier phases, whose ngx.ctx it sees.
-  virtual void runLog(Request& r, const conf::LuaCode& code, ContentTask* task) = 0;
+  // log_by_lua*: runs `code` now, after the response was composed; it
+  // cannot change the response. `task` (may be null) is the request's
+  // earlier phases, whose ngx.ctx it sees. Null when it ended here; else
+  // it waits (a cosocket, ngx.sleep) and the task returned goes on with a
+  // copy of `r`: its owner keeps it until `ended(task)` is called, from
+  // inside the task (so not to be freed there).
+  virtual std::unique_ptr<ContentTask> runLog(Request& r, const conf::LuaCode& code, ContentTask* task,
+                                              std::function<void(ContentTask*)> ended) = 0;
   // set_by_lua*: runs `code` to completion now (it cannot yield), with
   // `args` as ngx.arg[1..n]; its first return value (string or number,
   // else "") goes to *out. False after logging the error: the request is

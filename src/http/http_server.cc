@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -157,6 +158,15 @@ void HttpServer::retire(std::unique_ptr<ContentTask> task) {
   if (reaper_open_) uv_check_start(&reaper_, onReap);
 }
 
+void HttpServer::releaseLog(ContentTask* task) {
+  auto it = std::find_if(logs_.begin(), logs_.end(), [task](const auto& t) { return t.get() == task; });
+  if (it == logs_.end()) return;
+  auto owned = std::move(*it);
+  logs_.erase(it);
+  retire(std::move(owned));
+  maybeDone();  // a graceful stop waits for them
+}
+
 void HttpServer::onReap(uv_check_t* c) noexcept {
   auto* self = static_cast<HttpServer*>(c->data);
   uv_check_stop(c);
@@ -189,11 +199,12 @@ void HttpServer::shutdown(bool graceful, std::function<void()> done) {
     if (graceful) c->closeIfIdle();
     else c->close();
   }
+  if (!graceful) logs_.clear();  // what they wait for is cancelled
   maybeDone();
 }
 
 void HttpServer::maybeDone() {
-  if (draining_ && connections_ == 0 && done_) {
+  if (draining_ && connections_ == 0 && logs_.empty() && done_) {
     if (reaper_open_) {
       // The last retired tasks go in the close callback, after this turn's callbacks.
       reaper_open_ = false;

@@ -42,6 +42,10 @@ class HttpServer {
   AdminHandler* adminHandler() const { return admin_handler_; }
   // Frees a finished task on a later loop turn: it may be the caller.
   void retire(std::unique_ptr<ContentTask> task);
+  // log_by_lua* handlers still waiting after their connection moved on:
+  // kept until they call releaseLog() (then retired).
+  void keepLog(std::unique_ptr<ContentTask> task) { logs_.push_back(std::move(task)); }
+  void releaseLog(ContentTask* task);
 
   uv_loop_t* loop() const { return loop_; }
   const conf::Config& config() const { return *cfg_; }
@@ -98,6 +102,7 @@ class HttpServer {
   uv_check_t reaper_;  // runs after I/O callbacks, when no task is on the stack
   bool reaper_open_ = false;
   std::vector<std::unique_ptr<ContentTask>> graveyard_;
+  std::vector<std::unique_ptr<ContentTask>> logs_;
   bool retry_timer_open_ = false;
   bool paused_ = false;
   uint64_t last_overflow_log_ms_ = 0;

@@ -31,4 +31,16 @@ void Request::addHeader(std::string_view name, std::string_view value) {
   edited_headers_.emplace_back(name, value);
 }
 
+DetachedRequest::DetachedRequest(const Request& r)
+    : bytes_(r.base, r.head->head_len), head_(*r.head), conn_(r.conn ? *r.conn : ConnInfo{}) {
+  static_cast<RequestFields&>(req_) = r;
+  req_.base = bytes_.data();
+  req_.head = &head_;
+  req_.conn = &conn_;
+  if (r.body.read() && !r.body.inFile()) {
+    req_.body.setData(r.body.data());
+    req_.body.markRead();
+  }
+}
+
 }  // namespace tidegate::http

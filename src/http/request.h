@@ -58,7 +58,9 @@ struct UpstreamRecord {
 // one request may make before it is a "rewrite or internal redirection cycle".
 constexpr int kMaxUriChanges = 10;
 
-struct Request {
+// Everything a request holds but its body: what a copy takes
+// (DetachedRequest).
+struct RequestFields {
   const char* base = nullptr;  // the connection buffer the head's slices point into
   const RequestHead* head = nullptr;
   const ConnInfo* conn = nullptr;
@@ -84,15 +86,15 @@ struct Request {
   // nginx lets them make to it.
   mutable RequestVariables vars;
 
-  // What Lua changed (ngx.req.*, ngx.exec). The head stays as received
-  // (ngx.req.raw_header, $request); these win over it where they are set.
-  RequestBody body;
   // False while the body is still arriving and the Lua phases already run
   // (they start once the head is read; ngx.req.read_body waits for it).
   bool body_complete = true;
   // proxy_request_buffering off: the body is not kept but handed to the
   // proxy piece by piece as it arrives (ContentSink::takeRequestBody).
   bool body_streamed = false;
+  // What Lua changed (ngx.req.*, ngx.exec; the body is Request's). The
+  // head stays as received (ngx.req.raw_header, $request); these win over
+  // it where they are set.
   std::string method_override;  // ngx.req.set_method; empty: the head's
   bool internal = false;        // after ngx.exec or ngx.req.set_uri (ngx.req.is_internal)
   int uri_changes_left = kMaxUriChanges;
@@ -100,6 +102,14 @@ struct Request {
   // The response went out whole ($request_completion): false when it was
   // cut (an upstream or a handler broke after the head) or never sent.
   bool completed = false;
+
+ protected:
+  std::vector<std::pair<std::string, std::string>> edited_headers_;
+  bool headers_edited_ = false;
+};
+
+struct Request : RequestFields {
+  RequestBody body;  // what ngx.req.read_body / set_body_* hold
 
   // $request_method and ngx.req.get_method.
   std::string_view method() const { return method_override.empty() ? head->method.in(base) : method_override; }
@@ -160,8 +170,23 @@ struct Request {
 
  private:
   void editHeaders();
-  std::vector<std::pair<std::string, std::string>> edited_headers_;
-  bool headers_edited_ = false;
+};
+
+// A copy of a request that outlives its connection (log_by_lua* still
+// waiting after the connection moved on): the head's bytes and the
+// connection's facts are copied with it, and a body read into memory.
+class DetachedRequest {
+ public:
+  explicit DetachedRequest(const Request& r);
+  DetachedRequest(const DetachedRequest&) = delete;
+  DetachedRequest& operator=(const DetachedRequest&) = delete;
+  Request& req() { return req_; }
+
+ private:
+  std::string bytes_;
+  RequestHead head_;
+  ConnInfo conn_;
+  Request req_;
 };
 
 }  // namespace tidegate::http

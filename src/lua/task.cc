@@ -1,6 +1,7 @@
 #include "lua/task.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "core/log.h"
 
@@ -81,6 +82,15 @@ void LuaTask::pushEnv(lua_State* L) {
   lua_setmetatable(L, -2);
   lua_pushvalue(L, -1);
   env_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void LuaTask::inherit(const LuaTask& from) {
+  lua_State* L = vm_.state();
+  for (auto [mine, theirs] : {std::pair{&ctx_ref_, from.ctx_ref_}, std::pair{&env_ref_, from.env_ref_}}) {
+    if (theirs == LUA_NOREF) continue;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, theirs);
+    *mine = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
 }
 
 void LuaTask::pushCtx(lua_State* L) {

@@ -72,8 +72,6 @@ class LuaTask {
   virtual Phase phase() const = 0;
   // The request this task serves; null for a timer.
   virtual RequestContext* request() { return nullptr; }
-  // May code running now wait for events (false in log_by_lua*).
-  virtual bool canYield() const { return true; }
 
   // ngx.ctx: Stack: [] -> [ctx] (created on first use) / [t] -> [] (replace).
   void pushCtx(lua_State* L);
@@ -84,6 +82,9 @@ class LuaTask {
   void pushEnv(lua_State* L);
   // The registry reference of ngx.ctx, LUA_NOREF before its first use.
   int ctxRef() const { return ctx_ref_; }
+  // Shares `from`'s ngx.ctx and globals (those it has made so far): a
+  // later phase run in a task of its own (log_by_lua*). Before any use.
+  void inherit(const LuaTask& from);
 
   // --- used by the API functions (always for the running coroutine) ---
   Co* running() const { return running_; }

@@ -303,6 +303,72 @@ TEST(LuaSocketTest, TheEndOfTheRequestClosesItsSockets) {
   EXPECT_EQ(gw.stop(), 0);
 }
 
+// log_by_lua* may use cosockets (beyond OpenResty): the handler waits
+// detached from the client, whose keepalive connection goes on to its
+// next request meanwhile; after the wait it still reads its request
+// (variables, headers, ngx.ctx of the earlier phases).
+TEST(LuaSocketTest, LogPhaseCosocketWaitsDetachedFromTheClient) {
+  std::atomic<bool> release{false};
+  std::atomic<int> lines{0};
+  ScriptedPeer peer([&](int fd) {
+    std::string line = readLine(fd);
+    lines++;
+    waitFor([&] { return release.load(); });
+    writeAll(fd, "ack " + line + "\n");
+  });
+  Gateway gw;
+  gw.setSimpleConf(R"(location /t {
+      content_by_lua_block { ngx.ctx.who = "content" ngx.say("answered") }
+      log_by_lua_block {
+)" + connectTo(peer.port()) + R"(
+          sock:send({ngx.var.uri, " ", ngx.var.arg_n, "\n"})
+          local ack, err = sock:receive()
+          ngx.log(ngx.WARN, "logged: ", ack, " ", ngx.var.request_uri, " ", ngx.ctx.who, " ",
+                  ngx.req.get_headers()["x-tag"], " ", ngx.var.remote_addr, " ", ngx.status)
+          error("after the wait")
+      }
+    })");
+  ASSERT_TRUE(gw.start());
+  RawClient c(gw.port());
+  c.send("GET /t?n=1 HTTP/1.1\r\nHost: a\r\nX-Tag: first\r\n\r\n");
+  EXPECT_EQ(c.readResponse().body, "answered\n");
+  // The first log handler waits for its peer; the connection serves the next request.
+  ASSERT_TRUE(waitFor([&] { return lines.load() == 1; }));
+  c.send("GET /t?n=2 HTTP/1.1\r\nHost: a\r\nX-Tag: second\r\n\r\n");
+  EXPECT_EQ(c.readResponse().body, "answered\n");
+  ASSERT_TRUE(waitFor([&] { return lines.load() == 2; }));
+  c.close();
+  release = true;
+  ASSERT_TRUE(gw.waitLog("logged: ack /t 2 /t?n=2 content second 127.0.0.1 200"));
+  ASSERT_TRUE(gw.waitLog("logged: ack /t 1 /t?n=1 content first 127.0.0.1 200"));
+  EXPECT_TRUE(gw.waitLog("failed to run log_by_lua*: log_by_lua"));
+  EXPECT_EQ(httpGet(gw.port(), "/none").status, 404);  // the worker lives on
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+// A graceful stop waits for a log handler that still waits (here until
+// its read timeout).
+TEST(LuaSocketTest, GracefulStopWaitsForAWaitingLogHandler) {
+  std::atomic<int> peer_saw_close{0};
+  ScriptedPeer peer(readUntilClose(&peer_saw_close));
+  Gateway gw;
+  gw.setSimpleConf(R"(location /t {
+      return 204;
+      log_by_lua_block {
+)" + connectTo(peer.port()) + R"(
+          sock:settimeout(300)
+          ngx.log(ngx.WARN, "log waiting")
+          ngx.log(ngx.WARN, "log read: ", select(2, sock:receive()))
+      }
+    })");
+  ASSERT_TRUE(gw.start());
+  EXPECT_EQ(httpGet(gw.port(), "/t").status, 204);
+  ASSERT_TRUE(gw.waitLog("log waiting"));
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_NE(gw.errorLog().find("log read: timeout"), std::string::npos) << gw.errorLog();
+  EXPECT_EQ(peer_saw_close.load(), 1);
+}
+
 // A listener whose backlog is full drops further SYNs (Linux), so a
 // connect to it waits until the connect timeout.
 TEST(LuaSocketTest, ConnectTimeout) {

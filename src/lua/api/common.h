@@ -19,8 +19,9 @@ class RequestContext;
 RequestContext* requireRequest(lua_State* L);
 // The running request or timer.
 LuaTask* requireTask(lua_State* L);
-// The running request or timer, when `L` may yield to wait for an event.
-LuaTask* requireYieldable(lua_State* L);
+// The running request or timer, when `L` may yield to wait for an event;
+// `cosocket`: in log_by_lua* too (it runs detached from the client).
+LuaTask* requireYieldable(lua_State* L, bool cosocket = false);
 
 // Appends the ngx.say/ngx.print argument at `idx` to *out (api/ngx_request.cc);
 // raises OpenResty's error naming `fname` for a value it cannot print.

@@ -36,11 +36,12 @@ LuaTask* requireTask(lua_State* L) {
 }
 
 // The running task if its code may wait for events here (rewrite, access,
-// content, timers), else OpenResty's "API disabled" error.
-LuaTask* requireYieldable(lua_State* L) {
+// content, timers; and log_by_lua* for cosockets), else OpenResty's "API
+// disabled" error.
+LuaTask* requireYieldable(lua_State* L, bool cosocket) {
   Vm* vm = Vm::from(L);
   LuaTask* task = vm->current();
-  bool phase_ok = task && task->canYield() && yieldablePhase(vm->phase());
+  bool phase_ok = task && (yieldablePhase(vm->phase()) || (cosocket && vm->phase() == Phase::kLog));
   if (!phase_ok || !task->running() || task->running()->L != L) {
     if (phase_ok) luaL_error(L, "no co ctx found");
     raiseDisabled(L, vm->phase());

@@ -494,7 +494,7 @@ void pushNewSocket(lua_State* L, LuaTask* task) {
 }
 
 int socketTcp(lua_State* L) {
-  pushNewSocket(L, requireYieldable(L));
+  pushNewSocket(L, requireYieldable(L, true));
   return 1;
 }
 
@@ -534,7 +534,7 @@ bool startConnect(lua_State* L, SockWait* w, Conn* c, const char* host, int port
 // -> 1 | nil, err; `return_socket`: the socket instead of 1 (ngx.socket.connect).
 int doConnect(lua_State* L, bool return_socket) {
   Socket* sock = checkSocket(L);
-  LuaTask* task = requireYieldable(L);
+  LuaTask* task = requireYieldable(L, true);
   const char* host = luaL_checkstring(L, 2);
   bool unix_path = std::strncmp(host, "unix:", 5) == 0;
   int port = 0, opts = 3;
@@ -577,7 +577,7 @@ int doConnect(lua_State* L, bool return_socket) {
 
 // ngx.socket.connect(host, port [, opts]) -> sock | nil, err
 int socketConnect(lua_State* L) {
-  pushNewSocket(L, requireYieldable(L));
+  pushNewSocket(L, requireYieldable(L, true));
   lua_insert(L, 1);
   return doConnect(L, true);
 }
@@ -588,7 +588,7 @@ int sockConnect(lua_State* L) { return doConnect(L, false); }
 // array table of them (nested), concatenated as ngx.print does.
 int sockSend(lua_State* L) {
   Socket* sock = checkSocket(L);
-  LuaTask* task = requireYieldable(L);
+  LuaTask* task = requireYieldable(L, true);
   int t = lua_type(L, 2);
   if (t != LUA_TSTRING && t != LUA_TNUMBER && t != LUA_TTABLE) {
     return luaL_error(L, "bad argument #1 to 'send' (string, number, boolean, nil, ngx.null, or array table expected, got %s)",
@@ -616,7 +616,7 @@ int sockSend(lua_State* L) {
 
 // Answers from the buffer, or waits for bytes. Stack: results.
 int startReceive(lua_State* L, Socket* sock, const ReadSpec& r) {
-  LuaTask* task = requireYieldable(L);
+  LuaTask* task = requireYieldable(L, true);
   if (!sock->conn) return pushFail(L, "closed");
   if (sock->busy) return pushFail(L, "socket busy");
   if (int got = takeBuffered(L, sock->conn, r)) return got;

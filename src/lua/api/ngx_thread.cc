@@ -23,7 +23,7 @@ int callOriginal(lua_State* L) {
 // The scheduling task if `L` is the coroutine it is running now.
 LuaTask* scheduling(lua_State* L) {
   LuaTask* task = LuaTask::current(L);
-  if (!task || !task->canYield() || !task->running() || task->running()->L != L) return nullptr;
+  if (!task || !task->running() || task->running()->L != L) return nullptr;
   return task;
 }
 

@@ -7,7 +7,7 @@ namespace tidegate::lua {
 
 RequestContext::RequestContext(Vm& vm, uv_loop_t* loop, http::Request& r, const http::LuaPhases& phases,
                                http::ContentSink& sink)
-    : LuaTask(vm, loop), req_(r), sink_(sink), phases_(phases) {
+    : LuaTask(vm, loop), req_(&r), sink_(sink), phases_(phases) {
   // The request started start_ms (loop clock) ago, in wall-clock terms.
   uint64_t age = uv_now(loop) > r.start_ms ? uv_now(loop) - r.start_ms : 0;
   start_wall_ms_ = core::wallMs() - age;
@@ -66,7 +66,8 @@ void RequestContext::nextPhase() {
       case Step::kRewrite: code = phases_.rewrite; phase_ = Phase::kRewrite; break;
       case Step::kAccess: code = phases_.access; phase_ = Phase::kAccess; break;
       case Step::kContent: code = phases_.content; phase_ = Phase::kContent; break;
-      case Step::kDone: break;
+      case Step::kDone:
+      case Step::kLog: break;
     }
     if (!code) {
       step_ = static_cast<Step>(static_cast<int>(step_) + 1);
@@ -93,6 +94,10 @@ void RequestContext::nextPhase() {
 // next phase, as in OpenResty; ngx.exit(status >= 200), output, or the
 // content phase produce the response.
 void RequestContext::phaseEnded() {
+  if (step_ == Step::kLog) {
+    logEnded();
+    return;
+  }
   if (result_.redirect != http::ContentResult::Redirect::kNone) {
     finish();
     return;
@@ -109,10 +114,16 @@ void RequestContext::phaseEnded() {
 // A runtime error in the entry coroutine: 500, with the message and
 // traceback in the error log in OpenResty's words.
 void RequestContext::onError(std::string trace) {
-  TG_LOG_CONN(core::LogLevel::kError, req_.conn ? req_.conn->id : 0,
+  uint64_t conn_id = req_->conn ? req_->conn->id : 0;
+  if (step_ == Step::kLog) {
+    TG_LOG_CONN(core::LogLevel::kError, conn_id, "failed to run log_by_lua*: %s", trace.c_str());
+    logEnded();
+    return;
+  }
+  TG_LOG_CONN(core::LogLevel::kError, conn_id,
               "lua entry thread aborted: runtime error: %s, client: %s, request: \"%.*s\"", trace.c_str(),
-              req_.conn ? req_.conn->remote_addr.c_str() : "", static_cast<int>(req_.head->request_line.len),
-              req_.base + req_.head->request_line.off);
+              req_->conn ? req_->conn->remote_addr.c_str() : "", static_cast<int>(req_->head->request_line.len),
+              req_->base + req_->head->request_line.off);
   result_.status = 500;
   result_.body.clear();
   result_.headers.clear();
@@ -126,43 +137,39 @@ void RequestContext::finish() {
   sink_.finish(std::move(result_), this);
 }
 
-void RequestContext::runLog(const conf::LuaCode& code) {
-  lua_State* L = vm().state();
+bool RequestContext::runLog(const conf::LuaCode& code) {
   std::string err;
   if (!vm().push(code, this, &err)) {  // Stack: [] -> [fn]
     TG_LOG(core::LogLevel::kError, "failed to load log_by_lua code: %s", err.c_str());
-    return;
+    return false;
   }
-  lua_State* co = lua_newthread(L);  // Stack: [fn, co]
-  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_xmove(L, co, 1);
-  Phase saved = phase_;
+  step_ = Step::kLog;
   phase_ = Phase::kLog;
-  vm().setCurrent(this, Phase::kLog);
-  int rc = lua_resume(co, 0);
-  vm().setCurrent(nullptr, Phase::kLog);
-  phase_ = saved;
-  if (rc == LUA_YIELD) {
-    TG_LOG(core::LogLevel::kError, "log_by_lua handler yielded: yielding is not supported in the log phase");
-  } else if (rc != 0) {
-    const char* msg = lua_tostring(co, -1);
-    luaL_traceback(L, co, msg ? msg : "unknown error", 0);
-    TG_LOG_CONN(core::LogLevel::kError, req_.conn ? req_.conn->id : 0, "failed to run log_by_lua*: %s",
-                lua_tostring(L, -1));
-    lua_pop(L, 1);
-  }
-  luaL_unref(L, LUA_REGISTRYINDEX, ref);
+  startEntry();  // may end it
+  return !done_;
 }
 
-void LuaContentHandler::runLog(http::Request& r, const conf::LuaCode& code, http::ContentTask* task) {
-  if (auto* ctx = dynamic_cast<RequestContext*>(task)) {
-    ctx->runLog(code);
-    return;
-  }
-  // No earlier Lua phase: a context of its own, which never finishes a response.
-  DetachedSink sink(true);
-  RequestContext ctx(vm_, loop_, r, http::LuaPhases{}, sink);
-  ctx.runLog(code);
+void RequestContext::detach(std::function<void(http::ContentTask*)> ended) {
+  detached_ = std::make_unique<http::DetachedRequest>(*req_);
+  req_ = &detached_->req();
+  log_ended_ = std::move(ended);
+}
+
+void RequestContext::logEnded() {
+  done_ = true;
+  if (log_ended_) log_ended_(this);
+}
+
+// log_by_lua* runs in a task of its own, so that one that waits can
+// outlive the connection's request (which goes on to the next one).
+std::unique_ptr<http::ContentTask> LuaContentHandler::runLog(http::Request& r, const conf::LuaCode& code,
+                                                             http::ContentTask* task,
+                                                             std::function<void(http::ContentTask*)> ended) {
+  auto log = std::make_unique<RequestContext>(vm_, loop_, r, http::LuaPhases{}, log_sink_);
+  if (auto* ctx = dynamic_cast<RequestContext*>(task)) log->inherit(*ctx);
+  if (!log->runLog(code)) return nullptr;
+  log->detach(std::move(ended));
+  return log;
 }
 
 std::unique_ptr<http::ContentTask> LuaContentHandler::start(http::Request& r, const http::LuaPhases& phases,

@@ -25,16 +25,19 @@ class RequestContext : public LuaTask, public http::ContentTask {
 
   // Runs the first phase that has code.
   void start();
-  // log_by_lua*: runs `code` to completion in a coroutine of its own, in
-  // this request's context (ngx.ctx); errors are logged, nothing else.
-  void runLog(const conf::LuaCode& code);
+  // log_by_lua*: runs `code` as this task's entry (a context of its own,
+  // sharing the request's ngx.ctx and globals through inherit()); errors
+  // are logged, nothing else. True if it waits: detach() must follow.
+  bool runLog(const conf::LuaCode& code);
+  // The log handler waits and the connection moves on: the task carries on
+  // with a copy of the request and calls `ended(this)` when it ends.
+  void detach(std::function<void(http::ContentTask*)> ended);
   Phase phase() const override { return phase_; }
   RequestContext* request() override { return this; }
-  bool canYield() const override { return phase_ != Phase::kLog; }
 
-  const http::Request& req() const { return req_; }
+  const http::Request& req() const { return *req_; }
   // For the APIs that change the request (ngx.req.set_*, the body).
-  http::Request& mutableReq() { return req_; }
+  http::Request& mutableReq() { return *req_; }
   http::ContentResult& result() { return result_; }
 
   // Output streaming: ngx.flush, ngx.eof, and large output. Sends the
@@ -90,16 +93,19 @@ class RequestContext : public LuaTask, public http::ContentTask {
   }
 
  private:
-  enum class Step { kRewrite, kAccess, kContent, kDone };
+  enum class Step { kRewrite, kAccess, kContent, kDone, kLog };
   void nextPhase();
   void phaseEnded();
   void finish();
+  void logEnded();
   void onDone() override { phaseEnded(); }
   void onExit() override { phaseEnded(); }
   void onError(std::string trace) override;
 
-  http::Request& req_;
+  http::Request* req_;
   http::ContentSink& sink_;
+  std::unique_ptr<http::DetachedRequest> detached_;  // after detach()
+  std::function<void(http::ContentTask*)> log_ended_;
   http::LuaPhases phases_;
   Step step_ = Step::kRewrite;
   Phase phase_ = Phase::kRewrite;
@@ -152,7 +158,8 @@ class LuaContentHandler : public http::ContentHandler {
   LuaContentHandler(Vm& vm, uv_loop_t* loop) : vm_(vm), loop_(loop) {}
   std::unique_ptr<http::ContentTask> start(http::Request& r, const http::LuaPhases& phases,
                                            http::ContentSink& sink) override;
-  void runLog(http::Request& r, const conf::LuaCode& code, http::ContentTask* task) override;
+  std::unique_ptr<http::ContentTask> runLog(http::Request& r, const conf::LuaCode& code, http::ContentTask* task,
+                                            std::function<void(http::ContentTask*)> ended) override;
   std::unique_ptr<http::ContentTask> detached(http::Request& r, http::ContentSink& sink) override;
   bool runHeaderFilter(http::Request& r, const conf::LuaCode& code, http::ContentTask* task, int* status,
                        http::HeaderList* headers) override;
@@ -171,6 +178,7 @@ class LuaContentHandler : public http::ContentHandler {
  private:
   Vm& vm_;
   uv_loop_t* loop_;
+  DetachedSink log_sink_{true};  // the log phase's: the response is out
 };
 
 }  // namespace tidegate::lua
