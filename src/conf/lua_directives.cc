@@ -165,6 +165,7 @@ const Directive kLuaDirectives[] = {
     {"lua_shared_dict", kHttpCtx, 2, 2, false, onSharedDict},
     {"lua_max_running_timers", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::max_running_timers>, true},
     {"lua_check_client_abort", kAnyHttpLevel, 1, 1, false, onFlag<&HttpSettings::lua_check_client_abort>},
+    {"lua_balancer_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&HttpSettings::lua_balancer_timeout_ms>},
     {"lua_transform_underscores_in_response_headers", kAnyHttpLevel, 1, 1, false,
      onFlag<&HttpSettings::lua_transform_underscores>},
     {"lua_socket_connect_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&HttpSettings::lua_socket_connect_timeout_ms>},

@@ -229,12 +229,16 @@ class ContentHandler {
   // answered with 500.
   virtual bool runSet(Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
                       std::string* out) = 0;
-  // balancer_by_lua*: runs `code` to completion now (it cannot yield), for
-  // one try of a proxied request; `call` holds what the code sees and what
-  // it set. `task` (may be null: a fresh context then) is the request's
-  // Lua context, whose ngx.ctx the code shares. False after logging the
-  // error (with its traceback): the request is answered with 500.
-  virtual bool runBalancer(Request& r, const conf::LuaCode& code, ContentTask* task, BalancerCall* call) = 0;
+  // balancer_by_lua*: runs `code` for one try of a proxied request; `call`
+  // holds what the code sees and what it set. `task` (may be null) is the
+  // request's Lua context, whose ngx.ctx the code shares. Null when the
+  // code ended now: *ok false after logging its error (with its
+  // traceback): the request is answered with 500. Else it waits on a
+  // cosocket: the caller keeps the task returned (freeing it cancels the
+  // code) until `done(ok)` is called, from inside the task (which must not
+  // be freed there); `call` must live as long.
+  virtual std::unique_ptr<ContentTask> runBalancer(Request& r, const conf::LuaCode& code, ContentTask* task,
+                                                   BalancerCall* call, bool* ok, std::function<void(bool)> done) = 0;
 
   // A Lua balancer module (an upstream with "balancer": {"type": "lua",
   // "module": M}; docs/balancers.md). newLuaBalancer: require(M).new(servers)

@@ -1,7 +1,6 @@
 #include "lua/task.h"
 
 #include <algorithm>
-#include <utility>
 
 #include "core/log.h"
 
@@ -84,13 +83,12 @@ void LuaTask::pushEnv(lua_State* L) {
   env_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-void LuaTask::inherit(const LuaTask& from) {
+void LuaTask::inherit(LuaTask& from) {
   lua_State* L = vm_.state();
-  for (auto [mine, theirs] : {std::pair{&ctx_ref_, from.ctx_ref_}, std::pair{&env_ref_, from.env_ref_}}) {
-    if (theirs == LUA_NOREF) continue;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, theirs);
-    *mine = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
+  from.pushCtx(L);  // made now if it was not: later runs see what this one sets
+  ctx_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
+  from.pushEnv(L);
+  env_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 void LuaTask::pushCtx(lua_State* L) {

@@ -82,9 +82,10 @@ class LuaTask {
   void pushEnv(lua_State* L);
   // The registry reference of ngx.ctx, LUA_NOREF before its first use.
   int ctxRef() const { return ctx_ref_; }
-  // Shares `from`'s ngx.ctx and globals (those it has made so far): a
-  // later phase run in a task of its own (log_by_lua*). Before any use.
-  void inherit(const LuaTask& from);
+  // Shares `from`'s ngx.ctx and globals (made now if need be): a later
+  // phase run in a task of its own (log_by_lua*, balancer_by_lua*).
+  // Before any use.
+  void inherit(LuaTask& from);
 
   // --- used by the API functions (always for the running coroutine) ---
   Co* running() const { return running_; }

@@ -91,6 +91,10 @@ void ProxyTask::startTries() {
 void ProxyTask::startTry() {
   m_.upstreams().sync();  // a server that went out or came back since the last try
   if (balancerLua() && !runBalancerLua()) return;
+  tryPeer();
+}
+
+void ProxyTask::tryPeer() {
   if (!lua_choice_.peer && !pickPeer()) return;
   tries_++;
   const PeerAddress& addr = peerAddress();
@@ -208,23 +212,55 @@ bool ProxyTask::runBalancerLua() {
     own_lua_ = lua->detached(r_, sink_);
     lua_ = own_lua_.get();
   }
-  http::BalancerCall call;
-  call.try_number = tries_ + 1;
-  call.last_state = last_state_;
-  call.last_status = last_status_;
-  call.tries_allowed = lua_choice_.tries;
-  call.max_tries = *s_.next_upstream_tries;
-  if (!lua->runBalancer(r_, *rt_->balancer_lua, lua_, &call)) {
+  balancer_call_ = http::BalancerCall{};
+  balancer_call_.try_number = tries_ + 1;
+  balancer_call_.last_state = last_state_;
+  balancer_call_.last_status = last_status_;
+  balancer_call_.tries_allowed = lua_choice_.tries;
+  balancer_call_.max_tries = *s_.next_upstream_tries;
+  bool ok = true;
+  balancer_run_ = lua->runBalancer(r_, *rt_->balancer_lua, lua_, &balancer_call_, &ok, [this](bool ended_ok) {
+    balancer_ok_ = ended_ok;
+    uv_timer_start(balancer_timer_, onBalancerEnded, 0, 0);
+  });
+  if (!balancer_run_) return balancerResult(ok);
+  state_ = State::kBalancer;
+  if (!balancer_timer_) {
+    balancer_timer_ = new uv_timer_t;
+    uv_timer_init(r_.conn->loop, balancer_timer_);
+    balancer_timer_->data = this;
+  }
+  uv_timer_start(balancer_timer_, onBalancerTimeout, *r_.settings().lua_balancer_timeout_ms, 0);
+  return false;
+}
+
+void ProxyTask::onBalancerEnded(uv_timer_t* t) noexcept {
+  auto* self = static_cast<ProxyTask*>(t->data);
+  self->balancer_run_.reset();
+  if (self->balancerResult(self->balancer_ok_)) self->tryPeer();
+}
+
+// The code still waits: it is cancelled (its cosockets close).
+void ProxyTask::onBalancerTimeout(uv_timer_t* t) noexcept {
+  auto* self = static_cast<ProxyTask*>(t->data);
+  self->balancer_run_.reset();
+  self->logError(LogLevel::kError, "balancer_by_lua* took longer than lua_balancer_timeout (" +
+                                       std::to_string(*self->r_.settings().lua_balancer_timeout_ms) + "ms)");
+  self->respondError(500);
+}
+
+bool ProxyTask::balancerResult(bool ok) {
+  if (!ok) {
     respondError(500);  // logged with its traceback
     return false;
   }
-  if (call.exit_status != 0) {
+  if (balancer_call_.exit_status != 0) {
     // OpenResty's balancer: ngx.exit(status >= 300) answers with it,
     // ngx.exit(ngx.ERROR) (or any other value) with 500.
-    respondError(call.exit_status >= 300 ? call.exit_status : 500);
+    respondError(balancer_call_.exit_status >= 300 ? balancer_call_.exit_status : 500);
     return false;
   }
-  return applyBalancerCall(call);
+  return applyBalancerCall(balancer_call_);
 }
 
 bool ProxyTask::applyBalancerCall(const http::BalancerCall& call) {
@@ -327,6 +363,7 @@ void ProxyTask::onTimeout() {
 
 const char* ProxyTask::activity() const {
   switch (state_) {
+    case State::kBalancer: return "running balancer_by_lua*";
     case State::kConnecting: return "connecting to upstream";
     case State::kSending: return "sending request to upstream";
     default: return "reading response header from upstream";
@@ -402,6 +439,10 @@ void ProxyTask::respondError(int status) {
 void ProxyTask::clientAborted() {
   if (state_ == State::kDone) return;
   if (*s_.ignore_client_abort) return;
+  if (balancer_run_) {
+    balancer_run_.reset();  // cancelled: its cosockets close
+    uv_timer_stop(balancer_timer_);
+  }
   TG_LOG_CONN(LogLevel::kInfo, r_.conn->id, "client prematurely closed connection while %s%s", activity(),
               http::describeRequest(r_).c_str());
   dropConnection();

@@ -43,6 +43,10 @@ class ProxyTask final : public http::ContentTask,
     if (waiting_drain_) sink_.cancelDrain();
     dropConnection();
     if (body_fd_ >= 0) ::close(body_fd_);
+    if (balancer_timer_) {
+      uv_close(reinterpret_cast<uv_handle_t*>(balancer_timer_),
+               [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    }
   }
 
   void run();
@@ -56,10 +60,12 @@ class ProxyTask final : public http::ContentTask,
   }
 
  private:
-  enum class State { kWaitBody, kConnecting, kSending, kWaitHead, kStreaming, kTunnel, kDone };
+  enum class State { kWaitBody, kBalancer, kConnecting, kSending, kWaitHead, kStreaming, kTunnel, kDone };
 
   void startTries();
   void startTry();
+  // The try once its peer may be chosen (after balancer_by_lua*).
+  void tryPeer();
   // The upstream's balancer picks this try's peer. False if none may be
   // picked (the request was answered).
   bool pickPeer();
@@ -69,10 +75,16 @@ class ProxyTask final : public http::ContentTask,
   std::optional<size_t> pickWithLua(const upstream::PickContext& ctx);
   // balancer_by_lua*: the upstream's code runs before every try and may
   // set the peer, grant more tries, change timeouts (http::BalancerCall).
-  // False if the request was answered instead (an error in the code,
-  // ngx.exit).
+  // False if the try cannot go on now: the request was answered (an error
+  // in the code, ngx.exit), or the code waits on a cosocket (state
+  // kBalancer, under lua_balancer_timeout; the timer's callbacks go on).
   bool runBalancerLua();
+  // The code ended (ok: without an error): applies what it set. False if
+  // the request was answered instead.
+  bool balancerResult(bool ok);
   bool applyBalancerCall(const http::BalancerCall& call);
+  static void onBalancerEnded(uv_timer_t* t) noexcept;
+  static void onBalancerTimeout(uv_timer_t* t) noexcept;
   bool balancerLua() const { return rt_->balancer_lua != nullptr; }
   const PeerAddress& peerAddress() const { return lua_choice_.peer ? lua_choice_.addr : peer_addr_; }
   // Passive health: this try's failure counts against its peer (not one
@@ -184,6 +196,13 @@ class ProxyTask final : public http::ContentTask,
   // The request's Lua context when no Lua phase made one: ngx.ctx lasts
   // from one try to the next and reaches the filters and log_by_lua*.
   std::unique_ptr<http::ContentTask> own_lua_;
+  // balancer_by_lua* that waits: what it sets, its task, and one timer for
+  // its time budget and then for going on from the loop once it ended
+  // (the task cannot be freed inside its own callback).
+  http::BalancerCall balancer_call_;
+  std::unique_ptr<http::ContentTask> balancer_run_;
+  uv_timer_t* balancer_timer_ = nullptr;
+  bool balancer_ok_ = false;
 
   bool head_sent_ = false;       // the response head went to the client
   bool waiting_drain_ = false;

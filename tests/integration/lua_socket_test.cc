@@ -369,6 +369,80 @@ TEST(LuaSocketTest, GracefulStopWaitsForAWaitingLogHandler) {
   EXPECT_EQ(peer_saw_close.load(), 1);
 }
 
+// balancer_by_lua* may use cosockets (beyond OpenResty) within
+// lua_balancer_timeout: here it asks a registry peer for the upstream's
+// port (on a pooled connection), and a registry that stalls costs a 500.
+TEST(LuaSocketTest, BalancerCosocketsWithinTheirTimeBudget) {
+  FakeUpstream up;
+  std::atomic<int> registry_conns{0};
+  std::atomic<bool> stall{false};
+  std::atomic<int> stalled_closed{0};
+  ScriptedPeer registry([&](int fd) {
+    registry_conns++;
+    for (;;) {
+      std::string name = readLine(fd);
+      if (name.empty()) return;
+      if (name == "stall") {
+        char b;
+        while (::read(fd, &b, 1) > 0) {
+        }
+        stalled_closed++;
+        return;
+      }
+      writeAll(fd, std::to_string(up.port()) + "\n");
+    }
+  });
+  Gateway gw;
+  gw.setSimpleConf("location / { lua_balancer_timeout 200ms; proxy_pass http://backend; }",
+                   R"(upstream backend {
+      server 0.0.0.1;
+      balancer_by_lua_block {
+)" + connectTo(registry.port()) + R"(
+          sock:send((ngx.var.arg_stall and "stall" or "backend") .. "\n")
+          local port, err = sock:receive()
+          if not port then error("registry: " .. err) end
+          ngx.ctx.reused = sock:getreusedtimes()
+          sock:setkeepalive()
+          assert(require("ngx.balancer").set_current_peer("127.0.0.1", tonumber(port)))
+      }
+    })");
+  ASSERT_TRUE(gw.start());
+  for (int i = 0; i < 3; i++) EXPECT_EQ(httpGet(gw.port(), "/").status, 200) << gw.errorLog();
+  EXPECT_EQ(registry_conns.load(), 1);  // the pool served the later requests
+  EXPECT_EQ(up.requestCount(), 3u);
+  EXPECT_EQ(httpGet(gw.port(), "/?stall=1").status, 500);
+  EXPECT_TRUE(gw.waitLog("balancer_by_lua* took longer than lua_balancer_timeout (200ms)"));
+  EXPECT_TRUE(waitFor([&] { return stalled_closed.load() == 1; }));  // cancelled: its socket closed
+  EXPECT_EQ(httpGet(gw.port(), "/").status, 200);
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+// The client leaving while balancer_by_lua* waits cancels it.
+TEST(LuaSocketTest, ClientLeavingWhileTheBalancerWaitsCancelsIt) {
+  std::atomic<int> peer_saw_close{0};
+  ScriptedPeer peer(readUntilClose(&peer_saw_close));
+  Gateway gw;
+  gw.setSimpleConf("location / { lua_balancer_timeout 10s; proxy_pass http://backend; }\n"
+                   "location = /alive { return 204; }",
+                   R"(upstream backend {
+      server 0.0.0.1;
+      balancer_by_lua_block {
+)" + connectTo(peer.port()) + R"(
+          ngx.log(ngx.WARN, "balancer waiting")
+          sock:receive()
+      }
+    })");
+  ASSERT_TRUE(gw.start());
+  {
+    RawClient c(gw.port());
+    c.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    ASSERT_TRUE(gw.waitLog("balancer waiting"));
+  }
+  EXPECT_TRUE(waitFor([&] { return peer_saw_close.load() == 1; }));
+  EXPECT_EQ(httpGet(gw.port(), "/alive").status, 204);  // the worker lives on
+  EXPECT_EQ(gw.stop(), 0);
+}
+
 // A listener whose backlog is full drops further SYNs (Linux), so a
 // connect to it waits until the connect timeout.
 TEST(LuaSocketTest, ConnectTimeout) {

@@ -20,7 +20,8 @@ RequestContext* requireRequest(lua_State* L);
 // The running request or timer.
 LuaTask* requireTask(lua_State* L);
 // The running request or timer, when `L` may yield to wait for an event;
-// `cosocket`: in log_by_lua* too (it runs detached from the client).
+// `cosocket`: in log_by_lua* (it runs detached from the client) and
+// balancer_by_lua* (under lua_balancer_timeout) too.
 LuaTask* requireYieldable(lua_State* L, bool cosocket = false);
 
 // Appends the ngx.say/ngx.print argument at `idx` to *out (api/ngx_request.cc);

@@ -41,7 +41,8 @@ LuaTask* requireTask(lua_State* L) {
 LuaTask* requireYieldable(lua_State* L, bool cosocket) {
   Vm* vm = Vm::from(L);
   LuaTask* task = vm->current();
-  bool phase_ok = task && (yieldablePhase(vm->phase()) || (cosocket && vm->phase() == Phase::kLog));
+  bool phase_ok =
+      task && (yieldablePhase(vm->phase()) || (cosocket && (vm->phase() == Phase::kLog || vm->phase() == Phase::kBalancer)));
   if (!phase_ok || !task->running() || task->running()->L != L) {
     if (phase_ok) luaL_error(L, "no co ctx found");
     raiseDisabled(L, vm->phase());

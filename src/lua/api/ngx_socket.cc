@@ -639,7 +639,7 @@ int sockReceive(lua_State* L) {
   Socket* sock = checkSocket(L);
   ReadMode mode = ReadMode::kLine;
   size_t n = 0;
-  if (lua_type(L, 2) == LUA_TNUMBER) {
+  if (lua_isnumber(L, 2)) {  // a numeric string too ("2"), as lua_isnumber() in OpenResty
     lua_Number v = lua_tonumber(L, 2);
     if (v < 0) return luaL_argerror(L, 2, "bad pattern argument");
     n = static_cast<size_t>(v);

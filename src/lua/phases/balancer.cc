@@ -1,9 +1,10 @@
 // balancer_by_lua*: an upstream's code, run by the proxy before every try
-// of a request to choose its peer. As in OpenResty it runs to completion
-// with lua_pcall, so nothing in it can yield: ngx.sleep, semaphores,
-// threads and output raise "API disabled in the context of
-// balancer_by_lua*" (ngx.exit records its status and returns). It runs in
-// the request's Lua context, so ngx.ctx is the one access_by_lua* filled;
+// of a request to choose its peer, in a task of its own. Beyond
+// OpenResty, cosockets may wait there (the proxy bounds the wait with
+// lua_balancer_timeout); ngx.sleep, semaphores, threads and output raise
+// "API disabled in the context of balancer_by_lua*" as in OpenResty
+// (ngx.exit records its status and returns). It shares the request's
+// ngx.ctx and globals, so ngx.ctx is the one access_by_lua* filled;
 // ngx.var and the ngx.req reads work, and ngx.req.set_header too (it
 // reaches the upstream with ngx.balancer.recreate_request()).
 // ngx.balancer (api/ngx_balancer.cc) reads and fills `call` meanwhile.
@@ -140,20 +141,15 @@ void LuaContentHandler::freeLuaBalancer(int handle) {
   if (handle > 0) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, handle);
 }
 
-bool LuaContentHandler::runBalancer(http::Request& r, const conf::LuaCode& code, http::ContentTask* task,
-                                    http::BalancerCall* call) {
-  auto* ctx = dynamic_cast<RequestContext*>(task);
-  DetachedSink sink(false);  // the balancer never answers
-  std::unique_ptr<RequestContext> fresh;
-  if (!ctx) {
-    fresh = std::make_unique<RequestContext>(vm_, loop_, r, http::LuaPhases{}, sink);
-    ctx = fresh.get();
-  }
-  http::BalancerCall* prev = ctx->balancerCall();
-  ctx->setBalancerCall(call);
-  bool ok = runToCompletion(vm_, r, code, Phase::kBalancer, ctx);
-  ctx->setBalancerCall(prev);
-  return ok;
+std::unique_ptr<http::ContentTask> LuaContentHandler::runBalancer(http::Request& r, const conf::LuaCode& code,
+                                                                  http::ContentTask* task, http::BalancerCall* call,
+                                                                  bool* ok, std::function<void(bool)> done) {
+  auto run = std::make_unique<RequestContext>(vm_, loop_, r, http::LuaPhases{}, balancer_sink_);
+  if (auto* ctx = dynamic_cast<RequestContext*>(task)) run->inherit(*ctx);
+  run->setBalancerCall(call);
+  if (!run->runAlone(code, Phase::kBalancer, ok)) return nullptr;
+  run->whenEnded(std::move(done));
+  return run;
 }
 
 }  // namespace tidegate::lua

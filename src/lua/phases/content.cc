@@ -2,6 +2,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "http/variables.h"
 
 namespace tidegate::lua {
 
@@ -67,7 +68,7 @@ void RequestContext::nextPhase() {
       case Step::kAccess: code = phases_.access; phase_ = Phase::kAccess; break;
       case Step::kContent: code = phases_.content; phase_ = Phase::kContent; break;
       case Step::kDone:
-      case Step::kLog: break;
+      case Step::kAlone: break;
     }
     if (!code) {
       step_ = static_cast<Step>(static_cast<int>(step_) + 1);
@@ -94,8 +95,8 @@ void RequestContext::nextPhase() {
 // next phase, as in OpenResty; ngx.exit(status >= 200), output, or the
 // content phase produce the response.
 void RequestContext::phaseEnded() {
-  if (step_ == Step::kLog) {
-    logEnded();
+  if (step_ == Step::kAlone) {
+    aloneEnded(true);
     return;
   }
   if (result_.redirect != http::ContentResult::Redirect::kNone) {
@@ -115,9 +116,10 @@ void RequestContext::phaseEnded() {
 // traceback in the error log in OpenResty's words.
 void RequestContext::onError(std::string trace) {
   uint64_t conn_id = req_->conn ? req_->conn->id : 0;
-  if (step_ == Step::kLog) {
-    TG_LOG_CONN(core::LogLevel::kError, conn_id, "failed to run log_by_lua*: %s", trace.c_str());
-    logEnded();
+  if (step_ == Step::kAlone) {
+    TG_LOG_CONN(core::LogLevel::kError, conn_id, "failed to run %s_by_lua*: %s%s", phaseName(phase_), trace.c_str(),
+                http::describeRequest(*req_).c_str());
+    aloneEnded(false);
     return;
   }
   TG_LOG_CONN(core::LogLevel::kError, conn_id,
@@ -137,27 +139,24 @@ void RequestContext::finish() {
   sink_.finish(std::move(result_), this);
 }
 
-bool RequestContext::runLog(const conf::LuaCode& code) {
+bool RequestContext::runAlone(const conf::LuaCode& code, Phase phase, bool* ok) {
   std::string err;
   if (!vm().push(code, this, &err)) {  // Stack: [] -> [fn]
-    TG_LOG(core::LogLevel::kError, "failed to load log_by_lua code: %s", err.c_str());
+    TG_LOG(core::LogLevel::kError, "failed to load %s_by_lua code: %s", phaseName(phase), err.c_str());
+    *ok = false;
     return false;
   }
-  step_ = Step::kLog;
-  phase_ = Phase::kLog;
+  step_ = Step::kAlone;
+  phase_ = phase;
   startEntry();  // may end it
+  *ok = alone_ok_;
   return !done_;
 }
 
-void RequestContext::detach(std::function<void(http::ContentTask*)> ended) {
-  detached_ = std::make_unique<http::DetachedRequest>(*req_);
-  req_ = &detached_->req();
-  log_ended_ = std::move(ended);
-}
-
-void RequestContext::logEnded() {
+void RequestContext::aloneEnded(bool ok) {
   done_ = true;
-  if (log_ended_) log_ended_(this);
+  alone_ok_ = ok;
+  if (ended_) ended_(ok);
 }
 
 // log_by_lua* runs in a task of its own, so that one that waits can
@@ -167,8 +166,11 @@ std::unique_ptr<http::ContentTask> LuaContentHandler::runLog(http::Request& r, c
                                                              std::function<void(http::ContentTask*)> ended) {
   auto log = std::make_unique<RequestContext>(vm_, loop_, r, http::LuaPhases{}, log_sink_);
   if (auto* ctx = dynamic_cast<RequestContext*>(task)) log->inherit(*ctx);
-  if (!log->runLog(code)) return nullptr;
-  log->detach(std::move(ended));
+  bool ok = true;
+  if (!log->runAlone(code, Phase::kLog, &ok)) return nullptr;
+  log->detach();
+  RequestContext* raw = log.get();
+  log->whenEnded([raw, ended = std::move(ended)](bool) { ended(raw); });
   return log;
 }
 

@@ -25,13 +25,21 @@ class RequestContext : public LuaTask, public http::ContentTask {
 
   // Runs the first phase that has code.
   void start();
-  // log_by_lua*: runs `code` as this task's entry (a context of its own,
-  // sharing the request's ngx.ctx and globals through inherit()); errors
-  // are logged, nothing else. True if it waits: detach() must follow.
-  bool runLog(const conf::LuaCode& code);
+  // One handler of `phase` (log_by_lua*, balancer_by_lua*) as the entry
+  // of this task, a context of its own that shares the request's ngx.ctx
+  // and globals through inherit(). An error is logged as "failed to run
+  // <phase>_by_lua*: ..."; *ok says whether it ended without one. True if
+  // it waits (a cosocket): whenEnded() must follow.
+  bool runAlone(const conf::LuaCode& code, Phase phase, bool* ok);
+  // `ended(ok)` runs when the waiting handler ends, from inside this task
+  // (which must not be freed there).
+  void whenEnded(std::function<void(bool ok)> ended) { ended_ = std::move(ended); }
   // The log handler waits and the connection moves on: the task carries on
-  // with a copy of the request and calls `ended(this)` when it ends.
-  void detach(std::function<void(http::ContentTask*)> ended);
+  // with a copy of the request.
+  void detach() {
+    detached_ = std::make_unique<http::DetachedRequest>(*req_);
+    req_ = &detached_->req();
+  }
   Phase phase() const override { return phase_; }
   RequestContext* request() override { return this; }
 
@@ -93,11 +101,11 @@ class RequestContext : public LuaTask, public http::ContentTask {
   }
 
  private:
-  enum class Step { kRewrite, kAccess, kContent, kDone, kLog };
+  enum class Step { kRewrite, kAccess, kContent, kDone, kAlone };
   void nextPhase();
   void phaseEnded();
   void finish();
-  void logEnded();
+  void aloneEnded(bool ok);
   void onDone() override { phaseEnded(); }
   void onExit() override { phaseEnded(); }
   void onError(std::string trace) override;
@@ -105,7 +113,8 @@ class RequestContext : public LuaTask, public http::ContentTask {
   http::Request* req_;
   http::ContentSink& sink_;
   std::unique_ptr<http::DetachedRequest> detached_;  // after detach()
-  std::function<void(http::ContentTask*)> log_ended_;
+  std::function<void(bool)> ended_;
+  bool alone_ok_ = true;
   http::LuaPhases phases_;
   Step step_ = Step::kRewrite;
   Phase phase_ = Phase::kRewrite;
@@ -167,8 +176,9 @@ class LuaContentHandler : public http::ContentHandler {
                      bool* eof) override;
   bool runSet(http::Request& r, const conf::LuaCode& code, const std::vector<std::string>& args,
               std::string* out) override;  // phases/set.cc
-  bool runBalancer(http::Request& r, const conf::LuaCode& code, http::ContentTask* task,
-                   http::BalancerCall* call) override;  // phases/balancer.cc
+  std::unique_ptr<http::ContentTask> runBalancer(http::Request& r, const conf::LuaCode& code,
+                                                 http::ContentTask* task, http::BalancerCall* call, bool* ok,
+                                                 std::function<void(bool)> done) override;  // phases/balancer.cc
   // Lua balancer modules (phases/balancer.cc).
   int newLuaBalancer(const std::string& module, const std::vector<LuaBalancerPeer>& peers, std::string* err) override;
   bool luaBalancerPick(int handle, std::string* id, std::string* err) override;
@@ -178,7 +188,8 @@ class LuaContentHandler : public http::ContentHandler {
  private:
   Vm& vm_;
   uv_loop_t* loop_;
-  DetachedSink log_sink_{true};  // the log phase's: the response is out
+  DetachedSink log_sink_{true};        // the log phase's: the response is out
+  DetachedSink balancer_sink_{false};  // the balancer never answers
 };
 
 }  // namespace tidegate::lua
