@@ -189,6 +189,33 @@ while True:
         print(f"bench: WARNING {side}: update {n} answered {r.status}", file=sys.stderr)
 EOP
 }
+# Debian's lua-nginx-redis, unmodified, on both sides: each request takes a connection
+# from the pool, GETs one key and puts the connection back. One redis-server (started
+# by start_redis, on CPU 1 beside wrk; its CPU is not counted) serves every run.
+scenario_redis() {
+  cat <<EOC
+location / {
+    content_by_lua_block {
+        local redis = require "nginx.redis"
+        local red = redis:new()
+        red:set_timeout(1000)
+        local ok, err = red:connect("127.0.0.1", $REDIS_PORT)
+        if not ok then ngx.log(ngx.ERR, "redis connect: ", err) return ngx.exit(500) end
+        local v, err = red:get("bench")
+        if not v then ngx.log(ngx.ERR, "redis get: ", err) return ngx.exit(500) end
+        red:set_keepalive(10000, 64)
+        ngx.say(v)
+    }
+}
+EOC
+}
+# Debian's lua module and tidegate both find /usr/share/lua/5.1 by default; say it anyway.
+http_redis() { echo 'lua_package_path "/usr/share/lua/5.1/?.lua;;";'; }
+setup_redis() {
+  [ -f /usr/share/lua/5.1/nginx/redis.lua ] && command -v redis-server >/dev/null ||
+    die "redis needs lua-nginx-redis and redis-server (scripts/setup.sh installs them)"
+  REDIS_PORT=needed
+}
 setup_shdict_ops() { WORKERS=${SHDICT_WORKERS:-2} SERVER_CPUS=${SHDICT_CPUS:-0,1}; CONNS=${CONNS:-4}; }
 
 die() { echo "bench: $*" >&2; exit 1; }
@@ -237,12 +264,13 @@ NOFILE=$(ulimit -n)
 ((NOFILE >= 2 * CONNS + 64)) || die "ulimit -n is $NOFILE, too low for CONNS=$CONNS (need $((2 * CONNS + 64)))"
 WORKER_CONNS=$((2 * CONNS + 64 > 4096 ? 2 * CONNS + 64 : 4096))
 TMP=$(mktemp -d /tmp/tidegate-bench.XXXXXX)
-SERVER_PID="" BACKEND_PID="" WRK_PID="" DURING_PID=""
+SERVER_PID="" BACKEND_PID="" WRK_PID="" DURING_PID="" REDIS_PID=""
 cleanup() {
   if [ -n "$WRK_PID" ]; then kill "$WRK_PID" 2>/dev/null || true; fi
   if [ -n "$DURING_PID" ]; then kill "$DURING_PID" 2>/dev/null || true; fi
   if [ -n "$SERVER_PID" ]; then stop SERVER_PID; fi
   if [ -n "$BACKEND_PID" ]; then stop BACKEND_PID; fi
+  if [ -n "$REDIS_PID" ]; then kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; fi
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -338,6 +366,21 @@ http {
 EOF
   launch BACKEND_PID "$NGINX" 1 "$dir" "$BACKEND_PORT"
 }
+# The redis scenario's server: no persistence, on CPU 1 beside wrk, holding the key
+# every request reads. Ready when redis-cli can set it.
+start_redis() {
+  local deadline=$((SECONDS + 10))
+  taskset -c 1 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$TMP" >"$TMP/redis.log" 2>&1 &
+  REDIS_PID=$!
+  until [ "$(redis-cli -p "$REDIS_PORT" set bench hello 2>/dev/null)" = OK ]; do
+    if ! kill -0 "$REDIS_PID" 2>/dev/null || ((SECONDS > deadline)); then
+      cat "$TMP/redis.log" >&2
+      die "redis-server did not become ready on port $REDIS_PORT"
+    fi
+    sleep 0.05
+  done
+}
 backend_accepts() {   # connections the backend has accepted so far (this request's too)
   curl -fsS --max-time 2 "http://127.0.0.1:$BACKEND_PORT/bench-status" | awk 'NR == 3 { print $1 }'
 }
@@ -431,8 +474,10 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] :
 # ---- interleaved rounds ---------------------------------------------------------------
 if [ -n "$BACKEND" ]; then BACKEND_PORT=$(free_port); fi
 if [ "${ADMIN_PORT:-}" = needed ]; then ADMIN_PORT=$(free_port); fi
+if [ "${REDIS_PORT:-}" = needed ]; then REDIS_PORT=$(free_port); fi
 check_confs
 if [ -n "$BACKEND" ]; then start_backend; fi
+if [ -n "${REDIS_PORT:-}" ]; then start_redis; fi
 read -ra SIDE <<<"$SIDES"
 REF=${SIDE[0]}
 echo "scenario=$SCENARIO rounds=$ROUNDS conns=$CONNS threads=$THREADS duration=${DURATION}s tidegate=$TIDEGATE"
@@ -440,6 +485,9 @@ echo "server ($WORKERS worker(s)) on CPU $SERVER_CPUS, wrk on CPU 1;$(for s in "
 echo "r:* = tidegate/$REF per round; p99 in us; cpu = server CPU (all its processes) in us per request"
 if [ -n "$BACKEND" ]; then
   echo "backend: nginx, $BACKEND_WORKERS worker(s) on CPU 1 (with wrk), port $BACKEND_PORT; its CPU is not counted"
+fi
+if [ -n "${REDIS_PORT:-}" ]; then
+  echo "redis: redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on CPU 1 (with wrk), port $REDIS_PORT; its CPU is not counted"
 fi
 # Columns of $TMP/runs: round side req/s p99 cpu est new backend% cpu0% cpu1%
 row() {   # row ROUND VALUES...: one table line, three columns per side then the ratios

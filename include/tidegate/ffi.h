@@ -7,6 +7,7 @@
 #define TIDEGATE_FFI_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -93,6 +94,18 @@ int tg_shdict_set(void* zone, const char* key, size_t key_len, int type, const c
  * res->forcible); < 0: nothing changed, slow path (it returns the error). */
 int tg_shdict_incr(void* zone, const char* key, size_t key_len, double n, int has_init, double init,
                    double init_ttl, tg_shdict_result_t* res);
+
+/* Two of nginx's own functions, under nginx's names and signatures, because
+ * Debian's lua-nginx-string (nginx/string.lua) declares and calls them
+ * through ffi.C as it would inside nginx (the one exception to the tg_
+ * prefix). */
+/* Writes the `len` bytes at `src` as 2 * `len` lowercase hex digits at `dst`
+ * (no terminating NUL); returns dst + 2 * len. */
+unsigned char* ngx_hex_dump(unsigned char* dst, const unsigned char* src, size_t len);
+/* The decimal number in the `n` bytes at `line` (digits only, no sign, no
+ * spaces), or -1 when `n` is 0, a byte is not a digit, or the value does not
+ * fit in an intptr_t. */
+intptr_t ngx_atoi(const unsigned char* line, size_t n);
 
 #ifdef __cplusplus
 }

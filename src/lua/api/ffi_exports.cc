@@ -123,4 +123,26 @@ int tg_header_set(void* r, const char* name, size_t name_len, const char* value,
   return 0;
 }
 
+unsigned char* ngx_hex_dump(unsigned char* dst, const unsigned char* src, size_t len) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  for (size_t i = 0; i < len; i++) {
+    *dst++ = static_cast<unsigned char>(kDigits[src[i] >> 4]);
+    *dst++ = static_cast<unsigned char>(kDigits[src[i] & 0xf]);
+  }
+  return dst;
+}
+
+intptr_t ngx_atoi(const unsigned char* line, size_t n) {
+  if (n == 0) return -1;
+  constexpr intptr_t kMax = INTPTR_MAX;
+  intptr_t value = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (line[i] < '0' || line[i] > '9') return -1;
+    intptr_t digit = line[i] - '0';
+    if (value > (kMax - digit) / 10) return -1;
+    value = value * 10 + digit;
+  }
+  return value;
+}
+
 }  // extern "C"
