@@ -57,6 +57,10 @@ int writeGlobal(lua_State* L) {
 }  // namespace
 
 void LuaTask::pushEnv(lua_State* L) {
+  if (inherited_) {
+    inherited_->pushEnv(L);
+    return;
+  }
   if (env_ref_ != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, env_ref_);
     return;
@@ -83,15 +87,22 @@ void LuaTask::pushEnv(lua_State* L) {
   env_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-void LuaTask::inherit(LuaTask& from) {
+void LuaTask::keepInherited() {
+  LuaTask* from = inherited_;
+  if (!from) return;
+  inherited_ = nullptr;
   lua_State* L = vm_.state();
-  from.pushCtx(L);  // made now if it was not: later runs see what this one sets
+  from->pushCtx(L);
   ctx_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
-  from.pushEnv(L);
+  from->pushEnv(L);
   env_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 void LuaTask::pushCtx(lua_State* L) {
+  if (inherited_) {
+    inherited_->pushCtx(L);
+    return;
+  }
   if (ctx_ref_ == LUA_NOREF) {
     lua_newtable(L);
     lua_pushvalue(L, -1);
@@ -102,6 +113,10 @@ void LuaTask::pushCtx(lua_State* L) {
 }
 
 void LuaTask::setCtx(lua_State* L) {
+  if (inherited_) {
+    inherited_->setCtx(L);
+    return;
+  }
   if (ctx_ref_ != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, ctx_ref_);
   ctx_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
 }

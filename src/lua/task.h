@@ -81,11 +81,14 @@ class LuaTask {
   // Stack: [] -> [env].
   void pushEnv(lua_State* L);
   // The registry reference of ngx.ctx, LUA_NOREF before its first use.
-  int ctxRef() const { return ctx_ref_; }
-  // Shares `from`'s ngx.ctx and globals (made now if need be): a later
-  // phase run in a task of its own (log_by_lua*, balancer_by_lua*).
-  // Before any use.
-  void inherit(LuaTask& from);
+  int ctxRef() const { return inherited_ ? inherited_->ctxRef() : ctx_ref_; }
+  // Uses `from`'s ngx.ctx and globals (a later phase run in a task of its
+  // own: log_by_lua*, balancer_by_lua*), which must outlive this task or
+  // keepInherited() must be called before it goes. Before any use.
+  void inherit(LuaTask& from) { inherited_ = &from; }
+  // Holds references to the inherited ngx.ctx and globals of its own (made
+  // now if need be), so that `from` may go.
+  void keepInherited();
 
   // --- used by the API functions (always for the running coroutine) ---
   Co* running() const { return running_; }
@@ -168,6 +171,7 @@ class LuaTask {
   bool in_run_ = false;
   int ctx_ref_ = LUA_NOREF;
   int env_ref_ = LUA_NOREF;
+  LuaTask* inherited_ = nullptr;
 };
 
 // ngx.sleep(): a one-shot timer that wakes the coroutine with no results.

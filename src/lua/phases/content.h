@@ -39,6 +39,7 @@ class RequestContext : public LuaTask, public http::ContentTask {
   void detach() {
     detached_ = std::make_unique<http::DetachedRequest>(*req_);
     req_ = &detached_->req();
+    keepInherited();
   }
   Phase phase() const override { return phase_; }
   RequestContext* request() override { return this; }
