@@ -443,6 +443,26 @@ TEST(LuaSocketTest, ClientLeavingWhileTheBalancerWaitsCancelsIt) {
   EXPECT_EQ(gw.stop(), 0);
 }
 
+// A peer that reads nothing: a large send fills the buffers and times out,
+// which closes the socket (OpenResty).
+TEST(LuaSocketTest, SendTimeoutOnAPeerThatDoesNotRead) {
+  std::atomic<bool> done{false};
+  ScriptedPeer peer([&](int) { waitFor([&] { return done.load(); }); });
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, connectTo(peer.port()) + R"(
+    sock:setoption("sndbuf", 65536)
+    sock:settimeouts(1000, 100, 1000)
+    local t0 = ngx.now()
+    ngx.say(sock:send(string.rep("x", 64 * 1024 * 1024)))
+    ngx.say(ngx.now() - t0 < 5)
+    ngx.say(sock:send("more"))
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "niltimeout\ntrue\nnilclosed\n");
+  done = true;
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
 // A listener whose backlog is full drops further SYNs (Linux), so a
 // connect to it waits until the connect timeout.
 TEST(LuaSocketTest, ConnectTimeout) {
