@@ -1,0 +1,48 @@
+// What the TCP (api/ngx_socket.cc) and UDP (api/ngx_socket_udp.cc)
+// cosockets share: the object check, timeouts from the conf, failure
+// results and the choice among a host name's addresses.
+#pragma once
+
+#include <lua.hpp>
+#include <netdb.h>
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <string>
+
+#include "conf/config.h"
+#include "lua/api/common.h"
+#include "lua/task.h"
+
+namespace tidegate::lua {
+
+// The cosocket userdata of type `meta` at index 1, only for the task that
+// made it (`S::task_id`): an object kept from an ended request raises
+// OpenResty's "bad request".
+template <class S>
+S* checkTaskSocket(lua_State* L, const char* meta) {
+  auto* sock = static_cast<S*>(luaL_checkudata(L, 1, meta));
+  if (requireTask(L)->id() != sock->task_id) luaL_error(L, "bad request");
+  return sock;
+}
+
+// The http settings in force for `task` (its location's, or the http
+// level's for a timer): lua_socket_*_timeout and friends.
+const conf::HttpSettings& socketSettings(LuaTask* task);
+
+// A timeout argument in ms at `idx`; `current` when absent. Raises on a
+// negative value.
+uint64_t checkTimeoutMs(lua_State* L, int idx, uint64_t current);
+
+// Stack: [] -> [nil, err]; returns 2.
+int pushSocketFailure(lua_State* L, const char* err);
+
+// The address to use among getaddrinfo's answers, with `port` set: the
+// first IPv4 one, as OpenResty's resolver asks for A records only (unless
+// ipv6=on); else the first. `res` must not be null.
+sockaddr_storage pickAddress(const addrinfo* res, int port);
+
+// OpenResty's text for a failed lookup: "HOST could not be resolved (...)".
+std::string unresolvedMessage(const std::string& host, int uv_status);
+
+}  // namespace tidegate::lua

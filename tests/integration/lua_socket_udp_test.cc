@@ -1,0 +1,209 @@
+// ngx.socket.udp against a datagram peer on loopback (udp_peer.h): round
+// trips, the read timeout, host names, unix-domain peers, ICMP refusals,
+// timers, light threads sharing a socket, and the endpoint closing when
+// its request ends or the client leaves while a receive waits.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "harness.h"
+#include "udp_peer.h"
+
+namespace tidegate::test {
+namespace {
+
+// Echoes every datagram but those starting with "silent".
+UdpPeer::Script echo(const std::string& prefix = "") {
+  return [prefix](const std::string& d) -> std::optional<std::string> {
+    if (d.rfind("silent", 0) == 0) return std::nullopt;
+    return prefix + d;
+  };
+}
+
+Gateway* startWith(Gateway& gw, const std::string& body, const std::string& http_extra = "") {
+  gw.setSimpleConf("location /t { content_by_lua_block {\n" + body + "\n} }", http_extra);
+  return gw.start() ? &gw : nullptr;
+}
+
+// Lua: `sock`, with its peer set.
+std::string peerAt(int port, const std::string& host = "127.0.0.1") {
+  return "local sock = ngx.socket.udp()\nassert(sock:setpeername(\"" + host + "\", " + std::to_string(port) + "))\n";
+}
+
+void expectCleanStop(Gateway& gw) {
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+TEST(LuaSocketUdpTest, RoundTripsANestedTableCutsToSizeAndClosesOnce) {
+  UdpPeer peer(echo());
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, peerAt(peer.port()) + R"(
+    ngx.say(sock:send({"ab", {"cd", {1, 2}}}))
+    ngx.say(sock:receive())
+    ngx.say(sock:send("hello"))
+    ngx.say(sock:receive(2))
+    sock:send(string.rep("x", 60000))
+    ngx.say(#sock:receive())
+    ngx.say(sock:close())
+    ngx.say(sock:close())
+    ngx.say(sock:send("x"))
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "1\nabcd12\n1\nhe\n60000\n1\nnilclosed\nnilclosed\n");
+  EXPECT_EQ(peer.received(), 3);
+  expectCleanStop(gw);
+}
+
+// The conf's lua_socket_read_timeout first, then settimeout's.
+TEST(LuaSocketUdpTest, ReceiveTimeoutLeavesTheSocketUsable) {
+  UdpPeer peer(echo());
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, peerAt(peer.port()) + R"(
+    sock:send("silent")
+    local t0 = ngx.now()
+    ngx.say(sock:receive())
+    ngx.say(ngx.now() - t0 < 2)
+    sock:settimeout(50)
+    ngx.say(sock:receive())
+    sock:settimeout(5000)
+    sock:send("again")
+    ngx.say(sock:receive())
+  )", "lua_socket_read_timeout 100ms;"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "niltimeout\ntrue\nniltimeout\nagain\n");
+  expectCleanStop(gw);
+}
+
+// setpeername with a host name waits for the lookup; calling it again
+// re-targets the socket.
+TEST(LuaSocketUdpTest, HostNameAndReTargeting) {
+  UdpPeer one(echo("one:"));
+  UdpPeer two(echo("two:"));
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, peerAt(one.port(), "localhost") + R"(
+    sock:send("a")
+    ngx.say(sock:receive())
+    ngx.say(sock:setpeername("127.0.0.1", )" + std::to_string(two.port()) + R"())
+    sock:send("b")
+    ngx.say(sock:receive())
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "one:a\n1\ntwo:b\n");
+  EXPECT_EQ(one.received(), 1);
+  EXPECT_EQ(two.received(), 1);
+  expectCleanStop(gw);
+}
+
+TEST(LuaSocketUdpTest, UnixDomainDatagramPeer) {
+  TempDir dir;
+  std::string path = dir.path() + "/dgram.sock";
+  UdpPeer peer(echo("unix:"), 0, path);
+  ASSERT_EQ(peer.port(), -1);
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, R"(
+    local sock = ngx.socket.udp()
+    ngx.say(sock:setpeername("unix:)" + path + R"("))
+    sock:send("hi")
+    ngx.say(sock:receive())
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "1\nunix:hi\n");
+  expectCleanStop(gw);
+}
+
+// A datagram to a closed port comes back as ICMP port unreachable, which
+// the next receive reports; the socket is still usable.
+TEST(LuaSocketUdpTest, RefusedByThePeerAndStillUsable) {
+  int closed_port;
+  {
+    UdpPeer gone(echo());
+    closed_port = gone.port();
+  }
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, peerAt(closed_port) + R"(
+    sock:settimeout(5000)
+    sock:send("x")
+    ngx.say(sock:receive())
+    ngx.say(sock:close())
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "nilconnection refused\n1\n");
+  expectCleanStop(gw);
+}
+
+TEST(LuaSocketUdpTest, SocketInATimer) {
+  UdpPeer peer(echo());
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, R"(
+    local done
+    ngx.timer.at(0, function()
+)" + peerAt(peer.port()) + R"(
+        sock:send("from timer")
+        done = sock:receive()
+    end)
+    while not done do ngx.sleep(0.01) end
+    ngx.say(done)
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "from timer\n");
+  expectCleanStop(gw);
+}
+
+// One light thread waits in receive; another finds the socket busy for
+// receive and close, but may send.
+TEST(LuaSocketUdpTest, LightThreadsShareASocket) {
+  UdpPeer peer(echo());
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, peerAt(peer.port()) + R"(
+    local t = ngx.thread.spawn(function() return sock:receive() end)
+    ngx.say(sock:receive())
+    ngx.say(sock:close())
+    ngx.say(sock:send("ping"))
+    ngx.say(select(2, ngx.thread.wait(t)))
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "nilsocket busy\nnilsocket busy\n1\nping\n");
+  expectCleanStop(gw);
+}
+
+// The worker's fds come back to what they were once `client` is done: the
+// UDP socket the request opened is closed.
+void expectEndpointClosedAfter(Gateway& gw, const std::function<void()>& client) {
+  ASSERT_EQ(httpGet(gw.port(), "/none").status, 404);
+  std::vector<pid_t> workers = gw.workerPids();
+  ASSERT_EQ(workers.size(), 1u);
+  int before = openFdCount(workers[0]);
+  client();
+  EXPECT_TRUE(waitFor([&] { return openFdCount(workers[0]) == before; })) << openFdCount(workers[0]) << " vs " << before;
+  EXPECT_EQ(httpGet(gw.port(), "/none").status, 404);  // the worker lives on
+}
+
+TEST(LuaSocketUdpTest, ClientLeavingWhileAReceiveWaitsClosesTheSocket) {
+  UdpPeer peer(echo());
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, peerAt(peer.port()) + R"(
+    sock:send("silent")
+    ngx.log(ngx.WARN, "udp receive waiting")
+    sock:receive()
+  )", "lua_check_client_abort on;"));
+  expectEndpointClosedAfter(gw, [&] {
+    RawClient c(gw.port());
+    c.send("GET /t HTTP/1.1\r\nHost: a\r\n\r\n");
+    ASSERT_TRUE(gw.waitLog("udp receive waiting"));
+  });
+  expectCleanStop(gw);
+}
+
+TEST(LuaSocketUdpTest, TheEndOfTheRequestClosesItsSockets) {
+  UdpPeer peer(echo());
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, peerAt(peer.port()) + R"(
+    sock:send("left open")
+    ngx.say(sock:receive())
+  )"));
+  expectEndpointClosedAfter(gw, [&] { EXPECT_EQ(httpGet(gw.port(), "/t").body, "left open\n"); });
+  expectCleanStop(gw);
+}
+
+}  // namespace
+}  // namespace tidegate::test
