@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -137,14 +136,11 @@ class DnsServer {
       udp_ = std::make_unique<UdpPeer>([](const std::string& q) { return answer(q, true); });
       tcp_fd_ = listenOn(udp_->port());
     }
-    stop_fd_ = ::eventfd(0, 0);
     thread_ = std::thread([this] { serveTcp(); });
   }
   ~DnsServer() {
-    uint64_t one = 1;
-    (void)!::write(stop_fd_, &one, sizeof(one));
+    stop_.fire();
     thread_.join();
-    ::close(stop_fd_);
     ::close(tcp_fd_);
   }
   int port() const { return udp_->port(); }
@@ -166,15 +162,15 @@ class DnsServer {
   }
   void serveTcp() {
     for (;;) {
-      pollfd fds[2] = {{tcp_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+      pollfd fds[2] = {{tcp_fd_, POLLIN, 0}, {stop_.fd(), POLLIN, 0}};
       if (::poll(fds, 2, -1) < 0) continue;
       if (fds[1].revents) return;
       int c = ::accept(tcp_fd_, nullptr, nullptr);
       if (c < 0) continue;
       char len[2];
-      while (readFull(c, stop_fd_, len, 2)) {
+      while (readFull(c, stop_.fd(), len, 2)) {
         std::string q(static_cast<size_t>(static_cast<unsigned char>(len[0]) << 8 | static_cast<unsigned char>(len[1])), '\0');
-        if (!readFull(c, stop_fd_, q.data(), q.size())) break;
+        if (!readFull(c, stop_.fd(), q.data(), q.size())) break;
         tcp_queries_++;
         std::optional<std::string> a = answer(q, false);
         if (!a) break;
@@ -187,10 +183,13 @@ class DnsServer {
 
   std::unique_ptr<UdpPeer> udp_;
   int tcp_fd_ = -1;
-  int stop_fd_ = -1;
+  StopSignal stop_;
   std::atomic<int> tcp_queries_{0};
   std::thread thread_;
 };
+
+// What show() prints for the A records of www.example.test.
+const std::string kWwwA = "www.example.test 1 192.0.2.1 300\nwww.example.test 1 192.0.2.2 300\n";
 
 // Lua: `r`, a resolver for 127.0.0.1:port, and show(answers, err), which
 // prints one line per answer (or the error).
@@ -210,72 +209,77 @@ std::string resolverAt(int port, int timeout_ms = 1000) {
 )";
 }
 
-Gateway* startWith(Gateway& gw, const std::string& body, const std::string& http_extra = "") {
-  gw.setSimpleConf("location /t { content_by_lua_block {\n" + body + "\n} }", http_extra);
-  return gw.start() ? &gw : nullptr;
-}
-
 void expectCleanStop(Gateway& gw) {
   EXPECT_EQ(gw.stop(), 0);
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
 }
 
-TEST(LuaDnsTest, AAaaaCnameAndTxtOverUdp) {
-  DnsServer dns;
-  ASSERT_GT(dns.port(), 0);
+// What a content handler printed running `lua` (after resolverAt() for a
+// fresh DnsServer), and the queries that server saw.
+struct Outcome {
+  std::string body;
+  int udp_queries = 0;
+  int tcp_queries = 0;
+};
+
+// GET /t's body from a content handler running `lua`; the gateway stops cleanly.
+std::string bodyOf(const std::string& lua) {
   Gateway gw;
-  ASSERT_TRUE(startWith(gw, resolverAt(dns.port()) + R"(
+  gw.setSimpleConf("location /t { content_by_lua_block {\n" + lua + "\n} }");
+  if (!gw.start()) {
+    ADD_FAILURE() << gw.errorLog();
+    return "";
+  }
+  std::string body = httpGet(gw.port(), "/t").body;
+  expectCleanStop(gw);
+  return body;
+}
+
+Outcome resolveWith(const std::string& lua) {
+  DnsServer dns;
+  EXPECT_GT(dns.port(), 0);
+  Outcome out;
+  out.body = bodyOf(resolverAt(dns.port()) + lua);
+  out.udp_queries = dns.udpQueries();
+  out.tcp_queries = dns.tcpQueries();
+  return out;
+}
+
+TEST(LuaDnsTest, AAaaaCnameAndTxtOverUdp) {
+  Outcome out = resolveWith(R"(
     show(r:query("www.example.test", {qtype = r.TYPE_A}))
     show(r:query("www.example.test", {qtype = r.TYPE_AAAA}))
     show(r:query("alias.example.test", {qtype = r.TYPE_A}))
     show(r:query("alias.example.test", {qtype = r.TYPE_CNAME}))
     show(r:query("txt.example.test", {qtype = r.TYPE_TXT}))
-  )"));
-  EXPECT_EQ(httpGet(gw.port(), "/t").body,
-            "www.example.test 1 192.0.2.1 300\n"
-            "www.example.test 1 192.0.2.2 300\n"
-            "www.example.test 28 2001:db8:0:0:0:0:0:1 300\n"
-            "alias.example.test 5 www.example.test 300\n"
-            "www.example.test 1 192.0.2.1 300\n"
-            "www.example.test 1 192.0.2.2 300\n"
-            "alias.example.test 5 www.example.test 300\n"
-            "txt.example.test 16 hello world 300\n");
-  EXPECT_EQ(dns.udpQueries(), 5);
-  EXPECT_EQ(dns.tcpQueries(), 0);
-  expectCleanStop(gw);
+  )");
+  EXPECT_EQ(out.body, kWwwA + "www.example.test 28 2001:db8:0:0:0:0:0:1 300\n" +
+                          "alias.example.test 5 www.example.test 300\n" + kWwwA +
+                          "alias.example.test 5 www.example.test 300\n" + "txt.example.test 16 hello world 300\n");
+  EXPECT_EQ(out.udp_queries, 5);
+  EXPECT_EQ(out.tcp_queries, 0);
 }
 
 TEST(LuaDnsTest, NxDomain) {
-  DnsServer dns;
-  ASSERT_GT(dns.port(), 0);
-  Gateway gw;
-  ASSERT_TRUE(startWith(gw, resolverAt(dns.port()) + R"(
+  Outcome out = resolveWith(R"(
     local answers = r:query("nothing.example.test", {qtype = r.TYPE_A})
     ngx.say(answers.errcode, " ", answers.errstr, " ", #answers)
-  )"));
-  EXPECT_EQ(httpGet(gw.port(), "/t").body, "3 name error 0\n");
-  expectCleanStop(gw);
+  )");
+  EXPECT_EQ(out.body, "3 name error 0\n");
 }
 
 // The truncated UDP answer makes the library ask again over TCP
 // (ngx.socket.tcp); tcp_query goes straight to TCP.
 TEST(LuaDnsTest, TruncatedAnswerFallsBackToTcp) {
-  DnsServer dns;
-  ASSERT_GT(dns.port(), 0);
-  Gateway gw;
-  ASSERT_TRUE(startWith(gw, resolverAt(dns.port()) + R"(
+  Outcome out = resolveWith(R"(
     local answers, err = r:query("big.example.test", {qtype = r.TYPE_A})
     if not answers then ngx.say(err) return end
     ngx.say(#answers, " ", answers[1].address, " ", answers[#answers].address)
     show(r:tcp_query("www.example.test", {qtype = r.TYPE_A}))
-  )"));
-  EXPECT_EQ(httpGet(gw.port(), "/t").body,
-            "40 198.51.100.1 198.51.100.40\n"
-            "www.example.test 1 192.0.2.1 300\n"
-            "www.example.test 1 192.0.2.2 300\n");
-  EXPECT_EQ(dns.udpQueries(), 1);
-  EXPECT_EQ(dns.tcpQueries(), 2);
-  expectCleanStop(gw);
+  )");
+  EXPECT_EQ(out.body, "40 198.51.100.1 198.51.100.40\n" + kWwwA);
+  EXPECT_EQ(out.udp_queries, 1);
+  EXPECT_EQ(out.tcp_queries, 2);
 }
 
 // A timer started by init_worker_by_lua resolves and leaves its result in
@@ -306,16 +310,12 @@ TEST(LuaDnsTest, FromATimerAtWorkerStart) {
 // A server that never answers: both tries time out.
 TEST(LuaDnsTest, ServerThatNeverAnswersTimesOut) {
   UdpPeer silent([](const std::string&) { return std::nullopt; });
-  Gateway gw;
-  ASSERT_TRUE(startWith(gw, resolverAt(silent.port(), 100) + R"(
+  EXPECT_EQ(bodyOf(resolverAt(silent.port(), 100) + R"(
     local t0 = ngx.now()
     show(r:query("www.example.test", {qtype = r.TYPE_A}))
     ngx.say(ngx.now() - t0 < 2)
-  )"));
-  EXPECT_EQ(httpGet(gw.port(), "/t").body,
-            "error: failed to receive reply from UDP server 127.0.0.1:" + std::to_string(silent.port()) + ": timeout\ntrue\n");
+  )"), "error: failed to receive reply from UDP server 127.0.0.1:" + std::to_string(silent.port()) + ": timeout\ntrue\n");
   EXPECT_TRUE(waitFor([&] { return silent.received() == 2; }));
-  expectCleanStop(gw);
 }
 
 }  // namespace

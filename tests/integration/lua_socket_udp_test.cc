@@ -26,25 +26,32 @@ UdpPeer::Script echo(const std::string& prefix = "") {
   };
 }
 
-Gateway* startWith(Gateway& gw, const std::string& body, const std::string& http_extra = "") {
-  gw.setSimpleConf("location /t { content_by_lua_block {\n" + body + "\n} }", http_extra);
-  return gw.start() ? &gw : nullptr;
-}
-
 // Lua: `sock`, with its peer set.
 std::string peerAt(int port, const std::string& host = "127.0.0.1") {
   return "local sock = ngx.socket.udp()\nassert(sock:setpeername(\"" + host + "\", " + std::to_string(port) + "))\n";
 }
 
-void expectCleanStop(Gateway& gw) {
+// Starts a gateway serving `lua` at /t, runs `use` against it, and stops
+// it, which must go cleanly.
+void withGateway(const std::string& lua, const std::function<void(Gateway&)>& use, const std::string& http_extra = "") {
+  Gateway gw;
+  gw.setSimpleConf("location /t { content_by_lua_block {\n" + lua + "\n} }", http_extra);
+  ASSERT_TRUE(gw.start()) << gw.errorLog();
+  use(gw);
   EXPECT_EQ(gw.stop(), 0);
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
 }
 
+// The body of GET /t served by `lua`.
+std::string bodyOf(const std::string& lua, const std::string& http_extra = "") {
+  std::string body;
+  withGateway(lua, [&](Gateway& gw) { body = httpGet(gw.port(), "/t").body; }, http_extra);
+  return body;
+}
+
 TEST(LuaSocketUdpTest, RoundTripsANestedTableCutsToSizeAndClosesOnce) {
   UdpPeer peer(echo());
-  Gateway gw;
-  ASSERT_TRUE(startWith(gw, peerAt(peer.port()) + R"(
+  EXPECT_EQ(bodyOf(peerAt(peer.port()) + R"(
     ngx.say(sock:send({"ab", {"cd", {1, 2}}}))
     ngx.say(sock:receive())
     ngx.say(sock:send("hello"))
@@ -54,17 +61,14 @@ TEST(LuaSocketUdpTest, RoundTripsANestedTableCutsToSizeAndClosesOnce) {
     ngx.say(sock:close())
     ngx.say(sock:close())
     ngx.say(sock:send("x"))
-  )"));
-  EXPECT_EQ(httpGet(gw.port(), "/t").body, "1\nabcd12\n1\nhe\n60000\n1\nnilclosed\nnilclosed\n");
+  )"), "1\nabcd12\n1\nhe\n60000\n1\nnilclosed\nnilclosed\n");
   EXPECT_EQ(peer.received(), 3);
-  expectCleanStop(gw);
 }
 
 // The conf's lua_socket_read_timeout first, then settimeout's.
 TEST(LuaSocketUdpTest, ReceiveTimeoutLeavesTheSocketUsable) {
   UdpPeer peer(echo());
-  Gateway gw;
-  ASSERT_TRUE(startWith(gw, peerAt(peer.port()) + R"(
+  EXPECT_EQ(bodyOf(peerAt(peer.port()) + R"(
     sock:send("silent")
     local t0 = ngx.now()
     ngx.say(sock:receive())
@@ -74,9 +78,7 @@ TEST(LuaSocketUdpTest, ReceiveTimeoutLeavesTheSocketUsable) {
     sock:settimeout(5000)
     sock:send("again")
     ngx.say(sock:receive())
-  )", "lua_socket_read_timeout 100ms;"));
-  EXPECT_EQ(httpGet(gw.port(), "/t").body, "niltimeout\ntrue\nniltimeout\nagain\n");
-  expectCleanStop(gw);
+  )", "lua_socket_read_timeout 100ms;"), "niltimeout\ntrue\nniltimeout\nagain\n");
 }
 
 // setpeername with a host name waits for the lookup; calling it again
@@ -84,18 +86,15 @@ TEST(LuaSocketUdpTest, ReceiveTimeoutLeavesTheSocketUsable) {
 TEST(LuaSocketUdpTest, HostNameAndReTargeting) {
   UdpPeer one(echo("one:"));
   UdpPeer two(echo("two:"));
-  Gateway gw;
-  ASSERT_TRUE(startWith(gw, peerAt(one.port(), "localhost") + R"(
+  EXPECT_EQ(bodyOf(peerAt(one.port(), "localhost") + R"(
     sock:send("a")
     ngx.say(sock:receive())
     ngx.say(sock:setpeername("127.0.0.1", )" + std::to_string(two.port()) + R"())
     sock:send("b")
     ngx.say(sock:receive())
-  )"));
-  EXPECT_EQ(httpGet(gw.port(), "/t").body, "one:a\n1\ntwo:b\n");
+  )"), "one:a\n1\ntwo:b\n");
   EXPECT_EQ(one.received(), 1);
   EXPECT_EQ(two.received(), 1);
-  expectCleanStop(gw);
 }
 
 TEST(LuaSocketUdpTest, UnixDomainDatagramPeer) {
@@ -103,15 +102,12 @@ TEST(LuaSocketUdpTest, UnixDomainDatagramPeer) {
   std::string path = dir.path() + "/dgram.sock";
   UdpPeer peer(echo("unix:"), 0, path);
   ASSERT_EQ(peer.port(), -1);
-  Gateway gw;
-  ASSERT_TRUE(startWith(gw, R"(
+  EXPECT_EQ(bodyOf(R"(
     local sock = ngx.socket.udp()
     ngx.say(sock:setpeername("unix:)" + path + R"("))
     sock:send("hi")
     ngx.say(sock:receive())
-  )"));
-  EXPECT_EQ(httpGet(gw.port(), "/t").body, "1\nunix:hi\n");
-  expectCleanStop(gw);
+  )"), "1\nunix:hi\n");
 }
 
 // A datagram to a closed port comes back as ICMP port unreachable, which
@@ -122,21 +118,17 @@ TEST(LuaSocketUdpTest, RefusedByThePeerAndStillUsable) {
     UdpPeer gone(echo());
     closed_port = gone.port();
   }
-  Gateway gw;
-  ASSERT_TRUE(startWith(gw, peerAt(closed_port) + R"(
+  EXPECT_EQ(bodyOf(peerAt(closed_port) + R"(
     sock:settimeout(5000)
     sock:send("x")
     ngx.say(sock:receive())
     ngx.say(sock:close())
-  )"));
-  EXPECT_EQ(httpGet(gw.port(), "/t").body, "nilconnection refused\n1\n");
-  expectCleanStop(gw);
+  )"), "nilconnection refused\n1\n");
 }
 
 TEST(LuaSocketUdpTest, SocketInATimer) {
   UdpPeer peer(echo());
-  Gateway gw;
-  ASSERT_TRUE(startWith(gw, R"(
+  EXPECT_EQ(bodyOf(R"(
     local done
     ngx.timer.at(0, function()
 )" + peerAt(peer.port()) + R"(
@@ -145,30 +137,25 @@ TEST(LuaSocketUdpTest, SocketInATimer) {
     end)
     while not done do ngx.sleep(0.01) end
     ngx.say(done)
-  )"));
-  EXPECT_EQ(httpGet(gw.port(), "/t").body, "from timer\n");
-  expectCleanStop(gw);
+  )"), "from timer\n");
 }
 
 // One light thread waits in receive; another finds the socket busy for
 // receive and close, but may send.
 TEST(LuaSocketUdpTest, LightThreadsShareASocket) {
   UdpPeer peer(echo());
-  Gateway gw;
-  ASSERT_TRUE(startWith(gw, peerAt(peer.port()) + R"(
+  EXPECT_EQ(bodyOf(peerAt(peer.port()) + R"(
     local t = ngx.thread.spawn(function() return sock:receive() end)
     ngx.say(sock:receive())
     ngx.say(sock:close())
     ngx.say(sock:send("ping"))
     ngx.say(select(2, ngx.thread.wait(t)))
-  )"));
-  EXPECT_EQ(httpGet(gw.port(), "/t").body, "nilsocket busy\nnilsocket busy\n1\nping\n");
-  expectCleanStop(gw);
+  )"), "nilsocket busy\nnilsocket busy\n1\nping\n");
 }
 
 // The worker's fds come back to what they were once `client` is done: the
 // UDP socket the request opened is closed.
-void expectEndpointClosedAfter(Gateway& gw, const std::function<void()>& client) {
+void expectSocketClosedAfter(Gateway& gw, const std::function<void()>& client) {
   ASSERT_EQ(httpGet(gw.port(), "/none").status, 404);
   std::vector<pid_t> workers = gw.workerPids();
   ASSERT_EQ(workers.size(), 1u);
@@ -180,29 +167,27 @@ void expectEndpointClosedAfter(Gateway& gw, const std::function<void()>& client)
 
 TEST(LuaSocketUdpTest, ClientLeavingWhileAReceiveWaitsClosesTheSocket) {
   UdpPeer peer(echo());
-  Gateway gw;
-  ASSERT_TRUE(startWith(gw, peerAt(peer.port()) + R"(
+  withGateway(peerAt(peer.port()) + R"(
     sock:send("silent")
     ngx.log(ngx.WARN, "udp receive waiting")
     sock:receive()
-  )", "lua_check_client_abort on;"));
-  expectEndpointClosedAfter(gw, [&] {
-    RawClient c(gw.port());
-    c.send("GET /t HTTP/1.1\r\nHost: a\r\n\r\n");
-    ASSERT_TRUE(gw.waitLog("udp receive waiting"));
-  });
-  expectCleanStop(gw);
+  )", [](Gateway& gw) {
+    expectSocketClosedAfter(gw, [&] {
+      RawClient c(gw.port());
+      c.send("GET /t HTTP/1.1\r\nHost: a\r\n\r\n");
+      ASSERT_TRUE(gw.waitLog("udp receive waiting"));
+    });
+  }, "lua_check_client_abort on;");
 }
 
 TEST(LuaSocketUdpTest, TheEndOfTheRequestClosesItsSockets) {
   UdpPeer peer(echo());
-  Gateway gw;
-  ASSERT_TRUE(startWith(gw, peerAt(peer.port()) + R"(
+  withGateway(peerAt(peer.port()) + R"(
     sock:send("left open")
     ngx.say(sock:receive())
-  )"));
-  expectEndpointClosedAfter(gw, [&] { EXPECT_EQ(httpGet(gw.port(), "/t").body, "left open\n"); });
-  expectCleanStop(gw);
+  )", [](Gateway& gw) {
+    expectSocketClosedAfter(gw, [&] { EXPECT_EQ(httpGet(gw.port(), "/t").body, "left open\n"); });
+  });
 }
 
 }  // namespace

@@ -20,6 +20,24 @@
 
 namespace tidegate::test {
 
+// An eventfd that a test thread polls beside its sockets: fire() tells it
+// to end.
+class StopSignal {
+ public:
+  StopSignal() : fd_(::eventfd(0, 0)) {}
+  ~StopSignal() { ::close(fd_); }
+  StopSignal(const StopSignal&) = delete;
+  StopSignal& operator=(const StopSignal&) = delete;
+  int fd() const { return fd_; }
+  void fire() const {
+    uint64_t one = 1;
+    (void)!::write(fd_, &one, sizeof(one));
+  }
+
+ private:
+  int fd_;
+};
+
 class UdpPeer {
  public:
   // The answer to one datagram; nullopt: none.
@@ -45,14 +63,11 @@ class UdpPeer {
       std::strncpy(a.sun_path, unix_path.c_str(), sizeof(a.sun_path) - 1);
       if (::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) port_ = -1;
     }
-    stop_fd_ = ::eventfd(0, 0);
     thread_ = std::thread([this] { run(); });
   }
   ~UdpPeer() {
-    uint64_t one = 1;
-    (void)!::write(stop_fd_, &one, sizeof(one));
+    stop_.fire();
     thread_.join();
-    ::close(stop_fd_);
     ::close(fd_);
   }
   UdpPeer(const UdpPeer&) = delete;
@@ -64,7 +79,7 @@ class UdpPeer {
 
  private:
   void run() {
-    pollfd fds[2] = {{fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+    pollfd fds[2] = {{fd_, POLLIN, 0}, {stop_.fd(), POLLIN, 0}};
     for (;;) {
       if (::poll(fds, 2, -1) < 0) continue;
       if (fds[1].revents) return;
@@ -81,7 +96,7 @@ class UdpPeer {
 
   Script script_;
   int fd_ = -1;
-  int stop_fd_ = -1;
+  StopSignal stop_;
   int port_ = 0;
   std::atomic<int> received_{0};
   std::thread thread_;

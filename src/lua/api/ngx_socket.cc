@@ -67,16 +67,7 @@ Conn* newConn(uv_loop_t* loop, bool pipe) {
 
 // Closes both handles; the Conn is deleted in the last close callback
 // (a pending write or connect is called back first with UV_ECANCELED).
-void closeConn(Conn* c) {
-  if (c->closing) return;
-  c->closing = true;
-  auto done = [](uv_handle_t* h) {
-    auto* conn = static_cast<Conn*>(h->data);
-    if (--conn->open_handles == 0) delete conn;
-  };
-  uv_close(&c->h.handle, done);
-  uv_close(reinterpret_cast<uv_handle_t*>(&c->timer), done);
-}
+void closeConn(Conn* c) { closeOwnedHandles(c, {&c->h.handle, reinterpret_cast<uv_handle_t*>(&c->timer)}); }
 
 // libuv calls alloc then read synchronously, so one buffer serves every
 // connection of the worker. 64 KiB: a few reads per typical response.
@@ -220,14 +211,7 @@ const conf::HttpSettings& settingsOf(LuaTask* task) {
   return task->vm().config().http.settings;
 }
 
-// A name lookup in flight. It outlives a cancelled SockWait: libuv always
-// calls back (with UV_ECANCELED), and the callback frees it.
-struct Resolve {
-  uv_getaddrinfo_t req;
-  SockWait* waiter = nullptr;
-  std::string host;
-  int port = 0;
-};
+using Resolve = HostLookup<SockWait>;
 
 // One coroutine waiting in connect, send or receive. It anchors the socket
 // userdata (a registry reference) so the GC cannot free it meanwhile.

@@ -56,14 +56,7 @@ Endpoint* newEndpoint(uv_loop_t* loop) {
 // Closes both handles; the Endpoint is deleted in the last close callback
 // (a queued send is called back first, with UV_ECANCELED).
 void closeEndpoint(Endpoint* ep) {
-  if (ep->closing) return;
-  ep->closing = true;
-  auto closed = [](uv_handle_t* h) noexcept {
-    auto* owner = static_cast<Endpoint*>(h->data);
-    if (--owner->open_handles == 0) delete owner;
-  };
-  uv_close(reinterpret_cast<uv_handle_t*>(&ep->udp), closed);
-  uv_close(reinterpret_cast<uv_handle_t*>(&ep->timer), closed);
+  closeOwnedHandles(ep, {reinterpret_cast<uv_handle_t*>(&ep->udp), reinterpret_cast<uv_handle_t*>(&ep->timer)});
 }
 
 // libuv calls alloc then recv synchronously, so one buffer serves every
@@ -102,14 +95,7 @@ void closeTaskUdpSockets(uint64_t task_id) {
   socketsByTask().erase(it);
 }
 
-// A host name lookup in flight. It outlives a cancelled UdpWait: libuv
-// always calls back (with UV_ECANCELED), and the callback frees it.
-struct Lookup {
-  uv_getaddrinfo_t req;
-  UdpWait* waiter = nullptr;
-  std::string host;
-  int port = 0;
-};
+using Lookup = HostLookup<UdpWait>;
 
 // One coroutine waiting in receive or in setpeername's lookup. It anchors
 // the socket userdata (a registry reference) so the GC cannot free it

@@ -6,8 +6,10 @@
 #include <lua.hpp>
 #include <netdb.h>
 #include <sys/socket.h>
+#include <uv.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include "conf/config.h"
@@ -25,6 +27,33 @@ S* checkTaskSocket(lua_State* L, const char* meta) {
   if (requireTask(L)->id() != sock->task_id) luaL_error(L, "bad request");
   return sock;
 }
+
+// Closes `handles`, which `owner` holds (their data points to it), once
+// (`owner->closing` guards a second call). `owner` is deleted in the close
+// callback that brings `owner->open_handles` to 0: libuv handles are freed
+// only after their close callbacks.
+template <class Owner>
+void closeOwnedHandles(Owner* owner, std::initializer_list<uv_handle_t*> handles) {
+  if (owner->closing) return;
+  owner->closing = true;
+  for (uv_handle_t* h : handles) {
+    uv_close(h, [](uv_handle_t* closed) noexcept {
+      auto* o = static_cast<Owner*>(closed->data);
+      if (--o->open_handles == 0) delete o;
+    });
+  }
+}
+
+// A host name lookup in flight for a waiting call `W`. It outlives a
+// cancelled wait (which clears `waiter`): libuv always calls back, with
+// UV_ECANCELED after uv_cancel, and the callback frees it.
+template <class W>
+struct HostLookup {
+  uv_getaddrinfo_t req;
+  W* waiter = nullptr;
+  std::string host;
+  int port = 0;
+};
 
 // The http settings in force for `task` (its location's, or the http
 // level's for a timer): lua_socket_*_timeout and friends.
