@@ -60,8 +60,7 @@ std::optional<std::vector<Record>> lookup(const std::string& name, uint16_t type
   std::vector<Record> www_a = {{www, kTypeA, ipv4(192, 0, 2, 1)}, {www, kTypeA, ipv4(192, 0, 2, 2)}};
   if (name == www && type == kTypeA) return www_a;
   if (name == www && type == kTypeAaaa) {
-    std::string v6(16, '\0');
-    v6[0] = 0x20, v6[1] = 0x01, v6[2] = 0x0d, v6[3] = static_cast<char>(0xb8), v6[15] = 1;  // 2001:db8::1
+    const std::string v6("\x20\x01\x0d\xb8\0\0\0\0\0\0\0\0\0\0\0\x01", 16);  // 2001:db8::1
     return std::vector<Record>{{www, kTypeAaaa, v6}};
   }
   if (name == www) return std::vector<Record>{};

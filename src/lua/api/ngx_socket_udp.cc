@@ -266,7 +266,7 @@ int connectUnix(Endpoint* ep, const char* path) {
 
 UdpSocket* checkUdp(lua_State* L) { return checkTaskSocket<UdpSocket>(L, kUdpMeta); }
 
-// ngx.socket.udp() -> sock
+// ngx.socket.udp() -> sock. Stack: [] -> [sock]
 int socketUdp(lua_State* L) {
   if (lua_gettop(L) != 0) return luaL_error(L, "expecting zero arguments, but got %d", lua_gettop(L));
   LuaTask* task = requireYieldable(L);
@@ -279,7 +279,9 @@ int socketUdp(lua_State* L) {
   return 1;
 }
 
-// Waits for the lookup of `host`; the socket has its new endpoint.
+// Waits for the lookup of `host`; the socket has its new endpoint, which
+// is closed if the lookup cannot start. Stack: unchanged (the results come
+// with the wake).
 int startLookup(lua_State* L, LuaTask* task, UdpSocket* sock, const char* host, int port) {
   auto* lookup = new Lookup;
   lookup->req.data = lookup;
