@@ -269,7 +269,7 @@ UdpSocket* checkUdp(lua_State* L) { return checkTaskSocket<UdpSocket>(L, kUdpMet
 // ngx.socket.udp() -> sock. Stack: [] -> [sock]
 int socketUdp(lua_State* L) {
   if (lua_gettop(L) != 0) return luaL_error(L, "expecting zero arguments, but got %d", lua_gettop(L));
-  LuaTask* task = requireYieldable(L);
+  LuaTask* task = requireCosocketTask(L);
   auto* sock = new (lua_newuserdata(L, sizeof(UdpSocket))) UdpSocket;
   sock->task_id = task->id();
   sock->read_ms = socketSettings(task).lua_socket_read_timeout_ms.value_or(60000);
@@ -311,7 +311,7 @@ int udpSetPeerName(lua_State* L) {
     return luaL_error(L, "ngx.socket.udp setpeername: expecting 2 or 3 arguments (including the object), but seen %d", n);
   }
   UdpSocket* sock = checkUdp(L);
-  LuaTask* task = requireYieldable(L);
+  LuaTask* task = requireCosocketTask(L);
   const char* host = luaL_checkstring(L, 2);
   bool unix_path = std::strncmp(host, "unix:", 5) == 0;
   int port = 0;
@@ -345,7 +345,7 @@ int udpSetPeerName(lua_State* L) {
 // table of them (nested), concatenated as ngx.print does: one datagram.
 int udpSend(lua_State* L) {
   UdpSocket* sock = checkUdp(L);
-  requireYieldable(L);
+  requireCosocketTask(L);
   int t = lua_type(L, 2);
   if (t != LUA_TSTRING && t != LUA_TNUMBER && t != LUA_TTABLE) {
     return luaL_error(L, "bad argument #1 to 'send' (string, number, boolean, nil, ngx.null, or array table expected, got %s)",
@@ -368,7 +368,7 @@ int udpReceive(lua_State* L) {
   int n = lua_gettop(L);
   if (n != 1 && n != 2) return luaL_error(L, "expecting 1 or 2 arguments (including the object), but got %d", n);
   UdpSocket* sock = checkUdp(L);
-  LuaTask* task = requireYieldable(L);
+  LuaTask* task = requireCosocketTask(L);
   size_t size = kMaxDatagram;
   if (n == 2) {
     lua_Number v = luaL_checknumber(L, 2);
