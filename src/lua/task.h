@@ -11,6 +11,7 @@
 
 #include <uv.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -66,9 +67,12 @@ class LuaTask {
   // the task that made it, so a later task cannot use it by mistake.
   uint64_t id() const { return id_; }
   // Called with a task's id when it is destroyed, after its coroutines
-  // ended (ngx.socket closes the connections the task left open).
+  // ended (ngx.socket.tcp and ngx.socket.udp close the sockets the task
+  // left open). Adding a hook twice (a second VM) keeps one.
   using EndHook = void (*)(uint64_t task_id);
-  static void setEndHook(EndHook hook) { end_hook_ = hook; }
+  static void addEndHook(EndHook hook) {
+    if (std::find(end_hooks_.begin(), end_hooks_.end(), hook) == end_hooks_.end()) end_hooks_.push_back(hook);
+  }
   virtual Phase phase() const = 0;
   // The request this task serves; null for a timer.
   virtual RequestContext* request() { return nullptr; }
@@ -153,7 +157,7 @@ class LuaTask {
   void sweep();
 
   static inline uint64_t last_id_ = 0;
-  static inline EndHook end_hook_ = nullptr;
+  static inline std::vector<EndHook> end_hooks_;
   Vm& vm_;
   uv_loop_t* loop_;
   const uint64_t id_ = ++last_id_;

@@ -129,6 +129,7 @@ void openNgxTime(lua_State* L);     // api/ngx_time.cc; same
 void openNgxShared(lua_State* L, const conf::LuaConf& lua);
 void openNgxThread(lua_State* L);   // api/ngx_thread.cc; same (and replaces coroutine.*)
 void openNgxSocket(lua_State* L);     // api/ngx_socket.cc; ngx.socket.* (expects ngx on the top)
+void openNgxSocketUdp(lua_State* L);  // api/ngx_socket_udp.cc; ngx.socket.udp (expects ngx.socket on the top)
 // Closes the idle connections of the worker's cosocket pool (worker exit).
 void closeSocketPool();
 void openNgxSemaphore(lua_State* L);  // api/ngx_semaphore.cc; preloads "ngx.semaphore"

@@ -19,6 +19,7 @@
 #include <unordered_map>
 
 #include "lua/api/common.h"
+#include "lua/api/socket_common.h"
 #include "lua/phases/content.h"
 #include "lua/task.h"
 #include "lua/vm.h"
@@ -66,16 +67,7 @@ Conn* newConn(uv_loop_t* loop, bool pipe) {
 
 // Closes both handles; the Conn is deleted in the last close callback
 // (a pending write or connect is called back first with UV_ECANCELED).
-void closeConn(Conn* c) {
-  if (c->closing) return;
-  c->closing = true;
-  auto done = [](uv_handle_t* h) {
-    auto* conn = static_cast<Conn*>(h->data);
-    if (--conn->open_handles == 0) delete conn;
-  };
-  uv_close(&c->h.handle, done);
-  uv_close(reinterpret_cast<uv_handle_t*>(&c->timer), done);
-}
+void closeConn(Conn* c) { closeOwnedHandles(c, {&c->h.handle, reinterpret_cast<uv_handle_t*>(&c->timer)}); }
 
 // libuv calls alloc then read synchronously, so one buffer serves every
 // connection of the worker. 64 KiB: a few reads per typical response.
@@ -280,14 +272,7 @@ const conf::HttpSettings& settingsOf(LuaTask* task) {
   return task->vm().config().http.settings;
 }
 
-// A name lookup in flight. It outlives a cancelled SockWait: libuv always
-// calls back (with UV_ECANCELED), and the callback frees it.
-struct Resolve {
-  uv_getaddrinfo_t req;
-  SockWait* waiter = nullptr;
-  std::string host;
-  int port = 0;
-};
+using Resolve = HostLookup<SockWait>;
 
 // One coroutine waiting in connect, send or receive. It anchors the socket
 // userdata (a registry reference) so the GC cannot free it meanwhile.
@@ -392,25 +377,10 @@ void SockWait::resolved(int status, const addrinfo* res) {
   Resolve* r = resolve_;
   resolve_ = nullptr;
   if (status != 0 || !res) {
-    std::string msg = r->host + " could not be resolved (" + uv_strerror(status) + ")";
-    lua_pushnil(co());
-    lua_pushstring(co(), msg.c_str());
-    finish(2, true);
+    finish(fail(unresolvedMessage(r->host, status).c_str()), true);
     return;
   }
-  // An IPv4 address first, as OpenResty's resolver (A records unless ipv6=on).
-  const addrinfo* pick = res;
-  for (const addrinfo* a = res; a; a = a->ai_next) {
-    if (a->ai_family == AF_INET) {
-      pick = a;
-      break;
-    }
-  }
-  sockaddr_storage addr{};
-  std::memcpy(&addr, pick->ai_addr, std::min(sizeof(addr), static_cast<size_t>(pick->ai_addrlen)));
-  auto port = htons(static_cast<uint16_t>(r->port));
-  if (addr.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port = port;
-  else reinterpret_cast<sockaddr_in*>(&addr)->sin_port = port;
+  sockaddr_storage addr = pickAddress(res, r->port);
   int rc = uv_tcp_connect(&conn_->connect_req, &conn_->h.tcp, reinterpret_cast<sockaddr*>(&addr), onConnect);
   if (rc != 0) finish(fail(uv_strerror(rc)), true);
 }
@@ -829,9 +799,9 @@ void closeSocketPool() {
   pools().clear();
 }
 
-// Stack: [ngx] -> [ngx] with ngx.socket = {tcp, connect}.
+// Stack: [ngx] -> [ngx] with ngx.socket = {tcp, connect, udp}.
 void openNgxSocket(lua_State* L) {
-  LuaTask::setEndHook(closeTaskSockets);
+  LuaTask::addEndHook(closeTaskSockets);
   luaL_newmetatable(L, kTcpMeta);
   lua_createtable(L, 0, 12);
   setFn(L, "connect", sockConnect);
@@ -848,9 +818,10 @@ void openNgxSocket(lua_State* L) {
   lua_setfield(L, -2, "__index");
   setFn(L, "__gc", sockGc);
   lua_pop(L, 1);
-  lua_createtable(L, 0, 2);
+  lua_createtable(L, 0, 3);
   setFn(L, "tcp", socketTcp);
   setFn(L, "connect", socketConnect);
+  openNgxSocketUdp(L);
   lua_setfield(L, -2, "socket");
 }
 

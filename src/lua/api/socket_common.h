@@ -1,0 +1,82 @@
+// What the TCP (api/ngx_socket.cc) and UDP (api/ngx_socket_udp.cc)
+// cosockets share: the object check, timeouts from the conf, failure
+// results and the choice among a host name's addresses.
+#pragma once
+
+#include <lua.hpp>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+#include "conf/config.h"
+#include "lua/api/common.h"
+#include "lua/task.h"
+
+namespace tidegate::lua {
+
+// The cosocket userdata of type `meta` at index 1, only for the task that
+// made it (`S::task_id`): an object kept from an ended request raises
+// OpenResty's "bad request".
+template <class S>
+S* checkTaskSocket(lua_State* L, const char* meta) {
+  auto* sock = static_cast<S*>(luaL_checkudata(L, 1, meta));
+  if (requireTask(L)->id() != sock->task_id) luaL_error(L, "bad request");
+  return sock;
+}
+
+// Closes `handles`, which `owner` holds (their data points to it), once
+// (`owner->closing` guards a second call). `owner` is deleted in the close
+// callback that brings `owner->open_handles` to 0: libuv handles are freed
+// only after their close callbacks.
+template <class Owner>
+void closeOwnedHandles(Owner* owner, std::initializer_list<uv_handle_t*> handles) {
+  if (owner->closing) return;
+  owner->closing = true;
+  for (uv_handle_t* h : handles) {
+    uv_close(h, [](uv_handle_t* closed) noexcept {
+      auto* o = static_cast<Owner*>(closed->data);
+      if (--o->open_handles == 0) delete o;
+    });
+  }
+}
+
+// A host name lookup in flight for a waiting call `W`. It outlives a
+// cancelled wait (which clears `waiter`): libuv always calls back, with
+// UV_ECANCELED after uv_cancel, and the callback frees it.
+template <class W>
+struct HostLookup {
+  uv_getaddrinfo_t req;
+  W* waiter = nullptr;
+  std::string host;
+  int port = 0;
+};
+
+// The running request or timer where cosockets may be used, else
+// OpenResty's "API disabled in the context of ..." error: the one phase
+// check of the UDP cosockets, to follow the TCP ones'.
+inline LuaTask* requireCosocketTask(lua_State* L) { return requireYieldable(L); }
+
+// The http settings in force for `task` (its location's, or the http
+// level's for a timer): lua_socket_*_timeout and friends.
+const conf::HttpSettings& socketSettings(LuaTask* task);
+
+// A timeout argument in ms at `idx`; `current` when absent. Raises on a
+// negative value.
+uint64_t checkTimeoutMs(lua_State* L, int idx, uint64_t current);
+
+// Stack: [] -> [nil, err]; returns 2.
+int pushSocketFailure(lua_State* L, const char* err);
+
+// The address to use among getaddrinfo's answers, with `port` set: the
+// first IPv4 one, as OpenResty's resolver asks for A records only (unless
+// ipv6=on); else the first. `res` must not be null.
+sockaddr_storage pickAddress(const addrinfo* res, int port);
+
+// OpenResty's text for a failed lookup: "HOST could not be resolved (...)".
+std::string unresolvedMessage(const std::string& host, int uv_status);
+
+}  // namespace tidegate::lua
