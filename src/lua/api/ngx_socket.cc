@@ -5,7 +5,7 @@
 // pushes the results and wakes the coroutine. A SockWait destroyed before
 // its event (the request was aborted, the thread killed) closes the
 // connection, whose memory is freed only in its close callbacks.
-// Not yet: sslhandshake, udp, ngx.req.socket.
+// Not yet: sslhandshake, ngx.req.socket. UDP: ngx_socket_udp.cc.
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -464,7 +464,7 @@ void pushNewSocket(lua_State* L, LuaTask* task) {
 }
 
 int socketTcp(lua_State* L) {
-  pushNewSocket(L, requireYieldable(L, true));
+  pushNewSocket(L, requireCosocketTask(L));
   return 1;
 }
 
@@ -504,7 +504,7 @@ bool startConnect(lua_State* L, SockWait* w, Conn* c, const char* host, int port
 // -> 1 | nil, err; `return_socket`: the socket instead of 1 (ngx.socket.connect).
 int doConnect(lua_State* L, bool return_socket) {
   Socket* sock = checkSocket(L);
-  LuaTask* task = requireYieldable(L, true);
+  LuaTask* task = requireCosocketTask(L);
   const char* host = luaL_checkstring(L, 2);
   bool unix_path = std::strncmp(host, "unix:", 5) == 0;
   int port = 0, opts = 3;
@@ -547,7 +547,7 @@ int doConnect(lua_State* L, bool return_socket) {
 
 // ngx.socket.connect(host, port [, opts]) -> sock | nil, err
 int socketConnect(lua_State* L) {
-  pushNewSocket(L, requireYieldable(L, true));
+  pushNewSocket(L, requireCosocketTask(L));
   lua_insert(L, 1);
   return doConnect(L, true);
 }
@@ -558,7 +558,7 @@ int sockConnect(lua_State* L) { return doConnect(L, false); }
 // array table of them (nested), concatenated as ngx.print does.
 int sockSend(lua_State* L) {
   Socket* sock = checkSocket(L);
-  LuaTask* task = requireYieldable(L, true);
+  LuaTask* task = requireCosocketTask(L);
   int t = lua_type(L, 2);
   if (t != LUA_TSTRING && t != LUA_TNUMBER && t != LUA_TTABLE) {
     return luaL_error(L, "bad argument #1 to 'send' (string, number, boolean, nil, ngx.null, or array table expected, got %s)",
@@ -586,7 +586,7 @@ int sockSend(lua_State* L) {
 
 // Answers from the buffer, or waits for bytes. Stack: results.
 int startReceive(lua_State* L, Socket* sock, const ReadSpec& r) {
-  LuaTask* task = requireYieldable(L, true);
+  LuaTask* task = requireCosocketTask(L);
   if (!sock->conn) return pushFail(L, "closed");
   if (sock->busy) return pushFail(L, "socket busy");
   if (int got = takeBuffered(L, sock->conn, r)) return got;

@@ -55,10 +55,10 @@ struct HostLookup {
   int port = 0;
 };
 
-// The running request or timer where cosockets may be used, else
-// OpenResty's "API disabled in the context of ..." error: the one phase
-// check of the UDP cosockets, to follow the TCP ones'.
-inline LuaTask* requireCosocketTask(lua_State* L) { return requireYieldable(L); }
+// The running request or timer where cosockets (TCP and UDP) may be used:
+// OpenResty's yieldable phases, log_by_lua* and balancer_by_lua*; else
+// OpenResty's "API disabled in the context of ..." error.
+inline LuaTask* requireCosocketTask(lua_State* L) { return requireYieldable(L, true); }
 
 // The http settings in force for `task` (its location's, or the http
 // level's for a timer): lua_socket_*_timeout and friends.
