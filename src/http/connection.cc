@@ -596,7 +596,8 @@ void Connection::resumeReading() {
   if (client_eof_ && phase_ == Phase::kProcessing) return;  // nothing more will come
   // A running handler's request fills the buffer: wait for the handler.
   bool buffer_full = phase_ == Phase::kProcessing && buf_ && end_ >= cap_;
-  if (closing_ || reading_ || write_pending_ || buffer_full) return;
+  bool tunnel_paused = phase_ == Phase::kTunnel && tunnel_paused_;  // the peer's back-pressure holds
+  if (closing_ || reading_ || write_pending_ || buffer_full || tunnel_paused) return;
   uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), onAlloc, onRead);
   reading_ = true;
 }
