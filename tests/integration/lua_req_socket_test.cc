@@ -4,9 +4,6 @@
 // with two light threads, the client leaving while a read waits, the
 // request ending while a read waits, a read timeout).
 #include <gtest/gtest.h>
-#include <poll.h>
-#include <sys/socket.h>
-
 #include <string>
 
 #include "harness.h"
@@ -151,6 +148,7 @@ class LuaReqSocketTest : public ::testing::Test {
   }
   void TearDown() override {
     ping_.close();
+    raw_.close();
     EXPECT_TRUE(gw_.seriousLogLines().empty()) << gw_.errorLog();
     gw_.stop();
   }
@@ -182,22 +180,17 @@ class LuaReqSocketTest : public ::testing::Test {
     return r.body;
   }
 
+  // A raw-socket conversation: GET `path`, with `behind` in the same write.
+  RawClient& talk(const std::string& path, const std::string& behind = "") {
+    raw_.connect(gw_.port());
+    raw_.send("GET " + path + " HTTP/1.1\r\nHost: a\r\n\r\n" + behind);
+    return raw_;
+  }
+
   Gateway gw_;
   RawClient ping_;
+  RawClient raw_;
 };
-
-// Reads from fd until `needle` has arrived (or 5 s pass); returns all read.
-std::string readUntil(int fd, std::string* buf, const std::string& needle) {
-  for (int i = 0; i < 500 && buf->find(needle) == std::string::npos; i++) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 10) <= 0) continue;
-    char tmp[4096];
-    ssize_t n = ::recv(fd, tmp, sizeof(tmp), 0);
-    if (n <= 0) break;
-    buf->append(tmp, static_cast<size_t>(n));
-  }
-  return *buf;
-}
 
 TEST_F(LuaReqSocketTest, BodyReaderReadsLinesAndCountsAsItArrivesThenClosed) {
   std::string body = "first line\r\nabcdeXYZ";
@@ -240,19 +233,16 @@ TEST_F(LuaReqSocketTest, BodyReaderErrors) {
 }
 
 TEST_F(LuaReqSocketTest, RawSocketEchoesALineProtocolAfterA101) {
-  RawClient c(gw_.port());
   // The first line comes right behind the request, in the same packet.
-  c.send("GET /echo HTTP/1.1\r\nHost: a\r\n\r\nhello\n");
-  std::string got;
-  readUntil(c.fd(), &got, "echo: hello\n");
+  RawClient& c = talk("/echo", "hello\n");
+  std::string got = c.readUntil("echo: hello\n");
   EXPECT_EQ(got.rfind("HTTP/1.1 101 Switching Protocols\r\n", 0), 0u) << got;
   EXPECT_NE(got.find("\r\nUpgrade: lines\r\n"), std::string::npos) << got;
   EXPECT_NE(got.find("\r\nConnection: upgrade\r\n\r\necho: hello\n"), std::string::npos) << got;
   EXPECT_EQ(got.find("Content-Type"), std::string::npos) << got;
   for (std::string line : {"two", "", "a longer line"}) {
-    got.clear();
     c.send(line + "\r\n");
-    EXPECT_EQ(readUntil(c.fd(), &got, "\n"), "echo: " + line + "\n");
+    EXPECT_EQ(c.readUntil("\n"), "echo: " + line + "\n");
   }
   c.send("quit\n");
   EXPECT_EQ(c.readUntilClose(), "bye\n");
@@ -260,50 +250,36 @@ TEST_F(LuaReqSocketTest, RawSocketEchoesALineProtocolAfterA101) {
 }
 
 TEST_F(LuaReqSocketTest, RawSocketIsFullDuplex) {
-  RawClient c(gw_.port());
-  c.send("GET /duplex HTTP/1.1\r\nHost: a\r\n\r\n");
-  std::string got;
+  RawClient& c = talk("/duplex");
   // Every tick is sent while the handler's receive waits.
-  readUntil(c.fd(), &got, "tick 5\n");
-  EXPECT_EQ(got, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\ntick 1\ntick 2\ntick 3\ntick 4\ntick 5\n");
+  EXPECT_EQ(c.readUntil("tick 5\n"), "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\ntick 1\ntick 2\ntick 3\ntick 4\ntick 5\n");
   c.send("ping\n");
   EXPECT_EQ(c.readUntilClose(), "got ping nil\n");
 }
 
 TEST_F(LuaReqSocketTest, ClientLeavingWakesTheWaitingRawRead) {
-  {
-    RawClient c(gw_.port());
-    c.send("GET /leave HTTP/1.1\r\nHost: a\r\n\r\nabc");
-    ASSERT_TRUE(gw_.waitLog("raw read waits"));
-    c.close();
-  }
+  talk("/leave", "abc");
+  ASSERT_TRUE(gw_.waitLog("raw read waits"));
+  raw_.close();
   EXPECT_TRUE(gw_.waitLog("raw read ended: nil closed [abc]"));
   EXPECT_EQ(httpGet(gw_.port(), "/ping").body, "pong");
 }
 
 TEST_F(LuaReqSocketTest, RequestEndingWhileARawReadWaitsCleansUp) {
-  for (int i = 0; i < 3; i++) {
-    RawClient c(gw_.port());
-    c.send("GET /exit HTTP/1.1\r\nHost: a\r\n\r\n");
-    EXPECT_EQ(c.readUntilClose(), "bye\n");
-  }
+  for (int i = 0; i < 3; i++) EXPECT_EQ(talk("/exit").readUntilClose(), "bye\n");
   EXPECT_EQ(httpGet(gw_.port(), "/ping").body, "pong");
 }
 
 TEST_F(LuaReqSocketTest, RawReadTimesOutAndTheSocketStaysUsable) {
-  RawClient c(gw_.port());
-  c.send("GET /timeout HTTP/1.1\r\nHost: a\r\n\r\nabc");
-  std::string got;
-  EXPECT_EQ(readUntil(c.fd(), &got, "\n"), "first: nil timeout [abc]\n");
+  RawClient& c = talk("/timeout", "abc");
+  std::string first = c.readUntil("\n");  // the timeout came before "xyz" was sent
   c.send("xyz");
-  EXPECT_EQ(c.readUntilClose(), "then: xyz\n");
+  EXPECT_EQ(first + c.readUntilClose(), "first: nil timeout [abc]\nthen: xyz\n");
 }
 
 TEST_F(LuaReqSocketTest, RawSocketErrors) {
   EXPECT_EQ(httpGet(gw_.port(), "/rawerrors?what=pending").body, "x nil pending data to write\n");
-  RawClient c(gw_.port());
-  c.send("GET /rawerrors HTTP/1.1\r\nHost: a\r\n\r\n");
-  EXPECT_EQ(c.readUntilClose(), "HTTP/1.0 200 OK\r\n\r\nnil duplicate call");
+  EXPECT_EQ(talk("/rawerrors").readUntilClose(), "HTTP/1.0 200 OK\r\n\r\nnil duplicate call");
 }
 
 }  // namespace

@@ -4,9 +4,6 @@
 // nginx.websocket.client from a content handler and from a timer, which
 // connect to the gateway itself.
 #include <gtest/gtest.h>
-#include <poll.h>
-#include <sys/socket.h>
-
 #include <string>
 
 #include "harness.h"
@@ -138,53 +135,33 @@ std::string serverFrame(int opcode, const std::string& payload) {
   return std::string(1, static_cast<char>(0x80 | opcode)) + static_cast<char>(payload.size()) + payload;
 }
 
-// Reads from fd until buf holds at least `n` bytes (or 5 s pass).
-void readAtLeast(int fd, std::string* buf, size_t n) {
-  for (int i = 0; i < 500 && buf->size() < n; i++) {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 10) <= 0) continue;
-    char tmp[4096];
-    ssize_t got = ::recv(fd, tmp, sizeof(tmp), 0);
-    if (got <= 0) return;
-    buf->append(tmp, static_cast<size_t>(got));
-  }
-}
-
 TEST_F(LuaWebSocketTest, RawClientHandshakeAndMaskedFrames) {
   RawClient c(gw_.port());
   // RFC 6455 1.3's sample key and the accept value it gives.
   c.send("GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
-  std::string got;
-  for (int i = 0; i < 500 && got.find("\r\n\r\n") == std::string::npos; i++) readAtLeast(c.fd(), &got, got.size() + 1);
-  size_t head_end = got.find("\r\n\r\n");
-  ASSERT_NE(head_end, std::string::npos) << got;
-  std::string head = got.substr(0, head_end + 4);
+  std::string head = c.readUntil("\r\n\r\n");
   EXPECT_EQ(head.rfind("HTTP/1.1 101 Switching Protocols\r\n", 0), 0u) << head;
   EXPECT_NE(head.find("\r\nUpgrade: websocket\r\n"), std::string::npos) << head;
   EXPECT_NE(head.find("\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), std::string::npos) << head;
   EXPECT_NE(head.find("\r\nConnection: upgrade\r\n"), std::string::npos) << head;
   EXPECT_EQ(head.find("Content-Type"), std::string::npos) << head;
   EXPECT_EQ(head.find("Transfer-Encoding"), std::string::npos) << head;
-  got.erase(0, head_end + 4);
 
   // Two frames in one write, then one split across writes.
   c.send(clientFrame(0x1, "hello") + clientFrame(0x9, "p1"));
   std::string want = serverFrame(0x1, "echo: hello") + serverFrame(0xa, "p1");
-  readAtLeast(c.fd(), &got, want.size());
-  EXPECT_EQ(got, want);
-  got.clear();
+  EXPECT_EQ(c.readBytes(want.size()), want);
   std::string bin = clientFrame(0x2, std::string("\x00\x01\xff", 3));
   c.send(bin.substr(0, 3));
   c.send(bin.substr(3));
   want = serverFrame(0x2, std::string("\x00\x01\xff", 3));
-  readAtLeast(c.fd(), &got, want.size());
-  EXPECT_EQ(got, want);
+  EXPECT_EQ(c.readBytes(want.size()), want);
 
   // Close handshake (RFC 6455 5.5.1): code 1000, the server answers and closes.
   c.send(clientFrame(0x8, std::string("\x03\xe8", 2) + "ok"));
   EXPECT_EQ(c.readUntilClose(), serverFrame(0x8, std::string("\x03\xe8", 2) + "bye ok"));
-  EXPECT_EQ(httpGet(gw_.port(), "/result").status, 200);
+  EXPECT_EQ(httpGet(gw_.port(), "/result").status, 200);  // the worker goes on
 }
 
 TEST_F(LuaWebSocketTest, NotAWebSocketRequestIsRefused) {

@@ -290,18 +290,11 @@ int rawSend(lua_State* L) {
   return lua_yield(L, 0);
 }
 
-uint64_t msArg(lua_State* L, int idx, uint64_t current) {
-  if (lua_isnoneornil(L, idx)) return current;
-  lua_Number ms = luaL_checknumber(L, idx);
-  if (ms < 0) luaL_argerror(L, idx, "bad timeout value");
-  return static_cast<uint64_t>(ms);
-}
-
 // sock:settimeout(ms): send and read.
 int reqSetTimeout(lua_State* L) {
   ReqSocket* s = nullptr;
   checkReqSocket(L, &s);
-  s->send_ms = s->read_ms = msArg(L, 2, s->read_ms);
+  s->send_ms = s->read_ms = checkMs(L, 2, s->read_ms);
   return 0;
 }
 
@@ -309,9 +302,9 @@ int reqSetTimeout(lua_State* L) {
 int reqSetTimeouts(lua_State* L) {
   ReqSocket* s = nullptr;
   checkReqSocket(L, &s);
-  msArg(L, 2, 0);
-  s->send_ms = msArg(L, 3, s->send_ms);
-  s->read_ms = msArg(L, 4, s->read_ms);
+  checkMs(L, 2, 0);
+  s->send_ms = checkMs(L, 3, s->send_ms);
+  s->read_ms = checkMs(L, 4, s->read_ms);
   return 0;
 }
 
@@ -389,15 +382,22 @@ int reqSocket(lua_State* L) {
 
 // Stack: [req] -> [req] with req.socket; registers the socket metatables.
 void openNgxReqSocket(lua_State* L) {
+  struct Method {
+    const char* name;
+    lua_CFunction fn;
+    bool raw_only;  // the body reader cannot send
+  };
+  static const Method kMethods[] = {
+      {"receive", reqReceive, false},         {"receiveany", reqReceiveAny, false},
+      {"receiveuntil", reqReceiveUntil, false}, {"settimeout", reqSetTimeout, false},
+      {"settimeouts", reqSetTimeouts, false},   {"send", rawSend, true},
+  };
   for (bool raw : {false, true}) {
     luaL_newmetatable(L, raw ? kRawMeta : kBodyMeta);
     lua_createtable(L, 0, 6);
-    setFn(L, "receive", reqReceive);
-    setFn(L, "receiveany", reqReceiveAny);
-    setFn(L, "receiveuntil", reqReceiveUntil);
-    setFn(L, "settimeout", reqSetTimeout);
-    setFn(L, "settimeouts", reqSetTimeouts);
-    if (raw) setFn(L, "send", rawSend);
+    for (const Method& m : kMethods) {
+      if (raw || !m.raw_only) setFn(L, m.name, m.fn);
+    }
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
   }

@@ -561,13 +561,6 @@ int sockReceiveUntil(lua_State* L) {
   return pushUntilIterator(L, untilIterator);
 }
 
-uint64_t checkMs(lua_State* L, int idx, uint64_t current) {
-  if (lua_isnoneornil(L, idx)) return current;
-  lua_Number ms = luaL_checknumber(L, idx);
-  if (ms < 0) luaL_argerror(L, idx, "bad timeout value");
-  return static_cast<uint64_t>(ms);
-}
-
 // sock:settimeout(ms): connect, send and read.
 int sockSetTimeout(lua_State* L) {
   Socket* sock = checkSocket(L);
