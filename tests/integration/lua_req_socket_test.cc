@@ -124,6 +124,14 @@ const char kConf[] = R"(
             sock:send("then: " .. tostring(sock:receive(3)) .. "\n")
         }
     }
+    location /rawbody {
+        content_by_lua_block {
+            local sock = assert(ngx.req.socket(true))
+            local body = sock:receive(10)
+            local extra = sock:receive()
+            sock:send("HTTP/1.0 200 OK\r\n\r\n" .. body .. "|" .. extra)
+        }
+    }
     location /rawerrors {
         content_by_lua_block {
             if ngx.var.arg_what == "pending" then
@@ -275,6 +283,21 @@ TEST_F(LuaReqSocketTest, RawReadTimesOutAndTheSocketStaysUsable) {
   std::string first = c.readUntil("\n");  // the timeout came before "xyz" was sent
   c.send("xyz");
   EXPECT_EQ(first + c.readUntilClose(), "first: nil timeout [abc]\nthen: xyz\n");
+}
+
+// A body nobody read comes first on the raw socket, the part already
+// received and the part still on its way, then what follows it.
+TEST_F(LuaReqSocketTest, RawSocketReadsAnUnreadBody) {
+  const std::string head = "POST /rawbody HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n";
+  const std::string want = "HTTP/1.0 200 OK\r\n\r\n0123456789|extra";
+  raw_.connect(gw_.port());
+  raw_.send(head + "0123456789extra\n");
+  EXPECT_EQ(raw_.readUntilClose(), want);
+  raw_.connect(gw_.port());
+  raw_.send(head + "0123");
+  barrier();
+  raw_.send("456789extra\n");
+  EXPECT_EQ(raw_.readUntilClose(), want);
 }
 
 TEST_F(LuaReqSocketTest, RawSocketErrors) {

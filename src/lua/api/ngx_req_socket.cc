@@ -60,10 +60,12 @@ class Downstream : public RequestContext::Downstream, public http::ContentSink::
     in_ = std::move(kept);
     eof_ = complete;
   }
-  // The raw socket: the connection is ours from now on.
-  void startRaw() {
+  // The raw socket: the connection is ours from now on; `unread`: body
+  // bytes nobody read, which come first.
+  void startRaw(std::string unread) {
     raw_ = true;
     eof_ = false;
+    in_ = std::move(unread);
     ctx_->sink().takeOver(this);  // may call onClientData at once
   }
 
@@ -117,7 +119,7 @@ class IoWait : public Wait {
   }
   ~IoWait() override {
     if (slot() == this) slot() = nullptr;
-    if (send_) d_->ctx()->sink().cancelDrain();
+    if (drain_) *drain_ = nullptr;  // a later drain finds no one (the sink is not called here)
     uv_timer_stop(timer_);
     uv_close(reinterpret_cast<uv_handle_t*>(timer_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
   }
@@ -125,6 +127,11 @@ class IoWait : public Wait {
   // Bytes came (or the end): answers if the buffer now can.
   void readable() {
     if (int n = d_->take(co_->L, read_)) finish(n);
+  }
+  // A send's drain callback reaches it through `token` while it lives.
+  void setDrainToken(std::shared_ptr<IoWait*> token) {
+    drain_ = std::move(token);
+    *drain_ = this;
   }
   // What was sent is all written to the client.
   void drained(size_t bytes) {
@@ -159,6 +166,7 @@ class IoWait : public Wait {
   bool send_;
   ReadSpec read_;
   uv_timer_t* timer_;
+  std::shared_ptr<IoWait*> drain_;
 };
 
 int Downstream::take(lua_State* L, const ReadSpec& r) {
@@ -280,13 +288,18 @@ int rawSend(lua_State* L) {
   size_t n = out.size();
   http::ContentSink& sink = d->ctx()->sink();
   if (n > 0) sink.tunnelWrite(out);
-  if (n == 0 || sink.waitDrain([d, n] {
-        if (d->sender()) d->sender()->drained(n);
+  // The callback may outlive the wait (a timeout, the request's end): it
+  // holds a token, never the wait.
+  auto token = std::make_shared<IoWait*>(nullptr);
+  if (n == 0 || sink.waitDrain([token, n] {
+        if (*token) (*token)->drained(n);
       })) {
     lua_pushinteger(L, static_cast<lua_Integer>(n));
     return 1;
   }
-  task->suspend(std::make_unique<IoWait>(task, task->running(), d, true, s->send_ms, ReadSpec{}));
+  auto wait = std::make_unique<IoWait>(task, task->running(), d, true, s->send_ms, ReadSpec{});
+  wait->setDrainToken(std::move(token));
+  task->suspend(std::move(wait));
   return lua_yield(L, 0);
 }
 
@@ -342,19 +355,30 @@ const char* startBodyReader(RequestContext* ctx) {
   return nullptr;
 }
 
-// The raw socket: nullptr, or why not.
+// The raw socket: nullptr, or why not. A body nobody read is the
+// socket's first bytes, as in OpenResty; for a Content-Length body the
+// bytes kept so far are the raw ones, and the rest arrives raw.
 const char* startRawSocket(RequestContext* ctx) {
   auto* d = static_cast<Downstream*>(ctx->downstream().get());
   if (d && d->raw()) return "duplicate call";
-  // The body's bytes are parsed as they come, so the connection cannot
-  // hand them over raw while it still arrives.
-  if (!ctx->req().body_complete) return "pending request body reading in some other thread";
+  http::Request& req = ctx->mutableReq();
+  // A chunked body is parsed as it comes: its framing cannot be handed
+  // over raw. Nor can a body another reader is taking.
+  if (!req.body_complete && (d || req.body.read() || req.head->chunked)) {
+    return "pending request body reading in some other thread";
+  }
   if (ctx->sink().pendingOutput() > 0 || !ctx->result().body.empty()) return "pending data to write";
+  std::string unread;
+  if (!d && !req.body.read() && !req.head->chunked) {
+    if (!keptBody(req.body, &unread)) return "failed to read the request body";
+    req.body.reset();
+    req.body.markRead();
+  }
   if (!d) {
     ctx->downstream() = std::make_unique<Downstream>(ctx);
     d = static_cast<Downstream*>(ctx->downstream().get());
   }
-  d->startRaw();
+  d->startRaw(std::move(unread));
   return nullptr;
 }
 
