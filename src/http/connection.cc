@@ -124,6 +124,7 @@ void Connection::startRequest() {
   request_active_ = false;
   headers_sent_ = chunked_ = body_ended_ = client_eof_ = false;
   early_start_ = lua_early_ = false;
+  body_stream_.clear();  // what a handler left unread of its streamed body (ngx.req.socket)
   body_allowed_ = true;
   drain_cb_ = nullptr;
   head_deadline_ms_ = now + *def->settings.client_header_timeout_ms;

@@ -50,6 +50,16 @@ const char kConf[] = R"(
             ngx.say(table.concat(out, ","))
         }
     }
+    location = /go { content_by_lua_block { ngx.shared.flags:set("go", true) } }
+    location /partial {
+        content_by_lua_block {
+            local sock = assert(ngx.req.socket())
+            local two = sock:receive(2)
+            while not ngx.shared.flags:get("go") do ngx.sleep(0.005) end
+            ngx.shared.flags:delete("go")
+            ngx.say(two)
+        }
+    }
     location /errors {
         content_by_lua_block {
             local what = ngx.var.arg_what
@@ -150,7 +160,7 @@ const char kConf[] = R"(
 class LuaReqSocketTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    gw_.setSimpleConf(kConf);
+    gw_.setSimpleConf(kConf, "lua_shared_dict flags 1m;");
     ASSERT_TRUE(gw_.start());
     ASSERT_TRUE(ping_.connect(gw_.port()));
   }
@@ -224,6 +234,24 @@ TEST_F(LuaReqSocketTest, PipelinedBodiesAreReadOneRequestEach) {
   EXPECT_EQ(r1.body, "l1|abcde|nil|closed|P\nnil|closed|\n");
   Response r2 = c.readResponse();
   EXPECT_EQ(r2.body, "l2|vwxyz|nil|closed|\nnil|closed|\n");
+}
+
+// A handler that read part of a body which then arrived whole: the rest
+// is dropped with the request, never read by the next one.
+TEST_F(LuaReqSocketTest, UnreadRestOfAStreamedBodyStaysWithItsRequest) {
+  raw_.connect(gw_.port());
+  raw_.send("POST /partial HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nab");
+  barrier();
+  raw_.send("cdef");
+  barrier();
+  EXPECT_EQ(httpGet(gw_.port(), "/go").status, 200);
+  Response r1 = raw_.readResponse();
+  EXPECT_EQ(r1.body, "ab\n");
+  EXPECT_EQ(r1.header("connection"), "keep-alive");
+  raw_.send("POST /lines HTTP/1.1\r\nHost: a\r\nContent-Length: 8\r\n\r\n");
+  barrier();
+  raw_.send("l2\nvwxyz");
+  EXPECT_EQ(raw_.readResponse().body, "l2|vwxyz|nil|closed|\nnil|closed|\n");
 }
 
 TEST_F(LuaReqSocketTest, BodyReaderErrors) {
