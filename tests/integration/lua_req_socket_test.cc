@@ -5,6 +5,7 @@
 // request ending while a read waits, a read timeout).
 #include <gtest/gtest.h>
 #include <string>
+#include <thread>
 
 #include "harness.h"
 
@@ -140,6 +141,30 @@ const char kConf[] = R"(
             local body = sock:receive(10)
             local extra = sock:receive()
             sock:send("HTTP/1.0 200 OK\r\n\r\n" .. body .. "|" .. extra)
+        }
+    }
+    location /big {
+        content_by_lua_block {
+            local raw = ngx.var.arg_raw
+            local sock = assert(ngx.req.socket(raw and true or nil))
+            local data, err = sock:receive(raw and 1048576 or "*a")
+            local out = tostring(data and #data) .. " " .. tostring(err) .. " " .. ngx.md5(data or "")
+            if raw then
+                sock:send("HTTP/1.0 200 OK\r\n\r\n" .. out)
+            else
+                ngx.print(out)
+            end
+        }
+    }
+    location /slow {
+        content_by_lua_block {
+            local sock = assert(ngx.req.socket(true))
+            while not ngx.shared.flags:get("go") do ngx.sleep(0.005) end
+            ngx.shared.flags:delete("go")
+            local parts = {}
+            for i = 1, 16 do parts[i] = assert(sock:receive(65536)) end
+            local data = table.concat(parts)
+            sock:send("HTTP/1.0 200 OK\r\n\r\n" .. #data .. " " .. ngx.md5(data))
         }
     }
     location /rawerrors {
@@ -326,6 +351,35 @@ TEST_F(LuaReqSocketTest, RawSocketReadsAnUnreadBody) {
   barrier();
   raw_.send("456789extra\n");
   EXPECT_EQ(raw_.readUntilClose(), want);
+}
+
+// A read that wants more than the 64 KiB at which the client is paused:
+// the bytes keep coming for it, through the body reader and the raw socket.
+// Then a raw client that sends while the handler reads nothing.
+TEST_F(LuaReqSocketTest, OneMegabyteReadThroughEitherSocket) {
+  std::string mb;
+  for (int i = 0; mb.size() < 1048576; i++) mb += std::to_string(i) + ",";
+  mb.resize(1048576);
+  raw_.connect(gw_.port());
+  raw_.send("POST /big HTTP/1.1\r\nHost: a\r\nContent-Length: 1048576\r\n\r\n");
+  barrier();
+  raw_.send(mb);
+  const std::string want = "1048576 nil 7de1ea66d2a996014bbdc418b98e239f";  // the MD5 of `mb`
+  EXPECT_EQ(raw_.readResponse(Ms(20000)).body, want);
+  raw_.connect(gw_.port());
+  raw_.send("GET /big?raw=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+  barrier();
+  raw_.send(mb);
+  EXPECT_EQ(raw_.readUntilClose(Ms(20000)), "HTTP/1.0 200 OK\r\n\r\n" + want);
+  // Sent while the handler reads nothing: the client is paused once 64
+  // KiB wait (the rest stays in the kernel buffers), then resumed.
+  raw_.connect(gw_.port());
+  raw_.send("GET /slow HTTP/1.1\r\nHost: a\r\n\r\n");
+  std::thread sender([&] { raw_.send(mb); });
+  barrier();
+  EXPECT_EQ(httpGet(gw_.port(), "/go").status, 200);
+  sender.join();
+  EXPECT_EQ(raw_.readUntilClose(Ms(20000)), "HTTP/1.0 200 OK\r\n\r\n1048576 7de1ea66d2a996014bbdc418b98e239f");
 }
 
 TEST_F(LuaReqSocketTest, RawSocketErrors) {

@@ -79,6 +79,8 @@ class Downstream : public RequestContext::Downstream, public http::ContentSink::
 
   // TunnelPeer: the client's bytes and its end (raw).
   void onClientData(const char* data, size_t len) override;
+  // Pauses or resumes reading from the client (raw) for what waits here.
+  void flow();
   void onClientEnd() override {
     eof_ = true;
     notify();
@@ -184,20 +186,22 @@ int Downstream::take(lua_State* L, const ReadSpec& r) {
       n = pushReadFailure(L, in_, r, "closed");
     }
   }
-  if (paused_ && in_.size() < kMaxBuffered) {
-    paused_ = false;
-    ctx_->sink().pauseTunnel(false);
-  }
   return n;
 }
 
 void Downstream::onClientData(const char* data, size_t len) {
   in_.append(data, len);
   notify();
-  if (!paused_ && in_.size() >= kMaxBuffered) {
-    paused_ = true;
-    ctx_->sink().pauseTunnel(true);
-  }
+  flow();
+}
+
+// Raw back-pressure: the client is paused while enough waits unread and no
+// receive wants more (one that does, say receive(1 MiB), needs the bytes).
+void Downstream::flow() {
+  bool pause = raw_ && !reader_ && in_.size() >= kMaxBuffered;
+  if (pause == paused_) return;
+  paused_ = pause;
+  ctx_->sink().pauseTunnel(pause);
 }
 
 void Downstream::notify() {
@@ -232,9 +236,10 @@ Downstream* checkReqSocket(lua_State* L, ReqSocket** s) {
 int startReceive(lua_State* L, ReqSocket* s, Downstream* d, const ReadSpec& r) {
   LuaTask* task = requireYieldable(L);
   if (d->reader()) return pushFail(L, "socket busy reading");
-  if (int got = d->take(L, r)) return got;
-  task->suspend(std::make_unique<IoWait>(task, task->running(), d, false, s->read_ms, r));
-  return lua_yield(L, 0);
+  int got = d->take(L, r);
+  if (got == 0) task->suspend(std::make_unique<IoWait>(task, task->running(), d, false, s->read_ms, r));
+  d->flow();
+  return got > 0 ? got : lua_yield(L, 0);
 }
 
 // sock:receive(pattern?) -> data | nil, err, partial
