@@ -61,6 +61,12 @@ const char kConf[] = R"(
             ngx.say(two)
         }
     }
+    location /first5 {
+        content_by_lua_block {
+            local sock = assert(ngx.req.socket())
+            ngx.print(sock:receive(5))
+        }
+    }
     location /errors {
         content_by_lua_block {
             local what = ngx.var.arg_what
@@ -277,6 +283,22 @@ TEST_F(LuaReqSocketTest, UnreadRestOfAStreamedBodyStaysWithItsRequest) {
   barrier();
   raw_.send("l2\nvwxyz");
   EXPECT_EQ(raw_.readResponse().body, "l2|vwxyz|nil|closed|\nnil|closed|\n");
+}
+
+// The handler ends on bytes that come with the end of the body, in one
+// read: one response, and the request is not run again for that end.
+TEST_F(LuaReqSocketTest, HandlerEndingOnTheLastPieceAnswersOnce) {
+  raw_.connect(gw_.port());
+  raw_.send("POST /first5 HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc");
+  barrier();
+  raw_.send("defghij");
+  std::string all = raw_.readUntilClose();
+  EXPECT_EQ(all.substr(all.size() - 9), "\r\n\r\nabcde") << all;
+  EXPECT_EQ(all.find("HTTP/1.1", 1), std::string::npos) << all;
+  // Logged once: the request ran once.
+  EXPECT_TRUE(waitFor([&] { return gw_.accessLog().find("POST /first5") != std::string::npos; }));
+  std::string log = gw_.accessLog();
+  EXPECT_EQ(log.find("POST /first5", log.find("POST /first5") + 1), std::string::npos) << log;
 }
 
 TEST_F(LuaReqSocketTest, BodyReaderErrors) {

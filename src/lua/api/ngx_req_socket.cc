@@ -18,7 +18,6 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <cstring>
 #include <memory>
 #include <new>
 #include <string>
@@ -51,6 +50,11 @@ class IoWait;
 class Downstream : public RequestContext::Downstream, public http::ContentSink::TunnelPeer {
  public:
   explicit Downstream(RequestContext* ctx) : ctx_(ctx) {}
+  ~Downstream() override {
+    if (!kick_) return;
+    uv_timer_stop(kick_);
+    uv_close(reinterpret_cast<uv_handle_t*>(kick_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  }
 
   RequestContext* ctx() const { return ctx_; }
   bool raw() const { return raw_; }
@@ -85,8 +89,17 @@ class Downstream : public RequestContext::Downstream, public http::ContentSink::
     eof_ = true;
     notify();
   }
-  // More of the body, or its end (body reader).
-  void bodyChanged() override { notify(); }
+  // More of the body, or its end (body reader). This comes from inside
+  // the connection's parser, which must not see the request end under it:
+  // the reader hears of it on the next loop turn.
+  void bodyChanged() override {
+    if (!kick_) {
+      kick_ = new uv_timer_t;
+      uv_timer_init(ctx_->loop(), kick_);
+      kick_->data = this;
+    }
+    uv_timer_start(kick_, [](uv_timer_t* t) noexcept { static_cast<Downstream*>(t->data)->notify(); }, 0, 0);
+  }
 
  private:
   void notify();
@@ -106,6 +119,7 @@ class Downstream : public RequestContext::Downstream, public http::ContentSink::
   std::string in_;       // read, not yet returned
   IoWait* reader_ = nullptr;
   IoWait* sender_ = nullptr;
+  uv_timer_t* kick_ = nullptr;  // bodyChanged()'s deferred wake
 };
 
 // One coroutine waiting in a receive or a send, with its timeout.
@@ -171,6 +185,7 @@ class IoWait : public Wait {
   std::shared_ptr<IoWait*> drain_;
 };
 
+// Stack of L: [] -> [results] (their count returned) or [] (0: wait).
 int Downstream::take(lua_State* L, const ReadSpec& r) {
   int n = takeBuffered(L, in_, r);
   if (n == 0 && !raw_) {
