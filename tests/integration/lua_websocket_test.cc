@@ -34,6 +34,10 @@ const char kServer[] = R"(
                     return
                 elseif typ == "ping" then
                     wb:send_pong(data)
+                elseif typ == "pong" then
+                    wb:send_text("got pong: " .. data)
+                elseif typ == "text" and data == "ping me" then
+                    wb:send_ping("are you there")
                 elseif typ == "text" then
                     wb:send_text("echo: " .. data)
                 elseif typ == "binary" then
@@ -156,6 +160,14 @@ TEST_F(LuaWebSocketTest, RawClientHandshakeAndMaskedFrames) {
   c.send(bin.substr(0, 3));
   c.send(bin.substr(3));
   want = serverFrame(0x2, std::string("\x00\x01\xff", 3));
+  EXPECT_EQ(c.readBytes(want.size()), want);
+
+  // The server pings; the client's pong reaches it.
+  c.send(clientFrame(0x1, "ping me"));
+  want = serverFrame(0x9, "are you there");
+  EXPECT_EQ(c.readBytes(want.size()), want);
+  c.send(clientFrame(0xa, "here"));
+  want = serverFrame(0x1, "got pong: here");
   EXPECT_EQ(c.readBytes(want.size()), want);
 
   // Close handshake (RFC 6455 5.5.1): code 1000, the server answers and closes.
