@@ -124,6 +124,7 @@ void Connection::startRequest() {
   request_active_ = false;
   headers_sent_ = chunked_ = body_ended_ = client_eof_ = false;
   early_start_ = lua_early_ = false;
+  body_stream_.clear();  // what a handler left unread of its streamed body (ngx.req.socket)
   body_allowed_ = true;
   drain_cb_ = nullptr;
   head_deadline_ms_ = now + *def->settings.client_header_timeout_ms;
@@ -600,7 +601,8 @@ void Connection::resumeReading() {
   if (client_eof_ && phase_ == Phase::kProcessing) return;  // nothing more will come
   // A running handler's request fills the buffer: wait for the handler.
   bool buffer_full = phase_ == Phase::kProcessing && buf_ && end_ >= cap_;
-  if (closing_ || reading_ || write_pending_ || buffer_full) return;
+  bool tunnel_paused = phase_ == Phase::kTunnel && tunnel_paused_;  // the peer's back-pressure holds
+  if (closing_ || reading_ || write_pending_ || buffer_full || tunnel_paused) return;
   uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), onAlloc, onRead);
   reading_ = true;
 }

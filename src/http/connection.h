@@ -96,6 +96,8 @@ class Connection : private RequestParser::Handler, private ContentSink {
   void holdOutput(bool hold) override;
   bool takeRequestBody(std::string* out) override;
   void startTunnel(const HeaderList& headers, TunnelPeer* peer) override;
+  void takeOver(TunnelPeer* peer) override;
+  void enterTunnel(TunnelPeer* peer);
   void tunnelWrite(std::string_view data) override;
   void pauseTunnel(bool paused) override;
   void handleTunnelRead(ssize_t nread);

@@ -229,6 +229,20 @@ void Connection::startTunnel(const HeaderList& headers, TunnelPeer* peer) {
   for (const auto& [name, value] : headers) out_.append("\r\n").append(name).append(": ").append(value);
   out_.append("\r\nConnection: upgrade\r\n\r\n");
   req_.bytes_sent += out_.size() - before;
+  enterTunnel(peer);
+}
+
+void Connection::takeOver(TunnelPeer* peer) {
+  if (closing_) return;
+  headers_sent_ = true;
+  body_allowed_ = false;
+  body_ended_ = true;
+  keepalive_ = false;
+  lua_early_ = false;
+  enterTunnel(peer);
+}
+
+void Connection::enterTunnel(TunnelPeer* peer) {
   phase_ = Phase::kTunnel;
   tunnel_ = peer;
   flush();
@@ -313,7 +327,7 @@ void Connection::respond(int status, std::string_view content_type, std::string_
 size_t Connection::writeHead(int status, std::string_view content_type, std::string_view location,
                              const HeaderList* extra_headers, int64_t content_length) {
   const RequestHead& h = parser_.head();
-  keepalive_ = keepalive_ && shouldKeepAlive(status);
+  keepalive_ = keepalive_ && shouldKeepAlive(status) && status != 101;  // 101: the connection is never reused
   // The body must be fully read to keep the connection: a reply that came
   // before the body (an early error) closes it.
   if (!parser_.messageDone() && h.hasBody()) keepalive_ = false;
@@ -376,7 +390,11 @@ size_t Connection::writeHead(int status, std::string_view content_type, std::str
     out_.append("\r\nKeep-Alive: timeout=");
     out_.append(std::to_string(*settings().keepalive_header_s));
   }
-  out_.append(keepalive_ ? "\r\nConnection: keep-alive\r\n\r\n" : "\r\nConnection: close\r\n\r\n");
+  // A handler's protocol switch (ngx.req.socket(true) follows) says so,
+  // as nginx's header filter does.
+  out_.append(status == 101  ? "\r\nConnection: upgrade\r\n\r\n"
+              : keepalive_ ? "\r\nConnection: keep-alive\r\n\r\n"
+                           : "\r\nConnection: close\r\n\r\n");
   size_t head_bytes = out_.size() - before;
   req_.bytes_sent += head_bytes;
   return head_bytes;

@@ -96,6 +96,11 @@ class ContentSink {
     virtual void onClientEnd() = 0;  // EOF or an error
   };
   virtual void startTunnel(const HeaderList& headers, TunnelPeer* peer) = 0;
+  // ngx.req.socket(true): Lua takes the connection over, as startTunnel
+  // does but without writing a head (the handler sent one, or writes its
+  // own bytes). The response counts as sent; the connection closes when
+  // the request ends. tunnelWrite() and pauseTunnel() serve it too.
+  virtual void takeOver(TunnelPeer* peer) = 0;
   virtual void tunnelWrite(std::string_view data) = 0;
   // Back-pressure toward the client: no onClientData() while paused.
   virtual void pauseTunnel(bool paused) = 0;

@@ -332,6 +332,33 @@ std::string RawClient::readUntilClose(Ms timeout) {
   return out;
 }
 
+std::string RawClient::take(const std::function<size_t(const std::string&)>& want, Ms timeout) {
+  auto deadline = Clock::now() + timeout;
+  size_t n = want(buf_);
+  while (n == std::string::npos) {
+    auto left = std::chrono::duration_cast<Ms>(deadline - Clock::now());
+    if (left.count() <= 0 || !fill(left)) break;
+    n = want(buf_);
+  }
+  if (n == std::string::npos) n = buf_.size();
+  std::string out = buf_.substr(0, n);
+  buf_.erase(0, n);
+  return out;
+}
+
+std::string RawClient::readUntil(const std::string& needle, Ms timeout) {
+  return take(
+      [&](const std::string& b) {
+        size_t at = b.find(needle);
+        return at == std::string::npos ? at : at + needle.size();
+      },
+      timeout);
+}
+
+std::string RawClient::readBytes(size_t n, Ms timeout) {
+  return take([n](const std::string& b) { return b.size() >= n ? n : std::string::npos; }, timeout);
+}
+
 bool RawClient::waitClosed(Ms timeout) {
   auto deadline = Clock::now() + timeout;
   while (!eof_) {

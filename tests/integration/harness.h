@@ -75,6 +75,10 @@ class RawClient {
   Response readResponse(Ms timeout = Ms(5000), bool head_request = false);
   // Reads whatever arrives until the peer closes or `timeout` passes.
   std::string readUntilClose(Ms timeout = Ms(5000));
+  // Raw protocols: the bytes up to and including the first `needle`, or the
+  // first `n` bytes; whatever came if they do not within `timeout`.
+  std::string readUntil(const std::string& needle, Ms timeout = Ms(5000));
+  std::string readBytes(size_t n, Ms timeout = Ms(5000));
   // True if the peer closes (EOF or reset) within `timeout`; data read is discarded.
   bool waitClosed(Ms timeout = Ms(5000));
   void close();
@@ -82,6 +86,8 @@ class RawClient {
 
  private:
   bool fill(Ms timeout);  // reads more into buf_; false on EOF/timeout
+  // Fills until buf_ holds `want(buf_)` bytes (npos: not yet); takes them.
+  std::string take(const std::function<size_t(const std::string&)>& want, Ms timeout);
   int fd_ = -1;
   std::string buf_;
   bool eof_ = false;

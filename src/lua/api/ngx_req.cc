@@ -16,6 +16,7 @@
 namespace tidegate::lua {
 
 void openNgxReqBody(lua_State* L);  // api/ngx_req_body.cc
+void openNgxReqSocket(lua_State* L);  // api/ngx_req_socket.cc
 
 RequestContext* requireRequestIn(lua_State* L, std::initializer_list<Phase> allowed) {
   RequestContext* ctx = requireRequest(L);
@@ -463,6 +464,7 @@ void openNgxReq(lua_State* L) {
     lua_setfield(L, -2, f->name);
   }
   openNgxReqBody(L);
+  openNgxReqSocket(L);
   lua_setfield(L, -2, "req");
   lua_createtable(L, 0, 1);
   setFn(L, "get_headers", respGetHeaders);

@@ -73,6 +73,8 @@ class BodyWait : public Wait {
 int readBodyFn(lua_State* L) {
   checkArgCount(L, 0, 0, "0 arguments");
   RequestContext* ctx = requireBodyPhase(L);
+  // Read already, or taken by ngx.req.socket(): nothing to wait for.
+  if (ctx->req().body.read()) return 0;
   if (ctx->req().body_complete) {
     ctx->mutableReq().body.markRead();
     return 0;

@@ -223,6 +223,17 @@ int ngxFlush(lua_State* L) {
   return 1;
 }
 
+// ngx.send_headers(): the head goes out now (with what was printed so
+// far, which OpenResty would have sent already). 1, or nil, err after
+// ngx.eof; nothing more once the head is out.
+int ngxSendHeaders(lua_State* L) {
+  RequestContext* ctx = requireResponsePhase(L);
+  if (ctx->eofSent()) return seenEof(L);
+  if (!ctx->headersSent()) ctx->flushOutput(false);
+  lua_pushinteger(L, 1);
+  return 1;
+}
+
 // ngx.on_abort(fn): fn runs as a light thread when the client goes away
 // (with lua_check_client_abort on).
 int ngxOnAbort(lua_State* L) {
@@ -399,13 +410,17 @@ int varNewIndex(lua_State* L) {
                     name, name);
 }
 
-// ngx.status through the ngx table's metatable.
+// ngx.status, ngx.headers_sent and ngx.ctx through the ngx table's metatable.
 int ngxIndex(lua_State* L) {
   const char* key = lua_tostring(L, 2);
   if (key && std::string_view(key) == "status") {
     RequestContext* ctx = requireRequest(L);
     // In the log phase the response is out: report what was sent.
     lua_pushinteger(L, ctx->phase() == Phase::kLog ? ctx->req().status : ctx->result().status);
+    return 1;
+  }
+  if (key && std::string_view(key) == "headers_sent") {
+    lua_pushboolean(L, requireRequest(L)->headersSent());
     return 1;
   }
   if (key && std::string_view(key) == "ctx") {
@@ -456,11 +471,12 @@ void openNgxRequest(lua_State* L) {
   setFn(L, "redirect", ngxRedirect);
   setFn(L, "flush", ngxFlush);
   setFn(L, "eof", ngxEof);
+  setFn(L, "send_headers", ngxSendHeaders);
   setFn(L, "on_abort", ngxOnAbort);
   proxyTable(L, "header", headerIndex, headerNewIndex);
   proxyTable(L, "var", varIndex, varNewIndex);
   openNgxReq(L);
-  setAccessors(L, ngxIndex, ngxNewIndex);  // ngx.status, ngx.ctx
+  setAccessors(L, ngxIndex, ngxNewIndex);  // ngx.status, ngx.headers_sent, ngx.ctx
 }
 
 }  // namespace tidegate::lua

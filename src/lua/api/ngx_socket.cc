@@ -5,7 +5,7 @@
 // pushes the results and wakes the coroutine. A SockWait destroyed before
 // its event (the request was aborted, the thread killed) closes the
 // connection, whose memory is freed only in its close callbacks.
-// Not yet: sslhandshake, ngx.req.socket. UDP: ngx_socket_udp.cc.
+// Not yet: sslhandshake. UDP: ngx_socket_udp.cc; ngx.req.socket: ngx_req_socket.cc.
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -20,6 +20,7 @@
 
 #include "lua/api/common.h"
 #include "lua/api/socket_common.h"
+#include "lua/api/socket_read.h"
 #include "lua/phases/content.h"
 #include "lua/task.h"
 #include "lua/vm.h"
@@ -164,109 +165,6 @@ void closeTaskSockets(uint64_t task_id) {
   liveSockets().erase(task_id);
 }
 
-enum class ReadMode { kLine, kAll, kBytes, kAny, kUntil };
-
-// A receiveuntil iterator's state: its closure's second upvalue (the third
-// holds the pattern string, which `pat` points into). `found`: the
-// boundary is in the buffer, `region` bytes of data still precede it (its
-// end, when inclusive) and `skip` bytes of pattern follow them.
-struct Until {
-  const char* pat;
-  size_t plen;
-  bool inclusive;
-  bool found;
-  size_t region, skip;
-  size_t scan_from;  // no match starts before this offset of the buffer
-};
-
-// What one receive call asks for. n: the byte count (kBytes, kAny) or the
-// iterator's size argument (kUntil; 0: none).
-struct ReadSpec {
-  ReadMode mode = ReadMode::kLine;
-  size_t n = 0;
-  Until* until = nullptr;
-};
-
-// The length of the longest tail of `in` that begins the pattern: bytes
-// that may yet turn out to be the boundary.
-size_t heldBack(const std::string& in, const Until& u) {
-  for (size_t k = std::min(in.size(), u.plen - 1); k > 0; k--) {
-    if (in.compare(in.size() - k, k, u.pat, k) == 0) return k;
-  }
-  return 0;
-}
-
-// Pushes `take` bytes off the front of the buffer, then drops `skip` more.
-// Stack of L: [] -> [data]
-int pushTaken(lua_State* L, std::string& in, size_t take, size_t skip) {
-  lua_pushlstring(L, in.data(), take);
-  in.erase(0, take + skip);
-  return 1;
-}
-
-// receiveuntil's iterator over the buffer. Without a size: the data before
-// the boundary (and the boundary when inclusive). With one: at most size
-// bytes per call, then a lone nil once the boundary is passed.
-int takeUntil(lua_State* L, std::string& in, Until* u, size_t size) {
-  if (!u->found) {
-    size_t pos = in.find(u->pat, u->scan_from, u->plen);
-    if (pos == std::string::npos) {
-      u->scan_from = in.size() >= u->plen ? in.size() - u->plen + 1 : 0;
-      if (size == 0 || in.size() - heldBack(in, *u) < size) return 0;
-      u->scan_from -= std::min(u->scan_from, size);
-      return pushTaken(L, in, size, 0);
-    }
-    u->found = true;
-    u->region = u->inclusive ? pos + u->plen : pos;
-    u->skip = u->inclusive ? 0 : u->plen;
-    u->scan_from = 0;
-  }
-  if (size == 0) {
-    u->found = false;
-    return pushTaken(L, in, u->region, u->skip);
-  }
-  if (u->region == 0) {
-    u->found = false;
-    in.erase(0, u->skip);
-    lua_pushnil(L);
-    return 1;
-  }
-  size_t k = std::min(u->region, size);
-  u->region -= k;
-  return pushTaken(L, in, k, 0);
-}
-
-// Pushes the result of a receive that the buffer can satisfy now and
-// returns the number of values; 0 if more bytes are needed.
-// Stack of L: [] -> [data] or [].
-int takeBuffered(lua_State* L, Conn* c, const ReadSpec& r) {
-  std::string& in = c->in;
-  switch (r.mode) {
-    case ReadMode::kLine: {
-      size_t nl = in.find('\n');
-      if (nl == std::string::npos) return 0;
-      return pushTaken(L, in, nl > 0 && in[nl - 1] == '\r' ? nl - 1 : nl, nl > 0 && in[nl - 1] == '\r' ? 2 : 1);
-    }
-    case ReadMode::kAll: return 0;
-    case ReadMode::kBytes: return in.size() < r.n ? 0 : pushTaken(L, in, r.n, 0);
-    case ReadMode::kAny: return in.empty() ? 0 : pushTaken(L, in, std::min(in.size(), r.n), 0);
-    case ReadMode::kUntil: return takeUntil(L, in, r.until, r.n);
-  }
-  return 0;
-}
-
-// A receive that cannot complete: nil, err and (but for receiveany) the
-// partial data, which is consumed. Stack of L: [] -> [nil, err(, partial)].
-int pushReadFailure(lua_State* L, Conn* c, const ReadSpec& r, const char* err) {
-  lua_pushnil(L);
-  lua_pushstring(L, err);
-  if (r.mode == ReadMode::kAny) return 2;
-  if (r.until) r.until->scan_from = 0;
-  lua_pushlstring(L, c->in.data(), c->in.size());
-  c->in.clear();
-  return 3;
-}
-
 const conf::HttpSettings& settingsOf(LuaTask* task) {
   if (RequestContext* ctx = task->request()) return ctx->req().settings();
   return task->vm().config().http.settings;
@@ -408,7 +306,7 @@ void SockWait::written(int status) {
 void SockWait::read(ssize_t nread, const uv_buf_t* buf) {
   if (nread > 0) {
     conn_->in.append(buf->base, static_cast<size_t>(nread));
-    int n = takeBuffered(co(), conn_, read_);
+    int n = takeBuffered(co(), conn_->in, read_);
     if (n > 0) finish(n, false);
     return;
   }
@@ -420,14 +318,14 @@ void SockWait::read(ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   const char* err = nread == UV_EOF ? "closed" : uv_strerror(static_cast<int>(nread));
-  finish(pushReadFailure(co(), conn_, read_, err), true);
+  finish(pushReadFailure(co(), conn_->in, read_, err), true);
 }
 
 // OpenResty: a read timeout leaves the connection usable; a connect or
 // send timeout closes it.
 void SockWait::timedOut() {
   if (kind_ == Kind::kRead) {
-    finish(pushReadFailure(co(), conn_, read_, "timeout"), false);
+    finish(pushReadFailure(co(), conn_->in, read_, "timeout"), false);
     return;
   }
   finish(fail("timeout"), true);
@@ -589,7 +487,7 @@ int startReceive(lua_State* L, Socket* sock, const ReadSpec& r) {
   LuaTask* task = requireCosocketTask(L);
   if (!sock->conn) return pushFail(L, "closed");
   if (sock->busy) return pushFail(L, "socket busy");
-  if (int got = takeBuffered(L, sock->conn, r)) return got;
+  if (int got = takeBuffered(L, sock->conn->in, r)) return got;
   int rc = uv_read_start(&sock->conn->h.stream, onAlloc, onRead);
   if (rc != 0) {
     closeConn(sock->conn);
@@ -607,79 +505,30 @@ int startReceive(lua_State* L, Socket* sock, const ReadSpec& r) {
 // closes), or a byte count.
 int sockReceive(lua_State* L) {
   Socket* sock = checkSocket(L);
-  ReadMode mode = ReadMode::kLine;
-  size_t n = 0;
-  if (lua_isnumber(L, 2)) {  // a numeric string too ("2"), as lua_isnumber() in OpenResty
-    lua_Number v = lua_tonumber(L, 2);
-    if (v < 0) return luaL_argerror(L, 2, "bad pattern argument");
-    n = static_cast<size_t>(v);
-    if (n == 0) {
-      lua_pushliteral(L, "");
-      return 1;
-    }
-    mode = ReadMode::kBytes;
-  } else if (!lua_isnoneornil(L, 2)) {
-    const char* p = luaL_checkstring(L, 2);
-    if (std::strcmp(p, "*a") == 0) mode = ReadMode::kAll;
-    else if (std::strcmp(p, "*l") != 0) return luaL_argerror(L, 2, "bad pattern argument");
-  }
-  return startReceive(L, sock, ReadSpec{mode, n, nullptr});
+  ReadSpec r;
+  if (int got = receiveArgs(L, &r)) return got;
+  return startReceive(L, sock, r);
 }
 
 // sock:receiveany(max) -> data | nil, err: whatever arrives, at most max bytes.
 int sockReceiveAny(lua_State* L) {
   Socket* sock = checkSocket(L);
-  lua_Integer max = luaL_checkinteger(L, 2);
-  if (max <= 0) return luaL_argerror(L, 2, "bad max argument");
-  return startReceive(L, sock, ReadSpec{ReadMode::kAny, static_cast<size_t>(max), nullptr});
+  ReadSpec r;
+  receiveAnyArgs(L, &r);
+  return startReceive(L, sock, r);
 }
 
 // The iterator receiveuntil returns: iter(size?) -> data | nil | nil, err,
 // partial. Upvalues: the socket, its Until state, the pattern.
 int untilIterator(lua_State* L) {
-  lua_settop(L, 1);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);  // [sock, size]
-  Socket* sock = checkSocket(L);
-  size_t size = 0;
-  if (!lua_isnil(L, 2)) {
-    lua_Integer v = luaL_checkinteger(L, 2);
-    if (v <= 0) return luaL_argerror(L, 1, "bad size argument");
-    size = static_cast<size_t>(v);
-  }
-  auto* u = static_cast<Until*>(lua_touserdata(L, lua_upvalueindex(2)));
-  return startReceive(L, sock, ReadSpec{ReadMode::kUntil, size, u});
+  ReadSpec r = untilIteratorArgs(L);
+  return startReceive(L, checkSocket(L), r);
 }
 
 // sock:receiveuntil(pattern, {inclusive = bool}?) -> iterator | nil, err
 int sockReceiveUntil(lua_State* L) {
   checkSocket(L);
-  size_t plen = 0;
-  const char* pat = luaL_checklstring(L, 2, &plen);
-  bool inclusive = false;
-  if (!lua_isnoneornil(L, 3)) {
-    luaL_checktype(L, 3, LUA_TTABLE);
-    lua_getfield(L, 3, "inclusive");
-    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) {
-      return luaL_error(L, "bad \"inclusive\" option value type: %s", luaL_typename(L, -1));
-    }
-    inclusive = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-  }
-  if (plen == 0) return pushFail(L, "pattern is empty");
-  lua_pushvalue(L, 1);
-  auto* u = static_cast<Until*>(lua_newuserdata(L, sizeof(Until)));
-  *u = Until{pat, plen, inclusive, false, 0, 0, 0};
-  lua_pushvalue(L, 2);
-  lua_pushcclosure(L, untilIterator, 3);
-  return 1;
-}
-
-uint64_t checkMs(lua_State* L, int idx, uint64_t current) {
-  if (lua_isnoneornil(L, idx)) return current;
-  lua_Number ms = luaL_checknumber(L, idx);
-  if (ms < 0) luaL_argerror(L, idx, "bad timeout value");
-  return static_cast<uint64_t>(ms);
+  return pushUntilIterator(L, untilIterator);
 }
 
 // sock:settimeout(ms): connect, send and read.

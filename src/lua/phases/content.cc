@@ -32,9 +32,15 @@ bool RequestContext::setOnAbort(lua_State* L) {
 // The body arrived: ngx.req.read_body returns in every coroutine waiting
 // in it (each wake removes its waiter; the handler may end meanwhile).
 void RequestContext::bodyComplete() {
+  if (downstream_) downstream_->bodyChanged();
   if (body_waiters_.empty()) return;
   mutableReq().body.markRead();
   while (!body_waiters_.empty() && !done_) wake(body_waiters_.front(), 0);
+}
+
+// More of a body that ngx.req.socket() reads as it arrives.
+void RequestContext::bodyAvailable() {
+  if (downstream_) downstream_->bodyChanged();
 }
 
 // lua_check_client_abort on and the client left: its ngx.on_abort handler

@@ -69,6 +69,17 @@ class RequestContext : public LuaTask, public http::ContentTask {
   // it (lua/api/ngx_req_body.cc), resumed by bodyComplete().
   std::vector<Co*>& bodyWaiters() { return body_waiters_; }
   void bodyComplete() override;
+  void bodyAvailable() override;
+
+  // ngx.req.socket's state for this request (lua/api/ngx_req_socket.cc):
+  // told when more of the body arrived or it ended; destroyed with the
+  // request, after its coroutines (and so their waits) are gone.
+  class Downstream {
+   public:
+    virtual ~Downstream() = default;
+    virtual void bodyChanged() = 0;
+  };
+  std::unique_ptr<Downstream>& downstream() { return downstream_; }
 
   // body_filter_by_lua*: ngx.arg[1] and ngx.arg[2] while the filter runs.
   struct FilterArgs {
@@ -128,6 +139,7 @@ class RequestContext : public LuaTask, public http::ContentTask {
   FilterArgs* filter_args_ = nullptr;
   http::BalancerCall* balancer_call_ = nullptr;
   std::vector<Co*> body_waiters_;
+  std::unique_ptr<Downstream> downstream_;
   std::string scratch_;
 };
 
@@ -156,6 +168,7 @@ class DetachedSink : public http::ContentSink {
     return true;
   }
   void startTunnel(const http::HeaderList&, TunnelPeer*) override {}
+  void takeOver(TunnelPeer*) override {}
   void tunnelWrite(std::string_view) override {}
   void pauseTunnel(bool) override {}
 
