@@ -335,6 +335,25 @@ TEST_F(LuaSocketTlsTest, ClientLeavingDuringTheHandshake) {
   )");
 }
 
+// lua_ssl_* settings OpenSSL refuses fail the handshake (nginx would
+// refuse the conf) and leave the connection as it was.
+TEST_F(LuaSocketTlsTest, UnusableSslSettings) {
+  TlsPeer peer("srv.crt");
+  ASSERT_TRUE(peer.ok());
+  Gateway gw;
+  std::string lua = "content_by_lua_block {\n" + std::string(kHs) + "local p = " + std::to_string(peer.port()) + R"(
+    local sock, sess, err = hs(p, nil, "localhost", true)
+    ngx.say(tostring(sess), " ", err, " ", sock:send("x\n"))
+  })";
+  gw.setSimpleConf("location /ciphers { lua_ssl_ciphers NO-SUCH-CIPHER; " + lua + " }\n" +
+                   "location /ca { lua_ssl_trusted_certificate /nonexistent/ca.crt; " + lua + " }\n");
+  ASSERT_TRUE(gw.start());
+  EXPECT_EQ(httpGet(gw.port(), "/ciphers").body, "nil SSL_CTX_set_cipher_list(\"NO-SUCH-CIPHER\") failed 2\n");
+  EXPECT_EQ(httpGet(gw.port(), "/ca").body,
+            "nil SSL_CTX_load_verify_locations(\"/nonexistent/ca.crt\") failed 2\n");
+  stopClean(gw);
+}
+
 // Argument checks and a closed socket.
 TEST_F(LuaSocketTlsTest, MisuseAndClosedSocket) {
   Gateway gw;
