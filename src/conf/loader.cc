@@ -74,7 +74,8 @@ void HttpSettings::fillDefaults() {
   if (!lua_socket_pool_size) lua_socket_pool_size = 30;
   if (!lua_socket_send_lowat) lua_socket_send_lowat = 0;
   if (!lua_socket_log_errors) lua_socket_log_errors = true;
-  // lua-nginx-module's: depth 1, TLSv1.2 and TLSv1.3, OpenSSL's DEFAULT ciphers.
+  // lua-nginx-module's depth 1 and DEFAULT ciphers. Protocols: TLSv1.2 and
+  // TLSv1.3, not its documented SSLv3 to TLSv1.2 (deprecated by RFC 8996).
   if (!lua_ssl_verify_depth) lua_ssl_verify_depth = 1;
   if (!lua_ssl_protocols) lua_ssl_protocols = kTlsV1_2 | kTlsV1_3;
   if (!lua_ssl_ciphers) lua_ssl_ciphers = "DEFAULT";
