@@ -152,6 +152,9 @@ struct ProxyPass {
   std::vector<std::string> addresses;
 };
 
+// lua_ssl_protocols' names, as bits of HttpSettings::lua_ssl_protocols.
+constexpr uint64_t kSslV2 = 1, kSslV3 = 2, kTlsV1 = 4, kTlsV1_1 = 8, kTlsV1_2 = 16, kTlsV1_3 = 32;
+
 // Settings that http, server and location levels share and inherit, with
 // nginx's merge rule: a level that does not set one takes its parent's.
 struct HttpSettings {
@@ -184,6 +187,11 @@ struct HttpSettings {
   std::optional<uint64_t> lua_socket_pool_size;
   std::optional<uint64_t> lua_socket_send_lowat;
   std::optional<bool> lua_socket_log_errors;
+  // lua_ssl_*: the client TLS of cosockets (sslhandshake).
+  std::optional<std::string> lua_ssl_trusted_certificate;  // absolute path; unset: nothing trusted
+  std::optional<uint64_t> lua_ssl_verify_depth;
+  std::optional<uint64_t> lua_ssl_protocols;  // kSslV2 | ... | kTlsV1_3
+  std::optional<std::string> lua_ssl_ciphers;
   std::optional<bool> lua_need_request_body;  // the body counts as read before the Lua phases
   // access_log: unset = inherit; set and empty = off.
   std::optional<std::vector<AccessLogTarget>> access_logs;

@@ -36,6 +36,10 @@ void HttpSettings::inheritFrom(const HttpSettings& p) {
   if (!lua_socket_pool_size) lua_socket_pool_size = p.lua_socket_pool_size;
   if (!lua_socket_send_lowat) lua_socket_send_lowat = p.lua_socket_send_lowat;
   if (!lua_socket_log_errors) lua_socket_log_errors = p.lua_socket_log_errors;
+  if (!lua_ssl_trusted_certificate) lua_ssl_trusted_certificate = p.lua_ssl_trusted_certificate;
+  if (!lua_ssl_verify_depth) lua_ssl_verify_depth = p.lua_ssl_verify_depth;
+  if (!lua_ssl_protocols) lua_ssl_protocols = p.lua_ssl_protocols;
+  if (!lua_ssl_ciphers) lua_ssl_ciphers = p.lua_ssl_ciphers;
   if (!lua_need_request_body) lua_need_request_body = p.lua_need_request_body;
   if (!access_logs) access_logs = p.access_logs;
   if (!rewrite_lua) rewrite_lua = p.rewrite_lua;
@@ -72,6 +76,11 @@ void HttpSettings::fillDefaults() {
   if (!lua_socket_pool_size) lua_socket_pool_size = 30;
   if (!lua_socket_send_lowat) lua_socket_send_lowat = 0;
   if (!lua_socket_log_errors) lua_socket_log_errors = true;
+  // lua-nginx-module's depth 1 and DEFAULT ciphers. Protocols: TLSv1.2 and
+  // TLSv1.3, not its documented SSLv3 to TLSv1.2 (deprecated by RFC 8996).
+  if (!lua_ssl_verify_depth) lua_ssl_verify_depth = 1;
+  if (!lua_ssl_protocols) lua_ssl_protocols = kTlsV1_2 | kTlsV1_3;
+  if (!lua_ssl_ciphers) lua_ssl_ciphers = "DEFAULT";
   if (!lua_need_request_body) lua_need_request_body = false;
   proxy.fillDefaults();
 }

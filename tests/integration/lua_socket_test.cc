@@ -15,94 +15,10 @@
 
 #include "fake_upstream.h"
 #include "harness.h"
+#include "scripted_peer.h"
 
 namespace tidegate::test {
 namespace {
-
-// A loopback listener whose every connection runs `script(fd)` in a thread
-// of its own (the fd is closed afterwards).
-class ScriptedPeer {
- public:
-  explicit ScriptedPeer(std::function<void(int)> script) : script_(std::move(script)) {
-    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-    socklen_t len = sizeof(a);
-    ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-    ::listen(fd_, 64);
-    acceptor_ = std::thread([this] {
-      for (;;) {
-        int c = ::accept(fd_, nullptr, nullptr);
-        if (c < 0) return;
-        std::lock_guard<std::mutex> lock(mu_);
-        threads_.emplace_back([this, c] {
-          script_(c);
-          ::close(c);
-        });
-      }
-    });
-  }
-  ~ScriptedPeer() {
-    ::shutdown(fd_, SHUT_RDWR);
-    acceptor_.join();
-    ::close(fd_);
-    for (auto& t : threads_) t.join();
-  }
-  int port() const { return port_; }
-
- private:
-  std::function<void(int)> script_;
-  int fd_ = -1;
-  int port_ = 0;
-  std::thread acceptor_;
-  std::mutex mu_;
-  std::vector<std::thread> threads_;
-};
-
-// Reads one "\n"-terminated line from fd (byte by byte: tests only).
-std::string readLine(int fd) {
-  std::string line;
-  char ch;
-  while (::read(fd, &ch, 1) == 1 && ch != '\n') line += ch;
-  return line;
-}
-
-void writeAll(int fd, const std::string& s) {
-  size_t off = 0;
-  while (off < s.size()) {
-    ssize_t n = ::write(fd, s.data() + off, s.size() - off);
-    if (n <= 0) return;
-    off += static_cast<size_t>(n);
-  }
-}
-
-Gateway* startWith(Gateway& gw, const std::string& body, const std::string& http_extra = "") {
-  gw.setSimpleConf("location /t { content_by_lua_block {\n" + body + "\n} }", http_extra);
-  return gw.start() ? &gw : nullptr;
-}
-
-// Lua: `sock`, connected to 127.0.0.1:port.
-std::string connectTo(int port) {
-  return "local sock = ngx.socket.tcp()\nassert(sock:connect(\"127.0.0.1\", " + std::to_string(port) + "))\n";
-}
-
-// The same, with a GET sent.
-std::string connectAndGet(int port) {
-  return connectTo(port) + "sock:send(\"GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n\")\n";
-}
-
-// A peer script that reads until the gateway closes, then counts it.
-std::function<void(int)> readUntilClose(std::atomic<int>* closes) {
-  return [closes](int fd) {
-    char buf[256];
-    while (::read(fd, buf, sizeof(buf)) > 0) {
-    }
-    (*closes)++;
-  };
-}
 
 // A peer script: reads "split N" and answers `payload` in two writes, the
 // first N bytes, then the rest.
@@ -271,23 +187,11 @@ TEST(LuaSocketTest, SocketInATimer) {
 // The client leaves while the cosocket waits in receive: the wait is
 // cancelled and the peer sees its connection closed.
 TEST(LuaSocketTest, ClientLeavingWhileACosocketWaitsClosesTheUpstreamConnection) {
-  std::atomic<int> peer_saw_close{0};
-  ScriptedPeer peer(readUntilClose(&peer_saw_close));
-  Gateway gw;
-  ASSERT_TRUE(startWith(gw, connectTo(peer.port()) + R"(
+  expectClientLeavingClosesThePeer(R"(
     sock:send("hello\n")
     ngx.log(ngx.WARN, "cosocket waiting")
     sock:receive()
-  )", "lua_check_client_abort on;"));
-  {
-    RawClient c(gw.port());
-    c.send("GET /t HTTP/1.1\r\nHost: a\r\n\r\n");
-    ASSERT_TRUE(gw.waitLog("cosocket waiting"));
-  }
-  EXPECT_TRUE(waitFor([&] { return peer_saw_close.load() == 1; }));
-  EXPECT_EQ(httpGet(gw.port(), "/none").status, 404);  // the worker lives on
-  EXPECT_EQ(gw.stop(), 0);
-  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+  )");
 }
 
 // A socket the handler leaves open is closed when its request ends.

@@ -23,6 +23,7 @@
 #include <string>
 
 #include "lua/api/common.h"
+#include "lua/api/socket_common.h"
 #include "lua/api/socket_read.h"
 #include "lua/phases/content.h"
 #include "lua/task.h"
@@ -223,12 +224,6 @@ void Downstream::notify() {
   if (reader_) reader_->readable();
 }
 
-int pushFail(lua_State* L, const char* err) {
-  lua_pushnil(L);
-  lua_pushstring(L, err);
-  return 2;
-}
-
 // The request socket at index 1, for its own request only (OpenResty's
 // "bad request" for one kept from an ended request). *s: the object.
 Downstream* checkReqSocket(lua_State* L, ReqSocket** s) {
@@ -250,7 +245,7 @@ Downstream* checkReqSocket(lua_State* L, ReqSocket** s) {
 // Answers from the buffer, or waits for bytes. Stack: results.
 int startReceive(lua_State* L, ReqSocket* s, Downstream* d, const ReadSpec& r) {
   LuaTask* task = requireYieldable(L);
-  if (d->reader()) return pushFail(L, "socket busy reading");
+  if (d->reader()) return pushSocketFailure(L, "socket busy reading");
   int got = d->take(L, r);
   if (got == 0) task->suspend(std::make_unique<IoWait>(task, task->running(), d, false, s->read_ms, r));
   d->flow();
@@ -302,7 +297,7 @@ int rawSend(lua_State* L) {
     return luaL_error(L, "bad argument #1 to 'send' (string, number, boolean, nil, ngx.null, or array table expected, got %s)",
                       lua_typename(L, t));
   }
-  if (d->sender()) return pushFail(L, "socket busy writing");
+  if (d->sender()) return pushSocketFailure(L, "socket busy writing");
   std::string out;
   appendValue(L, 2, &out, "send");
   size_t n = out.size();
@@ -409,10 +404,10 @@ int reqSocket(lua_State* L) {
   bool raw = n == 1 && lua_toboolean(L, 1);
   lua_settop(L, 0);
   RequestContext* ctx = requireRequest(L);
-  if (!raw && ctx->req().head->chunked) return pushFail(L, "chunked request bodies not supported yet");
+  if (!raw && ctx->req().head->chunked) return pushSocketFailure(L, "chunked request bodies not supported yet");
   requireRequestIn(L, {Phase::kRewrite, Phase::kAccess, Phase::kContent});
   const conf::HttpSettings& settings = ctx->req().settings();
-  if (const char* err = raw ? startRawSocket(ctx) : startBodyReader(ctx)) return pushFail(L, err);
+  if (const char* err = raw ? startRawSocket(ctx) : startBodyReader(ctx)) return pushSocketFailure(L, err);
   auto* s = new (lua_newuserdata(L, sizeof(ReqSocket))) ReqSocket;
   s->task_id = ctx->id();
   s->send_ms = settings.lua_socket_send_timeout_ms.value_or(60000);

@@ -1,11 +1,14 @@
 // ngx.socket.tcp / ngx.socket.connect: OpenResty's TCP cosockets (connect,
 // send, receive, receiveuntil, receiveany, timeouts, close, a per-worker keepalive pool,
-// setoption). Each call that waits follows ngx.sleep's shape: check the
+// setoption, sslhandshake). Each call that waits follows ngx.sleep's shape: check the
 // arguments, check the phase, arm the event, suspend, yield; the event
 // pushes the results and wakes the coroutine. A SockWait destroyed before
 // its event (the request was aborted, the thread killed) closes the
 // connection, whose memory is freed only in its close callbacks.
-// Not yet: sslhandshake. UDP: ngx_socket_udp.cc; ngx.req.socket: ngx_req_socket.cc.
+// A connection after sslhandshake carries its TLS state (socket_tls.h):
+// reads are decrypted before they reach the buffer, sends encrypted, and
+// the keepalive pool keeps it with the connection.
+// UDP: ngx_socket_udp.cc; ngx.req.socket: ngx_req_socket.cc.
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -21,6 +24,7 @@
 #include "lua/api/common.h"
 #include "lua/api/socket_common.h"
 #include "lua/api/socket_read.h"
+#include "lua/api/socket_tls.h"
 #include "lua/phases/content.h"
 #include "lua/task.h"
 #include "lua/vm.h"
@@ -44,10 +48,10 @@ struct Conn {
   } h;
   uv_timer_t timer;
   uv_connect_t connect_req;
-  uv_write_t write_req;
   bool is_pipe = false;
-  std::string out;             // the bytes of the pending write
-  std::string in;              // read, not yet returned
+  std::string out;             // send's data, being gathered
+  std::string in;              // read (and decrypted), not yet returned
+  std::unique_ptr<TlsClient> tls;  // after sslhandshake
   SockWait* waiter = nullptr;  // the call waiting on this connection
   std::string pool_key;        // while idle in the pool
   int reused = 0;
@@ -68,13 +72,60 @@ Conn* newConn(uv_loop_t* loop, bool pipe) {
 
 // Closes both handles; the Conn is deleted in the last close callback
 // (a pending write or connect is called back first with UV_ECANCELED).
-void closeConn(Conn* c) { closeOwnedHandles(c, {&c->h.handle, reinterpret_cast<uv_handle_t*>(&c->timer)}); }
+// A TLS connection says close_notify first, if the socket takes it now.
+void closeConn(Conn* c) {
+  if (c->closing) return;
+  if (c->tls) {
+    std::string alert = c->tls->shutdown();
+    uv_buf_t buf = uv_buf_init(alert.data(), static_cast<unsigned>(alert.size()));
+    if (!alert.empty()) uv_try_write(&c->h.stream, &buf, 1);
+  }
+  closeOwnedHandles(c, {&c->h.handle, reinterpret_cast<uv_handle_t*>(&c->timer)});
+}
 
 // libuv calls alloc then read synchronously, so one buffer serves every
 // connection of the worker. 64 KiB: a few reads per typical response.
 void onAlloc(uv_handle_t*, size_t, uv_buf_t* buf) noexcept {
   static char storage[65536];
   *buf = uv_buf_init(storage, sizeof(storage));
+}
+
+// A write in flight. Each has its own request: TLS writes records that no
+// send asked for (handshake flights, answers to post-handshake messages).
+// `notify`: the connection's waiting send completes with it.
+struct WriteReq {
+  uv_write_t req;
+  std::string bytes;
+  bool notify;
+};
+
+void onWrite(uv_write_t* req, int status) noexcept;
+
+// Writes `bytes` (not empty); 0 or a libuv error.
+int writeBytes(Conn* c, std::string bytes, bool notify) {
+  auto* w = new WriteReq{{}, std::move(bytes), notify};
+  uv_buf_t buf = uv_buf_init(w->bytes.data(), static_cast<unsigned>(w->bytes.size()));
+  int rc = uv_write(&w->req, &c->h.stream, &buf, 1, onWrite);
+  if (rc != 0) delete w;
+  return rc;
+}
+
+// Writes the ciphertext TLS produced, if any.
+int flushTls(Conn* c, bool notify = false) {
+  std::string out = c->tls->takeOutput();
+  return out.empty() ? 0 : writeBytes(c, std::move(out), notify);
+}
+
+// Bytes read from the socket go to c->in, through TLS when the connection
+// has it. 0, UV_EOF (the peer's close_notify) or UV_EPROTO (a TLS error).
+int takeInput(Conn* c, const char* data, size_t len) {
+  if (!c->tls) {
+    c->in.append(data, len);
+    return 0;
+  }
+  TlsClient::Input r = c->tls->feed(data, len, &c->in);
+  if (flushTls(c) != 0) return UV_EPROTO;
+  return r == TlsClient::Input::kOk ? 0 : r == TlsClient::Input::kClosed ? UV_EOF : UV_EPROTO;
 }
 
 // --- the per-worker keepalive pool, by pool name (one loop per worker) ---
@@ -93,10 +144,12 @@ void dropFromPool(Conn* c) {
 }
 
 // An idle connection that the peer closed, or that received bytes nobody
-// asked for, cannot be reused.
-void onIdleRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) noexcept {
+// asked for, cannot be reused. TLS records that carry no data (a TLS 1.3
+// session ticket) leave it reusable.
+void onIdleRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept {
   if (nread == 0) return;
   auto* c = static_cast<Conn*>(s->data);
+  if (nread > 0 && c->tls && takeInput(c, buf->base, static_cast<size_t>(nread)) == 0 && c->in.empty()) return;
   dropFromPool(c);
   closeConn(c);
 }
@@ -176,13 +229,16 @@ using Resolve = HostLookup<SockWait>;
 // userdata (a registry reference) so the GC cannot free it meanwhile.
 class SockWait : public Wait {
  public:
-  enum class Kind { kConnect, kSend, kRead };
+  enum class Kind { kConnect, kSend, kRead, kHandshake };
   SockWait(LuaTask* task, Co* co, Socket* sock, Kind kind) : task_(task), co_(co), sock_(sock), conn_(sock->conn), kind_(kind) {
     lua_pushvalue(co->L, 1);  // the socket
     ref_ = luaL_ref(co->L, LUA_REGISTRYINDEX);
     sock->busy = true;
     conn_->waiter = this;
-    uint64_t ms = kind == Kind::kConnect ? sock->connect_ms : kind == Kind::kSend ? sock->send_ms : sock->read_ms;
+    // The handshake uses the connect timeout, as lua-nginx-module does.
+    uint64_t ms = kind == Kind::kConnect || kind == Kind::kHandshake ? sock->connect_ms
+                  : kind == Kind::kSend                              ? sock->send_ms
+                                                                     : sock->read_ms;
     uv_timer_start(&conn_->timer, onTimeout, ms, 0);
   }
   // A wait cancelled before its event leaves the connection in an unknown
@@ -204,12 +260,19 @@ class SockWait : public Wait {
   void setRead(const ReadSpec& r) { read_ = r; }
   void setResolve(Resolve* r) { resolve_ = r; }
   void setReturnSocket() { return_socket_ = true; }
+  void setSent(size_t n) { sent_ = n; }
+  void setHandshake(std::string server_name, bool verify, bool want_session) {
+    server_name_ = std::move(server_name);
+    verify_ = verify;
+    want_session_ = want_session;
+  }
 
   void resolved(int status, const addrinfo* res);
   void connected(int status);
   void written(int status);
   void read(ssize_t nread, const uv_buf_t* buf);
   void timedOut();
+  void handshakeStep(int status);
 
  private:
   lua_State* co() const { return co_->L; }
@@ -220,18 +283,14 @@ class SockWait : public Wait {
     conn_ = nullptr;
     c->waiter = nullptr;
     uv_timer_stop(&c->timer);
-    if (kind_ == Kind::kRead && !c->closing) uv_read_stop(&c->h.stream);
+    if ((kind_ == Kind::kRead || kind_ == Kind::kHandshake) && !c->closing) uv_read_stop(&c->h.stream);
     if (close) {
       sock_->conn = nullptr;
       closeConn(c);
     }
     task_->wake(co_, nargs);
   }
-  int fail(const char* err) {
-    lua_pushnil(co());
-    lua_pushstring(co(), err);
-    return 2;
-  }
+  int fail(const char* err) { return pushSocketFailure(co(), err); }
 
   static void onTimeout(uv_timer_t* t) noexcept {
     auto* c = static_cast<Conn*>(t->data);
@@ -247,6 +306,10 @@ class SockWait : public Wait {
   Resolve* resolve_ = nullptr;
   ReadSpec read_;
   bool return_socket_ = false;
+  size_t sent_ = 0;
+  std::string server_name_;
+  bool verify_ = false;
+  bool want_session_ = true;
 };
 
 void onConnect(uv_connect_t* req, int status) noexcept {
@@ -254,9 +317,14 @@ void onConnect(uv_connect_t* req, int status) noexcept {
   if (c->waiter) c->waiter->connected(status);
 }
 
+// A cancelled write (the connection closes) is called back before the
+// close callbacks, so the Conn is still there.
 void onWrite(uv_write_t* req, int status) noexcept {
+  auto* w = reinterpret_cast<WriteReq*>(req);
   auto* c = static_cast<Conn*>(req->handle->data);
-  if (c->waiter) c->waiter->written(status);
+  bool notify = w->notify;
+  delete w;
+  if (notify && c->waiter) c->waiter->written(status);
 }
 
 void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept {
@@ -298,26 +366,30 @@ void SockWait::written(int status) {
     finish(fail(uv_strerror(status)), true);
     return;
   }
-  lua_pushinteger(co(), static_cast<lua_Integer>(conn_->out.size()));
-  conn_->out.clear();
+  lua_pushinteger(co(), static_cast<lua_Integer>(sent_));
   finish(1, false);
 }
 
 void SockWait::read(ssize_t nread, const uv_buf_t* buf) {
-  if (nread > 0) {
-    conn_->in.append(buf->base, static_cast<size_t>(nread));
-    int n = takeBuffered(co(), conn_->in, read_);
-    if (n > 0) finish(n, false);
+  if (nread == 0) return;
+  int status = nread < 0 ? static_cast<int>(nread) : takeInput(conn_, buf->base, static_cast<size_t>(nread));
+  if (kind_ == Kind::kHandshake) {
+    handshakeStep(status);
     return;
   }
-  if (nread == 0) return;
-  if (nread == UV_EOF && read_.mode == ReadMode::kAll) {
+  // A TLS close_notify may follow data in the same read: the data first.
+  if (status == 0 || (status == UV_EOF && conn_->tls)) {
+    int n = takeBuffered(co(), conn_->in, read_);
+    if (n > 0) finish(n, false);
+    if (n > 0 || status == 0) return;
+  }
+  if (status == UV_EOF && read_.mode == ReadMode::kAll) {
     lua_pushlstring(co(), conn_->in.data(), conn_->in.size());
     conn_->in.clear();
     finish(1, true);
     return;
   }
-  const char* err = nread == UV_EOF ? "closed" : uv_strerror(static_cast<int>(nread));
+  const char* err = status == UV_EOF ? "closed" : uv_strerror(status);
   finish(pushReadFailure(co(), conn_->in, read_, err), true);
 }
 
@@ -331,6 +403,23 @@ void SockWait::timedOut() {
   finish(fail("timeout"), true);
 }
 
+// Drives the handshake with what was read (`status`: takeInput's result
+// or a read error) and ends the call once it is done or failed.
+void SockWait::handshakeStep(int status) {
+  Conn* c = conn_;
+  TlsClient::Step step = status == 0 ? c->tls->handshake() : TlsClient::Step::kError;
+  if (step != TlsClient::Step::kError && flushTls(c) != 0) step = TlsClient::Step::kError;
+  if (step == TlsClient::Step::kWant) return;
+  // Records that followed the handshake in the same read (a ticket, data).
+  if (step == TlsClient::Step::kDone && takeInput(c, nullptr, 0) != UV_EPROTO) {
+    bool ok = false;
+    int n = pushHandshakeResult(co(), c->tls.get(), server_name_, verify_, want_session_, &ok);
+    finish(n, !ok);
+    return;
+  }
+  finish(fail("handshake failed"), true);
+}
+
 // --- Lua methods ---
 
 // The socket at index 1, only for the task that made it (OpenResty's "bad
@@ -340,12 +429,6 @@ Socket* checkSocket(lua_State* L) {
   LuaTask* task = requireTask(L);
   if (task->id() != sock->task_id) luaL_error(L, "bad request");
   return sock;
-}
-
-int pushFail(lua_State* L, const char* err) {
-  lua_pushnil(L);
-  lua_pushstring(L, err);
-  return 2;
 }
 
 // Stack: [] -> [sock]
@@ -394,7 +477,7 @@ bool startConnect(lua_State* L, SockWait* w, Conn* c, const char* host, int port
     }
   }
   if (err == 0) return true;
-  *rc = pushFail(L, uv_strerror(err));
+  *rc = pushSocketFailure(L, uv_strerror(err));
   return false;
 }
 
@@ -412,7 +495,7 @@ int doConnect(lua_State* L, bool return_socket) {
     port = static_cast<int>(p);
     opts = 4;
   }
-  if (sock->busy) return pushFail(L, "socket busy");
+  if (sock->busy) return pushSocketFailure(L, "socket busy");
   if (!lua_isnoneornil(L, opts)) {
     luaL_checktype(L, opts, LUA_TTABLE);
     lua_getfield(L, opts, "pool");
@@ -462,8 +545,8 @@ int sockSend(lua_State* L) {
     return luaL_error(L, "bad argument #1 to 'send' (string, number, boolean, nil, ngx.null, or array table expected, got %s)",
                       lua_typename(L, t));
   }
-  if (!sock->conn) return pushFail(L, "closed");
-  if (sock->busy) return pushFail(L, "socket busy");
+  if (!sock->conn) return pushSocketFailure(L, "closed");
+  if (sock->busy) return pushSocketFailure(L, "socket busy");
   Conn* c = sock->conn;
   c->out.clear();
   appendValue(L, 2, &c->out, "send");
@@ -471,28 +554,33 @@ int sockSend(lua_State* L) {
     lua_pushinteger(L, 0);
     return 1;
   }
-  uv_buf_t buf = uv_buf_init(c->out.data(), static_cast<unsigned>(c->out.size()));
-  int rc = uv_write(&c->write_req, &c->h.stream, &buf, 1, onWrite);
+  size_t sent = c->out.size();
+  int rc = !c->tls                   ? writeBytes(c, std::move(c->out), true)
+           : c->tls->encrypt(c->out) ? flushTls(c, true)
+                                     : UV_EPROTO;
+  c->out.clear();
   if (rc != 0) {
     sock->conn = nullptr;
     closeConn(c);
-    return pushFail(L, uv_strerror(rc));
+    return pushSocketFailure(L, uv_strerror(rc));
   }
-  task->suspend(std::make_unique<SockWait>(task, task->running(), sock, SockWait::Kind::kSend));
+  auto wait = std::make_unique<SockWait>(task, task->running(), sock, SockWait::Kind::kSend);
+  wait->setSent(sent);
+  task->suspend(std::move(wait));
   return lua_yield(L, 0);
 }
 
 // Answers from the buffer, or waits for bytes. Stack: results.
 int startReceive(lua_State* L, Socket* sock, const ReadSpec& r) {
   LuaTask* task = requireCosocketTask(L);
-  if (!sock->conn) return pushFail(L, "closed");
-  if (sock->busy) return pushFail(L, "socket busy");
+  if (!sock->conn) return pushSocketFailure(L, "closed");
+  if (sock->busy) return pushSocketFailure(L, "socket busy");
   if (int got = takeBuffered(L, sock->conn->in, r)) return got;
   int rc = uv_read_start(&sock->conn->h.stream, onAlloc, onRead);
   if (rc != 0) {
     closeConn(sock->conn);
     sock->conn = nullptr;
-    return pushFail(L, uv_strerror(rc));
+    return pushSocketFailure(L, uv_strerror(rc));
   }
   auto wait = std::make_unique<SockWait>(task, task->running(), sock, SockWait::Kind::kRead);
   wait->setRead(r);
@@ -551,8 +639,8 @@ int sockSetTimeouts(lua_State* L) {
 // sock:close() -> 1 | nil, err
 int sockClose(lua_State* L) {
   Socket* sock = checkSocket(L);
-  if (!sock->conn) return pushFail(L, "closed");
-  if (sock->busy) return pushFail(L, "socket busy");
+  if (!sock->conn) return pushSocketFailure(L, "closed");
+  if (sock->busy) return pushSocketFailure(L, "socket busy");
   closeConn(sock->conn);
   sock->conn = nullptr;
   lua_pushinteger(L, 1);
@@ -569,14 +657,14 @@ int sockSetKeepalive(lua_State* L) {
   uint64_t timeout = checkMs(L, 2, s.lua_socket_keepalive_timeout_ms.value_or(60000));
   lua_Integer size = luaL_optinteger(L, 3, static_cast<lua_Integer>(s.lua_socket_pool_size.value_or(30)));
   if (size <= 0) return luaL_error(L, "bad \"pool_size\" option value: %d", static_cast<int>(size));
-  if (!sock->conn) return pushFail(L, "closed");
-  if (sock->busy) return pushFail(L, "socket busy");
+  if (!sock->conn) return pushSocketFailure(L, "closed");
+  if (sock->busy) return pushSocketFailure(L, "socket busy");
   Conn* c = sock->conn;
-  if (!c->in.empty()) return pushFail(L, "unread data in buffer");
+  if (!c->in.empty()) return pushSocketFailure(L, "unread data in buffer");
   if (uv_read_start(&c->h.stream, onAlloc, onIdleRead) != 0) {
     sock->conn = nullptr;
     closeConn(c);
-    return pushFail(L, "closed");
+    return pushSocketFailure(L, "closed");
   }
   auto& q = pools()[sock->pool_key];
   while (q.size() >= static_cast<size_t>(size)) {
@@ -595,16 +683,67 @@ int sockSetKeepalive(lua_State* L) {
 // sock:getreusedtimes() -> count | nil, err
 int sockGetReusedTimes(lua_State* L) {
   Socket* sock = checkSocket(L);
-  if (!sock->conn) return pushFail(L, "closed");
+  if (!sock->conn) return pushSocketFailure(L, "closed");
   lua_pushinteger(L, sock->conn->reused);
   return 1;
+}
+
+// Starts the handshake on sock's connection and waits for it.
+// Stack: [] -> results, or the yield.
+int startHandshake(lua_State* L, LuaTask* task, Socket* sock, const char* name, const TlsSessionBox* resume,
+                   bool verify, bool want_session) {
+  Conn* c = sock->conn;
+  std::string err;
+  c->tls = TlsClient::create(settingsOf(task), name, resume, &err);
+  if (!c->tls) return pushSocketFailure(L, err.c_str());
+  if (c->tls->handshake() == TlsClient::Step::kError || flushTls(c) != 0 ||
+      uv_read_start(&c->h.stream, onAlloc, onRead) != 0) {
+    sock->conn = nullptr;
+    closeConn(c);
+    return pushSocketFailure(L, "handshake failed");
+  }
+  auto wait = std::make_unique<SockWait>(task, task->running(), sock, SockWait::Kind::kHandshake);
+  wait->setHandshake(name, verify, want_session);
+  task->suspend(std::move(wait));
+  return lua_yield(L, 0);
+}
+
+// sock:sslhandshake(reused_session?, server_name?, ssl_verify?, send_status_req?)
+// -> session | true | nil, err. server_name: SNI, and the name verified.
+// A connection that did its handshake (one taken from the pool) does not
+// redo it: the session passed comes back, or the connection's.
+int sockSslHandshake(lua_State* L) {
+  Socket* sock = checkSocket(L);
+  LuaTask* task = requireYieldable(L);
+  int top = lua_gettop(L);
+  if (top > 5) {
+    return luaL_error(L, "ngx.socket sslhandshake: expecting 1 ~ 5 arguments (including the object), but seen %d", top);
+  }
+  const TlsSessionBox* resume = toTlsSession(L, 2);
+  bool want_session = !(lua_isboolean(L, 2) && !lua_toboolean(L, 2));
+  const char* name = lua_toboolean(L, 3) ? luaL_checkstring(L, 3) : "";
+  bool verify = lua_toboolean(L, 4);
+  // lua-nginx-module's text when built without OCSP stapling.
+  if (lua_toboolean(L, 5)) return pushSocketFailure(L, "no OCSP support");
+  if (!sock->conn) return pushSocketFailure(L, "closed");
+  if (sock->busy) return pushSocketFailure(L, "socket busy");
+  Conn* c = sock->conn;
+  if (c->tls && c->tls->handshaked()) {
+    if (resume) {
+      lua_settop(L, 2);
+      return 1;
+    }
+    pushTlsSession(L, c->tls.get(), want_session);
+    return 1;
+  }
+  return startHandshake(L, task, sock, name, resume, verify, want_session);
 }
 
 // sock:setoption(name, value) -> true | nil, err
 int sockSetOption(lua_State* L) {
   Socket* sock = checkSocket(L);
   const char* name = luaL_checkstring(L, 2);
-  if (!sock->conn) return pushFail(L, "closed");
+  if (!sock->conn) return pushSocketFailure(L, "closed");
   Conn* c = sock->conn;
   int rc = 0;
   int on = lua_toboolean(L, 3);
@@ -624,7 +763,7 @@ int sockSetOption(lua_State* L) {
     lua_pushfstring(L, "unsupported option %s", name);
     return 2;
   }
-  if (rc != 0) return pushFail(L, uv_strerror(rc));
+  if (rc != 0) return pushSocketFailure(L, uv_strerror(rc));
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -664,6 +803,7 @@ void openNgxSocket(lua_State* L) {
   setFn(L, "setkeepalive", sockSetKeepalive);
   setFn(L, "getreusedtimes", sockGetReusedTimes);
   setFn(L, "setoption", sockSetOption);
+  setFn(L, "sslhandshake", sockSslHandshake);
   lua_setfield(L, -2, "__index");
   setFn(L, "__gc", sockGc);
   lua_pop(L, 1);

@@ -143,6 +143,30 @@ TEST(LuaDirectivesTest, SocketDefaultsAndUnderscores) {
             "invalid value \"x\" in \"lua_socket_read_timeout\" directive in test.conf:1");
 }
 
+TEST(LuaDirectivesTest, SslSettingsDefaultsInheritanceAndErrors) {
+  ConfigPtr dflt = load("http { server { } }");
+  ASSERT_TRUE(dflt);
+  const HttpSettings& d = dflt->http.servers[0]->settings;
+  EXPECT_FALSE(d.lua_ssl_trusted_certificate);
+  EXPECT_EQ(*d.lua_ssl_verify_depth, 1u);
+  EXPECT_EQ(*d.lua_ssl_protocols, kTlsV1_2 | kTlsV1_3);
+  EXPECT_EQ(*d.lua_ssl_ciphers, "DEFAULT");
+  ConfigPtr cfg = load("http { lua_ssl_trusted_certificate ca.pem; lua_ssl_verify_depth 3;"
+                       " server { lua_ssl_protocols TLSv1.2; location / { lua_ssl_ciphers HIGH; } } }");
+  ASSERT_TRUE(cfg);
+  const HttpSettings& l = cfg->http.servers[0]->locations.at(0)->settings;
+  EXPECT_EQ(*l.lua_ssl_trusted_certificate, "/srv/tg/ca.pem");
+  EXPECT_EQ(*l.lua_ssl_verify_depth, 3u);
+  EXPECT_EQ(*l.lua_ssl_protocols, kTlsV1_2);
+  EXPECT_EQ(*l.lua_ssl_ciphers, "HIGH");
+  EXPECT_EQ(loadError("http { lua_ssl_protocols TLSv1.2 TLSv9; }"),
+            "invalid value \"TLSv9\" in test.conf:1");
+  EXPECT_EQ(loadError("http { lua_ssl_verify_depth x; }"),
+            "invalid value \"x\" in \"lua_ssl_verify_depth\" directive in test.conf:1");
+  EXPECT_EQ(loadError("http { lua_ssl_ciphers A; lua_ssl_ciphers B; }"),
+            "\"lua_ssl_ciphers\" directive is duplicate in test.conf:1");
+}
+
 TEST(LuaDirectivesTest, RegexCacheAndMatchLimit) {
   ConfigPtr dflt = load("http { }");
   ASSERT_TRUE(dflt);
