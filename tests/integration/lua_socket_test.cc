@@ -367,6 +367,26 @@ TEST(LuaSocketTest, SendTimeoutOnAPeerThatDoesNotRead) {
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
 }
 
+// Bytes (and the close) that come while no receive waits are kept for
+// the next one; reading pauses past 64 KiB unread and resumes for it.
+TEST(LuaSocketTest, BytesThatComeWhileNoReceiveWaitsAreKept) {
+  const std::string big(300 * 1024, 'b');
+  ScriptedPeer peer([&](int fd) {
+    readLine(fd);
+    writeAll(fd, big + "\nend\n");
+  });
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, connectTo(peer.port()) + R"(
+    sock:send("go\n")
+    ngx.sleep(0.2)  -- everything arrives (and the peer closes) meanwhile
+    local data = sock:receive()
+    ngx.say(#data, " ", sock:receive(), " ", select(2, sock:receive()))
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, std::to_string(big.size()) + " end closed\n");
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
 // A listener whose backlog is full drops further SYNs (Linux), so a
 // connect to it waits until the connect timeout.
 TEST(LuaSocketTest, ConnectTimeout) {

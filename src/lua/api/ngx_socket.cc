@@ -55,6 +55,9 @@ struct Conn {
   SockWait* waiter = nullptr;  // the call waiting on this connection
   std::string pool_key;        // while idle in the pool
   int reused = 0;
+  bool reading = false;  // onRead is on: it stays on (startReading)
+  bool pooled = false;   // idle in the pool
+  int read_end = 0;      // UV_EOF or an error that came while no call waited
   int open_handles = 2;
   bool closing = false;
 };
@@ -110,6 +113,19 @@ int writeBytes(Conn* c, std::string bytes, bool notify) {
   return rc;
 }
 
+// send's bytes: what the socket takes now is written at once (as nginx's
+// send() before it waits); the rest goes through uv_write. 1: all of it
+// went out; 0: the rest is queued, a notifying WriteReq will say when it
+// is out; else a libuv error.
+int sendBytes(Conn* c, std::string bytes) {
+  uv_buf_t buf = uv_buf_init(bytes.data(), static_cast<unsigned>(bytes.size()));
+  int n = uv_try_write(&c->h.stream, &buf, 1);
+  if (n == static_cast<int>(bytes.size())) return 1;
+  if (n < 0 && n != UV_EAGAIN) return n;
+  if (n > 0) bytes.erase(0, static_cast<size_t>(n));
+  return writeBytes(c, std::move(bytes), true);
+}
+
 // Writes the ciphertext TLS produced, if any.
 int flushTls(Conn* c, bool notify = false) {
   std::string out = c->tls->takeOutput();
@@ -146,9 +162,7 @@ void dropFromPool(Conn* c) {
 // An idle connection that the peer closed, or that received bytes nobody
 // asked for, cannot be reused. TLS records that carry no data (a TLS 1.3
 // session ticket) leave it reusable.
-void onIdleRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept {
-  if (nread == 0) return;
-  auto* c = static_cast<Conn*>(s->data);
+void idleRead(Conn* c, ssize_t nread, const uv_buf_t* buf) {
   if (nread > 0 && c->tls && takeInput(c, buf->base, static_cast<size_t>(nread)) == 0 && c->in.empty()) return;
   dropFromPool(c);
   closeConn(c);
@@ -174,7 +188,7 @@ Conn* takeFromPool(const std::string& key) {
   Conn* c = it->second.back();
   it->second.pop_back();
   if (it->second.empty()) pools().erase(it);
-  uv_read_stop(&c->h.stream);
+  c->pooled = false;
   uv_timer_stop(&c->timer);
   setRef(c, true);
   c->reused++;
@@ -273,6 +287,8 @@ class SockWait : public Wait {
   void read(ssize_t nread, const uv_buf_t* buf);
   void timedOut();
   void handshakeStep(int status);
+  // Whether this call consumes what the socket reads.
+  bool reads() const { return kind_ == Kind::kRead || kind_ == Kind::kHandshake; }
 
  private:
   lua_State* co() const { return co_->L; }
@@ -283,7 +299,6 @@ class SockWait : public Wait {
     conn_ = nullptr;
     c->waiter = nullptr;
     uv_timer_stop(&c->timer);
-    if ((kind_ == Kind::kRead || kind_ == Kind::kHandshake) && !c->closing) uv_read_stop(&c->h.stream);
     if (close) {
       sock_->conn = nullptr;
       closeConn(c);
@@ -327,9 +342,51 @@ void onWrite(uv_write_t* req, int status) noexcept {
   if (notify && c->waiter) c->waiter->written(status);
 }
 
+// Bytes that come while no call reads are kept for the next receive, up to
+// kMaxUnread; then reading pauses until a receive wants more. An end (the
+// peer closed, an error) is kept too and reported by that receive.
+constexpr size_t kMaxUnread = 65536;
+
 void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept {
+  if (nread == 0) return;
   auto* c = static_cast<Conn*>(s->data);
-  if (c->waiter) c->waiter->read(nread, buf);
+  if (c->pooled) {
+    idleRead(c, nread, buf);
+    return;
+  }
+  if (c->waiter && c->waiter->reads()) {
+    c->waiter->read(nread, buf);
+    return;
+  }
+  int status = nread < 0 ? static_cast<int>(nread) : takeInput(c, buf->base, static_cast<size_t>(nread));
+  if (status != 0) c->read_end = status;
+  if (status != 0 || c->in.size() >= kMaxUnread) {
+    uv_read_stop(s);
+    c->reading = false;
+  }
+}
+
+// Reading starts with the first receive (or handshake) and stays on, so a
+// receive that waits costs no change of the poll set (as nginx's edge-
+// triggered epoll). 0 or a libuv error.
+int startReading(Conn* c) {
+  if (c->reading) return 0;
+  int rc = uv_read_start(&c->h.stream, onAlloc, onRead);
+  if (rc == 0) c->reading = true;
+  return rc;
+}
+
+// A receive that met the end of the input (`status`: UV_EOF, or an error)
+// with what it needs not buffered: "*a" returns the rest, other patterns
+// fail with the rest as the partial data. The connection is closed after
+// either. Stack of L: [] -> the results.
+int pushInputEnd(lua_State* L, Conn* c, const ReadSpec& r, int status) {
+  if (status == UV_EOF && r.mode == ReadMode::kAll) {
+    lua_pushlstring(L, c->in.data(), c->in.size());
+    c->in.clear();
+    return 1;
+  }
+  return pushReadFailure(L, c->in, r, status == UV_EOF ? "closed" : uv_strerror(status));
 }
 
 void onResolved(uv_getaddrinfo_t* req, int status, addrinfo* res) noexcept {
@@ -383,14 +440,7 @@ void SockWait::read(ssize_t nread, const uv_buf_t* buf) {
     if (n > 0) finish(n, false);
     if (n > 0 || status == 0) return;
   }
-  if (status == UV_EOF && read_.mode == ReadMode::kAll) {
-    lua_pushlstring(co(), conn_->in.data(), conn_->in.size());
-    conn_->in.clear();
-    finish(1, true);
-    return;
-  }
-  const char* err = status == UV_EOF ? "closed" : uv_strerror(status);
-  finish(pushReadFailure(co(), conn_->in, read_, err), true);
+  finish(pushInputEnd(co(), conn_, read_, status), true);
 }
 
 // OpenResty: a read timeout leaves the connection usable; a connect or
@@ -555,14 +605,18 @@ int sockSend(lua_State* L) {
     return 1;
   }
   size_t sent = c->out.size();
-  int rc = !c->tls                   ? writeBytes(c, std::move(c->out), true)
-           : c->tls->encrypt(c->out) ? flushTls(c, true)
+  int rc = !c->tls                   ? sendBytes(c, std::move(c->out))
+           : c->tls->encrypt(c->out) ? sendBytes(c, c->tls->takeOutput())
                                      : UV_EPROTO;
   c->out.clear();
-  if (rc != 0) {
+  if (rc < 0) {
     sock->conn = nullptr;
     closeConn(c);
     return pushSocketFailure(L, uv_strerror(rc));
+  }
+  if (rc == 1) {
+    lua_pushinteger(L, static_cast<lua_Integer>(sent));
+    return 1;
   }
   auto wait = std::make_unique<SockWait>(task, task->running(), sock, SockWait::Kind::kSend);
   wait->setSent(sent);
@@ -575,12 +629,14 @@ int startReceive(lua_State* L, Socket* sock, const ReadSpec& r) {
   LuaTask* task = requireCosocketTask(L);
   if (!sock->conn) return pushSocketFailure(L, "closed");
   if (sock->busy) return pushSocketFailure(L, "socket busy");
-  if (int got = takeBuffered(L, sock->conn->in, r)) return got;
-  int rc = uv_read_start(&sock->conn->h.stream, onAlloc, onRead);
+  Conn* c = sock->conn;
+  if (int got = takeBuffered(L, c->in, r)) return got;
+  int rc = c->read_end ? c->read_end : startReading(c);
   if (rc != 0) {
-    closeConn(sock->conn);
+    int n = pushInputEnd(L, c, r, rc);
+    closeConn(c);
     sock->conn = nullptr;
-    return pushSocketFailure(L, uv_strerror(rc));
+    return n;
   }
   auto wait = std::make_unique<SockWait>(task, task->running(), sock, SockWait::Kind::kRead);
   wait->setRead(r);
@@ -661,7 +717,7 @@ int sockSetKeepalive(lua_State* L) {
   if (sock->busy) return pushSocketFailure(L, "socket busy");
   Conn* c = sock->conn;
   if (!c->in.empty()) return pushSocketFailure(L, "unread data in buffer");
-  if (uv_read_start(&c->h.stream, onAlloc, onIdleRead) != 0) {
+  if (c->read_end || startReading(c) != 0) {
     sock->conn = nullptr;
     closeConn(c);
     return pushSocketFailure(L, "closed");
@@ -672,6 +728,7 @@ int sockSetKeepalive(lua_State* L) {
     q.pop_front();
   }
   c->pool_key = sock->pool_key;
+  c->pooled = true;
   q.push_back(c);
   if (timeout > 0) uv_timer_start(&c->timer, onIdleTimeout, timeout, 0);
   setRef(c, false);  // an idle connection does not keep the worker running
@@ -696,8 +753,7 @@ int startHandshake(lua_State* L, LuaTask* task, Socket* sock, const char* name, 
   std::string err;
   c->tls = TlsClient::create(settingsOf(task), name, resume, &err);
   if (!c->tls) return pushSocketFailure(L, err.c_str());
-  if (c->tls->handshake() == TlsClient::Step::kError || flushTls(c) != 0 ||
-      uv_read_start(&c->h.stream, onAlloc, onRead) != 0) {
+  if (c->tls->handshake() == TlsClient::Step::kError || flushTls(c) != 0 || startReading(c) != 0) {
     sock->conn = nullptr;
     closeConn(c);
     return pushSocketFailure(L, "handshake failed");
