@@ -387,6 +387,59 @@ TEST(LuaSocketTest, BytesThatComeWhileNoReceiveWaitsAreKept) {
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
 }
 
+// connect's pool_size and backlog: at most pool_size connections open for
+// the pool; further connects wait (up to backlog of them) for one to be
+// parked or closed, or fail.
+TEST(LuaSocketTest, PoolSizeAndBacklogLimitTheOpenConnections) {
+  std::atomic<int> accepted{0};
+  ScriptedPeer peer([&](int fd) {
+    accepted++;
+    for (;;) {
+      std::string line = readLine(fd);
+      if (line.empty()) return;
+      writeAll(fd, line + "\n");
+    }
+  });
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, R"(
+    local opts = {pool = "limited", pool_size = 1, backlog = 1}
+    local function use(name, hold)
+        local sock = ngx.socket.tcp()
+        sock:settimeouts(hold and 2000 or 100, 1000, 1000)
+        local ok, err = sock:connect("127.0.0.1", )" + std::to_string(peer.port()) + R"(, opts)
+        if not ok then return name .. ": " .. err end
+        sock:send(name .. "\n")
+        local echo = sock:receive()
+        if hold then ngx.sleep(0.05) end
+        local reused = sock:getreusedtimes()
+        sock:setkeepalive()
+        return name .. ": " .. echo .. " reused " .. reused
+    end
+    local a = ngx.thread.spawn(use, "a", true)
+    local b = ngx.thread.spawn(use, "b", true)   -- waits for a's connection
+    local c = ngx.thread.spawn(use, "c", true)   -- the backlog is full
+    for _, t in ipairs({a, b, c}) do ngx.say(select(2, ngx.thread.wait(t))) end
+    -- A connection held open: a waiting connect times out.
+    local held = ngx.socket.tcp()
+    assert(held:connect("127.0.0.1", )" + std::to_string(peer.port()) + R"(, opts))
+    ngx.say(use("d", false))
+    held:close()
+    ngx.say(use("e", false))
+    ngx.say(pcall(ngx.socket.tcp().connect, ngx.socket.tcp(), "127.0.0.1", 1, {pool_size = 0}))
+    ngx.say(pcall(ngx.socket.tcp().connect, ngx.socket.tcp(), "127.0.0.1", 1, {backlog = -1}))
+  )"));
+  std::string body = httpGet(gw.port(), "/t").body;
+  EXPECT_NE(body.find("a: a reused 0\nb: b reused 1\nc: too many waiting connect operations\n"
+                      "d: timeout\ne: e reused 0\nfalse"),
+            std::string::npos)
+      << body;
+  EXPECT_NE(body.find("bad \"pool_size\" option value: 0"), std::string::npos) << body;
+  EXPECT_NE(body.find("bad \"backlog\" option value: -1"), std::string::npos) << body;
+  EXPECT_EQ(accepted.load(), 2);  // a (reused by b, then by held), e
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
 // A listener whose backlog is full drops further SYNs (Linux), so a
 // connect to it waits until the connect timeout.
 TEST(LuaSocketTest, ConnectTimeout) {

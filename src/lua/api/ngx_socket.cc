@@ -57,6 +57,7 @@ struct Conn {
   int reused = 0;
   bool reading = false;  // onRead is on: it stays on (startReading)
   bool pooled = false;   // idle in the pool
+  bool counted = false;  // holds one of its pool's slots (a pool with a backlog)
   int read_end = 0;      // UV_EOF or an error that came while no call waited
   int open_handles = 2;
   bool closing = false;
@@ -75,9 +76,15 @@ Conn* newConn(uv_loop_t* loop, bool pipe) {
 
 // Closes both handles; the Conn is deleted in the last close callback
 // (a pending write or connect is called back first with UV_ECANCELED).
+void releaseSlot(const std::string& key);
+
 // A TLS connection says close_notify first, if the socket takes it now.
 void closeConn(Conn* c) {
   if (c->closing) return;
+  if (c->counted) {
+    c->counted = false;
+    releaseSlot(c->pool_key);
+  }
   if (c->tls) {
     std::string alert = c->tls->shutdown();
     uv_buf_t buf = uv_buf_init(alert.data(), static_cast<unsigned>(alert.size()));
@@ -146,17 +153,44 @@ int takeInput(Conn* c, const char* data, size_t len) {
 
 // --- the per-worker keepalive pool, by pool name (one loop per worker) ---
 
-std::unordered_map<std::string, std::deque<Conn*>>& pools() {
-  static std::unordered_map<std::string, std::deque<Conn*>> p;
+// A pool name's connections. `size`: how many idle ones it keeps (set by
+// connect's pool_size, else by each setkeepalive). With a backlog (connect's
+// `backlog` option) it also limits the connections open for the name to
+// `size`: `open` counts them (idle ones included) and connects beyond wait
+// in `waiting`, at most `backlog` of them.
+struct Pool {
+  std::deque<Conn*> idle;
+  size_t size = 0;
+  bool limited = false;
+  size_t backlog = 0;
+  size_t open = 0;
+  std::deque<SockWait*> waiting;
+  bool unused() const { return idle.empty() && !limited && size == 0; }
+};
+
+std::unordered_map<std::string, Pool>& pools() {
+  static std::unordered_map<std::string, Pool> p;
   return p;
 }
 
 void dropFromPool(Conn* c) {
+  c->pooled = false;
   auto it = pools().find(c->pool_key);
   if (it == pools().end()) return;
-  auto& q = it->second;
+  auto& q = it->second.idle;
   q.erase(std::remove(q.begin(), q.end(), c), q.end());
-  if (q.empty()) pools().erase(it);
+  if (it->second.unused()) pools().erase(it);
+}
+
+// The first connect waiting for a connection of this pool, if any, tries
+// again on the next loop turn (a slot or an idle connection is free).
+void nudgeWaiting(Pool& p);
+
+void releaseSlot(const std::string& key) {
+  auto it = pools().find(key);
+  if (it == pools().end()) return;
+  it->second.open--;
+  nudgeWaiting(it->second);
 }
 
 // An idle connection that the peer closed, or that received bytes nobody
@@ -184,10 +218,10 @@ void setRef(Conn* c, bool ref) {
 // The most recently parked connection for `key`, or null.
 Conn* takeFromPool(const std::string& key) {
   auto it = pools().find(key);
-  if (it == pools().end()) return nullptr;
-  Conn* c = it->second.back();
-  it->second.pop_back();
-  if (it->second.empty()) pools().erase(it);
+  if (it == pools().end() || it->second.idle.empty()) return nullptr;
+  Conn* c = it->second.idle.back();
+  it->second.idle.pop_back();
+  if (it->second.unused()) pools().erase(it);
   c->pooled = false;
   uv_timer_stop(&c->timer);
   setRef(c, true);
@@ -258,6 +292,7 @@ class SockWait : public Wait {
   // A wait cancelled before its event leaves the connection in an unknown
   // state: it is closed.
   ~SockWait() override {
+    leaveQueue();
     if (resolve_) {
       resolve_->waiter = nullptr;
       uv_cancel(reinterpret_cast<uv_req_t*>(&resolve_->req));
@@ -275,6 +310,22 @@ class SockWait : public Wait {
   void setResolve(Resolve* r) { resolve_ = r; }
   void setReturnSocket() { return_socket_ = true; }
   void setSent(size_t n) { sent_ = n; }
+  // A connect waiting for a connection of a full pool (backlog): it
+  // connects to host:port (or the unix path) once a slot is free.
+  void queue(Pool& p, std::string key, std::string host, int port, bool unix_path) {
+    p.waiting.push_back(this);
+    queued_ = true;
+    pool_key_ = std::move(key);
+    host_ = std::move(host);
+    port_ = port;
+    unix_path_ = unix_path;
+    deadline_ = uv_now(conn_->timer.loop) + sock_->connect_ms;
+  }
+  // nudgeWaiting() took it off the queue: it tries again from the loop.
+  void nudge() {
+    queued_ = false;
+    uv_timer_start(&conn_->timer, onNudge, 0, 0);
+  }
   void setHandshake(std::string server_name, bool verify, bool want_session) {
     server_name_ = std::move(server_name);
     verify_ = verify;
@@ -295,6 +346,7 @@ class SockWait : public Wait {
   // The call is over: `nargs` results are on co's stack. `close` ends the
   // connection too. Destroys this (through wake).
   void finish(int nargs, bool close) {
+    leaveQueue();
     Conn* c = conn_;
     conn_ = nullptr;
     c->waiter = nullptr;
@@ -311,6 +363,19 @@ class SockWait : public Wait {
     auto* c = static_cast<Conn*>(t->data);
     if (c->waiter) c->waiter->timedOut();
   }
+  static void onNudge(uv_timer_t* t) noexcept {
+    auto* c = static_cast<Conn*>(t->data);
+    if (c->waiter) c->waiter->acquire();
+  }
+  void acquire();
+  void leaveQueue() {
+    if (!queued_) return;
+    queued_ = false;
+    auto it = pools().find(pool_key_);
+    if (it == pools().end()) return;
+    auto& q = it->second.waiting;
+    q.erase(std::remove(q.begin(), q.end(), this), q.end());
+  }
 
   LuaTask* task_;
   Co* co_;
@@ -325,7 +390,20 @@ class SockWait : public Wait {
   std::string server_name_;
   bool verify_ = false;
   bool want_session_ = true;
+  // A connect queued on a full pool.
+  bool queued_ = false;
+  std::string pool_key_, host_;
+  int port_ = 0;
+  bool unix_path_ = false;
+  uint64_t deadline_ = 0;
 };
+
+void nudgeWaiting(Pool& p) {
+  if (p.waiting.empty()) return;
+  SockWait* w = p.waiting.front();
+  p.waiting.pop_front();
+  w->nudge();
+}
 
 void onConnect(uv_connect_t* req, int status) noexcept {
   auto* c = static_cast<Conn*>(req->handle->data);
@@ -501,11 +579,11 @@ int socketTcp(lua_State* L) {
 
 // Starts connecting sock->conn (new) to the host; false with *rc results
 // pushed on L when it failed at once.
-bool startConnect(lua_State* L, SockWait* w, Conn* c, const char* host, int port, bool unix_path, int* rc) {
+int startConnect(SockWait* w, Conn* c, const char* host, int port, bool unix_path) {
   int err = 0;
   if (unix_path) {
     uv_pipe_connect(&c->connect_req, &c->h.pipe, host, onConnect);
-    return true;
+    return 0;
   }
   sockaddr_storage addr{};
   if (uv_ip4_addr(host, port, reinterpret_cast<sockaddr_in*>(&addr)) == 0 ||
@@ -526,9 +604,36 @@ bool startConnect(lua_State* L, SockWait* w, Conn* c, const char* host, int port
       delete r;
     }
   }
-  if (err == 0) return true;
-  *rc = pushSocketFailure(L, uv_strerror(err));
-  return false;
+  return err;
+}
+
+// A queued connect's next try: an idle connection of its pool, a free
+// slot to connect in, or back to the head of the queue until its
+// deadline.
+void SockWait::acquire() {
+  Pool& p = pools()[pool_key_];
+  if (Conn* idle = takeFromPool(pool_key_)) {
+    Conn* mine = conn_;
+    mine->waiter = nullptr;
+    closeConn(mine);
+    conn_ = idle;
+    sock_->conn = idle;
+    idle->waiter = this;
+    connected(0);
+    return;
+  }
+  uint64_t now = uv_now(conn_->timer.loop);
+  if (p.open >= p.size) {
+    p.waiting.push_front(this);
+    queued_ = true;
+    uv_timer_start(&conn_->timer, onTimeout, deadline_ > now ? deadline_ - now : 0, 0);
+    return;
+  }
+  p.open++;
+  conn_->counted = true;
+  conn_->pool_key = pool_key_;
+  uv_timer_start(&conn_->timer, onTimeout, sock_->connect_ms, 0);
+  if (int err = startConnect(this, conn_, host_.c_str(), port_, unix_path_)) finish(fail(uv_strerror(err)), true);
 }
 
 // sock:connect(host, port [, opts]) / sock:connect("unix:/path" [, opts])
@@ -546,12 +651,27 @@ int doConnect(lua_State* L, bool return_socket) {
     opts = 4;
   }
   if (sock->busy) return pushSocketFailure(L, "socket busy");
+  lua_Integer pool_size = 0, backlog = -1;
+  lua_pushnil(L);  // the pool name
   if (!lua_isnoneornil(L, opts)) {
     luaL_checktype(L, opts, LUA_TTABLE);
     lua_getfield(L, opts, "pool");
     if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "bad \"pool\" option type: %s", luaL_typename(L, -1));
-  } else {
-    lua_pushnil(L);
+    lua_replace(L, -2);
+    lua_getfield(L, opts, "pool_size");
+    if (!lua_isnil(L, -1)) {
+      if (lua_type(L, -1) != LUA_TNUMBER) return luaL_error(L, "bad \"pool_size\" option type: %s", luaL_typename(L, -1));
+      pool_size = lua_tointeger(L, -1);
+      if (pool_size <= 0) return luaL_error(L, "bad \"pool_size\" option value: %d", static_cast<int>(pool_size));
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, opts, "backlog");
+    if (!lua_isnil(L, -1)) {
+      if (lua_type(L, -1) != LUA_TNUMBER) return luaL_error(L, "bad \"backlog\" option type: %s", luaL_typename(L, -1));
+      backlog = lua_tointeger(L, -1);
+      if (backlog < 0) return luaL_error(L, "bad \"backlog\" option value: %d", static_cast<int>(backlog));
+    }
+    lua_pop(L, 1);
   }
   if (unix_path) host += 5;
   if (lua_isstring(L, -1)) sock->pool_key = lua_tostring(L, -1);
@@ -567,11 +687,37 @@ int doConnect(lua_State* L, bool return_socket) {
     else lua_pushinteger(L, 1);
     return 1;
   }
+  Pool* pool = nullptr;
+  if (pool_size > 0 || backlog >= 0) {
+    pool = &pools()[sock->pool_key];
+    if (pool->size == 0) {
+      uint64_t dflt = settingsOf(task).lua_socket_pool_size.value_or(30);
+      pool->size = pool_size > 0 ? static_cast<size_t>(pool_size) : static_cast<size_t>(dflt);
+    }
+    if (backlog >= 0) {
+      pool->limited = true;
+      pool->backlog = static_cast<size_t>(backlog);
+    }
+    if (!pool->limited) pool = nullptr;
+  }
+  if (pool && pool->open >= pool->size && pool->waiting.size() >= pool->backlog) {
+    return pushSocketFailure(L, "too many waiting connect operations");
+  }
   sock->conn = newConn(task->loop(), unix_path);
   auto wait = std::make_unique<SockWait>(task, task->running(), sock, SockWait::Kind::kConnect);
   if (return_socket) wait->setReturnSocket();
-  int rc = 0;
-  if (!startConnect(L, wait.get(), sock->conn, host, port, unix_path, &rc)) return rc;  // ~SockWait closes the conn
+  if (pool && pool->open >= pool->size) {
+    wait->queue(*pool, sock->pool_key, host, port, unix_path);
+  } else {
+    if (pool) {
+      pool->open++;
+      sock->conn->counted = true;
+      sock->conn->pool_key = sock->pool_key;
+    }
+    if (int err = startConnect(wait.get(), sock->conn, host, port, unix_path)) {
+      return pushSocketFailure(L, uv_strerror(err));  // ~SockWait closes the conn
+    }
+  }
   task->suspend(std::move(wait));
   return lua_yield(L, 0);
 }
@@ -722,10 +868,14 @@ int sockSetKeepalive(lua_State* L) {
     closeConn(c);
     return pushSocketFailure(L, "closed");
   }
-  auto& q = pools()[sock->pool_key];
-  while (q.size() >= static_cast<size_t>(size)) {
-    closeConn(q.front());
+  Pool& pool = pools()[sock->pool_key];
+  auto& q = pool.idle;
+  size_t keep = pool.size > 0 ? pool.size : static_cast<size_t>(size);
+  while (q.size() >= keep) {
+    Conn* oldest = q.front();
     q.pop_front();
+    oldest->pooled = false;
+    closeConn(oldest);
   }
   c->pool_key = sock->pool_key;
   c->pooled = true;
@@ -733,6 +883,7 @@ int sockSetKeepalive(lua_State* L) {
   if (timeout > 0) uv_timer_start(&c->timer, onIdleTimeout, timeout, 0);
   setRef(c, false);  // an idle connection does not keep the worker running
   sock->conn = nullptr;
+  nudgeWaiting(pool);  // a connect waiting for this pool takes it
   lua_pushinteger(L, 1);
   return 1;
 }
@@ -837,10 +988,14 @@ int sockGc(lua_State* L) {
 }  // namespace
 
 void closeSocketPool() {
-  for (auto& [key, q] : pools()) {
-    for (Conn* c : q) closeConn(c);
-  }
+  auto all = std::move(pools());
   pools().clear();
+  for (auto& [key, p] : all) {
+    for (Conn* c : p.idle) {
+      c->counted = false;
+      closeConn(c);
+    }
+  }
 }
 
 // Stack: [ngx] -> [ngx] with ngx.socket = {tcp, connect, udp}.
