@@ -140,6 +140,9 @@ class Gateway {
   bool waitLog(const std::string& needle, Ms timeout = Ms(10000)) const;
   // Lines of the error log at [error], [crit], [alert] or [emerg].
   std::vector<std::string> seriousLogLines() const;
+  // The serious lines that contain none of `provoked` (the errors a test
+  // caused on purpose, such as a cosocket's "lua tcp socket read timed out").
+  std::vector<std::string> seriousLogLinesBut(const std::vector<std::string>& provoked) const;
 
  private:
   TempDir dir_;

@@ -208,9 +208,11 @@ std::string resolverAt(int port, int timeout_ms = 1000) {
 )";
 }
 
+// A server that never answers makes the resolver's receives time out,
+// which lua_socket_log_errors logs.
 void expectCleanStop(Gateway& gw) {
   EXPECT_EQ(gw.stop(), 0);
-  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+  EXPECT_TRUE(gw.seriousLogLinesBut({"lua udp socket read timed out"}).empty()) << gw.errorLog();
 }
 
 // What a content handler printed running `lua` (after resolverAt() for a

@@ -236,6 +236,7 @@ struct Socket {
   uint64_t connect_ms = 60000, send_ms = 60000, read_ms = 60000;
   bool busy = false;  // a call waits on it (another light thread's)
   std::string pool_key;
+  std::string peer;  // host:port or unix:path, for the error log
 };
 
 // Every live socket by the id of its task: a task that ends closes the
@@ -457,8 +458,9 @@ int startReading(Conn* c) {
 // A receive that met the end of the input (`status`: UV_EOF, or an error)
 // with what it needs not buffered: "*a" returns the rest, other patterns
 // fail with the rest as the partial data. The connection is closed after
-// either. Stack of L: [] -> the results.
-int pushInputEnd(lua_State* L, Conn* c, const ReadSpec& r, int status) {
+// either; an error is logged for `task`. Stack of L: [] -> the results.
+int pushInputEnd(lua_State* L, LuaTask* task, Conn* c, const ReadSpec& r, int status) {
+  if (status != UV_EOF) logSocketError(task, "recv() failed " + errnoText(status));
   if (status == UV_EOF && r.mode == ReadMode::kAll) {
     lua_pushlstring(L, c->in.data(), c->in.size());
     c->in.clear();
@@ -488,6 +490,7 @@ void SockWait::resolved(int status, const addrinfo* res) {
 
 void SockWait::connected(int status) {
   if (status != 0) {
+    logSocketError(task_, "connect() failed " + errnoText(status) + " while connecting to " + sock_->peer);
     finish(fail(uv_strerror(status)), true);
     return;
   }
@@ -498,6 +501,7 @@ void SockWait::connected(int status) {
 
 void SockWait::written(int status) {
   if (status != 0) {
+    logSocketError(task_, "send() failed " + errnoText(status));
     finish(fail(uv_strerror(status)), true);
     return;
   }
@@ -518,12 +522,16 @@ void SockWait::read(ssize_t nread, const uv_buf_t* buf) {
     if (n > 0) finish(n, false);
     if (n > 0 || status == 0) return;
   }
-  finish(pushInputEnd(co(), conn_, read_, status), true);
+  finish(pushInputEnd(co(), task_, conn_, read_, status), true);
 }
 
 // OpenResty: a read timeout leaves the connection usable; a connect or
 // send timeout closes it.
 void SockWait::timedOut() {
+  logSocketError(task_, kind_ == Kind::kRead        ? std::string("lua tcp socket read timed out")
+                        : kind_ == Kind::kSend      ? std::string("lua tcp socket write timed out")
+                        : kind_ == Kind::kHandshake ? "lua tcp socket SSL handshake timed out with " + sock_->peer
+                                                    : "lua tcp socket connect timed out, when connecting to " + sock_->peer);
   if (kind_ == Kind::kRead) {
     finish(pushReadFailure(co(), conn_->in, read_, "timeout"), false);
     return;
@@ -681,6 +689,7 @@ int doConnect(lua_State* L, bool return_socket) {
     closeConn(sock->conn);
     sock->conn = nullptr;
   }
+  sock->peer = unix_path ? std::string("unix:") + host : std::string(host) + ":" + std::to_string(port);
   if (Conn* c = takeFromPool(sock->pool_key)) {
     sock->conn = c;
     if (return_socket) lua_pushvalue(L, 1);
@@ -779,7 +788,7 @@ int startReceive(lua_State* L, Socket* sock, const ReadSpec& r) {
   if (int got = takeBuffered(L, c->in, r)) return got;
   int rc = c->read_end ? c->read_end : startReading(c);
   if (rc != 0) {
-    int n = pushInputEnd(L, c, r, rc);
+    int n = pushInputEnd(L, task, c, r, rc);
     closeConn(c);
     sock->conn = nullptr;
     return n;

@@ -217,6 +217,7 @@ void UdpWait::timedOut() {
     finish(pushSocketFailure(co(), msg.c_str()), true);
     return;
   }
+  logSocketError(task_, "lua udp socket read timed out");
   finish(pushSocketFailure(co(), "timeout"), false);
 }
 

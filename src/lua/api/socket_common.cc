@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/log.h"
+#include "http/variables.h"
 #include "lua/phases/content.h"
 
 namespace tidegate::lua {
@@ -20,6 +22,20 @@ uint64_t checkTimeoutMs(lua_State* L, int idx, uint64_t current) {
   lua_Number ms = luaL_checknumber(L, idx);
   if (ms < 0) luaL_argerror(L, idx, "bad timeout value");
   return static_cast<uint64_t>(ms);
+}
+
+void logSocketError(LuaTask* task, const std::string& what) {
+  if (!socketSettings(task).lua_socket_log_errors.value_or(true)) return;
+  RequestContext* ctx = task->request();
+  std::string where = ctx ? http::describeRequest(ctx->req()) : std::string(", context: ngx.timer");
+  uint64_t conn = ctx && ctx->req().conn ? ctx->req().conn->id : 0;
+  TG_LOG_CONN_LIMITED(core::LogLevel::kError, conn, "%s%s", what.c_str(), where.c_str());
+}
+
+std::string errnoText(int uv_status) {
+  std::string text = "(";
+  text.append(std::to_string(-uv_status)).append(": ").append(std::strerror(-uv_status)).append(")");
+  return text;
 }
 
 int pushSocketFailure(lua_State* L, const char* err) {

@@ -71,6 +71,14 @@ uint64_t checkTimeoutMs(lua_State* L, int idx, uint64_t current);
 // Stack: [] -> [nil, err]; returns 2.
 int pushSocketFailure(lua_State* L, const char* err);
 
+// lua_socket_log_errors on (the default): `what` goes to the error log with
+// the request's description (or ", context: ngx.timer"), as OpenResty logs
+// a cosocket's failures ("lua tcp socket read timed out", "connect() failed
+// (111: Connection refused)"). Rate-limited.
+void logSocketError(LuaTask* task, const std::string& what);
+// nginx's "(111: Connection refused)" text for a libuv error.
+std::string errnoText(int uv_status);
+
 // The address to use among getaddrinfo's answers, with `port` set: the
 // first IPv4 one, as OpenResty's resolver asks for A records only (unless
 // ipv6=on); else the first. `res` must not be null.
