@@ -236,7 +236,9 @@ struct Socket {
   uint64_t connect_ms = 60000, send_ms = 60000, read_ms = 60000;
   bool busy = false;  // a call waits on it (another light thread's)
   std::string pool_key;
-  std::string peer;  // host:port or unix:path, for the error log
+  std::string peer;  // host:port or the unix path when a pool name was given
+  // host:port or the unix path, for the error log.
+  const std::string& peerText() const { return peer.empty() ? pool_key : peer; }
 };
 
 // Every live socket by the id of its task: a task that ends closes the
@@ -490,7 +492,7 @@ void SockWait::resolved(int status, const addrinfo* res) {
 
 void SockWait::connected(int status) {
   if (status != 0) {
-    logSocketError(task_, "connect() failed " + errnoText(status) + " while connecting to " + sock_->peer);
+    logSocketError(task_, "connect() failed " + errnoText(status) + " while connecting to " + sock_->peerText());
     finish(fail(uv_strerror(status)), true);
     return;
   }
@@ -530,8 +532,8 @@ void SockWait::read(ssize_t nread, const uv_buf_t* buf) {
 void SockWait::timedOut() {
   logSocketError(task_, kind_ == Kind::kRead        ? std::string("lua tcp socket read timed out")
                         : kind_ == Kind::kSend      ? std::string("lua tcp socket write timed out")
-                        : kind_ == Kind::kHandshake ? "lua tcp socket SSL handshake timed out with " + sock_->peer
-                                                    : "lua tcp socket connect timed out, when connecting to " + sock_->peer);
+                        : kind_ == Kind::kHandshake ? "lua tcp socket SSL handshake timed out with " + sock_->peerText()
+                                                    : "lua tcp socket connect timed out, when connecting to " + sock_->peerText());
   if (kind_ == Kind::kRead) {
     finish(pushReadFailure(co(), conn_->in, read_, "timeout"), false);
     return;
@@ -682,14 +684,19 @@ int doConnect(lua_State* L, bool return_socket) {
     lua_pop(L, 1);
   }
   if (unix_path) host += 5;
-  if (lua_isstring(L, -1)) sock->pool_key = lua_tostring(L, -1);
-  else sock->pool_key = unix_path ? std::string(host) : std::string(host) + ":" + std::to_string(port);
+  std::string peer = unix_path ? std::string(host) : std::string(host) + ":" + std::to_string(port);
+  if (lua_isstring(L, -1)) {
+    sock->pool_key = lua_tostring(L, -1);
+    sock->peer = std::move(peer);
+  } else {
+    sock->pool_key = std::move(peer);
+    sock->peer.clear();  // the pool key says it
+  }
   lua_pop(L, 1);
   if (sock->conn) {
     closeConn(sock->conn);
     sock->conn = nullptr;
   }
-  sock->peer = unix_path ? std::string("unix:") + host : std::string(host) + ":" + std::to_string(port);
   if (Conn* c = takeFromPool(sock->pool_key)) {
     sock->conn = c;
     if (return_socket) lua_pushvalue(L, 1);
