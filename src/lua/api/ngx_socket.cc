@@ -296,6 +296,11 @@ class SockWait : public Wait {
   // state: it is closed.
   ~SockWait() override {
     leaveQueue();
+    if (nudged_) {
+      // Cancelled before its turn came: the next connect waiting gets it.
+      auto it = pools().find(pool_key_);
+      if (it != pools().end()) nudgeWaiting(it->second);
+    }
     if (resolve_) {
       resolve_->waiter = nullptr;
       uv_cancel(reinterpret_cast<uv_req_t*>(&resolve_->req));
@@ -327,6 +332,7 @@ class SockWait : public Wait {
   // nudgeWaiting() took it off the queue: it tries again from the loop.
   void nudge() {
     queued_ = false;
+    nudged_ = true;
     uv_timer_start(&conn_->timer, onNudge, 0, 0);
   }
   void setHandshake(std::string server_name, bool verify, bool want_session) {
@@ -395,6 +401,7 @@ class SockWait : public Wait {
   bool want_session_ = true;
   // A connect queued on a full pool.
   bool queued_ = false;
+  bool nudged_ = false;  // off the queue, its turn not taken yet
   std::string pool_key_, host_;
   int port_ = 0;
   bool unix_path_ = false;
@@ -621,6 +628,7 @@ int startConnect(SockWait* w, Conn* c, const char* host, int port, bool unix_pat
 // slot to connect in, or back to the head of the queue until its
 // deadline.
 void SockWait::acquire() {
+  nudged_ = false;
   Pool& p = pools()[pool_key_];
   if (Conn* idle = takeFromPool(pool_key_)) {
     Conn* mine = conn_;
