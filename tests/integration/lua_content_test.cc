@@ -67,6 +67,46 @@ TEST(LuaContentTest, GracefulStopWaitsForARunningHandler) {
   EXPECT_EQ(gw.waitExit(Ms(10000)), 0);
 }
 
+// A fast stop (SIGTERM) while handlers wait on their client: one in
+// ngx.flush(true) behind a client that reads nothing, one in a raw request
+// socket's receive, one in a log handler's cosocket. Their connections are
+// closed and their tasks freed in the right order (the sanitizer build
+// checks it): the worker exits cleanly.
+TEST(LuaContentTest, FastStopWhileHandlersWaitOnTheirClients) {
+  int silent = freePort();  // nothing listens: the log handler's connect fails or waits
+  Gateway gw;
+  gw.setSimpleConf(R"(
+    location /flush { content_by_lua_block {
+        ngx.print(string.rep("x", 8 * 1024 * 1024))
+        ngx.log(ngx.WARN, "flush waiting")
+        ngx.flush(true)
+    } }
+    location /raw { content_by_lua_block {
+        local sock = assert(ngx.req.socket(true))
+        ngx.log(ngx.WARN, "raw waiting")
+        sock:receive()
+    } }
+    location /log {
+        return 204;
+        log_by_lua_block {
+            local sock = ngx.socket.tcp()
+            sock:settimeout(60000)
+            ngx.log(ngx.WARN, "log waiting")
+            sock:connect("10.255.255.1", )" + std::to_string(silent) + R"()
+        }
+    })");
+  ASSERT_TRUE(gw.start());
+  RawClient flush(gw.port()), raw(gw.port());
+  flush.send("GET /flush HTTP/1.1\r\nHost: a\r\n\r\n");
+  raw.send("GET /raw HTTP/1.1\r\nHost: a\r\n\r\n");
+  EXPECT_EQ(httpGet(gw.port(), "/log").status, 204);
+  ASSERT_TRUE(gw.waitLog("flush waiting"));
+  ASSERT_TRUE(gw.waitLog("raw waiting"));
+  ASSERT_TRUE(gw.waitLog("log waiting"));
+  EXPECT_EQ(gw.stopWith(SIGTERM, Ms(10000)), 0);
+  EXPECT_TRUE(gw.seriousLogLinesBut({"connect() failed", "timed out"}).empty()) << gw.errorLog();
+}
+
 }  // namespace
 }  // namespace tidegate::test
 
