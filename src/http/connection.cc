@@ -786,6 +786,13 @@ void Connection::close() {
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), onClose);
 }
 
+void Connection::closeNow() {
+  if (closing_) return;
+  task_.reset();
+  lua_task_.reset();
+  close();
+}
+
 void Connection::onClose(uv_handle_t* h) noexcept {
   auto* c = static_cast<Connection*>(h->data);
   if (--c->open_handles_ == 0) delete c;

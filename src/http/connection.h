@@ -23,8 +23,14 @@ class Connection : private RequestParser::Handler, private ContentSink {
 
   // Graceful drain: close now if no request is in progress.
   void closeIfIdle();
-  // Closes at once (fast shutdown). Safe to call twice.
+  // Closes at once. Safe to call twice.
   void close();
+  // The fast shutdown's close, from the server (never from inside a
+  // handler): the handler tasks are freed first, while this connection,
+  // which their waits (ngx.flush(true), the raw socket) still reach, is
+  // whole; close() would leave them to the server's reaper, which then
+  // runs after the connection is freed.
+  void closeNow();
 
   Connection* next = nullptr;
   Connection* prev = nullptr;

@@ -197,7 +197,7 @@ void HttpServer::shutdown(bool graceful, std::function<void()> done) {
   for (Connection* c = head_; c; c = c->next) all.push_back(c);
   for (Connection* c : all) {
     if (graceful) c->closeIfIdle();
-    else c->close();
+    else c->closeNow();
   }
   if (!graceful) logs_.clear();  // what they wait for is cancelled
   maybeDone();
