@@ -322,7 +322,7 @@ int rawSend(lua_State* L) {
 int reqSetTimeout(lua_State* L) {
   ReqSocket* s = nullptr;
   checkReqSocket(L, &s);
-  s->send_ms = s->read_ms = checkMs(L, 2, s->read_ms);
+  s->send_ms = s->read_ms = checkTimeoutMs(L, 2, s->read_ms);
   return 0;
 }
 
@@ -330,9 +330,9 @@ int reqSetTimeout(lua_State* L) {
 int reqSetTimeouts(lua_State* L) {
   ReqSocket* s = nullptr;
   checkReqSocket(L, &s);
-  checkMs(L, 2, 0);
-  s->send_ms = checkMs(L, 3, s->send_ms);
-  s->read_ms = checkMs(L, 4, s->read_ms);
+  checkTimeoutMs(L, 2, 0);
+  s->send_ms = checkTimeoutMs(L, 3, s->send_ms);
+  s->read_ms = checkTimeoutMs(L, 4, s->read_ms);
   return 0;
 }
 

@@ -269,10 +269,6 @@ void closeTaskSockets(uint64_t task_id) {
   liveSockets().erase(task_id);
 }
 
-const conf::HttpSettings& settingsOf(LuaTask* task) {
-  if (RequestContext* ctx = task->request()) return ctx->req().settings();
-  return task->vm().config().http.settings;
-}
 
 using Resolve = HostLookup<SockWait>;
 
@@ -581,7 +577,7 @@ void pushNewSocket(lua_State* L, LuaTask* task) {
   auto* sock = new (lua_newuserdata(L, sizeof(Socket))) Socket;
   sock->task_id = task->id();
   liveSockets().emplace(sock->task_id, sock);
-  const conf::HttpSettings& s = settingsOf(task);
+  const conf::HttpSettings& s = socketSettings(task);
   sock->connect_ms = s.lua_socket_connect_timeout_ms.value_or(60000);
   sock->send_ms = s.lua_socket_send_timeout_ms.value_or(60000);
   sock->read_ms = s.lua_socket_read_timeout_ms.value_or(60000);
@@ -715,7 +711,7 @@ int doConnect(lua_State* L, bool return_socket) {
   if (pool_size > 0 || backlog >= 0) {
     pool = &pools()[sock->pool_key];
     if (pool->size == 0) {
-      uint64_t dflt = settingsOf(task).lua_socket_pool_size.value_or(30);
+      uint64_t dflt = socketSettings(task).lua_socket_pool_size.value_or(30);
       pool->size = pool_size > 0 ? static_cast<size_t>(pool_size) : static_cast<size_t>(dflt);
     }
     if (backlog >= 0) {
@@ -848,7 +844,7 @@ int sockReceiveUntil(lua_State* L) {
 // sock:settimeout(ms): connect, send and read.
 int sockSetTimeout(lua_State* L) {
   Socket* sock = checkSocket(L);
-  uint64_t ms = checkMs(L, 2, sock->read_ms);
+  uint64_t ms = checkTimeoutMs(L, 2, sock->read_ms);
   sock->connect_ms = sock->send_ms = sock->read_ms = ms;
   return 0;
 }
@@ -856,9 +852,9 @@ int sockSetTimeout(lua_State* L) {
 // sock:settimeouts(connect_ms, send_ms, read_ms)
 int sockSetTimeouts(lua_State* L) {
   Socket* sock = checkSocket(L);
-  sock->connect_ms = checkMs(L, 2, sock->connect_ms);
-  sock->send_ms = checkMs(L, 3, sock->send_ms);
-  sock->read_ms = checkMs(L, 4, sock->read_ms);
+  sock->connect_ms = checkTimeoutMs(L, 2, sock->connect_ms);
+  sock->send_ms = checkTimeoutMs(L, 3, sock->send_ms);
+  sock->read_ms = checkTimeoutMs(L, 4, sock->read_ms);
   return 0;
 }
 
@@ -879,8 +875,8 @@ int sockClose(lua_State* L) {
 int sockSetKeepalive(lua_State* L) {
   Socket* sock = checkSocket(L);
   LuaTask* task = requireTask(L);
-  const conf::HttpSettings& s = settingsOf(task);
-  uint64_t timeout = checkMs(L, 2, s.lua_socket_keepalive_timeout_ms.value_or(60000));
+  const conf::HttpSettings& s = socketSettings(task);
+  uint64_t timeout = checkTimeoutMs(L, 2, s.lua_socket_keepalive_timeout_ms.value_or(60000));
   lua_Integer size = luaL_optinteger(L, 3, static_cast<lua_Integer>(s.lua_socket_pool_size.value_or(30)));
   if (size <= 0) return luaL_error(L, "bad \"pool_size\" option value: %d", static_cast<int>(size));
   if (!sock->conn) return pushSocketFailure(L, "closed");
@@ -926,7 +922,7 @@ int startHandshake(lua_State* L, LuaTask* task, Socket* sock, const char* name, 
                    bool verify, bool want_session) {
   Conn* c = sock->conn;
   std::string err;
-  c->tls = TlsClient::create(settingsOf(task), name, resume, &err);
+  c->tls = TlsClient::create(socketSettings(task), name, resume, &err);
   if (!c->tls) return pushSocketFailure(L, err.c_str());
   if (c->tls->handshake() == TlsClient::Step::kError || flushTls(c) != 0 || startReading(c) != 0) {
     sock->conn = nullptr;

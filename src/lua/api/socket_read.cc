@@ -133,13 +133,6 @@ int pushUntilIterator(lua_State* L, lua_CFunction iter) {
   return 1;
 }
 
-uint64_t checkMs(lua_State* L, int idx, uint64_t current) {
-  if (lua_isnoneornil(L, idx)) return current;
-  lua_Number ms = luaL_checknumber(L, idx);
-  if (ms < 0) luaL_argerror(L, idx, "bad timeout value");
-  return static_cast<uint64_t>(ms);
-}
-
 ReadSpec untilIteratorArgs(lua_State* L) {
   lua_settop(L, 1);
   lua_pushvalue(L, lua_upvalueindex(1));

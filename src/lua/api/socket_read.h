@@ -56,9 +56,6 @@ void receiveAnyArgs(lua_State* L, ReadSpec* r);
 // closure of `iter` over [sock, its Until state, the pattern], and returns
 // 1; or nil, "pattern is empty" and returns 2.
 int pushUntilIterator(lua_State* L, lua_CFunction iter);
-// A timeout in ms at `idx` (settimeout, settimeouts): `current` when it
-// is absent; a negative one raises "bad timeout value".
-uint64_t checkMs(lua_State* L, int idx, uint64_t current);
 // Inside `iter`: rearranges its stack to [sock, size?] (the socket from
 // the first upvalue) and returns what this call asks for.
 ReadSpec untilIteratorArgs(lua_State* L);
