@@ -215,7 +215,9 @@ bool RawClient::connect(const std::string& ip, int port, Ms timeout) {
   }
 }
 
-bool RawClient::send(const std::string& bytes) {
+bool RawClient::send(const std::string& bytes) { return fd_ >= 0 && sendAll(bytes); }
+
+bool RawClient::sendAll(const std::string& bytes) {
   size_t off = 0;
   while (off < bytes.size()) {
     ssize_t n = ::send(fd_, bytes.data() + off, bytes.size() - off, MSG_NOSIGNAL);
@@ -225,14 +227,20 @@ bool RawClient::send(const std::string& bytes) {
   return true;
 }
 
-bool RawClient::fill(Ms timeout) {
-  if (fd_ < 0 || eof_) return false;
+ssize_t RawClient::receiveSome(char* buf, size_t len, Ms timeout) {
   pollfd p{fd_, POLLIN, 0};
   int rc = poll(&p, 1, static_cast<int>(timeout.count()));
-  if (rc <= 0) return false;
+  if (rc <= 0) return -1;
+  ssize_t n = ::recv(fd_, buf, len, 0);
+  return n < 0 ? 0 : n;
+}
+
+bool RawClient::fill(Ms timeout) {
+  if (fd_ < 0 || eof_) return false;
   char tmp[65536];
-  ssize_t n = ::recv(fd_, tmp, sizeof(tmp), 0);
-  if (n <= 0) {
+  ssize_t n = receiveSome(tmp, sizeof(tmp), timeout);
+  if (n < 0) return false;
+  if (n == 0) {
     eof_ = true;
     return false;
   }

@@ -64,7 +64,7 @@ class RawClient {
  public:
   RawClient() = default;
   explicit RawClient(int port) { connect(port); }
-  ~RawClient();
+  virtual ~RawClient();
   RawClient(const RawClient&) = delete;
   RawClient& operator=(const RawClient&) = delete;
 
@@ -81,14 +81,22 @@ class RawClient {
   std::string readBytes(size_t n, Ms timeout = Ms(5000));
   // True if the peer closes (EOF or reset) within `timeout`; data read is discarded.
   bool waitClosed(Ms timeout = Ms(5000));
-  void close();
+  virtual void close();
   int fd() const { return fd_; }
+
+ protected:
+  // The byte stream under the HTTP framing (TlsConn puts TLS there): reads
+  // what arrives within `timeout` into `buf` (0: EOF or error, -1: timeout),
+  // and writes all of `bytes`.
+  virtual ssize_t receiveSome(char* buf, size_t len, Ms timeout);
+  virtual bool sendAll(const std::string& bytes);
+
+  int fd_ = -1;
 
  private:
   bool fill(Ms timeout);  // reads more into buf_; false on EOF/timeout
   // Fills until buf_ holds `want(buf_)` bytes (npos: not yet); takes them.
   std::string take(const std::function<size_t(const std::string&)>& want, Ms timeout);
-  int fd_ = -1;
   std::string buf_;
   bool eof_ = false;
 };
