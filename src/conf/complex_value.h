@@ -36,6 +36,10 @@ enum class VarId : uint16_t {
   kServerProtocol,
   kScheme,
   kHttps,
+  kSslProtocol,
+  kSslCipher,
+  kSslServerName,
+  kSslSessionReused,
   kConnection,
   kConnectionRequests,
   kRequestCompletion,  // "OK" once the whole response went out, else ""

@@ -13,6 +13,7 @@
 
 #include "conf/complex_value.h"
 #include "conf/regex.h"
+#include "tls/certificate.h"
 
 namespace tidegate::conf {
 
@@ -155,6 +156,36 @@ struct ProxyPass {
 // lua_ssl_protocols' names, as bits of HttpSettings::lua_ssl_protocols.
 constexpr uint64_t kSslV2 = 1, kSslV3 = 2, kTlsV1 = 4, kTlsV1_1 = 8, kTlsV1_2 = 16, kTlsV1_3 = 32;
 
+// ssl_session_cache: off | none | builtin[:size] | shared:name:size (the
+// one shared zone of the conf holds the sessions of every worker).
+struct SslSessionCacheConf {
+  bool off = false;          // "off": no cache, and clients are told so
+  bool builtin = false;      // per-worker OpenSSL cache
+  uint64_t builtin_size = 20480;  // sessions
+  std::string zone;          // shared:NAME:SIZE; empty: none
+  uint64_t zone_size = 0;    // bytes
+};
+
+// The downstream TLS of a server (http and server levels; docs/tls.md).
+// The certificates, protocols, ciphers and session settings of a port are
+// its default server's; the certificate of a handshake follows SNI.
+struct SslSettings {
+  // ssl_certificate / ssl_certificate_key pairs by position (absolute paths).
+  std::optional<std::vector<std::string>> certificate_files;
+  std::optional<std::vector<std::string>> key_files;
+  std::optional<uint64_t> protocols;  // kTlsV1_2 | kTlsV1_3 (the default)
+  std::optional<std::string> ciphers;
+  std::optional<bool> prefer_server_ciphers;
+  std::optional<SslSessionCacheConf> session_cache;
+  std::optional<bool> session_tickets;
+  std::optional<uint64_t> session_timeout_ms;
+  std::optional<LuaCode> certificate_lua;  // ssl_certificate_by_lua*
+  std::string where;  // file:line of the first ssl_certificate, for load errors
+
+  void inheritFrom(const SslSettings& parent);
+  void fillDefaults();
+};
+
 // Settings that http, server and location levels share and inherit, with
 // nginx's merge rule: a level that does not set one takes its parent's.
 struct HttpSettings {
@@ -202,6 +233,7 @@ struct HttpSettings {
   std::optional<LuaCode> header_filter_lua;
   std::optional<LuaCode> body_filter_lua;
   ProxySettings proxy;
+  SslSettings ssl;  // http and server levels only
 
   void inheritFrom(const HttpSettings& parent);
   void fillDefaults();
@@ -257,6 +289,7 @@ struct Listen {
   std::string unix_path;  // "unix:/path": a unix-domain socket (host empty, port 0)
   bool default_server = false;
   bool reuseport = false;
+  bool ssl = false;  // TLS on this address (any server's `listen ... ssl` makes it so)
   int backlog = 511;  // nginx's default on Linux
   bool isUnix() const { return !unix_path.empty(); }
   bool ipv6() const { return host.find(':') != std::string::npos; }
@@ -283,6 +316,8 @@ struct Server {
   bool fields_set = false;   // client_max_header_fields given in this server
   std::vector<RewriteAction> rewrite;  // server-level set, return, set_by_lua*
   std::vector<std::shared_ptr<Location>> locations;
+  // ssl_certificate pairs, loaded and checked at load (every worker shares them).
+  std::vector<tls::CertKeyPtr> certificates;
   std::string primaryName() const { return names.empty() ? std::string() : names[0].name; }
 };
 

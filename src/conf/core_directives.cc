@@ -325,6 +325,7 @@ bool onListen(const ConfNode& n, BuildState& st, std::string* err) {
     int64_t v = 0;
     if (p == "default_server" || p == "default") l.default_server = true;
     else if (p == "reuseport") l.reuseport = true;
+    else if (p == "ssl") l.ssl = true;
     else if (p.rfind("backlog=", 0) == 0 && parseInt(p.substr(8), &v) && v > 0) l.backlog = static_cast<int>(v);
     else {
       *err = "invalid parameter \"" + p + "\"";

@@ -82,6 +82,9 @@ std::string lowerCase(std::string text);                      // ASCII
 // fields are set.
 bool parseListenAddress(const std::string& addr, Listen* out);
 
+// *_ssl_protocols NAME...; into `field` (kSslV2 | ... | kTlsV1_3).
+bool parseSslProtocols(const ConfNode& n, std::optional<uint64_t>* field, std::string* err);
+
 // nginx refuses a single-value directive given twice in one block.
 template <typename T>
 bool notDuplicate(const std::optional<T>& field, const ConfNode& n, std::string* err) {
@@ -98,6 +101,8 @@ template <>
 inline HttpSettings& settingsOf<HttpSettings>(BuildState& st) { return st.settings(); }
 template <>
 inline ProxySettings& settingsOf<ProxySettings>(BuildState& st) { return st.settings().proxy; }
+template <>
+inline SslSettings& settingsOf<SslSettings>(BuildState& st) { return st.settings().ssl; }
 
 template <typename M>
 struct MemberOf;
@@ -154,6 +159,7 @@ void registerRewriteDirectives();
 void registerUpstreamDirectives();
 // Registers proxy_pass and the proxy_* settings (conf/proxy_directives.cc).
 void registerProxyDirectives();
+void registerSslDirectives();
 void registerAdminDirectives();
 // The step of proxy_pass that needs the whole http block built (an upstream
 // block may follow the server that names it): a fixed target that names no

@@ -3,9 +3,11 @@
 #include <unistd.h>
 
 #include <climits>
+#include <map>
 
 #include "conf/directives.h"
 #include "conf/parser.h"
+#include "tls/server_context.h"
 
 namespace tidegate::conf {
 
@@ -48,6 +50,34 @@ void HttpSettings::inheritFrom(const HttpSettings& p) {
   if (!header_filter_lua) header_filter_lua = p.header_filter_lua;
   if (!body_filter_lua) body_filter_lua = p.body_filter_lua;
   proxy.inheritFrom(p.proxy);
+  ssl.inheritFrom(p.ssl);
+}
+
+void SslSettings::inheritFrom(const SslSettings& p) {
+  if (!certificate_files) {
+    certificate_files = p.certificate_files;
+    if (where.empty()) where = p.where;
+  }
+  if (!key_files) key_files = p.key_files;
+  if (!protocols) protocols = p.protocols;
+  if (!ciphers) ciphers = p.ciphers;
+  if (!prefer_server_ciphers) prefer_server_ciphers = p.prefer_server_ciphers;
+  if (!session_cache) session_cache = p.session_cache;
+  if (!session_tickets) session_tickets = p.session_tickets;
+  if (!session_timeout_ms) session_timeout_ms = p.session_timeout_ms;
+  if (!certificate_lua) certificate_lua = p.certificate_lua;
+}
+
+void SslSettings::fillDefaults() {
+  // nginx's defaults, but TLSv1 and TLSv1.1 are off (RFC 8996).
+  if (!certificate_files) certificate_files.emplace();
+  if (!key_files) key_files.emplace();
+  if (!protocols) protocols = kTlsV1_2 | kTlsV1_3;
+  if (!ciphers) ciphers = "HIGH:!aNULL:!MD5";
+  if (!prefer_server_ciphers) prefer_server_ciphers = false;
+  if (!session_cache) session_cache.emplace();  // "none": no shared cache, tickets still work
+  if (!session_tickets) session_tickets = true;
+  if (!session_timeout_ms) session_timeout_ms = 5 * 60 * 1000;
 }
 
 void HttpSettings::fillDefaults() {
@@ -83,6 +113,7 @@ void HttpSettings::fillDefaults() {
   if (!lua_ssl_ciphers) lua_ssl_ciphers = "DEFAULT";
   if (!lua_need_request_body) lua_need_request_body = false;
   proxy.fillDefaults();
+  ssl.fillDefaults();
 }
 
 void ProxySettings::inheritFrom(const ProxySettings& p) {
@@ -154,6 +185,7 @@ bool groupListens(Config& cfg, ConfError* err) {
         group = &cfg.listen_groups.back();
       }
       group->listen.reuseport |= l.reuseport;
+      group->listen.ssl |= l.ssl;  // as nginx: one listen with ssl makes the address TLS
       if (l.backlog != Listen{}.backlog) group->listen.backlog = l.backlog;
       group->servers.push_back(server);
       if (l.default_server) {
@@ -232,6 +264,52 @@ bool addAdminServer(Config& cfg, ConfError* err) {
   return true;
 }
 
+// ssl_certificate pairs, read and checked now (a bad one fails -t and a
+// reload); a pair several servers inherit is loaded once. Every server of a
+// TLS address needs one, unless certificates can come at handshake time
+// (ssl_certificate_by_lua*, or the admin API's PUT /ssl/{name}).
+bool loadCertificates(Config& cfg, ConfError* err) {
+  std::map<std::pair<std::string, std::string>, tls::CertKeyPtr> loaded;
+  for (auto& server : cfg.http.servers) {
+    SslSettings& ssl = server->settings.ssl;
+    const auto& certs = *ssl.certificate_files;
+    const auto& keys = *ssl.key_files;
+    if (certs.size() != keys.size()) {
+      std::string what = certs.size() > keys.size() ? "no \"ssl_certificate_key\" is defined for certificate \"" +
+                                                          certs[keys.size()] + "\""
+                                                    : "no \"ssl_certificate\" is defined for key \"" +
+                                                          keys[certs.size()] + "\"";
+      *err = ConfError::at(ssl.where.empty() ? server->where : ssl.where, what);
+      return false;
+    }
+    for (size_t i = 0; i < certs.size(); i++) {
+      tls::CertKeyPtr& ck = loaded[{certs[i], keys[i]}];
+      std::string why;
+      if (!ck) ck = tls::CertKey::fromFiles(certs[i], keys[i], &why);
+      if (!ck) {
+        *err = ConfError::at(ssl.where, why);
+        return false;
+      }
+      server->certificates.push_back(ck);
+    }
+  }
+  for (const auto& g : cfg.listen_groups) {
+    if (!g.listen.ssl) continue;
+    for (const auto& server : g.servers) {
+      if (!server->certificates.empty() || server->settings.ssl.certificate_lua || cfg.http.admin.enabled) continue;
+      *err = ConfError::at(server->where, "no \"ssl_certificate\" is defined for the \"listen " + g.listen.key() +
+                                              " ssl\" directive");
+      return false;
+    }
+    std::string why;
+    if (!tls::checkServerSettings(g.default_server->settings.ssl, &why)) {
+      *err = ConfError::at(g.default_server->where, why);
+      return false;
+    }
+  }
+  return true;
+}
+
 bool finish(Config& cfg, ConfError* err) {
   HttpSettings& http = cfg.http.settings;
   if (!http.access_logs) {
@@ -256,7 +334,7 @@ bool finish(Config& cfg, ConfError* err) {
   }
   if (cfg.error_log.rfind('/', 0) != 0 && cfg.error_log != "stderr") cfg.error_log = cfg.prefix + "/" + cfg.error_log;
   if (!cfg.pid_file.empty() && cfg.pid_file[0] != '/') cfg.pid_file = cfg.prefix + "/" + cfg.pid_file;
-  return addAdminServer(cfg, err) && groupListens(cfg, err);
+  return addAdminServer(cfg, err) && groupListens(cfg, err) && loadCertificates(cfg, err);
 }
 
 std::string absolutePrefix(const std::string& prefix) {

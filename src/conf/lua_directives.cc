@@ -82,6 +82,14 @@ bool onContent(const ConfNode& n, BuildState& st, std::string* err) {
   return setCode(n, st, &st.location->content_lua, err);
 }
 
+// ssl_certificate_by_lua*: http or server, once per block.
+bool onSslCertificateLua(const ConfNode& n, BuildState& st, std::string* err) {
+  std::optional<LuaCode>& slot = st.settings().ssl.certificate_lua;
+  if (!notDuplicate(slot, n, err)) return false;
+  slot = LuaCode{};
+  return setCode(n, st, &*slot, err);
+}
+
 // balancer_by_lua*: inside upstream { }, once per block.
 bool onBalancer(const ConfNode& n, BuildState& st, std::string* err) {
   return setCode(n, st, &st.upstream->balancer_lua, err);
@@ -152,24 +160,8 @@ bool onSslCiphers(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
-// lua_ssl_protocols NAME...; (nginx's bit mask: any of SSLv2 ... TLSv1.3).
 bool onSslProtocols(const ConfNode& n, BuildState& st, std::string* err) {
-  static const std::pair<const char*, uint64_t> kNames[] = {{"SSLv2", kSslV2},     {"SSLv3", kSslV3},
-                                                            {"TLSv1", kTlsV1},     {"TLSv1.1", kTlsV1_1},
-                                                            {"TLSv1.2", kTlsV1_2}, {"TLSv1.3", kTlsV1_3}};
-  std::optional<uint64_t>& field = st.settings().lua_ssl_protocols;
-  if (!notDuplicate(field, n, err)) return false;
-  uint64_t bits = 0;
-  for (const std::string& a : n.args) {
-    auto it = std::find_if(std::begin(kNames), std::end(kNames), [&](const auto& p) { return a == p.first; });
-    if (it == std::end(kNames)) {
-      err->assign("invalid value \"").append(a).append(1, '"');
-      return false;
-    }
-    bits |= it->second;
-  }
-  field = bits;
-  return true;
+  return parseSslProtocols(n, &st.settings().lua_ssl_protocols, err);
 }
 
 // lua_shared_dict NAME SIZE; (http): lua-nginx-module's errors. The zone is
@@ -252,6 +244,9 @@ const Directive kLuaDirectives[] = {
     {"content_by_lua_block", kLocationCtx, 0, 0, true, onContent},
     {"content_by_lua", kLocationCtx, 1, 1, false, onContent},
     {"content_by_lua_file", kLocationCtx, 1, 1, false, onContent},
+    {"ssl_certificate_by_lua_block", kHttpCtx | kServerCtx, 0, 0, true, onSslCertificateLua},
+    {"ssl_certificate_by_lua", kHttpCtx | kServerCtx, 1, 1, false, onSslCertificateLua},
+    {"ssl_certificate_by_lua_file", kHttpCtx | kServerCtx, 1, 1, false, onSslCertificateLua},
     {"balancer_by_lua_block", kUpstreamCtx, 0, 0, true, onBalancer},
     {"balancer_by_lua", kUpstreamCtx, 1, 1, false, onBalancer},
     {"balancer_by_lua_file", kUpstreamCtx, 1, 1, false, onBalancer},

@@ -98,8 +98,15 @@ void Connection::start(HttpServer* server, int fd, const conf::Config::ListenGro
   c->phase_ = Phase::kHead;  // the first request's head deadline runs from accept, as in nginx
   c->last_io_ms_ = uv_now(server->loop());
   c->startRequest();
-  c->reading_ = true;
-  uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp_), onAlloc, onRead);
+  if (group->listen.ssl) {
+    // The handshake counts against the first request's head deadline.
+    c->tls_ = server->tlsContext(group) ? server->tlsContext(group)->newChannel(c) : nullptr;
+    if (!c->tls_) {
+      c->close();
+      return;
+    }
+  }
+  c->startReads();
   c->updateTimer();
 }
 
@@ -163,6 +170,14 @@ bool Connection::reserve(size_t want) {
 
 void Connection::onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) noexcept {
   auto* c = static_cast<Connection*>(h->data);
+  if (c->tls_) {
+    // Ciphertext is fed to OpenSSL within the read callback: one buffer
+    // serves every TLS connection of the worker.
+    size_t cap = 0;
+    char* scratch = c->server_->tlsScratch(&cap);
+    *buf = uv_buf_init(scratch, static_cast<unsigned>(cap));
+    return;
+  }
   // Ask for room for a typical head; a full buffer grows up to the head limit.
   if (!c->reserve(512) && c->cap_ == c->end_) {
     *buf = uv_buf_init(nullptr, 0);
@@ -171,8 +186,13 @@ void Connection::onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) noexcept {
   *buf = uv_buf_init(c->buf_ + c->end_, static_cast<unsigned>(c->cap_ - c->end_));
 }
 
-void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) noexcept {
-  static_cast<Connection*>(s->data)->handleRead(nread);
+void Connection::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept {
+  auto* c = static_cast<Connection*>(s->data);
+  if (c->tls_) {
+    c->handleTlsRead(nread, buf);
+    return;
+  }
+  c->handleRead(nread);
 }
 
 void Connection::handleRead(ssize_t nread) {
@@ -525,8 +545,13 @@ void Connection::completeRequest() {
 
 void Connection::flush() {
   if (closing_) return;
-  if (!write_pending_ && !out_.empty()) {
-    uv_buf_t b = uv_buf_init(out_.data(), static_cast<unsigned>(out_.size()));
+  if (tls_ && !write_pending_) {
+    sealTlsOutput();
+    if (closing_) return;
+  }
+  std::string& bytes = tls_ ? wire_ : out_;  // what goes to the socket
+  if (!write_pending_ && !bytes.empty()) {
+    uv_buf_t b = uv_buf_init(bytes.data(), static_cast<unsigned>(bytes.size()));
     int n = uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
     if (n == UV_EAGAIN) n = 0;
     if (n < 0) {
@@ -535,11 +560,11 @@ void Connection::flush() {
       close();
       return;
     }
-    if (static_cast<size_t>(n) == out_.size()) {
-      out_.clear();
+    if (static_cast<size_t>(n) == bytes.size()) {
+      bytes.clear();
     } else {
-      writing_.assign(out_, static_cast<size_t>(n), std::string::npos);
-      out_.clear();
+      writing_.assign(bytes, static_cast<size_t>(n), std::string::npos);
+      bytes.clear();
       send_start_ms_ = uv_now(server_->loop());
       uv_buf_t wb = uv_buf_init(writing_.data(), static_cast<unsigned>(writing_.size()));
       write_req_.data = this;
@@ -603,14 +628,30 @@ void Connection::resumeReading() {
   bool buffer_full = phase_ == Phase::kProcessing && buf_ && end_ >= cap_;
   bool tunnel_paused = phase_ == Phase::kTunnel && tunnel_paused_;  // the peer's back-pressure holds
   if (closing_ || reading_ || write_pending_ || buffer_full || tunnel_paused) return;
+  startReads();
+}
+
+void Connection::startReads() {
   uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), onAlloc, onRead);
   reading_ = true;
+  // TLS: plaintext already decrypted (or ciphertext already read) is not
+  // announced by the socket again.
+  if (tls_ && tls_->buffered()) scheduleTlsPump();
 }
 
 void Connection::startLingeringClose() {
   if (phase_ == Phase::kLingering || closing_) return;
   phase_ = Phase::kLingering;
   last_io_ms_ = linger_start_ms_ = uv_now(server_->loop());
+  if (tls_) {
+    // close_notify, best effort (the socket has room: nothing is pending).
+    tls_->shutdown();
+    std::string alert;
+    if (tls_->takeOutput(&alert)) {
+      uv_buf_t b = uv_buf_init(alert.data(), static_cast<unsigned>(alert.size()));
+      uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
+    }
+  }
   shutdown_req_.data = this;
   if (uv_shutdown(&shutdown_req_, reinterpret_cast<uv_stream_t*>(&tcp_), onShutdown) != 0) {
     close();
@@ -707,6 +748,11 @@ void Connection::onTimer(uv_timer_t* t) noexcept { static_cast<Connection*>(t->d
 void Connection::handleTimer() {
   if (closing_) return;
   timer_fires_at_ = 0;
+  if (tls_pump_) {
+    tls_pump_ = false;
+    pumpTls();
+    if (closing_) return;
+  }
   deadline_ms_ = computeDeadline();
   if (deadline_ms_ == 0) return;
   if (deadline_ms_ > uv_now(server_->loop())) {

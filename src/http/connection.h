@@ -11,6 +11,7 @@
 #include "http/request.h"
 #include "http/content_handler.h"
 #include "http/request_parser.h"
+#include "tls/channel.h"
 
 namespace tidegate::http {
 
@@ -46,6 +47,15 @@ class Connection : private RequestParser::Handler, private ContentSink {
 
   static void onAlloc(uv_handle_t* h, size_t suggested, uv_buf_t* buf) noexcept;
   static void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept;
+  // TLS (connection_tls.cc): ciphertext arrives into the server's scratch
+  // buffer, is fed to tls_, and its plaintext goes through handleRead() as
+  // if read from the socket; output is encrypted in flush().
+  void handleTlsRead(ssize_t nread, const uv_buf_t* buf);
+  void pumpTls();
+  void scheduleTlsPump();
+  bool handshakeStep();
+  void sealTlsOutput();
+  void startReads();
   static void onWrite(uv_write_t* req, int status) noexcept;
   static void onShutdown(uv_shutdown_t* req, int status) noexcept;
   static void onTimer(uv_timer_t* t) noexcept;
@@ -134,6 +144,9 @@ class Connection : private RequestParser::Handler, private ContentSink {
   const conf::Config::ListenGroup* group_;
   uv_tcp_t tcp_;
   uv_timer_t timer_;
+  std::unique_ptr<tls::Channel> tls_;  // a TLS listen address: the connection's TLS
+  std::string wire_;         // TLS: ciphertext for the socket (out_ stays plaintext)
+  bool tls_pump_ = false;    // TLS: plaintext waits in tls_ for reading to resume
   uv_write_t write_req_;
   uv_shutdown_t shutdown_req_;
   int open_handles_ = 0;

@@ -20,10 +20,11 @@ namespace tidegate::http {
 // the local address) and our port when it is not the default.
 std::string Connection::absoluteRedirect(const std::string& uri) const {
   if (uri.empty() || uri[0] != '/') return uri;
-  std::string abs = "http://";
+  bool tls = info_.ssl_protocol != nullptr;
+  std::string abs = tls ? "https://" : "http://";
   const std::string& name = !req_.host.empty() ? req_.host : req_.server->primaryName();
   abs.append(!name.empty() ? name : info_.local_addr);
-  if (info_.local_port != 80) abs.append(":").append(std::to_string(info_.local_port));
+  if (info_.local_port != (tls ? 443 : 80)) abs.append(":").append(std::to_string(info_.local_port));
   return abs + uri;
 }
 
@@ -271,8 +272,7 @@ void Connection::pauseTunnel(bool paused) {
   if (paused) {
     pauseReading();
   } else if (!reading_) {
-    uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp_), onAlloc, onRead);
-    reading_ = true;
+    startReads();
   }
 }
 

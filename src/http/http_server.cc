@@ -41,6 +41,12 @@ bool HttpServer::start(const std::vector<int>& fds, std::string* err) {
   uv_check_init(loop_, &reaper_);
   reaper_.data = this;
   reaper_open_ = true;
+  for (const auto& g : cfg_->listen_groups) {
+    if (!g.listen.ssl) continue;
+    auto ctx = tls::ServerContext::create(g, err);
+    if (!ctx) return false;
+    tls_[&g] = std::move(ctx);
+  }
   for (size_t i = 0; i < cfg_->listen_groups.size() && i < fds.size(); i++) {
     if (fds[i] < 0) continue;  // served through a wildcard socket, below
     auto* l = new Listener;
@@ -67,6 +73,11 @@ bool HttpServer::start(const std::vector<int>& fds, std::string* err) {
     listeners_.push_back(l);
   }
   return true;
+}
+
+tls::ServerContext* HttpServer::tlsContext(const conf::Config::ListenGroup* group) const {
+  auto it = tls_.find(group);
+  return it == tls_.end() ? nullptr : it->second.get();
 }
 
 const conf::Config::ListenGroup* HttpServer::groupFor(const Listener* l, int fd) const {

@@ -6,12 +6,15 @@
 #include <uv.h>
 
 #include <functional>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "conf/config.h"
 #include "http/access_log.h"
 #include "http/content_handler.h"
+#include "tls/server_context.h"
 
 namespace tidegate::http {
 
@@ -59,6 +62,13 @@ class HttpServer {
   uint64_t nextConnectionId();
   char* takeBuffer(size_t* cap);
   void giveBuffer(char* buf, size_t cap);
+  // The TLS of a listen address with `ssl` (null for a plain one).
+  tls::ServerContext* tlsContext(const conf::Config::ListenGroup* group) const;
+  // Where TLS connections read ciphertext (consumed within the read callback).
+  char* tlsScratch(size_t* cap) {
+    *cap = sizeof(tls_scratch_);
+    return tls_scratch_;
+  }
 
  private:
   // We accept ourselves (a uv_poll on the listening fd) rather than through
@@ -92,6 +102,8 @@ class HttpServer {
   AdminHandler* admin_handler_ = nullptr;
   AccessLog access_log_;
   std::vector<Listener*> listeners_;
+  std::map<const conf::Config::ListenGroup*, std::unique_ptr<tls::ServerContext>> tls_;
+  char tls_scratch_[64 * 1024];
   Connection* head_ = nullptr;  // intrusive list of live connections
   size_t connections_ = 0;
   uint64_t next_id_ = 0;

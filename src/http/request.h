@@ -26,6 +26,12 @@ struct ConnInfo {
   uint16_t remote_port = 0;
   std::string local_addr;
   uint16_t local_port = 0;
+  // TLS (null protocol: a plain connection). The strings are OpenSSL's
+  // static names ("TLSv1.3", "TLS_AES_128_GCM_SHA256").
+  const char* ssl_protocol = nullptr;
+  const char* ssl_cipher = nullptr;
+  std::string ssl_server_name;  // the SNI the client sent, lower-cased
+  bool ssl_session_reused = false;
 };
 
 // One try of the proxy (nginx's upstream state), for $upstream_*.

@@ -126,8 +126,14 @@ void appendVariable(const conf::VarRef& var, const Request& r, std::string* out,
         out->append(r.head->http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1");
       }
       break;
-    case VarId::kScheme: out->append("http"); break;
-    case VarId::kHttps: break;
+    case VarId::kScheme: out->append(r.conn->ssl_protocol ? "https" : "http"); break;
+    case VarId::kHttps: if (r.conn->ssl_protocol) out->append("on"); break;
+    case VarId::kSslProtocol: if (r.conn->ssl_protocol) out->append(r.conn->ssl_protocol); break;
+    case VarId::kSslCipher: if (r.conn->ssl_cipher) out->append(r.conn->ssl_cipher); break;
+    case VarId::kSslServerName: out->append(r.conn->ssl_server_name); break;
+    case VarId::kSslSessionReused:
+      if (r.conn->ssl_protocol) out->push_back(r.conn->ssl_session_reused ? 'r' : '.');
+      break;
     case VarId::kConnection: appendNumber(out, r.conn->id); break;
     case VarId::kConnectionRequests: appendNumber(out, r.conn->requests); break;
     case VarId::kRequestCompletion:
