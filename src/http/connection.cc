@@ -643,15 +643,7 @@ void Connection::startLingeringClose() {
   if (phase_ == Phase::kLingering || closing_) return;
   phase_ = Phase::kLingering;
   last_io_ms_ = linger_start_ms_ = uv_now(server_->loop());
-  if (tls_) {
-    // close_notify, best effort (the socket has room: nothing is pending).
-    tls_->shutdown();
-    std::string alert;
-    if (tls_->takeOutput(&alert)) {
-      uv_buf_t b = uv_buf_init(alert.data(), static_cast<unsigned>(alert.size()));
-      uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
-    }
-  }
+  sendCloseNotify();
   shutdown_req_.data = this;
   if (uv_shutdown(&shutdown_req_, reinterpret_cast<uv_stream_t*>(&tcp_), onShutdown) != 0) {
     close();
@@ -732,6 +724,7 @@ void Connection::updateTimer() {
 }
 
 void Connection::armTimer() {
+  if (tls_pump_) return;  // armed to fire now (scheduleTlsPump); handleTimer re-arms after
   if (deadline_ms_ == 0) {
     if (timer_fires_at_) uv_timer_stop(&timer_);
     timer_fires_at_ = 0;
@@ -819,6 +812,7 @@ void Connection::close() {
     keepalive_ = false;
     completeRequest();
   }
+  sendCloseNotify();
   closing_ = true;
   // Cancels a running handler; it never calls finish() after this. It may
   // be on the stack (a write to the client failed inside its call), so it

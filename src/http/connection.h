@@ -54,6 +54,8 @@ class Connection : private RequestParser::Handler, private ContentSink {
   void pumpTls();
   void scheduleTlsPump();
   bool handshakeStep();
+  void plainRequestOnTlsPort();
+  void sendCloseNotify();
   void sealTlsOutput();
   void startReads();
   static void onWrite(uv_write_t* req, int status) noexcept;

@@ -21,9 +21,30 @@ void Connection::handleTlsRead(ssize_t nread, const uv_buf_t* buf) {
     return;
   }
   last_io_ms_ = uv_now(server_->loop());
+  if (!tls_->handshaked() && SSL_in_before(tls_->ssl()) && buf->base[0] != 0x16) {
+    plainRequestOnTlsPort();  // not a TLS record (0x16: handshake): a plain request
+    return;
+  }
   tls_->feed(buf->base, static_cast<size_t>(nread));
   if (!tls_->handshaked() && !handshakeStep()) return;
   pumpTls();
+}
+
+// As nginx: a plain HTTP request to a TLS port gets a plain 400 that says
+// so, then the connection closes.
+void Connection::plainRequestOnTlsPort() {
+  TG_LOG_CONN_LIMITED(LogLevel::kInfo, info_.id, "client sent plain HTTP request to HTTPS port, client: %s",
+                      info_.remote_addr.c_str());
+  static const char kBody[] =
+      "<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n<body>\r\n"
+      "<center><h1>400 Bad Request</h1></center>\r\n"
+      "<center>The plain HTTP request was sent to HTTPS port</center>\r\n</body>\r\n</html>\r\n";
+  std::string answer = "HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: ";
+  answer.append(std::to_string(sizeof(kBody) - 1)).append("\r\nConnection: close\r\n\r\n").append(kBody);
+  tls_.reset();  // the answer and what follows are plaintext
+  out_ = std::move(answer);
+  close_after_write_ = true;
+  flush();
 }
 
 // False while the handshake is not done (or failed: the connection closes).
@@ -82,6 +103,20 @@ void Connection::scheduleTlsPump() {
   tls_pump_ = true;
   timer_fires_at_ = uv_now(server_->loop());
   uv_timer_start(&timer_, onTimer, 0, 0);
+}
+
+// close_notify (RFC 8446 6.1), best effort: when nothing else waits for
+// the socket, as nginx's ngx_ssl_shutdown does; once per connection.
+void Connection::sendCloseNotify() {
+  if (!tls_ || !tls_->handshaked() || write_pending_ || closing_ || SSL_get_shutdown(tls_->ssl()) & SSL_SENT_SHUTDOWN) {
+    return;
+  }
+  tls_->shutdown();
+  std::string alert;
+  if (tls_->takeOutput(&alert)) {
+    uv_buf_t b = uv_buf_init(alert.data(), static_cast<unsigned>(alert.size()));
+    uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
+  }
 }
 
 void Connection::sealTlsOutput() {
