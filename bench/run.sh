@@ -18,6 +18,7 @@ BACKEND_WORKERS=${BACKEND_WORKERS:-1}
 SIDES="nginx tidegate"
 declare -A LABEL=([nginx]=ng [tidegate]=tg)   # column headings
 BACKEND="" BACKEND_PORT=""   # BACKEND set by a scenario's setup: it needs the backend
+TLS="" WRK_HEADER=""         # TLS: the server listens with ssl; WRK_HEADER: one more request header
 WORKERS=1 SERVER_CPUS=0      # a scenario's setup may change them (shdict_ops)
 
 # ---- scenarios ------------------------------------------------------------------------
@@ -216,6 +217,21 @@ setup_redis() {
     die "redis needs lua-nginx-redis and redis-server (scripts/setup.sh installs them)"
   REDIS_PORT=needed
 }
+# HTTPS (issue 8): TLS termination with the same OpenSSL on both sides (an ECDSA P-256
+# certificate, the servers' default ciphers, ssl_protocols TLSv1.2 TLSv1.3 on both: Debian's
+# nginx 1.22 would stop at TLSv1.2, whose resumption skips the key exchange TLS 1.3 does).
+# wrk resumes sessions (TLS 1.3 tickets) on its new connections. *_new: a new connection, so a full
+# handshake, per request (wrk sends Connection: close); otherwise keepalive.
+scenario_https_hello() { scenario_hello; }
+scenario_https_hello_new() { scenario_hello; }
+scenario_https_proxy() { proxy_location; }
+scenario_https_proxy_new() { proxy_location; }
+http_https_proxy() { upstream_backend 64; }
+http_https_proxy_new() { upstream_backend 64; }
+setup_https_hello() { TLS=1; }
+setup_https_hello_new() { TLS=1 WRK_HEADER="Connection: close"; }
+setup_https_proxy() { TLS=1 BACKEND=1; }
+setup_https_proxy_new() { TLS=1 BACKEND=1 WRK_HEADER="Connection: close"; }
 setup_shdict_ops() { WORKERS=${SHDICT_WORKERS:-2} SERVER_CPUS=${SHDICT_CPUS:-0,1}; CONNS=${CONNS:-4}; }
 
 die() { echo "bench: $*" >&2; exit 1; }
@@ -318,7 +334,8 @@ http {
   access_log off; keepalive_requests 1000000;
   $(if declare -F "http_$SCENARIO" >/dev/null; then "http_$SCENARIO" "$kind" "$1"; fi)
   server {
-    listen 127.0.0.1:$2;
+    listen 127.0.0.1:$2${TLS:+ ssl};
+    ${TLS:+ssl_certificate $TMP/tls.crt; ssl_certificate_key $TMP/tls.key; ssl_protocols TLSv1.2 TLSv1.3;}
     $("scenario_$SCENARIO" "$kind" "$1")
   }
 }
@@ -333,10 +350,11 @@ server_bin() { if [ "${1%%_*}" = tidegate ]; then echo "$TIDEGATE"; else echo "$
 # the mask; taskset execs, so the pid is the master's), stores the pid in VAR at once (so
 # cleanup can stop it) and returns when a worker answers, not merely when the port is bound.
 launch() {
-  local deadline=$((SECONDS + 10))
+  local deadline=$((SECONDS + 10)) scheme=http
+  if [ "$1" = SERVER_PID ] && [ -n "$TLS" ]; then scheme=https; fi
   taskset -c "$3" "$2" -p "$4/" -c "$4/server.conf" >"$4/logs/stdout" 2>&1 &
   printf -v "$1" %s $!
-  until curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$5/" 2>/dev/null; do
+  until curl -kfsS -o /dev/null --max-time 1 "$scheme://127.0.0.1:$5/" 2>/dev/null; do
     if ! kill -0 "${!1}" 2>/dev/null || ((SECONDS > deadline)); then
       cat "$4/logs/stdout" "$4/logs/error.log" >&2 2>/dev/null || true
       die "$2 did not become ready on port $5"
@@ -430,8 +448,8 @@ run_one() {
   c0=$(cpu_ticks "$SERVER_PID")
   # wrk catches SIGINT and exits 0, so bash would swallow a Ctrl-C given to a foreground
   # wrk and carry on; `wait` on a background wrk is interrupted by the trap instead.
-  taskset -c 1 wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency "http://127.0.0.1:$port/" \
-    >"$TMP/wrk.out" &
+  taskset -c 1 wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency ${WRK_HEADER:+-H "$WRK_HEADER"} \
+    "$SCHEME://127.0.0.1:$port/" >"$TMP/wrk.out" &
   WRK_PID=$!
   if declare -F "during_$SCENARIO" >/dev/null; then
     "during_$SCENARIO" "$1" &
@@ -475,6 +493,13 @@ median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] :
 if [ -n "$BACKEND" ]; then BACKEND_PORT=$(free_port); fi
 if [ "${ADMIN_PORT:-}" = needed ]; then ADMIN_PORT=$(free_port); fi
 if [ "${REDIS_PORT:-}" = needed ]; then REDIS_PORT=$(free_port); fi
+SCHEME=http
+if [ -n "$TLS" ]; then
+  SCHEME=https
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$TMP/tls.key" \
+    -out "$TMP/tls.crt" -subj /CN=localhost -days 2 -addext subjectAltName=DNS:localhost >/dev/null 2>&1 ||
+    die "openssl could not make the bench certificate"
+fi
 check_confs
 if [ -n "$BACKEND" ]; then start_backend; fi
 if [ -n "${REDIS_PORT:-}" ]; then start_redis; fi

@@ -90,6 +90,14 @@ std::unique_ptr<ServerContext> ServerContext::create(const conf::Config::ListenG
   sc->group_ = &group;
   sc->ctx_ = newServerCtx(group.default_server->settings.ssl, err);
   if (!sc->ctx_) return nullptr;
+  // The default server's certificates sit in the context: a handshake that
+  // selects them (most do) has nothing to set per connection.
+  for (const CertKeyPtr& ck : group.default_server->certificates) {
+    if (SSL_CTX_use_cert_and_key(sc->ctx_, ck->cert(), ck->key(), ck->chain(), 1) != 1) {
+      *err = "cannot use the certificate of the server in " + group.default_server->where + ": " + takeSslErrors();
+      return nullptr;
+    }
+  }
   SSL_CTX_set_cert_cb(sc->ctx_, onCertificate, sc.get());
   SSL_CTX_set_alpn_select_cb(sc->ctx_, onAlpn, sc.get());
   return sc;
@@ -124,7 +132,9 @@ int ServerContext::onCertificate(SSL* ssl, void* arg) {
     }
   }
   const conf::Server* server = name.empty() ? nullptr : http::findServer(*self->group_, name);
-  if (!server || server->certificates.empty()) server = self->group_->default_server.get();
+  const conf::Server* fallback = self->group_->default_server.get();
+  if (!server || server->certificates.empty()) server = fallback;
+  if (server->certificates == fallback->certificates && !server->certificates.empty()) return 1;  // in the context
   if (server->certificates.empty()) {
     TG_LOG(LogLevel::kError, "no certificate for the TLS server name \"%s\" on %s", name.c_str(),
            self->group_->listen.key().c_str());
