@@ -176,6 +176,8 @@ struct SslSettings {
   std::optional<uint64_t> protocols;  // kTlsV1_2 | kTlsV1_3 (the default)
   std::optional<std::string> ciphers;
   std::optional<bool> prefer_server_ciphers;
+  std::optional<std::string> ecdh_curve;  // "auto" (OpenSSL's list) or "X25519:prime256v1..."
+  std::optional<std::string> dhparam;     // a PEM file of DH parameters (for DHE ciphers); "" none
   std::optional<SslSessionCacheConf> session_cache;
   std::optional<bool> session_tickets;
   std::optional<uint64_t> session_timeout_ms;

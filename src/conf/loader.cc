@@ -62,6 +62,8 @@ void SslSettings::inheritFrom(const SslSettings& p) {
   if (!protocols) protocols = p.protocols;
   if (!ciphers) ciphers = p.ciphers;
   if (!prefer_server_ciphers) prefer_server_ciphers = p.prefer_server_ciphers;
+  if (!ecdh_curve) ecdh_curve = p.ecdh_curve;
+  if (!dhparam) dhparam = p.dhparam;
   if (!session_cache) session_cache = p.session_cache;
   if (!session_tickets) session_tickets = p.session_tickets;
   if (!session_timeout_ms) session_timeout_ms = p.session_timeout_ms;
@@ -75,6 +77,8 @@ void SslSettings::fillDefaults() {
   if (!protocols) protocols = kTlsV1_2 | kTlsV1_3;
   if (!ciphers) ciphers = "HIGH:!aNULL:!MD5";
   if (!prefer_server_ciphers) prefer_server_ciphers = false;
+  if (!ecdh_curve) ecdh_curve = "auto";
+  if (!dhparam) dhparam = "";
   if (!session_cache) session_cache.emplace();  // "none": no shared cache, tickets still work
   if (!session_tickets) session_tickets = true;
   if (!session_timeout_ms) session_timeout_ms = 5 * 60 * 1000;

@@ -26,10 +26,12 @@ bool onFile(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
-bool onCiphers(const ConfNode& n, BuildState& st, std::string* err) {
-  std::optional<std::string>& field = st.settings().ssl.ciphers;
+// A single text value of SslSettings (a path when `Path`).
+template <std::optional<std::string> SslSettings::*Field, bool Path = false>
+bool onText(const ConfNode& n, BuildState& st, std::string* err) {
+  std::optional<std::string>& field = st.settings().ssl.*Field;
   if (!notDuplicate(field, n, err)) return false;
-  field = n.args[0];
+  field = Path ? st.resolvePath(n.args[0]) : n.args[0];
   return true;
 }
 
@@ -76,7 +78,9 @@ const Directive kSslDirectives[] = {
     {"ssl_certificate", kHttpCtx | kServerCtx, 1, 1, false, onFile<&SslSettings::certificate_files>},
     {"ssl_certificate_key", kHttpCtx | kServerCtx, 1, 1, false, onFile<&SslSettings::key_files>},
     {"ssl_protocols", kHttpCtx | kServerCtx, 1, kAnyArgs, false, onProtocols},
-    {"ssl_ciphers", kHttpCtx | kServerCtx, 1, 1, false, onCiphers},
+    {"ssl_ciphers", kHttpCtx | kServerCtx, 1, 1, false, onText<&SslSettings::ciphers>},
+    {"ssl_ecdh_curve", kHttpCtx | kServerCtx, 1, 1, false, onText<&SslSettings::ecdh_curve>},
+    {"ssl_dhparam", kHttpCtx | kServerCtx, 1, 1, false, onText<&SslSettings::dhparam, true>},
     {"ssl_prefer_server_ciphers", kHttpCtx | kServerCtx, 1, 1, false, onFlag<&SslSettings::prefer_server_ciphers>},
     {"ssl_session_cache", kHttpCtx | kServerCtx, 1, 2, false, onSessionCache},
     {"ssl_session_tickets", kHttpCtx | kServerCtx, 1, 1, false, onFlag<&SslSettings::session_tickets>},

@@ -1,6 +1,7 @@
 #include "tls/server_context.h"
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 
 #include "core/log.h"
 #include "http/router.h"
@@ -12,6 +13,19 @@ using core::LogLevel;
 
 const char kSessionContext[] = "tidegate";
 
+// ssl_dhparam: DH parameters for the DHE ciphers of TLS 1.2.
+bool useDhParams(SSL_CTX* ctx, const std::string& file, std::string* err) {
+  BIO* bio = BIO_new_file(file.c_str(), "r");
+  EVP_PKEY* dh = bio ? PEM_read_bio_Parameters(bio, nullptr) : nullptr;
+  BIO_free(bio);
+  if (!dh || SSL_CTX_set0_tmp_dh_pkey(ctx, dh) != 1) {
+    EVP_PKEY_free(dh);
+    *err = "cannot use DH parameters from \"" + file + "\" (ssl_dhparam): " + takeSslErrors("no parameters");
+    return false;
+  }
+  return true;
+}
+
 SSL_CTX* newServerCtx(const conf::SslSettings& s, std::string* err) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (!ctx) {
@@ -19,6 +33,16 @@ SSL_CTX* newServerCtx(const conf::SslSettings& s, std::string* err) {
     return nullptr;
   }
   if (!applyProtocols(ctx, *s.protocols, *s.ciphers, err)) {
+    SSL_CTX_free(ctx);
+    return nullptr;
+  }
+  if (*s.ecdh_curve != "auto" && SSL_CTX_set1_groups_list(ctx, s.ecdh_curve->c_str()) != 1) {
+    ERR_clear_error();
+    SSL_CTX_free(ctx);
+    *err = "SSL_CTX_set1_groups_list(\"" + *s.ecdh_curve + "\") failed (ssl_ecdh_curve)";
+    return nullptr;
+  }
+  if (!s.dhparam->empty() && !useDhParams(ctx, *s.dhparam, err)) {
     SSL_CTX_free(ctx);
     return nullptr;
   }

@@ -146,6 +146,27 @@ TEST_F(TlsServerTest, ProtocolVersions) {
   EXPECT_EQ(only13.stop(), 0);
 }
 
+// ssl_ecdh_curve limits the key exchange groups; ssl_dhparam enables DHE.
+TEST_F(TlsServerTest, EcdhCurveAndDhParams) {
+  auto leaf = certs().leaf("groups", {"localhost"}, {TlsCerts::Signer::kCa, false, 2});
+  Gateway gw;
+  ASSERT_EQ(std::system(("openssl genpkey -genparam -algorithm DH -pkeyopt dh_param:ffdhe2048 -out " +
+                         gw.path("dh.pem") + " 2>/dev/null").c_str()),
+            0);
+  ASSERT_TRUE(startOne(gw, pair(leaf) + "ssl_ecdh_curve prime256v1;\nssl_dhparam dh.pem;\nreturn 200 $ssl_cipher;"))
+      << gw.stderrText();
+  TlsClientOptions o = sni("localhost");
+  o.groups = "X25519";
+  EXPECT_FALSE(tlsRequest(gw.port(), getRequest("/", "localhost"), o).handshake);
+  o.groups = "P-256";
+  EXPECT_TRUE(tlsRequest(gw.port(), getRequest("/", "localhost"), o).handshake);
+  o = sni("localhost");
+  o.max_version = TLS1_2_VERSION;
+  o.ciphers = "DHE-RSA-AES128-GCM-SHA256";
+  EXPECT_EQ(tlsRequest(gw.port(), getRequest("/", "localhost"), o).response.body, "DHE-RSA-AES128-GCM-SHA256");
+  EXPECT_EQ(gw.stop(), 0);
+}
+
 // $https, $scheme, $ssl_* (also from Lua), ALPN, and a self-redirect that
 // keeps the https scheme.
 TEST_F(TlsServerTest, VariablesAlpnAndRedirects) {
@@ -296,6 +317,8 @@ TEST_F(TlsServerTest, CertificateErrorsAtTestAndReload) {
       {"", "no \"ssl_certificate\" is defined for the \"listen"},
       {pair(good) + "ssl_ciphers NOSUCHCIPHER;", "SSL_CTX_set_cipher_list"},
       {pair(good) + "ssl_protocols TLSv1.4;", "invalid value \"TLSv1.4\""},
+      {pair(good) + "ssl_ecdh_curve nosuchcurve;", "ssl_ecdh_curve"},
+      {pair(good) + "ssl_dhparam /nonexistent/dh.pem;", "/nonexistent/dh.pem"},
   };
   for (const Case& c : cases) {
     Gateway gw;

@@ -110,6 +110,7 @@ bool TlsConn::connectTls(int port, const TlsClientOptions& opt, Ms timeout) {
   if (opt.min_version && opt.min_version < TLS1_2_VERSION) SSL_CTX_set_security_level(ctx_, 0);
   if (!opt.ciphers.empty()) SSL_CTX_set_cipher_list(ctx_, opt.ciphers.c_str());
   if (!opt.sigalgs.empty()) SSL_CTX_set1_sigalgs_list(ctx_, opt.sigalgs.c_str());
+  if (!opt.groups.empty()) SSL_CTX_set1_groups_list(ctx_, opt.groups.c_str());
   if (!opt.ca_file.empty()) {
     SSL_CTX_load_verify_locations(ctx_, opt.ca_file.c_str(), nullptr);
     SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);

@@ -68,6 +68,7 @@ struct TlsClientOptions {
   int max_version = 0;
   std::string ciphers;      // TLS <= 1.2 cipher list; "" default
   std::string sigalgs;      // e.g. "RSA+SHA256" to ask for an RSA certificate
+  std::string groups;       // key exchange groups offered, e.g. "X25519"
   std::vector<std::string> alpn;  // offered
   SSL_SESSION* session = nullptr;  // offered for resumption (not owned)
   SSL_SESSION** keep_session = nullptr;  // receives the new session (caller frees)
