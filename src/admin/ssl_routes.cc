@@ -74,34 +74,19 @@ bool parseCertBody(const AdminRequest& r, tls::StoredCert* out, Reply* err) {
   return true;
 }
 
-// One change of the certificate index: the state lock held from
-// construction and the index as it is under it.
-class IndexChange {
+// One change of the certificate index.
+class IndexChange : public LockedIndex<tls::CertIndex> {
  public:
-  explicit IndexChange(const std::string& dir) : dir_(dir), store_(dir), lock_(store_, &err_) {
-    if (!lock_.ok()) err_ = "cannot lock the state directory: " + err_;
-    else ok_ = tls::readCertIndex(dir, &index_, &err_);
-  }
-  bool ok() const { return ok_; }
-  const std::string& error() const { return err_; }
-  tls::CertIndex& index() { return index_; }
+  explicit IndexChange(const std::string& dir) : LockedIndex(dir, tls::readCertIndex) {}
   // Writes the index (the one moment the change happens), deletes the
   // file of the version it replaced (0: none) and tells every worker.
   // False with *err (nothing changed then).
   bool commit(shm::UpstreamTable& table, uint64_t replaced, std::string* err) {
-    if (!writeFileAtomic(tls::certDir(dir_) + "/index.json", index_.toJson(), err)) return false;
-    if (replaced) unlink(tls::certFilePath(dir_, replaced).c_str());
+    if (!writeFileAtomic(tls::certDir(dir()) + "/index.json", index().toJson(), err)) return false;
+    if (replaced) unlink(tls::certFilePath(dir(), replaced).c_str());
     table.bumpCertVersion();
     return true;
   }
-
- private:
-  std::string dir_;
-  StateStore store_;
-  std::string err_;
-  StateStore::Lock lock_;
-  bool ok_ = false;
-  tls::CertIndex index_;
 };
 
 }  // namespace
