@@ -59,6 +59,7 @@ class Worker {
       server_->setAdminHandler(admin_.get());
       dynamic_certs_ = std::make_unique<tls::DynamicCerts>(cfg_->http.admin.state_dir,
                                                            [table] { return table->certVersion(); });
+      dynamic_certs_->refresh();
       server_->setCertificateSource(dynamic_certs_.get());
     }
     checker_ = std::make_unique<proxy::HealthChecker>(&loop_, *cfg_, *table);

@@ -33,13 +33,16 @@ class DynamicCerts final : public CertificateSource {
   CertKeyPtr find(std::string_view server_name) override;
   // How many entries this worker holds (after a refresh).
   size_t size();
+  // Brings the entries up to date with the store if the counter moved (or
+  // on the first call). A worker calls it once at start, so that its first
+  // handshake does not parse the whole store.
+  void refresh();
 
  private:
   struct Entry {
     uint64_t version = 0;
     CertKeyPtr cert;
   };
-  void refresh();
 
   std::string dir_;
   std::function<uint64_t()> counter_;
