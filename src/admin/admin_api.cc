@@ -130,6 +130,8 @@ const std::vector<Route>& routes() {
       {{"lua", "*"}, {"GET", "PUT", "DELETE"}},
       {{"lua", "*", "versions"}, {"GET"}},
       {{"lua", "*", "rollback"}, {"POST"}},
+      {{"ssl"}, {"GET"}},
+      {{"ssl", "*"}, {"GET", "PUT", "DELETE"}},
       // tengine dyups and Slardar
       {{"list"}, {"GET"}},
       {{"detail"}, {"GET"}},
@@ -143,7 +145,8 @@ AdminApi::AdminApi(const conf::Config& cfg, shm::UpstreamTable& table, lua::Vm* 
       table_(table),
       upstreams_(std::make_unique<UpstreamRoutes>(cfg, table)),
       compat_(std::make_unique<CompatRoutes>(table, *upstreams_)),
-      lua_(std::make_unique<LuaRoutes>(cfg, table, vm)) {}
+      lua_(std::make_unique<LuaRoutes>(cfg, table, vm)),
+      ssl_(std::make_unique<SslRoutes>(cfg, table)) {}
 
 AdminApi::~AdminApi() = default;
 
@@ -197,6 +200,7 @@ void AdminApi::handle(http::Request& r, http::ContentSink& sink) {
       if (ar.segments[0] == "upstreams") reply = upstreams_->handle(ar);
       else if (ar.segments[0] == "config") reply = exportConfig();
       else if (ar.segments[0] == "lua") reply = lua_->handle(ar);
+      else if (ar.segments[0] == "ssl") reply = ssl_->handle(ar);
       else reply = compat_->handle(ar);
     }
   }

@@ -25,6 +25,7 @@ class UpstreamRoutes;
 struct Reply;
 class CompatRoutes;
 class LuaRoutes;
+class SslRoutes;
 
 class AdminApi final : public http::AdminHandler {
  public:
@@ -42,6 +43,7 @@ class AdminApi final : public http::AdminHandler {
   std::unique_ptr<UpstreamRoutes> upstreams_;
   std::unique_ptr<CompatRoutes> compat_;
   std::unique_ptr<LuaRoutes> lua_;
+  std::unique_ptr<SslRoutes> ssl_;
 };
 
 // True if `given` equals `token`, in time that does not depend on where they differ.

@@ -69,35 +69,23 @@ std::set<std::string> sourcesOf(const lua::ModuleIndex& index, const std::string
   return out;
 }
 
-// One change of the module index: the state lock held from construction,
-// the index as it is under it, and the sources the module named had before
-// the change (those no longer named are deleted by commit()).
-class IndexChange {
+// One change of the module index, with the sources the module named had
+// before it (those no longer named are deleted by commit()).
+class IndexChange : public LockedIndex<lua::ModuleIndex> {
  public:
-  IndexChange(const std::string& dir, const std::string& name) : dir_(dir), store_(dir), lock_(store_, &err_) {
-    if (!lock_.ok()) err_ = "cannot lock the state directory: " + err_;
-    else if (lua::readModuleIndex(dir, &index_, &err_)) ok_ = true;
-    if (ok_) before_ = sourcesOf(index_, name);
+  IndexChange(const std::string& dir, const std::string& name) : LockedIndex(dir, lua::readModuleIndex) {
+    if (ok()) before_ = sourcesOf(index(), name);
   }
-  bool ok() const { return ok_; }
-  const std::string& error() const { return err_; }
-  lua::ModuleIndex& index() { return index_; }
   // Writes the index, deletes the sources nothing names any more, and
   // tells every worker. False with *err (nothing changed then).
   bool commit(shm::UpstreamTable& table, std::string* err) {
-    if (!writeFileAtomic(lua::moduleDir(dir_) + "/index.json", index_.toJson(), err)) return false;
-    collectSources(index_, before_, dir_);
+    if (!writeFileAtomic(lua::moduleDir(dir()) + "/index.json", index().toJson(), err)) return false;
+    collectSources(index(), before_, dir());
     table.bumpModuleVersion();
     return true;
   }
 
  private:
-  std::string dir_;
-  StateStore store_;
-  std::string err_;
-  StateStore::Lock lock_;
-  bool ok_ = false;
-  lua::ModuleIndex index_;
   std::set<std::string> before_;
 };
 

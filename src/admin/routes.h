@@ -47,6 +47,12 @@ Reply errorReply(int status, std::string message, std::string field = {});
 // "2026-11-29 23:59:01" in local time, as ngx.localtime() prints; "" for 0.
 std::string localTimeText(int64_t wall_ms);
 
+// A version as an ETag: "N".
+std::string etagOf(uint64_t version);
+// If-Match: absent, "*" (any current version) or one of the listed ETags;
+// `exists` false when there is no current version.
+bool ifMatchAllows(std::string_view if_match, bool exists, uint64_t version);
+
 // Reads a JSON body: 415 unless the Content-Type is application/json (or
 // absent), 413 above kMaxJsonBody, 400 for nesting deeper than
 // kMaxJsonDepth or malformed JSON. False with *err set.
@@ -126,6 +132,25 @@ class LuaRoutes {
   const conf::Config& cfg_;
   shm::UpstreamTable& table_;
   lua::Vm* vm_;
+};
+
+// Certificates by server name: /ssl[/{name}] (tls/cert_store.h). Every
+// change is persisted (the PEMs, then the index that names them) before
+// the answer, then announced to the workers through the table's
+// certificate counter.
+class SslRoutes {
+ public:
+  SslRoutes(const conf::Config& cfg, shm::UpstreamTable& table) : cfg_(cfg), table_(table) {}
+  Reply handle(const AdminRequest& r);
+
+ private:
+  Reply list();
+  Reply get(const std::string& name);
+  Reply put(const AdminRequest& r, const std::string& name);
+  Reply remove(const AdminRequest& r, const std::string& name);
+
+  const conf::Config& cfg_;
+  shm::UpstreamTable& table_;
 };
 
 // dyups's body ("server 127.0.0.1:8089 weight=2;server 127.0.0.1:8088;",

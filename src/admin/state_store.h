@@ -50,6 +50,32 @@ class StateStore {
   std::string dir_;
 };
 
+// One change of an index file in the state directory (lua/index.json,
+// ssl/index.json): the directory's lock, held from construction to
+// destruction, and the index as `read` found it under the lock. ok() false
+// with error() set when either failed.
+template <class Index>
+class LockedIndex {
+ public:
+  using Reader = bool (*)(const std::string& dir, Index* out, std::string* err);
+  LockedIndex(const std::string& dir, Reader read) : dir_(dir), store_(dir), lock_(store_, &err_) {
+    if (!lock_.ok()) err_ = "cannot lock the state directory: " + err_;
+    else ok_ = read(dir, &index_, &err_);
+  }
+  bool ok() const { return ok_; }
+  const std::string& error() const { return err_; }
+  const std::string& dir() const { return dir_; }
+  Index& index() { return index_; }
+
+ private:
+  std::string dir_;
+  StateStore store_;
+  std::string err_;
+  StateStore::Lock lock_;
+  bool ok_ = false;
+  Index index_;
+};
+
 // Writes `content` to `path` atomically and durably (see above).
 bool writeFileAtomic(const std::string& path, const std::string& content, std::string* err);
 

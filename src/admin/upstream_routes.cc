@@ -11,32 +11,6 @@ namespace {
 
 using core::LogLevel;
 
-std::string etagOf(uint64_t version) {
-  std::string tag(1, '"');
-  tag.append(std::to_string(version)).push_back('"');
-  return tag;
-}
-
-// If-Match: absent, "*" (any current version) or one of the listed ETags.
-bool ifMatchAllows(std::string_view if_match, bool exists, uint64_t version) {
-  if (if_match.empty()) return true;
-  if (if_match == "*") return exists;
-  if (!exists) return false;
-  std::string want = etagOf(version);
-  size_t i = 0;
-  while (i < if_match.size()) {
-    size_t comma = if_match.find(',', i);
-    if (comma == std::string_view::npos) comma = if_match.size();
-    std::string_view tag = if_match.substr(i, comma - i);
-    while (!tag.empty() && tag.front() == ' ') tag.remove_prefix(1);
-    while (!tag.empty() && tag.back() == ' ') tag.remove_suffix(1);
-    if (tag.rfind("W/", 0) == 0) tag.remove_prefix(2);
-    if (tag == want) return true;
-    i = comma + 1;
-  }
-  return false;
-}
-
 // The index in spec["servers"] of the server named `id` ("host:port" as
 // given, or one of its resolved addresses); npos if none.
 size_t findServer(const json& spec, const std::string& id) {
@@ -67,6 +41,31 @@ bool validUpstreamName(const std::string& name) {
 }
 
 }  // namespace
+
+std::string etagOf(uint64_t version) {
+  std::string tag(1, '"');
+  tag.append(std::to_string(version)).push_back('"');
+  return tag;
+}
+
+bool ifMatchAllows(std::string_view if_match, bool exists, uint64_t version) {
+  if (if_match.empty()) return true;
+  if (if_match == "*") return exists;
+  if (!exists) return false;
+  std::string want = etagOf(version);
+  size_t i = 0;
+  while (i < if_match.size()) {
+    size_t comma = if_match.find(',', i);
+    if (comma == std::string_view::npos) comma = if_match.size();
+    std::string_view tag = if_match.substr(i, comma - i);
+    while (!tag.empty() && tag.front() == ' ') tag.remove_prefix(1);
+    while (!tag.empty() && tag.back() == ' ') tag.remove_suffix(1);
+    if (tag.rfind("W/", 0) == 0) tag.remove_prefix(2);
+    if (tag == want) return true;
+    i = comma + 1;
+  }
+  return false;
+}
 
 Reply UpstreamRoutes::handle(const AdminRequest& r) {
   const std::vector<std::string>& seg = r.segments;

@@ -45,6 +45,7 @@ bool HttpServer::start(const std::vector<int>& fds, std::string* err) {
     if (!g.listen.ssl) continue;
     auto ctx = tls::ServerContext::create(g, err);
     if (!ctx) return false;
+    ctx->setCertificateSource(cert_source_);
     tls_[&g] = std::move(ctx);
   }
   for (size_t i = 0; i < cfg_->listen_groups.size() && i < fds.size(); i++) {
@@ -73,6 +74,11 @@ bool HttpServer::start(const std::vector<int>& fds, std::string* err) {
     listeners_.push_back(l);
   }
   return true;
+}
+
+void HttpServer::setCertificateSource(tls::CertificateSource* src) {
+  cert_source_ = src;
+  for (auto& [group, ctx] : tls_) ctx->setCertificateSource(src);
 }
 
 tls::ServerContext* HttpServer::tlsContext(const conf::Config::ListenGroup* group) const {

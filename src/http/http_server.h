@@ -43,6 +43,9 @@ class HttpServer {
   ProxyHandler* proxyHandler() const { return proxy_handler_; }
   void setAdminHandler(AdminHandler* h) { admin_handler_ = h; }
   AdminHandler* adminHandler() const { return admin_handler_; }
+  // Certificates beyond the conf's (the admin API's), consulted first by
+  // the TLS of every listen address; null: none. Not owned.
+  void setCertificateSource(tls::CertificateSource* src);
   // Frees a finished task on a later loop turn: it may be the caller.
   void retire(std::unique_ptr<ContentTask> task);
   // log_by_lua* handlers still waiting after their connection moved on:
@@ -100,6 +103,7 @@ class HttpServer {
   ContentHandler* content_handler_ = nullptr;
   ProxyHandler* proxy_handler_ = nullptr;
   AdminHandler* admin_handler_ = nullptr;
+  tls::CertificateSource* cert_source_ = nullptr;
   AccessLog access_log_;
   std::vector<Listener*> listeners_;
   std::map<const conf::Config::ListenGroup*, std::unique_ptr<tls::ServerContext>> tls_;

@@ -17,6 +17,7 @@
 #include "proxy/proxy.h"
 #include "shm/registry.h"
 #include "shm/upstream_table.h"
+#include "tls/dynamic_certs.h"
 
 namespace tidegate::process {
 namespace {
@@ -56,6 +57,10 @@ class Worker {
     if (cfg_->http.admin.enabled) {
       admin_ = std::make_unique<admin::AdminApi>(*cfg_, *table, vm_.get());
       server_->setAdminHandler(admin_.get());
+      dynamic_certs_ = std::make_unique<tls::DynamicCerts>(cfg_->http.admin.state_dir,
+                                                           [table] { return table->certVersion(); });
+      dynamic_certs_->refresh();
+      server_->setCertificateSource(dynamic_certs_.get());
     }
     checker_ = std::make_unique<proxy::HealthChecker>(&loop_, *cfg_, *table);
     if (vm_) {
@@ -255,6 +260,7 @@ class Worker {
   std::unique_ptr<lua::Timers> timers_;
   std::unique_ptr<proxy::ProxyModule> proxy_;
   std::unique_ptr<admin::AdminApi> admin_;
+  std::unique_ptr<tls::DynamicCerts> dynamic_certs_;  // outlives server_ (its contexts point here)
   std::unique_ptr<proxy::HealthChecker> checker_;
   std::unique_ptr<http::HttpServer> server_;  // declared last: destroyed first
 };

@@ -75,6 +75,7 @@ struct UpstreamTableHeader {
   uint64_t owner_deaths;
   uint64_t resets;
   uint64_t module_version;  // atomic_ref; never reset with the table
+  uint64_t cert_version;    // the same
   HeapHeader heap;
 };
 
@@ -182,6 +183,7 @@ bool UpstreamTable::init(Zone& zone, std::string* err) {
   h->owner_deaths = 0;
   h->resets = 0;
   h->module_version = 0;
+  h->cert_version = 0;
   h->dir_head = h->dir_tail = 0;
   memset(zone.base() + h->buckets, 0, kBuckets * sizeof(Offset));
   Heap(zone.base(), &h->heap).init(h->heap_origin, zone.size());
@@ -514,6 +516,14 @@ uint64_t UpstreamTable::moduleVersion() const {
 
 void UpstreamTable::bumpModuleVersion() {
   std::atomic_ref<uint64_t>(h_->module_version).fetch_add(1, std::memory_order_acq_rel);
+}
+
+uint64_t UpstreamTable::certVersion() const {
+  return std::atomic_ref<uint64_t>(h_->cert_version).load(std::memory_order_acquire);
+}
+
+void UpstreamTable::bumpCertVersion() {
+  std::atomic_ref<uint64_t>(h_->cert_version).fetch_add(1, std::memory_order_acq_rel);
 }
 
 uint64_t UpstreamTable::ownerDeaths() {

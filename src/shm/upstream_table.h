@@ -31,7 +31,8 @@
 // The health checker election lives here too: checker() is the pid of the
 // one process that runs active probes for the machine (0: none yet). So
 // does the counter of pushed Lua modules (moduleVersion(): the admin API
-// bumps it after each push, rollback or delete; workers compare it).
+// bumps it after each push, rollback or delete; workers compare it), and
+// its twin for certificates pushed through PUT /ssl (certVersion()).
 #pragma once
 
 #include <sys/types.h>
@@ -149,6 +150,9 @@ class UpstreamTable {
   // --- pushed Lua modules ---------------------------------------------------
   uint64_t moduleVersion() const;
   void bumpModuleVersion();
+  // --- certificates pushed through the admin API ----------------------------
+  uint64_t certVersion() const;
+  void bumpCertVersion();
 
   // Times the lock was inherited from a dead holder, and how many of those
   // emptied the table.
