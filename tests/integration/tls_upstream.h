@@ -6,6 +6,7 @@
 //   GET  /close  the same, with Connection: close, then close_notify
 //   GET  /big?N  N bytes, chunked
 //   POST /echo   the request body back, chunked
+//   GET  /ws     101 Switching Protocols, then every byte back until the end
 //   anything else "ok" (Content-Length)
 #pragma once
 
@@ -141,6 +142,14 @@ class TlsUpstream {
     return out.append("0\r\n\r\n");
   }
 
+  // An upgraded connection: every byte back until the peer ends it.
+  static void echo(Reader& rd) {
+    while (rd.buf.empty() || writeAllTls(rd.ssl, rd.buf)) {
+      rd.buf.clear();
+      if (!rd.fill()) return;
+    }
+  }
+
   void serve(int fd) {
     SSL* ssl = SSL_new(ctx_.get());
     SSL_set_fd(ssl, fd);
@@ -164,6 +173,11 @@ class TlsUpstream {
                            (h.client_cert ? "1" : "0") + " host=" + host;
         bool close = target.find(" /close ") != std::string::npos;
         std::string out;
+        if (target.rfind("GET /ws ", 0) == 0) {
+          writeAllTls(ssl, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+          echo(rd);
+          break;
+        }
         if (target.rfind("GET /big?", 0) == 0) {
           size_t n = std::stoul(target.substr(9));
           out = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(std::string(n, 'b'));
