@@ -139,7 +139,8 @@ struct ProxySettings {
   std::optional<ComplexValue> ssl_name;                    // unset: the host of proxy_pass
   std::optional<std::string> ssl_certificate;              // client certificate (absolute path)
   std::optional<std::string> ssl_certificate_key;          // its key (absolute path)
-  std::string ssl_certificate_where;                       // file:line of each, for load errors
+  std::string ssl_trusted_certificate_where;               // file:line of the files' directives, for load errors
+  std::string ssl_certificate_where;
   std::string ssl_certificate_key_where;
   std::optional<uint64_t> ssl_protocols;                   // kTlsV1_2 | kTlsV1_3
   std::optional<std::string> ssl_ciphers;                  // DEFAULT

@@ -108,7 +108,10 @@ void ProxySettings::inheritFrom(const ProxySettings& p) {
   if (!intercept_errors) intercept_errors = p.intercept_errors;
   if (!ignore_client_abort) ignore_client_abort = p.ignore_client_abort;
   if (!ssl_verify) ssl_verify = p.ssl_verify;
-  if (!ssl_trusted_certificate) ssl_trusted_certificate = p.ssl_trusted_certificate;
+  if (!ssl_trusted_certificate) {
+    ssl_trusted_certificate = p.ssl_trusted_certificate;
+    ssl_trusted_certificate_where = p.ssl_trusted_certificate_where;
+  }
   if (!ssl_verify_depth) ssl_verify_depth = p.ssl_verify_depth;
   if (!ssl_server_name) ssl_server_name = p.ssl_server_name;
   if (!ssl_name) ssl_name = p.ssl_name;

@@ -165,10 +165,10 @@ bool onSslName(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
-// proxy_ssl_certificate FILE; / proxy_ssl_certificate_key FILE; (the files
-// are loaded after the merge, in checkProxyCertificates)
+// proxy_ssl_trusted_certificate, proxy_ssl_certificate, proxy_ssl_certificate_key
+// FILE; (the files are loaded after the merge, in checkProxyCertificates)
 template <std::optional<std::string> ProxySettings::*Field, std::string ProxySettings::*Where>
-bool onSslCertFile(const ConfNode& n, BuildState& st, std::string* err) {
+bool onSslFile(const ConfNode& n, BuildState& st, std::string* err) {
   if (!onPath<Field>(n, st, err)) return false;
   st.settings().proxy.*Where = n.where();
   return true;
@@ -197,14 +197,15 @@ const Directive kProxyDirectives[] = {
     {"proxy_intercept_errors", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::intercept_errors>},
     {"proxy_ignore_client_abort", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::ignore_client_abort>},
     {"proxy_ssl_verify", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::ssl_verify>},
-    {"proxy_ssl_trusted_certificate", kAnyHttpLevel, 1, 1, false, onPath<&ProxySettings::ssl_trusted_certificate>},
+    {"proxy_ssl_trusted_certificate", kAnyHttpLevel, 1, 1, false,
+     onSslFile<&ProxySettings::ssl_trusted_certificate, &ProxySettings::ssl_trusted_certificate_where>},
     {"proxy_ssl_verify_depth", kAnyHttpLevel, 1, 1, false, onNumber<&ProxySettings::ssl_verify_depth, parseCount>},
     {"proxy_ssl_server_name", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::ssl_server_name>},
     {"proxy_ssl_name", kAnyHttpLevel, 1, 1, false, onSslName},
     {"proxy_ssl_certificate", kAnyHttpLevel, 1, 1, false,
-     onSslCertFile<&ProxySettings::ssl_certificate, &ProxySettings::ssl_certificate_where>},
+     onSslFile<&ProxySettings::ssl_certificate, &ProxySettings::ssl_certificate_where>},
     {"proxy_ssl_certificate_key", kAnyHttpLevel, 1, 1, false,
-     onSslCertFile<&ProxySettings::ssl_certificate_key, &ProxySettings::ssl_certificate_key_where>},
+     onSslFile<&ProxySettings::ssl_certificate_key, &ProxySettings::ssl_certificate_key_where>},
     {"proxy_ssl_protocols", kAnyHttpLevel, 1, kAnyArgs, false, onSslProtocols<&ProxySettings::ssl_protocols>},
     {"proxy_ssl_ciphers", kAnyHttpLevel, 1, 1, false, onString<&ProxySettings::ssl_ciphers>},
     {"proxy_ssl_session_reuse", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::ssl_session_reuse>},
@@ -247,8 +248,15 @@ bool resolveProxyPasses(HttpConfig& http, ConfError* err) {
 
 namespace {
 
-// One level's client certificate; `checked` holds the pairs already loaded.
+// One level's CA file and client certificate; `checked` holds the files and
+// pairs already loaded.
 bool checkCertificate(const ProxySettings& p, std::set<std::string>* checked, ConfError* err) {
+  std::string why;
+  if (p.ssl_trusted_certificate && checked->insert(*p.ssl_trusted_certificate).second &&
+      !tls::checkTrustedCertificate(*p.ssl_trusted_certificate, &why)) {
+    *err = ConfError::at(p.ssl_trusted_certificate_where, why);
+    return false;
+  }
   if (!p.ssl_certificate && !p.ssl_certificate_key) return true;
   if (!p.ssl_certificate_key) {
     *err = ConfError::at(p.ssl_certificate_where, "no \"proxy_ssl_certificate_key\" is defined for certificate \"" +
@@ -263,7 +271,6 @@ bool checkCertificate(const ProxySettings& p, std::set<std::string>* checked, Co
   std::string pair = *p.ssl_certificate;
   pair.append(1, '\0').append(*p.ssl_certificate_key);
   if (!checked->insert(pair).second) return true;
-  std::string why;
   if (tls::checkCertificatePair(*p.ssl_certificate, *p.ssl_certificate_key, &why)) return true;
   // A certificate that does not load is its directive's error; a key that
   // does not load or match is the key's.

@@ -11,6 +11,19 @@
 namespace tidegate::tls {
 namespace {
 
+// OpenSSL's first queued error as text ("" if none); empties the queue.
+std::string takeFirstError() {
+  unsigned long e = ERR_peek_error();
+  std::string text;
+  if (e != 0) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof(buf));
+    text = buf;
+  }
+  ERR_clear_error();
+  return text;
+}
+
 // OpenSSL's new-session callback (a TLS 1.2 handshake's end, a TLS 1.3
 // ticket): the connection's box keeps the session. Returning 1 keeps the
 // reference OpenSSL passed.
@@ -45,13 +58,8 @@ bool useCertificate(SSL_CTX* ctx, const std::string& cert, const std::string& ke
     EVP_PKEY_free(pkey);
   }
   if (!what) return true;
-  unsigned long e = ERR_peek_error();
-  if (e != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof(buf));
-    err->append(": ").append(what).append("() failed (SSL: ").append(buf).append(")");
-  }
-  ERR_clear_error();
+  std::string reason = takeFirstError();
+  if (!reason.empty()) err->append(": ").append(what).append("() failed (SSL: ").append(reason).append(")");
   return false;
 }
 
@@ -128,6 +136,19 @@ bool checkCertificatePair(const std::string& cert, const std::string& key, std::
     return false;
   }
   bool ok = useCertificate(ctx, cert, key, err);
+  SSL_CTX_free(ctx);
+  return ok;
+}
+
+bool checkTrustedCertificate(const std::string& file, std::string* err) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+  bool ok = ctx && SSL_CTX_load_verify_locations(ctx, file.c_str(), nullptr) == 1;
+  if (!ok) {
+    err->assign("SSL_CTX_load_verify_locations(\"").append(file).append("\") failed");
+    std::string reason = takeFirstError();
+    if (!reason.empty()) err->append(" (SSL: ").append(reason).append(")");
+  }
+  ERR_clear_error();
   SSL_CTX_free(ctx);
   return ok;
 }
@@ -218,16 +239,7 @@ bool TlsClient::encrypt(const char* plain, size_t len) {
   return false;
 }
 
-void TlsClient::takeError() {
-  unsigned long e = ERR_peek_error();
-  last_error_.clear();
-  if (e != 0) {
-    char buf[256];
-    ERR_error_string_n(e, buf, sizeof(buf));
-    last_error_ = buf;
-  }
-  ERR_clear_error();
-}
+void TlsClient::takeError() { last_error_ = takeFirstError(); }
 
 bool TlsClient::hasOutput() const { return BIO_ctrl_pending(out_) > 0; }
 

@@ -31,6 +31,8 @@ struct ClientSettings {
 // Checks that `cert` and `key` load and belong together (conf-time check of
 // a client certificate). False with *err set (OpenSSL's reason) if not.
 bool checkCertificatePair(const std::string& cert, const std::string& key, std::string* err);
+// Checks that a CA file loads (conf-time). False with *err set if not.
+bool checkTrustedCertificate(const std::string& file, std::string* err);
 
 // The session a server gave one connection, shared by that connection and
 // whoever keeps it for resumption (Lua session objects, the proxy's cache

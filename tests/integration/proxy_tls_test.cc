@@ -403,5 +403,15 @@ TEST_F(ProxyTlsTest, ConfTestRefusesUnreadableOrMismatchedClientCertificate) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
+TEST_F(ProxyTlsTest, ConfTestRefusesAnUnreadableTrustedCertificate) {
+  Gateway gw;
+  gw.setSimpleConf("location / { proxy_pass https://127.0.0.1:1; }\n",
+                   "proxy_ssl_trusted_certificate /nonexistent/ca.crt;\n");
+  RunResult r = runTidegate({"-t", "-p", gw.prefix().path(), "-c", gw.path("conf/tidegate.conf")});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("SSL_CTX_load_verify_locations(\"/nonexistent/ca.crt\") failed"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(confLine(gw, "proxy_ssl_trusted_certificate")), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace tidegate::test
