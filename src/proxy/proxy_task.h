@@ -183,7 +183,7 @@ class ProxyTask final : public http::ContentTask,
   // name that is sent as SNI (when proxy_ssl_server_name) and checked.
   std::string tls_key_;
   std::string tls_name_;
-  tls::ClientSettings tls_settings_;
+  const TlsProfile* tls_profile_ = nullptr;
   std::string tunnel_buf_;  // client bytes on their way upstream
   // A streamed request body (proxy_request_buffering off).
   std::string stream_piece_;

@@ -19,15 +19,29 @@ bool isAddress(const std::string& name) {
 
 }  // namespace
 
+const TlsProfile& ProxyModule::tlsProfile(const conf::ProxySettings& s) {
+  auto it = tls_profiles_.find(&s);
+  if (it != tls_profiles_.end()) return it->second;
+  TlsProfile p;
+  bool verify = *s.ssl_verify;
+  p.settings.trusted_certificate = s.ssl_trusted_certificate.value_or("");
+  p.settings.system_ca = verify;  // without a trusted file, the system's CA store
+  p.settings.verify_depth = *s.ssl_verify_depth;
+  p.settings.protocols = *s.ssl_protocols;
+  p.settings.ciphers = *s.ssl_ciphers;
+  p.settings.certificate = s.ssl_certificate.value_or("");
+  p.settings.certificate_key = s.ssl_certificate_key.value_or("");
+  // A pooled connection serves only requests with the same settings, SNI
+  // and checked name (never a plain one: its key has no such part).
+  p.key.assign(1, '\0').append("tls");
+  p.key.append(1, '\0').append(verify ? "v" : "-").append(*s.ssl_server_name ? "s" : "-");
+  p.key.append(1, '\0').append(p.settings.cacheKey());
+  p.key.append(1, '\0');
+  return tls_profiles_.emplace(&s, std::move(p)).first->second;
+}
+
 void ProxyTask::prepareTls() {
-  bool verify = *s_.ssl_verify;
-  tls_settings_.trusted_certificate = s_.ssl_trusted_certificate.value_or("");
-  tls_settings_.system_ca = verify;  // without a trusted file, the system's CA store
-  tls_settings_.verify_depth = *s_.ssl_verify_depth;
-  tls_settings_.protocols = *s_.ssl_protocols;
-  tls_settings_.ciphers = *s_.ssl_ciphers;
-  tls_settings_.certificate = s_.ssl_certificate.value_or("");
-  tls_settings_.certificate_key = s_.ssl_certificate_key.value_or("");
+  tls_profile_ = &m_.tlsProfile(s_);
   if (s_.ssl_name) {
     http::evaluate(*s_.ssl_name, r_, &tls_name_);
   } else {
@@ -36,12 +50,7 @@ void ProxyTask::prepareTls() {
   if (tls_name_.size() > 2 && tls_name_.front() == '[' && tls_name_.back() == ']') {
     tls_name_ = tls_name_.substr(1, tls_name_.size() - 2);
   }
-  // A pooled connection serves only requests with the same settings, SNI
-  // and checked name (never a plain one: its key has no such part).
-  tls_key_.assign(1, '\0').append("tls");
-  tls_key_.append(1, '\0').append(verify ? "v" : "-").append(*s_.ssl_server_name ? "s" : "-");
-  tls_key_.append(1, '\0').append(tls_name_);
-  tls_key_.append(1, '\0').append(tls_settings_.cacheKey());
+  tls_key_.assign(tls_profile_->key).append(tls_name_);
 }
 
 void ProxyTask::startHandshake() {
@@ -49,7 +58,7 @@ void ProxyTask::startHandshake() {
   std::string sni = *s_.ssl_server_name && !isAddress(tls_name_) ? tls_name_ : std::string();
   const tls::TlsSessionBox* resume = *s_.ssl_session_reuse ? m_.pool().session(poolKey()) : nullptr;
   std::string err;
-  std::unique_ptr<tls::TlsClient> client = tls::TlsClient::create(tls_settings_, sni, resume, &err);
+  std::unique_ptr<tls::TlsClient> client = tls::TlsClient::create(tls_profile_->settings, sni, resume, &err);
   if (!client) {
     conn_->stopTimer();
     fail(conf::kNextError, 502, err);
