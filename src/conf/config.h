@@ -131,6 +131,22 @@ struct ProxySettings {
   std::optional<bool> intercept_errors;                    // off
   std::optional<bool> ignore_client_abort;                 // off
 
+  // Upstream TLS (proxy_pass https://...): the proxy_ssl_* directives.
+  // Unlike nginx, the upstream's certificate is verified by default.
+  std::optional<bool> ssl_verify;                          // on
+  std::optional<std::string> ssl_trusted_certificate;      // absolute path; unset: the system's CA store
+  std::optional<uint64_t> ssl_verify_depth;                // 1 (leaf, one intermediate, root)
+  std::optional<bool> ssl_server_name;                     // off: no SNI
+  std::optional<ComplexValue> ssl_name;                    // unset: the host of proxy_pass
+  std::optional<std::string> ssl_certificate;              // client certificate (absolute path)
+  std::optional<std::string> ssl_certificate_key;          // its key (absolute path)
+  std::string ssl_trusted_certificate_where;               // file:line of the files' directives, for load errors
+  std::string ssl_certificate_where;
+  std::string ssl_certificate_key_where;
+  std::optional<uint64_t> ssl_protocols;                   // kTlsV1_2 | kTlsV1_3
+  std::optional<std::string> ssl_ciphers;                  // DEFAULT
+  std::optional<bool> ssl_session_reuse;                   // on
+
   void inheritFrom(const ProxySettings& parent);
   void fillDefaults();
 };
@@ -141,8 +157,8 @@ struct ProxyPass {
   std::string where;  // file:line
   bool has_vars = false;
   ComplexValue value;      // has_vars: the whole argument
-  // Fixed target: "http://" host [":" port] [uri].
-  std::string scheme = "http";
+  // Fixed target: "http://" or "https://", host [":" port] [uri].
+  bool https = false;
   std::string host;        // as written (an upstream name, a host name or an address)
   uint16_t port = 80;
   bool port_given = false;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <unordered_map>
@@ -174,6 +175,22 @@ bool parseSize(std::string_view text, uint64_t* out) {
   if (ec != std::errc() || p != text.data() + text.size() || text.empty()) return false;
   if (n > std::numeric_limits<uint64_t>::max() / mult) return false;
   *out = n * mult;
+  return true;
+}
+
+bool parseSslProtocols(const ConfNode& n, uint64_t* bits, std::string* err) {
+  static const std::pair<const char*, uint64_t> kNames[] = {{"SSLv2", kSslV2},     {"SSLv3", kSslV3},
+                                                            {"TLSv1", kTlsV1},     {"TLSv1.1", kTlsV1_1},
+                                                            {"TLSv1.2", kTlsV1_2}, {"TLSv1.3", kTlsV1_3}};
+  *bits = 0;
+  for (const std::string& a : n.args) {
+    const auto* it = std::find_if(std::begin(kNames), std::end(kNames), [&](const auto& p) { return a == p.first; });
+    if (it == std::end(kNames)) {
+      err->assign("invalid value \"").append(a).append(1, '"');
+      return false;
+    }
+    *bits |= it->second;
+  }
   return true;
 }
 

@@ -149,6 +149,38 @@ bool onFlag(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
+// A file path setting of the http levels (a std::optional<std::string>
+// member); a relative path is under the prefix.
+template <auto Field>
+bool onPath(const ConfNode& n, BuildState& st, std::string* err) {
+  std::optional<std::string>& field = settingsField<Field>(st);
+  if (!notDuplicate(field, n, err)) return false;
+  field = st.resolvePath(n.args[0]);
+  return true;
+}
+
+// A string setting of the http levels, taken as written.
+template <auto Field>
+bool onString(const ConfNode& n, BuildState& st, std::string* err) {
+  std::optional<std::string>& field = settingsField<Field>(st);
+  if (!notDuplicate(field, n, err)) return false;
+  field = n.args[0];
+  return true;
+}
+
+// The arguments of lua_ssl_protocols / proxy_ssl_protocols (nginx's names
+// SSLv2 ... TLSv1.3) as kSslV2 | ... | kTlsV1_3. False with *err set.
+bool parseSslProtocols(const ConfNode& n, uint64_t* bits, std::string* err);
+template <auto Field>
+bool onSslProtocols(const ConfNode& n, BuildState& st, std::string* err) {
+  std::optional<uint64_t>& field = settingsField<Field>(st);
+  if (!notDuplicate(field, n, err)) return false;
+  uint64_t bits = 0;
+  if (!parseSslProtocols(n, &bits, err)) return false;
+  field = bits;
+  return true;
+}
+
 // Registers the directives of the foundation (core, events, http, server, location).
 void registerCoreDirectives();
 // Registers the Lua runtime's directives (conf/lua_directives.cc).
@@ -165,6 +197,10 @@ void registerAdminDirectives();
 // block may follow the server that names it): a fixed target that names no
 // upstream block is resolved into ProxyPass::addresses. False with *err set.
 bool resolveProxyPasses(HttpConfig& http, ConfError* err);
+// After the merge: every proxy_ssl_certificate loads with its key and they
+// match (checked once per distinct pair). False with *err at the
+// directive's file:line.
+bool checkProxyCertificates(const HttpConfig& http, ConfError* err);
 
 // Declares every variable that `set` or `set_by_lua*` assigns anywhere in
 // `nodes`, before the build, so that any value may name it (nginx resolves

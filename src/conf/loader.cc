@@ -142,6 +142,24 @@ void ProxySettings::inheritFrom(const ProxySettings& p) {
   if (!next_upstream_timeout_ms) next_upstream_timeout_ms = p.next_upstream_timeout_ms;
   if (!intercept_errors) intercept_errors = p.intercept_errors;
   if (!ignore_client_abort) ignore_client_abort = p.ignore_client_abort;
+  if (!ssl_verify) ssl_verify = p.ssl_verify;
+  if (!ssl_trusted_certificate) {
+    ssl_trusted_certificate = p.ssl_trusted_certificate;
+    ssl_trusted_certificate_where = p.ssl_trusted_certificate_where;
+  }
+  if (!ssl_verify_depth) ssl_verify_depth = p.ssl_verify_depth;
+  if (!ssl_server_name) ssl_server_name = p.ssl_server_name;
+  if (!ssl_name) ssl_name = p.ssl_name;
+  if (!ssl_certificate && !ssl_certificate_key) {
+    // The pair is inherited whole, as nginx merges proxy_ssl_certificate(_key).
+    ssl_certificate = p.ssl_certificate;
+    ssl_certificate_key = p.ssl_certificate_key;
+    ssl_certificate_where = p.ssl_certificate_where;
+    ssl_certificate_key_where = p.ssl_certificate_key_where;
+  }
+  if (!ssl_protocols) ssl_protocols = p.ssl_protocols;
+  if (!ssl_ciphers) ssl_ciphers = p.ssl_ciphers;
+  if (!ssl_session_reuse) ssl_session_reuse = p.ssl_session_reuse;
 }
 
 void ProxySettings::fillDefaults() {
@@ -165,6 +183,12 @@ void ProxySettings::fillDefaults() {
   if (!next_upstream_timeout_ms) next_upstream_timeout_ms = 0;
   if (!intercept_errors) intercept_errors = false;
   if (!ignore_client_abort) ignore_client_abort = false;
+  if (!ssl_verify) ssl_verify = true;
+  if (!ssl_verify_depth) ssl_verify_depth = 1;
+  if (!ssl_server_name) ssl_server_name = false;
+  if (!ssl_protocols) ssl_protocols = kTlsV1_2 | kTlsV1_3;
+  if (!ssl_ciphers) ssl_ciphers = "DEFAULT";
+  if (!ssl_session_reuse) ssl_session_reuse = true;
 }
 
 namespace {
@@ -362,7 +386,7 @@ bool build(Config& cfg, std::vector<ConfNode>& nodes, ConfError* err) {
   if (!buildBlock(nodes, st, err)) return false;
   // What refers to blocks anywhere in http, once all of them exist.
   if (!resolveProxyPasses(cfg.http, err)) return false;
-  return finish(cfg, err);
+  return finish(cfg, err) && checkProxyCertificates(cfg.http, err);
 }
 
 }  // namespace

@@ -1,9 +1,5 @@
 // Conf directives of the Lua runtime (OpenResty's names and contexts). They
 // only fill conf::LuaConf; src/lua/ runs the code.
-#include <algorithm>
-#include <iterator>
-#include <utility>
-
 #include "conf/directives.h"
 
 namespace tidegate::conf {
@@ -145,25 +141,6 @@ bool onLuaCount(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
-// lua_ssl_trusted_certificate FILE; a relative path is under the prefix.
-bool onSslTrusted(const ConfNode& n, BuildState& st, std::string* err) {
-  std::optional<std::string>& field = st.settings().lua_ssl_trusted_certificate;
-  if (!notDuplicate(field, n, err)) return false;
-  field = st.resolvePath(n.args[0]);
-  return true;
-}
-
-bool onSslCiphers(const ConfNode& n, BuildState& st, std::string* err) {
-  std::optional<std::string>& field = st.settings().lua_ssl_ciphers;
-  if (!notDuplicate(field, n, err)) return false;
-  field = n.args[0];
-  return true;
-}
-
-bool onSslProtocols(const ConfNode& n, BuildState& st, std::string* err) {
-  return parseSslProtocols(n, &st.settings().lua_ssl_protocols, err);
-}
-
 // lua_shared_dict NAME SIZE; (http): lua-nginx-module's errors. The zone is
 // made by the master when the conf is loaded (shm/registry.h).
 bool onSharedDict(const ConfNode& n, BuildState& st, std::string* err) {
@@ -207,10 +184,10 @@ const Directive kLuaDirectives[] = {
     {"lua_socket_pool_size", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::lua_socket_pool_size>},
     {"lua_socket_send_lowat", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::lua_socket_send_lowat>},
     {"lua_socket_log_errors", kAnyHttpLevel, 1, 1, false, onFlag<&HttpSettings::lua_socket_log_errors>},
-    {"lua_ssl_trusted_certificate", kAnyHttpLevel, 1, 1, false, onSslTrusted},
+    {"lua_ssl_trusted_certificate", kAnyHttpLevel, 1, 1, false, onPath<&HttpSettings::lua_ssl_trusted_certificate>},
     {"lua_ssl_verify_depth", kAnyHttpLevel, 1, 1, false, onNumber<&HttpSettings::lua_ssl_verify_depth, parseCount>},
-    {"lua_ssl_protocols", kAnyHttpLevel, 1, kAnyArgs, false, onSslProtocols},
-    {"lua_ssl_ciphers", kAnyHttpLevel, 1, 1, false, onSslCiphers},
+    {"lua_ssl_protocols", kAnyHttpLevel, 1, kAnyArgs, false, onSslProtocols<&HttpSettings::lua_ssl_protocols>},
+    {"lua_ssl_ciphers", kAnyHttpLevel, 1, 1, false, onString<&HttpSettings::lua_ssl_ciphers>},
     {"lua_need_request_body", kAnyHttpLevel, 1, 1, false, onFlag<&HttpSettings::lua_need_request_body>},
     {"lua_regex_cache_max_entries", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::regex_cache_max_entries>, true},
     {"lua_regex_match_limit", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::regex_match_limit>, true},

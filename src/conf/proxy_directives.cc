@@ -3,8 +3,11 @@
 // Only the model is built here; src/proxy/ uses it (issue 4).
 #include <strings.h>
 
+#include <set>
+
 #include "conf/directives.h"
 #include "conf/resolve.h"
+#include "tls/tls_client.h"
 
 namespace tidegate::conf {
 namespace {
@@ -19,15 +22,17 @@ bool invalidValue(const ConfNode& n, const std::string& value, std::string* err)
 // proxy_pass http://host[:port][uri]; or a URL with variables, evaluated per
 // request. Host names are resolved later, in resolveProxyPasses().
 bool parseProxyUrl(std::string_view url, ProxyPass* pp, std::string* err) {
+  size_t prefix = 0;
   if (url.size() >= 8 && strncasecmp(url.data(), "https://", 8) == 0) {
-    err->assign("https upstreams are not supported yet");
-    return false;
-  }
-  if (url.size() < 7 || strncasecmp(url.data(), "http://", 7) != 0) {
+    prefix = 8;
+  } else if (url.size() >= 7 && strncasecmp(url.data(), "http://", 7) == 0) {
+    prefix = 7;
+  } else {
     err->assign("invalid URL prefix");  // nginx's text at conf time
     return false;
   }
-  std::string_view rest = url.substr(7);
+  pp->https = prefix == 8;
+  std::string_view rest = url.substr(prefix);
   if (rest.size() >= 5 && strncasecmp(rest.data(), "unix:", 5) == 0) {
     err->assign("unix domain socket upstreams are not supported yet");
     return false;
@@ -41,7 +46,7 @@ bool parseProxyUrl(std::string_view url, ProxyPass* pp, std::string* err) {
     return false;
   }
   pp->host = hp.host;
-  pp->port = hp.port;
+  pp->port = hp.port_given || !pp->https ? hp.port : 443;
   pp->port_given = hp.port_given;
   pp->has_uri = uri_at != std::string_view::npos;
   if (pp->has_uri) pp->uri.assign(rest.substr(uri_at));
@@ -150,6 +155,25 @@ bool onNextUpstream(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
+// proxy_ssl_name NAME; (variables allowed, evaluated per request)
+bool onSslName(const ConfNode& n, BuildState& st, std::string* err) {
+  auto& field = st.settings().proxy.ssl_name;
+  if (!notDuplicate(field, n, err)) return false;
+  ComplexValue v;
+  if (!compileComplexValue(n.args[0], &v, err, st.variables())) return false;
+  field = std::move(v);
+  return true;
+}
+
+// proxy_ssl_trusted_certificate, proxy_ssl_certificate, proxy_ssl_certificate_key
+// FILE; (the files are loaded after the merge, in checkProxyCertificates)
+template <std::optional<std::string> ProxySettings::*Field, std::string ProxySettings::*Where>
+bool onSslFile(const ConfNode& n, BuildState& st, std::string* err) {
+  if (!onPath<Field>(n, st, err)) return false;
+  st.settings().proxy.*Where = n.where();
+  return true;
+}
+
 const Directive kProxyDirectives[] = {
     {"proxy_pass", kLocationCtx, 1, 1, false, onProxyPass},
     {"proxy_set_header", kAnyHttpLevel, 2, 2, false, onSetHeader},
@@ -172,6 +196,19 @@ const Directive kProxyDirectives[] = {
      onDuration<&ProxySettings::next_upstream_timeout_ms>},
     {"proxy_intercept_errors", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::intercept_errors>},
     {"proxy_ignore_client_abort", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::ignore_client_abort>},
+    {"proxy_ssl_verify", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::ssl_verify>},
+    {"proxy_ssl_trusted_certificate", kAnyHttpLevel, 1, 1, false,
+     onSslFile<&ProxySettings::ssl_trusted_certificate, &ProxySettings::ssl_trusted_certificate_where>},
+    {"proxy_ssl_verify_depth", kAnyHttpLevel, 1, 1, false, onNumber<&ProxySettings::ssl_verify_depth, parseCount>},
+    {"proxy_ssl_server_name", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::ssl_server_name>},
+    {"proxy_ssl_name", kAnyHttpLevel, 1, 1, false, onSslName},
+    {"proxy_ssl_certificate", kAnyHttpLevel, 1, 1, false,
+     onSslFile<&ProxySettings::ssl_certificate, &ProxySettings::ssl_certificate_where>},
+    {"proxy_ssl_certificate_key", kAnyHttpLevel, 1, 1, false,
+     onSslFile<&ProxySettings::ssl_certificate_key, &ProxySettings::ssl_certificate_key_where>},
+    {"proxy_ssl_protocols", kAnyHttpLevel, 1, kAnyArgs, false, onSslProtocols<&ProxySettings::ssl_protocols>},
+    {"proxy_ssl_ciphers", kAnyHttpLevel, 1, 1, false, onString<&ProxySettings::ssl_ciphers>},
+    {"proxy_ssl_session_reuse", kAnyHttpLevel, 1, 1, false, onFlag<&ProxySettings::ssl_session_reuse>},
 };
 
 const UpstreamConf* findUpstream(const HttpConfig& http, const std::string& name) {
@@ -205,6 +242,60 @@ bool resolveTargets(const std::vector<std::shared_ptr<Location>>& locations, con
 bool resolveProxyPasses(HttpConfig& http, ConfError* err) {
   for (const auto& server : http.servers) {
     if (!resolveTargets(server->locations, http, err)) return false;
+  }
+  return true;
+}
+
+namespace {
+
+// One level's CA file and client certificate; `checked` holds the files and
+// pairs already loaded.
+bool checkCertificate(const ProxySettings& p, std::set<std::string>* checked, ConfError* err) {
+  std::string why;
+  if (p.ssl_trusted_certificate && checked->insert(*p.ssl_trusted_certificate).second &&
+      !tls::checkTrustedCertificate(*p.ssl_trusted_certificate, &why)) {
+    *err = ConfError::at(p.ssl_trusted_certificate_where, why);
+    return false;
+  }
+  if (!p.ssl_certificate && !p.ssl_certificate_key) return true;
+  if (!p.ssl_certificate_key) {
+    *err = ConfError::at(p.ssl_certificate_where, "no \"proxy_ssl_certificate_key\" is defined for certificate \"" +
+                                                       *p.ssl_certificate + "\"");
+    return false;
+  }
+  if (!p.ssl_certificate) {
+    *err = ConfError::at(p.ssl_certificate_key_where, "no \"proxy_ssl_certificate\" is defined for key \"" +
+                                                           *p.ssl_certificate_key + "\"");
+    return false;
+  }
+  std::string pair = *p.ssl_certificate;
+  pair.append(1, '\0').append(*p.ssl_certificate_key);
+  if (!checked->insert(pair).second) return true;
+  if (tls::checkCertificatePair(*p.ssl_certificate, *p.ssl_certificate_key, &why)) return true;
+  // A certificate that does not load is its directive's error; a key that
+  // does not load or match is the key's.
+  bool cert_failed = why.rfind("cannot load certificate \"", 0) == 0;
+  *err = ConfError::at(cert_failed ? p.ssl_certificate_where : p.ssl_certificate_key_where, why);
+  return false;
+}
+
+bool checkLocations(const std::vector<std::shared_ptr<Location>>& locations, std::set<std::string>* checked,
+                    ConfError* err) {
+  for (const auto& loc : locations) {
+    if (!checkCertificate(loc->settings.proxy, checked, err)) return false;
+    if (!checkLocations(loc->children, checked, err)) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool checkProxyCertificates(const HttpConfig& http, ConfError* err) {
+  std::set<std::string> checked;
+  if (!checkCertificate(http.settings.proxy, &checked, err)) return false;
+  for (const auto& server : http.servers) {
+    if (!checkCertificate(server->settings.proxy, &checked, err)) return false;
+    if (!checkLocations(server->locations, &checked, err)) return false;
   }
   return true;
 }

@@ -42,6 +42,7 @@ void ProxyTask::run() {
   target_.port_given = pp->port_given;
   target_.has_uri = pp->has_uri;
   target_.uri = pp->uri;
+  target_.https = pp->https;
   r_.upstream.proxy_host = target_.proxyHost();
   r_.upstream.proxy_port = std::to_string(target_.port);
   m_.upstreams().sync();
@@ -64,6 +65,7 @@ void ProxyTask::run() {
     respondError(502);
     return;
   }
+  if (target_.https) prepareTls();
   is_head_ = r_.method() == "HEAD";
   non_idempotent_ = !idempotent(r_.method());
   buildRequest(r_, s_, target_, &req_);
@@ -105,7 +107,8 @@ void ProxyTask::tryPeer() {
   request_sent_ = request_done_ = got_bytes_ = request_head_written_ = stream_last_ = false;
   body_offset_ = 0;
 
-  while ((conn_ = m_.pool().take(addr.text)) != nullptr) {
+  const std::string key = poolKey();
+  while ((conn_ = m_.pool().take(key)) != nullptr) {
     conn_->attach(this);
     // A request that must not be sent twice goes only on a connection the
     // peer has not closed already (its close may not be read yet).
@@ -298,7 +301,7 @@ void ProxyTask::reconnectFresh() {
 void ProxyTask::connectNew() {
   conn_reused_ = false;
   const PeerAddress& peer = peerAddress();
-  conn_ = UpstreamConn::create(&m_.pool(), peer);
+  conn_ = UpstreamConn::create(&m_.pool(), poolKey());
   state_ = State::kConnecting;
   int status = 0;
   if (!conn_->connect(this, peer, &status)) {
@@ -309,12 +312,17 @@ void ProxyTask::connectNew() {
 }
 
 void ProxyTask::onConnected(int status) {
-  conn_->stopTimer();
   if (status != 0) {
+    conn_->stopTimer();
     fail(conf::kNextError, 502,
          std::string("connect() failed (") + std::to_string(-status) + ": " + strerror(-status) + ")");
     return;
   }
+  if (target_.https) {
+    startHandshake();  // under proxy_connect_timeout still
+    return;
+  }
+  conn_->stopTimer();
   r_.upstream.tries.back().connect_us = nowUs() - try_start_us_;
   sendRequest();
 }
@@ -330,9 +338,7 @@ void ProxyTask::onReadEnd(int status) {
       endResponse();
       return;
     }
-    breakResponse(status == UV_EOF ? std::string("upstream prematurely closed connection while reading upstream")
-                                   : std::string("recv() failed (") + std::to_string(-status) + ": " +
-                                         strerror(-status) + ") while reading upstream");
+    breakResponse(readFailure(status) + " while reading upstream");
     return;
   }
   // Before the head: a pooled connection the peer closed as we reused it
@@ -343,10 +349,15 @@ void ProxyTask::onReadEnd(int status) {
     reconnectFresh();
     return;
   }
-  std::string why = status == UV_EOF ? std::string("upstream prematurely closed connection")
-                                     : std::string("recv() failed (") + std::to_string(-status) + ": " +
-                                           strerror(-status) + ")";
-  fail(conf::kNextError, 502, why + " while reading response header from upstream");
+  fail(conf::kNextError, 502, readFailure(status) + " while reading response header from upstream");
+}
+
+std::string ProxyTask::readFailure(int status) const {
+  if (status == UV_EOF) return "upstream prematurely closed connection";
+  if (status == UV_EPROTO && conn_ && !conn_->tlsError().empty()) return conn_->tlsError();
+  std::string why = "recv() failed (";
+  why.append(std::to_string(-status)).append(": ").append(strerror(-status)).append(")");
+  return why;
 }
 
 void ProxyTask::onTimeout() {
@@ -365,6 +376,7 @@ const char* ProxyTask::activity() const {
   switch (state_) {
     case State::kBalancer: return "running balancer_by_lua*";
     case State::kConnecting: return "connecting to upstream";
+    case State::kHandshaking: return "SSL handshaking to upstream";
     case State::kSending: return "sending request to upstream";
     default: return "reading response header from upstream";
   }
@@ -483,7 +495,13 @@ void ProxyTask::logError(LogLevel level, const std::string& why) {
   std::string line = why;
   line.append(http::describeRequest(r_));
   if (!r_.upstream.tries.empty() && !r_.upstream.tries.back().addr.empty()) {
-    line.append(", upstream: \"http://").append(r_.upstream.tries.back().addr).append("\"");
+    line.append(target_.https ? ", upstream: \"https://" : ", upstream: \"http://");
+    line.append(r_.upstream.tries.back().addr);
+    // nginx adds the URI of the upstream request (its request line's target).
+    size_t sp = req_.head.find(' ');
+    size_t end = sp == std::string::npos ? sp : req_.head.find(' ', sp + 1);
+    if (end != std::string::npos) line.append(req_.head, sp + 1, end - sp - 1);
+    line.append(1, '"');
   }
   TG_LOG_CONN(level, r_.conn->id, "%s", line.c_str());
 }

@@ -8,6 +8,8 @@
 #include <uv.h>
 
 #include <memory>
+#include <string>
+#include <unordered_map>
 
 #include "conf/config.h"
 #include "http/content_handler.h"
@@ -15,6 +17,13 @@
 #include "proxy/upstreams.h"
 
 namespace tidegate::proxy {
+
+// The proxy_ssl_* settings of one http level, as the TLS client takes them,
+// with the part of the pool key they make (everything but the name).
+struct TlsProfile {
+  tls::ClientSettings settings;
+  std::string key;
+};
 
 class ProxyModule final : public http::ProxyHandler {
  public:
@@ -33,6 +42,9 @@ class ProxyModule final : public http::ProxyHandler {
   // The Lua runtime that runs balancer_by_lua* (null: none).
   void setContentHandler(http::ContentHandler* h) { content_handler_ = h; }
   http::ContentHandler* contentHandler() const { return content_handler_; }
+  // The TLS profile of `s`, made on first use: a level's settings live as
+  // long as the worker's configuration, so their address names them.
+  const TlsProfile& tlsProfile(const conf::ProxySettings& s);
 
  private:
   uv_loop_t* loop_;
@@ -40,6 +52,7 @@ class ProxyModule final : public http::ProxyHandler {
   Upstreams upstreams_;
   uint64_t max_idle_;
   http::ContentHandler* content_handler_ = nullptr;
+  std::unordered_map<const conf::ProxySettings*, TlsProfile> tls_profiles_;
 };
 
 }  // namespace tidegate::proxy

@@ -60,7 +60,7 @@ class ProxyTask final : public http::ContentTask,
   }
 
  private:
-  enum class State { kWaitBody, kBalancer, kConnecting, kSending, kWaitHead, kStreaming, kTunnel, kDone };
+  enum class State { kWaitBody, kBalancer, kConnecting, kHandshaking, kSending, kWaitHead, kStreaming, kTunnel, kDone };
 
   void startTries();
   void startTry();
@@ -106,7 +106,19 @@ class ProxyTask final : public http::ContentTask,
   void onWritten(int status) override;
   void onData(const char* data, size_t len) override;
   void onReadEnd(int status) override;
+  // nginx's words for a read that ended with `status` (UV_EOF or an error).
+  std::string readFailure(int status) const;
   void onTimeout() override;
+  // proxy_pass https://: the proxy_ssl_* settings of this request (once per
+  // request: the name may have variables).
+  void prepareTls();
+  // The pool key of this try's peer: its address, plus the TLS settings.
+  std::string poolKey() const { return peerAddress().text + tls_key_; }
+  void startHandshake();
+  void onHandshake(bool ok) override;
+  // The handshake's peer, checked as proxy_ssl_verify asks: why not (nginx's
+  // words), or "" when it passes.
+  std::string verifyPeer() const;
   void handleHead();
   // 101 to an Upgrade request: bytes both ways until either side ends.
   void startTunnel();
@@ -167,6 +179,11 @@ class ProxyTask final : public http::ContentTask,
   ResponseParser parser_;
   std::vector<size_t> tried_;
   std::string hash_key_;  // chash: the key, evaluated once per request
+  // proxy_pass https:// (empty otherwise): the settings' pool key part, the
+  // name that is sent as SNI (when proxy_ssl_server_name) and checked.
+  std::string tls_key_;
+  std::string tls_name_;
+  const TlsProfile* tls_profile_ = nullptr;
   std::string tunnel_buf_;  // client bytes on their way upstream
   // A streamed request body (proxy_request_buffering off).
   std::string stream_piece_;

@@ -87,7 +87,7 @@ void appendTarget(const http::Request& r, const ProxyTarget& t, std::string* out
 }  // namespace
 
 std::string ProxyTarget::proxyHost() const {
-  if (!port_given || port == 80) return host;
+  if (!port_given || port == (https ? 443 : 80)) return host;
   return host + ":" + std::to_string(port);
 }
 

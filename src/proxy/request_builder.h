@@ -20,7 +20,8 @@ struct ProxyTarget {
   bool has_uri = false;
   std::string uri;
   bool from_variables = false;  // a URI part then replaces the whole request URI
-  // $proxy_host: the name, with ":port" when it is not 80.
+  bool https = false;           // proxy_pass https://
+  // $proxy_host: the name, with ":port" when it is not the scheme's default.
   std::string proxyHost() const;
 };
 

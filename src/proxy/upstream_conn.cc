@@ -45,9 +45,7 @@ UpstreamConn::UpstreamConn(ConnPool* pool, std::string key) : pool_(pool), key_(
   open_handles_ = 2;
 }
 
-UpstreamConn* UpstreamConn::create(ConnPool* pool, const PeerAddress& peer) {
-  return new UpstreamConn(pool, peer.text);
-}
+UpstreamConn* UpstreamConn::create(ConnPool* pool, std::string key) { return new UpstreamConn(pool, std::move(key)); }
 
 bool UpstreamConn::connect(User* user, const PeerAddress& peer, int* status) {
   user_ = user;
@@ -77,7 +75,17 @@ void UpstreamConn::onConnect(uv_connect_t* req, int status) noexcept {
 }
 
 void UpstreamConn::write(const uv_buf_t* bufs, unsigned n) {
-  int rc = uv_write(&write_req_, stream(), bufs, n, onWrite);
+  int rc = 0;
+  if (tls_) {
+    for (unsigned i = 0; i < n && rc == 0; i++) {
+      if (!tls_->encrypt(bufs[i].base, bufs[i].len)) rc = UV_EPROTO;
+    }
+    tls_out_ = tls_->takeOutput();
+    uv_buf_t buf = uv_buf_init(tls_out_.data(), static_cast<unsigned>(tls_out_.size()));
+    if (rc == 0) rc = uv_write(&write_req_, stream(), &buf, 1, onWrite);
+  } else {
+    rc = uv_write(&write_req_, stream(), bufs, n, onWrite);
+  }
   if (rc != 0) {
     // Reported from the loop like any write error (the user may be on the
     // stack of a call that expects no re-entry).
@@ -87,6 +95,16 @@ void UpstreamConn::write(const uv_buf_t* bufs, unsigned n) {
 }
 
 bool UpstreamConn::writeNow(const uv_buf_t* bufs, unsigned n, int* error) {
+  if (tls_) {
+    for (unsigned i = 0; i < n; i++) {
+      if (!tls_->encrypt(bufs[i].base, bufs[i].len)) {
+        *error = UV_EPROTO;
+        return false;
+      }
+    }
+    tls_out_ = tls_->takeOutput();
+    return writeCipher(error);
+  }
   int rc = uv_try_write(stream(), bufs, n);
   if (rc == UV_EAGAIN) rc = 0;
   if (rc < 0) {
@@ -107,6 +125,100 @@ bool UpstreamConn::writeNow(const uv_buf_t* bufs, unsigned n, int* error) {
   if (m == 0) return true;
   write(rest, m);  // libuv copies the buffer list
   return false;
+}
+
+bool UpstreamConn::writeCipher(int* error) {
+  uv_buf_t buf = uv_buf_init(tls_out_.data(), static_cast<unsigned>(tls_out_.size()));
+  int rc = uv_try_write(stream(), &buf, 1);
+  if (rc == UV_EAGAIN) rc = 0;
+  if (rc < 0) {
+    *error = rc;
+    return false;
+  }
+  if (static_cast<size_t>(rc) == tls_out_.size()) return true;
+  tls_out_.erase(0, static_cast<size_t>(rc));
+  buf = uv_buf_init(tls_out_.data(), static_cast<unsigned>(tls_out_.size()));
+  int wrc = uv_write(&write_req_, stream(), &buf, 1, onWrite);
+  if (wrc != 0) {
+    write_failed_ = wrc;
+    setTimer(0);
+  }
+  return false;
+}
+
+// --- TLS ----------------------------------------------------------------------
+
+namespace {
+
+// Ciphertext TLS produced on its own, on its way to the socket.
+struct TlsWrite {
+  uv_write_t req;
+  std::string data;
+};
+
+}  // namespace
+
+bool UpstreamConn::startTls(std::unique_ptr<tls::TlsClient> tls) {
+  tls_ = std::move(tls);
+  if (tls_->handshake() == tls::TlsClient::Step::kError) {
+    tls_error_ = "SSL_do_handshake() failed (SSL: " + tls_->lastError() + ")";
+    return false;
+  }
+  flushTls();
+  startReading();
+  return true;
+}
+
+void UpstreamConn::flushTls() {
+  if (!tls_->hasOutput()) return;
+  auto* w = new TlsWrite;
+  w->data = tls_->takeOutput();
+  w->req.data = w;
+  uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
+  // A failed write shows as a failed read soon after.
+  if (uv_write(&w->req, stream(), &buf, 1, onTlsWrite) != 0) delete w;
+}
+
+void UpstreamConn::onTlsWrite(uv_write_t* req, int) noexcept { delete static_cast<TlsWrite*>(req->data); }
+
+void UpstreamConn::handshakeStep() {
+  tls::TlsClient::Step step = tls_->handshake();
+  flushTls();
+  if (step == tls::TlsClient::Step::kWant) return;
+  if (step == tls::TlsClient::Step::kError) {
+    tls_error_ = "SSL_do_handshake() failed (SSL: " + tls_->lastError() + ")";
+    user_->onHandshake(false);
+    return;
+  }
+  // Records that came with the last flight (a TLS 1.3 ticket).
+  plain_.clear();
+  if (tls_->feed(nullptr, 0, &plain_) != tls::TlsClient::Input::kOk || !plain_.empty()) {
+    tls_error_ = "upstream sent unexpected data in SSL handshake";
+    user_->onHandshake(false);
+    return;
+  }
+  user_->onHandshake(true);
+}
+
+void UpstreamConn::readTls(const char* data, size_t len) {
+  if (!tls_->handshaked()) {
+    tls_->feed(data, len, nullptr);
+    handshakeStep();
+    return;
+  }
+  plain_.clear();
+  tls::TlsClient::Input in = tls_->feed(data, len, &plain_);
+  flushTls();
+  if (!user_) {
+    // Idle in the pool: only records without data (a ticket) may come.
+    if (in != tls::TlsClient::Input::kOk || !plain_.empty()) close();
+    return;
+  }
+  if (!plain_.empty()) user_->onData(plain_.data(), plain_.size());
+  if (closing_ || !user_ || in == tls::TlsClient::Input::kOk) return;
+  if (in == tls::TlsClient::Input::kError) tls_error_ = "SSL_read() failed (SSL: " + tls_->lastError() + ")";
+  stopReading();
+  user_->onReadEnd(in == tls::TlsClient::Input::kClosed ? UV_EOF : UV_EPROTO);
 }
 
 void UpstreamConn::onWrite(uv_write_t* req, int status) noexcept {
@@ -144,6 +256,10 @@ void UpstreamConn::onAlloc(uv_handle_t* h, size_t, uv_buf_t* buf) noexcept {
 void UpstreamConn::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept {
   auto* c = static_cast<UpstreamConn*>(s->data);
   if (c->closing_ || nread == 0) return;
+  if (nread > 0 && c->tls_) {
+    c->readTls(buf->base, static_cast<size_t>(nread));
+    return;
+  }
   if (!c->user_) {
     // Idle in the pool: the peer closed it or sent something unasked.
     c->close();
@@ -151,6 +267,11 @@ void UpstreamConn::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) no
   }
   if (nread < 0) {
     c->stopReading();
+    if (c->tls_ && !c->tls_->handshaked()) {
+      c->tls_error_ = "peer closed connection in SSL handshake";
+      c->user_->onHandshake(false);
+      return;
+    }
     c->user_->onReadEnd(static_cast<int>(nread));
     return;
   }
@@ -184,6 +305,9 @@ void UpstreamConn::release(uint64_t idle_timeout_ms, uint64_t max_idle, uint64_t
     close();
     return;
   }
+  // An idle connection keeps no buffer (TLS may have grown these).
+  std::string().swap(plain_);
+  std::string().swap(tls_out_);
   pool_->put(this, max_idle);
   if (closing_) return;
   setTimer(idle_timeout_ms);
@@ -195,6 +319,12 @@ void UpstreamConn::close() {
   closing_ = true;
   if (!user_) pool_->remove(this);
   user_ = nullptr;
+  if (tls_ && tls_->handshaked()) {
+    // close_notify, best effort: only if the socket takes it now.
+    std::string alert = tls_->shutdown();
+    uv_buf_t buf = uv_buf_init(alert.data(), static_cast<unsigned>(alert.size()));
+    if (!alert.empty()) uv_try_write(stream(), &buf, 1);
+  }
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), onClose);
   uv_close(reinterpret_cast<uv_handle_t*>(&timer_), onClose);
 }
@@ -210,7 +340,20 @@ ConnPool::ConnPool(uv_loop_t* loop) : loop_(loop), read_buf_(static_cast<char*>(
 
 ConnPool::~ConnPool() {
   shutdown();
+  for (auto& [key, box] : sessions_) box->release();
   std::free(read_buf_);
+}
+
+const tls::TlsSessionBox* ConnPool::session(const std::string& key) const {
+  auto it = sessions_.find(key);
+  return it == sessions_.end() ? nullptr : it->second;
+}
+
+void ConnPool::keepSession(const std::string& key, tls::TlsSessionBox* box) {
+  tls::TlsSessionBox*& slot = sessions_[key];
+  box->retain();
+  if (slot) slot->release();
+  slot = box;
 }
 
 UpstreamConn* ConnPool::take(const std::string& key) {

@@ -6,6 +6,11 @@
 // Reads go into one per-worker buffer: a user handles every byte inside
 // onData() (parses it, copies what it keeps), so nothing is allocated per
 // read and a paused connection holds no buffer.
+//
+// A connection may speak TLS (startTls() after connecting): this is the
+// one place where bytes meet the socket, so write(), writeNow() and
+// onData() carry plaintext for the user either way, and the ciphertext
+// moves through tls::TlsClient's memory BIOs here.
 #pragma once
 
 #include <sys/socket.h>
@@ -13,7 +18,10 @@
 
 #include <cstdint>
 #include <string>
+#include <memory>
 #include <unordered_map>
+
+#include "tls/tls_client.h"
 
 namespace tidegate::proxy {
 
@@ -43,16 +51,26 @@ class UpstreamConn {
     virtual void onData(const char* data, size_t len) = 0;
     virtual void onReadEnd(int status) = 0;    // UV_EOF or a libuv error; reading stopped
     virtual void onTimeout() = 0;              // the timer set with setTimer() fired
+    // The TLS handshake that startTls() began ended; when !ok, tlsError() says why.
+    virtual void onHandshake(bool ok) = 0;
   };
 
-  // A new connection to `peer` (not yet connecting).
-  static UpstreamConn* create(ConnPool* pool, const PeerAddress& peer);
+  // A new connection to a peer (not yet connecting), pooled under `key`
+  // (the peer's text, plus the TLS settings for a TLS connection).
+  static UpstreamConn* create(ConnPool* pool, std::string key);
 
   // Starts connecting; onConnected() follows. False (with *status) if
   // connect() failed at once (no callback then).
   bool connect(User* user, const PeerAddress& peer, int* status);
   // Hands a connection taken from the pool to its new user.
   void attach(User* user);
+  // A connected connection speaks TLS through `tls` from now on: the
+  // handshake starts (onHandshake() follows). False, with tlsError() set,
+  // if it failed at once (no callback then).
+  bool startTls(std::unique_ptr<tls::TlsClient> tls);
+  tls::TlsClient* tls() const { return tls_.get(); }
+  // nginx's words for why the handshake or a TLS read failed.
+  const std::string& tlsError() const { return tls_error_; }
   // Writes `n` buffers (kept alive by the caller until onWritten()). One
   // write at a time. A write that fails at once is reported from the loop
   // through the connection's timer (set the timer before writing).
@@ -67,7 +85,8 @@ class UpstreamConn {
   // One timer per connection: connect, send or read timeout (ms).
   void setTimer(uint64_t ms);
   void stopTimer();
-  // Closes and frees the connection. No callback after this.
+  // Closes and frees the connection (a TLS one sends close_notify if the
+  // socket takes it now). No callback after this.
   void close();
   // Gives an idle connection back to the pool (or closes it if the pool is
   // full, draining or the connection served keepalive_requests).
@@ -93,6 +112,15 @@ class UpstreamConn {
   static void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept;
   static void onTimer(uv_timer_t* t) noexcept;
   static void onClose(uv_handle_t* h) noexcept;
+  static void onTlsWrite(uv_write_t* req, int status) noexcept;
+  // A read on a TLS connection: drives the handshake or decrypts for the user.
+  void readTls(const char* data, size_t len);
+  void handshakeStep();
+  // Writes what TLS produced on its own (handshake flights, alerts).
+  void flushTls();
+  // The pending ciphertext of the user's write: what the kernel takes now,
+  // the rest with write_req_. True if all went out at once.
+  bool writeCipher(int* error);
 
   ConnPool* pool_;
   std::string key_;
@@ -107,6 +135,10 @@ class UpstreamConn {
   bool closing_ = false;
   bool in_pool_ = false;
   int write_failed_ = 0;  // a write that failed at once, reported from the timer
+  std::unique_ptr<tls::TlsClient> tls_;
+  std::string tls_out_;    // ciphertext of the user's write in flight
+  std::string plain_;      // decrypted bytes handed to onData()
+  std::string tls_error_;
   // In the pool: its peer's idle list (most recent first).
   UpstreamConn* idle_next_ = nullptr;
   UpstreamConn* idle_prev_ = nullptr;
@@ -128,6 +160,10 @@ class ConnPool {
   void shutdown();
 
   uv_loop_t* loop() const { return loop_; }
+  // The last TLS session a peer gave, by pool key (proxy_ssl_session_reuse):
+  // null if none. keepSession() retains `box` and drops the previous one.
+  const tls::TlsSessionBox* session(const std::string& key) const;
+  void keepSession(const std::string& key, tls::TlsSessionBox* box);
   size_t idleCount() const { return idle_total_; }
   size_t idleCount(const std::string& key) const;
   char* readBuffer() { return read_buf_; }
@@ -145,6 +181,7 @@ class ConnPool {
 
   uv_loop_t* loop_;
   std::unordered_map<std::string, List> idle_;
+  std::unordered_map<std::string, tls::TlsSessionBox*> sessions_;
   size_t idle_total_ = 0;
   bool shut_ = false;
   char* read_buf_;

@@ -922,7 +922,7 @@ int startHandshake(lua_State* L, LuaTask* task, Socket* sock, const char* name, 
                    bool verify, bool want_session) {
   Conn* c = sock->conn;
   std::string err;
-  c->tls = TlsClient::create(socketSettings(task), name, resume, &err);
+  c->tls = TlsClient::create(cosocketTlsSettings(socketSettings(task)), name, resume, &err);
   if (!c->tls) return pushSocketFailure(L, err.c_str());
   if (c->tls->handshake() == TlsClient::Step::kError || flushTls(c) != 0 || startReading(c) != 0) {
     sock->conn = nullptr;

@@ -172,7 +172,7 @@ TEST(ProxyDirectivesTest, PassToUpstreamDefinedLater) {
   const ProxyPass& pp = passOf(cfg);
   EXPECT_EQ(pp.where, "test.conf:2");
   EXPECT_FALSE(pp.has_vars);
-  EXPECT_EQ(pp.scheme, "http");
+  EXPECT_FALSE(pp.https);
   EXPECT_EQ(pp.host, "Backend");  // as written; upstream names match case-insensitively
   EXPECT_FALSE(pp.port_given);
   EXPECT_FALSE(pp.has_uri);
@@ -232,6 +232,67 @@ TEST(ProxyDirectivesTest, PassWithVariables) {
   EXPECT_TRUE(pp.addresses.empty());
 }
 
+TEST(ProxyDirectivesTest, PassHttps) {
+  ConfigPtr cfg = load(inLocation("proxy_pass HTTPS://127.0.0.1/x;"));
+  ASSERT_TRUE(cfg);
+  EXPECT_TRUE(passOf(cfg).https);
+  EXPECT_EQ(passOf(cfg).port, 443);
+  EXPECT_FALSE(passOf(cfg).port_given);
+  cfg = load(inLocation("proxy_pass https://127.0.0.1:8443;"));
+  ASSERT_TRUE(cfg);
+  EXPECT_EQ(passOf(cfg).port, 8443);
+  cfg = load(inLocation("proxy_pass http://127.0.0.1;"));
+  ASSERT_TRUE(cfg);
+  EXPECT_FALSE(passOf(cfg).https);
+  EXPECT_EQ(passOf(cfg).port, 80);
+}
+
+// Verification is on by default (unlike nginx); the rest as nginx.
+TEST(ProxyDirectivesTest, SslDefaultsAndInheritance) {
+  ConfigPtr cfg = load(inLocation(""));
+  ASSERT_TRUE(cfg);
+  const ProxySettings& d = firstLocation(cfg).settings.proxy;
+  EXPECT_TRUE(*d.ssl_verify);
+  EXPECT_FALSE(d.ssl_trusted_certificate);
+  EXPECT_EQ(*d.ssl_verify_depth, 1u);
+  EXPECT_FALSE(*d.ssl_server_name);
+  EXPECT_FALSE(d.ssl_name);
+  EXPECT_FALSE(d.ssl_certificate);
+  EXPECT_EQ(*d.ssl_protocols, kTlsV1_2 | kTlsV1_3);
+  EXPECT_EQ(*d.ssl_ciphers, "DEFAULT");
+  EXPECT_TRUE(*d.ssl_session_reuse);
+  cfg = load("http {\n proxy_ssl_verify off; proxy_ssl_verify_depth 3;\n"
+             " proxy_ssl_server_name on; proxy_ssl_name $host; proxy_ssl_protocols TLSv1.3;\n"
+             " proxy_ssl_ciphers HIGH; proxy_ssl_session_reuse off;\n"
+             " server { location / { } }\n}\n");
+  ASSERT_TRUE(cfg);
+  const ProxySettings& p = firstLocation(cfg).settings.proxy;
+  EXPECT_FALSE(*p.ssl_verify);
+  EXPECT_EQ(*p.ssl_verify_depth, 3u);
+  EXPECT_TRUE(*p.ssl_server_name);
+  EXPECT_EQ(p.ssl_name->raw, "$host");
+  EXPECT_EQ(*p.ssl_protocols, kTlsV1_3);
+  EXPECT_EQ(*p.ssl_ciphers, "HIGH");
+  EXPECT_FALSE(*p.ssl_session_reuse);
+}
+
+TEST(ProxyDirectivesTest, SslErrors) {
+  EXPECT_EQ(loadError(inLocation("proxy_ssl_verify maybe;")),
+            "invalid value \"maybe\" in \"proxy_ssl_verify\" directive, it must be \"on\" or \"off\" in test.conf:4");
+  EXPECT_EQ(loadError(inLocation("proxy_ssl_protocols TLSv9;")), "invalid value \"TLSv9\" in test.conf:4");
+  EXPECT_EQ(loadError(inLocation("proxy_ssl_name $nope;")), "unknown \"nope\" variable in test.conf:4");
+  EXPECT_EQ(loadError(inLocation("proxy_ssl_certificate /x.crt;")),
+            "no \"proxy_ssl_certificate_key\" is defined for certificate \"/x.crt\" in test.conf:4");
+  EXPECT_EQ(loadError(inLocation("proxy_ssl_certificate_key /x.key;")),
+            "no \"proxy_ssl_certificate\" is defined for key \"/x.key\" in test.conf:4");
+  // The files are loaded (the integration tests load real ones).
+  std::string err = loadError(inLocation("proxy_ssl_trusted_certificate ca.pem;"));
+  EXPECT_EQ(err.rfind("SSL_CTX_load_verify_locations(\"/srv/tg/ca.pem\") failed", 0), 0u) << err;
+  EXPECT_NE(err.find(" in test.conf:4"), std::string::npos) << err;
+  EXPECT_EQ(loadError(inLocation("proxy_ssl_verify on;\nproxy_ssl_verify off;")),
+            "\"proxy_ssl_verify\" directive is duplicate in test.conf:5");
+}
+
 TEST(ProxyDirectivesTest, RegexLocationWithoutUri) {
   ConfigPtr cfg = load(inLocation("proxy_pass http://127.0.0.1:8080;", "~* \\.php$"));
   ASSERT_TRUE(cfg);
@@ -250,8 +311,6 @@ TEST(ProxyDirectivesTest, PassErrors) {
             "\"proxy_pass\" directive is not allowed here in test.conf:3");
   EXPECT_EQ(loadError(inLocation("proxy_pass ftp://127.0.0.1;")), "invalid URL prefix in test.conf:4");
   EXPECT_EQ(loadError(inLocation("proxy_pass 127.0.0.1:8080;")), "invalid URL prefix in test.conf:4");
-  EXPECT_EQ(loadError(inLocation("proxy_pass https://127.0.0.1;")),
-            "https upstreams are not supported yet in test.conf:4");
   EXPECT_EQ(loadError(inLocation("proxy_pass http://unix:/tmp/app.sock:/;")),
             "unix domain socket upstreams are not supported yet in test.conf:4");
   EXPECT_EQ(loadError(inLocation("proxy_pass http://127.0.0.1:99999/x;")),
