@@ -29,24 +29,6 @@ bool argCountOk(const Directive& d, const ConfNode& node) {
 
 }  // namespace
 
-bool parseSslProtocols(const ConfNode& n, std::optional<uint64_t>* field, std::string* err) {
-  static const std::pair<const char*, uint64_t> kNames[] = {{"SSLv2", kSslV2},     {"SSLv3", kSslV3},
-                                                            {"TLSv1", kTlsV1},     {"TLSv1.1", kTlsV1_1},
-                                                            {"TLSv1.2", kTlsV1_2}, {"TLSv1.3", kTlsV1_3}};
-  if (!notDuplicate(*field, n, err)) return false;
-  uint64_t bits = 0;
-  for (const std::string& a : n.args) {
-    auto it = std::find_if(std::begin(kNames), std::end(kNames), [&](const auto& p) { return a == p.first; });
-    if (it == std::end(kNames)) {
-      err->assign("invalid value \"").append(a).append(1, '"');
-      return false;
-    }
-    bits |= it->second;
-  }
-  *field = bits;
-  return true;
-}
-
 std::string BuildState::resolvePath(const std::string& path) const {
   if (path.empty() || path[0] == '/' || path == "stderr") return path;
   return config->prefix + "/" + path;

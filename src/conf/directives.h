@@ -82,9 +82,6 @@ std::string lowerCase(std::string text);                      // ASCII
 // fields are set.
 bool parseListenAddress(const std::string& addr, Listen* out);
 
-// *_ssl_protocols NAME...; into `field` (kSslV2 | ... | kTlsV1_3).
-bool parseSslProtocols(const ConfNode& n, std::optional<uint64_t>* field, std::string* err);
-
 // nginx refuses a single-value directive given twice in one block.
 template <typename T>
 bool notDuplicate(const std::optional<T>& field, const ConfNode& n, std::string* err) {

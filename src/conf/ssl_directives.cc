@@ -26,19 +26,6 @@ bool onFile(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
-// A single text value of SslSettings (a path when `Path`).
-template <std::optional<std::string> SslSettings::*Field, bool Path = false>
-bool onText(const ConfNode& n, BuildState& st, std::string* err) {
-  std::optional<std::string>& field = st.settings().ssl.*Field;
-  if (!notDuplicate(field, n, err)) return false;
-  field = Path ? st.resolvePath(n.args[0]) : n.args[0];
-  return true;
-}
-
-bool onProtocols(const ConfNode& n, BuildState& st, std::string* err) {
-  return parseSslProtocols(n, &st.settings().ssl.protocols, err);
-}
-
 // ssl_session_cache off | none | [builtin[:size]] [shared:name:size];
 bool onSessionCache(const ConfNode& n, BuildState& st, std::string* err) {
   std::optional<SslSessionCacheConf>& field = st.settings().ssl.session_cache;
@@ -77,10 +64,10 @@ bool onSessionCache(const ConfNode& n, BuildState& st, std::string* err) {
 const Directive kSslDirectives[] = {
     {"ssl_certificate", kHttpCtx | kServerCtx, 1, 1, false, onFile<&SslSettings::certificate_files>},
     {"ssl_certificate_key", kHttpCtx | kServerCtx, 1, 1, false, onFile<&SslSettings::key_files>},
-    {"ssl_protocols", kHttpCtx | kServerCtx, 1, kAnyArgs, false, onProtocols},
-    {"ssl_ciphers", kHttpCtx | kServerCtx, 1, 1, false, onText<&SslSettings::ciphers>},
-    {"ssl_ecdh_curve", kHttpCtx | kServerCtx, 1, 1, false, onText<&SslSettings::ecdh_curve>},
-    {"ssl_dhparam", kHttpCtx | kServerCtx, 1, 1, false, onText<&SslSettings::dhparam, true>},
+    {"ssl_protocols", kHttpCtx | kServerCtx, 1, kAnyArgs, false, onSslProtocols<&SslSettings::protocols>},
+    {"ssl_ciphers", kHttpCtx | kServerCtx, 1, 1, false, onString<&SslSettings::ciphers>},
+    {"ssl_ecdh_curve", kHttpCtx | kServerCtx, 1, 1, false, onString<&SslSettings::ecdh_curve>},
+    {"ssl_dhparam", kHttpCtx | kServerCtx, 1, 1, false, onPath<&SslSettings::dhparam>},
     {"ssl_prefer_server_ciphers", kHttpCtx | kServerCtx, 1, 1, false, onFlag<&SslSettings::prefer_server_ciphers>},
     {"ssl_session_cache", kHttpCtx | kServerCtx, 1, 2, false, onSessionCache},
     {"ssl_session_tickets", kHttpCtx | kServerCtx, 1, 1, false, onFlag<&SslSettings::session_tickets>},

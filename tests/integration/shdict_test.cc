@@ -23,9 +23,14 @@ const char* kServer = R"(
 
 TEST(SharedDictTest, IncrFromEveryWorkerIsAtomicAndVisibleEverywhere) {
   Gateway gw;
-  gw.setSimpleConf(kServer, "lua_shared_dict counters 1m;", 2);
+  // reuseport: the kernel spreads connections over both workers by their
+  // source port; with one shared socket, the worker that wins every accept
+  // under load may serve them all.
+  gw.setConf(std::string("worker_processes 2;\nevents {}\nhttp {\n  lua_shared_dict counters 1m;\n"
+                         "  server {\n    listen 127.0.0.1:{PORT} reuseport;\n") +
+             kServer + "\n  }\n}\n");
   ASSERT_TRUE(gw.start());
-  ASSERT_EQ(gw.workerPids().size(), 2u);
+  ASSERT_TRUE(waitFor([&] { return gw.workerPids().size() == 2u; }));
   constexpr int kThreads = 4, kEach = 100;
   std::atomic<int> ok{0};
   std::vector<std::thread> clients;
