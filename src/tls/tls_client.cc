@@ -163,25 +163,20 @@ std::unique_ptr<TlsClient> TlsClient::create(const ClientSettings& s, const std:
                                              const TlsSessionBox* resume, std::string* err) {
   SSL_CTX* ctx = clientContext(s, err);
   if (!ctx) return nullptr;
-  std::unique_ptr<TlsClient> c(new TlsClient);
-  c->box_ = new TlsSessionBox;
-  c->ssl_ = SSL_new(ctx);
-  c->in_ = BIO_new(BIO_s_mem());
-  c->out_ = BIO_new(BIO_s_mem());
-  if (!c->ssl_ || !c->in_ || !c->out_) {
-    BIO_free(c->in_);
-    BIO_free(c->out_);
+  SSL* ssl = SSL_new(ctx);
+  if (!ssl) {
+    ERR_clear_error();
     *err = "failed to create ssl connection";
     return nullptr;
   }
-  // An empty input BIO means "more to come" (SSL_ERROR_WANT_READ), not EOF.
-  BIO_set_mem_eof_return(c->in_, -1);
-  SSL_set_bio(c->ssl_, c->in_, c->out_);
-  SSL_set_connect_state(c->ssl_);
-  SSL_set_app_data(c->ssl_, c.get());
-  if (!server_name.empty() && SSL_set_tlsext_host_name(c->ssl_, server_name.c_str()) != 1) {
+  SSL_set_connect_state(ssl);
+  std::unique_ptr<TlsClient> c(new TlsClient);
+  c->ch_ = std::make_unique<Channel>(ssl);
+  c->box_ = new TlsSessionBox;
+  SSL_set_app_data(ssl, c.get());
+  if (!server_name.empty() && SSL_set_tlsext_host_name(ssl, server_name.c_str()) != 1) {
     *err = "SSL_set_tlsext_host_name failed";
-  } else if (resume && resume->session && SSL_set_session(c->ssl_, resume->session) != 1) {
+  } else if (resume && resume->session && SSL_set_session(ssl, resume->session) != 1) {
     *err = "ssl set session failed";
   }
   ERR_clear_error();
@@ -193,75 +188,65 @@ TlsClient::~TlsClient() {
   // Freed without a close_notify sent, OpenSSL would mark the session not
   // resumable; nginx does not hold an unclean close against a session
   // either (ngx_ssl_shutdown).
-  if (ssl_) SSL_set_shutdown(ssl_, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
-  SSL_free(ssl_);  // frees both BIOs
+  if (ch_) SSL_set_shutdown(ch_->ssl(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+  ch_.reset();
   if (box_) box_->release();
 }
 
 TlsClient::Step TlsClient::handshake() {
-  int rc = SSL_do_handshake(ssl_);
-  if (rc == 1) {
-    handshaked_ = true;
-    // A resumed TLS 1.2 session is not announced to onNewSession; a TLS
-    // 1.3 ticket replaces this when it arrives.
-    if (!box_->session) box_->session = SSL_get1_session(ssl_);
-    return Step::kDone;
+  switch (ch_->handshake()) {
+    case Channel::Step::kDone:
+      // A resumed TLS 1.2 session is not announced to onNewSession; a TLS
+      // 1.3 ticket replaces this when it arrives.
+      if (!box_->session) box_->session = SSL_get1_session(ch_->ssl());
+      return Step::kDone;
+    case Channel::Step::kWant:
+    case Channel::Step::kPaused: return Step::kWant;
+    case Channel::Step::kError: break;
   }
-  int e = SSL_get_error(ssl_, rc);
-  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return Step::kWant;
-  takeError();
   return Step::kError;
 }
 
+bool TlsClient::handshaked() const { return ch_->handshaked(); }
+
 TlsClient::Input TlsClient::feed(const char* data, size_t len, std::string* plain) {
-  if (len > 0) BIO_write(in_, data, static_cast<int>(len));  // a memory BIO takes all
-  if (!handshaked_) return Input::kOk;
+  ch_->feed(data, len);
+  if (!ch_->handshaked()) return Input::kOk;
   char buf[16384];  // one TLS record's plaintext at most (RFC 8446 section 5.1)
   for (;;) {
-    size_t n = 0;
-    int rc = SSL_read_ex(ssl_, buf, sizeof(buf), &n);
-    if (rc == 1) {
-      plain->append(buf, n);
+    int n = ch_->readPlain(buf, sizeof(buf));
+    if (n > 0) {
+      plain->append(buf, static_cast<size_t>(n));
       continue;
     }
-    int e = SSL_get_error(ssl_, rc);
-    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return Input::kOk;
-    if (e == SSL_ERROR_ZERO_RETURN) return Input::kClosed;
-    takeError();
-    return Input::kError;
+    if (n == 0) return Input::kOk;
+    return n == -1 ? Input::kClosed : Input::kError;
   }
 }
 
-bool TlsClient::encrypt(const char* plain, size_t len) {
-  size_t written = 0;
-  if (len == 0 || SSL_write_ex(ssl_, plain, len, &written) == 1) return true;
-  takeError();
-  return false;
-}
+bool TlsClient::encrypt(const char* plain, size_t len) { return ch_->encrypt(std::string_view(plain, len)); }
 
-void TlsClient::takeError() { last_error_ = takeFirstError(); }
+const std::string& TlsClient::lastError() const { return ch_->error(); }
 
-bool TlsClient::hasOutput() const { return BIO_ctrl_pending(out_) > 0; }
+bool TlsClient::hasOutput() const { return ch_->hasOutput(); }
 
-bool TlsClient::sessionReused() const { return SSL_session_reused(ssl_) == 1; }
+bool TlsClient::sessionReused() const { return SSL_session_reused(ch_->ssl()) == 1; }
 
 std::string TlsClient::takeOutput() {
-  std::string out(BIO_ctrl_pending(out_), '\0');
-  if (!out.empty()) BIO_read(out_, out.data(), static_cast<int>(out.size()));
+  std::string out;
+  ch_->takeOutput(&out);
   return out;
 }
 
 std::string TlsClient::shutdown() {
-  if (!handshaked_) return {};
-  SSL_shutdown(ssl_);
-  ERR_clear_error();
+  ch_->shutdown();
   return takeOutput();
 }
 
-long TlsClient::verifyResult() const { return SSL_get_verify_result(ssl_); }
+long TlsClient::verifyResult() const { return SSL_get_verify_result(ch_->ssl()); }
 
 bool TlsClient::certificateMatches(const std::string& host) const {
-  X509* cert = SSL_get1_peer_certificate(ssl_);
+  X509* cert = SSL_get1_peer_certificate(ch_->ssl());
   if (!cert) return false;
   // An address is matched against the IP SANs, a name against the DNS ones.
   bool ok = X509_check_ip_asc(cert, host.c_str(), 0) == 1 || X509_check_host(cert, host.data(), host.size(), 0, nullptr) == 1;

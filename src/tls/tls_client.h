@@ -11,6 +11,8 @@
 #include <memory>
 #include <string>
 
+#include "tls/channel.h"
+
 namespace tidegate::tls {
 
 // What an SSL_CTX is made from. Equal settings share one context per
@@ -66,7 +68,7 @@ class TlsClient {
 
   // Advances the handshake with the ciphertext fed so far.
   Step handshake();
-  bool handshaked() const { return handshaked_; }
+  bool handshaked() const;
   // Takes ciphertext read from the socket; once the handshake is done, the
   // plaintext it holds is appended to *plain. kClosed: the peer's
   // close_notify.
@@ -88,19 +90,13 @@ class TlsClient {
   bool sessionReused() const;
   TlsSessionBox* sessionBox() { return box_; }
   // OpenSSL's reason for the last kError ("" if it gave none).
-  const std::string& lastError() const { return last_error_; }
+  const std::string& lastError() const;
 
  private:
   TlsClient() = default;
-  // Keeps OpenSSL's first queued error as last_error_ and clears the queue.
-  void takeError();
 
-  SSL* ssl_ = nullptr;
-  BIO* in_ = nullptr;   // ciphertext from the peer (owned by ssl_)
-  BIO* out_ = nullptr;  // ciphertext to the peer (owned by ssl_)
+  std::unique_ptr<Channel> ch_;  // the SSL and its memory BIOs
   TlsSessionBox* box_ = nullptr;
-  bool handshaked_ = false;
-  std::string last_error_;
 };
 
 }  // namespace tidegate::tls

@@ -70,7 +70,7 @@ void tlsConf(Gateway& gw, int workers = 2, bool conf_cert = true) {
   gw.setConf("worker_processes " + std::to_string(workers) +
              ";\nevents { worker_connections 1024; }\nhttp {\n  access_log logs/access.log;\n"
              "  admin_listen 127.0.0.1:{PORT2};\n  admin_token " + kToken +
-             ";\n  server {\n    listen 127.0.0.1:{PORT} ssl;\n    server_name conf.test;\n" + certs +
+             ";\n  server {\n    listen 127.0.0.1:{PORT} ssl reuseport;\n    server_name conf.test;\n" + certs +
              "    location / { return 200 \"$pid\"; }\n  }\n}\n");
 }
 
