@@ -219,11 +219,22 @@ TEST(ProxyPolicyTest, ClientLeavingClosesTheUpstreamAndLogs499) {
   FakeUpstream a;
   a.setDefault(Behaviour::slow(Ms(60000)));
   Gateway gw;
-  gw.setSimpleConf("access_log logs/a.log a;\nlocation / { proxy_pass http://backend; }",
+  gw.setSimpleConf("access_log logs/a.log a;\nlocation / { proxy_pass http://backend; }\n"
+                   "location = /ready { access_log off; return 200; }",
                    "log_format a '$status';\nupstream backend { " + server(a) + " }");
   ASSERT_TRUE(gw.start());
+  // The port accepts before the worker has opened everything it keeps
+  // (logs...): count from a worker that has served a request.
+  ASSERT_TRUE(waitFor([&] { return gw.workerPids().size() == 1; }));
   pid_t worker = gw.workerPids().at(0);
-  int baseline = openFdCount(worker);
+  int baseline = 0;
+  {
+    RawClient ready(gw.port());
+    ASSERT_TRUE(ready.send("GET /ready HTTP/1.1\r\nHost: a\r\n\r\n"));
+    ASSERT_EQ(ready.readResponse().status, 200);
+    baseline = openFdCount(worker) - 1;  // this connection's socket is the one more
+  }
+  ASSERT_TRUE(waitFor([&] { return openFdCount(worker) == baseline; })) << openFdCount(worker);
   {
     RawClient c(gw.port());
     ASSERT_TRUE(c.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
