@@ -45,6 +45,7 @@ bool HttpServer::start(const std::vector<int>& fds, std::string* err) {
     if (!g.listen.ssl) continue;
     auto ctx = tls::ServerContext::create(g, err);
     if (!ctx) return false;
+    ctx->setCertificateScript(this);
     tls_[&g] = std::move(ctx);
   }
   for (size_t i = 0; i < cfg_->listen_groups.size() && i < fds.size(); i++) {
@@ -73,6 +74,10 @@ bool HttpServer::start(const std::vector<int>& fds, std::string* err) {
     listeners_.push_back(l);
   }
   return true;
+}
+
+tls::CertificateScript::Outcome HttpServer::runCertificateScript(SSL* ssl, void* owner, const conf::LuaCode& code) {
+  return static_cast<Connection*>(owner)->runCertificateLua(ssl, code);
 }
 
 tls::ServerContext* HttpServer::tlsContext(const conf::Config::ListenGroup* group) const {
