@@ -386,9 +386,10 @@ TEST(TlsLuaTest, StopWhileScriptsSleep) {
   }
 }
 
-// ngx.ssl outside ssl_certificate_by_lua*: the handshake functions answer
-// nil and an error in a request, raise "no request found" without one;
-// the converters work anywhere.
+// ngx.ssl outside ssl_certificate_by_lua*: in a request, the getters
+// describe a TLS connection's handshake and answer nil, "bad request" on a
+// plain one, the setters always do; without a request (init_by_lua*) they
+// raise "no request found"; the converters work anywhere.
 TEST(TlsLuaTest, NgxSslOutsideTheHandshake) {
   ASSERT_TRUE(TlsCerts::get().ok());
   Gateway gw;
@@ -396,10 +397,13 @@ TEST(TlsLuaTest, NgxSslOutsideTheHandshake) {
       content_by_lua_block {
         local ssl = require "ngx.ssl"
         local out = {}
-        for _, f in ipairs({"server_name", "clear_certs", "get_tls1_version", "server_port"}) do
+        for _, f in ipairs({"server_name", "get_tls1_version_str", "clear_certs"}) do
           local v, err = ssl[f]()
           out[#out + 1] = f .. "=" .. tostring(v) .. "," .. tostring(err)
         end
+        out[#out + 1] = "port=" .. tostring(ssl.server_port() == tonumber(ngx.var.server_port))
+        local addr, typ, err = ssl.raw_client_addr()
+        out[#out + 1] = "client=" .. tostring(addr == "\127\0\0\1") .. "," .. tostring(typ) .. "," .. tostring(err)
         local v, err = ssl.set_der_cert("x")
         out[#out + 1] = "set_der_cert=" .. tostring(v) .. "," .. tostring(err)
         local chain = ssl.parse_pem_cert(certs["a.test"].cert)
@@ -411,12 +415,18 @@ TEST(TlsLuaTest, NgxSslOutsideTheHandshake) {
         out[#out + 1] = "init=" .. ssl_in_init
         ngx.say(table.concat(out, " "))
       }
-    })"));
+    })",
+                     "listen 127.0.0.1:{PORT2};"));
   ASSERT_TRUE(gw.start()) << gw.stderrText();
+  const std::string rest =
+      " set_der_cert=nil,bad request set_cert=nil,bad request der=true bad=nil badkey=nil "
+      "init=false,no request found\n";
   EXPECT_EQ(get(gw, "/outside"),
-            "server_name=nil,bad request clear_certs=nil,bad request get_tls1_version=nil,bad request "
-            "server_port=nil,bad request set_der_cert=nil,bad request set_cert=nil,bad request der=true "
-            "bad=nil badkey=nil init=false,no request found\n");
+            "server_name=fallback.test,nil get_tls1_version_str=TLSv1.3,nil clear_certs=nil,bad request port=true "
+            "client=true,inet,nil" + rest);
+  EXPECT_EQ(httpGet(gw.port2(), "/outside").body,
+            "server_name=nil,bad request get_tls1_version_str=nil,bad request clear_certs=nil,bad request "
+            "port=false client=false,nil,bad request" + rest);
   EXPECT_EQ(gw.stop(), 0);
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
 }

@@ -1,9 +1,11 @@
 // require "ngx.ssl": lua-resty-core's downstream TLS API for
 // ssl_certificate_by_lua*, with its names, arguments, return values and
-// error texts. The handshake-bound functions work on the SSL* of the
-// running SslCertTask; elsewhere in a request or timer they return nil and
-// "bad request" (OpenResty's answer on a connection without TLS), and
-// outside any task (init_by_lua*) they raise "no request found". The PEM
+// error texts. The functions that change the handshake work on the SSL*
+// of the running SslCertTask; the getters also in a request on a TLS
+// connection (from what the handshake recorded). Elsewhere in a request
+// they return nil and "bad request" (OpenResty's answer on a connection
+// without TLS); without a request or handshake (init_by_lua*, timers)
+// they raise "no request found". The PEM
 // and DER converters work anywhere. parse_pem_cert / parse_pem_priv_key
 // return userdata freed by the GC (lua-resty-core's are FFI cdata).
 // OpenSSL's error queue is emptied after every failure.
@@ -16,6 +18,7 @@
 #include <string_view>
 
 #include "lua/api/common.h"
+#include "lua/phases/content.h"
 #include "lua/phases/ssl_certificate.h"
 
 namespace tidegate::lua {
@@ -37,6 +40,33 @@ SslCertTask* handshakeTask(lua_State* L) {
   LuaTask* task = Vm::from(L)->current();
   if (!task || (!task->request() && task->phase() != Phase::kSslCert)) luaL_error(L, "no request found");
   return task->phase() == Phase::kSslCert ? dynamic_cast<SslCertTask*>(task) : nullptr;
+}
+
+// What the getters read: the handshake in progress (ssl set), or the one
+// a request's TLS connection made (ssl null); conn null: neither.
+struct Handshake {
+  SSL* ssl = nullptr;
+  const http::ConnInfo* conn = nullptr;
+};
+
+Handshake handshakeOrConnection(lua_State* L) {
+  if (SslCertTask* t = handshakeTask(L)) return {t->ssl(), &t->conn()};
+  RequestContext* ctx = Vm::from(L)->current()->request();
+  const http::ConnInfo* conn = ctx ? ctx->req().conn : nullptr;
+  return {nullptr, conn && conn->ssl_protocol ? conn : nullptr};
+}
+
+int tlsVersion(const Handshake& h) {
+  if (h.ssl) return SSL_version(h.ssl);
+  static const std::pair<std::string_view, int> kNames[] = {{"SSLv3", SSL3_VERSION},
+                                                            {"TLSv1", TLS1_VERSION},
+                                                            {"TLSv1.1", TLS1_1_VERSION},
+                                                            {"TLSv1.2", TLS1_2_VERSION},
+                                                            {"TLSv1.3", TLS1_3_VERSION}};
+  for (const auto& [name, version] : kNames) {
+    if (name == h.conn->ssl_protocol) return version;
+  }
+  return 0;
 }
 
 // Stack: [] -> [nil, err]
@@ -171,27 +201,33 @@ int sslSetPrivKey(lua_State* L) {
   return SSL_use_PrivateKey(t->ssl(), box->key) == 1 ? ok(L) : fail(L, "SSL_use_PrivateKey() failed");
 }
 
-// The SNI name as the client sent it; nil without one.
+// The SNI name (in a request: as the connection recorded it, lower-cased);
+// nil without one.
 int sslServerName(lua_State* L) {
-  SslCertTask* t = handshakeTask(L);
-  if (!t) return fail(L, "bad request");
-  const char* name = SSL_get_servername(t->ssl(), TLSEXT_NAMETYPE_host_name);
+  Handshake h = handshakeOrConnection(L);
+  if (!h.conn) return fail(L, "bad request");
+  if (!h.ssl) {
+    if (h.conn->ssl_server_name.empty()) return 0;
+    lua_pushlstring(L, h.conn->ssl_server_name.data(), h.conn->ssl_server_name.size());
+    return 1;
+  }
+  const char* name = SSL_get_servername(h.ssl, TLSEXT_NAMETYPE_host_name);
   if (!name) return 0;
   lua_pushstring(L, name);
   return 1;
 }
 
 int sslGetTls1Version(lua_State* L) {
-  SslCertTask* t = handshakeTask(L);
-  if (!t) return fail(L, "bad request");
-  lua_pushinteger(L, SSL_version(t->ssl()));
+  Handshake h = handshakeOrConnection(L);
+  if (!h.conn) return fail(L, "bad request");
+  lua_pushinteger(L, tlsVersion(h));
   return 1;
 }
 
 int sslGetTls1VersionStr(lua_State* L) {
-  SslCertTask* t = handshakeTask(L);
-  if (!t) return fail(L, "bad request");
-  switch (SSL_version(t->ssl())) {
+  Handshake h = handshakeOrConnection(L);
+  if (!h.conn) return fail(L, "bad request");
+  switch (tlsVersion(h)) {
     case SSL3_VERSION: lua_pushliteral(L, "SSLv3"); return 1;
     case TLS1_VERSION: lua_pushliteral(L, "TLSv1"); return 1;
     case TLS1_1_VERSION: lua_pushliteral(L, "TLSv1.1"); return 1;
@@ -218,21 +254,21 @@ int pushRawAddr(lua_State* L, const std::string& text) {
 
 // raw_server_addr() / raw_client_addr()
 int rawAddr(lua_State* L, bool server) {
-  SslCertTask* t = handshakeTask(L);
-  if (!t) {
+  Handshake h = handshakeOrConnection(L);
+  if (!h.conn) {
     lua_pushnil(L);
     return 1 + fail(L, "bad request");
   }
-  return pushRawAddr(L, server ? t->conn().local_addr : t->conn().remote_addr);
+  return pushRawAddr(L, server ? h.conn->local_addr : h.conn->remote_addr);
 }
 
 int sslRawServerAddr(lua_State* L) { return rawAddr(L, true); }
 int sslRawClientAddr(lua_State* L) { return rawAddr(L, false); }
 
 int sslServerPort(lua_State* L) {
-  SslCertTask* t = handshakeTask(L);
-  if (!t) return fail(L, "bad request");
-  lua_pushinteger(L, t->conn().local_port);
+  Handshake h = handshakeOrConnection(L);
+  if (!h.conn) return fail(L, "bad request");
+  lua_pushinteger(L, h.conn->local_port);
   return 1;
 }
 
