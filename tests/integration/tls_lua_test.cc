@@ -229,6 +229,10 @@ TEST(TlsLuaTest, ScriptSeesTheHandshakeAndNoRequest) {
       local ssl = require "ngx.ssl"
       local ok, err = pcall(function() return ngx.var.host end)
       local say_ok, say_err = pcall(ngx.say, "x")
+      -- A semaphore posted by a timer: the handshake waits for it too.
+      local sema = require("ngx.semaphore").new()
+      assert(ngx.timer.at(0.001, function() sema:post() end))
+      assert(sema:wait(5))
       ngx.ctx.n = (ngx.ctx.n or 0) + 1
       local addr, typ = ssl.raw_server_addr()
       local caddr, ctyp = ssl.raw_client_addr()
@@ -296,6 +300,18 @@ TEST(TlsLuaTest, ResumedSessionDoesNotRunTheScript) {
   }
   EXPECT_EQ(gw.stop(), 0);
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+// Code that does not compile fails the handshake, with the reason logged.
+TEST(TlsLuaTest, ScriptThatDoesNotCompileFailsTheHandshake) {
+  ASSERT_TRUE(TlsCerts::get().ok());
+  Gateway gw;
+  gw.setConf(tlsConf("      local x = = 1"));
+  ASSERT_TRUE(gw.start()) << gw.stderrText();
+  EXPECT_FALSE(handshake(gw, "a.test").handshake);
+  EXPECT_TRUE(gw.waitLog("failed to load ssl_certificate_by_lua code: "));
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLinesBut({"failed to load ssl_certificate_by_lua code"}).empty()) << gw.errorLog();
 }
 
 // The client gives up while the script sleeps: the script is cancelled
