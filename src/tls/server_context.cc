@@ -122,7 +122,10 @@ int ServerContext::runScript(SSL* ssl, const conf::Server* server) {
     case CertificateScript::Outcome::kFail: return 0;
     case CertificateScript::Outcome::kContinue: break;
   }
-  if (!SSL_get_certificate(ssl)) return 2;
+  // What the code set, not certificates every SSL starts with (those of
+  // the context, when it has some).
+  X509* set = SSL_get_certificate(ssl);
+  if (!set || set == SSL_CTX_get0_certificate(SSL_get_SSL_CTX(ssl))) return 2;
   if (SSL_check_private_key(ssl) != 1) {
     TG_LOG(LogLevel::kError, "ssl_certificate_by_lua* set a certificate without its private key (%s) on %s",
            takeSslErrors("no key").c_str(), group_->listen.key().c_str());
