@@ -27,6 +27,19 @@ namespace {
 const char kChainMeta[] = "ngx.ssl.cert_chain";
 const char kKeyMeta[] = "ngx.ssl.priv_key";
 
+// The protocol versions: their names ($ssl_protocol, get_tls1_version_str)
+// and the ngx.ssl constants.
+struct VersionName {
+  const char* name;
+  const char* constant;
+  int version;
+};
+const VersionName kVersions[] = {{"SSLv3", "SSL3_VERSION", SSL3_VERSION},
+                                 {"TLSv1", "TLS1_VERSION", TLS1_VERSION},
+                                 {"TLSv1.1", "TLS1_1_VERSION", TLS1_1_VERSION},
+                                 {"TLSv1.2", "TLS1_2_VERSION", TLS1_2_VERSION},
+                                 {"TLSv1.3", "TLS1_3_VERSION", TLS1_3_VERSION}};
+
 struct ChainBox {
   STACK_OF(X509)* chain;
 };
@@ -58,13 +71,8 @@ Handshake handshakeOrConnection(lua_State* L) {
 
 int tlsVersion(const Handshake& h) {
   if (h.ssl) return SSL_version(h.ssl);
-  static const std::pair<std::string_view, int> kNames[] = {{"SSLv3", SSL3_VERSION},
-                                                            {"TLSv1", TLS1_VERSION},
-                                                            {"TLSv1.1", TLS1_1_VERSION},
-                                                            {"TLSv1.2", TLS1_2_VERSION},
-                                                            {"TLSv1.3", TLS1_3_VERSION}};
-  for (const auto& [name, version] : kNames) {
-    if (name == h.conn->ssl_protocol) return version;
+  for (const VersionName& v : kVersions) {
+    if (std::string_view(v.name) == h.conn->ssl_protocol) return v.version;
   }
   return 0;
 }
@@ -227,14 +235,14 @@ int sslGetTls1Version(lua_State* L) {
 int sslGetTls1VersionStr(lua_State* L) {
   Handshake h = handshakeOrConnection(L);
   if (!h.conn) return fail(L, "bad request");
-  switch (tlsVersion(h)) {
-    case SSL3_VERSION: lua_pushliteral(L, "SSLv3"); return 1;
-    case TLS1_VERSION: lua_pushliteral(L, "TLSv1"); return 1;
-    case TLS1_1_VERSION: lua_pushliteral(L, "TLSv1.1"); return 1;
-    case TLS1_2_VERSION: lua_pushliteral(L, "TLSv1.2"); return 1;
-    case TLS1_3_VERSION: lua_pushliteral(L, "TLSv1.3"); return 1;
-    default: return fail(L, "unknown version");
+  int version = tlsVersion(h);
+  for (const VersionName& v : kVersions) {
+    if (v.version == version) {
+      lua_pushstring(L, v.name);
+      return 1;
+    }
   }
+  return fail(L, "unknown version");
 }
 
 // An address in binary form and "inet" / "inet6"; nil, nil, err on failure.
@@ -373,14 +381,9 @@ int loadSsl(lua_State* L) {
   setFn(L, "parse_der_cert", sslParseDerCert);
   setFn(L, "parse_pem_priv_key", sslParsePemPrivKey);
   setFn(L, "parse_der_priv_key", sslParseDerPrivKey);
-  static const std::pair<const char*, int> kVersions[] = {{"SSL3_VERSION", SSL3_VERSION},
-                                                          {"TLS1_VERSION", TLS1_VERSION},
-                                                          {"TLS1_1_VERSION", TLS1_1_VERSION},
-                                                          {"TLS1_2_VERSION", TLS1_2_VERSION},
-                                                          {"TLS1_3_VERSION", TLS1_3_VERSION}};
-  for (const auto& [name, value] : kVersions) {
-    lua_pushinteger(L, value);
-    lua_setfield(L, -2, name);
+  for (const VersionName& v : kVersions) {
+    lua_pushinteger(L, v.version);
+    lua_setfield(L, -2, v.constant);
   }
   lua_pushliteral(L, "0.1.28");
   lua_setfield(L, -2, "version");
