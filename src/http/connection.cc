@@ -741,6 +741,12 @@ void Connection::onTimer(uv_timer_t* t) noexcept { static_cast<Connection*>(t->d
 void Connection::handleTimer() {
   if (closing_) return;
   timer_fires_at_ = 0;
+  if (cert_resume_) {
+    cert_resume_ = false;
+    cert_task_.reset();
+    if (handshakeStep()) pumpTls();
+    if (closing_) return;
+  }
   if (tls_pump_) {
     tls_pump_ = false;
     pumpTls();
@@ -819,6 +825,9 @@ void Connection::close() {
   // is freed on a later turn; until then the sink ignores it (closing_).
   if (task_) server_->retire(std::move(task_));
   if (lua_task_) server_->retire(std::move(lua_task_));
+  // Never on the stack here (it only schedules the resume): freed now,
+  // while the handshake it holds is whole.
+  cert_task_.reset();
   req_.body.reset();  // a temp file goes now, not when the handles are closed
   phase_ = Phase::kClosing;
   server_->unlink(this);

@@ -12,6 +12,7 @@
 #include "http/content_handler.h"
 #include "http/request_parser.h"
 #include "tls/channel.h"
+#include "tls/server_context.h"
 
 namespace tidegate::http {
 
@@ -32,6 +33,12 @@ class Connection : private RequestParser::Handler, private ContentSink {
   // whole; close() would leave them to the server's reaper, which then
   // runs after the connection is freed.
   void closeNow();
+  // ssl_certificate_by_lua* for this connection's handshake, from its
+  // certificate callback (connection_tls.cc). Starts the code on the first
+  // call; while it waits, kPause (again on every call); once it ended, the
+  // handshake is stepped again on a later loop turn and this answers with
+  // how it ended.
+  tls::CertificateScript::Outcome runCertificateLua(SSL* ssl, const conf::LuaCode& code);
 
   Connection* next = nullptr;
   Connection* prev = nullptr;
@@ -149,6 +156,14 @@ class Connection : private RequestParser::Handler, private ContentSink {
   std::unique_ptr<tls::Channel> tls_;  // a TLS listen address: the connection's TLS
   std::string wire_;         // TLS: ciphertext for the socket (out_ stays plaintext)
   bool tls_pump_ = false;    // TLS: plaintext waits in tls_ for reading to resume
+  // ssl_certificate_by_lua*: how far it got, its task while it waits, and
+  // whether the handshake resumes on the next timer turn (it ended).
+  enum class CertLua { kNone, kRunning, kDone, kFailed };
+  CertLua cert_lua_ = CertLua::kNone;
+  std::unique_ptr<ContentTask> cert_task_;
+  bool cert_resume_ = false;
+  void certLuaEnded(bool ok);
+  void timerSoon();
   uv_write_t write_req_;
   uv_shutdown_t shutdown_req_;
   int open_handles_ = 0;

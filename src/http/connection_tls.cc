@@ -101,6 +101,10 @@ void Connection::pumpTls() {
 void Connection::scheduleTlsPump() {
   if (tls_pump_ || closing_) return;
   tls_pump_ = true;
+  timerSoon();
+}
+
+void Connection::timerSoon() {
   timer_fires_at_ = uv_now(server_->loop());
   uv_timer_start(&timer_, onTimer, 0, 0);
 }
@@ -117,6 +121,37 @@ void Connection::sendCloseNotify() {
     uv_buf_t b = uv_buf_init(alert.data(), static_cast<unsigned>(alert.size()));
     uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
   }
+}
+
+tls::CertificateScript::Outcome Connection::runCertificateLua(SSL* ssl, const conf::LuaCode& code) {
+  using Outcome = tls::CertificateScript::Outcome;
+  switch (cert_lua_) {
+    case CertLua::kRunning: return Outcome::kPause;  // more of the handshake came meanwhile
+    case CertLua::kDone: return Outcome::kContinue;  // resumed (or a second ClientHello after a retry request)
+    case CertLua::kFailed: return Outcome::kFail;
+    case CertLua::kNone: break;
+  }
+  ContentHandler* lua = server_->contentHandler();
+  if (!lua) {
+    TG_LOG_CONN(LogLevel::kError, info_.id, "ssl_certificate_by_lua* cannot run: no Lua VM, client: %s",
+                info_.remote_addr.c_str());
+    cert_lua_ = CertLua::kFailed;
+    return Outcome::kFail;
+  }
+  bool ok = true;
+  cert_lua_ = CertLua::kRunning;
+  cert_task_ = lua->runSslCertificate(ssl, info_, code, &ok, [this](bool ok) { certLuaEnded(ok); });
+  if (cert_task_) return Outcome::kPause;
+  cert_lua_ = ok ? CertLua::kDone : CertLua::kFailed;
+  return ok ? Outcome::kContinue : Outcome::kFail;
+}
+
+// From inside the task: the handshake is stepped again from the timer,
+// where the task can be freed.
+void Connection::certLuaEnded(bool ok) {
+  cert_lua_ = ok ? CertLua::kDone : CertLua::kFailed;
+  cert_resume_ = true;
+  timerSoon();
 }
 
 void Connection::sealTlsOutput() {

@@ -3,6 +3,8 @@
 // src/lua/ implements them.
 #pragma once
 
+#include <openssl/types.h>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -244,6 +246,16 @@ class ContentHandler {
   // be freed there); `call` must live as long.
   virtual std::unique_ptr<ContentTask> runBalancer(Request& r, const conf::LuaCode& code, ContentTask* task,
                                                    BalancerCall* call, bool* ok, std::function<void(bool)> done) = 0;
+  // ssl_certificate_by_lua*: runs `code` for the handshake `ssl` of the
+  // connection `conn`, before a certificate is chosen; it has no request
+  // (ngx.var is not there, ngx.ctx is its own) and sets certificates on
+  // `ssl` through ngx.ssl. Null when the code ended now: *ok false after
+  // logging why (an error, ngx.exit(ngx.ERROR)): the handshake fails. Else
+  // it waits (ngx.sleep, a cosocket): the caller keeps the task returned
+  // (freeing it cancels the code) until `done(ok)` is called from inside
+  // it (so not to be freed there); `ssl` and `conn` must live as long.
+  virtual std::unique_ptr<ContentTask> runSslCertificate(SSL* ssl, const ConnInfo& conn, const conf::LuaCode& code,
+                                                         bool* ok, std::function<void(bool)> done) = 0;
 
   // A Lua balancer module (an upstream with "balancer": {"type": "lua",
   // "module": M}; docs/balancers.md). newLuaBalancer: require(M).new(servers)

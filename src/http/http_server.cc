@@ -46,6 +46,7 @@ bool HttpServer::start(const std::vector<int>& fds, std::string* err) {
     auto ctx = tls::ServerContext::create(g, err);
     if (!ctx) return false;
     ctx->setCertificateSource(cert_source_);
+    ctx->setCertificateScript(this);
     tls_[&g] = std::move(ctx);
   }
   for (size_t i = 0; i < cfg_->listen_groups.size() && i < fds.size(); i++) {
@@ -79,6 +80,10 @@ bool HttpServer::start(const std::vector<int>& fds, std::string* err) {
 void HttpServer::setCertificateSource(tls::CertificateSource* src) {
   cert_source_ = src;
   for (auto& [group, ctx] : tls_) ctx->setCertificateSource(src);
+}
+
+tls::CertificateScript::Outcome HttpServer::runCertificateScript(SSL* ssl, void* owner, const conf::LuaCode& code) {
+  return static_cast<Connection*>(owner)->runCertificateLua(ssl, code);
 }
 
 tls::ServerContext* HttpServer::tlsContext(const conf::Config::ListenGroup* group) const {

@@ -20,7 +20,7 @@ namespace tidegate::http {
 
 class Connection;
 
-class HttpServer {
+class HttpServer : private tls::CertificateScript {
  public:
   HttpServer(uv_loop_t* loop, conf::ConfigPtr cfg);
   ~HttpServer();
@@ -88,6 +88,8 @@ class HttpServer {
     std::vector<std::pair<std::string, const conf::Config::ListenGroup*>> by_address;
   };
   const conf::Config::ListenGroup* groupFor(const Listener* l, int fd) const;
+  // ssl_certificate_by_lua* for the connection `owner`.
+  Outcome runCertificateScript(SSL* ssl, void* owner, const conf::LuaCode& code) override;
   static void onReadable(uv_poll_t* p, int status, int events) noexcept;
   static void onListenerClosed(uv_handle_t* h) noexcept;
   static void onRetryTimer(uv_timer_t* t) noexcept;

@@ -8,6 +8,7 @@ namespace tidegate::lua {
 
 void raiseDisabled(lua_State* L, Phase phase) {
   if (phase == Phase::kTimer) luaL_error(L, "API disabled in the context of ngx.timer");
+  if (phase == Phase::kSslCert) luaL_error(L, "API disabled in the context of ssl_certificate_by_lua*");
   luaL_error(L, "API disabled in the context of %s_by_lua*", phaseName(phase));
   __builtin_unreachable();
 }

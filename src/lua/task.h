@@ -103,6 +103,9 @@ class LuaTask {
   void suspend(std::unique_ptr<Wait> wait);
   // ngx.exit and friends: every coroutine ends once the caller yields.
   void requestExit() { exit_requested_ = true; }
+  // ngx.exit(status) in a task without a request: a timer just ends; a
+  // task whose owner reads the status (ssl_certificate_by_lua*) keeps it.
+  virtual void exitWithStatus(int) { requestExit(); }
   bool exitRequested() const { return exit_requested_; }
   // coroutine.resume(co, args...): `nargs` arguments are on co's stack.
   void requestResume(Co* co, int nargs);

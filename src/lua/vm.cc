@@ -84,6 +84,7 @@ const char* phaseName(Phase p) {
     case Phase::kBodyFilter: return "body_filter";
     case Phase::kExitWorker: return "exit_worker";
     case Phase::kBalancer: return "balancer";
+    case Phase::kSslCert: return "ssl_cert";
   }
   return "?";
 }

@@ -31,10 +31,12 @@ enum class Phase {
   kTimer,
   kExitWorker,
   kBalancer,
+  kSslCert,  // ssl_certificate_by_lua* ("ssl_cert")
 };
 // Phases whose code runs in a coroutine that may wait for events.
 inline bool yieldablePhase(Phase p) {
-  return p == Phase::kRewrite || p == Phase::kAccess || p == Phase::kContent || p == Phase::kTimer;
+  return p == Phase::kRewrite || p == Phase::kAccess || p == Phase::kContent || p == Phase::kTimer ||
+         p == Phase::kSslCert;
 }
 
 class LuaTask;  // lua/task.h
@@ -134,6 +136,7 @@ void openNgxSocketUdp(lua_State* L);  // api/ngx_socket_udp.cc; ngx.socket.udp (
 void closeSocketPool();
 void openNgxSemaphore(lua_State* L);  // api/ngx_semaphore.cc; preloads "ngx.semaphore"
 void openNgxRe(lua_State* L);       // api/ngx_re.cc; same (needs the Vm in the registry)
+void openNgxSsl(lua_State* L);         // api/ngx_ssl.cc; preloads "ngx.ssl"
 void openTidegateUpstream(lua_State* L);  // api/tidegate_upstream.cc; preloads "tidegate.upstream"
 
 }  // namespace tidegate::lua

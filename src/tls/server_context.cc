@@ -145,20 +145,49 @@ std::string ServerContext::serverName(SSL* ssl) {
   return name;
 }
 
+int ServerContext::runScript(SSL* ssl, const conf::Server* server) {
+  if (!server) server = group_->default_server.get();
+  const std::optional<conf::LuaCode>& code = server->settings.ssl.certificate_lua;
+  if (!code || !script_) return 2;
+  switch (script_->runCertificateScript(ssl, SSL_get_app_data(ssl), *code)) {
+    case CertificateScript::Outcome::kPause: return -1;
+    case CertificateScript::Outcome::kFail: return 0;
+    case CertificateScript::Outcome::kContinue: break;
+  }
+  // What the code set, not certificates every SSL starts with (those of
+  // the context, when it has some).
+  X509* set = SSL_get_certificate(ssl);
+  if (!set || set == SSL_CTX_get0_certificate(SSL_get_SSL_CTX(ssl))) return 2;
+  if (SSL_check_private_key(ssl) != 1) {
+    TG_LOG(LogLevel::kError, "ssl_certificate_by_lua* set a certificate without its private key (%s) on %s",
+           takeSslErrors("no key").c_str(), group_->listen.key().c_str());
+    return 0;
+  }
+  return 1;
+}
+
 // Runs once the ClientHello is read (SNI known): picks the certificates.
+// Again after a pause (ssl_certificate_by_lua* waited), when the code ended.
 int ServerContext::onCertificate(SSL* ssl, void* arg) {
   auto* self = static_cast<ServerContext*>(arg);
   std::string name = serverName(ssl);
+  const conf::Server* named = name.empty() ? nullptr : http::findServer(*self->group_, name);
+  if (int rc = self->runScript(ssl, named); rc != 2) return rc;
   if (self->dynamic_) {
     if (CertKeyPtr ck = self->dynamic_->find(name)) {
       SSL_certs_clear(ssl);
       return ck->useFor(ssl) ? 1 : 0;
     }
   }
-  const conf::Server* server = name.empty() ? nullptr : http::findServer(*self->group_, name);
+  const conf::Server* server = named;
   const conf::Server* fallback = self->group_->default_server.get();
   if (!server || server->certificates.empty()) server = fallback;
-  if (server->certificates == fallback->certificates && !server->certificates.empty()) return 1;  // in the context
+  // The default server's certificates are the context's, unless the Lua
+  // code cleared them (ngx.ssl.clear_certs) and set none.
+  if (server->certificates == fallback->certificates && !server->certificates.empty() &&
+      SSL_get_certificate(ssl) != nullptr) {
+    return 1;
+  }
   if (server->certificates.empty()) {
     TG_LOG(LogLevel::kError, "no certificate for the TLS server name \"%s\" on %s", name.c_str(),
            self->group_->listen.key().c_str());

@@ -31,6 +31,18 @@ class CertificateSource {
   virtual CertKeyPtr find(std::string_view server_name) = 0;
 };
 
+// Runs ssl_certificate_by_lua* for a handshake, in the layer that has
+// Lua (the http server, for the connection that owns the handshake).
+class CertificateScript {
+ public:
+  enum class Outcome { kContinue, kPause, kFail };
+  virtual ~CertificateScript() = default;
+  // `owner` is the SSL's app data. kPause: the code waits and the
+  // handshake pauses (kPaused); the owner steps it again once the code
+  // ended, which calls this again, for the outcome. kFail: logged.
+  virtual Outcome runCertificateScript(SSL* ssl, void* owner, const conf::LuaCode& code) = 0;
+};
+
 class ServerContext {
  public:
   static std::unique_ptr<ServerContext> create(const conf::Config::ListenGroup& group, std::string* err);
@@ -42,6 +54,7 @@ class ServerContext {
   // the SSL's app data.
   std::unique_ptr<Channel> newChannel(void* owner) const;
   void setCertificateSource(CertificateSource* src) { dynamic_ = src; }
+  void setCertificateScript(CertificateScript* script) { script_ = script; }
   SSL_CTX* ctx() const { return ctx_; }
   const conf::Config::ListenGroup& group() const { return *group_; }
 
@@ -51,12 +64,17 @@ class ServerContext {
  private:
   ServerContext() = default;
   static int onCertificate(SSL* ssl, void* arg);
+  // ssl_certificate_by_lua* of `server` (else of the default server): -1
+  // while it waits, 0 if it failed, 1 if it set a certificate, 2 if there
+  // is none or it set none.
+  int runScript(SSL* ssl, const conf::Server* server);
   static int onAlpn(SSL* ssl, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
                     unsigned int inlen, void* arg);
 
   SSL_CTX* ctx_ = nullptr;
   const conf::Config::ListenGroup* group_ = nullptr;
   CertificateSource* dynamic_ = nullptr;
+  CertificateScript* script_ = nullptr;
 };
 
 // Applies `s` (protocols, ciphers, server preference) to `ctx`.

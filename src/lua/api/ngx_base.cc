@@ -246,6 +246,7 @@ void openNgx(lua_State* L) {
   openNgxSocket(L);
   lua_setglobal(L, "ngx");
   openNgxSemaphore(L);
+  openNgxSsl(L);
   openTidegateUpstream(L);
   lua_pushcfunction(L, luaPrint);
   lua_setglobal(L, "print");

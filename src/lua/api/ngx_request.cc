@@ -273,7 +273,7 @@ int ngxExit(lua_State* L) {
   LuaTask* task = requireYieldable(L);
   lua_Integer status = luaL_checkinteger(L, 1);
   if (RequestContext* ctx = task->request()) ctx->exit(static_cast<int>(status));
-  else task->requestExit();  // a timer: it just ends
+  else task->exitWithStatus(static_cast<int>(status));  // a timer, a handshake
   return lua_yield(L, 0);
 }
 

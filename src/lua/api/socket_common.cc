@@ -27,7 +27,9 @@ uint64_t checkTimeoutMs(lua_State* L, int idx, uint64_t current) {
 void logSocketError(LuaTask* task, const std::string& what) {
   if (!socketSettings(task).lua_socket_log_errors.value_or(true)) return;
   RequestContext* ctx = task->request();
-  std::string where = ctx ? http::describeRequest(ctx->req()) : std::string(", context: ngx.timer");
+  std::string where = ctx ? http::describeRequest(ctx->req())
+                          : std::string(task->phase() == Phase::kSslCert ? ", context: ssl_certificate_by_lua*"
+                                                                          : ", context: ngx.timer");
   uint64_t conn = ctx && ctx->req().conn ? ctx->req().conn->id : 0;
   TG_LOG_CONN_LIMITED(core::LogLevel::kError, conn, "%s%s", what.c_str(), where.c_str());
 }

@@ -193,6 +193,9 @@ class LuaContentHandler : public http::ContentHandler {
   std::unique_ptr<http::ContentTask> runBalancer(http::Request& r, const conf::LuaCode& code,
                                                  http::ContentTask* task, http::BalancerCall* call, bool* ok,
                                                  std::function<void(bool)> done) override;  // phases/balancer.cc
+  std::unique_ptr<http::ContentTask> runSslCertificate(SSL* ssl, const http::ConnInfo& conn,
+                                                       const conf::LuaCode& code, bool* ok,
+                                                       std::function<void(bool)> done) override;  // phases/ssl_certificate.cc
   // Lua balancer modules (phases/balancer.cc).
   int newLuaBalancer(const std::string& module, const std::vector<LuaBalancerPeer>& peers, std::string* err) override;
   bool luaBalancerPick(int handle, std::string* id, std::string* err) override;
