@@ -156,14 +156,16 @@ struct ProxyPass {
 // lua_ssl_protocols' names, as bits of HttpSettings::lua_ssl_protocols.
 constexpr uint64_t kSslV2 = 1, kSslV3 = 2, kTlsV1 = 4, kTlsV1_1 = 8, kTlsV1_2 = 16, kTlsV1_3 = 32;
 
-// ssl_session_cache: off | none | builtin[:size] | shared:name:size (the
-// one shared zone of the conf holds the sessions of every worker).
+// ssl_session_cache: off | none | [builtin[:size]] [shared:name:size] (a
+// shared zone holds the sessions of every worker; servers naming the same
+// zone share it; docs/tls-sessions.md).
 struct SslSessionCacheConf {
   bool off = false;          // "off": no cache, and clients are told so
   bool builtin = false;      // per-worker OpenSSL cache
   uint64_t builtin_size = 20480;  // sessions
   std::string zone;          // shared:NAME:SIZE; empty: none
   uint64_t zone_size = 0;    // bytes
+  std::string where;         // file:line of the directive
 };
 
 // The downstream TLS of a server (http and server levels; docs/tls.md).

@@ -58,7 +58,8 @@ bool onSessionCache(const ConfNode& n, BuildState& st, std::string* err) {
       size_t colon = a.find(':', 7);
       if (colon != std::string::npos && colon > 7 && parseSize(a.substr(colon + 1), &c.zone_size)) {
         c.zone = a.substr(7, colon - 7);
-        if (c.zone_size < 8192) {
+        // nginx refuses a zone under 8 pages; so does shm::Zone (kMinSize).
+        if (c.zone_size < 32 * 1024) {
           *err = "session cache \"" + a + "\" is too small";
           return false;
         }
@@ -68,6 +69,7 @@ bool onSessionCache(const ConfNode& n, BuildState& st, std::string* err) {
     *err = "invalid session cache \"" + a + "\"";
     return false;
   }
+  c.where = n.where();
   field = c;
   return true;
 }
