@@ -181,6 +181,9 @@ struct SslSettings {
   std::optional<SslSessionCacheConf> session_cache;
   std::optional<bool> session_tickets;
   std::optional<uint64_t> session_timeout_ms;
+  // ssl_session_ticket_key files (absolute paths): the first seals, all
+  // open. None: keys in shared memory, rotated (docs/tls-sessions.md).
+  std::optional<std::vector<std::string>> session_ticket_keys;
   std::optional<LuaCode> certificate_lua;  // ssl_certificate_by_lua*
   std::string where;  // file:line of the first ssl_certificate, for load errors
 

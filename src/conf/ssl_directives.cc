@@ -74,6 +74,15 @@ bool onSessionCache(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
+// ssl_session_ticket_key FILE; (repeatable; read and checked when the
+// server contexts are made, so -t and a reload catch a bad one).
+bool onTicketKeyFile(const ConfNode& n, BuildState& st, std::string*) {
+  std::optional<std::vector<std::string>>& files = st.settings().ssl.session_ticket_keys;
+  if (!files) files.emplace();
+  files->push_back(st.resolvePath(n.args[0]));
+  return true;
+}
+
 const Directive kSslDirectives[] = {
     {"ssl_certificate", kHttpCtx | kServerCtx, 1, 1, false, onFile<&SslSettings::certificate_files>},
     {"ssl_certificate_key", kHttpCtx | kServerCtx, 1, 1, false, onFile<&SslSettings::key_files>},
@@ -82,6 +91,7 @@ const Directive kSslDirectives[] = {
     {"ssl_prefer_server_ciphers", kHttpCtx | kServerCtx, 1, 1, false, onFlag<&SslSettings::prefer_server_ciphers>},
     {"ssl_session_cache", kHttpCtx | kServerCtx, 1, 2, false, onSessionCache},
     {"ssl_session_tickets", kHttpCtx | kServerCtx, 1, 1, false, onFlag<&SslSettings::session_tickets>},
+    {"ssl_session_ticket_key", kHttpCtx | kServerCtx, 1, 1, false, onTicketKeyFile},
     {"ssl_session_timeout", kHttpCtx | kServerCtx, 1, 1, false, onDuration<&SslSettings::session_timeout_ms>},
 };
 

@@ -5,9 +5,12 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <memory>
+#include <vector>
 
 #include "core/log.h"
 #include "shm/registry.h"
@@ -32,19 +35,23 @@ constexpr int64_t kMaxLiveKeys = 250;
 // certificate chain) is not shared.
 constexpr int kMaxSessionBytes = 4096;
 
-// nginx's 80-byte ssl_session_ticket_key layout: name, HMAC-SHA256 key,
-// AES-256-CBC key. The name starts with the rotation epoch the key belongs
-// to (how a ticket finds its key in the zone), then random bytes.
+// nginx's ssl_session_ticket_key layouts: 80 bytes are a name, an
+// HMAC-SHA256 key and an AES-256-CBC key; 48 bytes a name, a 16-byte HMAC
+// key and an AES-128-CBC key. The keys tidegate makes are of the first
+// kind, their name starting with the rotation epoch they belong to (how a
+// ticket finds its key in the zone), then random bytes.
 constexpr size_t kNameBytes = 16;
-constexpr size_t kHmacBytes = 32;
-constexpr size_t kAesBytes = 32;
-constexpr size_t kKeyBytes = kNameBytes + kHmacBytes + kAesBytes;
+constexpr size_t kKeyBytes = 80;
+constexpr size_t kShortKeyBytes = 48;
 
 struct TicketKey {
   unsigned char bytes[kKeyBytes];
+  bool aes128 = false;  // the 48-byte layout
   unsigned char* name() { return bytes; }
+  size_t hmacBytes() const { return aes128 ? 16 : 32; }
   unsigned char* hmac() { return bytes + kNameBytes; }
-  unsigned char* aes() { return bytes + kNameBytes + kHmacBytes; }
+  unsigned char* aes() { return bytes + kNameBytes + hmacBytes(); }
+  const EVP_CIPHER* cipher() const { return aes128 ? EVP_aes_128_cbc() : EVP_aes_256_cbc(); }
 };
 
 std::string cacheZoneName(const std::string& zone) {
@@ -62,6 +69,8 @@ struct Resumption {
   Dict* keys = nullptr;   // the ticket key zone, or null
   int64_t timeout_ms = 0;
   int64_t period_ms = 0;  // ticket key rotation
+  // ssl_session_ticket_key: the first seals, all open; the zone is unused.
+  std::vector<TicketKey> file_keys;
 };
 
 void freeResumption(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) { delete static_cast<Resumption*>(ptr); }
@@ -184,40 +193,79 @@ bool currentKey(const Resumption& r, int64_t now, TicketKey* key) {
   return w.status == shm::Status::kOk || readKey(r, epoch, key);
 }
 
-bool setHmacKey(EVP_MAC_CTX* hctx, unsigned char* key) {
+// Sets up the cipher and MAC contexts OpenSSL hands the ticket callback.
+bool useKey(TicketKey& key, unsigned char* iv, EVP_CIPHER_CTX* cctx, EVP_MAC_CTX* hctx, bool seal) {
   char digest[] = "SHA256";
-  OSSL_PARAM params[] = {OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key, kHmacBytes),
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key.hmac(), key.hmacBytes()),
                          OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
                          OSSL_PARAM_construct_end()};
-  return EVP_MAC_CTX_set_params(hctx, params) == 1;
+  if (EVP_MAC_CTX_set_params(hctx, params) != 1) return false;
+  return (seal ? EVP_EncryptInit_ex(cctx, key.cipher(), nullptr, key.aes(), iv)
+               : EVP_DecryptInit_ex(cctx, key.cipher(), nullptr, key.aes(), iv)) == 1;
+}
+
+// Sealing: 1 with `key` set up, 0 to send no ticket, -1 on error.
+int sealWith(TicketKey* key, unsigned char name[16], unsigned char* iv, EVP_CIPHER_CTX* cctx, EVP_MAC_CTX* hctx) {
+  if (RAND_bytes(iv, EVP_CIPHER_iv_length(key->cipher())) != 1) return 0;
+  std::memcpy(name, key->name(), kNameBytes);
+  return useKey(*key, iv, cctx, hctx, true) ? 1 : -1;
+}
+
+// The ticket key callback with ssl_session_ticket_key files.
+int fileTicketKey(Resumption* r, unsigned char name[16], unsigned char* iv, EVP_CIPHER_CTX* cctx,
+                  EVP_MAC_CTX* hctx, int enc) {
+  if (enc == 1) return sealWith(&r->file_keys[0], name, iv, cctx, hctx);
+  for (size_t i = 0; i < r->file_keys.size(); i++) {
+    TicketKey& key = r->file_keys[i];
+    if (std::memcmp(key.name(), name, kNameBytes) != 0) continue;
+    if (!useKey(key, iv, cctx, hctx, false)) return -1;
+    return i == 0 ? 1 : 2;
+  }
+  return 0;
 }
 
 // OpenSSL's ticket key callback (SSL_CTX_set_tlsext_ticket_key_evp_cb).
-// Sealing (enc = 1): 1 with the current key set up, 0 to send no ticket.
-// Opening: 0 when the key is unknown or expired (full handshake), 1 with the
-// current key, 2 with an older one (resumed, and a new ticket is sealed
-// with the current key).
+// Sealing (enc = 1): see sealWith(). Opening: 0 when the key is unknown or
+// expired (full handshake), 1 with the key that seals now, 2 with an older
+// one (resumed, and a new ticket is sealed with the current key).
 int onTicketKey(SSL* ssl, unsigned char name[16], unsigned char* iv, EVP_CIPHER_CTX* cctx, EVP_MAC_CTX* hctx,
                 int enc) noexcept {
   Resumption* r = resumptionOf(SSL_get_SSL_CTX(ssl));
+  if (r && !r->file_keys.empty()) return fileTicketKey(r, name, iv, cctx, hctx, enc);
   if (!r || !r->keys) return 0;
   int64_t now = SharedDicts::nowMs();
   TicketKey key;
-  if (enc == 1) {
-    if (!currentKey(*r, now, &key) || RAND_bytes(iv, EVP_CIPHER_iv_length(EVP_aes_256_cbc())) != 1) return 0;
-    std::memcpy(name, key.name(), kNameBytes);
-    if (EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), nullptr, key.aes(), iv) != 1) return -1;
-    return setHmacKey(hctx, key.hmac()) ? 1 : -1;
-  }
+  if (enc == 1) return currentKey(*r, now, &key) ? sealWith(&key, name, iv, cctx, hctx) : 0;
   uint64_t tag = 0;
   std::memcpy(&tag, name, sizeof(tag));
   int64_t epoch = static_cast<int64_t>(tag);
   int64_t current = now / r->period_ms;
   if (epoch < 0 || epoch > current || !readKey(*r, epoch, &key)) return 0;
   if (std::memcmp(key.name(), name, kNameBytes) != 0) return 0;
-  if (!setHmacKey(hctx, key.hmac())) return -1;
-  if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), nullptr, key.aes(), iv) != 1) return -1;
+  if (!useKey(key, iv, cctx, hctx, false)) return -1;
   return epoch == current ? 1 : 2;
+}
+
+// Reads ssl_session_ticket_key files; false and *err for one that cannot be
+// read or is not 48 or 80 bytes (nginx's message).
+bool readKeyFiles(const std::vector<std::string>& files, std::vector<TicketKey>* keys, std::string* err) {
+  for (const std::string& file : files) {
+    TicketKey key;
+    FILE* f = fopen(file.c_str(), "rb");
+    size_t n = f ? fread(key.bytes, 1, kKeyBytes + 1, f) : 0;
+    if (f) fclose(f);
+    if (!f) {
+      err->assign("cannot open \"").append(file).append("\" (").append(std::strerror(errno)).append(")");
+      return false;
+    }
+    if (n != kKeyBytes && n != kShortKeyBytes) {
+      err->assign("\"").append(file).append("\" must be 48 or 80 bytes");
+      return false;
+    }
+    key.aes128 = n == kShortKeyBytes;
+    keys->push_back(key);
+  }
+  return true;
 }
 
 }  // namespace
@@ -256,7 +304,8 @@ bool ensureSessionZones(const conf::Config& cfg, std::string* err) {
   }
   bool tickets = false;
   for (const auto& g : cfg.listen_groups) {
-    if (g.listen.ssl && g.default_server->settings.ssl.session_tickets.value_or(false)) tickets = true;
+    const conf::SslSettings& ssl = g.default_server->settings.ssl;
+    if (g.listen.ssl && *ssl.session_tickets && ssl.session_ticket_keys->empty()) tickets = true;
   }
   if (tickets && !SharedDicts::instance().ensureInternal(kTicketZone, kTicketZoneSize, &why)) {
     err->assign("ssl_session_tickets: ").append(why);
@@ -273,15 +322,19 @@ bool installSessionResumption(SSL_CTX* ctx, const conf::SslSettings& s, std::str
   if (!cache.zone.empty()) {
     r->cache = SharedDicts::instance().findInternal(cacheZoneName(cache.zone), cache.zone_size);
   }
-  if (*s.session_tickets) r->keys = SharedDicts::instance().findInternal(kTicketZone, kTicketZoneSize);
+  if (*s.session_tickets && !readKeyFiles(*s.session_ticket_keys, &r->file_keys, err)) return false;
+  if (*s.session_tickets && r->file_keys.empty()) {
+    r->keys = SharedDicts::instance().findInternal(kTicketZone, kTicketZoneSize);
+  }
   setCacheMode(ctx, cache, r->cache != nullptr);
-  if (!r->cache && !r->keys) return true;
+  if (!r->cache && !r->keys && r->file_keys.empty()) return true;
   if (SSL_CTX_set_ex_data(ctx, resumptionIndex(), r.get()) != 1) {
     *err = "SSL_CTX_set_ex_data() failed";
     return false;
   }
   r.release();  // the context's now (freeResumption)
-  if (resumptionOf(ctx)->keys && SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, onTicketKey) != 1) {
+  Resumption* set = resumptionOf(ctx);
+  if ((set->keys || !set->file_keys.empty()) && SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, onTicketKey) != 1) {
     *err = "SSL_CTX_set_tlsext_ticket_key_evp_cb() failed";
     return false;
   }

@@ -7,6 +7,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "tls_support.h"
 
@@ -209,6 +210,45 @@ TEST(TlsSessionTest, SessionsAndTicketKeysSurviveAReload) {
     expectResumedByEveryWorker(gw.port(), c.version, s.get());
     EXPECT_EQ(gw.stop(), 0);
   }
+}
+
+TEST(TlsSessionTest, TicketKeyFilesSealWithTheFirstAndOpenWithAll) {
+  ASSERT_TRUE(TlsCerts::get().ok());
+  Gateway gw;
+  std::string a(80, '\0'), b(48, '\0');  // nginx's two layouts
+  for (size_t i = 0; i < a.size(); i++) a[i] = static_cast<char>('A' + i % 26);
+  for (size_t i = 0; i < b.size(); i++) b[i] = static_cast<char>('a' + i % 26 + (i > 15 ? 1 : 0));
+  gw.prefix().write("a.key", a);
+  gw.prefix().write("b.key", b);
+  std::string key_a = "ssl_session_ticket_key " + gw.path("a.key") + ";";
+  std::string key_b = "ssl_session_ticket_key " + gw.path("b.key") + ";";
+  gw.setConf(tlsConf("ssl_session_cache off; " + key_a));
+  ASSERT_TRUE(gw.start());
+  Session s = newSession(gw.port(), TLS1_2_VERSION);
+  ASSERT_TRUE(s);
+  EXPECT_EQ(ticketKeyName(s.get()), a.substr(0, 16));
+  expectResumedByEveryWorker(gw.port(), TLS1_2_VERSION, s.get());
+  // b seals now; a still opens, and its tickets are renewed with b.
+  std::vector<pid_t> old_workers = gw.workerPids();
+  gw.setConf(tlsConf("ssl_session_cache off; " + key_b + " " + key_a));
+  gw.signal(SIGHUP);
+  ASSERT_TRUE(gw.waitWorkersReplaced(old_workers, 2)) << gw.errorLog();
+  Session renewed;
+  EXPECT_TRUE(connect(gw.port(), TLS1_2_VERSION, s.get(), &renewed).reused);
+  ASSERT_TRUE(renewed);
+  EXPECT_EQ(ticketKeyName(renewed.get()), b.substr(0, 16));
+  Session s13 = newSession(gw.port(), TLS1_3_VERSION);
+  ASSERT_TRUE(s13);
+  EXPECT_EQ(ticketKeyName(s13.get()), b.substr(0, 16));
+  expectResumedByEveryWorker(gw.port(), TLS1_3_VERSION, s13.get());
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+  // Neither 48 nor 80 bytes: refused at load.
+  gw.prefix().write("c.key", std::string(64, 'c'));
+  gw.setConf(tlsConf("ssl_session_ticket_key " + gw.path("c.key") + ";"));
+  RunResult r = runTidegate({"-t", "-p", gw.prefix().path(), "-c", gw.path("conf/tidegate.conf")});
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("c.key\" must be 48 or 80 bytes"), std::string::npos) << r.err;
 }
 
 TEST(TlsSessionTest, AZoneDeclaredWithTwoSizesIsAnError) {
