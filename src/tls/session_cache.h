@@ -8,6 +8,7 @@
 //     by the first worker that needs one and rotated every
 //     ticketRotationMs(ssl_session_timeout); a ticket sealed with a previous
 //     key still opens while its session may live, and is then renewed.
+//   - ssl_session_ticket_key FILE...: fixed keys instead (nginx's files).
 // Both zones live in shm::SharedDicts' internal namespace, so no
 // lua_shared_dict can name them.
 #pragma once
@@ -30,9 +31,10 @@ bool ensureSessionZones(const conf::Config& cfg, std::string* err);
 
 // Applies `s`'s session cache mode (nginx's off / none / builtin /
 // shared), and for a shared cache or tickets the callbacks that use the
-// zones ensureSessionZones() made. A zone that does not exist (a conf being
-// checked before any is made) leaves that part to OpenSSL's per-context
-// defaults. False and *err when OpenSSL refuses.
+// zones ensureSessionZones() made (or the ticket key files). A zone that
+// does not exist (a conf being checked before any is made) leaves that
+// part to OpenSSL's per-context defaults. False and *err when a ticket key
+// file is unreadable or of a wrong size, or OpenSSL refuses.
 bool installSessionResumption(SSL_CTX* ctx, const conf::SslSettings& s, std::string* err);
 
 // How long a ticket key encrypts: half the session timeout (a ticket from
