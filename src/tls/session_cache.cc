@@ -103,8 +103,9 @@ int onNewSession(SSL* ssl, SSL_SESSION* sess) noexcept {
   unsigned char buf[kMaxSessionBytes];
   unsigned char* end = buf;
   i2d_SSL_SESSION(sess, &end);
+  // A TTL of 0 would mean "never" to the dict.
   shm::WriteResult w = r->cache->set(bytesView(id, id_len), shm::Value::ofString(bytesView(buf, end - buf)),
-                                     r->timeout_ms);
+                                     std::max<int64_t>(r->timeout_ms, 1));
   if (w.status != shm::Status::kOk) {
     TG_LOG_CONN_LIMITED(LogLevel::kAlert, 0, "could not allocate a new session in the SSL session shared cache (%d bytes)",
                         n);
@@ -250,18 +251,22 @@ int onTicketKey(SSL* ssl, unsigned char name[16], unsigned char* iv, EVP_CIPHER_
 // read or is not 48 or 80 bytes (nginx's message).
 bool readKeyFiles(const std::vector<std::string>& files, std::vector<TicketKey>* keys, std::string* err) {
   for (const std::string& file : files) {
-    TicketKey key;
+    unsigned char buf[kKeyBytes + 1];  // one more, to see a longer file
     FILE* f = fopen(file.c_str(), "rb");
-    size_t n = f ? fread(key.bytes, 1, kKeyBytes + 1, f) : 0;
+    size_t n = f ? fread(buf, 1, sizeof(buf), f) : 0;
     if (f) fclose(f);
+    std::string why;
     if (!f) {
-      err->assign("cannot open \"").append(file).append("\" (").append(std::strerror(errno)).append(")");
+      why.append("cannot open \"").append(file).append("\" (").append(std::strerror(errno)).append(")");
+    } else if (n != kKeyBytes && n != kShortKeyBytes) {
+      why.append("\"").append(file).append("\" must be 48 or 80 bytes");
+    }
+    if (!why.empty()) {
+      *err = std::move(why);
       return false;
     }
-    if (n != kKeyBytes && n != kShortKeyBytes) {
-      err->assign("\"").append(file).append("\" must be 48 or 80 bytes");
-      return false;
-    }
+    TicketKey key;
+    std::memcpy(key.bytes, buf, n);
     key.aes128 = n == kShortKeyBytes;
     keys->push_back(key);
   }

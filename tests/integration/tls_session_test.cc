@@ -244,7 +244,7 @@ TEST(TlsSessionTest, TicketKeyFilesSealWithTheFirstAndOpenWithAll) {
   EXPECT_EQ(gw.stop(), 0);
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
   // Neither 48 nor 80 bytes: refused at load.
-  gw.prefix().write("c.key", std::string(64, 'c'));
+  gw.prefix().write("c.key", std::string(100, 'c'));
   gw.setConf(tlsConf("ssl_session_ticket_key " + gw.path("c.key") + ";"));
   RunResult r = runTidegate({"-t", "-p", gw.prefix().path(), "-c", gw.path("conf/tidegate.conf")});
   EXPECT_NE(r.exit_code, 0);
