@@ -310,7 +310,8 @@ bool ensureSessionZones(const conf::Config& cfg, std::string* err) {
   bool tickets = false;
   for (const auto& g : cfg.listen_groups) {
     const conf::SslSettings& ssl = g.default_server->settings.ssl;
-    if (g.listen.ssl && *ssl.session_tickets && ssl.session_ticket_keys->empty()) tickets = true;
+    bool key_files = ssl.session_ticket_keys && !ssl.session_ticket_keys->empty();
+    if (g.listen.ssl && *ssl.session_tickets && !key_files) tickets = true;
   }
   if (tickets && !SharedDicts::instance().ensureInternal(kTicketZone, kTicketZoneSize, &why)) {
     err->assign("ssl_session_tickets: ").append(why);
@@ -327,7 +328,9 @@ bool installSessionResumption(SSL_CTX* ctx, const conf::SslSettings& s, std::str
   if (!cache.zone.empty()) {
     r->cache = SharedDicts::instance().findInternal(cacheZoneName(cache.zone), cache.zone_size);
   }
-  if (*s.session_tickets && !readKeyFiles(*s.session_ticket_keys, &r->file_keys, err)) return false;
+  if (*s.session_tickets && s.session_ticket_keys && !readKeyFiles(*s.session_ticket_keys, &r->file_keys, err)) {
+    return false;
+  }
   if (*s.session_tickets && r->file_keys.empty()) {
     r->keys = SharedDicts::instance().findInternal(kTicketZone, kTicketZoneSize);
   }
