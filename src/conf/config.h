@@ -172,14 +172,16 @@ struct ProxyPass {
 // lua_ssl_protocols' names, as bits of HttpSettings::lua_ssl_protocols.
 constexpr uint64_t kSslV2 = 1, kSslV3 = 2, kTlsV1 = 4, kTlsV1_1 = 8, kTlsV1_2 = 16, kTlsV1_3 = 32;
 
-// ssl_session_cache: off | none | builtin[:size] | shared:name:size (the
-// one shared zone of the conf holds the sessions of every worker).
+// ssl_session_cache: off | none | [builtin[:size]] [shared:name:size] (a
+// shared zone holds the sessions of every worker; servers naming the same
+// zone share it; docs/tls-sessions.md).
 struct SslSessionCacheConf {
   bool off = false;          // "off": no cache, and clients are told so
   bool builtin = false;      // per-worker OpenSSL cache
   uint64_t builtin_size = 20480;  // sessions
   std::string zone;          // shared:NAME:SIZE; empty: none
   uint64_t zone_size = 0;    // bytes
+  std::string where;         // file:line of the directive
 };
 
 // The downstream TLS of a server (http and server levels; docs/tls.md).
@@ -197,6 +199,9 @@ struct SslSettings {
   std::optional<SslSessionCacheConf> session_cache;
   std::optional<bool> session_tickets;
   std::optional<uint64_t> session_timeout_ms;
+  // ssl_session_ticket_key files (absolute paths): the first seals, all
+  // open. None: keys in shared memory, rotated (docs/tls-sessions.md).
+  std::optional<std::vector<std::string>> session_ticket_keys;
   std::optional<LuaCode> certificate_lua;  // ssl_certificate_by_lua*
   std::string where;  // file:line of the first ssl_certificate, for load errors
 

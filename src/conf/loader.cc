@@ -67,6 +67,7 @@ void SslSettings::inheritFrom(const SslSettings& p) {
   if (!session_cache) session_cache = p.session_cache;
   if (!session_tickets) session_tickets = p.session_tickets;
   if (!session_timeout_ms) session_timeout_ms = p.session_timeout_ms;
+  if (!session_ticket_keys) session_ticket_keys = p.session_ticket_keys;
   if (!certificate_lua) certificate_lua = p.certificate_lua;
 }
 
@@ -82,6 +83,7 @@ void SslSettings::fillDefaults() {
   if (!session_cache) session_cache.emplace();  // "none": no shared cache, tickets still work
   if (!session_tickets) session_tickets = true;
   if (!session_timeout_ms) session_timeout_ms = 5 * 60 * 1000;
+  if (!session_ticket_keys) session_ticket_keys.emplace();
 }
 
 void HttpSettings::fillDefaults() {

@@ -47,7 +47,8 @@ bool onSessionCache(const ConfNode& n, BuildState& st, std::string* err) {
       size_t colon = a.find(':', 7);
       if (colon != std::string::npos && colon > 7 && parseSize(a.substr(colon + 1), &c.zone_size)) {
         c.zone = a.substr(7, colon - 7);
-        if (c.zone_size < 8192) {
+        // nginx refuses a zone under 8 pages; so does shm::Zone (kMinSize).
+        if (c.zone_size < 32 * 1024) {
           *err = "session cache \"" + a + "\" is too small";
           return false;
         }
@@ -57,7 +58,17 @@ bool onSessionCache(const ConfNode& n, BuildState& st, std::string* err) {
     *err = "invalid session cache \"" + a + "\"";
     return false;
   }
+  c.where = n.where();
   field = c;
+  return true;
+}
+
+// ssl_session_ticket_key FILE; (repeatable; read and checked when the
+// server contexts are made, so -t and a reload catch a bad one).
+bool onTicketKeyFile(const ConfNode& n, BuildState& st, std::string*) {
+  std::optional<std::vector<std::string>>& files = st.settings().ssl.session_ticket_keys;
+  if (!files) files.emplace();
+  files->push_back(st.resolvePath(n.args[0]));
   return true;
 }
 
@@ -71,6 +82,7 @@ const Directive kSslDirectives[] = {
     {"ssl_prefer_server_ciphers", kHttpCtx | kServerCtx, 1, 1, false, onFlag<&SslSettings::prefer_server_ciphers>},
     {"ssl_session_cache", kHttpCtx | kServerCtx, 1, 2, false, onSessionCache},
     {"ssl_session_tickets", kHttpCtx | kServerCtx, 1, 1, false, onFlag<&SslSettings::session_tickets>},
+    {"ssl_session_ticket_key", kHttpCtx | kServerCtx, 1, 1, false, onTicketKeyFile},
     {"ssl_session_timeout", kHttpCtx | kServerCtx, 1, 1, false, onDuration<&SslSettings::session_timeout_ms>},
 };
 

@@ -24,6 +24,7 @@
 #include "process/worker.h"
 #include "shm/upstream_table.h"
 #include "tidegate/version.h"
+#include "tls/session_cache.h"
 #include "upstream/publish.h"
 
 namespace tidegate::process {
@@ -418,6 +419,9 @@ std::shared_ptr<lua::Vm> prepareLua(conf::ConfigPtr cfg, std::string* err) {
   if (!upstream::publishConfUpstreams(*cfg, *table, err)) return nullptr;
   // Then what the admin API changed, which wins over the conf.
   if (!admin::StateStore(cfg->http.admin.state_dir).loadUpstreams(*table, &cfg->http.variables, err)) return nullptr;
+  // The TLS session cache and ticket key zones, beside the lua_shared_dict
+  // ones (Vm::create) in the mapping workers inherit.
+  if (!tls::ensureSessionZones(*cfg, err)) return nullptr;
   std::string why;
   std::shared_ptr<lua::Vm> vm = lua::Vm::create(cfg, &why);
   if (vm && !vm->run(cfg->http.lua.init, lua::Phase::kInit, &why)) vm.reset();

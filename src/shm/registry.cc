@@ -17,21 +17,29 @@ int64_t SharedDicts::nowMs() {
   return static_cast<int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
 }
 
+Dict* SharedDicts::make(const Key& key, std::string* err) {
+  auto it = zones_.find(key);
+  if (it != zones_.end()) return it->second.dict.get();
+  Entry e;
+  e.zone = Zone::create(std::get<2>(key), err);
+  if (!e.zone || !Dict::init(*e.zone, err)) return nullptr;
+  e.dict = std::make_unique<Dict>(*e.zone, &SharedDicts::nowMs);
+  return zones_.emplace(key, std::move(e)).first->second.dict.get();
+}
+
 bool SharedDicts::ensure(const std::vector<conf::SharedDictConf>& dicts, std::string* err) {
   for (const conf::SharedDictConf& d : dicts) {
-    auto key = std::make_pair(d.name, d.size);
-    if (zones_.count(key)) continue;
-    Entry e;
     std::string why;
-    e.zone = Zone::create(d.size, &why);
-    if (!e.zone || !Dict::init(*e.zone, &why)) {
+    if (!make(Key(false, d.name, d.size), &why)) {
       *err = "lua_shared_dict \"" + d.name + "\": " + why + " in " + d.where;
       return false;
     }
-    e.dict = std::make_unique<Dict>(*e.zone, &SharedDicts::nowMs);
-    zones_.emplace(key, std::move(e));
   }
   return true;
+}
+
+Dict* SharedDicts::ensureInternal(const std::string& name, uint64_t size, std::string* err) {
+  return make(Key(true, name, size), err);
 }
 
 uint64_t SharedDicts::sweepExpired(uint64_t scan_each) {
@@ -41,7 +49,12 @@ uint64_t SharedDicts::sweepExpired(uint64_t scan_each) {
 }
 
 Dict* SharedDicts::find(const std::string& name, uint64_t size) {
-  auto it = zones_.find(std::make_pair(name, size));
+  auto it = zones_.find(Key(false, name, size));
+  return it == zones_.end() ? nullptr : it->second.dict.get();
+}
+
+Dict* SharedDicts::findInternal(const std::string& name, uint64_t size) {
+  auto it = zones_.find(Key(true, name, size));
   return it == zones_.end() ? nullptr : it->second.dict.get();
 }
 

@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "conf/config.h"
@@ -28,6 +29,12 @@ class SharedDicts {
   bool ensure(const std::vector<conf::SharedDictConf>& dicts, std::string* err);
   // The dict of that name and size as ensure() made it; null if none.
   Dict* find(const std::string& name, uint64_t size);
+  // The same for tidegate's own zones (the TLS session cache and ticket
+  // keys), in a namespace of their own: no lua_shared_dict name reaches
+  // them. The zone is made on the first call (master, before fork); null
+  // and *err if the mapping fails.
+  Dict* ensureInternal(const std::string& name, uint64_t size, std::string* err);
+  Dict* findInternal(const std::string& name, uint64_t size);
 
   // The periodic half of expiry (reads and writes free expired entries
   // lazily too): in every zone, frees the expired among the `scan_each`
@@ -42,7 +49,10 @@ class SharedDicts {
     std::unique_ptr<Zone> zone;
     std::unique_ptr<Dict> dict;
   };
-  std::map<std::pair<std::string, uint64_t>, Entry> zones_;
+  // (internal, name, size)
+  using Key = std::tuple<bool, std::string, uint64_t>;
+  Dict* make(const Key& key, std::string* err);
+  std::map<Key, Entry> zones_;
 };
 
 }  // namespace tidegate::shm

@@ -5,6 +5,7 @@
 
 #include "core/log.h"
 #include "http/router.h"
+#include "tls/session_cache.h"
 
 namespace tidegate::tls {
 namespace {
@@ -55,12 +56,9 @@ SSL_CTX* newServerCtx(const conf::SslSettings& s, std::string* err) {
   SSL_CTX_set_timeout(ctx, static_cast<long>(*s.session_timeout_ms / 1000));
   SSL_CTX_set_session_id_context(ctx, reinterpret_cast<const unsigned char*>(kSessionContext),
                                  sizeof(kSessionContext) - 1);
-  const conf::SslSessionCacheConf& cache = *s.session_cache;
-  if (cache.builtin) {
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
-    SSL_CTX_sess_set_cache_size(ctx, static_cast<long>(cache.builtin_size));
-  } else {
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  if (!installSessionResumption(ctx, s, err)) {
+    SSL_CTX_free(ctx);
+    return nullptr;
   }
   return ctx;
 }

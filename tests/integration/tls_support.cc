@@ -91,6 +91,10 @@ TlsCerts::Leaf TlsCerts::leaf(const std::string& id, const std::vector<std::stri
 TlsConn::~TlsConn() { close(); }
 
 void TlsConn::close() {
+  // Counts as closed cleanly without a close_notify (the peer may be gone):
+  // SSL_free marks the session of a connection that was not shut down as
+  // not resumable, and the session tests resume them.
+  if (ssl_ && SSL_is_init_finished(ssl_)) SSL_set_shutdown(ssl_, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
   if (ssl_) SSL_free(ssl_);
   if (ctx_) SSL_CTX_free(ctx_);
   ssl_ = nullptr;
