@@ -174,7 +174,7 @@ constexpr uint64_t kSslV2 = 1, kSslV3 = 2, kTlsV1 = 4, kTlsV1_1 = 8, kTlsV1_2 = 
 
 // ssl_session_cache: off | none | [builtin[:size]] [shared:name:size] (a
 // shared zone holds the sessions of every worker; servers naming the same
-// zone share it; docs/tls-sessions.md).
+// zone share it; docs/tls.md).
 struct SslSessionCacheConf {
   bool off = false;          // "off": no cache, and clients are told so
   bool builtin = false;      // per-worker OpenSSL cache
@@ -200,7 +200,7 @@ struct SslSettings {
   std::optional<bool> session_tickets;
   std::optional<uint64_t> session_timeout_ms;
   // ssl_session_ticket_key files (absolute paths): the first seals, all
-  // open. None: keys in shared memory, rotated (docs/tls-sessions.md).
+  // open. None: keys in shared memory, rotated (docs/tls.md).
   std::optional<std::vector<std::string>> session_ticket_keys;
   std::optional<LuaCode> certificate_lua;  // ssl_certificate_by_lua*
   std::string where;  // file:line of the first ssl_certificate, for load errors

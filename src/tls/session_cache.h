@@ -1,5 +1,5 @@
 // Downstream TLS session resumption that works whichever worker accepts
-// the next connection (docs/tls-sessions.md):
+// the next connection (docs/tls.md):
 //   - ssl_session_cache shared:NAME:SIZE: sessions (i2d_SSL_SESSION bytes,
 //     keyed by session id) in a shared dict zone of the master's mapping,
 //     with ssl_session_timeout as their TTL and LRU eviction when full.
