@@ -2,6 +2,8 @@
 
 #include <luajit.h>
 
+#include <set>
+
 #include "lua/pushed_modules.h"
 #include "lua/sandbox/budget.h"
 #include "lua/task.h"
@@ -43,7 +45,23 @@ bool Functions::freshIndex(std::string* err) {
   if (!dir_.empty() && !readModuleIndex(dir_, &index_, err, kFunctionKind)) return false;
   seen_ = now;
   have_index_ = true;
+  dropOldMakers();
   return true;
+}
+
+// Versions no function has any more are not compiled code to keep (a
+// request running one holds its closure).
+void Functions::dropOldMakers() {
+  std::set<std::string> current;
+  for (const auto& [name, f] : index_.modules) current.insert(f.md5);
+  for (auto it = makers_.begin(); it != makers_.end();) {
+    if (current.count(it->first)) {
+      ++it;
+      continue;
+    }
+    luaL_unref(vm_.state(), LUA_REGISTRYINDEX, it->second);
+    it = makers_.erase(it);
+  }
 }
 
 bool Functions::pushMaker(lua_State* L, const std::string& name, const std::string& md5, std::string* err) {

@@ -40,6 +40,7 @@ class Functions {
 
  private:
   bool freshIndex(std::string* err);
+  void dropOldMakers();
   // Stack: [] -> [maker] (compiled once per md5).
   bool pushMaker(lua_State* L, const std::string& name, const std::string& md5, std::string* err);
   // Stack: [] -> [sandbox] (the table sandbox.lua's builder returned).
