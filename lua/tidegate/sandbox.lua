@@ -39,6 +39,15 @@ local function readonly(t, what)
   })
 end
 
+-- JSON: lua-cjson when the system has it (encode/decode only: its
+-- settings are process-wide).
+local json_libs = {}
+for _, name in ipairs({ "cjson", "cjson.safe" }) do
+  local ok, lib = pcall(real_require, name)
+  if ok and type(lib) == "table" then json_libs[name] = lib end
+end
+local kJson = { "encode", "decode", "null", "empty_array" }
+
 local kBase = { "assert", "error", "ipairs", "next", "pairs", "select", "tonumber", "tostring", "type",
   "unpack", "rawequal", "rawget", "_VERSION" }
 local kNgx = { "say", "print", "exit", "log", "now", "time", "today", "localtime", "utctime", "http_time",
@@ -144,6 +153,7 @@ return function(killed, KILL, conf)
   end
 
   local function sb_require(name)
+    if json_libs[name] then return copy(json_libs[name], kJson) end
     if not modules_allowed[name] then
       error("module '" .. tostring(name) .. "' is not allowed in the sandbox", 2)
     end
@@ -168,6 +178,7 @@ return function(killed, KILL, conf)
     env.math = copy(math)
     env.os = copy(os, { "time", "clock", "date", "difftime" })
     env.ngx = new_ngx()
+    if json_libs.cjson then env.cjson = copy(json_libs.cjson, kJson) end
     env._G = env
     return env
   end

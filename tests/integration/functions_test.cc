@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -104,6 +105,23 @@ TEST(FunctionsTest, VersionsRollbackAndRestart) {
   ASSERT_EQ(gw.stop(), 0);
   ASSERT_TRUE(gw.start());
   EXPECT_EQ(httpGet(gw.port(), "/fn/v").body, "one\n");
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+// A push reaches every worker from its next request (the shared counter
+// of pushed modules moves).
+TEST(FunctionsTest, EveryWorkerServesTheNewVersion) {
+  Gateway gw;
+  gw.setSimpleConf("location ~ ^/fn/(\\w+)$ { content_by_function $1; }",
+                   "admin_listen 127.0.0.1:{PORT2};\nadmin_token " + kToken + ";\n", 2);
+  ASSERT_TRUE(gw.start());
+  for (const std::string& v : {"one", "two"}) {
+    ASSERT_LT(push(gw, "f", "ngx.say('" + v + "')").status, 300);
+    std::set<std::string> answers;
+    for (int i = 0; i < 12; i++) answers.insert(httpGet(gw.port(), "/fn/f").body);
+    EXPECT_EQ(answers, std::set<std::string>{v + "\n"});
+  }
+  EXPECT_TRUE(gw.seriousLogLines().empty());
   EXPECT_EQ(gw.stop(), 0);
 }
 
@@ -229,6 +247,37 @@ TEST(FunctionsTest, BudgetsKillTheRequestNotTheWorker) {
   EXPECT_EQ(httpGet(gw.port(), "/trusted").body, kTrustedOk);
   EXPECT_EQ(httpGet(gw.port(), "/pid").body, pid);
   EXPECT_TRUE(gw.seriousLogLinesBut({"function \""}).empty());
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+// lua_sandbox_shared_dicts and lua_sandbox_modules open what they name,
+// through proxies a function cannot change.
+TEST(FunctionsTest, WhitelistedDictsAndModulesWork) {
+  Gateway gw;
+  fnConf(gw, "lua_sandbox_modules mylib;\n");
+  ASSERT_TRUE(gw.start());
+  ASSERT_EQ(admin(gw.port2(), "PUT", "/lua/mylib", "return {twice = function(x) return 2 * x end}").status, 201);
+  ASSERT_EQ(push(gw, "counter",
+                 "local d = ngx.shared.d\n"
+                 "local n = d:incr('hits', 1, 0)\n"
+                 "ngx.say(n, ' ', require('mylib').twice(n))")
+                .status,
+            201);
+  ASSERT_EQ(push(gw, "json",
+                 "local t = cjson.decode('{\"a\":[1,2]}')\n"
+                 "ngx.say(#t.a, require('cjson.safe').encode({b = true}), type(require('cjson').encode_max_depth))")
+                .status,
+            201);
+  ASSERT_EQ(push(gw, "modwrite", "require('mylib').twice = nil").status, 201);
+  ASSERT_EQ(push(gw, "other", "require('resty.core')").status, 201);
+  EXPECT_EQ(httpGet(gw.port(), "/fn/counter").body, "1 2\n");
+  EXPECT_EQ(httpGet(gw.port(), "/fn/counter").body, "2 4\n");
+  EXPECT_EQ(httpGet(gw.port(), "/fn/json").body, "2{\"b\":true}nil\n");
+  EXPECT_EQ(httpGet(gw.port(), "/fn/modwrite").status, 500);
+  EXPECT_EQ(httpGet(gw.port(), "/fn/other").status, 500);
+  EXPECT_EQ(httpGet(gw.port(), "/fn/counter").body, "3 6\n");
+  EXPECT_TRUE(gw.waitLog("function \"other\" failed"));
+  EXPECT_TRUE(gw.seriousLogLinesBut({"function \"modwrite\" failed", "function \"other\" failed"}).empty());
   EXPECT_EQ(gw.stop(), 0);
 }
 
