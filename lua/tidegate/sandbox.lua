@@ -48,6 +48,86 @@ for _, name in ipairs({ "cjson", "cjson.safe" }) do
 end
 local kJson = { "encode", "decode", "null", "empty_array" }
 
+-- Lua patterns run in C, where the budget hook cannot stop them, and
+-- backtrack: k quantifiers over n bytes may take about n^k steps at each of
+-- n starting positions
+-- (string.find(string.rep("a", 300), string.rep("a-", 6) .. "b") runs for
+-- hours). The sandbox's find/match/gmatch/gsub refuse a pattern whose bound
+-- passes kPatternSteps (about a second of matching); plain finds are linear.
+local kPatternSteps = 1e9
+local str_byte = string.byte
+
+local function quantifiers(pat)
+  local k, i, n = 0, 1, #pat
+  while i <= n do
+    local c = str_byte(pat, i)
+    if c == 37 then  -- '%': the next character is literal
+      i = i + 1
+    elseif c == 42 or c == 43 or c == 45 then  -- '*' '+' '-' (a range in a set counts too)
+      k = k + 1
+    end
+    i = i + 1
+  end
+  return k
+end
+
+local function check_pattern(fname, s, pat)
+  if type(s) ~= "string" and type(s) ~= "number" then return end
+  if type(pat) ~= "string" and type(pat) ~= "number" then return end
+  pat = tostring(pat)
+  local n = #tostring(s) + 1
+  -- An anchored pattern is tried at one position only.
+  local tries = str_byte(pat, 1) == 94 and 0 or 1  -- '^'
+  if n ^ (quantifiers(pat) + tries) > kPatternSteps then
+    error("bad argument #2 to '" .. fname .. "' (pattern too complex for this subject in the sandbox)", 3)
+  end
+end
+
+-- The guarded pattern functions, also put in the real string table while
+-- sandboxed code runs (enter/leave below), since strings' methods
+-- (("x"):find(...)) are the real table's.
+local function guards()
+  local s = {}
+  local find, match, gmatch, gsub = string.find, string.match, string.gmatch, string.gsub
+  s.find = function(str, pat, init, plain)
+    if not plain then check_pattern("find", str, pat) end
+    return find(str, pat, init, plain)
+  end
+  s.match = function(str, pat, init)
+    check_pattern("match", str, pat)
+    return match(str, pat, init)
+  end
+  s.gmatch = function(str, pat)
+    check_pattern("gmatch", str, pat)
+    return gmatch(str, pat)
+  end
+  s.gsub = function(str, pat, repl, n)
+    check_pattern("gsub", str, pat)
+    return gsub(str, pat, repl, n)
+  end
+  return s
+end
+local kGuards = guards()
+local kOriginals = { dump = string.dump }
+for k in pairs(kGuards) do kOriginals[k] = string[k] end
+
+local function guarded_string()
+  local s = {}
+  for k, v in pairs(string) do s[k] = v end
+  for k, v in pairs(kGuards) do s[k] = v end
+  s.dump = nil
+  return s
+end
+
+-- Around every resume of a sandboxed coroutine (src/lua/sandbox/budget.cc).
+local function enter_strings()
+  for k, v in pairs(kGuards) do string[k] = v end
+  string.dump = nil
+end
+local function leave_strings()
+  for k, v in pairs(kOriginals) do string[k] = v end
+end
+
 local kBase = { "assert", "error", "ipairs", "next", "pairs", "select", "tonumber", "tostring", "type",
   "unpack", "rawequal", "rawget", "_VERSION" }
 local kNgx = { "say", "print", "exit", "log", "now", "time", "today", "localtime", "utctime", "http_time",
@@ -171,9 +251,7 @@ return function(killed, KILL, conf)
       env.pcall = sb_pcall
       env.xpcall = sb_xpcall
     end
-    local s = copy(string)
-    s.dump = nil
-    env.string = s
+    env.string = guarded_string()
     env.table = copy(table)
     env.math = copy(math)
     env.os = copy(os, { "time", "clock", "date", "difftime" })
@@ -190,5 +268,5 @@ return function(killed, KILL, conf)
     if type(r) == "function" then return r() end
   end
 
-  return { new_env = new_env, run = run }
+  return { new_env = new_env, run = run, enter = enter_strings, leave = leave_strings }
 end

@@ -158,6 +158,11 @@ TEST(FunctionsTest, EscapeProbesReachNothing) {
       {"var_mt_set", "setmetatable(ngx.var, {})", ""},
       {"var_write", "ngx.var.uri = '/x'", ""},
       {"dict_write", "ngx.shared.d.get = function() return 'pwn' end", ""},
+      // Lua patterns run in C, out of the hook's reach: a backtracking
+      // bomb is refused (function and method forms); ordinary ones work.
+      {"pattern_bomb", "string.find(string.rep('a', 300), string.rep('a-', 6) .. 'b')", ""},
+      {"pattern_bomb_method", "(string.rep('a', 300)):gsub(string.rep('a-', 6) .. 'b', '')", ""},
+      {"pattern_ok", "ngx.say(('k=v'):match('^(%w+)=(%w+)$'), string.gsub('a b  c', '%s+', '-'))", "ka-b-c2\n"},
   };
   for (const Probe& p : probes) ASSERT_EQ(push(gw, p.name, p.src).status, 201) << p.name;
   for (const Probe& p : probes) {

@@ -11,7 +11,7 @@ constexpr int kHookStep = 1000;
 constexpr uint64_t kMemorySlack = 1u << 20;
 
 const char kKill = 0;
-const char kDumpKey = 0;
+const char kSandboxKey = 0;
 
 struct AllocState {
   lua_Alloc orig = nullptr;
@@ -32,6 +32,7 @@ const char* budgetName(Budget b) {
 }
 
 void* BudgetRun::killKey() { return const_cast<char*>(&kKill); }
+void* BudgetRun::sandboxKey() { return const_cast<char*>(&kSandboxKey); }
 
 BudgetRun::BudgetRun(lua_State* L, uv_loop_t* loop, const conf::SandboxConf& conf,
                      std::function<void()> on_timeout)
@@ -63,7 +64,7 @@ std::string BudgetRun::describe() const {
 }
 
 void BudgetRun::enter(lua_State* co) {
-  hideDump(true);
+  swapStrings(true);
   active_ = this;
   lua_sethook(co, hook, LUA_MASKCOUNT, kHookStep);
 }
@@ -71,30 +72,16 @@ void BudgetRun::enter(lua_State* co) {
 void BudgetRun::leave(lua_State* co) {
   lua_sethook(co, nullptr, 0, 0);
   active_ = nullptr;
-  hideDump(false);
+  swapStrings(false);
 }
 
-// Stack: [] -> [string] -> [] (the dump function kept in the registry).
-void BudgetRun::hideDump(bool hide) {
-  lua_getglobal(L_, "string");
-  if (!lua_istable(L_, -1)) {
-    lua_pop(L_, 1);
-    return;
-  }
-  lua_pushlightuserdata(L_, const_cast<char*>(&kDumpKey));
-  if (hide) {
-    lua_getfield(L_, -2, "dump");
-    if (lua_isnil(L_, -1)) {
-      lua_pop(L_, 3);
-      return;
-    }
-    lua_rawset(L_, LUA_REGISTRYINDEX);
-    lua_pushnil(L_);
-    lua_setfield(L_, -2, "dump");
-  } else {
-    lua_rawget(L_, LUA_REGISTRYINDEX);
-    if (!lua_isnil(L_, -1)) lua_setfield(L_, -2, "dump");
-    else lua_pop(L_, 1);
+// Stack: [] -> [sandbox] -> [] (sandbox.enter or sandbox.leave runs).
+void BudgetRun::swapStrings(bool sandboxed) {
+  lua_pushlightuserdata(L_, sandboxKey());
+  lua_rawget(L_, LUA_REGISTRYINDEX);
+  if (lua_istable(L_, -1)) {
+    lua_getfield(L_, -1, sandboxed ? "enter" : "leave");
+    if (lua_pcall(L_, 0, 0, 0) != 0) lua_pop(L_, 1);  // it does not fail: no allocation, no metamethod
   }
   lua_pop(L_, 1);
 }

@@ -14,7 +14,9 @@
 //   LuaJIT raises "not enough memory" (string.rep to gigabytes included).
 //
 // string.dump is not in the sandbox's string table, and the real one loses
-// it while sandboxed code runs (strings' methods are the real table's).
+// it while sandboxed code runs (strings' methods are the real table's);
+// the Lua pattern functions, which run in C where no hook can stop them,
+// refuse patterns whose backtracking bound is too large for the subject.
 //
 // Once a budget is exceeded the request is "killed": the hook raises the
 // kill (a light userdata) at every tick, and the pcall/xpcall wrappers of
@@ -62,12 +64,15 @@ class BudgetRun : public ResumeGuard {
   static BudgetRun* active() { return active_; }
   // The error value of a kill.
   static void* killKey();
+  // The registry key of the sandbox table (lua/sandbox/functions.cc sets it).
+  static void* sandboxKey();
 
  private:
   static void hook(lua_State* L, lua_Debug* ar);
-  // ("").dump would reach the real string table's dump: it is taken out
-  // while sandboxed code runs and put back after. Stack: unchanged.
-  void hideDump(bool hide);
+  // Strings' methods are the real string table's: while sandboxed code
+  // runs, it has no dump and the pattern functions are the sandbox's
+  // guarded ones (lua/tidegate/sandbox.lua enter/leave). Stack: unchanged.
+  void swapStrings(bool sandboxed);
   static void* alloc(void* ud, void* ptr, size_t osize, size_t nsize);
   static void onTimer(uv_timer_t* t) noexcept;
   // False when `bytes` more would pass the memory budget.

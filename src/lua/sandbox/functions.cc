@@ -124,6 +124,9 @@ bool Functions::pushSandbox(lua_State* L, std::string* err) {
   }
   lua_pushvalue(L, -1);
   sandbox_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pushlightuserdata(L, sandbox::BudgetRun::sandboxKey());
+  lua_pushvalue(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
   return true;
 }
 
