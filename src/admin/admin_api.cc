@@ -5,6 +5,7 @@
 #include "admin/routes.h"
 #include "core/log.h"
 #include "http/request.h"
+#include "lua/module_store.h"
 
 namespace tidegate::admin {
 namespace {
@@ -130,6 +131,10 @@ const std::vector<Route>& routes() {
       {{"lua", "*"}, {"GET", "PUT", "DELETE"}},
       {{"lua", "*", "versions"}, {"GET"}},
       {{"lua", "*", "rollback"}, {"POST"}},
+      {{"functions"}, {"GET"}},
+      {{"functions", "*"}, {"GET", "PUT", "DELETE"}},
+      {{"functions", "*", "versions"}, {"GET"}},
+      {{"functions", "*", "rollback"}, {"POST"}},
       {{"ssl"}, {"GET"}},
       {{"ssl", "*"}, {"GET", "PUT", "DELETE"}},
       // tengine dyups and Slardar
@@ -145,7 +150,8 @@ AdminApi::AdminApi(const conf::Config& cfg, shm::UpstreamTable& table, lua::Vm* 
       table_(table),
       upstreams_(std::make_unique<UpstreamRoutes>(cfg, table)),
       compat_(std::make_unique<CompatRoutes>(table, *upstreams_)),
-      lua_(std::make_unique<LuaRoutes>(cfg, table, vm)),
+      lua_(std::make_unique<LuaRoutes>(cfg, table, vm, lua::kModuleKind)),
+      functions_(std::make_unique<LuaRoutes>(cfg, table, vm, lua::kFunctionKind)),
       ssl_(std::make_unique<SslRoutes>(cfg, table)) {}
 
 AdminApi::~AdminApi() = default;
@@ -200,6 +206,7 @@ void AdminApi::handle(http::Request& r, http::ContentSink& sink) {
       if (ar.segments[0] == "upstreams") reply = upstreams_->handle(ar);
       else if (ar.segments[0] == "config") reply = exportConfig();
       else if (ar.segments[0] == "lua") reply = lua_->handle(ar);
+      else if (ar.segments[0] == "functions") reply = functions_->handle(ar);
       else if (ar.segments[0] == "ssl") reply = ssl_->handle(ar);
       else reply = compat_->handle(ar);
     }

@@ -43,6 +43,7 @@ class AdminApi final : public http::AdminHandler {
   std::unique_ptr<UpstreamRoutes> upstreams_;
   std::unique_ptr<CompatRoutes> compat_;
   std::unique_ptr<LuaRoutes> lua_;
+  std::unique_ptr<LuaRoutes> functions_;
   std::unique_ptr<SslRoutes> ssl_;
 };
 

@@ -1,4 +1,6 @@
-// /lua routes: pushed Lua modules (see routes.h and lua/module_store.h).
+// /lua routes (pushed Lua modules) and /functions routes (sandboxed
+// functions): the same store, versions and rollback (see routes.h and
+// lua/module_store.h); only the validation of a push differs.
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,6 +14,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "lua/module_store.h"
+#include "lua/sandbox/functions.h"
 #include "lua/vm.h"
 
 namespace tidegate::admin {
@@ -51,13 +54,13 @@ void setCurrent(lua::ModuleIndex& index, const std::string& name, const std::str
 
 // Deletes the source files in lua/ that no module's history names.
 void collectSources(const lua::ModuleIndex& index, const std::set<std::string>& candidates,
-                    const std::string& state_dir) {
+                    const std::string& state_dir, const char* kind) {
   for (const std::string& md5 : candidates) {
     bool used = false;
     for (const auto& [n, m] : index.modules) {
       for (const lua::ModuleVersion& v : m.history) used = used || v.md5 == md5;
     }
-    if (!used) unlink(lua::moduleSourcePath(state_dir, md5).c_str());
+    if (!used) unlink(lua::moduleSourcePath(state_dir, md5, kind).c_str());
   }
 }
 
@@ -71,21 +74,30 @@ std::set<std::string> sourcesOf(const lua::ModuleIndex& index, const std::string
 
 // One change of the module index, with the sources the module named had
 // before it (those no longer named are deleted by commit()).
+bool readModules(const std::string& dir, lua::ModuleIndex* out, std::string* err) {
+  return lua::readModuleIndex(dir, out, err, lua::kModuleKind);
+}
+bool readFunctions(const std::string& dir, lua::ModuleIndex* out, std::string* err) {
+  return lua::readModuleIndex(dir, out, err, lua::kFunctionKind);
+}
+
 class IndexChange : public LockedIndex<lua::ModuleIndex> {
  public:
-  IndexChange(const std::string& dir, const std::string& name) : LockedIndex(dir, lua::readModuleIndex) {
+  IndexChange(const std::string& dir, const std::string& name, const char* kind)
+      : LockedIndex(dir, kind == lua::kFunctionKind ? readFunctions : readModules), kind_(kind) {
     if (ok()) before_ = sourcesOf(index(), name);
   }
   // Writes the index, deletes the sources nothing names any more, and
   // tells every worker. False with *err (nothing changed then).
   bool commit(shm::UpstreamTable& table, std::string* err) {
-    if (!writeFileAtomic(lua::moduleDir(dir()) + "/index.json", index().toJson(), err)) return false;
-    collectSources(index(), before_, dir());
+    if (!writeFileAtomic(lua::moduleDir(dir(), kind_) + "/index.json", index().toJson(), err)) return false;
+    collectSources(index(), before_, dir(), kind_);
     table.bumpModuleVersion();
     return true;
   }
 
  private:
+  const char* kind_;
   std::set<std::string> before_;
 };
 
@@ -96,7 +108,9 @@ Reply LuaRoutes::handle(const AdminRequest& r) {
   if (seg.size() == 1) return list();
   const std::string& name = seg[1];
   if (!lua::validModuleName(name)) {
-    return errorReply(400, "invalid module name \"" + name + "\" (letters, digits, _ - and . separators)", "name");
+    std::string msg = "invalid ";
+    msg.append(noun()).append(" name \"").append(name).append("\" (letters, digits, _ - and . separators)");
+    return errorReply(400, msg, "name");
   }
   if (seg.size() == 3) return seg[2] == "versions" ? versions(name) : rollback(r, name);
   if (r.method == "GET") return source(name);
@@ -107,21 +121,23 @@ Reply LuaRoutes::handle(const AdminRequest& r) {
 Reply LuaRoutes::list() {
   lua::ModuleIndex index;
   std::string err;
-  if (!lua::readModuleIndex(cfg_.http.admin.state_dir, &index, &err)) return errorReply(500, err);
+  if (!lua::readModuleIndex(cfg_.http.admin.state_dir, &index, &err, kind_)) return errorReply(500, err);
   json modules = json::array();
   for (const auto& [name, m] : index.modules) modules.push_back(versionJson(name, {m.md5, m.time_ms}));
   Reply reply;
-  reply.body = json{{"version", index.version}, {"modules", modules}};
+  reply.body = json{{"version", index.version}, {functions() ? "functions" : "modules", modules}};
   return reply;
 }
 
 Reply LuaRoutes::source(const std::string& name) {
   lua::ModuleIndex index;
   std::string err, text;
-  if (!lua::readModuleIndex(cfg_.http.admin.state_dir, &index, &err)) return errorReply(500, err);
+  if (!lua::readModuleIndex(cfg_.http.admin.state_dir, &index, &err, kind_)) return errorReply(500, err);
   auto it = index.modules.find(name);
-  if (it == index.modules.end()) return errorReply(404, "no module \"" + name + "\"");
-  if (!lua::readModuleSource(cfg_.http.admin.state_dir, it->second.md5, &text, &err)) return errorReply(500, err);
+  if (it == index.modules.end()) return errorReply(404, noun() + " \"" + name + "\"");
+  if (!lua::readModuleSource(cfg_.http.admin.state_dir, it->second.md5, &text, &err, kind_)) {
+    return errorReply(500, err);
+  }
   Reply reply;
   reply.is_text = true;
   reply.text = std::move(text);
@@ -132,9 +148,9 @@ Reply LuaRoutes::source(const std::string& name) {
 Reply LuaRoutes::versions(const std::string& name) {
   lua::ModuleIndex index;
   std::string err;
-  if (!lua::readModuleIndex(cfg_.http.admin.state_dir, &index, &err)) return errorReply(500, err);
+  if (!lua::readModuleIndex(cfg_.http.admin.state_dir, &index, &err, kind_)) return errorReply(500, err);
   auto it = index.modules.find(name);
-  if (it == index.modules.end()) return errorReply(404, "no module \"" + name + "\"");
+  if (it == index.modules.end()) return errorReply(404, noun() + " \"" + name + "\"");
   json list = json::array();
   for (auto v = it->second.history.rbegin(); v != it->second.history.rend(); ++v) {
     list.push_back(json{{"version", v->md5}, {"time", localTimeText(v->time_ms)}});
@@ -147,7 +163,12 @@ Reply LuaRoutes::versions(const std::string& name) {
 Reply LuaRoutes::push(const AdminRequest& r, const std::string& name) {
   if (!vm_) return errorReply(500, "this worker has no Lua VM");
   std::string src(r.body);
-  if (src.empty()) return errorReply(400, "the body must be the module's Lua source");
+  if (src.empty()) return errorReply(400, std::string("the body must be the ").append(noun()).append("'s Lua source"));
+  std::string err;
+  if (functions()) {
+    if (!lua::Functions::compile(vm_->state(), name, src, &err)) return errorReply(400, "syntax error: " + err);
+    return store(name, src);
+  }
   lua_State* L = vm_->state();
   // Built-in modules (ngx.*, resty.core, tidegate.*) are not replaceable.
   lua_getglobal(L, "package");
@@ -156,14 +177,19 @@ Reply LuaRoutes::push(const AdminRequest& r, const std::string& name) {
   bool builtin = !lua_isnil(L, -1);
   lua_pop(L, 3);
   if (builtin) return errorReply(400, "\"" + name + "\" is a built-in module", "name");
-  std::string err;
   if (!lua::PushedModules::compile(L, name, src, &err)) return errorReply(400, "syntax error: " + err);
   // Run once here, as require would, so a module that fails at load time
   // is refused before any worker sees it.
   if (!lua::PushedModules::tryLoad(L, name, src, &err)) return errorReply(400, "error while loading: " + err);
+  return store(name, src);
+}
 
+// Keeps a validated push: the source, then the index, then every worker
+// is told.
+Reply LuaRoutes::store(const std::string& name, const std::string& src) {
+  std::string err;
   const std::string& dir = cfg_.http.admin.state_dir;
-  IndexChange change(dir, name);
+  IndexChange change(dir, name, kind_);
   if (!change.ok()) return errorReply(500, change.error());
   lua::ModuleIndex& index = change.index();
   std::string md5 = lua::md5Hex(src);
@@ -175,15 +201,15 @@ Reply LuaRoutes::push(const AdminRequest& r, const std::string& name) {
     return reply;  // the same source: nothing changes
   }
   setCurrent(index, name, md5, static_cast<int64_t>(core::wallMs()), cfg_.http.admin.lua_history);
-  if (::mkdir(lua::moduleDir(dir).c_str(), 0700) != 0 && errno != EEXIST) {
-    return errorReply(500, "mkdir() \"" + lua::moduleDir(dir) + "\" failed (" + strerror(errno) + ")");
+  if (::mkdir(lua::moduleDir(dir, kind_).c_str(), 0700) != 0 && errno != EEXIST) {
+    return errorReply(500, "mkdir() \"" + lua::moduleDir(dir, kind_) + "\" failed (" + strerror(errno) + ")");
   }
-  if (!writeFileAtomic(lua::moduleSourcePath(dir, md5), src, &err) || !change.commit(table_, &err)) {
-    return errorReply(500, "cannot persist the module: " + err);
+  if (!writeFileAtomic(lua::moduleSourcePath(dir, md5, kind_), src, &err) || !change.commit(table_, &err)) {
+    return errorReply(500, std::string("cannot persist the ").append(noun()).append(": ").append(err));
   }
   vm_->refreshModules();
-  TG_LOG(LogLevel::kNotice, "admin: Lua module \"%s\" %s (%s)", name.c_str(), existed ? "replaced" : "pushed",
-         md5.c_str());
+  TG_LOG(LogLevel::kNotice, "admin: Lua %s \"%s\" %s (%s)", noun().c_str(), name.c_str(),
+         existed ? "replaced" : "pushed", md5.c_str());
   reply.status = existed ? 200 : 201;
   reply.body = versionJson(name, {md5, index.modules[name].time_ms});
   reply.headers.emplace_back("ETag", "\"" + md5 + "\"");
@@ -192,22 +218,22 @@ Reply LuaRoutes::push(const AdminRequest& r, const std::string& name) {
 
 Reply LuaRoutes::rollback(const AdminRequest& r, const std::string& name) {
   const std::string& dir = cfg_.http.admin.state_dir;
-  IndexChange change(dir, name);
+  IndexChange change(dir, name, kind_);
   if (!change.ok()) return errorReply(500, change.error());
   lua::ModuleIndex& index = change.index();
   std::string err;
   auto it = index.modules.find(name);
-  if (it == index.modules.end()) return errorReply(404, "no module \"" + name + "\"");
+  if (it == index.modules.end()) return errorReply(404, noun() + " \"" + name + "\"");
   const std::vector<lua::ModuleVersion>& history = it->second.history;
   std::string to = queryArg(r.query, "to");
   if (to.empty()) {
     // The version that was current before this one.
-    if (history.size() < 2) return errorReply(409, "module \"" + name + "\" has no previous version");
+    if (history.size() < 2) return errorReply(409, noun() + " \"" + name + "\" has no previous version");
     to = history[history.size() - 2].md5;
   } else {
     bool known = false;
     for (const lua::ModuleVersion& v : history) known = known || v.md5 == to;
-    if (!known) return errorReply(404, "module \"" + name + "\" has no version " + to, "to");
+    if (!known) return errorReply(404, noun() + " \"" + name + "\" has no version " + to, "to");
   }
   Reply reply;
   if (to == it->second.md5) {
@@ -215,27 +241,27 @@ Reply LuaRoutes::rollback(const AdminRequest& r, const std::string& name) {
     return reply;
   }
   std::string src;
-  if (!lua::readModuleSource(dir, to, &src, &err)) return errorReply(500, err);
+  if (!lua::readModuleSource(dir, to, &src, &err, kind_)) return errorReply(500, err);
   setCurrent(index, name, to, static_cast<int64_t>(core::wallMs()), cfg_.http.admin.lua_history);
   if (!change.commit(table_, &err)) return errorReply(500, "cannot persist the rollback: " + err);
   if (vm_) vm_->refreshModules();
-  TG_LOG(LogLevel::kNotice, "admin: Lua module \"%s\" rolled back to %s", name.c_str(), to.c_str());
+  TG_LOG(LogLevel::kNotice, "admin: Lua %s \"%s\" rolled back to %s", noun().c_str(), name.c_str(), to.c_str());
   reply.body = versionJson(name, {to, index.modules[name].time_ms});
   reply.headers.emplace_back("ETag", "\"" + to + "\"");
   return reply;
 }
 
 Reply LuaRoutes::remove(const std::string& name) {
-  IndexChange change(cfg_.http.admin.state_dir, name);
+  IndexChange change(cfg_.http.admin.state_dir, name, kind_);
   if (!change.ok()) return errorReply(500, change.error());
   lua::ModuleIndex& index = change.index();
-  if (!index.modules.count(name)) return errorReply(404, "no module \"" + name + "\"");
+  if (!index.modules.count(name)) return errorReply(404, noun() + " \"" + name + "\"");
   index.modules.erase(name);
   index.version++;
   std::string err;
   if (!change.commit(table_, &err)) return errorReply(500, "cannot persist the delete: " + err);
   if (vm_) vm_->refreshModules();
-  TG_LOG(LogLevel::kNotice, "admin: Lua module \"%s\" deleted", name.c_str());
+  TG_LOG(LogLevel::kNotice, "admin: Lua %s \"%s\" deleted", noun().c_str(), name.c_str());
   Reply reply;
   reply.body = json{{"deleted", name}};
   return reply;

@@ -113,15 +113,21 @@ class CompatRoutes {
   UpstreamRoutes& upstreams_;
 };
 
-// Pushed Lua modules: /lua[/{module}[/versions|/rollback]] (lua/module_store.h).
+// Pushed Lua modules: /lua[/{module}[/versions|/rollback]], and sandboxed
+// functions: /functions[/{name}[/versions|/rollback]] (lua/module_store.h,
+// `kind` says which).
 class LuaRoutes {
  public:
   // `vm`: this worker's VM, where a push is tried before it is kept (null:
   // no Lua, pushes are refused).
-  LuaRoutes(const conf::Config& cfg, shm::UpstreamTable& table, lua::Vm* vm) : cfg_(cfg), table_(table), vm_(vm) {}
+  LuaRoutes(const conf::Config& cfg, shm::UpstreamTable& table, lua::Vm* vm, const char* kind)
+      : cfg_(cfg), table_(table), vm_(vm), kind_(kind) {}
   Reply handle(const AdminRequest& r);
 
  private:
+  bool functions() const { return std::string_view(kind_) == "functions"; }
+  std::string noun() const { return functions() ? "function" : "module"; }
+  Reply store(const std::string& name, const std::string& src);
   Reply list();
   Reply source(const std::string& name);
   Reply versions(const std::string& name);
@@ -132,6 +138,7 @@ class LuaRoutes {
   const conf::Config& cfg_;
   shm::UpstreamTable& table_;
   lua::Vm* vm_;
+  const char* kind_;
 };
 
 // Certificates by server name: /ssl[/{name}] (tls/cert_store.h). Every

@@ -21,7 +21,9 @@ namespace tidegate::conf {
 // follows OpenResty's ("init_by_lua(tidegate.conf:12)", or "@path" for files)
 // so tracebacks point at the conf.
 struct LuaCode {
-  enum class Kind { kNone, kInline, kFile };
+  // kFunction: content_by_function; `source` is the function's name, or
+  // `path` evaluates to it per request.
+  enum class Kind { kNone, kInline, kFile, kFunction };
   Kind kind = Kind::kNone;
   std::string source;     // the code (inline) or the absolute path (file)
   std::string chunkname;
@@ -29,6 +31,9 @@ struct LuaCode {
   // relative result against `prefix`), as OpenResty does; source is empty.
   std::shared_ptr<const ComplexValue> path;
   std::string prefix;
+  // content_by_function $N: capture N of the location's regex (this conf
+  // has no general regex-capture variables yet).
+  int capture = -1;
   bool empty() const { return kind == Kind::kNone; }
 };
 
@@ -40,6 +45,18 @@ struct SharedDictConf {
 };
 
 // http-level Lua settings (lua_package_path and friends, init phases).
+// What sandboxed functions (content_by_function) may use and spend: the
+// lua_sandbox_* directives (http level). Budgets are per request; 0 turns
+// one off.
+struct SandboxConf {
+  uint64_t instructions = 10000000;  // Lua VM instructions (a debug hook counts them)
+  uint64_t timeout_ms = 5000;        // wall clock, from the start to the end of the function
+  uint64_t memory = 64u << 20;       // bytes allocated (a running total; frees do not give any back)
+  bool pcall = false;                // pcall/xpcall wrappers that cannot catch a budget kill
+  std::vector<std::string> shared_dicts;  // ngx.shared.NAME reachable from the sandbox
+  std::vector<std::string> modules;       // require()-able from the sandbox
+};
+
 struct LuaConf {
   std::string package_path;   // "" = LuaJIT's default; ";;" expanded to it
   std::string package_cpath;
@@ -54,6 +71,7 @@ struct LuaConf {
   uint64_t regex_cache_max_entries = 1024;
   uint64_t regex_match_limit = 0;
   std::vector<SharedDictConf> shared_dicts;  // lua_shared_dict, in conf order
+  SandboxConf sandbox;
 };
 
 struct LogFormat {

@@ -78,6 +78,56 @@ bool onContent(const ConfNode& n, BuildState& st, std::string* err) {
   return setCode(n, st, &st.location->content_lua, err);
 }
 
+// content_by_function NAME | $var; the content phase of a location runs a
+// sandboxed function pushed through the admin API (lua/sandbox/).
+bool onContentFunction(const ConfNode& n, BuildState& st, std::string* err) {
+  LuaCode* code = &st.location->content_lua;
+  if (!code->empty()) {
+    err->assign("\"").append(n.name).append("\" directive is duplicate");
+    return false;
+  }
+  code->kind = LuaCode::Kind::kFunction;
+  code->chunkname = "=function";
+  const std::string& arg = n.args[0];
+  if (arg.find('$') == std::string::npos) {
+    code->source = arg;
+    return true;
+  }
+  if (arg.size() == 2 && arg[0] == '$' && arg[1] >= '1' && arg[1] <= '9') {
+    if (!st.location->regex) {
+      err->assign("\"").append(arg).append("\" in \"content_by_function\" needs a regex location");
+      return false;
+    }
+    code->capture = arg[1] - '0';
+    return true;
+  }
+  auto name = std::make_shared<ComplexValue>();
+  if (!compileComplexValue(n.args[0], name.get(), err, st.variables())) return false;
+  code->path = std::move(name);
+  return true;
+}
+
+template <uint64_t SandboxConf::*Field, bool (*Parse)(std::string_view, uint64_t*)>
+bool onSandboxNumber(const ConfNode& n, BuildState& st, std::string* err) {
+  if (!Parse(n.args[0], &(st.http->lua.sandbox.*Field))) {
+    err->assign("invalid value \"").append(n.args[0]).append("\" in \"").append(n.name).append("\" directive");
+    return false;
+  }
+  return true;
+}
+
+bool onSandboxPcall(const ConfNode& n, BuildState& st, std::string* err) {
+  return parseFlag(n, &st.http->lua.sandbox.pcall, err);
+}
+
+template <std::vector<std::string> SandboxConf::*Field>
+bool onSandboxNames(const ConfNode& n, BuildState& st, std::string* err) {
+  std::vector<std::string>& names = st.http->lua.sandbox.*Field;
+  names.insert(names.end(), n.args.begin(), n.args.end());
+  (void)err;
+  return true;
+}
+
 // ssl_certificate_by_lua*: http or server, once per block.
 bool onSslCertificateLua(const ConfNode& n, BuildState& st, std::string* err) {
   std::optional<LuaCode>& slot = st.settings().ssl.certificate_lua;
@@ -221,6 +271,13 @@ const Directive kLuaDirectives[] = {
     {"content_by_lua_block", kLocationCtx, 0, 0, true, onContent},
     {"content_by_lua", kLocationCtx, 1, 1, false, onContent},
     {"content_by_lua_file", kLocationCtx, 1, 1, false, onContent},
+    {"content_by_function", kLocationCtx, 1, 1, false, onContentFunction},
+    {"lua_sandbox_instructions", kHttpCtx, 1, 1, false, onSandboxNumber<&SandboxConf::instructions, parseCount>},
+    {"lua_sandbox_timeout", kHttpCtx, 1, 1, false, onSandboxNumber<&SandboxConf::timeout_ms, parseDurationMs>},
+    {"lua_sandbox_memory", kHttpCtx, 1, 1, false, onSandboxNumber<&SandboxConf::memory, parseSize>},
+    {"lua_sandbox_pcall", kHttpCtx, 1, 1, false, onSandboxPcall},
+    {"lua_sandbox_shared_dicts", kHttpCtx, 1, kAnyArgs, false, onSandboxNames<&SandboxConf::shared_dicts>},
+    {"lua_sandbox_modules", kHttpCtx, 1, kAnyArgs, false, onSandboxNames<&SandboxConf::modules>},
     {"ssl_certificate_by_lua_block", kHttpCtx | kServerCtx, 0, 0, true, onSslCertificateLua},
     {"ssl_certificate_by_lua", kHttpCtx | kServerCtx, 1, 1, false, onSslCertificateLua},
     {"ssl_certificate_by_lua_file", kHttpCtx | kServerCtx, 1, 1, false, onSslCertificateLua},

@@ -34,4 +34,17 @@ bool Regex::matches(std::string_view subject) const {
   return rc >= 0;
 }
 
+bool Regex::capture(std::string_view subject, int n, std::string* out) const {
+  out->clear();
+  pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
+  int rc = pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(subject.data()), subject.size(), 0, 0, md, nullptr);
+  bool ok = rc > n;
+  if (ok) {
+    PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+    if (ov[2 * n] != PCRE2_UNSET) out->assign(subject.substr(ov[2 * n], ov[2 * n + 1] - ov[2 * n]));
+  }
+  pcre2_match_data_free(md);
+  return ok;
+}
+
 }  // namespace tidegate::conf

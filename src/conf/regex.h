@@ -18,6 +18,9 @@ class Regex {
   Regex& operator=(const Regex&) = delete;
 
   bool matches(std::string_view subject) const;
+  // Capture `n` (0: the whole match) of the first match in *out; false if
+  // there is no match or fewer captures.
+  bool capture(std::string_view subject, int n, std::string* out) const;
   const std::string& pattern() const { return pattern_; }
 
  private:

@@ -12,10 +12,13 @@ namespace tidegate::lua {
 
 using nlohmann::json;
 
-std::string moduleDir(const std::string& state_dir) { return state_dir + "/lua"; }
+std::string moduleDir(const std::string& state_dir, const char* kind) {
+  std::string dir = state_dir;
+  return dir.append(1, '/').append(kind);
+}
 
-std::string moduleSourcePath(const std::string& state_dir, const std::string& md5) {
-  return moduleDir(state_dir) + "/" + md5 + ".lua";
+std::string moduleSourcePath(const std::string& state_dir, const std::string& md5, const char* kind) {
+  return moduleDir(state_dir, kind).append(1, '/').append(md5).append(".lua");
 }
 
 std::string ModuleIndex::toJson() const {
@@ -28,9 +31,9 @@ std::string ModuleIndex::toJson() const {
   return json{{"version", version}, {"modules", mods}}.dump(1) + "\n";
 }
 
-bool readModuleIndex(const std::string& state_dir, ModuleIndex* out, std::string* err) {
+bool readModuleIndex(const std::string& state_dir, ModuleIndex* out, std::string* err, const char* kind) {
   *out = ModuleIndex();
-  std::string path = moduleDir(state_dir) + "/index.json";
+  std::string path = moduleDir(state_dir, kind) + "/index.json";
   std::string text;
   if (::access(path.c_str(), F_OK) != 0 && errno == ENOENT) return true;
   if (!conf::readFile(path, &text, err)) return false;
@@ -57,8 +60,9 @@ bool readModuleIndex(const std::string& state_dir, ModuleIndex* out, std::string
   return true;
 }
 
-bool readModuleSource(const std::string& state_dir, const std::string& md5, std::string* out, std::string* err) {
-  return conf::readFile(moduleSourcePath(state_dir, md5), out, err);
+bool readModuleSource(const std::string& state_dir, const std::string& md5, std::string* out, std::string* err,
+                      const char* kind) {
+  return conf::readFile(moduleSourcePath(state_dir, md5, kind), out, err);
 }
 
 std::string md5Hex(const std::string& data) {

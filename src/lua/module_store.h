@@ -8,6 +8,10 @@
 //              "history": [{"md5": "...", "time": ms}, ...]}}}
 // `version` counts every push, rollback and delete (Slardar's GET /lua
 // `version`); history is oldest first and ends with the current version.
+//
+// Sandboxed functions (lua/sandbox/functions.h) are kept the same way in
+// `functions/` (index.json and <md5>.lua): every call below takes the
+// subdirectory, kModuleKind or kFunctionKind.
 #pragma once
 
 #include <cstdint>
@@ -34,12 +38,16 @@ struct ModuleIndex {
   std::string toJson() const;
 };
 
-std::string moduleDir(const std::string& state_dir);
-std::string moduleSourcePath(const std::string& state_dir, const std::string& md5);
+constexpr const char* kModuleKind = "lua";
+constexpr const char* kFunctionKind = "functions";
+
+std::string moduleDir(const std::string& state_dir, const char* kind = kModuleKind);
+std::string moduleSourcePath(const std::string& state_dir, const std::string& md5, const char* kind = kModuleKind);
 // A missing index is an empty one. False with *err on an unreadable or
 // malformed file.
-bool readModuleIndex(const std::string& state_dir, ModuleIndex* out, std::string* err);
-bool readModuleSource(const std::string& state_dir, const std::string& md5, std::string* out, std::string* err);
+bool readModuleIndex(const std::string& state_dir, ModuleIndex* out, std::string* err, const char* kind = kModuleKind);
+bool readModuleSource(const std::string& state_dir, const std::string& md5, std::string* out, std::string* err,
+                      const char* kind = kModuleKind);
 // Lower-case hex MD5 of `data`.
 std::string md5Hex(const std::string& data);
 // A module name as require takes it: letters, digits, '_', '-' and '.'

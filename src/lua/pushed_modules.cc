@@ -8,14 +8,14 @@ namespace {
 
 using core::LogLevel;
 
+std::string chunkName(const std::string& name) { return "=" + name; }
+
+}  // namespace
+
 uint64_t moduleCounter() {
   shm::UpstreamTable* t = shm::UpstreamTable::shared();
   return t ? t->moduleVersion() : 0;
 }
-
-std::string chunkName(const std::string& name) { return "=" + name; }
-
-}  // namespace
 
 bool PushedModules::compile(lua_State* L, const std::string& name, const std::string& source, std::string* err) {
   // Text only: a pushed chunk of bytecode could break out of the VM.

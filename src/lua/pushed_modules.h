@@ -20,6 +20,10 @@
 
 namespace tidegate::lua {
 
+// The machine's counter of pushed modules and functions: every push,
+// rollback or delete bumps it (0 without shared memory).
+uint64_t moduleCounter();
+
 class PushedModules {
  public:
   explicit PushedModules(std::string state_dir) : dir_(std::move(state_dir)) {}

@@ -309,7 +309,9 @@ void LuaTask::run(Co* co, int nargs) {
     co->state = Co::State::kRunning;
     op_ = Op::kNone;
     vm_.setCurrent(this, phase());
+    if (guard_) guard_->enter(co->L);
     int rc = lua_resume(co->L, nargs);
+    if (guard_) guard_->leave(co->L);
     vm_.setCurrent(nullptr, phase());
     running_ = nullptr;
     nargs = 0;

@@ -51,6 +51,15 @@ struct Co {
   std::vector<Co*> waiting_for;  // ngx.thread.wait() by this coroutine
 };
 
+// Told around every resume of a task's coroutines (the sandbox budgets,
+// lua/sandbox/budget.h).
+class ResumeGuard {
+ public:
+  virtual ~ResumeGuard() = default;
+  virtual void enter(lua_State* co) = 0;
+  virtual void leave(lua_State* co) = 0;
+};
+
 class LuaTask {
  public:
   LuaTask(Vm& vm, uv_loop_t* loop) : vm_(vm), loop_(loop) {}
@@ -136,6 +145,8 @@ class LuaTask {
   void wake(Co* co, int nargs);
 
  protected:
+  // Null, or told around every resume from now on.
+  void setGuard(ResumeGuard* guard) { guard_ = guard; }
   // Starts `fn` with `nargs` arguments (on top of the VM's main stack:
   // [fn, args...]; popped) as the entry coroutine, after dropping the
   // coroutines of an earlier entry.
@@ -179,6 +190,7 @@ class LuaTask {
   int ctx_ref_ = LUA_NOREF;
   int env_ref_ = LUA_NOREF;
   LuaTask* inherited_ = nullptr;
+  ResumeGuard* guard_ = nullptr;
 };
 
 // ngx.sleep(): a one-shot timer that wakes the coroutine with no results.

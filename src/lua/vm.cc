@@ -106,6 +106,7 @@ std::shared_ptr<Vm> Vm::create(conf::ConfigPtr cfg, std::string* err) {
   registerEmbedded(L);
   vm->modules_ = std::make_unique<PushedModules>(vm->cfg_->http.admin.state_dir);
   vm->modules_->install(L);
+  vm->functions_ = std::make_unique<Functions>(*vm, vm->cfg_->http.admin.state_dir);
   // The lua_shared_dict zones exist before any Lua runs (init_by_lua* uses
   // them) and before workers are forked (they inherit the mappings).
   if (!shm::SharedDicts::instance().ensure(vm->cfg_->http.lua.shared_dicts, err)) return nullptr;
@@ -137,12 +138,6 @@ Vm* Vm::from(lua_State* L) {
   return vm;
 }
 
-namespace {
-
-// The code as the body of a function, so that each request gets a closure
-// of its own (with its own globals). The wrapper shares the first line, so
-// line numbers do not move. A file's "#!" line is blanked, as luaL_loadfile
-// skips it.
 std::string wrapHandler(std::string_view code) {
   std::string out = "return function(...) ";
   if (!code.empty() && code[0] == '#') {
@@ -153,6 +148,8 @@ std::string wrapHandler(std::string_view code) {
   out.append("\nend");
   return out;
 }
+
+namespace {
 
 bool readFile(const std::string& path, std::string* out, std::string* err) {
   FILE* f = fopen(path.c_str(), "rb");

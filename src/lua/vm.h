@@ -14,6 +14,7 @@
 
 #include "conf/config.h"
 #include "lua/pushed_modules.h"
+#include "lua/sandbox/functions.h"
 
 namespace tidegate::lua {
 
@@ -92,6 +93,9 @@ class Vm {
   // phase handler and timer (one integer compare when nothing did).
   void refreshModules() { modules_->refresh(L_); }
 
+  // Sandboxed functions (content_by_function; lua/sandbox/functions.h).
+  Functions& functions() { return *functions_; }
+
   // Entry coroutines are recycled: a pooled thread and its registry ref,
   // pushed onto L; recycle() takes back one that returned normally.
   lua_State* newThread(lua_State* L, int* ref);
@@ -116,11 +120,18 @@ class Vm {
   LuaTask* current_ = nullptr;
   Timers* timers_ = nullptr;
   std::unique_ptr<PushedModules> modules_;
+  std::unique_ptr<Functions> functions_;
   std::map<std::string, int> chunks_;     // chunk name -> registry ref
   std::map<std::string, int> factories_;  // chunk name -> registry ref of its closure maker
   std::vector<std::pair<lua_State*, int>> thread_pool_;
   static inline Vm* active_ = nullptr;
 };
+
+// The code as the body of a function, so that each request gets a closure
+// of its own (with its own globals). The wrapper shares the first line, so
+// line numbers do not move. A file's "#!" line is blanked, as luaL_loadfile
+// skips it.
+std::string wrapHandler(std::string_view code);
 
 // Registers the `ngx` table (src/lua/api/*.cc). Stack: unchanged.
 void openNgx(lua_State* L);

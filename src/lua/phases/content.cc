@@ -20,6 +20,8 @@ RequestContext::~RequestContext() {
   // End the coroutines while this object is whole: some waits (read_body,
   // flush) unregister from it.
   killAll();
+  setGuard(nullptr);
+  budget_.reset();
   if (on_abort_ref_ != LUA_NOREF) luaL_unref(vm().state(), LUA_REGISTRYINDEX, on_abort_ref_);
 }
 
@@ -80,6 +82,10 @@ void RequestContext::nextPhase() {
       step_ = static_cast<Step>(static_cast<int>(step_) + 1);
       continue;
     }
+    if (code->kind == conf::LuaCode::Kind::kFunction) {
+      startFunction(*code);  // may end this task
+      return;
+    }
     std::string err;
     if (!vm().push(*code, this, &err)) {  // Stack: [] -> [fn]
       TG_LOG(core::LogLevel::kError, "failed to load %s_by_lua code: %s", phaseName(phase_), err.c_str());
@@ -118,10 +124,65 @@ void RequestContext::phaseEnded() {
   nextPhase();
 }
 
+void RequestContext::startFunction(const conf::LuaCode& code) {
+  if (code.path) {
+    http::evaluate(*code.path, *req_, &function_);
+  } else if (code.capture >= 0 && req_->location && req_->location->regex) {
+    req_->location->regex->capture(req_->uri, code.capture, &function_);
+  } else {
+    function_ = code.source;
+  }
+  std::string err;
+  switch (vm().functions().push(vm().state(), function_, &err)) {  // Stack: [] -> [run, chunk]
+    case Functions::Push::kNotFound:
+      fail(404);
+      return;
+    case Functions::Push::kError:
+      TG_LOG(core::LogLevel::kError, "function \"%s\" cannot run: %s%s", function_.c_str(), err.c_str(),
+             http::describeRequest(*req_).c_str());
+      fail(500);
+      return;
+    case Functions::Push::kOk: break;
+  }
+  budget_ = std::make_unique<sandbox::BudgetRun>(vm().state(), loop(), vm().config().http.lua.sandbox,
+                                                 [this] { functionTimedOut(); });
+  setGuard(budget_.get());
+  startEntry(1);  // may end this task
+}
+
+// The wall-clock budget passed while the function waited.
+void RequestContext::functionTimedOut() {
+  if (done_) return;
+  TG_LOG_CONN(core::LogLevel::kError, req_->conn ? req_->conn->id : 0, "function \"%s\" killed: %s exceeded%s",
+              function_.c_str(), budget_->describe().c_str(), http::describeRequest(*req_).c_str());
+  killAll();
+  fail(500);
+}
+
+void RequestContext::fail(int status) {
+  bool sent = sink_.headersSent();
+  result_ = http::ContentResult{};
+  result_.status = status;
+  result_.aborted = sent;  // too late for a status: cut the response
+  finish();
+}
+
 // A runtime error in the entry coroutine: 500, with the message and
-// traceback in the error log in OpenResty's words.
+// traceback in the error log in OpenResty's words (for a function, its
+// name, and the budget that killed it if one did).
 void RequestContext::onError(std::string trace) {
   uint64_t conn_id = req_->conn ? req_->conn->id : 0;
+  if (budget_) {
+    if (budget_->killed() != sandbox::Budget::kNone) {
+      TG_LOG_CONN(core::LogLevel::kError, conn_id, "function \"%s\" killed: %s exceeded%s", function_.c_str(),
+                  budget_->describe().c_str(), http::describeRequest(*req_).c_str());
+    } else {
+      TG_LOG_CONN(core::LogLevel::kError, conn_id, "function \"%s\" failed: %s%s", function_.c_str(), trace.c_str(),
+                  http::describeRequest(*req_).c_str());
+    }
+    fail(500);
+    return;
+  }
   if (step_ == Step::kAlone) {
     TG_LOG_CONN(core::LogLevel::kError, conn_id, "failed to run %s_by_lua*: %s%s", phaseName(phase_), trace.c_str(),
                 http::describeRequest(*req_).c_str());

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "http/content_handler.h"
+#include "lua/sandbox/budget.h"
 #include "lua/task.h"
 #include "lua/vm.h"
 
@@ -121,6 +122,11 @@ class RequestContext : public LuaTask, public http::ContentTask {
   void onDone() override { phaseEnded(); }
   void onExit() override { phaseEnded(); }
   void onError(std::string trace) override;
+  // content_by_function: the function in a fresh sandbox, under the
+  // lua_sandbox_* budgets; 404 for an unknown name.
+  void startFunction(const conf::LuaCode& code);
+  void functionTimedOut();
+  void fail(int status);
 
   http::Request* req_;
   http::ContentSink& sink_;
@@ -141,6 +147,8 @@ class RequestContext : public LuaTask, public http::ContentTask {
   std::vector<Co*> body_waiters_;
   std::unique_ptr<Downstream> downstream_;
   std::string scratch_;
+  std::string function_;  // content_by_function: the function's name
+  std::unique_ptr<sandbox::BudgetRun> budget_;
 };
 
 // Runs `code` to completion in `ctx`'s context as `phase` (lua_pcall on a

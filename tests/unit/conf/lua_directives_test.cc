@@ -238,5 +238,38 @@ TEST(LuaDirectivesTest, SetByLuaErrors) {
             "unknown \"nope\" variable in test.conf:2");
 }
 
+TEST(LuaDirectivesTest, ContentByFunctionAndSandboxSettings) {
+  ConfigPtr cfg = load("http { lua_sandbox_instructions 5000; lua_sandbox_timeout 2s; lua_sandbox_memory 8m;\n"
+                       " lua_sandbox_pcall on; lua_sandbox_shared_dicts a b; lua_sandbox_shared_dicts c;\n"
+                       " lua_sandbox_modules m;\n"
+                       " server { location = /a { content_by_function hello; }\n"
+                       "   location ~ ^/fn/(\\w+)$ { content_by_function $1; }\n"
+                       "   location /v { content_by_function $arg_f; } } }");
+  ASSERT_TRUE(cfg);
+  const SandboxConf& sc = cfg->http.lua.sandbox;
+  EXPECT_EQ(sc.instructions, 5000u);
+  EXPECT_EQ(sc.timeout_ms, 2000u);
+  EXPECT_EQ(sc.memory, 8u << 20);
+  EXPECT_TRUE(sc.pcall);
+  EXPECT_EQ(sc.shared_dicts, (std::vector<std::string>{"a", "b", "c"}));
+  EXPECT_EQ(sc.modules, std::vector<std::string>{"m"});
+  const auto& locs = cfg->http.servers[0]->locations;
+  ASSERT_EQ(locs.size(), 3u);
+  EXPECT_EQ(locs[0]->content_lua.kind, LuaCode::Kind::kFunction);
+  EXPECT_EQ(locs[0]->content_lua.source, "hello");
+  EXPECT_EQ(locs[1]->content_lua.capture, 1);
+  EXPECT_TRUE(locs[2]->content_lua.path);
+  std::string name;
+  EXPECT_TRUE(locs[1]->regex->capture("/fn/abc", 1, &name));
+  EXPECT_EQ(name, "abc");
+  EXPECT_FALSE(locs[1]->regex->capture("/x", 1, &name));
+  EXPECT_EQ(loadError("http { server { location /a { content_by_function $1; } } }"),
+            "\"$1\" in \"content_by_function\" needs a regex location in test.conf:1");
+  EXPECT_EQ(loadError("http { server { location /a { content_by_lua_block { } content_by_function f; } } }"),
+            "\"content_by_function\" directive is duplicate in test.conf:1");
+  EXPECT_EQ(loadError("http { server { lua_sandbox_pcall on; } }"),
+            "\"lua_sandbox_pcall\" directive is not allowed here in test.conf:1");
+}
+
 }  // namespace
 }  // namespace tidegate::conf
