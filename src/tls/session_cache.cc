@@ -212,15 +212,20 @@ int sealWith(TicketKey* key, unsigned char name[16], unsigned char* iv, EVP_CIPH
   return useKey(*key, iv, cctx, hctx, true) ? 1 : -1;
 }
 
+// A TLS 1.3 resumption gets a new ticket only when the key callback asks
+// to renew (OpenSSL's rule): as nginx does, it always asks, so a client
+// that keeps only the latest ticket (wrk does) can resume again.
+bool renewAlways(SSL* ssl) { return SSL_version(ssl) >= TLS1_3_VERSION; }
+
 // The ticket key callback with ssl_session_ticket_key files.
-int fileTicketKey(Resumption* r, unsigned char name[16], unsigned char* iv, EVP_CIPHER_CTX* cctx,
+int fileTicketKey(SSL* ssl, Resumption* r, unsigned char name[16], unsigned char* iv, EVP_CIPHER_CTX* cctx,
                   EVP_MAC_CTX* hctx, int enc) {
   if (enc == 1) return sealWith(&r->file_keys[0], name, iv, cctx, hctx);
   for (size_t i = 0; i < r->file_keys.size(); i++) {
     TicketKey& key = r->file_keys[i];
     if (std::memcmp(key.name(), name, kNameBytes) != 0) continue;
     if (!useKey(key, iv, cctx, hctx, false)) return -1;
-    return i == 0 ? 1 : 2;
+    return i == 0 && !renewAlways(ssl) ? 1 : 2;
   }
   return 0;
 }
@@ -232,7 +237,7 @@ int fileTicketKey(Resumption* r, unsigned char name[16], unsigned char* iv, EVP_
 int onTicketKey(SSL* ssl, unsigned char name[16], unsigned char* iv, EVP_CIPHER_CTX* cctx, EVP_MAC_CTX* hctx,
                 int enc) noexcept {
   Resumption* r = resumptionOf(SSL_get_SSL_CTX(ssl));
-  if (r && !r->file_keys.empty()) return fileTicketKey(r, name, iv, cctx, hctx, enc);
+  if (r && !r->file_keys.empty()) return fileTicketKey(ssl, r, name, iv, cctx, hctx, enc);
   if (!r || !r->keys) return 0;
   int64_t now = SharedDicts::nowMs();
   TicketKey key;
@@ -244,7 +249,7 @@ int onTicketKey(SSL* ssl, unsigned char name[16], unsigned char* iv, EVP_CIPHER_
   if (epoch < 0 || epoch > current || !readKey(*r, epoch, &key)) return 0;
   if (std::memcmp(key.name(), name, kNameBytes) != 0) return 0;
   if (!useKey(key, iv, cctx, hctx, false)) return -1;
-  return epoch == current ? 1 : 2;
+  return epoch == current && !renewAlways(ssl) ? 1 : 2;
 }
 
 // Reads ssl_session_ticket_key files; false and *err for one that cannot be

@@ -2,6 +2,8 @@
 // cache (ssl_session_cache shared:...), session tickets whose keys every
 // worker shares and that rotate, and ssl_session_timeout.
 #include <gtest/gtest.h>
+
+#include <cstring>
 #include <signal.h>
 
 #include <memory>
@@ -28,7 +30,7 @@ std::string tlsConf(const std::string& settings, int workers = 2) {
                        leaf.key + ";\n    " + settings + "\n    location / { return 200 \"$pid\"; }\n";
   std::string conf = "worker_processes " + std::to_string(workers) + ";\n";
   conf.append("events { worker_connections 1024; }\nhttp {\n  access_log logs/access.log;\n")
-      .append("  server {\n    listen 127.0.0.1:{PORT} ssl;\n")
+      .append("  server {\n    listen 127.0.0.1:{PORT} ssl reuseport;\n")
       .append(server)
       .append("  }\n  server {\n    listen 127.0.0.1:{PORT2} ssl;\n")
       .append(server)
@@ -134,6 +136,32 @@ TEST(TlsSessionTest, TicketsAreResumedByEveryWorker) {
   }
   EXPECT_EQ(gw.stop(), 0);
   EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+// A TLS 1.3 resumption gets a new ticket (as from nginx), so a client that
+// keeps only its latest session resumes again and again (wrk does).
+TEST(TlsSessionTest, AResumedTls13ConnectionGetsANewTicket) {
+  ASSERT_TRUE(TlsCerts::get().ok());
+  Gateway gw;
+  gw.setConf(tlsConf("", 1));
+  ASSERT_TRUE(gw.start());
+  Session s = newSession(gw.port(), TLS1_3_VERSION);
+  ASSERT_TRUE(s);
+  for (int i = 0; i < 5; i++) {
+    Session next;
+    TlsResult r = connect(gw.port(), TLS1_3_VERSION, s.get(), &next);
+    ASSERT_TRUE(r.handshake) << r.error;
+    EXPECT_TRUE(r.reused) << i;
+    ASSERT_TRUE(next);
+    const unsigned char* a = nullptr;
+    const unsigned char* b = nullptr;
+    size_t alen = 0, blen = 0;
+    SSL_SESSION_get0_ticket(s.get(), &a, &alen);
+    SSL_SESSION_get0_ticket(next.get(), &b, &blen);
+    EXPECT_FALSE(alen == blen && std::memcmp(a, b, alen) == 0) << "no new ticket after resumption " << i;
+    s = std::move(next);
+  }
+  EXPECT_EQ(gw.stop(), 0);
 }
 
 TEST(TlsSessionTest, TicketKeysRotateAndAnOlderKeyStillResumesAndRenews) {
