@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include <set>
+#include <string_view>
 
 #include "admin/routes.h"
 #include "admin/state_store.h"
@@ -84,7 +85,7 @@ bool readFunctions(const std::string& dir, lua::ModuleIndex* out, std::string* e
 class IndexChange : public LockedIndex<lua::ModuleIndex> {
  public:
   IndexChange(const std::string& dir, const std::string& name, const char* kind)
-      : LockedIndex(dir, kind == lua::kFunctionKind ? readFunctions : readModules), kind_(kind) {
+      : LockedIndex(dir, std::string_view(kind) == lua::kFunctionKind ? readFunctions : readModules), kind_(kind) {
     if (ok()) before_ = sourcesOf(index(), name);
   }
   // Writes the index, deletes the sources nothing names any more, and
