@@ -560,6 +560,16 @@ std::vector<pid_t> childrenOf(pid_t parent) {
   return out;
 }
 
+int restingFdCount(pid_t worker, int port, const std::string& path) {
+  int resting = -1;
+  {
+    RawClient c(port);
+    if (!c.send("GET " + path + " HTTP/1.1\r\nHost: a\r\n\r\n") || c.readResponse().status != 200) return -1;
+    resting = openFdCount(worker) - 1;  // this connection's socket is the one more
+  }
+  return waitFor([&] { return openFdCount(worker) == resting; }) ? resting : -1;
+}
+
 long procStatusKb(pid_t pid, const std::string& field) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;

@@ -164,6 +164,10 @@ class Gateway {
 std::vector<pid_t> childrenOf(pid_t parent);
 // Count of open fds of a process.
 int openFdCount(pid_t pid);
+// The fds a worker holds at rest, counted once it has served a request on
+// `port` at `path` (a worker opens its logs and more after the port already
+// accepts): -1 if that request failed or the count did not settle.
+int restingFdCount(pid_t worker, int port, const std::string& path);
 // A field of /proc/<pid>/status in kB ("VmHWM", "VmRSS"); -1 if absent.
 long procStatusKb(pid_t pid, const std::string& field);
 

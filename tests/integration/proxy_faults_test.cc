@@ -41,11 +41,11 @@ class ProxyFaults : public ::testing::Test {
  protected:
   void start(int a_port, const std::string& extra = "") {
     gw.setSimpleConf("location / { proxy_pass http://backend; proxy_connect_timeout 1s; proxy_read_timeout 500ms; " +
-                         extra + " }",
+                         extra + " }\nlocation = /ready { access_log off; return 200; }",
                      "upstream backend { server 127.0.0.1:" + std::to_string(a_port) +
                          " max_fails=0; server 127.0.0.1:" + std::to_string(b.port()) + " backup; }");
     ASSERT_TRUE(gw.start());
-    ASSERT_EQ(gw.workerPids().size(), 1u);
+    ASSERT_TRUE(waitFor([&] { return gw.workerPids().size() == 1u; }));
     worker = gw.workerPids()[0];
   }
   // One request on its own client connection.
@@ -239,7 +239,8 @@ TEST_F(ProxyFaults, PooledConnectionClosedByThePeerIsReplacedTransparentlyEvenFo
 
 TEST_F(ProxyFaults, UpstreamFdsReturnToTheBaselineAfterFaults) {
   start(a.port());
-  int baseline = openFdCount(worker);
+  int baseline = restingFdCount(worker, gw.port(), "/ready");
+  ASSERT_GT(baseline, 0);
   std::string body(20000, 'x');
   a.enqueue(Behaviour::resetAfterRequest());
   a.enqueue(Behaviour::truncatedBody(body, 100));

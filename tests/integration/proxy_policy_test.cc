@@ -227,14 +227,8 @@ TEST(ProxyPolicyTest, ClientLeavingClosesTheUpstreamAndLogs499) {
   // (logs...): count from a worker that has served a request.
   ASSERT_TRUE(waitFor([&] { return gw.workerPids().size() == 1; }));
   pid_t worker = gw.workerPids().at(0);
-  int baseline = 0;
-  {
-    RawClient ready(gw.port());
-    ASSERT_TRUE(ready.send("GET /ready HTTP/1.1\r\nHost: a\r\n\r\n"));
-    ASSERT_EQ(ready.readResponse().status, 200);
-    baseline = openFdCount(worker) - 1;  // this connection's socket is the one more
-  }
-  ASSERT_TRUE(waitFor([&] { return openFdCount(worker) == baseline; })) << openFdCount(worker);
+  int baseline = restingFdCount(worker, gw.port(), "/ready");
+  ASSERT_GT(baseline, 0);
   {
     RawClient c(gw.port());
     ASSERT_TRUE(c.send("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
