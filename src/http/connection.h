@@ -63,6 +63,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   bool handshakeStep();
   void plainRequestOnTlsPort();
   void sendCloseNotify();
+  void writeTlsAlert();
   void sealTlsOutput();
   void startReads();
   static void onWrite(uv_write_t* req, int status) noexcept;

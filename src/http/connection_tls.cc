@@ -54,11 +54,7 @@ bool Connection::handshakeStep() {
     // As nginx: a client's failed handshake is logged at info.
     TG_LOG_CONN_LIMITED(LogLevel::kInfo, info_.id, "SSL_do_handshake() failed (%s) while SSL handshaking, client: %s",
                         tls_->error().c_str(), info_.remote_addr.c_str());
-    std::string alert;  // the alert OpenSSL queued for the client
-    if (tls_->takeOutput(&alert)) {
-      uv_buf_t b = uv_buf_init(alert.data(), static_cast<unsigned>(alert.size()));
-      uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
-    }
+    writeTlsAlert();  // the one OpenSSL queued for the client
     close();
     return false;
   }
@@ -116,11 +112,16 @@ void Connection::sendCloseNotify() {
     return;
   }
   tls_->shutdown();
+  writeTlsAlert();
+}
+
+// An alert OpenSSL queued, written at once if the socket takes it (the
+// connection is about to close: nothing waits for a partial write).
+void Connection::writeTlsAlert() {
   std::string alert;
-  if (tls_->takeOutput(&alert)) {
-    uv_buf_t b = uv_buf_init(alert.data(), static_cast<unsigned>(alert.size()));
-    uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
-  }
+  if (!tls_->takeOutput(&alert)) return;
+  uv_buf_t b = uv_buf_init(alert.data(), static_cast<unsigned>(alert.size()));
+  uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
 }
 
 tls::CertificateScript::Outcome Connection::runCertificateLua(SSL* ssl, const conf::LuaCode& code) {

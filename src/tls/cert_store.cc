@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "conf/parser.h"
+#include "http/ascii.h"
 
 namespace tidegate::tls {
 namespace {
@@ -124,7 +125,7 @@ bool readStoredCert(const std::string& state_dir, uint64_t version, StoredCert* 
 
 bool normalizeCertName(std::string_view name, std::string* out, std::string* err) {
   out->assign(name);
-  for (char& c : *out) c = static_cast<char>(tolower(static_cast<unsigned char>(c)));
+  for (char& c : *out) c = http::asciiLower(c);
   std::string_view rest = *out;
   bool wildcard = rest.substr(0, 2) == "*.";
   if (wildcard) rest.remove_prefix(2);

@@ -4,6 +4,7 @@
 #include <openssl/pem.h>
 
 #include "core/log.h"
+#include "http/ascii.h"
 #include "http/router.h"
 #include "tls/session_cache.h"
 
@@ -138,7 +139,7 @@ std::unique_ptr<Channel> ServerContext::newChannel(void* owner) const {
 std::string ServerContext::serverName(SSL* ssl) {
   const char* sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
   std::string name = sni ? sni : "";
-  for (char& c : name) c = static_cast<char>(tolower(static_cast<unsigned char>(c)));
+  for (char& c : name) c = http::asciiLower(c);  // as Host is (connection.cc), never locale rules
   if (!name.empty() && name.back() == '.') name.pop_back();
   return name;
 }
