@@ -119,10 +119,10 @@ TEST(TlsAdminTest, AWildcardMatchesOneLabelAndExactNamesWin) {
   Gateway gw;
   tlsConf(gw, 2);
   ASSERT_TRUE(gw.start());
-  Response r = putCert(gw, "*.w.test", TlsCerts::get().leaf("wild", {"wild", "*.w.test"}));
+  Response r = putCert(gw, "*.w.test", TlsCerts::get().leaf("admin-wild", {"wild", "*.w.test"}));
   ASSERT_EQ(r.status, 201) << r.body;
   EXPECT_EQ(json::parse(r.body)["name"], "*.w.test");
-  r = putCert(gw, "%2A.pct.test", TlsCerts::get().leaf("wild-pct", {"wild-pct", "*.pct.test"}));
+  r = putCert(gw, "%2A.pct.test", TlsCerts::get().leaf("admin-wild-pct", {"wild-pct", "*.pct.test"}));
   ASSERT_EQ(r.status, 201) << r.body;
   EXPECT_EQ(json::parse(r.body)["name"], "*.pct.test");
   EXPECT_EQ(cnsOnEveryWorker(gw, "a.w.test"), Names{"wild"});

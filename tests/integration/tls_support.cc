@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <mutex>
+#include <stdexcept>
 
 namespace tidegate::test {
 namespace {
@@ -60,8 +61,16 @@ TlsCerts::TlsCerts() {
 
 TlsCerts::Leaf TlsCerts::leaf(const std::string& id, const std::vector<std::string>& names, Options opt) {
   std::lock_guard<std::mutex> lock(g_certs_mu);
+  // Test files share this cache: one id must always mean one certificate.
+  std::string spec = std::to_string(static_cast<int>(opt.signer)) + (opt.ecdsa ? " ec " : " rsa ") +
+                     std::to_string(opt.days);
+  for (const auto& n : names) spec.append(" ").append(n);
   auto it = leaves_.find(id);
-  if (it != leaves_.end()) return it->second;
+  if (it != leaves_.end()) {
+    if (specs_[id] != spec) throw std::logic_error("TlsCerts: leaf \"" + id + "\" asked for again with other names or options");
+    return it->second;
+  }
+  specs_[id] = spec;
   Leaf leaf{path(id + ".crt"), path(id + ".key"), path(id + ".leaf.crt")};
   std::string san = "subjectAltName=";
   for (size_t i = 0; i < names.size(); i++) san += (i ? ",DNS:" : "DNS:") + names[i];

@@ -36,7 +36,10 @@ class TlsCerts {
   bool ok() const { return ok_; }
   std::string path(const std::string& name) const { return dir_.path() + "/" + name; }
   // A leaf for `names` (the first is the CN; all are DNS SANs; "*.x" works),
-  // made on first use under `id` (a file name stem) and cached.
+  // made on first use under `id` (a file name stem) and cached. Every test
+  // file of the binary shares the cache: asking for an `id` again with other
+  // names or options throws (the test fails instead of getting the wrong
+  // certificate).
   Leaf leaf(const std::string& id, const std::vector<std::string>& names, Options opt);
   Leaf leaf(const std::string& id, const std::vector<std::string>& names) { return leaf(id, names, Options()); }
   std::string read(const std::string& file) const { return dir_.read(file); }
@@ -47,6 +50,7 @@ class TlsCerts {
   TempDir dir_;
   bool ok_ = false;
   std::map<std::string, Leaf> leaves_;
+  std::map<std::string, std::string> specs_;  // id -> what it was made from
 };
 
 // What one TLS connection negotiated, and the HTTP answer it got.

@@ -34,14 +34,15 @@ long verify(const std::string& cert_file) {
 TEST(TlsSupportTest, CertificatesVerifyAsIntended) {
   TlsCerts& c = TlsCerts::get();
   ASSERT_TRUE(c.ok()) << c.read("openssl.log");
-  EXPECT_EQ(verify(c.leaf("good", {"localhost"}).cert), X509_V_OK);
-  EXPECT_EQ(verify(c.leaf("rsa", {"localhost"}, {TlsCerts::Signer::kCa, false, 2}).cert), X509_V_OK);
-  EXPECT_EQ(verify(c.leaf("via-inter", {"localhost"}, {TlsCerts::Signer::kIntermediate, true, 2}).cert), X509_V_OK);
-  EXPECT_EQ(verify(c.leaf("via-inter", {"localhost"}).leaf_only), X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
-  EXPECT_EQ(verify(c.leaf("expired", {"localhost"}, {TlsCerts::Signer::kCa, true, -1}).cert), X509_V_ERR_CERT_HAS_EXPIRED);
-  EXPECT_EQ(verify(c.leaf("self", {"localhost"}, {TlsCerts::Signer::kSelf, true, 2}).cert),
+  EXPECT_EQ(verify(c.leaf("support-good", {"localhost"}).cert), X509_V_OK);
+  EXPECT_EQ(verify(c.leaf("support-rsa", {"localhost"}, {TlsCerts::Signer::kCa, false, 2}).cert), X509_V_OK);
+  TlsCerts::Leaf via = c.leaf("support-via-inter", {"localhost"}, {TlsCerts::Signer::kIntermediate, true, 2});
+  EXPECT_EQ(verify(via.cert), X509_V_OK);
+  EXPECT_EQ(verify(via.leaf_only), X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
+  EXPECT_EQ(verify(c.leaf("support-expired", {"localhost"}, {TlsCerts::Signer::kCa, true, -1}).cert), X509_V_ERR_CERT_HAS_EXPIRED);
+  EXPECT_EQ(verify(c.leaf("support-self", {"localhost"}, {TlsCerts::Signer::kSelf, true, 2}).cert),
             X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT);
-  EXPECT_EQ(verify(c.leaf("foreign", {"localhost"}, {TlsCerts::Signer::kOtherCa, true, 2}).cert),
+  EXPECT_EQ(verify(c.leaf("support-foreign", {"localhost"}, {TlsCerts::Signer::kOtherCa, true, 2}).cert),
             X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY);
   EXPECT_TRUE(c.ok()) << c.read("openssl.log");
 }
