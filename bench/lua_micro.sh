@@ -4,6 +4,8 @@
 # lua_CFunctions they fall back to. One request runs each loop N times and
 # reports CPU ns per call (os.clock). No nginx here: this is about JIT traces.
 # Usage: bench/lua_micro.sh   Env: TIDEGATE=build/tidegate N=2000000
+#        BUDGET=300s runs it under lua_budget_timeout (the watchdog's line checks in
+#        every trace; compare with a run without it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TIDEGATE=${TIDEGATE:-build/tidegate}
@@ -23,6 +25,7 @@ http {
   access_log off;
   server {
     listen 127.0.0.1:$port;
+    ${BUDGET:+lua_budget_timeout $BUDGET;}
     location /micro {
       content_by_lua_block {
         local capi = require("tidegate.fastpath").capi

@@ -44,6 +44,37 @@ location / {
 EOC
 }
 
+# lua_budget_timeout's cost (issue 9: under 5%): the same handlers on tidegate without and
+# with a budget (tidegate_budget: the watchdog runs, every trace has its line checks).
+# lua_work does some table and string work per request, so JIT traces matter;
+# lua_say_budget is lua_say. The ratio to watch is tidegate/tidegate_budget (cpu/req).
+budget_line() { if [ "$1" = tidegate_budget ]; then echo 'lua_budget_timeout 100ms;'; fi; }
+scenario_lua_work() {
+  budget_line "$2"
+  cat <<'EOC'
+location / {
+    content_by_lua_block {
+        local t = {}
+        for i = 1, 200 do t[i] = i * 2 end
+        local s = 0
+        for i = 1, #t do
+            if t[i] % 3 == 0 then
+                s = s + t[i]
+            else
+                s = s - 1
+            end
+        end
+        local parts = {}
+        for i = 1, 20 do parts[i] = tostring(i + s) end
+        ngx.say(s, " ", #table.concat(parts, ","))
+    }
+}
+EOC
+}
+scenario_lua_say_budget() { budget_line "$2"; scenario_lua_say; }
+setup_lua_work() { SIDES="nginx tidegate tidegate_budget"; LABEL[tidegate_budget]=tgb; }
+setup_lua_say_budget() { setup_lua_work; }
+
 # Proxy scenarios. One backend (plain nginx answering "hello", started once, its CPU not
 # counted) serves every run. The location is nginx's recipe for upstream keepalive;
 # tidegate pools without it but reads the same conf.

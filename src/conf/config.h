@@ -249,6 +249,9 @@ struct HttpSettings {
   std::optional<bool> lua_check_client_abort;
   // How long balancer_by_lua* may wait on cosockets per try (beyond OpenResty).
   std::optional<uint64_t> lua_balancer_timeout_ms;
+  // lua_budget_timeout: wall clock for each trusted Lua handler run (0: off;
+  // lua/watchdog.h).
+  std::optional<uint64_t> lua_budget_timeout_ms;
   std::optional<bool> lua_transform_underscores;  // lua_transform_underscores_in_response_headers
   // lua_socket_*: the cosocket defaults (OpenResty's values; used by ngx.socket.*).
   std::optional<uint64_t> lua_socket_connect_timeout_ms;

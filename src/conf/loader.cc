@@ -29,6 +29,7 @@ void HttpSettings::inheritFrom(const HttpSettings& p) {
   if (!server_tokens) server_tokens = p.server_tokens;
   if (!lua_check_client_abort) lua_check_client_abort = p.lua_check_client_abort;
   if (!lua_balancer_timeout_ms) lua_balancer_timeout_ms = p.lua_balancer_timeout_ms;
+  if (!lua_budget_timeout_ms) lua_budget_timeout_ms = p.lua_budget_timeout_ms;
   if (!lua_transform_underscores) lua_transform_underscores = p.lua_transform_underscores;
   if (!lua_socket_connect_timeout_ms) lua_socket_connect_timeout_ms = p.lua_socket_connect_timeout_ms;
   if (!lua_socket_send_timeout_ms) lua_socket_send_timeout_ms = p.lua_socket_send_timeout_ms;
@@ -102,6 +103,7 @@ void HttpSettings::fillDefaults() {
   if (!server_tokens) server_tokens = true;
   if (!lua_check_client_abort) lua_check_client_abort = false;
   if (!lua_balancer_timeout_ms) lua_balancer_timeout_ms = 100;
+  if (!lua_budget_timeout_ms) lua_budget_timeout_ms = 0;
   if (!lua_transform_underscores) lua_transform_underscores = true;
   // OpenResty's cosocket defaults.
   if (!lua_socket_connect_timeout_ms) lua_socket_connect_timeout_ms = 60000;

@@ -107,6 +107,15 @@ bool onContentFunction(const ConfNode& n, BuildState& st, std::string* err) {
   return true;
 }
 
+// lua_budget_timeout: a duration, or off (0).
+bool parseBudget(std::string_view text, uint64_t* out) {
+  if (text == "off") {
+    *out = 0;
+    return true;
+  }
+  return parseDurationMs(text, out);
+}
+
 template <uint64_t SandboxConf::*Field, bool (*Parse)(std::string_view, uint64_t*)>
 bool onSandboxNumber(const ConfNode& n, BuildState& st, std::string* err) {
   if (!Parse(n.args[0], &(st.http->lua.sandbox.*Field))) {
@@ -223,6 +232,7 @@ const Directive kLuaDirectives[] = {
     {"lua_max_running_timers", kHttpCtx, 1, 1, false, onLuaCount<&LuaConf::max_running_timers>, true},
     {"lua_check_client_abort", kAnyHttpLevel, 1, 1, false, onFlag<&HttpSettings::lua_check_client_abort>},
     {"lua_balancer_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&HttpSettings::lua_balancer_timeout_ms>},
+    {"lua_budget_timeout", kAnyHttpLevel, 1, 1, false, onNumber<&HttpSettings::lua_budget_timeout_ms, parseBudget>},
     {"lua_transform_underscores_in_response_headers", kAnyHttpLevel, 1, 1, false,
      onFlag<&HttpSettings::lua_transform_underscores>},
     {"lua_socket_connect_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&HttpSettings::lua_socket_connect_timeout_ms>},

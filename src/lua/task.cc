@@ -315,6 +315,18 @@ void LuaTask::run(Co* co, int nargs) {
     vm_.setCurrent(nullptr, phase());
     running_ = nullptr;
     nargs = 0;
+    if (guard_ && guard_->tripped()) {
+      lua_State* L = vm_.state();
+      luaL_traceback(L, co->L, nullptr, 0);
+      std::string trace = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
+      lua_pop(L, 1);
+      killAll();
+      entry_ = nullptr;
+      entry_failed_ = false;
+      in_run_ = false;
+      onBudgetKill(std::move(trace));  // may destroy this task
+      return;
+    }
     if (exit_requested_) {
       killAll();
       in_run_ = false;

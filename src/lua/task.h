@@ -52,12 +52,15 @@ struct Co {
 };
 
 // Told around every resume of a task's coroutines (the sandbox budgets,
-// lua/sandbox/budget.h).
+// lua/sandbox/budget.h; lua_budget_timeout, lua/watchdog.h).
 class ResumeGuard {
  public:
   virtual ~ResumeGuard() = default;
   virtual void enter(lua_State* co) = 0;
   virtual void leave(lua_State* co) = 0;
+  // After leave(): the run was stopped for good (lua_budget_timeout); the
+  // task ends with onBudgetKill() whatever the resume returned.
+  virtual bool tripped() const { return false; }
 };
 
 class LuaTask {
@@ -157,6 +160,9 @@ class LuaTask {
   virtual void onExit() = 0;
   // The entry coroutine raised `msg`; every coroutine has been ended.
   virtual void onError(std::string msg_with_traceback) = 0;
+  // The guard tripped: every coroutine has been ended. `trace`: where the
+  // stopped coroutine was.
+  virtual void onBudgetKill(std::string trace) { onError(std::move(trace)); }
   // Ends every coroutine (cancelling what they wait for).
   void killAll();
 

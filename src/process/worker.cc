@@ -106,6 +106,7 @@ class Worker {
     checker_->start();
     uv_run(&loop_, UV_RUN_DEFAULT);
     runExitWorker();
+    lua::Watchdog::stop();
     checker_.reset();
     server_.reset();
     proxy_.reset();
@@ -125,6 +126,12 @@ class Worker {
     if (!vm_) return;
     vm_->setWorkerId(slot_);
     std::string err;
+    if (uint64_t budget = lua::minBudgetTimeout(*cfg_)) {
+      // Before init_worker_by_lua*, so every trace is compiled with the watchdog's checks.
+      if (!lua::Watchdog::start(vm_->state(), lua::Watchdog::intervalFor(budget), &err)) {
+        TG_LOG(LogLevel::kAlert, "%s", err.c_str());
+      }
+    }
     if (!vm_->run(cfg_->http.lua.init_worker, lua::Phase::kInitWorker, &err)) {
       TG_LOG(LogLevel::kError, "init_worker_by_lua error: %s", err.c_str());
     }

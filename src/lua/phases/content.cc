@@ -22,6 +22,7 @@ RequestContext::~RequestContext() {
   killAll();
   setGuard(nullptr);
   budget_.reset();
+  handler_budget_.reset();
   if (on_abort_ref_ != LUA_NOREF) luaL_unref(vm().state(), LUA_REGISTRYINDEX, on_abort_ref_);
 }
 
@@ -94,6 +95,7 @@ void RequestContext::nextPhase() {
       finish();
       return;
     }
+    beginBudget();
     startEntry();  // may end this task
     return;
   }
@@ -107,6 +109,7 @@ void RequestContext::nextPhase() {
 // next phase, as in OpenResty; ngx.exit(status >= 200), output, or the
 // content phase produce the response.
 void RequestContext::phaseEnded() {
+  endBudget();
   if (step_ == Step::kAlone) {
     aloneEnded(true);
     return;
@@ -122,6 +125,37 @@ void RequestContext::phaseEnded() {
   }
   step_ = static_cast<Step>(static_cast<int>(step_) + 1);
   nextPhase();
+}
+
+void RequestContext::beginBudget() {
+  uint64_t ms = req_->settings().lua_budget_timeout_ms.value_or(0);
+  if (ms == 0) {
+    endBudget();
+    setGuard(nullptr);
+    return;
+  }
+  if (!handler_budget_) {
+    handler_budget_.emplace(loop(), [](void* arg) {
+      auto* self = static_cast<RequestContext*>(arg);
+      if (self->done_) return;
+      self->killAll();
+      self->budgetKilled("while waiting");
+    }, this);
+  }
+  handler_budget_->begin(ms);
+  setGuard(&*handler_budget_);
+}
+
+void RequestContext::budgetKilled(const std::string& where) {
+  endBudget();
+  TG_LOG_CONN(core::LogLevel::kError, req_->conn ? req_->conn->id : 0, "%s_by_lua* killed: %s; %s%s",
+              phaseName(phase_), budgetExceeded(handler_budget_->budgetMs()).c_str(), where.c_str(),
+              http::describeRequest(*req_).c_str());
+  if (step_ == Step::kAlone) {
+    aloneEnded(false);
+    return;
+  }
+  fail(500);
 }
 
 void RequestContext::startFunction(const conf::LuaCode& code) {
@@ -171,6 +205,7 @@ void RequestContext::fail(int status) {
 // traceback in the error log in OpenResty's words (for a function, its
 // name, and the budget that killed it if one did).
 void RequestContext::onError(std::string trace) {
+  endBudget();
   uint64_t conn_id = req_->conn ? req_->conn->id : 0;
   if (budget_) {
     if (budget_->killed() != sandbox::Budget::kNone) {
@@ -201,6 +236,7 @@ void RequestContext::onError(std::string trace) {
 }
 
 void RequestContext::finish() {
+  endBudget();
   if (done_) return;
   done_ = true;
   sink_.finish(std::move(result_), this);
@@ -215,12 +251,14 @@ bool RequestContext::runAlone(const conf::LuaCode& code, Phase phase, bool* ok) 
   }
   step_ = Step::kAlone;
   phase_ = phase;
+  beginBudget();
   startEntry();  // may end it
   *ok = alone_ok_;
   return !done_;
 }
 
 void RequestContext::aloneEnded(bool ok) {
+  endBudget();
   done_ = true;
   alone_ok_ = ok;
   if (ended_) ended_(ok);

@@ -7,6 +7,7 @@
 #include <uv.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "lua/sandbox/budget.h"
 #include "lua/task.h"
 #include "lua/vm.h"
+#include "lua/watchdog.h"
 
 namespace tidegate::lua {
 
@@ -122,6 +124,15 @@ class RequestContext : public LuaTask, public http::ContentTask {
   void onDone() override { phaseEnded(); }
   void onExit() override { phaseEnded(); }
   void onError(std::string trace) override;
+  void onBudgetKill(std::string trace) override { budgetKilled(trace); }
+  // lua_budget_timeout: the handler about to start gets its budget.
+  void beginBudget();
+  void endBudget() {
+    if (handler_budget_) handler_budget_->end();
+  }
+  // The handler passed its budget, running (`where`: its traceback) or
+  // waiting; its coroutines are gone.
+  void budgetKilled(const std::string& where);
   // content_by_function: the function in a fresh sandbox, under the
   // lua_sandbox_* budgets; 404 for an unknown name.
   void startFunction(const conf::LuaCode& code);
@@ -149,6 +160,7 @@ class RequestContext : public LuaTask, public http::ContentTask {
   std::string scratch_;
   std::string function_;  // content_by_function: the function's name
   std::unique_ptr<sandbox::BudgetRun> budget_;
+  std::optional<HandlerBudget> handler_budget_;  // lua_budget_timeout
 };
 
 // Runs `code` to completion in `ctx`'s context as `phase` (lua_pcall on a

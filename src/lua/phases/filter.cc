@@ -124,7 +124,7 @@ bool runToCompletion(Vm& vm, const http::Request& r, const conf::LuaCode& code, 
   LuaTask* prev = vm.current();
   Phase prev_phase = vm.phase();
   vm.setCurrent(ctx, phase);
-  int rc = lua_pcall(L, 0, 0, base + 1);
+  int rc = pcallWithBudget(L, 0, 0, base + 1, r);
   vm.setCurrent(prev, prev_phase);
   if (rc != 0) {
     const char* msg = lua_tostring(L, -1);

@@ -68,7 +68,7 @@ bool LuaContentHandler::runSet(http::Request& r, const conf::LuaCode& code, cons
   LuaTask* prev = vm_.current();
   Phase prev_phase = vm_.phase();
   vm_.setCurrent(&ctx, Phase::kSet);
-  int rc = lua_pcall(L, static_cast<int>(args.size()), 1, base + 1);  // Stack: [tb, result] or [tb, error]
+  int rc = pcallWithBudget(L, static_cast<int>(args.size()), 1, base + 1, r);  // Stack: [tb, result] or [tb, error]
   vm_.setCurrent(prev, prev_phase);
   setArgTable(L, nullptr);
   size_t len = 0;
