@@ -47,7 +47,8 @@ EOC
 # lua_budget_timeout's cost (issue 9: under 5%): the same handlers on tidegate without and
 # with a budget (tidegate_budget: the watchdog runs, every trace has its line checks).
 # lua_work does some table and string work per request, so JIT traces matter;
-# lua_say_budget is lua_say. The ratio to watch is tidegate/tidegate_budget (cpu/req).
+# lua_say_budget and lua_api_budget are lua_say and lua_api. The ratio to watch is
+# tidegate/tidegate_budget (cpu/req).
 budget_line() { if [ "$1" = tidegate_budget ]; then echo 'lua_budget_timeout 100ms;'; fi; }
 scenario_lua_work() {
   budget_line "$2"
@@ -72,8 +73,10 @@ location / {
 EOC
 }
 scenario_lua_say_budget() { budget_line "$2"; scenario_lua_say; }
+scenario_lua_api_budget() { budget_line "$2"; scenario_lua_api; }
 setup_lua_work() { SIDES="nginx tidegate tidegate_budget"; LABEL[tidegate_budget]=tgb; }
 setup_lua_say_budget() { setup_lua_work; }
+setup_lua_api_budget() { setup_lua_work; }
 
 # Proxy scenarios. One backend (plain nginx answering "hello", started once, its CPU not
 # counted) serves every run. The location is nginx's recipe for upstream keepalive;

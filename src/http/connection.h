@@ -38,7 +38,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   // call; while it waits, kPause (again on every call); once it ended, the
   // handshake is stepped again on a later loop turn and this answers with
   // how it ended.
-  tls::CertificateScript::Outcome runCertificateLua(SSL* ssl, const conf::LuaCode& code);
+  tls::CertificateScript::Outcome runCertificateLua(SSL* ssl, const conf::LuaCode& code, uint64_t budget_ms);
 
   Connection* next = nullptr;
   Connection* prev = nullptr;

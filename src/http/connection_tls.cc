@@ -124,7 +124,8 @@ void Connection::writeTlsAlert() {
   uv_try_write(reinterpret_cast<uv_stream_t*>(&tcp_), &b, 1);
 }
 
-tls::CertificateScript::Outcome Connection::runCertificateLua(SSL* ssl, const conf::LuaCode& code) {
+tls::CertificateScript::Outcome Connection::runCertificateLua(SSL* ssl, const conf::LuaCode& code,
+                                                              uint64_t budget_ms) {
   using Outcome = tls::CertificateScript::Outcome;
   switch (cert_lua_) {
     case CertLua::kRunning: return Outcome::kPause;  // more of the handshake came meanwhile
@@ -141,7 +142,7 @@ tls::CertificateScript::Outcome Connection::runCertificateLua(SSL* ssl, const co
   }
   bool ok = true;
   cert_lua_ = CertLua::kRunning;
-  cert_task_ = lua->runSslCertificate(ssl, info_, code, &ok, [this](bool ok) { certLuaEnded(ok); });
+  cert_task_ = lua->runSslCertificate(ssl, info_, code, budget_ms, &ok, [this](bool ok) { certLuaEnded(ok); });
   if (cert_task_) return Outcome::kPause;
   cert_lua_ = ok ? CertLua::kDone : CertLua::kFailed;
   return ok ? Outcome::kContinue : Outcome::kFail;

@@ -254,8 +254,10 @@ class ContentHandler {
   // it waits (ngx.sleep, a cosocket): the caller keeps the task returned
   // (freeing it cancels the code) until `done(ok)` is called from inside
   // it (so not to be freed there); `ssl` and `conn` must live as long.
+  // `budget_ms`: lua_budget_timeout (0: none).
   virtual std::unique_ptr<ContentTask> runSslCertificate(SSL* ssl, const ConnInfo& conn, const conf::LuaCode& code,
-                                                         bool* ok, std::function<void(bool)> done) = 0;
+                                                         uint64_t budget_ms, bool* ok,
+                                                         std::function<void(bool)> done) = 0;
 
   // A Lua balancer module (an upstream with "balancer": {"type": "lua",
   // "module": M}; docs/balancers.md). newLuaBalancer: require(M).new(servers)

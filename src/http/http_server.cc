@@ -82,8 +82,9 @@ void HttpServer::setCertificateSource(tls::CertificateSource* src) {
   for (auto& [group, ctx] : tls_) ctx->setCertificateSource(src);
 }
 
-tls::CertificateScript::Outcome HttpServer::runCertificateScript(SSL* ssl, void* owner, const conf::LuaCode& code) {
-  return static_cast<Connection*>(owner)->runCertificateLua(ssl, code);
+tls::CertificateScript::Outcome HttpServer::runCertificateScript(SSL* ssl, void* owner, const conf::LuaCode& code,
+                                                                 uint64_t budget_ms) {
+  return static_cast<Connection*>(owner)->runCertificateLua(ssl, code, budget_ms);
 }
 
 tls::ServerContext* HttpServer::tlsContext(const conf::Config::ListenGroup* group) const {

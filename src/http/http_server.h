@@ -89,7 +89,7 @@ class HttpServer : private tls::CertificateScript {
   };
   const conf::Config::ListenGroup* groupFor(const Listener* l, int fd) const;
   // ssl_certificate_by_lua* for the connection `owner`.
-  Outcome runCertificateScript(SSL* ssl, void* owner, const conf::LuaCode& code) override;
+  Outcome runCertificateScript(SSL* ssl, void* owner, const conf::LuaCode& code, uint64_t budget_ms) override;
   static void onReadable(uv_poll_t* p, int status, int events) noexcept;
   static void onListenerClosed(uv_handle_t* h) noexcept;
   static void onRetryTimer(uv_timer_t* t) noexcept;

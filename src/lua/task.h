@@ -166,6 +166,16 @@ class LuaTask {
   // Ends every coroutine (cancelling what they wait for).
   void killAll();
 
+ public:
+  // The guard's deadline passed while the task waited (HandlerBudget's
+  // timer): every coroutine ends, then onBudgetKill("while waiting").
+  void expireBudget() {
+    killAll();
+    onBudgetKill("while waiting");  // may destroy this task
+  }
+
+ protected:
+
  private:
   enum class Op { kNone, kWait, kResume, kYield, kSpawn };
   void run(Co* co, int nargs);

@@ -242,7 +242,7 @@ void HandlerBudget::onTimer(uv_timer_t* t) noexcept {
     return;
   }
   self->timing_ = false;
-  self->expired_(self->arg_);  // may destroy self
+  self->task_->expireBudget();  // may destroy self
 }
 
 }  // namespace tidegate::lua

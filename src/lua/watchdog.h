@@ -122,10 +122,9 @@ uint64_t minBudgetTimeout(const conf::Config& cfg);
 // and a few stores.
 class HandlerBudget : public ResumeGuard {
  public:
-  // `expired(arg)` runs from the loop when the deadline passes while the
-  // handler waits; it must end the task's coroutines.
-  using Expired = void (*)(void* arg);
-  HandlerBudget(uv_loop_t* loop, Expired expired, void* arg) : loop_(loop), expired_(expired), arg_(arg) {}
+  // `task->expireBudget()` runs from the loop when the deadline passes
+  // while the handler waits.
+  HandlerBudget(uv_loop_t* loop, LuaTask* task) : loop_(loop), task_(task) {}
   ~HandlerBudget() override;
   HandlerBudget(const HandlerBudget&) = delete;
   HandlerBudget& operator=(const HandlerBudget&) = delete;
@@ -145,8 +144,7 @@ class HandlerBudget : public ResumeGuard {
 
   Tripwire wire_{0, false};
   uv_loop_t* loop_;
-  Expired expired_;
-  void* arg_;
+  LuaTask* task_;
   uv_timer_t* timer_ = nullptr;  // from the first wait on
   bool timing_ = false;          // the timer runs for this handler
   uint64_t deadline_ns_ = 0;

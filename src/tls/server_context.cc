@@ -148,7 +148,8 @@ int ServerContext::runScript(SSL* ssl, const conf::Server* server) {
   if (!server) server = group_->default_server.get();
   const std::optional<conf::LuaCode>& code = server->settings.ssl.certificate_lua;
   if (!code || !script_) return 2;
-  switch (script_->runCertificateScript(ssl, SSL_get_app_data(ssl), *code)) {
+  switch (script_->runCertificateScript(ssl, SSL_get_app_data(ssl), *code,
+                                       server->settings.lua_budget_timeout_ms.value_or(0))) {
     case CertificateScript::Outcome::kPause: return -1;
     case CertificateScript::Outcome::kFail: return 0;
     case CertificateScript::Outcome::kContinue: break;

@@ -40,7 +40,8 @@ class CertificateScript {
   // `owner` is the SSL's app data. kPause: the code waits and the
   // handshake pauses (kPaused); the owner steps it again once the code
   // ended, which calls this again, for the outcome. kFail: logged.
-  virtual Outcome runCertificateScript(SSL* ssl, void* owner, const conf::LuaCode& code) = 0;
+  // `budget_ms`: the server's lua_budget_timeout (0: none).
+  virtual Outcome runCertificateScript(SSL* ssl, void* owner, const conf::LuaCode& code, uint64_t budget_ms) = 0;
 };
 
 class ServerContext {

@@ -220,6 +220,26 @@ TEST(TlsLuaTest, ScriptErrorsAndNgxErrorFailTheHandshakeAndAreLogged) {
   EXPECT_TRUE(gw.seriousLogLinesBut({"boom", "aborted the SSL handshake"}).empty()) << gw.errorLog();
 }
 
+// lua_budget_timeout (server level) stops a script that spins in a JIT
+// loop or waits too long: the handshake fails and the worker goes on.
+TEST(TlsLuaTest, BudgetEndsASpinningOrWaitingScript) {
+  ASSERT_TRUE(TlsCerts::get().ok());
+  Gateway gw;
+  gw.setConf(tlsConf(R"(
+      local name = require("ngx.ssl").server_name()
+      if name == "spin.test" then local x = 0 while true do x = x + 1 end end
+      if name == "wait.test" then ngx.sleep(30) end
+  )", "", "lua_budget_timeout 100ms;"));
+  ASSERT_TRUE(gw.start()) << gw.stderrText();
+  EXPECT_FALSE(handshake(gw, "spin.test", Ms(8000)).handshake);
+  EXPECT_FALSE(handshake(gw, "wait.test", Ms(8000)).handshake);
+  EXPECT_TRUE(gw.waitLog("ssl_certificate_by_lua* killed: lua_budget_timeout 100ms exceeded; stack traceback:"));
+  EXPECT_TRUE(gw.waitLog("ssl_certificate_by_lua* killed: lua_budget_timeout 100ms exceeded; while waiting"));
+  expectCert(gw, "a.test", "fallback.test", "EC");
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLinesBut({"lua_budget_timeout 100ms exceeded"}).empty()) << gw.errorLog();
+}
+
 // The script sees no request: ngx.var raises, ngx.ctx is its own table;
 // the ngx.ssl getters describe the handshake. Stored for a request to read.
 TEST(TlsLuaTest, ScriptSeesTheHandshakeAndNoRequest) {

@@ -134,20 +134,14 @@ void RequestContext::beginBudget() {
     setGuard(nullptr);
     return;
   }
-  if (!handler_budget_) {
-    handler_budget_.emplace(loop(), [](void* arg) {
-      auto* self = static_cast<RequestContext*>(arg);
-      if (self->done_) return;
-      self->killAll();
-      self->budgetKilled("while waiting");
-    }, this);
-  }
+  if (!handler_budget_) handler_budget_.emplace(loop(), this);
   handler_budget_->begin(ms);
   setGuard(&*handler_budget_);
 }
 
 void RequestContext::budgetKilled(const std::string& where) {
   endBudget();
+  if (done_) return;
   TG_LOG_CONN(core::LogLevel::kError, req_->conn ? req_->conn->id : 0, "%s_by_lua* killed: %s; %s%s",
               phaseName(phase_), budgetExceeded(handler_budget_->budgetMs()).c_str(), where.c_str(),
               http::describeRequest(*req_).c_str());

@@ -214,7 +214,7 @@ class LuaContentHandler : public http::ContentHandler {
                                                  http::ContentTask* task, http::BalancerCall* call, bool* ok,
                                                  std::function<void(bool)> done) override;  // phases/balancer.cc
   std::unique_ptr<http::ContentTask> runSslCertificate(SSL* ssl, const http::ConnInfo& conn,
-                                                       const conf::LuaCode& code, bool* ok,
+                                                       const conf::LuaCode& code, uint64_t budget_ms, bool* ok,
                                                        std::function<void(bool)> done) override;  // phases/ssl_certificate.cc
   // Lua balancer modules (phases/balancer.cc).
   int newLuaBalancer(const std::string& module, const std::vector<LuaBalancerPeer>& peers, std::string* err) override;

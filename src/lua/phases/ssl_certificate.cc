@@ -7,6 +7,14 @@ namespace tidegate::lua {
 
 using core::LogLevel;
 
+SslCertTask::SslCertTask(Vm& vm, uv_loop_t* loop, SSL* ssl, const http::ConnInfo& conn, const conf::LuaCode& code,
+                         uint64_t budget_ms)
+    : LuaTask(vm, loop), ssl_(ssl), conn_(conn), code_(code) {
+  if (budget_ms == 0) return;
+  budget_.emplace(loop, this);
+  budget_->begin(budget_ms);
+}
+
 bool SslCertTask::run(bool* ok, std::function<void(bool)> ended) {
   std::string err;
   if (!vm().push(code_, this, &err)) {  // Stack: [] -> [fn]
@@ -15,6 +23,7 @@ bool SslCertTask::run(bool* ok, std::function<void(bool)> ended) {
     *ok = false;
     return false;
   }
+  if (budget_) setGuard(&*budget_);
   startEntry();  // may end the code
   if (done_) {
     *ok = ok_;
@@ -44,7 +53,15 @@ void SslCertTask::onError(std::string trace) {
   ended(false);
 }
 
+void SslCertTask::onBudgetKill(std::string trace) {
+  if (done_) return;
+  TG_LOG_CONN(LogLevel::kError, conn_.id, "ssl_certificate_by_lua* killed: %s; %s%s",
+              budgetExceeded(budget_->budgetMs()).c_str(), trace.c_str(), context().c_str());
+  ended(false);
+}
+
 void SslCertTask::ended(bool ok) {
+  if (budget_) budget_->end();
   done_ = true;
   ok_ = ok;
   if (ended_) ended_(ok);  // the owner frees this task later, never here
@@ -58,9 +75,9 @@ std::string SslCertTask::context() const {
 }
 
 std::unique_ptr<http::ContentTask> LuaContentHandler::runSslCertificate(SSL* ssl, const http::ConnInfo& conn,
-                                                                        const conf::LuaCode& code, bool* ok,
-                                                                        std::function<void(bool)> done) {
-  auto task = std::make_unique<SslCertTask>(vm_, loop_, ssl, conn, code);
+                                                                        const conf::LuaCode& code, uint64_t budget_ms,
+                                                                        bool* ok, std::function<void(bool)> done) {
+  auto task = std::make_unique<SslCertTask>(vm_, loop_, ssl, conn, code, budget_ms);
   if (!task->run(ok, std::move(done))) return nullptr;
   return task;
 }

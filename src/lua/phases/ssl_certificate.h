@@ -11,18 +11,24 @@
 #include <openssl/ssl.h>
 
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "http/content_handler.h"
 #include "lua/task.h"
+#include "lua/watchdog.h"
 
 namespace tidegate::lua {
 
 class SslCertTask : public LuaTask, public http::ContentTask {
  public:
-  SslCertTask(Vm& vm, uv_loop_t* loop, SSL* ssl, const http::ConnInfo& conn, const conf::LuaCode& code)
-      : LuaTask(vm, loop), ssl_(ssl), conn_(conn), code_(code) {}
-  ~SslCertTask() override { killAll(); }
+  // `budget_ms`: lua_budget_timeout (0: none).
+  SslCertTask(Vm& vm, uv_loop_t* loop, SSL* ssl, const http::ConnInfo& conn, const conf::LuaCode& code,
+              uint64_t budget_ms);
+  ~SslCertTask() override {
+    killAll();
+    setGuard(nullptr);
+  }
 
   // Starts the code. False when it ended now (*ok: the handshake may go
   // on); true while it waits: `ended` follows, called from inside this task.
@@ -42,6 +48,7 @@ class SslCertTask : public LuaTask, public http::ContentTask {
   void onDone() override { ended(true); }
   void onExit() override;
   void onError(std::string trace) override;
+  void onBudgetKill(std::string trace) override;
   void ended(bool ok);
   // ", context: ssl_certificate_by_lua*, client: ..., server: ..." for the log.
   std::string context() const;
@@ -53,6 +60,7 @@ class SslCertTask : public LuaTask, public http::ContentTask {
   int exit_status_ = 0;
   bool done_ = false;
   bool ok_ = true;
+  std::optional<HandlerBudget> budget_;  // lua_budget_timeout
 };
 
 }  // namespace tidegate::lua
