@@ -48,10 +48,9 @@ struct SharedDictConf {
 // What sandboxed functions (content_by_function) may use and spend: the
 // lua_sandbox_* directives (http level). Budgets are per request; 0 turns
 // one off.
+// The sandbox of content_by_function, one per VM (http level). Its budgets
+// are per location: HttpSettings::lua_sandbox_*.
 struct SandboxConf {
-  uint64_t instructions = 10000000;  // Lua VM instructions (a debug hook counts them)
-  uint64_t timeout_ms = 5000;        // wall clock, from the start to the end of the function
-  uint64_t memory = 64u << 20;       // bytes allocated (a running total; frees do not give any back)
   bool pcall = false;                // pcall/xpcall wrappers that cannot catch a budget kill
   std::vector<std::string> shared_dicts;  // ngx.shared.NAME reachable from the sandbox
   std::vector<std::string> modules;       // require()-able from the sandbox
@@ -252,6 +251,12 @@ struct HttpSettings {
   // lua_budget_timeout: wall clock for each trusted Lua handler run (0: off;
   // lua/watchdog.h).
   std::optional<uint64_t> lua_budget_timeout_ms;
+  // lua_sandbox_*: the budgets of one request of a sandboxed function (0: no
+  // limit). Instructions of the Lua VM (a debug hook counts them); wall clock
+  // from start to end; bytes allocated (a running total, frees give none back).
+  std::optional<uint64_t> lua_sandbox_instructions;
+  std::optional<uint64_t> lua_sandbox_timeout_ms;
+  std::optional<uint64_t> lua_sandbox_memory;
   std::optional<bool> lua_transform_underscores;  // lua_transform_underscores_in_response_headers
   // lua_socket_*: the cosocket defaults (OpenResty's values; used by ngx.socket.*).
   std::optional<uint64_t> lua_socket_connect_timeout_ms;

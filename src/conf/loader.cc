@@ -30,6 +30,9 @@ void HttpSettings::inheritFrom(const HttpSettings& p) {
   if (!lua_check_client_abort) lua_check_client_abort = p.lua_check_client_abort;
   if (!lua_balancer_timeout_ms) lua_balancer_timeout_ms = p.lua_balancer_timeout_ms;
   if (!lua_budget_timeout_ms) lua_budget_timeout_ms = p.lua_budget_timeout_ms;
+  if (!lua_sandbox_instructions) lua_sandbox_instructions = p.lua_sandbox_instructions;
+  if (!lua_sandbox_timeout_ms) lua_sandbox_timeout_ms = p.lua_sandbox_timeout_ms;
+  if (!lua_sandbox_memory) lua_sandbox_memory = p.lua_sandbox_memory;
   if (!lua_transform_underscores) lua_transform_underscores = p.lua_transform_underscores;
   if (!lua_socket_connect_timeout_ms) lua_socket_connect_timeout_ms = p.lua_socket_connect_timeout_ms;
   if (!lua_socket_send_timeout_ms) lua_socket_send_timeout_ms = p.lua_socket_send_timeout_ms;
@@ -104,6 +107,9 @@ void HttpSettings::fillDefaults() {
   if (!lua_check_client_abort) lua_check_client_abort = false;
   if (!lua_balancer_timeout_ms) lua_balancer_timeout_ms = 100;
   if (!lua_budget_timeout_ms) lua_budget_timeout_ms = 0;
+  if (!lua_sandbox_instructions) lua_sandbox_instructions = 10000000;
+  if (!lua_sandbox_timeout_ms) lua_sandbox_timeout_ms = 5000;
+  if (!lua_sandbox_memory) lua_sandbox_memory = 64u << 20;
   if (!lua_transform_underscores) lua_transform_underscores = true;
   // OpenResty's cosocket defaults.
   if (!lua_socket_connect_timeout_ms) lua_socket_connect_timeout_ms = 60000;

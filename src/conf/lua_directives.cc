@@ -116,15 +116,6 @@ bool parseBudget(std::string_view text, uint64_t* out) {
   return parseDurationMs(text, out);
 }
 
-template <uint64_t SandboxConf::*Field, bool (*Parse)(std::string_view, uint64_t*)>
-bool onSandboxNumber(const ConfNode& n, BuildState& st, std::string* err) {
-  if (!Parse(n.args[0], &(st.http->lua.sandbox.*Field))) {
-    err->assign("invalid value \"").append(n.args[0]).append("\" in \"").append(n.name).append("\" directive");
-    return false;
-  }
-  return true;
-}
-
 bool onSandboxPcall(const ConfNode& n, BuildState& st, std::string* err) {
   return parseFlag(n, &st.http->lua.sandbox.pcall, err);
 }
@@ -282,9 +273,9 @@ const Directive kLuaDirectives[] = {
     {"content_by_lua", kLocationCtx, 1, 1, false, onContent},
     {"content_by_lua_file", kLocationCtx, 1, 1, false, onContent},
     {"content_by_function", kLocationCtx, 1, 1, false, onContentFunction},
-    {"lua_sandbox_instructions", kHttpCtx, 1, 1, false, onSandboxNumber<&SandboxConf::instructions, parseCount>},
-    {"lua_sandbox_timeout", kHttpCtx, 1, 1, false, onSandboxNumber<&SandboxConf::timeout_ms, parseDurationMs>},
-    {"lua_sandbox_memory", kHttpCtx, 1, 1, false, onSandboxNumber<&SandboxConf::memory, parseSize>},
+    {"lua_sandbox_instructions", kAnyHttpLevel, 1, 1, false, onNumber<&HttpSettings::lua_sandbox_instructions, parseCount>},
+    {"lua_sandbox_timeout", kAnyHttpLevel, 1, 1, false, onDuration<&HttpSettings::lua_sandbox_timeout_ms>},
+    {"lua_sandbox_memory", kAnyHttpLevel, 1, 1, false, onSize<&HttpSettings::lua_sandbox_memory>},
     {"lua_sandbox_pcall", kHttpCtx, 1, 1, false, onSandboxPcall},
     {"lua_sandbox_shared_dicts", kHttpCtx, 1, kAnyArgs, false, onSandboxNames<&SandboxConf::shared_dicts>},
     {"lua_sandbox_modules", kHttpCtx, 1, kAnyArgs, false, onSandboxNames<&SandboxConf::modules>},

@@ -255,6 +255,39 @@ TEST(FunctionsTest, BudgetsKillTheRequestNotTheWorker) {
   EXPECT_EQ(gw.stop(), 0);
 }
 
+// The budgets are per location: the same function is fine under the
+// defaults and killed where a location sets a tighter one.
+TEST(FunctionsTest, BudgetsFollowTheLocation) {
+  Gateway gw;
+  gw.setSimpleConf("location ~ ^/fn/(\\w+)$ { content_by_function $1; }\n"
+                   "location ~ ^/tight/(\\w+)$ { lua_sandbox_instructions 100000; content_by_function $1; }\n"
+                   "location ~ ^/short/(\\w+)$ { lua_sandbox_timeout 50ms; content_by_function $1; }",
+                   "admin_listen 127.0.0.1:{PORT2};\nadmin_token " + kToken + ";\n", 1);
+  ASSERT_TRUE(gw.start());
+  ASSERT_EQ(push(gw, "count", "local x = 0 for i = 1, 200000 do x = x + i end ngx.say('done')").status, 201);
+  ASSERT_EQ(push(gw, "nap", "ngx.sleep(0.2) ngx.say('rested')").status, 201);
+  EXPECT_EQ(httpGet(gw.port(), "/fn/count").body, "done\n");
+  EXPECT_EQ(httpGet(gw.port(), "/tight/count").status, 500);
+  EXPECT_TRUE(gw.waitLog("function \"count\" killed: lua_sandbox_instructions 100000 exceeded"));
+  EXPECT_EQ(httpGet(gw.port(), "/fn/nap").body, "rested\n");
+  EXPECT_EQ(httpGet(gw.port(), "/short/nap").status, 500);
+  EXPECT_TRUE(gw.waitLog("function \"nap\" killed: lua_sandbox_timeout 50ms exceeded"));
+  EXPECT_TRUE(gw.seriousLogLinesBut({"function \""}).empty());
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+// Function source is text: a bytecode chunk is refused at push time.
+TEST(FunctionsTest, BytecodeIsRefused) {
+  Gateway gw;
+  fnConf(gw);
+  ASSERT_TRUE(gw.start());
+  Response r = push(gw, "bc", std::string("\x1bLJ\x02\x0a", 5) + "garbage");
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("attempt to load chunk with wrong mode"), std::string::npos) << r.body;
+  EXPECT_EQ(httpGet(gw.port(), "/fn/bc").status, 404);
+  EXPECT_EQ(gw.stop(), 0);
+}
+
 // lua_sandbox_shared_dicts and lua_sandbox_modules open what they name,
 // through proxies a function cannot change.
 TEST(FunctionsTest, WhitelistedDictsAndModulesWork) {

@@ -172,7 +172,7 @@ void RequestContext::startFunction(const conf::LuaCode& code) {
       return;
     case Functions::Push::kOk: break;
   }
-  budget_ = std::make_unique<sandbox::BudgetRun>(vm().state(), loop(), vm().config().http.lua.sandbox,
+  budget_ = std::make_unique<sandbox::BudgetRun>(vm().state(), loop(), sandbox::Limits::of(req_->settings()),
                                                  [this] { functionTimedOut(); });
   setGuard(budget_.get());
   startEntry(1);  // may end this task

@@ -34,10 +34,9 @@ const char* budgetName(Budget b) {
 void* BudgetRun::killKey() { return const_cast<char*>(&kKill); }
 void* BudgetRun::sandboxKey() { return const_cast<char*>(&kSandboxKey); }
 
-BudgetRun::BudgetRun(lua_State* L, uv_loop_t* loop, const conf::SandboxConf& conf,
-                     std::function<void()> on_timeout)
+BudgetRun::BudgetRun(lua_State* L, uv_loop_t* loop, Limits limits, std::function<void()> on_timeout)
     : L_(L),
-      conf_(conf), on_timeout_(std::move(on_timeout)), start_ns_(uv_hrtime()) {
+      conf_(limits), on_timeout_(std::move(on_timeout)), start_ns_(uv_hrtime()) {
   if (conf_.timeout_ms == 0) return;
   timer_ = new uv_timer_t;
   uv_timer_init(loop, timer_);

@@ -39,12 +39,23 @@ namespace tidegate::lua::sandbox {
 enum class Budget { kNone, kInstructions, kTimeout, kMemory };
 const char* budgetName(Budget b);
 
+// The lua_sandbox_* budgets of a request's location (0: no limit).
+struct Limits {
+  uint64_t instructions = 0;
+  uint64_t timeout_ms = 0;
+  uint64_t memory = 0;
+  static Limits of(const conf::HttpSettings& s) {
+    return {s.lua_sandbox_instructions.value_or(0), s.lua_sandbox_timeout_ms.value_or(0),
+            s.lua_sandbox_memory.value_or(0)};
+  }
+};
+
 class BudgetRun : public ResumeGuard {
  public:
   // `on_timeout` runs from the loop when the wall-clock budget passes while
   // the request waits; it must end the request's coroutines.
   // `L`: the VM's main state.
-  BudgetRun(lua_State* L, uv_loop_t* loop, const conf::SandboxConf& conf, std::function<void()> on_timeout);
+  BudgetRun(lua_State* L, uv_loop_t* loop, Limits limits, std::function<void()> on_timeout);
   ~BudgetRun() override;
   BudgetRun(const BudgetRun&) = delete;
   BudgetRun& operator=(const BudgetRun&) = delete;
@@ -80,7 +91,7 @@ class BudgetRun : public ResumeGuard {
   void kill(Budget b);
 
   lua_State* L_;
-  const conf::SandboxConf& conf_;
+  const Limits conf_;
   std::function<void()> on_timeout_;
   uv_timer_t* timer_ = nullptr;
   uint64_t start_ns_;

@@ -247,9 +247,10 @@ TEST(LuaDirectivesTest, ContentByFunctionAndSandboxSettings) {
                        "   location /v { content_by_function $arg_f; } } }");
   ASSERT_TRUE(cfg);
   const SandboxConf& sc = cfg->http.lua.sandbox;
-  EXPECT_EQ(sc.instructions, 5000u);
-  EXPECT_EQ(sc.timeout_ms, 2000u);
-  EXPECT_EQ(sc.memory, 8u << 20);
+  const HttpSettings& loc_a = cfg->http.servers[0]->locations[0]->settings;
+  EXPECT_EQ(loc_a.lua_sandbox_instructions, 5000u);
+  EXPECT_EQ(loc_a.lua_sandbox_timeout_ms, 2000u);
+  EXPECT_EQ(loc_a.lua_sandbox_memory, 8u << 20);
   EXPECT_TRUE(sc.pcall);
   EXPECT_EQ(sc.shared_dicts, (std::vector<std::string>{"a", "b", "c"}));
   EXPECT_EQ(sc.modules, std::vector<std::string>{"m"});
@@ -269,6 +270,17 @@ TEST(LuaDirectivesTest, ContentByFunctionAndSandboxSettings) {
             "\"content_by_function\" directive is duplicate in test.conf:1");
   EXPECT_EQ(loadError("http { server { lua_sandbox_pcall on; } }"),
             "\"lua_sandbox_pcall\" directive is not allowed here in test.conf:1");
+  // The budgets are per location, inherited, with their defaults at the top.
+  cfg = load("http { server { lua_sandbox_timeout 1s; location /a { lua_sandbox_instructions 0; } location /b { } } }");
+  ASSERT_TRUE(cfg);
+  const HttpSettings& a = cfg->http.servers[0]->locations[0]->settings;
+  const HttpSettings& b = cfg->http.servers[0]->locations[1]->settings;
+  EXPECT_EQ(a.lua_sandbox_instructions, 0u);
+  EXPECT_EQ(b.lua_sandbox_instructions, 10000000u);
+  EXPECT_EQ(a.lua_sandbox_timeout_ms, 1000u);
+  EXPECT_EQ(b.lua_sandbox_memory, 64u << 20);
+  EXPECT_EQ(loadError("http { server { location / { lua_sandbox_memory 1m; lua_sandbox_memory 2m; } } }"),
+            "\"lua_sandbox_memory\" directive is duplicate in test.conf:1");
 }
 
 }  // namespace
