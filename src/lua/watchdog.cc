@@ -186,14 +186,78 @@ uint64_t minBudgetTimeout(const conf::Config& cfg) {
   return m;
 }
 
+namespace {
+
+const char kRunnerKey = 0;  // registry: the coroutine budgeted lua_pcall-style runs reuse
+bool g_runner_busy = false;
+
+// A coroutine for one run, on L's stack top: the cached one, or a new one
+// when a run is already on it (runs nest) or the last one did not return.
+lua_State* runnerThread(lua_State* L, bool* cached) {
+  *cached = !g_runner_busy;
+  if (*cached) {
+    lua_pushlightuserdata(L, const_cast<char*>(&kRunnerKey));
+    lua_rawget(L, LUA_REGISTRYINDEX);
+    if (lua_State* co = lua_tothread(L, -1)) return co;
+    lua_pop(L, 1);
+  }
+  lua_State* co = lua_newthread(L);
+  if (*cached) {
+    lua_pushlightuserdata(L, const_cast<char*>(&kRunnerKey));
+    lua_pushvalue(L, -2);
+    lua_rawset(L, LUA_REGISTRYINDEX);
+  }
+  return co;
+}
+
+void dropRunner(lua_State* L) {
+  lua_pushlightuserdata(L, const_cast<char*>(&kRunnerKey));
+  lua_pushnil(L);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
+}  // namespace
+
+// With a budget the code runs as a coroutine, so that a kill yields it out
+// (no pcall or xpcall message handler inside sees anything) instead of
+// raising an error. The outcome is lua_pcall's, the error with a traceback
+// as Vm::traceback makes it.
 int pcallWithBudget(lua_State* L, int nargs, int nresults, int errfunc, const http::Request& r) {
   uint64_t ms = r.settings().lua_budget_timeout_ms.value_or(0);
   if (ms == 0) return lua_pcall(L, nargs, nresults, errfunc);
-  Tripwire wire(ms, true);
-  wire.arm(L, uv_hrtime() + ms * 1000000);
-  int rc = lua_pcall(L, nargs, nresults, errfunc);
+  bool cached = false;
+  lua_State* co = runnerThread(L, &cached);  // Stack: [fn, args..., co]
+  lua_insert(L, -(nargs + 2));               // Stack: [co, fn, args...]
+  lua_xmove(L, co, nargs + 1);
+  bool was_busy = g_runner_busy;
+  g_runner_busy = true;
+  Tripwire wire(ms, false);
+  wire.arm(co, uv_hrtime() + ms * 1000000);
+  int rc = lua_resume(co, nargs);
   wire.disarm();
-  return rc;
+  g_runner_busy = was_busy;
+  if (rc == 0) {
+    int got = lua_gettop(co);
+    if (nresults == LUA_MULTRET) nresults = got;
+    lua_settop(co, nresults);  // as lua_pcall adjusts
+    lua_xmove(co, L, nresults);  // Stack: [co, results...]
+    lua_remove(L, -(nresults + 1));
+    return 0;
+  }
+  // It yielded (the kill, or a yield from outside any coroutine) or raised.
+  std::string msg;
+  if (wire.tripped()) {
+    msg = budgetExceeded(ms);
+  } else if (rc == LUA_YIELD) {
+    msg = "attempt to yield from outside a coroutine";
+  } else {
+    const char* m = lua_tostring(co, -1);
+    msg = m ? m : "unknown error";
+  }
+  luaL_traceback(L, co, msg.c_str(), 0);  // Stack: [co, message]
+  lua_remove(L, -2);
+  if (cached) dropRunner(L);  // dead or suspended: a new one next time
+  return rc == LUA_YIELD ? LUA_ERRRUN : rc;
 }
 
 // --- HandlerBudget ---

@@ -18,9 +18,10 @@
 // interpreter calls the hook, and the hook yields the handler's coroutine
 // out of LuaJIT; the scheduler (LuaTask::run) sees the trip and ends the
 // request (500, or a cut response). A yield cannot be caught by pcall, and
-// no xpcall message handler runs. Where the code cannot yield (set_by_lua*
-// and the filters, run with lua_pcall, or a C function in between) the
-// hook raises an error instead, again at every instruction, so a pcall
+// no xpcall message handler runs. set_by_lua* and the filters run as a
+// coroutine of their own under a budget (pcallWithBudget) for that reason.
+// Where the code cannot yield (a C function in between) LuaJIT raises an
+// error instead, and the hook fires again at every instruction, so a pcall
 // that catches it is hit again at its next instruction.
 //
 // A wait (ngx.sleep, a cosocket) that outlives the deadline is ended by a
@@ -54,7 +55,9 @@ namespace tidegate::lua {
 // body filter inside ngx.flush): the innermost is checked.
 class Tripwire {
  public:
-  // `sync`: the code runs under lua_pcall (cannot yield).
+  // `sync`: the code runs under a plain lua_pcall, outside any coroutine:
+  // the kill is the error "lua_budget_timeout 50ms exceeded" rather than a
+  // yield (the server runs everything budgeted as coroutines).
   Tripwire(uint64_t budget_ms, bool sync) : budget_ms_(budget_ms), sync_(sync) {}
   ~Tripwire() { disarm(); }
   Tripwire(const Tripwire&) = delete;
@@ -150,8 +153,10 @@ class HandlerBudget : public ResumeGuard {
   uint64_t deadline_ns_ = 0;
 };
 
-// lua_pcall under r's lua_budget_timeout (set_by_lua* and the filters, which
-// cannot yield: a kill is an error, "lua_budget_timeout 50ms exceeded").
+// lua_pcall(L, nargs, nresults, errfunc = Vm::traceback) under r's
+// lua_budget_timeout (set_by_lua* and the filters): with a budget the code
+// runs as a coroutine, and a kill fails the run with "lua_budget_timeout
+// 50ms exceeded" and the traceback.
 int pcallWithBudget(lua_State* L, int nargs, int nresults, int errfunc, const http::Request& r);
 
 // "lua_budget_timeout 50ms exceeded", the words of every kill.

@@ -140,14 +140,27 @@ TEST(LuaBudgetTest, KillCannotBeCaught) {
               loc("/thread", content("local t = ngx.thread.spawn(function() " + kSpin +
                                      " end) ngx.thread.wait(t) ngx.say('no')")) +
               loc("/sort", content("local t = {} for i = 1, 100 do t[i] = i end "
-                                   "while true do pcall(table.sort, t, function(a, b) " + kSpin + " end) end")));
+                                   "while true do pcall(table.sort, t, function(a, b) " + kSpin + " end) end")) +
+              loc("/set", "set_by_lua_block $v { while true do xpcall(function() " + kSpin +
+                              " end, function(e) while true do end end) end } return 200 $v;") +
+              loc("/filter", content("ngx.say('hi')") + " header_filter_by_lua_block { local co = coroutine.wrap("
+                                 "function() " + kSpin + " end) while true do pcall(co) "
+                                 "xpcall(function() " + kSpin + " end, function(e) while true do end end) end }"));
   ASSERT_TRUE(gw.start());
   std::string pid = get(gw, "/pid").body;
-  for (const std::string& path : {"/pcall", "/xpcall", "/error", "/coroutine", "/thread", "/sort"}) {
+  for (const std::string& path : {"/pcall", "/xpcall", "/error", "/coroutine", "/thread", "/sort", "/set"}) {
     Response r = get(gw, path);
     EXPECT_EQ(r.status, 500) << path;
     expectSameWorker(gw, pid);
   }
+  {
+    RawClient c(gw.port());
+    c.send("GET /filter HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    EXPECT_EQ(c.readUntilClose(Ms(8000)), "");
+  }
+  expectSameWorker(gw, pid);
+  EXPECT_NE(gw.errorLog().find("failed to run header_filter_by_lua*: lua_budget_timeout 100ms exceeded"),
+            std::string::npos);
   EXPECT_TRUE(gw.seriousLogLinesBut({"lua_budget_timeout 100ms exceeded"}).empty());
   EXPECT_EQ(gw.stop(), 0);
 }
