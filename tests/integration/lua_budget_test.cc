@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <csignal>
 #include <string>
+#include <vector>
 
 #include "fake_upstream.h"
 #include "harness.h"
@@ -228,6 +230,21 @@ TEST(LuaBudgetTest, OffJitAndProfile) {
   r = get(gw, "/profile");
   EXPECT_EQ(r.body.rfind("false", 0), 0u) << r.body;
   EXPECT_NE(r.body.find("jit.profile is in use by lua_budget_timeout"), std::string::npos) << r.body;
+  EXPECT_EQ(gw.stop(), 0);
+}
+
+// A reload's workers start their own watchdog; a conf without budgets
+// starts none (the loop then holds its worker: not requested here).
+TEST(LuaBudgetTest, ReloadKeepsTheWatchdog) {
+  Gateway gw;
+  budgetConf(gw, loc("/content", content(kSpin)));
+  ASSERT_TRUE(gw.start());
+  EXPECT_EQ(get(gw, "/content").status, 500);
+  std::vector<pid_t> old = gw.workerPids();
+  gw.signal(SIGHUP);
+  ASSERT_TRUE(gw.waitWorkersReplaced(old, 1));
+  EXPECT_EQ(get(gw, "/content").status, 500);
+  EXPECT_TRUE(gw.seriousLogLinesBut({"lua_budget_timeout 100ms exceeded"}).empty());
   EXPECT_EQ(gw.stop(), 0);
 }
 
