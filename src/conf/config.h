@@ -488,4 +488,23 @@ struct Config {
 
 using ConfigPtr = std::shared_ptr<const Config>;
 
+// Calls fn(location) for every location of `locs`, nested ones too, parents first.
+template <typename Fn>
+void forEachLocation(const std::vector<std::shared_ptr<Location>>& locs, Fn&& fn) {
+  for (const auto& l : locs) {
+    fn(*l);
+    forEachLocation(l->children, fn);
+  }
+}
+
+// Calls fn(settings) for the http level, every server and every location.
+template <typename Fn>
+void forEachSettings(const HttpConfig& http, Fn&& fn) {
+  fn(http.settings);
+  for (const auto& srv : http.servers) {
+    fn(srv->settings);
+    forEachLocation(srv->locations, [&](const Location& l) { fn(l.settings); });
+  }
+}
+
 }  // namespace tidegate::conf

@@ -17,12 +17,6 @@ void collectPaths(const conf::HttpSettings& s, std::map<std::string, int>* fds) 
   for (const auto& t : *s.access_logs) fds->emplace(t.path, -1);
 }
 
-void collectLocations(const std::vector<std::shared_ptr<conf::Location>>& locs, std::map<std::string, int>* fds) {
-  for (const auto& l : locs) {
-    collectPaths(l->settings, fds);
-    collectLocations(l->children, fds);
-  }
-}
 
 int openAppend(const std::string& path) {
   return ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
@@ -56,11 +50,7 @@ AccessLog::~AccessLog() {
 }
 
 bool AccessLog::open(const conf::Config& cfg, std::string* err) {
-  collectPaths(cfg.http.settings, &fds_);
-  for (const auto& s : cfg.http.servers) {
-    collectPaths(s->settings, &fds_);
-    collectLocations(s->locations, &fds_);
-  }
+  conf::forEachSettings(cfg.http, [this](const conf::HttpSettings& s) { collectPaths(s, &fds_); });
   for (auto& [path, fd] : fds_) {
     fd = openAppend(path);
     if (fd < 0) {

@@ -159,30 +159,12 @@ int Watchdog::intervalFor(uint64_t min_budget_ms) {
   return static_cast<int>(std::clamp<uint64_t>(min_budget_ms / 10, 1, 10));
 }
 
-namespace {
-
-uint64_t minOf(uint64_t a, const conf::HttpSettings& s) {
-  uint64_t b = s.lua_budget_timeout_ms.value_or(0);
-  if (b == 0) return a;
-  return a == 0 ? b : std::min(a, b);
-}
-
-uint64_t minInLocations(uint64_t m, const std::vector<std::shared_ptr<conf::Location>>& locs) {
-  for (const auto& loc : locs) {
-    m = minOf(m, loc->settings);
-    m = minInLocations(m, loc->children);
-  }
-  return m;
-}
-
-}  // namespace
-
 uint64_t minBudgetTimeout(const conf::Config& cfg) {
-  uint64_t m = minOf(0, cfg.http.settings);
-  for (const auto& srv : cfg.http.servers) {
-    m = minOf(m, srv->settings);
-    m = minInLocations(m, srv->locations);
-  }
+  uint64_t m = 0;
+  conf::forEachSettings(cfg.http, [&](const conf::HttpSettings& s) {
+    uint64_t b = s.lua_budget_timeout_ms.value_or(0);
+    if (b != 0 && (m == 0 || b < m)) m = b;
+  });
   return m;
 }
 
