@@ -13,12 +13,6 @@ constexpr uint64_t kMemorySlack = 1u << 20;
 const char kKill = 0;
 const char kSandboxKey = 0;
 
-struct AllocState {
-  lua_Alloc orig = nullptr;
-  void* ud = nullptr;
-};
-AllocState g_alloc;
-
 }  // namespace
 
 const char* budgetName(Budget b) {
@@ -65,11 +59,17 @@ std::string BudgetRun::describe() const {
 void BudgetRun::enter(lua_State* co) {
   swapStrings(true);
   active_ = this;
+  lua_Alloc cur = lua_getallocf(L_, &alloc_ud_);
+  if (cur != alloc) {
+    orig_alloc_ = cur;
+    lua_setallocf(L_, alloc, alloc_ud_);
+  }
   lua_sethook(co, hook, LUA_MASKCOUNT, kHookStep);
 }
 
 void BudgetRun::leave(lua_State* co) {
   lua_sethook(co, nullptr, 0, 0);
+  if (orig_alloc_) lua_setallocf(L_, orig_alloc_, alloc_ud_);
   active_ = nullptr;
   swapStrings(false);
 }
@@ -113,18 +113,11 @@ bool BudgetRun::charge(size_t bytes) {
   return bytes < 4096 && allocated_ <= conf_.memory + kMemorySlack;
 }
 
+// The allocator while a sandboxed coroutine runs (active_ is set then).
 void* BudgetRun::alloc(void* ud, void* ptr, size_t osize, size_t nsize) {
-  if (active_ && nsize > osize && !active_->charge(nsize - osize)) return nullptr;
-  return g_alloc.orig(ud, ptr, osize, nsize);
-}
-
-void BudgetRun::installAllocator(lua_State* L) {
-  void* ud = nullptr;
-  lua_Alloc cur = lua_getallocf(L, &ud);
-  if (cur == alloc) return;
-  g_alloc.orig = cur;
-  g_alloc.ud = ud;
-  lua_setallocf(L, alloc, ud);
+  BudgetRun* run = active_;
+  if (nsize > osize && !run->charge(nsize - osize)) return nullptr;
+  return run->orig_alloc_(ud, ptr, osize, nsize);
 }
 
 void BudgetRun::onTimer(uv_timer_t* t) noexcept {

@@ -8,10 +8,11 @@
 //   interpreter runs every instruction of it and the hook fires.
 // - Wall clock: the hook also compares the clock, and a libuv timer ends
 //   the request while it waits (ngx.sleep, a body read).
-// - Memory: the VM's allocator is wrapped (lua_setallocf) once per VM; while
-//   a sandboxed coroutine runs, every allocation that grows a block is
-//   charged to its request. One that would pass the budget fails, and
-//   LuaJIT raises "not enough memory" (string.rep to gigabytes included).
+// - Memory: while a sandboxed coroutine runs, the VM's allocator is a
+//   wrapper (lua_setallocf around each resume, so trusted code never pays
+//   for it) that charges every allocation growing a block to the request.
+//   One that would pass the budget fails, and LuaJIT raises "not enough
+//   memory" (string.rep to gigabytes included).
 //
 // string.dump is not in the sandbox's string table, and the real one loses
 // it while sandboxed code runs (strings' methods are the real table's);
@@ -68,9 +69,6 @@ class BudgetRun : public ResumeGuard {
   // "instructions (10000000)", for the log line.
   std::string describe() const;
 
-  // Wraps L's allocator so that sandboxed allocations are charged (once
-  // per VM; later calls do nothing).
-  static void installAllocator(lua_State* L);
   // The running sandboxed request, null when trusted code runs.
   static BudgetRun* active() { return active_; }
   // The error value of a kill.
@@ -97,6 +95,8 @@ class BudgetRun : public ResumeGuard {
   uint64_t start_ns_;
   uint64_t instructions_ = 0;
   uint64_t allocated_ = 0;
+  lua_Alloc orig_alloc_ = nullptr;  // the VM's allocator, put back by leave()
+  void* alloc_ud_ = nullptr;
   Budget killed_ = Budget::kNone;
   static inline BudgetRun* active_ = nullptr;
 };

@@ -93,7 +93,6 @@ bool Functions::pushSandbox(lua_State* L, std::string* err) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, sandbox_ref_);
     return true;
   }
-  sandbox::BudgetRun::installAllocator(L);
   const conf::SandboxConf& sc = vm_.config().http.lua.sandbox;
   int base = lua_gettop(L);
   lua_getglobal(L, "require");
