@@ -1,7 +1,5 @@
 #include "lua/watchdog.h"
 
-#include "http/request.h"
-
 #include <luajit.h>
 #include <pthread.h>
 #include <signal.h>
@@ -13,6 +11,8 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
+
+#include "http/request.h"
 
 namespace tidegate::lua {
 namespace {

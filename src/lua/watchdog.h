@@ -27,6 +27,11 @@
 // A wait (ngx.sleep, a cosocket) that outlives the deadline is ended by a
 // libuv timer.
 //
+// The handler calls lua_sethook, and LuaJIT's handler rewrites the dispatch
+// table, from signal context, as LuaJIT's profiler always does; a kill that
+// an interleaving with a hook change on the loop thread loses comes with
+// the next sample.
+//
 // Cost: the line checks in traces (a byte test and a branch each), one
 // SIGPROF per interval of CPU time while the worker is busy, two stores
 // around each resume. Nothing of this runs unless the conf sets a budget.
