@@ -74,4 +74,13 @@ inline void setFn(lua_State* L, const char* name, lua_CFunction fn) {
   lua_setfield(L, -2, name);
 }
 
+// package.preload[name] = loader, so that require(name) builds the module
+// on first use. Stack: unchanged.
+inline void setPreload(lua_State* L, const char* name, lua_CFunction loader) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "preload");
+  setFn(L, name, loader);
+  lua_pop(L, 2);
+}
+
 }  // namespace tidegate::lua

@@ -177,10 +177,7 @@ void openNgxSemaphore(lua_State* L) {
   lua_setfield(L, -2, "__index");
   setFn(L, "__gc", semaGc);
   lua_pop(L, 1);
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "preload");
-  setFn(L, "ngx.semaphore", loadSemaphore);
-  lua_pop(L, 2);
+  setPreload(L, "ngx.semaphore", loadSemaphore);
 }
 
 }  // namespace tidegate::lua

@@ -400,10 +400,7 @@ void openNgxSsl(lua_State* L) {
   luaL_newmetatable(L, kKeyMeta);
   setFn(L, "__gc", keyGc);
   lua_pop(L, 1);
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "preload");
-  setFn(L, "ngx.ssl", loadSsl);
-  lua_pop(L, 2);
+  setPreload(L, "ngx.ssl", loadSsl);
 }
 
 }  // namespace tidegate::lua

@@ -264,10 +264,7 @@ int loadUpstreamModule(lua_State* L) {
 
 // Stack: [] -> []
 void openTidegateUpstream(lua_State* L) {
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "preload");
-  setFn(L, "tidegate.upstream", loadUpstreamModule);
-  lua_pop(L, 2);
+  setPreload(L, "tidegate.upstream", loadUpstreamModule);
 }
 
 }  // namespace tidegate::lua
