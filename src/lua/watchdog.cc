@@ -12,8 +12,6 @@
 #include <cerrno>
 #include <cstdio>
 
-#include "http/request.h"
-
 namespace tidegate::lua {
 namespace {
 
@@ -61,10 +59,7 @@ void killHook(lua_State* L, lua_Debug*) {
   Tripwire* t = g_state.current.load(std::memory_order_relaxed);
   if (!t || !t->hookSet()) return;  // left over from a run that ended
   t->trip();
-  if (!t->sync()) lua_yield(L, 0);  // never returns: yields, or raises where L cannot yield
-  std::string msg = budgetExceeded(t->budgetMs());
-  lua_pushlstring(L, msg.data(), msg.size());
-  lua_error(L);
+  lua_yield(L, 0);  // never returns: yields, or raises where L cannot yield
 }
 
 }  // namespace
@@ -204,8 +199,7 @@ void dropRunner(lua_State* L) {
 // (no pcall or xpcall message handler inside sees anything) instead of
 // raising an error. The outcome is lua_pcall's, the error with a traceback
 // as Vm::traceback makes it.
-int pcallWithBudget(lua_State* L, int nargs, int nresults, int errfunc, const http::Request& r) {
-  uint64_t ms = r.settings().lua_budget_timeout_ms.value_or(0);
+int pcallWithBudget(lua_State* L, int nargs, int nresults, int errfunc, uint64_t ms) {
   if (ms == 0) return lua_pcall(L, nargs, nresults, errfunc);
   bool cached = false;
   lua_State* co = runnerThread(L, &cached);  // Stack: [fn, args..., co]
@@ -213,7 +207,7 @@ int pcallWithBudget(lua_State* L, int nargs, int nresults, int errfunc, const ht
   lua_xmove(L, co, nargs + 1);
   bool was_busy = g_runner_busy;
   g_runner_busy = true;
-  Tripwire wire(ms, false);
+  Tripwire wire(ms);
   wire.arm(co, uv_hrtime() + ms * 1000000);
   int rc = lua_resume(co, nargs);
   wire.disarm();

@@ -49,10 +49,6 @@
 #include "conf/config.h"
 #include "lua/task.h"
 
-namespace tidegate::http {
-struct Request;
-}
-
 namespace tidegate::lua {
 
 // One armed run: a deadline and the hook it replaced (restored when the
@@ -60,10 +56,7 @@ namespace tidegate::lua {
 // body filter inside ngx.flush): the innermost is checked.
 class Tripwire {
  public:
-  // `sync`: the code runs under a plain lua_pcall, outside any coroutine:
-  // the kill is the error "lua_budget_timeout 50ms exceeded" rather than a
-  // yield (the server runs everything budgeted as coroutines).
-  Tripwire(uint64_t budget_ms, bool sync) : budget_ms_(budget_ms), sync_(sync) {}
+  explicit Tripwire(uint64_t budget_ms) : budget_ms_(budget_ms) {}
   ~Tripwire() { disarm(); }
   Tripwire(const Tripwire&) = delete;
   Tripwire& operator=(const Tripwire&) = delete;
@@ -83,7 +76,6 @@ class Tripwire {
 
  // --- for the SIGPROF handler and the kill hook (lua/watchdog.cc) ---
   uint64_t deadline() const { return deadline_ns_; }
-  bool sync() const { return sync_; }
   bool hookSet() const { return hook_set_; }
   void trip() { tripped_ = true; }
   // Every instruction from now on calls the kill hook.
@@ -93,7 +85,6 @@ class Tripwire {
   void restoreHook();
 
   uint64_t budget_ms_;
-  bool sync_;
   bool tripped_ = false;
   lua_State* L_ = nullptr;
   uint64_t deadline_ns_ = 0;
@@ -150,7 +141,7 @@ class HandlerBudget : public ResumeGuard {
  private:
   static void onTimer(uv_timer_t* t) noexcept;
 
-  Tripwire wire_{0, false};
+  Tripwire wire_{0};
   uv_loop_t* loop_;
   LuaTask* task_;
   uv_timer_t* timer_ = nullptr;  // from the first wait on
@@ -158,11 +149,11 @@ class HandlerBudget : public ResumeGuard {
   uint64_t deadline_ns_ = 0;
 };
 
-// lua_pcall(L, nargs, nresults, errfunc = Vm::traceback) under r's
-// lua_budget_timeout (set_by_lua* and the filters): with a budget the code
-// runs as a coroutine, and a kill fails the run with "lua_budget_timeout
-// 50ms exceeded" and the traceback.
-int pcallWithBudget(lua_State* L, int nargs, int nresults, int errfunc, const http::Request& r);
+// lua_pcall(L, nargs, nresults, errfunc = Vm::traceback) under a
+// lua_budget_timeout of `budget_ms` (set_by_lua* and the filters; 0: plain
+// lua_pcall): with a budget the code runs as a coroutine, and a kill fails
+// the run with "lua_budget_timeout 50ms exceeded" and the traceback.
+int pcallWithBudget(lua_State* L, int nargs, int nresults, int errfunc, uint64_t budget_ms);
 
 // "lua_budget_timeout 50ms exceeded", the words of every kill.
 std::string budgetExceeded(uint64_t budget_ms);

@@ -124,7 +124,7 @@ bool runToCompletion(Vm& vm, const http::Request& r, const conf::LuaCode& code, 
   LuaTask* prev = vm.current();
   Phase prev_phase = vm.phase();
   vm.setCurrent(ctx, phase);
-  int rc = pcallWithBudget(L, 0, 0, base + 1, r);
+  int rc = pcallWithBudget(L, 0, 0, base + 1, r.settings().lua_budget_timeout_ms.value_or(0));
   vm.setCurrent(prev, prev_phase);
   if (rc != 0) {
     const char* msg = lua_tostring(L, -1);

@@ -68,7 +68,9 @@ bool LuaContentHandler::runSet(http::Request& r, const conf::LuaCode& code, cons
   LuaTask* prev = vm_.current();
   Phase prev_phase = vm_.phase();
   vm_.setCurrent(&ctx, Phase::kSet);
-  int rc = pcallWithBudget(L, static_cast<int>(args.size()), 1, base + 1, r);  // Stack: [tb, result] or [tb, error]
+  // Stack: [tb, result] or [tb, error]
+  int rc = pcallWithBudget(L, static_cast<int>(args.size()), 1, base + 1,
+                           r.settings().lua_budget_timeout_ms.value_or(0));
   vm_.setCurrent(prev, prev_phase);
   setArgTable(L, nullptr);
   size_t len = 0;
