@@ -248,6 +248,15 @@ void LuaTask::kill(Co* co) {
 
 namespace {
 
+// `msg` (null: none) and co's traceback, as the error log shows them; built
+// on L's stack, which is left as it was.
+std::string tracebackOf(lua_State* L, lua_State* co, const char* msg) {
+  luaL_traceback(L, co, msg, 0);
+  std::string out = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
+  lua_pop(L, 1);
+  return out;
+}
+
 // What coroutine.resume (or ngx.thread.wait) returns, moved to `to`: true
 // and every value on `from`'s stack, or false and the error on its top.
 // Returns the number of values pushed.
@@ -316,10 +325,7 @@ void LuaTask::run(Co* co, int nargs) {
     running_ = nullptr;
     nargs = 0;
     if (guard_ && guard_->tripped()) {
-      lua_State* L = vm_.state();
-      luaL_traceback(L, co->L, nullptr, 0);
-      std::string trace = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
-      lua_pop(L, 1);
+      std::string trace = tracebackOf(vm_.state(), co->L, nullptr);
       killAll();
       entry_ = nullptr;
       entry_failed_ = false;
@@ -431,9 +437,7 @@ Co* LuaTask::afterEnd(Co* co, bool error, int* nargs) {
     case Co::Kind::kEntry:
       if (error) {
         const char* msg = lua_tostring(co->L, -1);
-        luaL_traceback(L, co->L, msg ? msg : "unknown error", 0);
-        entry_error_ = lua_tostring(L, -1) ? lua_tostring(L, -1) : "";
-        lua_pop(L, 1);
+        entry_error_ = tracebackOf(L, co->L, msg ? msg : "unknown error");
         entry_failed_ = true;
         return nullptr;
       }
@@ -443,9 +447,8 @@ Co* LuaTask::afterEnd(Co* co, bool error, int* nargs) {
     case Co::Kind::kThread: {
       if (error) {
         const char* msg = lua_tostring(co->L, -1);
-        luaL_traceback(L, co->L, msg ? msg : "unknown error", 0);
-        TG_LOG(core::LogLevel::kError, "lua user thread aborted: runtime error: %s", lua_tostring(L, -1));
-        lua_pop(L, 1);
+        TG_LOG(core::LogLevel::kError, "lua user thread aborted: runtime error: %s",
+               tracebackOf(L, co->L, msg ? msg : "unknown error").c_str());
         lua_State* t = co->L;
         lua_insert(t, 1);
         lua_settop(t, 1);  // keep only the message, for wait()

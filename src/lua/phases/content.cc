@@ -199,7 +199,6 @@ void RequestContext::fail(int status) {
 // traceback in the error log in OpenResty's words (for a function, its
 // name, and the budget that killed it if one did).
 void RequestContext::onError(std::string trace) {
-  endBudget();
   uint64_t conn_id = req_->conn ? req_->conn->id : 0;
   if (budget_) {
     if (budget_->killed() != sandbox::Budget::kNone) {

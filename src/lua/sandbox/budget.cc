@@ -30,12 +30,12 @@ void* BudgetRun::sandboxKey() { return const_cast<char*>(&kSandboxKey); }
 
 BudgetRun::BudgetRun(lua_State* L, uv_loop_t* loop, Limits limits, std::function<void()> on_timeout)
     : L_(L),
-      conf_(limits), on_timeout_(std::move(on_timeout)), start_ns_(uv_hrtime()) {
-  if (conf_.timeout_ms == 0) return;
+      limits_(limits), on_timeout_(std::move(on_timeout)), start_ns_(uv_hrtime()) {
+  if (limits_.timeout_ms == 0) return;
   timer_ = new uv_timer_t;
   uv_timer_init(loop, timer_);
   timer_->data = this;
-  uv_timer_start(timer_, onTimer, conf_.timeout_ms, 0);
+  uv_timer_start(timer_, onTimer, limits_.timeout_ms, 0);
 }
 
 BudgetRun::~BudgetRun() {
@@ -48,9 +48,9 @@ BudgetRun::~BudgetRun() {
 std::string BudgetRun::describe() const {
   std::string out = budgetName(killed_);
   switch (killed_) {
-    case Budget::kInstructions: out.append(" ").append(std::to_string(conf_.instructions)); break;
-    case Budget::kTimeout: out.append(" ").append(std::to_string(conf_.timeout_ms)).append("ms"); break;
-    case Budget::kMemory: out.append(" ").append(std::to_string(conf_.memory)).append(" bytes"); break;
+    case Budget::kInstructions: out.append(" ").append(std::to_string(limits_.instructions)); break;
+    case Budget::kTimeout: out.append(" ").append(std::to_string(limits_.timeout_ms)).append("ms"); break;
+    case Budget::kMemory: out.append(" ").append(std::to_string(limits_.memory)).append(" bytes"); break;
     case Budget::kNone: break;
   }
   return out;
@@ -95,8 +95,8 @@ void BudgetRun::hook(lua_State* L, lua_Debug*) {
   BudgetRun* run = active_;
   if (!run) return;
   run->instructions_ += kHookStep;
-  if (run->conf_.instructions && run->instructions_ > run->conf_.instructions) run->kill(Budget::kInstructions);
-  if (run->conf_.timeout_ms && uv_hrtime() - run->start_ns_ > run->conf_.timeout_ms * 1000000) {
+  if (run->limits_.instructions && run->instructions_ > run->limits_.instructions) run->kill(Budget::kInstructions);
+  if (run->limits_.timeout_ms && uv_hrtime() - run->start_ns_ > run->limits_.timeout_ms * 1000000) {
     run->kill(Budget::kTimeout);
   }
   if (run->killed_ == Budget::kNone) return;
@@ -106,11 +106,11 @@ void BudgetRun::hook(lua_State* L, lua_Debug*) {
 
 bool BudgetRun::charge(size_t bytes) {
   allocated_ += bytes;
-  if (!conf_.memory || allocated_ <= conf_.memory) return true;
+  if (!limits_.memory || allocated_ <= limits_.memory) return true;
   kill(Budget::kMemory);
   // Refuse the allocation that passed the budget and anything large after
   // it; small ones go on for a while, so that the kill can be raised.
-  return bytes < 4096 && allocated_ <= conf_.memory + kMemorySlack;
+  return bytes < 4096 && allocated_ <= limits_.memory + kMemorySlack;
 }
 
 // The allocator while a sandboxed coroutine runs (active_ is set then).

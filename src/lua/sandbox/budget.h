@@ -89,7 +89,7 @@ class BudgetRun : public ResumeGuard {
   void kill(Budget b);
 
   lua_State* L_;
-  const Limits conf_;
+  const Limits limits_;
   std::function<void()> on_timeout_;
   uv_timer_t* timer_ = nullptr;
   uint64_t start_ns_;
