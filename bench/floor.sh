@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Runs bench/run.sh's "hello" scenario with the minimal epoll responder in
-# tidegate's place: the ratio it prints is the floor on this machine.
-# Usage: bench/floor.sh   (env as for run.sh: ROUNDS, CONNS, DURATION)
+# Runs one of bench/run.sh's scenarios (default "hello") with the minimal epoll
+# responder in tidegate's place: nginx does the scenario's work, the responder only
+# reads each request and writes a fixed answer. The ratio it prints is the floor on
+# this machine for that scenario: no server that does one read and one write per
+# keepalive request can go below it, whatever its user-space cost.
+# Usage: bench/floor.sh [scenario]   (env as for run.sh: ROUNDS, CONNS, DURATION)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TMP=$(mktemp -d /tmp/tidegate-floor.XXXXXX)
@@ -15,4 +18,4 @@ while [ \$# -gt 0 ]; do case \$1 in -c) conf=\$2; shift;; -t) exit 0;; esac; shi
 exec "$TMP/minimal_responder" "\$(grep -o 'listen 127.0.0.1:[0-9]*' "\$conf" | cut -d: -f2)"
 WRAP
 chmod +x "$TMP/wrapper"
-TIDEGATE="$TMP/wrapper" bash bench/run.sh hello
+TIDEGATE="$TMP/wrapper" bash bench/run.sh "${1:-hello}"

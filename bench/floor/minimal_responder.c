@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -17,8 +18,16 @@ static const char kResponse[] =
     "HTTP/1.1 200 OK\r\nServer: floor\r\nDate: Sun, 29 Nov 2026 16:20:00 GMT\r\n"
     "Content-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello";
 
+static void on_quit(int sig) {
+  (void)sig;
+  _exit(0);
+}
+
 int main(int argc, char** argv) {
   if (argc != 2) return 2;
+  /* Started in the background by a script, it inherits SIGQUIT ignored; run.sh stops
+   * its servers with SIGQUIT. */
+  signal(SIGQUIT, on_quit);
   int one = 1;
   int ls = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
   setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
