@@ -127,14 +127,25 @@ std::shared_ptr<Vm> Vm::create(conf::ConfigPtr cfg, std::string* err) {
 
 Vm::~Vm() {
   if (active_ == this) active_ = nullptr;
+  if (from_vm_ == this) from_ud_ = from_vm_ = nullptr;
   if (L_) lua_close(L_);
 }
 
 Vm* Vm::from(lua_State* L) {
+  // LuaJIT's own allocator has one arena per state family (the sandbox's
+  // charging allocator keeps that data), so it names the VM; a build on the
+  // system allocator passes null and always takes the registry path.
+  void* ud = nullptr;
+  lua_getallocf(L, &ud);
+  if (ud && ud == from_ud_) return from_vm_;
   lua_pushlightuserdata(L, const_cast<char*>(&kVmKey));
   lua_rawget(L, LUA_REGISTRYINDEX);
   Vm* vm = static_cast<Vm*>(lua_touserdata(L, -1));
   lua_pop(L, 1);
+  if (ud && vm) {
+    from_ud_ = ud;
+    from_vm_ = vm;
+  }
   return vm;
 }
 

@@ -125,6 +125,11 @@ class Vm {
   std::map<std::string, int> factories_;  // chunk name -> registry ref of its closure maker
   std::vector<std::pair<lua_State*, int>> thread_pool_;
   static inline Vm* active_ = nullptr;
+  // from()'s last answer, keyed by the state's allocator data (one per
+  // lua_State family): most API calls ask it, and the registry lookup it
+  // saves cost more than the call itself.
+  static inline thread_local void* from_ud_ = nullptr;
+  static inline thread_local Vm* from_vm_ = nullptr;
 };
 
 // The code as the body of a function, so that each request gets a closure

@@ -1,6 +1,7 @@
 // The request-facing part of `ngx` (content phase for now): ngx.say,
 // ngx.print, ngx.exit, ngx.sleep, ngx.status, ngx.header, ngx.var.
 // Arguments, return values and error texts follow lua-nginx-module.
+#include <charconv>
 #include <cmath>
 #include <initializer_list>
 #include <string>
@@ -54,8 +55,20 @@ LuaTask* requireYieldable(lua_State* L, bool cosocket) {
 // does (array part, recursively). Raises for other types.
 void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
   switch (lua_type(L, idx)) {
-    case LUA_TSTRING:
     case LUA_TNUMBER: {
+      // An integer of up to 14 digits reads the same in LuaJIT's "%.14g" as in
+      // plain digits; writing it here skips the string lua_tolstring interns.
+      // -0 prints as 0, as in OpenResty.
+      lua_Number n = lua_tonumber(L, idx);
+      if (n > -1e14 && n < 1e14 && n == std::floor(n)) {
+        char buf[24];
+        auto r = std::to_chars(buf, buf + sizeof(buf), static_cast<int64_t>(n));
+        out->append(buf, r.ptr);
+        return;
+      }
+      [[fallthrough]];
+    }
+    case LUA_TSTRING: {
       size_t len = 0;
       const char* s = lua_tolstring(L, idx, &len);
       out->append(s, len);
