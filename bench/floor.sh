@@ -15,7 +15,9 @@ cc -O2 -o "$TMP/minimal_responder" bench/floor/minimal_responder.c
 cat >"$TMP/wrapper" <<WRAP
 #!/usr/bin/env bash
 while [ \$# -gt 0 ]; do case \$1 in -c) conf=\$2; shift;; -t) exit 0;; esac; shift; done
-exec "$TMP/minimal_responder" "\$(grep -o 'listen 127.0.0.1:[0-9]*' "\$conf" | cut -d: -f2)"
+# The redis scenario's handler names redis's port: then the responder asks redis too.
+redis=\$(grep -o 'connect("127.0.0.1", [0-9]*' "\$conf" | grep -o '[0-9]*\$' || true)
+exec "$TMP/minimal_responder" "\$(grep -o 'listen 127.0.0.1:[0-9]*' "\$conf" | cut -d: -f2)" \$redis
 WRAP
 chmod +x "$TMP/wrapper"
 TIDEGATE="$TMP/wrapper" bash bench/run.sh "${1:-hello}"
