@@ -57,15 +57,7 @@ int writeGlobal(lua_State* L) {
 
 }  // namespace
 
-void LuaTask::pushEnv(lua_State* L) {
-  if (inherited_) {
-    inherited_->pushEnv(L);
-    return;
-  }
-  if (env_ref_ != LUA_NOREF) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, env_ref_);
-    return;
-  }
+void LuaTask::pushNewEnv(lua_State* L) {
   lua_newtable(L);
   lua_pushlightuserdata(L, const_cast<char*>(&kEnvMetaKey));
   lua_rawget(L, LUA_REGISTRYINDEX);
@@ -84,6 +76,18 @@ void LuaTask::pushEnv(lua_State* L) {
     lua_rawset(L, LUA_REGISTRYINDEX);
   }
   lua_setmetatable(L, -2);
+}
+
+void LuaTask::pushEnv(lua_State* L) {
+  if (inherited_) {
+    inherited_->pushEnv(L);
+    return;
+  }
+  if (env_ref_ != LUA_NOREF) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, env_ref_);
+    return;
+  }
+  pushNewEnv(L);
   lua_pushvalue(L, -1);
   env_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
 }
@@ -95,8 +99,11 @@ void LuaTask::keepInherited() {
   lua_State* L = vm_.state();
   from->pushCtx(L);
   ctx_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
-  from->pushEnv(L);
-  env_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
+  // No table of globals yet: the handlers so far wrote none (Vm::push).
+  if (from->hasEnv()) {
+    from->pushEnv(L);
+    env_ref_ = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
 }
 
 void LuaTask::pushCtx(lua_State* L) {

@@ -96,6 +96,10 @@ class LuaTask {
   // to _G; writing a new global there logs a warning (once per name).
   // Stack: [] -> [env].
   void pushEnv(lua_State* L);
+  // Whether pushEnv() has made that table (here or in the inherited task).
+  bool hasEnv() const { return inherited_ ? inherited_->hasEnv() : env_ref_ != LUA_NOREF; }
+  // A new table of globals as pushEnv() makes them. Stack: [] -> [env].
+  static void pushNewEnv(lua_State* L);
   // The registry reference of ngx.ctx, LUA_NOREF before its first use.
   int ctxRef() const { return inherited_ ? inherited_->ctxRef() : ctx_ref_; }
   // Uses `from`'s ngx.ctx and globals (a later phase run in a task of its

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "conf/parser.h"
+#include "core/log.h"
 #include "lua/embedded.h"
 #include "lua/task.h"
 #include "http/variables.h"
@@ -184,10 +185,9 @@ bool readFile(const std::string& path, std::string* out, std::string* err) {
 // Stack: [] -> [fn] on success, [] on failure.
 bool Vm::load(const conf::LuaCode& code, bool wrap, std::string* err) {
   bool cache = cfg_->http.lua.code_cache;
-  std::map<std::string, int>& chunks = wrap ? factories_ : chunks_;
-  if (cache) {
-    auto it = chunks.find(code.chunkname);
-    if (it != chunks.end()) {
+  if (cache && !wrap) {
+    auto it = chunks_.find(code.chunkname);
+    if (it != chunks_.end()) {
       lua_rawgeti(L_, LUA_REGISTRYINDEX, it->second);
       return true;
     }
@@ -208,11 +208,52 @@ bool Vm::load(const conf::LuaCode& code, bool wrap, std::string* err) {
     lua_pop(L_, 1);
     return false;
   }
-  if (cache) {
+  if (cache && !wrap) {
     lua_pushvalue(L_, -1);
-    chunks[code.chunkname] = luaL_ref(L_, LUA_REGISTRYINDEX);
+    chunks_[code.chunkname] = luaL_ref(L_, LUA_REGISTRYINDEX);
   }
   return true;
+}
+
+Vm::Handler* Vm::handler(const conf::LuaCode& code, std::string* err) {
+  auto it = handlers_.find(code.chunkname);
+  if (it != handlers_.end()) return &it->second;
+  if (!load(code, true, err)) return nullptr;  // Stack: [maker]
+  Handler h;
+  if (keepsGlobals(-1)) {
+    lua_pushvalue(L_, -1);
+    lua_call(L_, 0, 1);
+    if (shared_env_ == LUA_NOREF) {
+      LuaTask::pushNewEnv(L_);
+      shared_env_ = luaL_ref(L_, LUA_REGISTRYINDEX);
+    }
+    lua_rawgeti(L_, LUA_REGISTRYINDEX, shared_env_);
+    lua_setfenv(L_, -2);
+    h.shared = luaL_ref(L_, LUA_REGISTRYINDEX);
+  }
+  h.maker = luaL_ref(L_, LUA_REGISTRYINDEX);
+  return &handlers_.emplace(code.chunkname, h).first->second;
+}
+
+bool Vm::keepsGlobals(int idx) {
+  int fn = idx < 0 ? lua_gettop(L_) + idx + 1 : idx;
+  if (keeps_globals_ == LUA_NOREF) {
+    lua_getglobal(L_, "require");
+    lua_pushliteral(L_, "tidegate.purity");
+    if (lua_pcall(L_, 1, 1, 0) != 0 || !lua_isfunction(L_, -1)) {
+      TG_LOG(core::LogLevel::kError, "[lua] tidegate.purity: %s", lua_tostring(L_, -1) ? lua_tostring(L_, -1) : "not a function");
+      lua_pop(L_, 1);
+      keeps_globals_ = LUA_REFNIL;
+      return false;
+    }
+    keeps_globals_ = luaL_ref(L_, LUA_REGISTRYINDEX);
+  }
+  if (keeps_globals_ == LUA_REFNIL) return false;
+  lua_rawgeti(L_, LUA_REGISTRYINDEX, keeps_globals_);
+  lua_pushvalue(L_, fn);
+  bool keeps = lua_pcall(L_, 1, 1, 0) == 0 && lua_toboolean(L_, -1);
+  lua_pop(L_, 1);
+  return keeps;
 }
 
 bool Vm::push(const conf::LuaCode& code, LuaTask* task, std::string* err) {
@@ -227,7 +268,19 @@ bool Vm::push(const conf::LuaCode& code, LuaTask* task, std::string* err) {
     conf::LuaCode file = http::resolveLuaFile(code, ctx->req());
     return push(file, task, err);
   }
-  if (!load(code, true, err)) return false;
+  if (!cfg_->http.lua.code_cache) {
+    if (!load(code, true, err)) return false;
+  } else {
+    Handler* h = handler(code, err);
+    if (!h) return false;
+    // Code that writes no global shares one closure, unless an earlier
+    // phase of the request wrote one: then it must see it.
+    if (h->shared != LUA_REFNIL && !task->hasEnv()) {
+      lua_rawgeti(L_, LUA_REGISTRYINDEX, h->shared);
+      return true;
+    }
+    lua_rawgeti(L_, LUA_REGISTRYINDEX, h->maker);
+  }
   // Stack: [maker] -> [handler]; the maker only returns the closure.
   lua_call(L_, 0, 1);
   task->pushEnv(L_);

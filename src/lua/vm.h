@@ -101,6 +101,12 @@ class Vm {
   lua_State* newThread(lua_State* L, int* ref);
   void recycle(lua_State* co, int ref);
 
+  // True if neither the function at `idx` nor any function defined in it
+  // writes a global or names getfenv, setfenv or debug (lua/tidegate/
+  // purity.lua): such code cannot tell a table of globals of its own from one
+  // shared by all requests. Stack: unchanged.
+  bool keepsGlobals(int idx);
+
   // The Vm a lua_State belongs to (set in the registry at creation).
   static Vm* from(lua_State* L);
   // lua_pcall message handler: a string error gets a traceback; any other
@@ -111,6 +117,12 @@ class Vm {
  private:
   Vm() = default;
   bool load(const conf::LuaCode& code, bool wrap, std::string* err);  // pushes the function
+  // A request-phase handler's code, compiled once (lua_code_cache on).
+  struct Handler {
+    int maker = LUA_NOREF;   // the function that returns a new closure of the code
+    int shared = LUA_REFNIL;  // a closure on the shared globals, if the code may have one
+  };
+  Handler* handler(const conf::LuaCode& code, std::string* err);
 
   lua_State* L_ = nullptr;
   conf::ConfigPtr cfg_;
@@ -122,7 +134,9 @@ class Vm {
   std::unique_ptr<PushedModules> modules_;
   std::unique_ptr<Functions> functions_;
   std::map<std::string, int> chunks_;     // chunk name -> registry ref
-  std::map<std::string, int> factories_;  // chunk name -> registry ref of its closure maker
+  std::map<std::string, Handler> handlers_;  // by chunk name
+  int shared_env_ = LUA_NOREF;  // the globals of handlers that write none
+  int keeps_globals_ = LUA_NOREF;  // purity.lua's check
   std::vector<std::pair<lua_State*, int>> thread_pool_;
   static inline Vm* active_ = nullptr;
   // from()'s last answer, keyed by the state's allocator data (one per

@@ -43,5 +43,29 @@ TEST(VmTest, FromNamesTheVmOfEachStateAndItsCoroutines) {
   EXPECT_EQ(Vm::from(b->state()), b.get());
 }
 
+// Which handler code may share one table of globals with every request.
+TEST(VmTest, KeepsGlobalsSeesEveryWayToTheGlobalsTable) {
+  std::shared_ptr<Vm> vm = newVm();
+  ASSERT_TRUE(vm);
+  lua_State* L = vm->state();
+  auto keeps = [&](const char* code) {
+    EXPECT_EQ(luaL_loadstring(L, code), 0) << code;
+    int top = lua_gettop(L);
+    bool k = vm->keepsGlobals(-1);
+    EXPECT_EQ(lua_gettop(L), top);
+    lua_pop(L, 1);
+    return k;
+  };
+  EXPECT_TRUE(keeps("local n = ngx.shared.d:get('n') or 0 ngx.say(n + 1)"));
+  EXPECT_TRUE(keeps("local t = {} t.x = 1 local function f() return t.x end return f()"));
+  EXPECT_TRUE(keeps("return function() return function() return string.rep('a', 2) end end"));
+  EXPECT_FALSE(keeps("counter = 1"));
+  EXPECT_FALSE(keeps("local x = 1 if x then y = 2 end"));
+  EXPECT_FALSE(keeps("return function() return function() z = 3 end end"));  // nested two deep
+  EXPECT_FALSE(keeps("getfenv(1).w = 1"));
+  EXPECT_FALSE(keeps("local f = _G.setfenv"));
+  EXPECT_FALSE(keeps("local info = debug.getinfo(1)"));
+}
+
 }  // namespace
 }  // namespace tidegate::lua
