@@ -103,6 +103,10 @@ std::shared_ptr<Vm> Vm::create(conf::ConfigPtr cfg, std::string* err) {
   lua_pushlightuserdata(L, const_cast<char*>(&kVmKey));
   lua_pushlightuserdata(L, vm.get());
   lua_rawset(L, LUA_REGISTRYINDEX);
+  lua_getglobal(L, "table");
+  lua_getfield(L, -1, "concat");
+  vm->table_concat_ = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
   setPackagePaths(L, vm->cfg_->http.lua);
   registerEmbedded(L);
   vm->modules_ = std::make_unique<PushedModules>(vm->cfg_->http.admin.state_dir);

@@ -109,6 +109,9 @@ class Vm {
 
   // The Vm a lua_State belongs to (set in the registry at creation).
   static Vm* from(lua_State* L);
+  // LuaJIT's own table.concat, as it was when the VM was made (users may
+  // replace the global). Stack: [] -> [fn].
+  void pushTableConcat(lua_State* L) const { lua_rawgeti(L, LUA_REGISTRYINDEX, table_concat_); }
   // lua_pcall message handler: a string error gets a traceback; any other
   // value is kept as it is (OpenResty's handler does the same).
   // Stack: [msg] -> [msg .. "\nstack traceback: ..."] or [msg].
@@ -137,6 +140,7 @@ class Vm {
   std::map<std::string, Handler> handlers_;  // by chunk name
   int shared_env_ = LUA_NOREF;  // the globals of handlers that write none
   int keeps_globals_ = LUA_NOREF;  // purity.lua's check
+  int table_concat_ = LUA_NOREF;
   std::vector<std::pair<lua_State*, int>> thread_pool_;
   static inline Vm* active_ = nullptr;
   // from()'s last answer, keyed by the state's allocator data (one per

@@ -51,6 +51,31 @@ LuaTask* requireYieldable(lua_State* L, bool cosocket) {
   return task;
 }
 
+namespace {
+
+// An array of strings and numbers, joined by LuaJIT's table.concat in one C
+// call: a fraction of the element-by-element walk's cost, and the common
+// case (lua-resty-* libraries build their requests so). False, with nothing
+// appended, for anything else in it (a nested table, a boolean, nil,
+// ngx.null), which the walk handles. Stack: unchanged.
+bool appendFlatArray(lua_State* L, int abs, std::string* out) {
+  Vm* vm = Vm::from(L);
+  if (!vm) return false;
+  vm->pushTableConcat(L);
+  lua_pushvalue(L, abs);
+  if (lua_pcall(L, 1, 1, 0) != 0) {
+    lua_pop(L, 1);
+    return false;
+  }
+  size_t len = 0;
+  const char* s = lua_tolstring(L, -1, &len);
+  out->append(s, len);
+  lua_pop(L, 1);
+  return true;
+}
+
+}  // namespace
+
 // Appends one ngx.say/ngx.print argument; tables are flattened as OpenResty
 // does (array part, recursively). Raises for other types.
 void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
@@ -84,10 +109,17 @@ void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
       break;
     case LUA_TTABLE: {
       int abs = idx > 0 ? idx : lua_gettop(L) + idx + 1;
+      if (appendFlatArray(L, abs, out)) return;
       size_t n = lua_objlen(L, abs);
       for (size_t i = 1; i <= n; i++) {
         lua_rawgeti(L, abs, static_cast<int>(i));
-        appendValue(L, -1, out, fname);
+        if (lua_type(L, -1) == LUA_TSTRING) {  // most elements (lua-resty-* requests): no call
+          size_t len = 0;
+          const char* s = lua_tolstring(L, -1, &len);
+          out->append(s, len);
+        } else {
+          appendValue(L, -1, out, fname);
+        }
         lua_pop(L, 1);
       }
       return;

@@ -173,13 +173,21 @@ std::unordered_map<std::string, Pool>& pools() {
   return p;
 }
 
+// Forgets a pool name with nothing in it, unless few names are known: an
+// entry costs two deques' allocations to make, and a pool with one idle
+// connection would otherwise be made and dropped on every request.
+void forgetIfUnused(std::unordered_map<std::string, Pool>::iterator it) {
+  constexpr size_t kKeptNames = 64;
+  if (it->second.unused() && pools().size() > kKeptNames) pools().erase(it);
+}
+
 void dropFromPool(Conn* c) {
   c->pooled = false;
   auto it = pools().find(c->pool_key);
   if (it == pools().end()) return;
   auto& q = it->second.idle;
   q.erase(std::remove(q.begin(), q.end(), c), q.end());
-  if (it->second.unused()) pools().erase(it);
+  forgetIfUnused(it);
 }
 
 // The first connect waiting for a connection of this pool, if any, tries
@@ -221,7 +229,7 @@ Conn* takeFromPool(const std::string& key) {
   if (it == pools().end() || it->second.idle.empty()) return nullptr;
   Conn* c = it->second.idle.back();
   it->second.idle.pop_back();
-  if (it->second.unused()) pools().erase(it);
+  forgetIfUnused(it);
   c->pooled = false;
   uv_timer_stop(&c->timer);
   setRef(c, true);
@@ -231,6 +239,7 @@ Conn* takeFromPool(const std::string& key) {
 
 // The Lua object (a userdata). `conn` is null when not connected.
 struct Socket {
+  const char* meta = kTcpMeta;  // checkTaskSocket's mark
   Conn* conn = nullptr;
   uint64_t task_id = 0;  // the task that made it; no other may use it
   uint64_t connect_ms = 60000, send_ms = 60000, read_ms = 60000;
@@ -565,14 +574,10 @@ void SockWait::handshakeStep(int status) {
 
 // The socket at index 1, only for the task that made it (OpenResty's "bad
 // request" for an object kept from an ended request).
-Socket* checkSocket(lua_State* L) {
-  auto* sock = static_cast<Socket*>(luaL_checkudata(L, 1, kTcpMeta));
-  LuaTask* task = requireTask(L);
-  if (task->id() != sock->task_id) luaL_error(L, "bad request");
-  return sock;
-}
+Socket* checkSocket(lua_State* L) { return checkTaskSocket<Socket>(L, kTcpMeta); }
 
-// Stack: [] -> [sock]
+// Stack: [] -> [sock]. Only for C closures whose upvalue 1 is the socket
+// metatable (a registry lookup by name would intern the name each time).
 void pushNewSocket(lua_State* L, LuaTask* task) {
   auto* sock = new (lua_newuserdata(L, sizeof(Socket))) Socket;
   sock->task_id = task->id();
@@ -581,7 +586,7 @@ void pushNewSocket(lua_State* L, LuaTask* task) {
   sock->connect_ms = s.lua_socket_connect_timeout_ms.value_or(60000);
   sock->send_ms = s.lua_socket_send_timeout_ms.value_or(60000);
   sock->read_ms = s.lua_socket_read_timeout_ms.value_or(60000);
-  luaL_getmetatable(L, kTcpMeta);
+  lua_pushvalue(L, lua_upvalueindex(1));  // the metatable: socketTcp's and socketConnect's upvalue
   lua_setmetatable(L, -2);
 }
 
@@ -1037,12 +1042,16 @@ void openNgxSocket(lua_State* L) {
   setFn(L, "sslhandshake", sockSslHandshake);
   lua_setfield(L, -2, "__index");
   setFn(L, "__gc", sockGc);
-  lua_pop(L, 1);
-  lua_createtable(L, 0, 3);
-  setFn(L, "tcp", socketTcp);
-  setFn(L, "connect", socketConnect);
+  lua_createtable(L, 0, 3);  // Stack: [ngx, mt, socket]
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, socketTcp, 1);
+  lua_setfield(L, -2, "tcp");
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, socketConnect, 1);
+  lua_setfield(L, -2, "connect");
   openNgxSocketUdp(L);
-  lua_setfield(L, -2, "socket");
+  lua_setfield(L, -3, "socket");
+  lua_pop(L, 1);
 }
 
 }  // namespace tidegate::lua

@@ -69,6 +69,7 @@ void onAlloc(uv_handle_t*, size_t, uv_buf_t* buf) noexcept {
 // The Lua object (a userdata). `ep` is null until setpeername succeeds
 // and after close.
 struct UdpSocket {
+  const char* meta = kUdpMeta;  // checkTaskSocket's mark
   Endpoint* ep = nullptr;
   uint64_t task_id = 0;  // the task that made it; no other may use it
   uint64_t read_ms = 60000;

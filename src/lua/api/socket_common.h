@@ -20,10 +20,19 @@ namespace tidegate::lua {
 
 // The cosocket userdata of type `meta` at index 1, only for the task that
 // made it (`S::task_id`): an object kept from an ended request raises
-// OpenResty's "bad request".
+// OpenResty's "bad request". A userdata of S's size whose `S::meta` is
+// `meta` (set where it is made, beside its metatable) is one: that check
+// costs a fraction of luaL_checkudata's, which interns the type name on
+// every call, and only our code makes userdata with that pointer in it.
+// Anything else goes to luaL_checkudata, for its error.
 template <class S>
 S* checkTaskSocket(lua_State* L, const char* meta) {
-  auto* sock = static_cast<S*>(luaL_checkudata(L, 1, meta));
+  S* sock = nullptr;
+  if (lua_type(L, 1) == LUA_TUSERDATA && lua_objlen(L, 1) == sizeof(S)) {
+    sock = static_cast<S*>(lua_touserdata(L, 1));
+    if (sock->meta != meta) sock = nullptr;
+  }
+  if (!sock) sock = static_cast<S*>(luaL_checkudata(L, 1, meta));
   if (requireTask(L)->id() != sock->task_id) luaL_error(L, "bad request");
   return sock;
 }
