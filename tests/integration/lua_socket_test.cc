@@ -209,6 +209,48 @@ TEST(LuaSocketTest, TheEndOfTheRequestClosesItsSockets) {
   EXPECT_EQ(gw.stop(), 0);
 }
 
+// A socket parked with setkeepalive and connected again (it takes its own
+// connection back from the pool) is the request's again: left open, it is
+// closed when the request ends.
+TEST(LuaSocketTest, ASocketConnectedAgainAfterSetkeepaliveIsClosedWithItsRequest) {
+  std::atomic<int> peer_saw_close{0};
+  ScriptedPeer peer(readUntilClose(&peer_saw_close));
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, connectTo(peer.port()) + R"(
+    assert(sock:setkeepalive(10000, 4))
+    assert(sock:connect("127.0.0.1", )" + std::to_string(peer.port()) + R"())
+    ngx.say("reused ", sock:getreusedtimes())
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "reused 1\n");
+  EXPECT_TRUE(waitFor([&] { return peer_saw_close.load() == 1; }));
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
+// A connected socket that the handler drops is closed by the GC, while its
+// request still runs (the peer sees the close before the client leaves,
+// which ends the request).
+TEST(LuaSocketTest, ACollectedSocketClosesItsConnection) {
+  std::atomic<int> peer_saw_close{0};
+  ScriptedPeer peer(readUntilClose(&peer_saw_close));
+  Gateway gw;
+  // Opened in a function of its own: a dead temporary of the running frame
+  // would keep the socket reachable.
+  ASSERT_TRUE(startWith(gw, "local function open()\n" + connectTo(peer.port()) + R"(
+    end
+    open()
+    collectgarbage()
+    collectgarbage()
+    ngx.sleep(60)
+  )", "lua_check_client_abort on;"));
+  {
+    RawClient c(gw.port());
+    c.send("GET /t HTTP/1.1\r\nHost: a\r\n\r\n");
+    EXPECT_TRUE(waitFor([&] { return peer_saw_close.load() == 1; }));
+  }
+  EXPECT_EQ(gw.stop(), 0);
+}
+
 // log_by_lua* may use cosockets (beyond OpenResty): the handler waits
 // detached from the client, whose keepalive connection goes on to its
 // next request meanwhile; after the wait it still reads its request

@@ -238,12 +238,21 @@ Conn* takeFromPool(const std::string& key) {
 }
 
 // The Lua object (a userdata). `conn` is null when not connected.
+//
+// A socket is "live" from connect until close or setkeepalive: it is in
+// liveSockets() and its metatable has a __gc (sockGc), so a connection is
+// closed when its task ends or its socket is collected. Otherwise its
+// metatable is the same but for __gc, and its strings hold no memory: most
+// sockets (connect, use, setkeepalive) then need no finalizer, which LuaJIT
+// would run at any allocation; one that runs while a trace is being recorded
+// aborts it, and the aborted trace of a stitched C call is not tried again.
 struct Socket {
   const char* meta = kTcpMeta;  // checkTaskSocket's mark
   Conn* conn = nullptr;
   uint64_t task_id = 0;  // the task that made it; no other may use it
   uint64_t connect_ms = 60000, send_ms = 60000, read_ms = 60000;
   bool busy = false;  // a call waits on it (another light thread's)
+  bool live = false;
   std::string pool_key;
   std::string peer;  // host:port or the unix path when a pool name was given
   // host:port or the unix path, for the error log.
@@ -266,6 +275,31 @@ void forgetSocket(Socket* sock) {
       return;
     }
   }
+}
+
+// The metatables of a socket (openNgxSocket): upvalues 1 and 2 of
+// ngx.socket.tcp, ngx.socket.connect and the methods that change them.
+constexpr int kLiveMeta = lua_upvalueindex(1);
+constexpr int kIdleMeta = lua_upvalueindex(2);
+
+// The socket at index 1 becomes live (see Socket).
+void makeLive(lua_State* L, Socket* sock) {
+  if (sock->live) return;
+  liveSockets().emplace(sock->task_id, sock);
+  sock->live = true;
+  lua_pushvalue(L, kLiveMeta);
+  lua_setmetatable(L, 1);
+}
+
+// The socket at index 1, closed or parked, stops being live.
+void makeIdle(lua_State* L, Socket* sock) {
+  if (!sock->live || sock->conn || sock->busy) return;
+  forgetSocket(sock);
+  sock->live = false;
+  std::string().swap(sock->pool_key);  // no finalizer will free them
+  std::string().swap(sock->peer);
+  lua_pushvalue(L, kIdleMeta);
+  lua_setmetatable(L, 1);
 }
 
 // LuaTask's end hook. The task's waits are gone, so no socket is busy.
@@ -576,17 +610,17 @@ void SockWait::handshakeStep(int status) {
 // request" for an object kept from an ended request).
 Socket* checkSocket(lua_State* L) { return checkTaskSocket<Socket>(L, kTcpMeta); }
 
-// Stack: [] -> [sock]. Only for C closures whose upvalue 1 is the socket
-// metatable (a registry lookup by name would intern the name each time).
+// Stack: [] -> [sock], not live yet. Only for C closures with the socket
+// metatables as upvalues (a registry lookup by name would intern the name
+// each time).
 void pushNewSocket(lua_State* L, LuaTask* task) {
   auto* sock = new (lua_newuserdata(L, sizeof(Socket))) Socket;
   sock->task_id = task->id();
-  liveSockets().emplace(sock->task_id, sock);
   const conf::HttpSettings& s = socketSettings(task);
   sock->connect_ms = s.lua_socket_connect_timeout_ms.value_or(60000);
   sock->send_ms = s.lua_socket_send_timeout_ms.value_or(60000);
   sock->read_ms = s.lua_socket_read_timeout_ms.value_or(60000);
-  lua_pushvalue(L, lua_upvalueindex(1));  // the metatable: socketTcp's and socketConnect's upvalue
+  lua_pushvalue(L, kIdleMeta);
   lua_setmetatable(L, -2);
 }
 
@@ -706,6 +740,7 @@ int doConnect(lua_State* L, bool return_socket) {
     closeConn(sock->conn);
     sock->conn = nullptr;
   }
+  makeLive(L, sock);
   if (Conn* c = takeFromPool(sock->pool_key)) {
     sock->conn = c;
     if (return_socket) lua_pushvalue(L, 1);
@@ -870,6 +905,7 @@ int sockClose(lua_State* L) {
   if (sock->busy) return pushSocketFailure(L, "socket busy");
   closeConn(sock->conn);
   sock->conn = nullptr;
+  makeIdle(L, sock);
   lua_pushinteger(L, 1);
   return 1;
 }
@@ -909,6 +945,7 @@ int sockSetKeepalive(lua_State* L) {
   setRef(c, false);  // an idle connection does not keep the worker running
   sock->conn = nullptr;
   nudgeWaiting(pool);  // a connect waiting for this pool takes it
+  makeIdle(L, sock);
   lua_pushinteger(L, 1);
   return 1;
 }
@@ -1026,32 +1063,41 @@ void closeSocketPool() {
 // Stack: [ngx] -> [ngx] with ngx.socket = {tcp, connect, udp}.
 void openNgxSocket(lua_State* L) {
   LuaTask::addEndHook(closeTaskSockets);
+  // Stack: [ngx] -> [ngx, live, idle, methods]: the two metatables (see
+  // Socket) share the methods.
   luaL_newmetatable(L, kTcpMeta);
+  setFn(L, "__gc", sockGc);
+  lua_createtable(L, 0, 1);
   lua_createtable(L, 0, 12);
-  setFn(L, "connect", sockConnect);
+  // Closures with both metatables as upvalues (kLiveMeta, kIdleMeta).
+  auto setClosure = [L](int table, const char* name, lua_CFunction fn) {
+    lua_pushvalue(L, -3);
+    lua_pushvalue(L, -3);
+    lua_pushcclosure(L, fn, 2);
+    lua_setfield(L, table < 0 ? table - 1 : table, name);
+  };
+  setClosure(-1, "connect", sockConnect);
   setFn(L, "send", sockSend);
   setFn(L, "receive", sockReceive);
   setFn(L, "receiveany", sockReceiveAny);
   setFn(L, "receiveuntil", sockReceiveUntil);
   setFn(L, "settimeout", sockSetTimeout);
   setFn(L, "settimeouts", sockSetTimeouts);
-  setFn(L, "close", sockClose);
-  setFn(L, "setkeepalive", sockSetKeepalive);
+  setClosure(-1, "close", sockClose);
+  setClosure(-1, "setkeepalive", sockSetKeepalive);
   setFn(L, "getreusedtimes", sockGetReusedTimes);
   setFn(L, "setoption", sockSetOption);
   setFn(L, "sslhandshake", sockSslHandshake);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -4, "__index");
   lua_setfield(L, -2, "__index");
-  setFn(L, "__gc", sockGc);
-  lua_createtable(L, 0, 3);  // Stack: [ngx, mt, socket]
-  lua_pushvalue(L, -2);
-  lua_pushcclosure(L, socketTcp, 1);
-  lua_setfield(L, -2, "tcp");
-  lua_pushvalue(L, -2);
-  lua_pushcclosure(L, socketConnect, 1);
-  lua_setfield(L, -2, "connect");
+  // Stack: [ngx, live, idle]
+  lua_createtable(L, 0, 3);
+  setClosure(-1, "tcp", socketTcp);
+  setClosure(-1, "connect", socketConnect);
   openNgxSocketUdp(L);
-  lua_setfield(L, -3, "socket");
-  lua_pop(L, 1);
+  lua_setfield(L, -4, "socket");
+  lua_pop(L, 2);
 }
 
 }  // namespace tidegate::lua
