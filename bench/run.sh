@@ -249,7 +249,7 @@ http_redis() { echo 'lua_package_path "/usr/share/lua/5.1/?.lua;;";'; }
 setup_redis() {
   [ -f /usr/share/lua/5.1/nginx/redis.lua ] && command -v redis-server >/dev/null ||
     die "redis needs lua-nginx-redis and redis-server (scripts/setup.sh installs them)"
-  REDIS_PORT=needed
+  REDIS_PORT=${REDIS_PORT:-needed}   # bench/instructions.sh brings its own redis
 }
 # HTTPS (issue 8): TLS termination with the same OpenSSL on both sides (an ECDSA P-256
 # certificate, the servers' default ciphers, ssl_protocols TLSv1.2 TLSv1.3 on both: Debian's
@@ -535,6 +535,16 @@ if [ -n "$TLS" ]; then
     die "openssl could not make the bench certificate"
 fi
 check_confs
+# CONF_ONLY=DIR (bench/instructions.sh): each side's prefix (server.conf, logs/) goes to
+# DIR/SIDE, listening on CONF_PORT, and nothing runs.
+if [ -n "${CONF_ONLY:-}" ]; then
+  for side in $SIDES; do
+    dir=$(write_conf "$side" "${CONF_PORT:?CONF_ONLY needs CONF_PORT}")
+    rm -rf "${CONF_ONLY:?}/$side"; cp -r "$dir" "$CONF_ONLY/$side"
+    sed -i "s#$dir/#$CONF_ONLY/$side/#g" "$CONF_ONLY/$side/server.conf"
+  done
+  exit 0
+fi
 if [ -n "$BACKEND" ]; then start_backend; fi
 if [ -n "${REDIS_PORT:-}" ]; then start_redis; fi
 read -ra SIDE <<<"$SIDES"
