@@ -75,8 +75,8 @@ void RequestParser::reset(const conf::HeadLimits& limits, uint64_t max_body) {
   limits_ = limits;
   max_body_ = max_body;
   head_.clear();
-  head_bytes_ = line_len_ = line_no_ = line_start_ = scanned_ = error_at_ = 0;
-  prev_cr_ = head_scanned_ = false;
+  head_bytes_ = line_len_ = line_no_ = line_start_ = scanned_ = error_at_ = head_end_ = 0;
+  prev_cr_ = head_scanned_ = llhttp_fed_ = false;
   cl_count_ = te_count_ = host_count_ = te_status_ = 0;
   head_done_ = message_done_ = false;
   body_bytes_ = 0;
@@ -242,10 +242,22 @@ RequestParser::Event RequestParser::execute(const char* base, size_t from, size_
       return Event::kError;
     }
     scanned_ = to;
+    if (head_scanned_) head_end_ = scan_from + head_end;
     // llhttp sees the request line only once it is whole, so that its
     // verdict (505 vs 400) never depends on where the bytes were split.
     if (line_no_ == 0) return Event::kNeedMore;
+    // A whole head in the first bytes of a request, plain enough that the
+    // scanner's checks and takeSimpleHead()'s leave llhttp nothing to say
+    // (it would cost about as much as the rest of the parsing): the request
+    // is complete without it. The usual GET; anything else goes to llhttp.
+    if (head_scanned_ && !llhttp_fed_ && takeSimpleHead()) {
+      if (!finishHead()) return Event::kError;
+      message_done_ = true;
+      *consumed = head_end_ - from;
+      return Event::kMessageComplete;
+    }
   }
+  llhttp_fed_ = true;
   llhttp_errno_t rc = llhttp_execute(&parser_, data, len);
   if (rc == HPE_OK) {
     *consumed = len;
@@ -277,6 +289,7 @@ void RequestParser::preferEarlierLlhttpError(size_t from) {
   std::string text = std::move(error_text_);
   error_status_ = 0;
   error_text_.clear();
+  llhttp_fed_ = true;
   llhttp_errno_t rc = llhttp_execute(&parser_, base_ + from, error_at_ - from);
   if (rc != HPE_OK && rc != HPE_PAUSED && error_status_ == 0) {
     failFromLlhttp(rc);
@@ -412,24 +425,121 @@ int RequestParser::onHeadersComplete(llhttp_t* p) {
   h.is_head = llhttp_get_method(p) == HTTP_HEAD;
   h.upgrade = llhttp_get_upgrade(p) != 0;
   h.keep_alive = llhttp_should_keep_alive(p) != 0;
-  h.head_len = self->head_bytes_;
+  // The body bytes (if any) come next, with the body table.
+  p->settings = const_cast<llhttp_settings_t*>(&bodySettings());
+  return self->finishHead() ? 0 : -1;
+}
+
+bool RequestParser::finishHead() {
+  RequestHead& h = head_;
+  h.head_len = head_bytes_;
   for (size_t i = 0; i < h.headers.size(); i++) {
-    if (!self->inspectField(i)) return -1;
+    if (!inspectField(i)) return false;
   }
-  if (!self->checkFramingHeaders()) return -1;
+  if (!checkFramingHeaders()) return false;
   if (h.content_length < 0 && !h.chunked) h.content_length = 0;
   if (h.chunked) h.content_length = -1;
-  self->head_done_ = true;
-  p->settings = const_cast<llhttp_settings_t*>(&bodySettings());
-  if (self->handler_) {
+  head_done_ = true;
+  if (handler_) {
     std::string why;
-    int status = self->handler_->onHeadComplete(&why);
-    if (status != 0) {
-      self->fail(status, why);
-      return -1;
+    int status = handler_->onHeadComplete(&why);
+    if (status != 0) return fail(status, why);
+  }
+  return true;
+}
+
+namespace {
+
+// What takeSimpleHead() lets through without llhttp. Target: RFC 3986's
+// unreserved, sub-delims, ':', '@', '/', '?' and '%' (no '#', no quotes,
+// brackets or backslashes, which llhttp judges). Field names: RFC 9110
+// tchar. Field values: printable ASCII, SP and HTAB (no obs-text).
+constexpr std::array<bool, 256> charTable(const char* extra, bool alnum) {
+  std::array<bool, 256> t{};
+  for (int c = 0; c < 256; c++) {
+    t[static_cast<size_t>(c)] = alnum && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'));
+  }
+  for (const char* p = extra; *p; p++) t[static_cast<unsigned char>(*p)] = true;
+  return t;
+}
+constexpr std::array<bool, 256> kSimpleTargetChar = charTable("-._~!$&'()*+,;=:@/?%", true);
+constexpr std::array<bool, 256> kTokenChar = charTable("!#$%&'*+-.^_`|~", true);
+
+bool allOf(std::string_view s, const std::array<bool, 256>& table) {
+  for (char c : s) {
+    if (!table[static_cast<unsigned char>(c)]) return false;
+  }
+  return true;
+}
+
+bool plainValue(std::string_view v) {
+  for (char c : v) {
+    auto u = static_cast<unsigned char>(c);
+    if ((u < 0x20 && u != '\t') || u >= 0x7f) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+// A GET or HEAD of HTTP/1.0 or 1.1 to an origin-form target of plain
+// characters, whose every line is a field of a token name and a plain value,
+// none about the body (Content-Length, Transfer-Encoding, Expect) or a
+// protocol switch (Upgrade), and a Connection field of only "keep-alive" and
+// "close": llhttp would accept it and say what this says (its keep-alive
+// rule included). The scanner has checked the line endings, the request
+// line's shape, obs-fold and the limits.
+bool RequestParser::takeSimpleHead() {
+  RequestHead& h = head_;
+  std::string_view method = h.method.in(base_);
+  bool is_head = method == "HEAD";
+  if (!is_head && method != "GET") return false;
+  std::string_view line = h.request_line.in(base_);
+  char major = line[line.size() - 3], minor = line.back();  // "HTTP/d.d", checked
+  if (major != '1' || (minor != '0' && minor != '1')) return false;
+  std::string_view target = h.target.in(base_);
+  if (target.empty() || target[0] != '/' || !allOf(target, kSimpleTargetChar)) return false;
+  if (h.headers.size() != line_no_ - 1) return false;  // a line without a colon
+  bool keep_alive_token = false, close_token = false;
+  for (const HeaderField& f : h.headers) {
+    std::string_view name = f.name.in(base_);
+    std::string_view value = f.value.in(base_);
+    if (name.empty() || !allOf(name, kTokenChar) || !plainValue(value)) return false;
+    switch (name.size()) {
+      case 6:
+        if (iequals(name, "expect")) return false;
+        break;
+      case 7:
+        if (iequals(name, "upgrade")) return false;
+        break;
+      case 14:
+        if (iequals(name, "content-length")) return false;
+        break;
+      case 17:
+        if (iequals(name, "transfer-encoding")) return false;
+        break;
+      case 10:
+        if (!iequals(name, "connection")) break;
+        for (size_t pos = 0; pos <= value.size();) {
+          size_t comma = value.find(',', pos);
+          if (comma == std::string_view::npos) comma = value.size();
+          std::string_view tok = trimOws(value.substr(pos, comma - pos));
+          pos = comma + 1;
+          if (iequals(tok, "keep-alive")) keep_alive_token = true;
+          else if (iequals(tok, "close")) close_token = true;
+          else return false;
+        }
+        break;
+      default: break;
     }
   }
-  return 0;
+  h.http_major = 1;
+  h.http_minor = minor - '0';
+  h.is_head = is_head;
+  h.upgrade = false;
+  // llhttp_should_keep_alive: HTTP/1.1 unless "close"; HTTP/1.0 only with "keep-alive".
+  h.keep_alive = minor == '1' ? !close_token : keep_alive_token;
+  return true;
 }
 
 int RequestParser::onChunkHeader(llhttp_t* p) {

@@ -59,6 +59,8 @@ class RequestParser {
   bool requestLineDone() const { return line_no_ > 0; }
   bool messageDone() const { return message_done_; }
   uint64_t bodyBytes() const { return body_bytes_; }
+  // Whether llhttp saw this message (a simple head may not need it; tests).
+  bool usedLlhttp() const { return llhttp_fed_; }
   int errorStatus() const { return error_status_; }
   const std::string& errorText() const { return error_text_; }
 
@@ -84,6 +86,11 @@ class RequestParser {
   void recordField(std::string_view line);
   bool inspectField(size_t index);
   bool checkTransferEncoding(std::string_view value);
+  // The checks and the routing once the head's fields are known (both ways).
+  bool finishHead();
+  // Sets the version, method and keep-alive fields of a head that llhttp need
+  // not see (see execute()); false leaves it to llhttp.
+  bool takeSimpleHead();
 
   llhttp_t parser_;
   const char* base_ = nullptr;
@@ -94,8 +101,10 @@ class RequestParser {
 
   // Head scanner state.
   size_t head_bytes_ = 0;
-  size_t scanned_ = 0;
-  size_t error_at_ = 0;  // offset of the byte a scanner error is about  // offset (from base) the head scanner has reached
+  size_t scanned_ = 0;   // offset (from base) the head scanner has reached
+  size_t error_at_ = 0;  // offset of the byte a scanner error is about
+  size_t head_end_ = 0;  // offset just past the head's empty line, once scanned
+  bool llhttp_fed_ = false;  // llhttp has seen bytes of this message
   size_t line_len_ = 0;
   size_t line_no_ = 0;
   size_t line_start_ = 0;  // offset of the current head line (request line check)

@@ -133,6 +133,87 @@ TEST(RequestParser, Http10) {
   EXPECT_EQ(statusOf("GET / HTTP/1.0\r\n\r\n"), 0);
 }
 
+// --- heads that skip llhttp (RequestParser::takeSimpleHead) ------------------------------
+
+// One message parsed with its head in one piece (a simple head needs no
+// llhttp) or cut just after the request line (llhttp sees the head).
+struct HeadOutcome {
+  RequestParser::Event event;
+  int status;
+  size_t consumed;
+  bool used_llhttp;
+  int minor;
+  bool keep_alive, is_head, upgrade, chunked;
+  int64_t content_length;
+  size_t fields;
+  int host;
+  std::string describe() const {
+    return "event " + std::to_string(static_cast<int>(event)) + " status " + std::to_string(status) + " consumed " +
+           std::to_string(consumed) + " minor " + std::to_string(minor) + " keep_alive " + std::to_string(keep_alive) +
+           " head " + std::to_string(is_head) + " upgrade " + std::to_string(upgrade) + " chunked " +
+           std::to_string(chunked) + " length " + std::to_string(content_length) + " fields " +
+           std::to_string(fields) + " host " + std::to_string(host);
+  }
+};
+
+HeadOutcome parseHead(const std::string& input, bool cut_after_request_line) {
+  RequestParser p;
+  conf::HeadLimits limits;
+  p.reset(limits, 0);
+  size_t cut = cut_after_request_line ? input.find("\r\n") + 2 : input.size();
+  size_t consumed = 0, parsed = 0;
+  RequestParser::Event ev = RequestParser::Event::kNeedMore;
+  for (size_t end : {cut, input.size()}) {
+    if (end <= parsed) continue;
+    ev = p.execute(input.data(), parsed, end, &consumed);
+    parsed += consumed;
+    if (ev != RequestParser::Event::kNeedMore) break;
+  }
+  const RequestHead& h = p.head();
+  return HeadOutcome{ev, p.errorStatus(), parsed, p.usedLlhttp(), h.http_minor, h.keep_alive, h.is_head, h.upgrade,
+                     h.chunked, h.content_length, h.headers.size(), h.host_index};
+}
+
+TEST(RequestParserSimpleHead, AgreesWithLlhttpOnEveryHead) {
+  const std::vector<std::string> lines = {
+      "GET / HTTP/1.1", "HEAD / HTTP/1.1", "GET / HTTP/1.0", "HEAD /x HTTP/1.0", "POST / HTTP/1.1",
+      "OPTIONS * HTTP/1.1", "DELETE /a HTTP/1.1", "get / HTTP/1.1", "GET /a?b=c&d=%41 HTTP/1.1",
+      "GET /~u/a.b-c_d!$&'()*+,;=:@ HTTP/1.1", "GET /a#f HTTP/1.1", "GET /a\"b HTTP/1.1", "GET /<x> HTTP/1.1",
+      "GET /a|b HTTP/1.1", "GET /{x} HTTP/1.1", "GET /a\\b HTTP/1.1", "GET /a^b HTTP/1.1", "GET /`x` HTTP/1.1",
+      "GET /\x80 HTTP/1.1", "GET http://a/ HTTP/1.1", "GET a HTTP/1.1", "GET / HTTP/2.0", "GET / HTTP/1.2",
+      "GET / HTTP/0.9", "GET / HTTP/1.1 ", "GET  / HTTP/1.1", "FOO / HTTP/1.1"};
+  const std::vector<std::string> fields = {
+      "", "Host: a\r\n", "Host: a\r\nHost: b\r\n", "Host: a\r\nConnection: close\r\n",
+      "Host: a\r\nConnection: keep-alive\r\n", "Host: a\r\nConnection: Keep-Alive, close\r\n",
+      "Host: a\r\nConnection:  close \r\n", "Host: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n",
+      "Host: a\r\nConnection: keep-alive,\r\n", "Host: a\r\nConnection: foo\r\n", "Host: a\r\nUpgrade: h2c\r\n",
+      "Host: a\r\nContent-Length: 0\r\n", "Host: a\r\nContent-Length: 3\r\n", "Host: a\r\nExpect: 100-continue\r\n",
+      "Host: a\r\nTransfer-Encoding: chunked\r\n", "Host: a\r\nX-A: \r\n", "Host: a\r\nX-A:\tv\t\r\n",
+      "Host: a\r\nX-A: v\x7f\r\n", "Host: a\r\nX-A: v\x80\r\n", "Host: a\r\nX-A: v\x01\r\n",
+      "Host: a\r\nX A: v\r\n", "Host: a\r\nX-A : v\r\n", "Host: a\r\nX(A): v\r\n", "Host: a\r\n: v\r\n",
+      "Host: a\r\nno colon\r\n", "Host: a/b\r\n", "Host: a\r\nX-A: v\r\n folded\r\n",
+      "Host: a\r\nUser-Agent: wrk\r\nAccept: */*\r\n"};
+  int simple = 0;
+  for (const std::string& line : lines) {
+    for (const std::string& f : fields) {
+      for (const char* body : {"", "abc", "GET / HTTP/1.1\r\nHost: a\r\n\r\n"}) {
+        std::string req = line + "\r\n" + f + "\r\n" + body;
+        HeadOutcome whole = parseHead(req, false);
+        HeadOutcome cut = parseHead(req, true);
+        EXPECT_TRUE(cut.used_llhttp || cut.status != 0) << req;
+        if (!whole.used_llhttp) simple++;
+        if (whole.status != 0 || cut.status != 0) {
+          EXPECT_EQ(whole.status, cut.status) << req;
+          continue;
+        }
+        EXPECT_EQ(whole.describe(), cut.describe()) << req;
+      }
+    }
+  }
+  // The comparison means something only if plenty of heads took the short way.
+  EXPECT_GT(simple, 100);
+}
+
 // --- RELIABILITY.md "Request framing" -------------------------------------------------
 
 TEST(RequestParserSmuggling, ContentLengthAndTransferEncoding) {
