@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -727,14 +728,16 @@ int doConnect(lua_State* L, bool return_socket) {
     lua_pop(L, 1);
   }
   if (unix_path) host += 5;
-  std::string peer = unix_path ? std::string(host) : std::string(host) + ":" + std::to_string(port);
-  if (lua_isstring(L, -1)) {
-    sock->pool_key = lua_tostring(L, -1);
-    sock->peer = std::move(peer);
-  } else {
-    sock->pool_key = std::move(peer);
-    sock->peer.clear();  // the pool key says it
+  // host:port (or the path) is the pool key, unless a pool name was given.
+  std::string& peer = lua_isstring(L, -1) ? sock->peer : sock->pool_key;
+  peer.assign(host);
+  if (!unix_path) {
+    char num[8];
+    auto end = std::to_chars(num, num + sizeof(num), port).ptr;
+    peer.append(":").append(num, end);
   }
+  if (lua_isstring(L, -1)) sock->pool_key = lua_tostring(L, -1);
+  else sock->peer.clear();  // the pool key says it
   lua_pop(L, 1);
   if (sock->conn) {
     closeConn(sock->conn);
