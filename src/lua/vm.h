@@ -150,8 +150,8 @@ class Vm {
   static inline thread_local Vm* from_vm_ = nullptr;
 };
 
-// The code as the body of a function, so that each request gets a closure
-// of its own (with its own globals). The wrapper shares the first line, so
+// The code as the body of a function, so that a request can get a closure
+// of its own (with its own globals; Vm::push). The wrapper shares the first line, so
 // line numbers do not move. A file's "#!" line is blanked, as luaL_loadfile
 // skips it.
 std::string wrapHandler(std::string_view code);
