@@ -38,13 +38,7 @@ end
 local reaching = { getfenv = true, setfenv = true, debug = true }
 
 local function keeps(f)
-  local pc = 1
-  while true do
-    local ins = funcbc(f, pc)
-    if not ins then break end
-    if band(ins, 0xff) == GSET then return false end
-    pc = pc + 1
-  end
+  if opcodes(f)[GSET] then return false end
   for i = 1, funcinfo(f).gcconsts do
     local k = funck(f, -i)
     local t = type(k)

@@ -24,6 +24,20 @@ std::string_view trimOws(std::string_view v) {
   return v;
 }
 
+// Calls fn(element) for each element of a comma-separated field value, OWS
+// trimmed, empty ones included; stops and returns false when fn does.
+template <typename Fn>
+bool forEachListElement(std::string_view value, Fn&& fn) {
+  for (size_t pos = 0; pos <= value.size();) {
+    size_t comma = value.find(',', pos);
+    if (comma == std::string_view::npos) comma = value.size();
+    std::string_view element = trimOws(value.substr(pos, comma - pos));
+    pos = comma + 1;
+    if (!fn(element)) return false;
+  }
+  return true;
+}
+
 const llhttp_settings_t& settings() {
   static const llhttp_settings_t s = [] {
     llhttp_settings_t st;
@@ -319,12 +333,7 @@ bool RequestParser::checkTransferEncoding(std::string_view value) {
   bool unknown = false;
   int chunked_seen = 0;
   bool last_chunked = false;
-  size_t pos = 0;
-  while (pos <= value.size()) {
-    size_t comma = value.find(',', pos);
-    if (comma == std::string_view::npos) comma = value.size();
-    std::string_view tok = trimOws(value.substr(pos, comma - pos));
-    pos = comma + 1;
+  bool ok = forEachListElement(value, [&](std::string_view tok) {
     if (tok.empty()) return fail(400, "client sent empty Transfer-Encoding element");
     if (tok.find(';') != std::string_view::npos || tok.find(' ') != std::string_view::npos) {
       return fail(400, "client sent Transfer-Encoding with parameters");
@@ -337,7 +346,9 @@ bool RequestParser::checkTransferEncoding(std::string_view value) {
     } else {
       unknown = true;
     }
-  }
+    return true;
+  });
+  if (!ok) return false;
   if (chunked_seen > 1 || (chunked_seen == 1 && !last_chunked)) {
     return fail(400, "client sent invalid Transfer-Encoding \"" + std::string(value) + "\"");
   }
@@ -464,6 +475,8 @@ constexpr std::array<bool, 256> charTable(const char* extra, bool alnum) {
 }
 constexpr std::array<bool, 256> kSimpleTargetChar = charTable("-._~!$&'()*+,;=:@/?%", true);
 constexpr std::array<bool, 256> kTokenChar = charTable("!#$%&'*+-.^_`|~", true);
+// Fields about the body or a protocol switch: a head with one goes to llhttp.
+constexpr std::string_view kFramingFields[] = {"content-length", "transfer-encoding", "expect", "upgrade"};
 
 bool allOf(std::string_view s, const std::array<bool, 256>& table) {
   for (char c : s) {
@@ -505,32 +518,16 @@ bool RequestParser::takeSimpleHead() {
     std::string_view name = f.name.in(base_);
     std::string_view value = f.value.in(base_);
     if (name.empty() || !allOf(name, kTokenChar) || !plainValue(value)) return false;
-    switch (name.size()) {
-      case 6:
-        if (iequals(name, "expect")) return false;
-        break;
-      case 7:
-        if (iequals(name, "upgrade")) return false;
-        break;
-      case 14:
-        if (iequals(name, "content-length")) return false;
-        break;
-      case 17:
-        if (iequals(name, "transfer-encoding")) return false;
-        break;
-      case 10:
-        if (!iequals(name, "connection")) break;
-        for (size_t pos = 0; pos <= value.size();) {
-          size_t comma = value.find(',', pos);
-          if (comma == std::string_view::npos) comma = value.size();
-          std::string_view tok = trimOws(value.substr(pos, comma - pos));
-          pos = comma + 1;
+    for (std::string_view framing : kFramingFields) {
+      if (iequals(name, framing)) return false;  // iequals compares the sizes first
+    }
+    if (iequals(name, "connection") && !forEachListElement(value, [&](std::string_view tok) {
           if (iequals(tok, "keep-alive")) keep_alive_token = true;
           else if (iequals(tok, "close")) close_token = true;
           else return false;
-        }
-        break;
-      default: break;
+          return true;
+        })) {
+      return false;
     }
   }
   h.http_major = 1;

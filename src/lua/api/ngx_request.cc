@@ -113,13 +113,7 @@ void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
       size_t n = lua_objlen(L, abs);
       for (size_t i = 1; i <= n; i++) {
         lua_rawgeti(L, abs, static_cast<int>(i));
-        if (lua_type(L, -1) == LUA_TSTRING) {  // most elements (lua-resty-* requests): no call
-          size_t len = 0;
-          const char* s = lua_tolstring(L, -1, &len);
-          out->append(s, len);
-        } else {
-          appendValue(L, -1, out, fname);
-        }
+        appendValue(L, -1, out, fname);
         lua_pop(L, 1);
       }
       return;

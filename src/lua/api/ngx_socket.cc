@@ -1072,22 +1072,23 @@ void openNgxSocket(lua_State* L) {
   setFn(L, "__gc", sockGc);
   lua_createtable(L, 0, 1);
   lua_createtable(L, 0, 12);
-  // Closures with both metatables as upvalues (kLiveMeta, kIdleMeta).
-  auto setClosure = [L](int table, const char* name, lua_CFunction fn) {
+  // Stack: [.., live, idle, t] -> same, with t[name] a closure of fn with
+  // both metatables as upvalues (kLiveMeta, kIdleMeta).
+  auto setClosure = [L](const char* name, lua_CFunction fn) {
     lua_pushvalue(L, -3);
     lua_pushvalue(L, -3);
     lua_pushcclosure(L, fn, 2);
-    lua_setfield(L, table < 0 ? table - 1 : table, name);
+    lua_setfield(L, -2, name);
   };
-  setClosure(-1, "connect", sockConnect);
+  setClosure("connect", sockConnect);
   setFn(L, "send", sockSend);
   setFn(L, "receive", sockReceive);
   setFn(L, "receiveany", sockReceiveAny);
   setFn(L, "receiveuntil", sockReceiveUntil);
   setFn(L, "settimeout", sockSetTimeout);
   setFn(L, "settimeouts", sockSetTimeouts);
-  setClosure(-1, "close", sockClose);
-  setClosure(-1, "setkeepalive", sockSetKeepalive);
+  setClosure("close", sockClose);
+  setClosure("setkeepalive", sockSetKeepalive);
   setFn(L, "getreusedtimes", sockGetReusedTimes);
   setFn(L, "setoption", sockSetOption);
   setFn(L, "sslhandshake", sockSslHandshake);
@@ -1096,8 +1097,8 @@ void openNgxSocket(lua_State* L) {
   lua_setfield(L, -2, "__index");
   // Stack: [ngx, live, idle]
   lua_createtable(L, 0, 3);
-  setClosure(-1, "tcp", socketTcp);
-  setClosure(-1, "connect", socketConnect);
+  setClosure("tcp", socketTcp);
+  setClosure("connect", socketConnect);
   openNgxSocketUdp(L);
   lua_setfield(L, -4, "socket");
   lua_pop(L, 2);
