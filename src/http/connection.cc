@@ -725,11 +725,9 @@ void Connection::updateTimer() {
 
 void Connection::armTimer() {
   if (tls_pump_) return;  // armed to fire now (scheduleTlsPump); handleTimer re-arms after
-  if (deadline_ms_ == 0) {
-    if (timer_fires_at_) uv_timer_stop(&timer_);
-    timer_fires_at_ = 0;
-    return;
-  }
+  // No deadline (a handler runs): an armed timer stays, and fires to no
+  // effect unless a deadline has come back by then.
+  if (deadline_ms_ == 0) return;
   if (timer_fires_at_ != 0 && timer_fires_at_ <= deadline_ms_) return;
   uint64_t now = uv_now(server_->loop());
   timer_fires_at_ = deadline_ms_ > now ? deadline_ms_ : now;

@@ -109,6 +109,45 @@ TEST(LuaSocketTest, ReadTimeoutOnAStalledPeerAndTheConfDefault) {
   EXPECT_EQ(gw.stop(), 0);
 }
 
+// A connection's timer is restarted only when it would fire too late
+// (armTimer): a wait after a shorter one that ended early is not cut short
+// by the timer left running, one after a longer one still times out at its
+// own deadline, and the idle timeout in the pool still closes the
+// connection after both.
+TEST(LuaSocketTest, EachWaitTimesOutAtItsOwnDeadline) {
+  std::atomic<bool> peer_saw_close{false};
+  ScriptedPeer peer([&](int fd) {
+    writeAll(fd, "a\n");
+    std::this_thread::sleep_for(Ms(300));  // past the first wait's 100 ms
+    writeAll(fd, "b\n");
+    std::this_thread::sleep_for(Ms(100));
+    writeAll(fd, "c\n");
+    char ch;
+    while (::read(fd, &ch, 1) > 0) {
+    }
+    peer_saw_close = true;
+  });
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, R"(
+    local sock = ngx.socket.tcp()
+    assert(sock:connect("127.0.0.1", )" + std::to_string(peer.port()) + R"())
+    sock:settimeout(100)
+    ngx.say(sock:receive())
+    sock:settimeout(3000)
+    ngx.say(sock:receive())
+    ngx.say(sock:receive())
+    sock:settimeout(100)
+    local t0 = ngx.now()
+    ngx.say(sock:receive())
+    ngx.say(ngx.now() - t0 < 1)
+    ngx.say(sock:setkeepalive(100))
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "a\nb\nc\nniltimeout\ntrue\n1\n");
+  EXPECT_TRUE(waitFor([&] { return peer_saw_close.load(); }));
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLinesBut({"read timed out"}).empty()) << gw.errorLog();
+}
+
 // How a read ends follows the peer: closed before the count (the partial
 // data), reset (the socket is closed after), "*a" until a close.
 TEST(LuaSocketTest, ReadsEndAsThePeerDoes) {

@@ -37,10 +37,12 @@ const char kTcpMeta[] = "tidegate.socket.tcp";
 
 class SockWait;
 
-// One connection: its stream, a timer (a waiting call's timeout, or the
-// idle timeout in the pool) and the bytes read but not yet returned.
-// Freed only by closeConn(), once both handles are closed.
+// One connection: its stream, a timer (a waiting call's timeout, a queued
+// connect's next try, or the idle timeout in the pool: see armTimer) and
+// the bytes read but not yet returned. Freed only by closeConn(), once
+// both handles are closed.
 struct Conn {
+  enum class Due : uint8_t { kNone, kWait, kNudge, kIdle };
   union {
     uv_handle_t handle;
     uv_stream_t stream;
@@ -62,7 +64,29 @@ struct Conn {
   int read_end = 0;      // UV_EOF or an error that came while no call waited
   int open_handles = 2;
   bool closing = false;
+  Due due = Due::kNone;  // what the timer does at `deadline`
+  uint64_t deadline = 0;  // loop time, ms
+  uint64_t fires_at = 0;  // when the libuv timer fires, while active
 };
+
+void onConnTimer(uv_timer_t* t) noexcept;
+
+// Sets what the connection's timer does, `ms` from now. The libuv timer is
+// restarted only when it would fire too late: one that fires early (the
+// wait it was started for ended, and a later deadline replaced it) starts
+// again for the deadline then. So a keepalive connection's requests, each
+// a wait with a read timeout and an idle period in the pool, cost about one
+// timer change per timeout period instead of four per request.
+void armTimer(Conn* c, Conn::Due due, uint64_t ms) {
+  c->due = due;
+  c->deadline = uv_now(c->timer.loop) + ms;
+  if (uv_is_active(reinterpret_cast<uv_handle_t*>(&c->timer)) && c->fires_at <= c->deadline) return;
+  c->fires_at = c->deadline;
+  uv_timer_start(&c->timer, onConnTimer, ms, 0);
+}
+
+// Nothing is due any more; the timer may still fire, to no effect.
+void disarmTimer(Conn* c) { c->due = Conn::Due::kNone; }
 
 Conn* newConn(uv_loop_t* loop, bool pipe) {
   auto* c = new Conn;
@@ -211,11 +235,6 @@ void idleRead(Conn* c, ssize_t nread, const uv_buf_t* buf) {
   closeConn(c);
 }
 
-void onIdleTimeout(uv_timer_t* t) noexcept {
-  auto* c = static_cast<Conn*>(t->data);
-  dropFromPool(c);
-  closeConn(c);
-}
 
 void setRef(Conn* c, bool ref) {
   for (auto* h : {&c->h.handle, reinterpret_cast<uv_handle_t*>(&c->timer)}) {
@@ -232,7 +251,7 @@ Conn* takeFromPool(const std::string& key) {
   it->second.idle.pop_back();
   forgetIfUnused(it);
   c->pooled = false;
-  uv_timer_stop(&c->timer);
+  disarmTimer(c);
   setRef(c, true);
   c->reused++;
   return c;
@@ -330,7 +349,7 @@ class SockWait : public Wait {
     uint64_t ms = kind == Kind::kConnect || kind == Kind::kHandshake ? sock->connect_ms
                   : kind == Kind::kSend                              ? sock->send_ms
                                                                      : sock->read_ms;
-    uv_timer_start(&conn_->timer, onTimeout, ms, 0);
+    armTimer(conn_, Conn::Due::kWait, ms);
   }
   // A wait cancelled before its event leaves the connection in an unknown
   // state: it is closed.
@@ -373,7 +392,7 @@ class SockWait : public Wait {
   void nudge() {
     queued_ = false;
     nudged_ = true;
-    uv_timer_start(&conn_->timer, onNudge, 0, 0);
+    armTimer(conn_, Conn::Due::kNudge, 0);
   }
   void setHandshake(std::string server_name, bool verify, bool want_session) {
     server_name_ = std::move(server_name);
@@ -386,6 +405,8 @@ class SockWait : public Wait {
   void written(int status);
   void read(ssize_t nread, const uv_buf_t* buf);
   void timedOut();
+  // A queued connect's turn (see nudge).
+  void acquire();
   void handshakeStep(int status);
   // Whether this call consumes what the socket reads.
   bool reads() const { return kind_ == Kind::kRead || kind_ == Kind::kHandshake; }
@@ -399,7 +420,7 @@ class SockWait : public Wait {
     Conn* c = conn_;
     conn_ = nullptr;
     c->waiter = nullptr;
-    uv_timer_stop(&c->timer);
+    disarmTimer(c);
     if (close) {
       sock_->conn = nullptr;
       closeConn(c);
@@ -408,15 +429,6 @@ class SockWait : public Wait {
   }
   int fail(const char* err) { return pushSocketFailure(co(), err); }
 
-  static void onTimeout(uv_timer_t* t) noexcept {
-    auto* c = static_cast<Conn*>(t->data);
-    if (c->waiter) c->waiter->timedOut();
-  }
-  static void onNudge(uv_timer_t* t) noexcept {
-    auto* c = static_cast<Conn*>(t->data);
-    if (c->waiter) c->waiter->acquire();
-  }
-  void acquire();
   void leaveQueue() {
     if (!queued_) return;
     queued_ = false;
@@ -447,6 +459,26 @@ class SockWait : public Wait {
   bool unix_path_ = false;
   uint64_t deadline_ = 0;
 };
+
+void onConnTimer(uv_timer_t* t) noexcept {
+  auto* c = static_cast<Conn*>(t->data);
+  if (c->due == Conn::Due::kNone) return;
+  uint64_t now = uv_now(t->loop);
+  if (now < c->deadline) {
+    c->fires_at = c->deadline;
+    uv_timer_start(t, onConnTimer, c->deadline - now, 0);
+    return;
+  }
+  Conn::Due due = c->due;
+  c->due = Conn::Due::kNone;
+  if (due == Conn::Due::kIdle) {
+    dropFromPool(c);
+    closeConn(c);
+  } else if (c->waiter) {
+    if (due == Conn::Due::kWait) c->waiter->timedOut();
+    else c->waiter->acquire();
+  }
+}
 
 void nudgeWaiting(Pool& p) {
   if (p.waiting.empty()) return;
@@ -680,13 +712,13 @@ void SockWait::acquire() {
   if (p.open >= p.size) {
     p.waiting.push_front(this);
     queued_ = true;
-    uv_timer_start(&conn_->timer, onTimeout, deadline_ > now ? deadline_ - now : 0, 0);
+    armTimer(conn_, Conn::Due::kWait, deadline_ > now ? deadline_ - now : 0);
     return;
   }
   p.open++;
   conn_->counted = true;
   conn_->pool_key = pool_key_;
-  uv_timer_start(&conn_->timer, onTimeout, sock_->connect_ms, 0);
+  armTimer(conn_, Conn::Due::kWait, sock_->connect_ms);
   if (int err = startConnect(this, conn_, host_.c_str(), port_, unix_path_)) finish(fail(uv_strerror(err)), true);
 }
 
@@ -944,7 +976,7 @@ int sockSetKeepalive(lua_State* L) {
   c->pool_key = sock->pool_key;
   c->pooled = true;
   q.push_back(c);
-  if (timeout > 0) uv_timer_start(&c->timer, onIdleTimeout, timeout, 0);
+  if (timeout > 0) armTimer(c, Conn::Due::kIdle, timeout);
   setRef(c, false);  // an idle connection does not keep the worker running
   sock->conn = nullptr;
   nudgeWaiting(pool);  // a connect waiting for this pool takes it
