@@ -235,6 +235,40 @@ TEST(LuaSocketTest, ClientLeavingWhileACosocketWaitsClosesTheUpstreamConnection)
   )");
 }
 
+// A socket that only its waiting call holds (no Lua variable does) lives
+// through full collections until the call returns: the wait keeps it.
+TEST(LuaSocketTest, ASocketOnlyItsWaitingCallHoldsSurvivesCollections) {
+  ScriptedPeer peer([](int fd) {
+    readLine(fd);
+    std::this_thread::sleep_for(Ms(200));  // while the collections run
+    writeAll(fd, "late\n");
+    char ch;
+    while (::read(fd, &ch, 1) > 0) {
+    }
+  });
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, R"(
+    local port = )" + std::to_string(peer.port()) + R"(
+    local collector = ngx.thread.spawn(function()
+        for _ = 1, 5 do
+            collectgarbage()
+            collectgarbage()
+            ngx.sleep(0.02)
+        end
+    end)
+    local function read()
+        local s = assert(ngx.socket.connect("127.0.0.1", port))
+        s:send("go\n")
+        return s:receive()  -- a tail call: only receive's own frame holds s
+    end
+    ngx.say(read())
+    ngx.thread.wait(collector)
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "late\n");
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
 // A socket the handler leaves open is closed when its request ends.
 TEST(LuaSocketTest, TheEndOfTheRequestClosesItsSockets) {
   std::atomic<int> peer_saw_close{0};

@@ -335,14 +335,13 @@ void closeTaskSockets(uint64_t task_id) {
 
 using Resolve = HostLookup<SockWait>;
 
-// One coroutine waiting in connect, send or receive. It anchors the socket
-// userdata (a registry reference) so the GC cannot free it meanwhile.
+// One coroutine waiting in connect, send or receive. The socket userdata
+// stays on the coroutine's stack while it waits (yieldWithSocket), so the GC
+// cannot free it meanwhile, and is there for connected() to return.
 class SockWait : public Wait {
  public:
   enum class Kind { kConnect, kSend, kRead, kHandshake };
   SockWait(LuaTask* task, Co* co, Socket* sock, Kind kind) : task_(task), co_(co), sock_(sock), conn_(sock->conn), kind_(kind) {
-    lua_pushvalue(co->L, 1);  // the socket
-    ref_ = luaL_ref(co->L, LUA_REGISTRYINDEX);
     sock->busy = true;
     conn_->waiter = this;
     // The handshake uses the connect timeout, as lua-nginx-module does.
@@ -370,7 +369,6 @@ class SockWait : public Wait {
       closeConn(conn_);
     }
     sock_->busy = false;
-    luaL_unref(task_->vm().state(), LUA_REGISTRYINDEX, ref_);
   }
 
   void setRead(const ReadSpec& r) { read_ = r; }
@@ -443,7 +441,6 @@ class SockWait : public Wait {
   Socket* sock_;
   Conn* conn_;
   Kind kind_;
-  int ref_ = LUA_NOREF;
   Resolve* resolve_ = nullptr;
   ReadSpec read_;
   bool return_socket_ = false;
@@ -575,7 +572,7 @@ void SockWait::connected(int status) {
     finish(fail(uv_strerror(status)), true);
     return;
   }
-  if (return_socket_) lua_rawgeti(co(), LUA_REGISTRYINDEX, ref_);
+  if (return_socket_) lua_pushvalue(co(), 1);  // left there by yieldWithSocket
   else lua_pushinteger(co(), 1);
   finish(1, false);
 }
@@ -638,6 +635,16 @@ void SockWait::handshakeStep(int status) {
 }
 
 // --- Lua methods ---
+
+// Yields from a method whose SockWait was just suspended, leaving the
+// socket (index 1) as the one value on the coroutine's stack: it is kept
+// from the GC while the coroutine waits, costs no registry reference, and
+// stays at index 1 below the results the event pushes (lua_resume returns
+// only those).
+int yieldWithSocket(lua_State* L) {
+  lua_pushvalue(L, 1);
+  return lua_yield(L, 1);
+}
 
 // The socket at index 1, only for the task that made it (OpenResty's "bad
 // request" for an object kept from an ended request).
@@ -814,7 +821,7 @@ int doConnect(lua_State* L, bool return_socket) {
     }
   }
   task->suspend(std::move(wait));
-  return lua_yield(L, 0);
+  return yieldWithSocket(L);
 }
 
 // ngx.socket.connect(host, port [, opts]) -> sock | nil, err
@@ -862,7 +869,7 @@ int sockSend(lua_State* L) {
   auto wait = std::make_unique<SockWait>(task, task->running(), sock, SockWait::Kind::kSend);
   wait->setSent(sent);
   task->suspend(std::move(wait));
-  return lua_yield(L, 0);
+  return yieldWithSocket(L);
 }
 
 // Answers from the buffer, or waits for bytes. Stack: results.
@@ -882,7 +889,7 @@ int startReceive(lua_State* L, Socket* sock, const ReadSpec& r) {
   auto wait = std::make_unique<SockWait>(task, task->running(), sock, SockWait::Kind::kRead);
   wait->setRead(r);
   task->suspend(std::move(wait));
-  return lua_yield(L, 0);
+  return yieldWithSocket(L);
 }
 
 // sock:receive(pattern?) -> data | nil, err, partial. pattern: "*l"
@@ -1009,7 +1016,7 @@ int startHandshake(lua_State* L, LuaTask* task, Socket* sock, const char* name, 
   auto wait = std::make_unique<SockWait>(task, task->running(), sock, SockWait::Kind::kHandshake);
   wait->setHandshake(name, verify, want_session);
   task->suspend(std::move(wait));
-  return lua_yield(L, 0);
+  return yieldWithSocket(L);
 }
 
 // sock:sslhandshake(reused_session?, server_name?, ssl_verify?, send_status_req?)
