@@ -636,16 +636,6 @@ void SockWait::handshakeStep(int status) {
 
 // --- Lua methods ---
 
-// Yields from a method whose SockWait was just suspended, leaving the
-// socket (index 1) as the one value on the coroutine's stack: it is kept
-// from the GC while the coroutine waits, costs no registry reference, and
-// stays at index 1 below the results the event pushes (lua_resume returns
-// only those).
-int yieldWithSocket(lua_State* L) {
-  lua_pushvalue(L, 1);
-  return lua_yield(L, 1);
-}
-
 // The socket at index 1, only for the task that made it (OpenResty's "bad
 // request" for an object kept from an ended request).
 Socket* checkSocket(lua_State* L) { return checkTaskSocket<Socket>(L, kTcpMeta); }

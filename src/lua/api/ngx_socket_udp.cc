@@ -98,14 +98,12 @@ void closeTaskUdpSockets(uint64_t task_id) {
 
 using Lookup = HostLookup<UdpWait>;
 
-// One coroutine waiting in receive or in setpeername's lookup. It anchors
-// the socket userdata (a registry reference) so the GC cannot free it
-// meanwhile; its timer is the socket's timeout.
+// One coroutine waiting in receive or in setpeername's lookup. The socket
+// userdata stays on the coroutine's stack meanwhile (yieldWithSocket), so
+// the GC cannot free it; its timer is the socket's timeout.
 class UdpWait : public Wait {
  public:
   UdpWait(LuaTask* task, Co* co, UdpSocket* sock) : task_(task), co_(co), sock_(sock), ep_(sock->ep) {
-    lua_pushvalue(co->L, 1);  // the socket
-    ref_ = luaL_ref(co->L, LUA_REGISTRYINDEX);
     sock->busy = true;
     ep_->waiter = this;
     uv_timer_start(&ep_->timer, onTimeout, sock->read_ms, 0);
@@ -120,7 +118,6 @@ class UdpWait : public Wait {
       closeEndpoint(ep_);
     }
     sock_->busy = false;
-    luaL_unref(task_->vm().state(), LUA_REGISTRYINDEX, ref_);
   }
 
   void setReceive(size_t size) {
@@ -161,7 +158,6 @@ class UdpWait : public Wait {
   Co* co_;
   UdpSocket* sock_;
   Endpoint* ep_;
-  int ref_ = LUA_NOREF;
   Lookup* lookup_ = nullptr;
   bool receiving_ = false;
   size_t size_ = kMaxDatagram;
@@ -302,7 +298,7 @@ int startLookup(lua_State* L, LuaTask* task, UdpSocket* sock, const char* host, 
   lookup->waiter = wait.get();
   wait->setLookup(lookup);
   task->suspend(std::move(wait));
-  return lua_yield(L, 0);
+  return yieldWithSocket(L);
 }
 
 // sock:setpeername(host, port) / sock:setpeername("unix:/path") -> 1 | nil, err.
@@ -384,7 +380,7 @@ int udpReceive(lua_State* L) {
   auto wait = std::make_unique<UdpWait>(task, task->running(), sock);
   wait->setReceive(size);
   task->suspend(std::move(wait));
-  return lua_yield(L, 0);
+  return yieldWithSocket(L);
 }
 
 // sock:settimeout(ms): the timeout of receive (and of a host name lookup).

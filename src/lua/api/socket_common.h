@@ -37,6 +37,16 @@ S* checkTaskSocket(lua_State* L, const char* meta) {
   return sock;
 }
 
+// Yields from a method whose wait was just suspended, leaving the socket
+// (index 1) as the one value on the coroutine's stack: it is kept from the
+// GC while the coroutine waits, costs no registry reference, and stays at
+// index 1 below the results the event pushes (lua_resume returns only
+// those).
+inline int yieldWithSocket(lua_State* L) {
+  lua_pushvalue(L, 1);
+  return lua_yield(L, 1);
+}
+
 // Closes `handles`, which `owner` holds (their data points to it), once
 // (`owner->closing` guards a second call). `owner` is deleted in the close
 // callback that brings `owner->open_handles` to 0: libuv handles are freed
