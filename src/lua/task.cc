@@ -18,7 +18,7 @@ LuaTask::~LuaTask() {
   sweep();
   if (ctx_ref_ != LUA_NOREF) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, ctx_ref_);
   if (env_ref_ != LUA_NOREF) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, env_ref_);
-  for (EndHook hook : end_hooks_) hook(id_);
+  for (EndHook hook : end_hooks_) hook(*this);
 }
 
 namespace {

@@ -78,10 +78,10 @@ class LuaTask {
   // Unique in this process: an object handed to Lua remembers the id of
   // the task that made it, so a later task cannot use it by mistake.
   uint64_t id() const { return id_; }
-  // Called with a task's id when it is destroyed, after its coroutines
-  // ended (ngx.socket.tcp and ngx.socket.udp close the sockets the task
-  // left open). Adding a hook twice (a second VM) keeps one.
-  using EndHook = void (*)(uint64_t task_id);
+  // Called with a task when it is destroyed, after its coroutines ended
+  // (ngx.socket.tcp and ngx.socket.udp close the sockets the task left
+  // open). Adding a hook twice (a second VM) keeps one.
+  using EndHook = void (*)(LuaTask& task);
   static void addEndHook(EndHook hook) {
     if (std::find(end_hooks_.begin(), end_hooks_.end(), hook) == end_hooks_.end()) end_hooks_.push_back(hook);
   }
@@ -97,6 +97,9 @@ class LuaTask {
   // Stack: [] -> [env].
   void pushEnv(lua_State* L);
   // Whether pushEnv() has made that table (here or in the inherited task).
+  // The head of ngx.socket.tcp's list of this task's live sockets
+  // (api/ngx_socket.cc links them; its end hook closes what is left).
+  void*& liveCosockets() { return live_cosockets_; }
   bool hasEnv() const { return inherited_ ? inherited_->hasEnv() : env_ref_ != LUA_NOREF; }
   // A new table of globals as pushEnv() makes them. Stack: [] -> [env].
   static void pushNewEnv(lua_State* L);
@@ -210,6 +213,7 @@ class LuaTask {
   int ctx_ref_ = LUA_NOREF;
   int env_ref_ = LUA_NOREF;
   LuaTask* inherited_ = nullptr;
+  void* live_cosockets_ = nullptr;
   ResumeGuard* guard_ = nullptr;
 };
 

@@ -282,6 +282,46 @@ TEST(LuaSocketTest, TheEndOfTheRequestClosesItsSockets) {
   EXPECT_EQ(gw.stop(), 0);
 }
 
+// A request's live sockets leave its list in any order (closed, parked)
+// and the end of the request closes exactly the ones still open.
+TEST(LuaSocketTest, TheEndOfTheRequestClosesOnlyTheSocketsStillOpen) {
+  std::atomic<int> peer_saw_close{0};
+  ScriptedPeer peer(readUntilClose(&peer_saw_close));
+  Gateway gw;
+  ASSERT_TRUE(startWith(gw, R"(
+    local port = )" + std::to_string(peer.port()) + R"(
+    if ngx.var.arg_again then
+        local a, b = ngx.socket.tcp(), ngx.socket.tcp()
+        assert(a:connect("127.0.0.1", port))
+        assert(b:connect("127.0.0.1", port))
+        ngx.say(a:getreusedtimes(), b:getreusedtimes())
+        assert(a:setkeepalive(10000, 8))
+        assert(b:setkeepalive(10000, 8))
+        return
+    end
+    local socks = {}
+    for i = 1, 5 do
+        socks[i] = ngx.socket.tcp()
+        assert(socks[i]:connect("127.0.0.1", port))
+    end
+    -- The list is 5 4 3 2 1: 3 from its middle, then 2 (next to where 3
+    -- was) and 5 (the head).
+    assert(socks[3]:close())
+    assert(socks[2]:setkeepalive(10000, 8))
+    assert(socks[5]:setkeepalive(10000, 8))
+    ngx.say("open: 1, 4")
+  )"));
+  EXPECT_EQ(httpGet(gw.port(), "/t").body, "open: 1, 4\n");
+  EXPECT_TRUE(waitFor([&] { return peer_saw_close.load() >= 3; }));  // 3 closed, 1 and 4 at the end
+  // The parked ones, still open, serve the next request.
+  EXPECT_EQ(httpGet(gw.port(), "/t?again=1").body, "11\n");
+  EXPECT_EQ(peer_saw_close.load(), 3);
+  EXPECT_EQ(peer.accepted(), 5);
+  // The two parked connections stay open in the pool until the stop.
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(waitFor([&] { return peer_saw_close.load() == 5; }));
+}
+
 // A socket parked with setkeepalive and connected again (it takes its own
 // connection back from the pool) is the request's again: left open, it is
 // closed when the request ends.

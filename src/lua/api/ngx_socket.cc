@@ -260,7 +260,7 @@ Conn* takeFromPool(const std::string& key) {
 // The Lua object (a userdata). `conn` is null when not connected.
 //
 // A socket is "live" from connect until close or setkeepalive: it is in
-// liveSockets() and its metatable has a __gc (sockGc), so a connection is
+// its task's list (linkLive) and its metatable has a __gc (sockGc), so a connection is
 // closed when its task ends or its socket is collected. Otherwise its
 // metatable is the same but for __gc, and its strings hold no memory: most
 // sockets (connect, use, setkeepalive) then need no finalizer, which LuaJIT
@@ -273,28 +273,38 @@ struct Socket {
   uint64_t connect_ms = 60000, send_ms = 60000, read_ms = 60000;
   bool busy = false;  // a call waits on it (another light thread's)
   bool live = false;
+  // Its place in its task's list of live sockets (LuaTask::liveCosockets);
+  // `list_task` is null when in none.
+  LuaTask* list_task = nullptr;
+  Socket* prev_live = nullptr;
+  Socket* next_live = nullptr;
   std::string pool_key;
   std::string peer;  // host:port or the unix path when a pool name was given
   // host:port or the unix path, for the error log.
   const std::string& peerText() const { return peer.empty() ? pool_key : peer; }
 };
 
-// Every live socket by the id of its task: a task that ends closes the
+// Every live socket is in its task's list: a task that ends closes the
 // connections of its sockets (OpenResty's request cleanup); the socket
-// objects stay, and any later use raises "bad request".
-std::unordered_multimap<uint64_t, Socket*>& liveSockets() {
-  static std::unordered_multimap<uint64_t, Socket*> m;
-  return m;
+// objects stay, and any later use raises "bad request". A doubly linked
+// list through the sockets themselves: linking and unlinking allocate
+// nothing and look nothing up.
+void linkLive(LuaTask* task, Socket* sock) {
+  auto* head = static_cast<Socket*>(task->liveCosockets());
+  sock->list_task = task;
+  sock->prev_live = nullptr;
+  sock->next_live = head;
+  if (head) head->prev_live = sock;
+  task->liveCosockets() = sock;
 }
 
 void forgetSocket(Socket* sock) {
-  auto [b, e] = liveSockets().equal_range(sock->task_id);
-  for (auto it = b; it != e; ++it) {
-    if (it->second == sock) {
-      liveSockets().erase(it);
-      return;
-    }
-  }
+  if (!sock->list_task) return;
+  if (sock->prev_live) sock->prev_live->next_live = sock->next_live;
+  else sock->list_task->liveCosockets() = sock->next_live;
+  if (sock->next_live) sock->next_live->prev_live = sock->prev_live;
+  sock->list_task = nullptr;
+  sock->prev_live = sock->next_live = nullptr;
 }
 
 // The metatables of a socket (openNgxSocket): upvalues 1 and 2 of
@@ -302,10 +312,10 @@ void forgetSocket(Socket* sock) {
 constexpr int kLiveMeta = lua_upvalueindex(1);
 constexpr int kIdleMeta = lua_upvalueindex(2);
 
-// The socket at index 1 becomes live (see Socket).
-void makeLive(lua_State* L, Socket* sock) {
+// The socket at index 1, of the running `task`, becomes live (see Socket).
+void makeLive(lua_State* L, LuaTask* task, Socket* sock) {
   if (sock->live) return;
-  liveSockets().emplace(sock->task_id, sock);
+  linkLive(task, sock);
   sock->live = true;
   lua_pushvalue(L, kLiveMeta);
   lua_setmetatable(L, 1);
@@ -323,13 +333,17 @@ void makeIdle(lua_State* L, Socket* sock) {
 }
 
 // LuaTask's end hook. The task's waits are gone, so no socket is busy.
-void closeTaskSockets(uint64_t task_id) {
-  auto [b, e] = liveSockets().equal_range(task_id);
-  for (auto it = b; it != e; ++it) {
-    if (it->second->conn) closeConn(it->second->conn);
-    it->second->conn = nullptr;
+void closeTaskSockets(LuaTask& task) {
+  auto* sock = static_cast<Socket*>(task.liveCosockets());
+  while (sock) {
+    Socket* next = sock->next_live;
+    if (sock->conn) closeConn(sock->conn);
+    sock->conn = nullptr;
+    sock->list_task = nullptr;
+    sock->prev_live = sock->next_live = nullptr;
+    sock = next;
   }
-  liveSockets().erase(task_id);
+  task.liveCosockets() = nullptr;
 }
 
 
@@ -772,7 +786,7 @@ int doConnect(lua_State* L, bool return_socket) {
     closeConn(sock->conn);
     sock->conn = nullptr;
   }
-  makeLive(L, sock);
+  makeLive(L, task, sock);
   if (Conn* c = takeFromPool(sock->pool_key)) {
     sock->conn = c;
     if (return_socket) lua_pushvalue(L, 1);

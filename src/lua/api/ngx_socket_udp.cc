@@ -89,8 +89,8 @@ void closeEndpointOf(UdpSocket* sock) {
 }
 
 // LuaTask's end hook. The task's waits are gone, so no socket is busy.
-void closeTaskUdpSockets(uint64_t task_id) {
-  auto it = socketsByTask().find(task_id);
+void closeTaskUdpSockets(LuaTask& task) {
+  auto it = socketsByTask().find(task.id());
   if (it == socketsByTask().end()) return;
   for (UdpSocket* sock : it->second) closeEndpointOf(sock);
   socketsByTask().erase(it);
