@@ -193,9 +193,11 @@ void HttpServer::releaseLog(ContentTask* task) {
 void HttpServer::onReap(uv_check_t* c) noexcept {
   auto* self = static_cast<HttpServer*>(c->data);
   uv_check_stop(c);
-  // Destructors may close handles (timers): fine here, outside any callback of theirs.
-  auto dead = std::move(self->graveyard_);
-  self->graveyard_.clear();
+  // Destructors may close handles (timers): fine here, outside any callback
+  // of theirs. They may retire more tasks, into graveyard_ (the reaper runs
+  // again); the two vectors keep their storage from turn to turn.
+  self->reaping_.swap(self->graveyard_);
+  self->reaping_.clear();
 }
 
 void HttpServer::onListenerClosed(uv_handle_t* h) noexcept {

@@ -120,6 +120,7 @@ class HttpServer : private tls::CertificateScript {
   uv_check_t reaper_;  // runs after I/O callbacks, when no task is on the stack
   bool reaper_open_ = false;
   std::vector<std::unique_ptr<ContentTask>> graveyard_;
+  std::vector<std::unique_ptr<ContentTask>> reaping_;  // onReap's, emptied each time
   std::vector<std::unique_ptr<ContentTask>> logs_;
   bool retry_timer_open_ = false;
   bool paused_ = false;

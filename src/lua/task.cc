@@ -19,6 +19,8 @@ LuaTask::~LuaTask() {
   if (ctx_ref_ != LUA_NOREF) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, ctx_ref_);
   if (env_ref_ != LUA_NOREF) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, env_ref_);
   for (EndHook hook : end_hooks_) hook(*this);
+  cos_.clear();
+  if (cos_.capacity() > spareCos().capacity()) cos_.swap(spareCos());
 }
 
 namespace {

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/recycled.h"
 #include "lua/vm.h"
 
 namespace tidegate::lua {
@@ -31,7 +32,7 @@ class Wait {
 };
 
 // One coroutine of a task.
-struct Co {
+struct Co : core::Recycled<Co> {
   enum class Kind { kEntry, kUser, kThread };
   // kWaiting: suspended on an API event; kNormal: it resumed another
   // coroutine (or spawned a thread) that is running or waiting;
@@ -65,7 +66,7 @@ class ResumeGuard {
 
 class LuaTask {
  public:
-  LuaTask(Vm& vm, uv_loop_t* loop) : vm_(vm), loop_(loop) {}
+  LuaTask(Vm& vm, uv_loop_t* loop) : vm_(vm), loop_(loop) { cos_.swap(spareCos()); }
   virtual ~LuaTask();
   LuaTask(const LuaTask&) = delete;
   LuaTask& operator=(const LuaTask&) = delete;
@@ -192,6 +193,13 @@ class LuaTask {
   void release(Co* co);
   void markKilled(lua_State* co);
   void sweep();
+
+  // An empty vector with the storage of an ended task's cos_, which the
+  // next task takes: a task per request then allocates none for it.
+  static std::vector<std::unique_ptr<Co>>& spareCos() {
+    thread_local std::vector<std::unique_ptr<Co>> v;
+    return v;
+  }
 
   static inline uint64_t last_id_ = 0;
   static inline std::vector<EndHook> end_hooks_;

@@ -20,7 +20,7 @@
 namespace tidegate::lua {
 
 // The per-request state the ngx API reaches through Vm::current().
-class RequestContext : public LuaTask, public http::ContentTask {
+class RequestContext : public LuaTask, public http::ContentTask, public core::Recycled<RequestContext> {
  public:
   RequestContext(Vm& vm, uv_loop_t* loop, http::Request& r, const http::LuaPhases& phases,
                  http::ContentSink& sink);
