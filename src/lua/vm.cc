@@ -154,8 +154,8 @@ Vm* Vm::from(lua_State* L) {
   return vm;
 }
 
-std::string wrapHandler(std::string_view code) {
-  std::string out = "return function(...) ";
+std::string wrapHandler(std::string_view code, bool vararg) {
+  std::string out = vararg ? "return function(...) " : "return function() ";
   if (!code.empty() && code[0] == '#') {
     size_t eol = code.find('\n');
     code = eol == std::string_view::npos ? std::string_view() : code.substr(eol);
@@ -204,8 +204,15 @@ bool Vm::load(const conf::LuaCode& code, bool wrap, std::string* err) {
   } else {
     std::string body;
     if (code.kind == conf::LuaCode::Kind::kFile && !readFile(code.source, &body, err)) return false;
-    std::string text = wrapHandler(code.kind == conf::LuaCode::Kind::kFile ? body : code.source);
+    std::string_view source = code.kind == conf::LuaCode::Kind::kFile ? body : code.source;
+    // Without "..." first: that fails only for code that uses it.
+    std::string text = wrapHandler(source, false);
     rc = luaL_loadbuffer(L_, text.data(), text.size(), code.chunkname.c_str());
+    if (rc != 0) {
+      lua_pop(L_, 1);
+      text = wrapHandler(source, true);
+      rc = luaL_loadbuffer(L_, text.data(), text.size(), code.chunkname.c_str());
+    }
   }
   if (rc != 0) {
     *err = lua_tostring(L_, -1) ? lua_tostring(L_, -1) : "failed to load Lua code";

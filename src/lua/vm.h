@@ -153,8 +153,10 @@ class Vm {
 // The code as the body of a function, so that a request can get a closure
 // of its own (with its own globals; Vm::push). The wrapper shares the first line, so
 // line numbers do not move. A file's "#!" line is blanked, as luaL_loadfile
-// skips it.
-std::string wrapHandler(std::string_view code);
+// skips it. `vararg`: the function takes "..." (as a chunk does); LuaJIT
+// starts no trace in such a function, so request handlers, which get no
+// arguments, are wrapped without it unless their code names "...".
+std::string wrapHandler(std::string_view code, bool vararg = true);
 
 // Registers the `ngx` table (src/lua/api/*.cc). Stack: unchanged.
 void openNgx(lua_State* L);
