@@ -36,6 +36,9 @@ int tg_ctx_ref(void* r);
 /* ngx.say / ngx.print of one string (newline: ngx.say): 0 done, < 0: slow
  * path (a phase without output, after ngx.eof). */
 int tg_output(void* r, const char* data, size_t len, int newline);
+/* ngx.say / ngx.print of one number that is an integer of up to 14 digits
+ * (-0 prints as 0); < 0: slow path (any other number, or as tg_output). */
+int tg_output_integer(void* r, double n, int newline);
 /* ngx.req.get_headers: one header. */
 typedef struct {
   const char* name;

@@ -91,11 +91,24 @@ local function output_one(s, newline)
   end
   return false
 end
+local function output_integer(n, newline)
+  local r = C.tg_get_request()
+  if r ~= nil and C.tg_output_integer(r, n, newline) == 0 then
+    return true
+  end
+  return false
+end
 local function fast_output(c_fn, newline)
   return function(...)
     local s = ...
-    if type(s) == "string" and select("#", ...) == 1 and output_one(s, newline) then
-      return 1
+    if select("#", ...) == 1 then
+      local t = type(s)
+      if t == "string" and output_one(s, newline) then
+        return 1
+      end
+      if t == "number" and output_integer(s, newline) then
+        return 1
+      end
     end
     return c_fn(...)
   end

@@ -27,6 +27,10 @@ LuaTask* requireYieldable(lua_State* L, bool cosocket = false);
 // Appends the ngx.say/ngx.print argument at `idx` to *out (api/ngx_request.cc);
 // raises OpenResty's error naming `fname` for a value it cannot print.
 void appendValue(lua_State* L, int idx, std::string* out, const char* fname);
+// Appends an integer of up to 14 digits, which LuaJIT's "%.14g" prints as
+// plain digits, without the string lua_tolstring would intern (-0 prints as
+// 0, as in OpenResty); false, with nothing appended, for any other number.
+bool appendInteger(double n, std::string* out);
 
 // After ngx.say/ngx.print appended to the body: large output is streamed.
 void outputAppended(RequestContext* ctx);

@@ -76,6 +76,16 @@ int tg_output(void* r, const char* data, size_t len, int newline) {
   return 0;
 }
 
+int tg_output_integer(void* r, double n, int newline) {
+  RequestContext* ctx = ffiRequest(r);
+  if (!ctx || !tidegate::lua::outputAllowed(ctx)) return -1;
+  std::string& body = ctx->result().body;
+  if (!tidegate::lua::appendInteger(n, &body)) return -1;
+  if (newline) body.push_back('\n');
+  tidegate::lua::outputAppended(ctx);
+  return 0;
+}
+
 int tg_req_headers(void* r, tg_header_t* out, int n, int raw) {
   RequestContext* ctx = ffiRequest(r);
   if (!ctx || !ctx->req().head) return -1;

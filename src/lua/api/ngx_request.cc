@@ -78,21 +78,19 @@ bool appendFlatArray(lua_State* L, int abs, std::string* out) {
 
 // Appends one ngx.say/ngx.print argument; tables are flattened as OpenResty
 // does (array part, recursively). Raises for other types.
+bool appendInteger(double n, std::string* out) {
+  if (!(n > -1e14 && n < 1e14 && n == std::floor(n))) return false;
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof(buf), static_cast<int64_t>(n));
+  out->append(buf, r.ptr);
+  return true;
+}
+
 void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
   switch (lua_type(L, idx)) {
-    case LUA_TNUMBER: {
-      // An integer of up to 14 digits reads the same in LuaJIT's "%.14g" as in
-      // plain digits; writing it here skips the string lua_tolstring interns.
-      // -0 prints as 0, as in OpenResty.
-      lua_Number n = lua_tonumber(L, idx);
-      if (n > -1e14 && n < 1e14 && n == std::floor(n)) {
-        char buf[24];
-        auto r = std::to_chars(buf, buf + sizeof(buf), static_cast<int64_t>(n));
-        out->append(buf, r.ptr);
-        return;
-      }
+    case LUA_TNUMBER:
+      if (appendInteger(lua_tonumber(L, idx), out)) return;
       [[fallthrough]];
-    }
     case LUA_TSTRING: {
       size_t len = 0;
       const char* s = lua_tolstring(L, idx, &len);
