@@ -273,5 +273,22 @@ if shdict then
   end
 end
 
+-- require(name) of a module already loaded (handlers often require theirs on
+-- every request): a table lookup that a trace can hold, where the C function
+-- would end it. Only a table or a function: anything else (not loaded yet,
+-- true for a module that returned nothing, the sentinel of one being loaded,
+-- which this LuaJIT shows Lua as a number) goes to the C function.
+local loaded = package.loaded
+capi.require = require
+local c_require = capi.require
+require = function(name)  -- luacheck: ignore (a global on purpose)
+  local m = loaded[name]
+  local t = type(m)
+  if t == "table" or t == "function" then
+    return m
+  end
+  return c_require(name)
+end
+
 -- The lua_CFunction versions, for bench/lua_micro.sh.
 return { capi = capi }
