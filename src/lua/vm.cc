@@ -136,13 +136,11 @@ Vm::~Vm() {
   if (L_) lua_close(L_);
 }
 
-Vm* Vm::from(lua_State* L) {
-  // LuaJIT's own allocator has one arena per state family (the sandbox's
-  // charging allocator keeps that data), so it names the VM; a build on the
-  // system allocator passes null and always takes the registry path.
-  void* ud = nullptr;
-  lua_getallocf(L, &ud);
-  if (ud && ud == from_ud_) return from_vm_;
+// Vm::from's slow path. LuaJIT's own allocator has one arena per state
+// family (the sandbox's charging allocator keeps that data), so its `ud`
+// names the VM; a build on the system allocator passes null and always
+// takes the registry path.
+Vm* Vm::fromRegistry(lua_State* L, void* ud) {
   lua_pushlightuserdata(L, const_cast<char*>(&kVmKey));
   lua_rawget(L, LUA_REGISTRYINDEX);
   Vm* vm = static_cast<Vm*>(lua_touserdata(L, -1));

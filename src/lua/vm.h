@@ -108,7 +108,12 @@ class Vm {
   bool keepsGlobals(int idx);
 
   // The Vm a lua_State belongs to (set in the registry at creation).
-  static Vm* from(lua_State* L);
+  static Vm* from(lua_State* L) {
+    void* ud = nullptr;
+    lua_getallocf(L, &ud);
+    if (ud && ud == from_ud_) return from_vm_;
+    return fromRegistry(L, ud);
+  }
   // LuaJIT's own table.concat, as it was when the VM was made (users may
   // replace the global). Stack: [] -> [fn].
   void pushTableConcat(lua_State* L) const { lua_rawgeti(L, LUA_REGISTRYINDEX, table_concat_); }
@@ -146,6 +151,7 @@ class Vm {
   // from()'s last answer, keyed by the state's allocator data (one per
   // lua_State family): most API calls ask it, and the registry lookup it
   // saves cost more than the call itself.
+  static Vm* fromRegistry(lua_State* L, void* ud);
   static inline thread_local void* from_ud_ = nullptr;
   static inline thread_local Vm* from_vm_ = nullptr;
 };

@@ -79,10 +79,12 @@ bool appendFlatArray(lua_State* L, int abs, std::string* out) {
 // Appends one ngx.say/ngx.print argument; tables are flattened as OpenResty
 // does (array part, recursively). Raises for other types.
 bool appendInteger(double n, std::string* out) {
-  if (!(n > -1e14 && n < 1e14 && n == std::floor(n))) return false;
+  if (!(n > -1e14 && n < 1e14)) return false;
+  auto i = static_cast<int64_t>(n);
+  if (static_cast<double>(i) != n) return false;  // a fraction
   char buf[24];
-  auto r = std::to_chars(buf, buf + sizeof(buf), static_cast<int64_t>(n));
-  out->append(buf, r.ptr);
+  auto r = std::to_chars(buf, buf + sizeof(buf), i);
+  out->append(buf, static_cast<size_t>(r.ptr - buf));
   return true;
 }
 
