@@ -15,7 +15,8 @@ command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
 TMP=$(mktemp -d /tmp/tidegate-instr.XXXXXX)
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  # (waited for, so that bash does not report the killed jobs)
+  for p in "${PIDS[@]}"; do { kill -9 "$p" && wait "$p"; } 2>/dev/null || true; done
   rm -rf "$TMP"
 }
 trap cleanup EXIT
