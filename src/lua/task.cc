@@ -214,6 +214,7 @@ void LuaTask::release(Co* co) {
   if (co->kind == Co::Kind::kThread && co->state != Co::State::kZombie && co->state != Co::State::kDead) {
     live_threads_--;
   }
+  if (co->state != Co::State::kDead) dead_++;
   co->state = Co::State::kDead;
   if (lua_status(co->L) == LUA_YIELD) markKilled(co->L);
   for (auto& c : cos_) {
@@ -229,9 +230,10 @@ void LuaTask::release(Co* co) {
 
 // Frees the records of dead coroutines (never while run() may hold one).
 void LuaTask::sweep() {
-  if (in_run_) return;
+  if (in_run_ || dead_ == 0) return;
   cos_.erase(std::remove_if(cos_.begin(), cos_.end(), [](const auto& c) { return c->state == Co::State::kDead; }),
              cos_.end());
+  dead_ = 0;
 }
 
 void LuaTask::killAll() {

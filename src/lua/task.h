@@ -218,6 +218,7 @@ class LuaTask {
   std::string entry_error_;
   bool exit_requested_ = false;
   bool in_run_ = false;
+  int dead_ = 0;  // records release() marked dead that sweep() has not freed
   int ctx_ref_ = LUA_NOREF;
   int env_ref_ = LUA_NOREF;
   LuaTask* inherited_ = nullptr;

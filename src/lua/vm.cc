@@ -225,8 +225,15 @@ bool Vm::load(const conf::LuaCode& code, bool wrap, std::string* err) {
 }
 
 Vm::Handler* Vm::handler(const conf::LuaCode& code, std::string* err) {
+  // The same code as last time (most requests run one location's): its
+  // address and name, without the map's string comparisons.
+  if (&code == last_code_ && last_->first == code.chunkname) return &last_->second;
   auto it = handlers_.find(code.chunkname);
-  if (it != handlers_.end()) return &it->second;
+  if (it != handlers_.end()) {
+    last_code_ = &code;
+    last_ = &*it;
+    return &it->second;
+  }
   if (!load(code, true, err)) return nullptr;  // Stack: [maker]
   Handler h;
   if (keepsGlobals(-1)) {
@@ -241,7 +248,9 @@ Vm::Handler* Vm::handler(const conf::LuaCode& code, std::string* err) {
     h.shared = luaL_ref(L_, LUA_REGISTRYINDEX);
   }
   h.maker = luaL_ref(L_, LUA_REGISTRYINDEX);
-  return &handlers_.emplace(code.chunkname, h).first->second;
+  last_code_ = &code;
+  last_ = &*handlers_.emplace(code.chunkname, h).first;
+  return &last_->second;
 }
 
 bool Vm::keepsGlobals(int idx) {

@@ -143,6 +143,10 @@ class Vm {
   std::unique_ptr<Functions> functions_;
   std::map<std::string, int> chunks_;     // chunk name -> registry ref
   std::map<std::string, Handler> handlers_;  // by chunk name
+  // handler()'s last answer and the code it was for (compared by address
+  // and name: a file's code resolved per request is a temporary).
+  const conf::LuaCode* last_code_ = nullptr;
+  std::pair<const std::string, Handler>* last_ = nullptr;
   int shared_env_ = LUA_NOREF;  // the globals of handlers that write none
   int keeps_globals_ = LUA_NOREF;  // purity.lua's check
   int table_concat_ = LUA_NOREF;

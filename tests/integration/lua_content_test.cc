@@ -17,6 +17,23 @@ const char* kSleepy = R"(
     location /now { content_by_lua_block { ngx.say("now ", ngx.var.arg_n) } }
 )";
 
+// A Lua file named through variables resolves per request; the handler
+// lookup's memory of its last answer must not hand one request's file to
+// the next (the resolved code is a temporary, at the same address each time).
+TEST(LuaContentTest, FilesNamedThroughVariablesAlternate) {
+  Gateway gw;
+  gw.prefix().write("lua/handlers/hello.lua", "ngx.say('hello')\n");
+  gw.prefix().write("lua/handlers/bye.lua", "ngx.say('bye')\n");
+  gw.setSimpleConf("location /t { content_by_lua_file lua/handlers/$arg_h.lua; }");
+  ASSERT_TRUE(gw.start());
+  for (int i = 0; i < 3; i++) {
+    EXPECT_EQ(httpGet(gw.port(), "/t?h=hello").body, "hello\n");
+    EXPECT_EQ(httpGet(gw.port(), "/t?h=bye").body, "bye\n");
+  }
+  EXPECT_EQ(gw.stop(), 0);
+  EXPECT_TRUE(gw.seriousLogLines().empty()) << gw.errorLog();
+}
+
 TEST(LuaContentTest, PipelinedRequestsAfterAYieldingHandlerStayInOrder) {
   Gateway gw;
   gw.setSimpleConf(kSleepy);
