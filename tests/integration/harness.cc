@@ -12,11 +12,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <thread>
 
@@ -85,8 +87,43 @@ int connectErrno(int port) {
   return err;
 }
 
-int freePort() {
+namespace {
+
+// The low end of the kernel's ephemeral port range (net.ipv4.ip_local_port_range).
+int ephemeralLow() {
+  std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+  int low = 0;
+  return in >> low ? low : 32768;
+}
+
+// Whether nothing on 127.0.0.1 uses `port` now (not even a connection in
+// TIME_WAIT: no SO_REUSEADDR).
+bool bindable(int port) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  bool ok = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+  ::close(fd);
+  return ok;
+}
+
+}  // namespace
+
+// Below the ephemeral range, where the kernel takes the local ports of
+// outgoing connections (and bind(0)'s): a port from there could go to some
+// test's client connection between this call and the gateway's bind. At
+// random, so that tests running in parallel rarely pick the same one.
+int freePort() {
+  static std::mt19937 rng(std::random_device{}());
+  int high = ephemeralLow() - 1;
+  int low = std::max(10000, high - 12000);
+  for (int attempt = 0; high > low && attempt < 1000; attempt++) {
+    int port = std::uniform_int_distribution<int>(low, high)(rng);
+    if (bindable(port)) return port;
+  }
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);  // no room below: bind(0)'s
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -387,7 +424,9 @@ Response httpGet(int port, const std::string& path, const std::string& host) {
 
 // --- Gateway ----------------------------------------------------------------------------
 
-Gateway::Gateway() : port_(freePort()), port2_(freePort()) {}
+Gateway::Gateway() : port_(freePort()), port2_(freePort()) {
+  while (port2_ == port_) port2_ = freePort();
+}
 
 Gateway::~Gateway() {
   if (running()) stop(Ms(5000));

@@ -22,7 +22,8 @@ bool waitFor(const std::function<bool()>& cond, Ms timeout = Ms(10000));
 // Connects to 127.0.0.1:port once: 0 on success, else connect()'s errno.
 int connectErrno(int port);
 
-// A port on 127.0.0.1 that was free a moment ago.
+// A port on 127.0.0.1 that was free a moment ago, below the kernel's
+// ephemeral range (so no client connection takes it meanwhile).
 int freePort();
 
 class TempDir {
