@@ -26,8 +26,9 @@ template <class T, size_t kKeep = 256>
 class Recycled {
  public:
   static void* operator new(size_t size) {
+    if (size != sizeof(T) || gone()) return ::operator new(size);
     std::vector<void*>& blocks = freeBlocks().blocks;
-    if (size == sizeof(T) && !blocks.empty()) {
+    if (!blocks.empty()) {
       void* p = blocks.back();
       blocks.pop_back();
       TIDEGATE_UNPOISON(p, sizeof(T));
@@ -36,8 +37,12 @@ class Recycled {
     return ::operator new(size);
   }
   static void operator delete(void* p, size_t size) noexcept {
+    if (size != sizeof(T) || gone()) {
+      ::operator delete(p);
+      return;
+    }
     std::vector<void*>& blocks = freeBlocks().blocks;
-    if (size == sizeof(T) && blocks.size() < kKeep) {
+    if (blocks.size() < kKeep) {
       // The vector's growth could throw; a block it cannot take is freed.
       try {
         blocks.push_back(p);
@@ -53,6 +58,7 @@ class Recycled {
   struct FreeBlocks {
     std::vector<void*> blocks;
     ~FreeBlocks() {
+      gone() = true;
       for (void* p : blocks) {
         TIDEGATE_UNPOISON(p, sizeof(T));
         ::operator delete(p);
@@ -62,6 +68,13 @@ class Recycled {
   static FreeBlocks& freeBlocks() {
     thread_local FreeBlocks f;
     return f;
+  }
+  // Set once the thread's list is destroyed (at its exit): objects freed
+  // later, by other destructors, go to the global operator. A plain bool
+  // has no destructor, so it is still there to read.
+  static bool& gone() {
+    thread_local bool g = false;
+    return g;
   }
 };
 

@@ -20,7 +20,21 @@ LuaTask::~LuaTask() {
   if (env_ref_ != LUA_NOREF) luaL_unref(vm_.state(), LUA_REGISTRYINDEX, env_ref_);
   for (EndHook hook : end_hooks_) hook(*this);
   cos_.clear();
-  if (cos_.capacity() > spareCos().capacity()) cos_.swap(spareCos());
+  auto* spare = spareCos();
+  if (spare && cos_.capacity() > spare->capacity()) cos_.swap(*spare);
+}
+
+std::vector<std::unique_ptr<Co>>* LuaTask::spareCos() {
+  // A plain bool has no destructor: still there to read after the vector's
+  // (whose definition must not be reached again then).
+  thread_local bool gone = false;
+  if (gone) return nullptr;
+  struct Spare {
+    std::vector<std::unique_ptr<Co>> cos;
+    ~Spare() { gone = true; }
+  };
+  thread_local Spare spare;
+  return &spare.cos;
 }
 
 namespace {

@@ -66,7 +66,9 @@ class ResumeGuard {
 
 class LuaTask {
  public:
-  LuaTask(Vm& vm, uv_loop_t* loop) : vm_(vm), loop_(loop) { cos_.swap(spareCos()); }
+  LuaTask(Vm& vm, uv_loop_t* loop) : vm_(vm), loop_(loop) {
+    if (auto* spare = spareCos()) cos_.swap(*spare);
+  }
   virtual ~LuaTask();
   LuaTask(const LuaTask&) = delete;
   LuaTask& operator=(const LuaTask&) = delete;
@@ -195,11 +197,9 @@ class LuaTask {
   void sweep();
 
   // An empty vector with the storage of an ended task's cos_, which the
-  // next task takes: a task per request then allocates none for it.
-  static std::vector<std::unique_ptr<Co>>& spareCos() {
-    thread_local std::vector<std::unique_ptr<Co>> v;
-    return v;
-  }
+  // next task takes: a task per request then allocates none for it. Null
+  // once the thread's copy is destroyed (at its exit).
+  static std::vector<std::unique_ptr<Co>>* spareCos();
 
   static inline uint64_t last_id_ = 0;
   static inline std::vector<EndHook> end_hooks_;

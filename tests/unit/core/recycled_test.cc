@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <thread>
 #include <vector>
 
 namespace tidegate::core {
@@ -55,6 +56,28 @@ TEST(RecycledTest, KeepsAtMostItsCap) {
   }
   EXPECT_EQ(reused, 4);
   for (Small* s : again) delete s;
+}
+
+// An object freed by a thread_local destructor that runs after the
+// thread's free list is gone goes to the global delete (under ASan, a push
+// into the destroyed list would be reported).
+struct Counted : Recycled<Counted, 4> {
+  ~Counted() { destroyed++; }
+  static inline int destroyed = 0;
+};
+
+TEST(RecycledTest, AnObjectFreedAfterTheListIsGoneUsesTheGlobalDelete) {
+  struct Holder {
+    Counted* c = nullptr;
+    ~Holder() { delete c; }
+  };
+  Counted::destroyed = 0;
+  std::thread([] {
+    thread_local Holder holder;  // made first, so destroyed last
+    delete new Counted;          // the free list is made now
+    holder.c = new Counted;
+  }).join();
+  EXPECT_EQ(Counted::destroyed, 2);  // the second by the holder, after the list
 }
 
 }  // namespace
