@@ -78,6 +78,9 @@ class LuaTask {
 
   Vm& vm() const { return vm_; }
   uv_loop_t* loop() const { return loop_; }
+  // The head of ngx.socket.tcp's list of this task's live sockets
+  // (api/ngx_socket.cc links them; its end hook closes what is left).
+  void*& liveCosockets() { return live_cosockets_; }
   // Unique in this process: an object handed to Lua remembers the id of
   // the task that made it, so a later task cannot use it by mistake.
   uint64_t id() const { return id_; }
@@ -100,9 +103,6 @@ class LuaTask {
   // Stack: [] -> [env].
   void pushEnv(lua_State* L);
   // Whether pushEnv() has made that table (here or in the inherited task).
-  // The head of ngx.socket.tcp's list of this task's live sockets
-  // (api/ngx_socket.cc links them; its end hook closes what is left).
-  void*& liveCosockets() { return live_cosockets_; }
   bool hasEnv() const { return inherited_ ? inherited_->hasEnv() : env_ref_ != LUA_NOREF; }
   // A new table of globals as pushEnv() makes them. Stack: [] -> [env].
   static void pushNewEnv(lua_State* L);

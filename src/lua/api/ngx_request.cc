@@ -76,8 +76,6 @@ bool appendFlatArray(lua_State* L, int abs, std::string* out) {
 
 }  // namespace
 
-// Appends one ngx.say/ngx.print argument; tables are flattened as OpenResty
-// does (array part, recursively). Raises for other types.
 bool appendInteger(double n, std::string* out) {
   if (!(n > -1e14 && n < 1e14)) return false;
   auto i = static_cast<int64_t>(n);
@@ -88,6 +86,8 @@ bool appendInteger(double n, std::string* out) {
   return true;
 }
 
+// Appends one ngx.say/ngx.print argument; tables are flattened as OpenResty
+// does (array part, recursively). Raises for other types.
 void appendValue(lua_State* L, int idx, std::string* out, const char* fname) {
   switch (lua_type(L, idx)) {
     case LUA_TNUMBER:

@@ -235,7 +235,6 @@ void idleRead(Conn* c, ssize_t nread, const uv_buf_t* buf) {
   closeConn(c);
 }
 
-
 void setRef(Conn* c, bool ref) {
   for (auto* h : {&c->h.handle, reinterpret_cast<uv_handle_t*>(&c->timer)}) {
     if (ref) uv_ref(h);
@@ -259,13 +258,14 @@ Conn* takeFromPool(const std::string& key) {
 
 // The Lua object (a userdata). `conn` is null when not connected.
 //
-// A socket is "live" from connect until close or setkeepalive: it is in
-// its task's list (linkLive) and its metatable has a __gc (sockGc), so a connection is
-// closed when its task ends or its socket is collected. Otherwise its
-// metatable is the same but for __gc, and its strings hold no memory: most
-// sockets (connect, use, setkeepalive) then need no finalizer, which LuaJIT
-// would run at any allocation; one that runs while a trace is being recorded
-// aborts it, and the aborted trace of a stitched C call is not tried again.
+// A socket is "live" from connect until close or setkeepalive: it is in its
+// task's list (linkLive) and its metatable has a __gc (sockGc), so a
+// connection is closed when its task ends or its socket is collected.
+// Otherwise its metatable is the same but for __gc, and its strings hold no
+// memory: most sockets (connect, use, setkeepalive) then need no finalizer,
+// which LuaJIT would run at any allocation; one that runs while a trace is
+// being recorded aborts it, and the aborted trace of a stitched C call is
+// not tried again.
 struct Socket {
   const char* meta = kTcpMeta;  // checkTaskSocket's mark
   Conn* conn = nullptr;
