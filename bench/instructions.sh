@@ -3,7 +3,7 @@
 # callgrind: exact and repeatable where bench/run.sh's CPU per request is noisy, but
 # blind to the kernel (most of a loopback request's cost) and to cache effects.
 # Usage: bench/instructions.sh [scenario]   (default: lua_say; bench/run.sh's scenarios
-#        without a backend or TLS: hello, lua_say, lua_api, lua_work, shdict, redis)
+#        without TLS: hello, lua_say, lua_api, lua_work, shdict, redis, proxy, proxy_lua)
 # Env:   REQUESTS=20000 sequential keepalive requests, measured after REQUESTS/10 of
 #        warm-up; TIDEGATE, NGINX as for run.sh.
 set -euo pipefail
@@ -31,6 +31,22 @@ if [ "$SCENARIO" = redis ]; then
   PIDS+=($!)
   for _ in $(seq 100); do [ "$(redis-cli -p "$REDIS_PORT" set bench hello 2>/dev/null)" = OK ] && break; sleep 0.05; done
 fi
+case $SCENARIO in proxy*)
+  # The proxies' backend as bench/run.sh runs it: plain nginx answering "hello", never
+  # closing a keepalive connection first.
+  export BACKEND_PORT
+  BACKEND_PORT=$(free_port)
+  mkdir -p "$TMP/backend/logs"
+  cat >"$TMP/backend/server.conf" <<EOF
+daemon off; master_process off; error_log $TMP/backend/logs/error.log warn; pid $TMP/backend/logs/pid;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000; keepalive_timeout 600s;
+  server { listen 127.0.0.1:$BACKEND_PORT; location / { return 200 "hello"; } } }
+EOF
+  "${NGINX:-/usr/sbin/nginx}" -p "$TMP/backend/" -c "$TMP/backend/server.conf" &
+  PIDS+=($!)
+  for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$BACKEND_PORT/" 2>/dev/null && break; sleep 0.05; done
+esac
 CONF_ONLY=$TMP CONF_PORT=$PORT bash bench/run.sh "$SCENARIO" >/dev/null
 
 # A keepalive client: N requests one after another, each response read whole.

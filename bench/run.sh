@@ -17,7 +17,8 @@ BACKEND_WORKERS=${BACKEND_WORKERS:-1}
 # followed by "_VARIANT" for a scenario that compares variants of one server's conf.
 SIDES="nginx tidegate"
 declare -A LABEL=([nginx]=ng [tidegate]=tg)   # column headings
-BACKEND="" BACKEND_PORT=""   # BACKEND set by a scenario's setup: it needs the backend
+BACKEND="" BACKEND_PORT=${BACKEND_PORT:-}   # BACKEND set by a scenario's setup: it needs the backend
+# (BACKEND_PORT from the environment: bench/instructions.sh runs the backend itself)
 TLS="" WRK_HEADER=""         # TLS: the server listens with ssl; WRK_HEADER: one more request header
 WORKERS=1 SERVER_CPUS=0      # a scenario's setup may change them (shdict_ops)
 
@@ -524,7 +525,7 @@ run_one() {
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 
 # ---- interleaved rounds ---------------------------------------------------------------
-if [ -n "$BACKEND" ]; then BACKEND_PORT=$(free_port); fi
+if [ -n "$BACKEND" ]; then BACKEND_PORT=${BACKEND_PORT:-$(free_port)}; fi
 if [ "${ADMIN_PORT:-}" = needed ]; then ADMIN_PORT=$(free_port); fi
 if [ "${REDIS_PORT:-}" = needed ]; then REDIS_PORT=$(free_port); fi
 SCHEME=http

@@ -1,7 +1,9 @@
-// ASCII case helpers for protocol tokens (header names, codings): HTTP
-// field names are case-insensitive ASCII (RFC 9110 5.1), never locale text.
+// ASCII helpers for protocol text (header names, codings, field values):
+// HTTP field names are case-insensitive ASCII (RFC 9110 5.1), never locale
+// text. Also the character classes the parsers' llhttp-free paths accept.
 #pragma once
 
+#include <array>
 #include <string_view>
 
 namespace tidegate::http {
@@ -12,6 +14,64 @@ inline bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); i++) {
     if (asciiLower(a[i]) != asciiLower(b[i])) return false;
+  }
+  return true;
+}
+
+// A byte class: the characters of `extra`, plus letters and digits if `alnum`.
+constexpr std::array<bool, 256> charTable(const char* extra, bool alnum) {
+  std::array<bool, 256> t{};
+  for (int c = 0; c < 256; c++) {
+    t[static_cast<size_t>(c)] = alnum && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'));
+  }
+  for (const char* p = extra; *p; p++) t[static_cast<unsigned char>(*p)] = true;
+  return t;
+}
+
+// RFC 9110 5.6.2 tchar.
+inline constexpr std::array<bool, 256> kTokenChar = charTable("!#$%&'*+-.^_`|~", true);
+
+inline bool allOf(std::string_view s, const std::array<bool, 256>& table) {
+  for (char c : s) {
+    if (!table[static_cast<unsigned char>(c)]) return false;
+  }
+  return true;
+}
+
+// A non-empty token (a field name, a coding).
+inline bool isToken(std::string_view s) { return !s.empty() && allOf(s, kTokenChar); }
+
+// A byte of a plain field value: printable ASCII, SP or HTAB; no obs-text,
+// no control characters (so no CR or LF either).
+inline bool isPlainByte(char c) {
+  auto u = static_cast<unsigned char>(c);
+  return (u >= 0x20 && u < 0x7f) || u == '\t';
+}
+
+inline bool isPlainValue(std::string_view v) {
+  for (char c : v) {
+    if (!isPlainByte(c)) return false;
+  }
+  return true;
+}
+
+// Without leading and trailing OWS (SP and HTAB, RFC 9110 5.6.3).
+inline std::string_view trimOws(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return v;
+}
+
+// Calls fn(element) for each element of a comma-separated field value, OWS
+// trimmed, empty ones included; stops and returns false when fn does.
+template <typename Fn>
+bool forEachListElement(std::string_view value, Fn&& fn) {
+  for (size_t pos = 0; pos <= value.size();) {
+    size_t comma = value.find(',', pos);
+    if (comma == std::string_view::npos) comma = value.size();
+    std::string_view element = trimOws(value.substr(pos, comma - pos));
+    pos = comma + 1;
+    if (!fn(element)) return false;
   }
   return true;
 }

@@ -18,26 +18,6 @@ namespace {
 // RELIABILITY.md: a chunk extension over 4 KB is abuse, not a use case.
 constexpr size_t kMaxChunkExtension = 4096;
 
-std::string_view trimOws(std::string_view v) {
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
-  return v;
-}
-
-// Calls fn(element) for each element of a comma-separated field value, OWS
-// trimmed, empty ones included; stops and returns false when fn does.
-template <typename Fn>
-bool forEachListElement(std::string_view value, Fn&& fn) {
-  for (size_t pos = 0; pos <= value.size();) {
-    size_t comma = value.find(',', pos);
-    if (comma == std::string_view::npos) comma = value.size();
-    std::string_view element = trimOws(value.substr(pos, comma - pos));
-    pos = comma + 1;
-    if (!fn(element)) return false;
-  }
-  return true;
-}
-
 const llhttp_settings_t& settings() {
   static const llhttp_settings_t s = [] {
     llhttp_settings_t st;
@@ -463,35 +443,11 @@ namespace {
 
 // What takeSimpleHead() lets through without llhttp. Target: RFC 3986's
 // unreserved, sub-delims, ':', '@', '/', '?' and '%' (no '#', no quotes,
-// brackets or backslashes, which llhttp judges). Field names: RFC 9110
-// tchar. Field values: printable ASCII, SP and HTAB (no obs-text).
-constexpr std::array<bool, 256> charTable(const char* extra, bool alnum) {
-  std::array<bool, 256> t{};
-  for (int c = 0; c < 256; c++) {
-    t[static_cast<size_t>(c)] = alnum && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'));
-  }
-  for (const char* p = extra; *p; p++) t[static_cast<unsigned char>(*p)] = true;
-  return t;
-}
+// brackets or backslashes, which llhttp judges). Field names and values:
+// isToken() and isPlainValue() (http/ascii.h).
 constexpr std::array<bool, 256> kSimpleTargetChar = charTable("-._~!$&'()*+,;=:@/?%", true);
-constexpr std::array<bool, 256> kTokenChar = charTable("!#$%&'*+-.^_`|~", true);
 // Fields about the body or a protocol switch: a head with one goes to llhttp.
 constexpr std::string_view kFramingFields[] = {"content-length", "transfer-encoding", "expect", "upgrade"};
-
-bool allOf(std::string_view s, const std::array<bool, 256>& table) {
-  for (char c : s) {
-    if (!table[static_cast<unsigned char>(c)]) return false;
-  }
-  return true;
-}
-
-bool plainValue(std::string_view v) {
-  for (char c : v) {
-    auto u = static_cast<unsigned char>(c);
-    if ((u < 0x20 && u != '\t') || u >= 0x7f) return false;
-  }
-  return true;
-}
 
 }  // namespace
 
@@ -517,7 +473,7 @@ bool RequestParser::takeSimpleHead() {
   for (const HeaderField& f : h.headers) {
     std::string_view name = f.name.in(base_);
     std::string_view value = f.value.in(base_);
-    if (name.empty() || !allOf(name, kTokenChar) || !plainValue(value)) return false;
+    if (!isToken(name) || !isPlainValue(value)) return false;
     for (std::string_view framing : kFramingFields) {
       if (iequals(name, framing)) return false;  // iequals compares the sizes first
     }

@@ -1,5 +1,9 @@
 #include "proxy/response_parser.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -12,6 +16,25 @@ namespace {
 using http::iequals;
 
 ResponseParser* self(llhttp_t* p) { return static_cast<ResponseParser*>(p->data); }
+
+// The first byte at or after `i` and before `end` that is not a plain
+// field value byte (http::isPlainByte), or `end`; sixteen at a time where
+// SSE2 is there (every x86-64).
+size_t plainRun(const char* p, size_t i, size_t end) {
+#if defined(__SSE2__)
+  const __m128i below = _mm_set1_epi8(0x20 - 1), above = _mm_set1_epi8(0x7f), tab = _mm_set1_epi8('\t');
+  for (; i + 16 <= end; i += 16) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+    // Signed compares: obs-text (0x80-0xff) is negative, so below 0x20.
+    __m128i ok = _mm_or_si128(_mm_and_si128(_mm_cmpgt_epi8(v, below), _mm_cmplt_epi8(v, above)),
+                              _mm_cmpeq_epi8(v, tab));
+    unsigned bad = ~static_cast<unsigned>(_mm_movemask_epi8(ok)) & 0xffffu;
+    if (bad != 0) return i + static_cast<size_t>(__builtin_ctz(bad));
+  }
+#endif
+  while (i < end && http::isPlainByte(p[i])) i++;
+  return i;
+}
 
 void trimOwsInPlace(std::string* v) {
   size_t end = v->size();
@@ -100,8 +123,8 @@ void ResponseParser::reset(bool head_request, bool upgrade_requested, size_t hea
   head_max_ = head_max;
   head_bytes_ = 0;
   after_lf_ = false;
-  head_done_ = head_reported_ = message_done_ = body_until_close_ = failed_ = false;
-  body_bytes_ = 0;
+  head_done_ = head_reported_ = message_done_ = body_until_close_ = failed_ = simple_ = false;
+  body_left_ = body_bytes_ = 0;
   error_text_.clear();
 }
 
@@ -236,18 +259,136 @@ int ResponseParser::headComplete() {
     message_done_ = true;  // what follows is the tunnel, not HTTP
     return HPE_PAUSED;
   }
-  bool bodyless = !h.has_body();
-  body_until_close_ = !bodyless && !h.chunked && h.content_length < 0;
-  bool close = (parser_.flags & F_CONNECTION_CLOSE) != 0;
-  bool keep = h.http_minor == 1 || (parser_.flags & F_CONNECTION_KEEP_ALIVE) != 0;
+  settleHead((parser_.flags & F_CONNECTION_CLOSE) != 0, (parser_.flags & F_CONNECTION_KEEP_ALIVE) != 0);
+  return h.has_body() ? HPE_PAUSED : 1;
+}
+
+void ResponseParser::settleHead(bool close_token, bool keep_alive_token) {
+  ResponseHead& h = head_;
+  body_until_close_ = h.has_body() && !h.chunked && h.content_length < 0;
+  bool keep = h.http_minor == 1 || keep_alive_token;
   // A 204 that announces a body anyway may send it (RFC 9110 15.3.5 says
   // it must not): do not bet the next request on where it ends.
   bool bogus_204 = h.status == 204 && (h.chunked || h.content_length > 0);
   // RFC 9112 6.1: chunked in an HTTP/1.0 message is faulty framing; read
   // it, then close.
   bool chunked_10 = h.chunked && h.http_minor == 0;
-  h.keep_alive = keep && !close && !body_until_close_ && !bogus_204 && !chunked_10;
-  return bodyless ? 1 : HPE_PAUSED;
+  h.keep_alive = keep && !close_token && !body_until_close_ && !bogus_204 && !chunked_10;
+}
+
+// Most upstream heads arrive whole in one read and hold nothing llhttp
+// would object to or read differently; for those, llhttp and its dozen
+// callbacks per field are most of a proxied request's parsing cost. The
+// checks here are a subset of llhttp's plus ours (the unit test compares
+// both paths on every head it builds); anything outside it is declined
+// before a byte counts, and llhttp parses the head as before.
+size_t ResponseParser::takeSimpleHead(const char* data, size_t len) {
+  size_t end = std::min(len, head_max_);
+  // Each line is a run of plain bytes ending in CRLF, inside head_max.
+  auto lineEnd = [&](size_t from) {
+    size_t stop = plainRun(data, from, end);
+    return stop + 1 < end && data[stop] == '\r' && data[stop + 1] == '\n' ? stop : std::string_view::npos;
+  };
+  size_t eol = lineEnd(0);
+  if (eol == std::string_view::npos) return 0;
+  std::string_view line(data, eol);
+  std::string_view reason = line.substr(std::min<size_t>(13, eol));
+  // "HTTP/1.x DDD reason": a final status (a 1xx has another head after it).
+  if (line.size() < 13 || line.substr(0, 7) != "HTTP/1." || (line[7] != '0' && line[7] != '1') || line[8] != ' ' ||
+      line[9] < '2' || line[9] > '9' || line[10] < '0' || line[10] > '9' || line[11] < '0' || line[11] > '9' ||
+      line[12] != ' ') {
+    return 0;
+  }
+  ResponseHead& h = head_;
+  h.status = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
+  h.http_minor = line[7] - '0';
+  bool close_token = false, keep_alive_token = false;
+  auto decline = [this] {
+    startMessage();
+    return 0;
+  };
+  size_t pos = eol + 2;
+  for (;;) {
+    if (pos + 1 >= end) return decline();  // the head goes on past this read or head_max
+    if (data[pos] == '\r') {
+      if (data[pos + 1] != '\n') return decline();
+      pos += 2;
+      break;
+    }
+    size_t colon = pos;
+    while (colon < end && http::kTokenChar[static_cast<unsigned char>(data[colon])]) colon++;
+    if (colon == pos || colon == end || data[colon] != ':') return decline();
+    eol = lineEnd(colon + 1);
+    if (eol == std::string_view::npos) return decline();
+    std::string_view name(data + pos, colon - pos);
+    std::string_view raw(data + colon + 1, eol - colon - 1);
+    std::string_view value = http::trimOws(raw);
+    pos = eol + 2;
+    bool ok = true;
+    switch (name.size()) {
+      case 14:
+        if (iequals(name, "content-length")) ok = simpleContentLength(raw);
+        break;
+      case 10:
+        if (iequals(name, "connection")) {
+          ok = http::forEachListElement(value, [&](std::string_view tok) {
+            if (iequals(tok, "keep-alive")) keep_alive_token = true;
+            else if (iequals(tok, "close")) close_token = true;
+            else return false;
+            return true;
+          });
+        }
+        break;
+      case 7: ok = !iequals(name, "upgrade"); break;
+      case 16: ok = !iequals(name, "proxy-connection"); break;
+      case 17: ok = !iequals(name, "transfer-encoding"); break;
+      default: break;
+    }
+    if (!ok) return decline();
+    auto& fields = h.headers;
+    if (fields_ < fields.size()) {
+      fields[fields_].first.assign(name);
+      fields[fields_].second.assign(value);
+    } else {
+      fields.emplace_back(name, value);
+    }
+    fields_++;
+  }
+  if (h.has_body() && h.content_length < 0) return decline();  // until close: llhttp's
+  h.reason.assign(reason);
+  h.headers.resize(fields_);
+  status_done_ = head_done_ = head_reported_ = simple_ = true;
+  head_bytes_ = pos;
+  after_lf_ = true;
+  settleHead(close_token, keep_alive_token);
+  if (h.has_body()) body_left_ = static_cast<uint64_t>(h.content_length);
+  else message_done_ = true;
+  return pos;
+}
+
+// One Content-Length, of digits only after spaces (llhttp refuses a
+// trailing HTAB, for one) and short enough not to overflow.
+bool ResponseParser::simpleContentLength(std::string_view raw) {
+  size_t first = raw.find_first_not_of(' ');
+  if (head_.content_length >= 0 || first == std::string_view::npos || raw.size() - first > 18) return false;
+  int64_t n = 0;
+  for (char c : raw.substr(first)) {
+    if (c < '0' || c > '9') return false;
+    n = n * 10 + (c - '0');
+  }
+  head_.content_length = n;
+  return true;
+}
+
+ResponseParser::Event ResponseParser::countBody(const char* data, size_t len, size_t* consumed) {
+  size_t n = static_cast<size_t>(std::min<uint64_t>(len, body_left_));
+  body_left_ -= n;
+  body_bytes_ += n;
+  *consumed = n;
+  if (n > 0 && on_body_) on_body_(std::string_view(data, n));
+  if (body_left_ > 0) return Event::kNeedMore;
+  message_done_ = true;
+  return Event::kDone;
 }
 
 int ResponseParser::onStatus(llhttp_t* p, const char* at, size_t len) noexcept {
@@ -332,6 +473,14 @@ ResponseParser::Event ResponseParser::execute(const char* data, size_t len, size
     return Event::kError;
   }
   if (message_done_ && head_reported_) return Event::kDone;
+  if (simple_) return countBody(data, len, consumed);
+  if (!head_done_ && head_bytes_ == 0 && len > 0) {
+    size_t n = takeSimpleHead(data, len);
+    if (n > 0) {
+      *consumed = n;
+      return Event::kHead;
+    }
+  }
   static const char kNothing = 0;
   if (data == nullptr) data = &kNothing;  // llhttp needs a pointer even for 0 bytes
   size_t off = 0;

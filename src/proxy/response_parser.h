@@ -104,6 +104,9 @@ class ResponseParser {
   std::vector<std::pair<std::string, std::string>> takeHeaders() { return std::move(head_.headers); }
   const std::string& errorText() const { return error_text_; }
   uint64_t bodyBytes() const { return body_bytes_; }
+  // Whether llhttp parsed this response (false: the head arrived whole and
+  // plain, so takeSimpleHead() read it; for tests).
+  bool usedLlhttp() const { return !simple_; }
 
  private:
   static llhttp_settings_t baseSettings();
@@ -134,6 +137,19 @@ class ResponseParser {
   bool checkTransferEncoding(const std::string& name, const std::string& value);
   bool valueComplete();
   int headComplete();
+  // The framing and keep-alive verdict once the final head is complete,
+  // from the Connection tokens seen (RFC 9112 6.1, 6.3).
+  void settleHead(bool close_token, bool keep_alive_token);
+  // A whole head at the start of `data` with nothing llhttp would judge
+  // differently: a status line of HTTP/1.0 or 1.1 and a final status,
+  // token names, plain values, at most one Content-Length, no
+  // Transfer-Encoding, Upgrade or Proxy-Connection, Connection of only
+  // "keep-alive" and "close", and a body framed by its length or none.
+  // Fills the head and returns its size; 0 (the head untouched) otherwise.
+  size_t takeSimpleHead(const char* data, size_t len);
+  bool simpleContentLength(std::string_view raw);
+  // The body of a head that takeSimpleHead() read: Content-Length bytes.
+  Event countBody(const char* data, size_t len, size_t* consumed);
 
   llhttp_t parser_;
   BodyCallback on_body_;
@@ -158,6 +174,8 @@ class ResponseParser {
   bool message_done_ = false;
   bool body_until_close_ = false;
   bool failed_ = false;
+  bool simple_ = false;     // takeSimpleHead() read the head; countBody() frames the body
+  uint64_t body_left_ = 0;  // simple_: body bytes still to come
   uint64_t body_bytes_ = 0;
   std::string error_text_;
 };
