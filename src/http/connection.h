@@ -129,7 +129,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   void handleTunnelRead(ssize_t nread);
   bool waitDrain(std::function<void()> cb) override;
   void cancelDrain() override { drain_cb_ = nullptr; }
-  std::string absoluteRedirect(const std::string& uri) const;
+  std::string absoluteRedirect(std::string_view uri) const;
   void respondError(int status, const std::string& why);
   void beginRequest();
   void finishRequest();

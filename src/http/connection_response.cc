@@ -18,44 +18,65 @@ namespace tidegate::http {
 // nginx's absolute_redirect: a Location that is a local URI becomes
 // absolute, with the host the client asked for (else the server name, else
 // the local address) and our port when it is not the default.
-std::string Connection::absoluteRedirect(const std::string& uri) const {
-  if (uri.empty() || uri[0] != '/') return uri;
+std::string Connection::absoluteRedirect(std::string_view uri) const {
+  if (uri.empty() || uri[0] != '/') return std::string(uri);
   bool tls = info_.ssl_protocol != nullptr;
   std::string abs = tls ? "https://" : "http://";
   const std::string& name = !req_.host.empty() ? req_.host : req_.server->primaryName();
   abs.append(!name.empty() ? name : info_.local_addr);
   if (info_.local_port != (tls ? 443 : 80)) abs.append(":").append(std::to_string(info_.local_port));
-  return abs + uri;
+  return abs.append(uri);
 }
 
 namespace {
 
 // A handler's headers as the response carries them: Content-Type,
 // Location and Content-Length are taken out; framing headers stay ours.
+// The views point into the list split (or the default type).
 struct HandlerHeaders {
-  std::string content_type;
-  std::string location;
+  std::string_view content_type;
+  std::string_view location;
   int64_t content_length = -1;
-  std::vector<std::pair<std::string, std::string>> extra;
+  HeaderList extra;
 };
 
-HandlerHeaders splitHandlerHeaders(ContentResult& result, const std::string& default_type) {
+// `take`: the other fields are moved out of `headers` instead of copied.
+HandlerHeaders splitHandlerHeaders(HeaderList& headers, std::string_view default_type, bool take) {
   HandlerHeaders h;
   h.content_type = default_type;
-  for (auto& [name, value] : result.headers) {
-    if (iequals(name, "content-type")) {
-      h.content_type = value;
-    } else if (iequals(name, "location")) {
-      h.location = value;
-    } else if (iequals(name, "content-length")) {
-      int64_t n = 0;
-      auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
-      if (ec == std::errc() && end == value.data() + value.size() && n >= 0) h.content_length = n;
-    } else if (!iequals(name, "connection") && !iequals(name, "transfer-encoding")) {
-      // A handler's Server or Date (ngx.header.Server, proxy_pass_header)
-      // replaces ours, as in nginx.
-      h.extra.emplace_back(std::move(name), std::move(value));
+  for (auto& [name, value] : headers) {
+    switch (name.size()) {
+      case 12:
+        if (iequals(name, "content-type")) {
+          h.content_type = value;
+          continue;
+        }
+        break;
+      case 8:
+        if (iequals(name, "location")) {
+          h.location = value;
+          continue;
+        }
+        break;
+      case 14:
+        if (iequals(name, "content-length")) {
+          int64_t n = 0;
+          auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+          if (ec == std::errc() && end == value.data() + value.size() && n >= 0) h.content_length = n;
+          continue;
+        }
+        break;
+      case 10:
+      case 17:
+        if (iequals(name, "connection") || iequals(name, "transfer-encoding")) continue;
+        break;
+      default:
+        break;
     }
+    // A handler's Server or Date (ngx.header.Server, proxy_pass_header)
+    // replaces ours, as in nginx.
+    if (take) h.extra.emplace_back(std::move(name), std::move(value));
+    else h.extra.emplace_back(name, value);
   }
   return h;
 }
@@ -95,13 +116,13 @@ void Connection::finish(ContentResult result, ContentTask* task) {
   } else if (result.declined) {
     respond(404, "text/html", errorPage(404), {});
   } else if (result.status >= 300 && result.body.empty()) {
-    HandlerHeaders h = splitHandlerHeaders(result, *settings().default_type);
+    HandlerHeaders h = splitHandlerHeaders(result.headers, *settings().default_type, true);
     respond(result.status, "text/html", errorPage(result.status), absoluteRedirect(h.location), &h.extra);
   } else if (hasFilters()) {
     sendHead(result.status, std::move(result.headers), static_cast<int64_t>(result.body.size()), task);
     sendBody(result.body, true, task);
   } else {
-    HandlerHeaders h = splitHandlerHeaders(result, *settings().default_type);
+    HandlerHeaders h = splitHandlerHeaders(result.headers, *settings().default_type, true);
     // The whole body is here: its size is the length (a handler's
     // Content-Length counts only for HEAD, where no body follows).
     int64_t length = static_cast<int64_t>(result.body.size());
@@ -148,9 +169,7 @@ void Connection::sendHead(int status, HeaderList headers, int64_t content_length
     abortResponse();
     return;
   }
-  ContentResult r;
-  r.headers = std::move(headers);
-  HandlerHeaders h = splitHandlerHeaders(r, *s.default_type);
+  HandlerHeaders h = splitHandlerHeaders(headers, *s.default_type, true);
   // A body filter may change the length: the body goes out chunked.
   if (h.content_length >= 0) content_length = h.content_length;
   if (s.body_filter_lua) content_length = -1;
@@ -175,13 +194,10 @@ void Connection::sendBody(std::string_view data, bool last, ContentTask* task) {
 }
 
 void Connection::writeHandlerHead(ContentResult& result, int64_t content_length) {
-  // A copy: the handler may still read ngx.header after the head is out.
-  ContentResult sent;
-  if (result.headers_disposable) sent.headers = std::move(result.headers);
-  else sent.headers = result.headers;
-  HandlerHeaders h = splitHandlerHeaders(sent, *settings().default_type);
-  std::string location = absoluteRedirect(h.location);
-  writeHead(result.status, h.content_type, location, &h.extra,
+  // Copied unless disposable: the handler may still read ngx.header after
+  // the head is out.
+  HandlerHeaders h = splitHandlerHeaders(result.headers, *settings().default_type, result.headers_disposable);
+  writeHead(result.status, h.content_type, absoluteRedirect(h.location), &h.extra,
             h.content_length >= 0 ? h.content_length : content_length);
 }
 

@@ -107,6 +107,8 @@ void Upstreams::resync() {
     next.emplace(std::move(key), std::move(rt));
   }
   named_ = std::move(next);  // a removed upstream lives on in the tries that hold it
+  last_name_.clear();
+  last_found_.reset();
   int64_t now = table_.nowMs();
   next_expiry_ = 0;
   for (auto& [k, rt] : named_) applyHealth(*rt, now);
@@ -143,8 +145,12 @@ void Upstreams::applyHealth(UpstreamRuntime& rt, int64_t now_ms) {
 }
 
 std::shared_ptr<UpstreamRuntime> Upstreams::find(std::string_view name) {
+  if (last_found_ && name == last_name_) return last_found_;
   auto it = named_.find(conf::lowerCase(std::string(name)));
-  return it == named_.end() ? nullptr : it->second;
+  if (it == named_.end()) return nullptr;
+  last_name_.assign(name);
+  last_found_ = it->second;
+  return last_found_;
 }
 
 std::shared_ptr<UpstreamRuntime> Upstreams::implicit(const std::string& key, const std::vector<std::string>& addresses) {

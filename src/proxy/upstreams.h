@@ -107,6 +107,10 @@ class Upstreams {
   int64_t next_expiry_ = 0;  // the earliest passive time-out end among our peers (0: none)
   std::unordered_map<std::string, std::shared_ptr<UpstreamRuntime>> named_;     // by lower-cased name
   std::unordered_map<std::string, std::shared_ptr<UpstreamRuntime>> implicit_;  // by key
+  // find()'s last answer, as asked (a location names the same upstream
+  // request after request); dropped when named_ changes.
+  std::string last_name_;
+  std::shared_ptr<UpstreamRuntime> last_found_;
   // Scratch for applyHealth().
   std::vector<std::string> ids_;
   std::vector<shm::ServerHealth> health_;
