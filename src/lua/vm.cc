@@ -152,6 +152,18 @@ Vm* Vm::fromRegistry(lua_State* L, void* ud) {
   return vm;
 }
 
+const conf::VarRef* Vm::variable(std::string_view name) {
+  auto addr = reinterpret_cast<uintptr_t>(name.data());
+  VarSlot& slot = var_slots_[((addr >> 4) ^ name.size()) % var_slots_.size()];
+  if (slot.addr == name.data() && slot.name == name) return &slot.ref;
+  conf::VarRef ref;
+  if (!conf::lookupVariable(name, &ref, &cfg_->http.variables)) return nullptr;
+  slot.addr = name.data();
+  slot.name.assign(name);
+  slot.ref = std::move(ref);
+  return &slot.ref;
+}
+
 std::string wrapHandler(std::string_view code, bool vararg) {
   std::string out = vararg ? "return function(...) " : "return function() ";
   if (!code.empty() && code[0] == '#') {

@@ -6,6 +6,7 @@
 
 #include <lua.hpp>
 
+#include <array>
 #include <map>
 #include <memory>
 #include <string>
@@ -107,6 +108,12 @@ class Vm {
   // shared by all requests. Stack: unchanged.
   bool keepsGlobals(int idx);
 
+  // The variable ngx.var.NAME reads (conf::lookupVariable with this conf's
+  // `set` variables), or null if there is none. Remembered in a small table
+  // by the name's address (Lua strings are interned, so a handler's literal
+  // comes back at the same one) and checked by content.
+  const conf::VarRef* variable(std::string_view name);
+
   // The Vm a lua_State belongs to (set in the registry at creation).
   static Vm* from(lua_State* L) {
     void* ud = nullptr;
@@ -141,6 +148,12 @@ class Vm {
   Timers* timers_ = nullptr;
   std::unique_ptr<PushedModules> modules_;
   std::unique_ptr<Functions> functions_;
+  struct VarSlot {
+    const char* addr = nullptr;  // null: empty
+    std::string name;
+    conf::VarRef ref;
+  };
+  std::array<VarSlot, 64> var_slots_;
   std::map<std::string, int> chunks_;     // chunk name -> registry ref
   std::map<std::string, Handler> handlers_;  // by chunk name
   // handler()'s last answer and the code it was for (compared by address

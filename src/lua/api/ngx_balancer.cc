@@ -74,9 +74,15 @@ const char* parsePeer(std::string_view text, int port, http::BalancerCall* call)
     return family == AF_INET6 ? "invalid IPv6 address" : "no host allowed";
   }
   if (has_port ? !parsePort(port_text, &port) : (port < 1 || port > 65535)) return "invalid port";
-  char out[INET6_ADDRSTRLEN];
-  inet_ntop(family, bin, out, sizeof(out));
-  call->peer_host = out;
+  if (family == AF_INET6) {
+    char out[INET6_ADDRSTRLEN];
+    inet_ntop(family, bin, out, sizeof(out));
+    call->peer_host = out;
+  } else {
+    // inet_pton takes IPv4 only in its canonical form (four decimal parts
+    // without leading zeros), so the text is what inet_ntop would print.
+    call->peer_host = std::move(host);
+  }
   call->peer_port = static_cast<uint16_t>(port);
   return nullptr;
 }

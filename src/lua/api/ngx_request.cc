@@ -136,16 +136,16 @@ bool outputAllowed(RequestContext* ctx) {
 }
 
 bool readVariable(RequestContext* ctx, std::string_view name, std::string* out) {
-  conf::VarRef ref;
-  if (!conf::lookupVariable(name, &ref, &ctx->vm().config().http.variables)) return false;
+  const conf::VarRef* ref = ctx->vm().variable(name);
+  if (!ref) return false;
   std::string_view unused;
-  if (ref.id == conf::VarId::kUser &&
-      ctx->req().vars.get(ref.index, &unused) == http::RequestVariables::State::kNotFound) {
+  if (ref->id == conf::VarId::kUser &&
+      ctx->req().vars.get(ref->index, &unused) == http::RequestVariables::State::kNotFound) {
     return false;
   }
-  if (!http::variableFound(ref, ctx->req())) return false;
+  if (!http::variableFound(*ref, ctx->req())) return false;
   out->clear();
-  http::appendVariable(ref, ctx->req(), out);
+  http::appendVariable(*ref, ctx->req(), out);
   return true;
 }
 
