@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/log.h"
+#include "core/recycled.h"
 #include "http/content_handler.h"
 #include "proxy/proxy.h"
 #include "proxy/request_builder.h"
@@ -25,6 +26,7 @@ inline int64_t nowUs() { return static_cast<int64_t>(uv_hrtime() / 1000); }
 // One proxied request. Owned by the downstream connection (as its content
 // task); owns its upstream connection while a try runs.
 class ProxyTask final : public http::ContentTask,
+                        public core::Recycled<ProxyTask>,
                         private UpstreamConn::User,
                         private http::ContentSink::TunnelPeer {
  public:

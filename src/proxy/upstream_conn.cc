@@ -40,8 +40,8 @@ bool parsePeerAddress(const std::string& text, PeerAddress* out) {
 
 UpstreamConn::UpstreamConn(ConnPool* pool, std::string key) : pool_(pool), key_(std::move(key)) {
   uv_tcp_init(pool->loop(), &tcp_);
-  uv_timer_init(pool->loop(), &timer_);
-  tcp_.data = timer_.data = connect_req_.data = write_req_.data = this;
+  uv_timer_init(pool->loop(), timer_.handle());
+  tcp_.data = timer_.handle()->data = connect_req_.data = write_req_.data = this;
   open_handles_ = 2;
 }
 
@@ -278,13 +278,9 @@ void UpstreamConn::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) no
   c->user_->onData(buf->base, static_cast<size_t>(nread));
 }
 
-void UpstreamConn::setTimer(uint64_t ms) { uv_timer_start(&timer_, onTimer, ms, 0); }
-
-void UpstreamConn::stopTimer() { uv_timer_stop(&timer_); }
-
 void UpstreamConn::onTimer(uv_timer_t* t) noexcept {
   auto* c = static_cast<UpstreamConn*>(t->data);
-  if (c->closing_) return;
+  if (c->closing_ || !c->timer_.expired(onTimer)) return;
   if (!c->user_) {
     c->close();  // keepalive_timeout of an idle connection
     return;
@@ -326,7 +322,7 @@ void UpstreamConn::close() {
     if (!alert.empty()) uv_try_write(stream(), &buf, 1);
   }
   uv_close(reinterpret_cast<uv_handle_t*>(&tcp_), onClose);
-  uv_close(reinterpret_cast<uv_handle_t*>(&timer_), onClose);
+  uv_close(reinterpret_cast<uv_handle_t*>(timer_.handle()), onClose);
 }
 
 void UpstreamConn::onClose(uv_handle_t* h) noexcept {

@@ -21,6 +21,7 @@
 #include <memory>
 #include <unordered_map>
 
+#include "core/lazy_timer.h"
 #include "tls/tls_client.h"
 
 namespace tidegate::proxy {
@@ -82,9 +83,10 @@ class UpstreamConn {
   bool writeNow(const uv_buf_t* bufs, unsigned n, int* error);
   void startReading();
   void stopReading();
-  // One timer per connection: connect, send or read timeout (ms).
-  void setTimer(uint64_t ms);
-  void stopTimer();
+  // One timer per connection: connect, send or read timeout (ms). Lazy
+  // (core::LazyTimer): a later deadline seldom touches the timer heap.
+  void setTimer(uint64_t ms) { timer_.set(ms, onTimer); }
+  void stopTimer() { timer_.clear(); }
   // Closes and frees the connection (a TLS one sends close_notify if the
   // socket takes it now). No callback after this.
   void close();
@@ -126,7 +128,7 @@ class UpstreamConn {
   std::string key_;
   User* user_ = nullptr;  // null while idle in the pool
   uv_tcp_t tcp_;
-  uv_timer_t timer_;
+  core::LazyTimer timer_;
   uv_connect_t connect_req_;
   uv_write_t write_req_;
   int open_handles_ = 0;

@@ -22,6 +22,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "core/lazy_timer.h"
 #include "lua/api/common.h"
 #include "lua/api/socket_common.h"
 #include "lua/api/socket_read.h"
@@ -49,7 +50,7 @@ struct Conn {
     uv_tcp_t tcp;
     uv_pipe_t pipe;
   } h;
-  uv_timer_t timer;
+  core::LazyTimer timer;
   uv_connect_t connect_req;
   bool is_pipe = false;
   std::string out;             // send's data, being gathered
@@ -64,38 +65,34 @@ struct Conn {
   int read_end = 0;      // UV_EOF or an error that came while no call waited
   int open_handles = 2;
   bool closing = false;
-  Due due = Due::kNone;  // what the timer does at `deadline`
-  uint64_t deadline = 0;  // loop time, ms
-  uint64_t fires_at = 0;  // when the libuv timer fires, while active
+  Due due = Due::kNone;  // what the timer does at its deadline
 };
 
 void onConnTimer(uv_timer_t* t) noexcept;
 
-// Sets what the connection's timer does, `ms` from now. The libuv timer is
-// restarted only when it would fire too late: one that fires early (the
-// wait it was started for ended, and a later deadline replaced it) starts
-// again for the deadline then. So a keepalive connection's requests, each
-// a wait with a read timeout and an idle period in the pool, cost about one
-// timer change per timeout period instead of four per request.
+// Sets what the connection's timer does, `ms` from now. The timer is lazy
+// (core::LazyTimer), so a keepalive connection's requests, each a wait with
+// a read timeout and an idle period in the pool, cost about one timer
+// change per timeout period instead of four per request.
 void armTimer(Conn* c, Conn::Due due, uint64_t ms) {
   c->due = due;
-  c->deadline = uv_now(c->timer.loop) + ms;
-  if (uv_is_active(reinterpret_cast<uv_handle_t*>(&c->timer)) && c->fires_at <= c->deadline) return;
-  c->fires_at = c->deadline;
-  uv_timer_start(&c->timer, onConnTimer, ms, 0);
+  c->timer.set(ms, onConnTimer);
 }
 
 // Nothing is due any more; the timer may still fire, to no effect.
-void disarmTimer(Conn* c) { c->due = Conn::Due::kNone; }
+void disarmTimer(Conn* c) {
+  c->due = Conn::Due::kNone;
+  c->timer.clear();
+}
 
 Conn* newConn(uv_loop_t* loop, bool pipe) {
   auto* c = new Conn;
   c->is_pipe = pipe;
   if (pipe) uv_pipe_init(loop, &c->h.pipe, 0);
   else uv_tcp_init(loop, &c->h.tcp);
-  uv_timer_init(loop, &c->timer);
+  uv_timer_init(loop, c->timer.handle());
   c->h.handle.data = c;
-  c->timer.data = c;
+  c->timer.handle()->data = c;
   return c;
 }
 
@@ -115,7 +112,7 @@ void closeConn(Conn* c) {
     uv_buf_t buf = uv_buf_init(alert.data(), static_cast<unsigned>(alert.size()));
     if (!alert.empty()) uv_try_write(&c->h.stream, &buf, 1);
   }
-  closeOwnedHandles(c, {&c->h.handle, reinterpret_cast<uv_handle_t*>(&c->timer)});
+  closeOwnedHandles(c, {&c->h.handle, reinterpret_cast<uv_handle_t*>(c->timer.handle())});
 }
 
 // libuv calls alloc then read synchronously, so one buffer serves every
@@ -236,7 +233,7 @@ void idleRead(Conn* c, ssize_t nread, const uv_buf_t* buf) {
 }
 
 void setRef(Conn* c, bool ref) {
-  for (auto* h : {&c->h.handle, reinterpret_cast<uv_handle_t*>(&c->timer)}) {
+  for (auto* h : {&c->h.handle, reinterpret_cast<uv_handle_t*>(c->timer.handle())}) {
     if (ref) uv_ref(h);
     else uv_unref(h);
   }
@@ -398,7 +395,7 @@ class SockWait : public Wait {
     host_ = std::move(host);
     port_ = port;
     unix_path_ = unix_path;
-    deadline_ = uv_now(conn_->timer.loop) + sock_->connect_ms;
+    deadline_ = uv_now(conn_->timer.handle()->loop) + sock_->connect_ms;
   }
   // nudgeWaiting() took it off the queue: it tries again from the loop.
   void nudge() {
@@ -473,13 +470,7 @@ class SockWait : public Wait {
 
 void onConnTimer(uv_timer_t* t) noexcept {
   auto* c = static_cast<Conn*>(t->data);
-  if (c->due == Conn::Due::kNone) return;
-  uint64_t now = uv_now(t->loop);
-  if (now < c->deadline) {
-    c->fires_at = c->deadline;
-    uv_timer_start(t, onConnTimer, c->deadline - now, 0);
-    return;
-  }
+  if (c->due == Conn::Due::kNone || !c->timer.expired(onConnTimer)) return;
   Conn::Due due = c->due;
   c->due = Conn::Due::kNone;
   if (due == Conn::Due::kIdle) {
@@ -719,7 +710,7 @@ void SockWait::acquire() {
     connected(0);
     return;
   }
-  uint64_t now = uv_now(conn_->timer.loop);
+  uint64_t now = uv_now(conn_->timer.handle()->loop);
   if (p.open >= p.size) {
     p.waiting.push_front(this);
     queued_ = true;

@@ -21,6 +21,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "core/lazy_timer.h"
 #include "lua/api/socket_common.h"
 #include "lua/task.h"
 #include "lua/vm.h"
@@ -38,7 +39,7 @@ class UdpWait;
 // Freed only by closeEndpoint(), once both handles are closed.
 struct Endpoint {
   uv_udp_t udp;
-  uv_timer_t timer;
+  core::LazyTimer timer;  // the waiting call's timeout
   UdpWait* waiter = nullptr;
   int open_handles = 2;
   bool closing = false;
@@ -47,16 +48,16 @@ struct Endpoint {
 Endpoint* newEndpoint(uv_loop_t* loop) {
   auto* ep = new Endpoint;
   uv_udp_init(loop, &ep->udp);
-  uv_timer_init(loop, &ep->timer);
+  uv_timer_init(loop, ep->timer.handle());
   ep->udp.data = ep;
-  ep->timer.data = ep;
+  ep->timer.handle()->data = ep;
   return ep;
 }
 
 // Closes both handles; the Endpoint is deleted in the last close callback
 // (a queued send is called back first, with UV_ECANCELED).
 void closeEndpoint(Endpoint* ep) {
-  closeOwnedHandles(ep, {reinterpret_cast<uv_handle_t*>(&ep->udp), reinterpret_cast<uv_handle_t*>(&ep->timer)});
+  closeOwnedHandles(ep, {reinterpret_cast<uv_handle_t*>(&ep->udp), reinterpret_cast<uv_handle_t*>(ep->timer.handle())});
 }
 
 // libuv calls alloc then recv synchronously, so one buffer serves every
@@ -106,7 +107,7 @@ class UdpWait : public Wait {
   UdpWait(LuaTask* task, Co* co, UdpSocket* sock) : task_(task), co_(co), sock_(sock), ep_(sock->ep) {
     sock->busy = true;
     ep_->waiter = this;
-    uv_timer_start(&ep_->timer, onTimeout, sock->read_ms, 0);
+    ep_->timer.set(sock->read_ms, onTimeout);
   }
   // Cancelled before its event: the endpoint is closed (OpenResty's
   // cleanup of an aborted cosocket call).
@@ -143,7 +144,7 @@ class UdpWait : public Wait {
     Endpoint* ep = ep_;
     ep_ = nullptr;
     ep->waiter = nullptr;
-    uv_timer_stop(&ep->timer);
+    ep->timer.clear();
     if (receiving_) uv_udp_recv_stop(&ep->udp);
     if (close) closeEndpointOf(sock_);
     task_->wake(co_, nresults);
@@ -151,7 +152,7 @@ class UdpWait : public Wait {
 
   static void onTimeout(uv_timer_t* t) noexcept {
     auto* ep = static_cast<Endpoint*>(t->data);
-    if (ep->waiter) ep->waiter->timedOut();
+    if (ep->timer.expired(onTimeout) && ep->waiter) ep->waiter->timedOut();
   }
 
   LuaTask* task_;
