@@ -18,6 +18,12 @@ namespace {
 // nginx's list of the methods proxy_next_upstream treats as non-idempotent.
 bool idempotent(std::string_view method) { return method != "POST" && method != "LOCK" && method != "PATCH"; }
 
+// "host:port", the host in brackets when it is IPv6.
+std::string peerText(const std::string& host, uint16_t port) {
+  std::string text = host.find(':') != std::string::npos ? "[" + host + "]" : host;
+  return text.append(1, ':').append(std::to_string(port));
+}
+
 }  // namespace
 
 using core::LogLevel;
@@ -274,19 +280,28 @@ bool ProxyTask::applyBalancerCall(const http::BalancerCall& call) {
   if (call.read_timeout_ms > 0) read_timeout_ms_ = static_cast<uint64_t>(call.read_timeout_ms);
   if (call.recreate_request) buildRequest(r_, s_, target_, &req_);
   if (call.peer_host.empty()) return true;  // the upstream's balancer picks (OpenResty's fallback)
-  bool v6 = call.peer_host.find(':') != std::string::npos;
-  std::string text = v6 ? "[" + call.peer_host + "]" : call.peer_host;
-  text.append(1, ':').append(std::to_string(call.peer_port));
-  if (!parsePeerAddress(text, &lua_choice_.addr)) {
-    logError(LogLevel::kError, "balancer_by_lua* set an invalid peer \"" + text + "\"");
+  const PeerAddress* addr = m_.luaPeer(call.peer_host, call.peer_port);
+  if (!addr) {
+    logError(LogLevel::kError, "balancer_by_lua* set an invalid peer \"" + peerText(call.peer_host, call.peer_port) + "\"");
     respondError(500);
     return false;
   }
+  lua_choice_.addr = *addr;
   lua_choice_.peer = true;
   lua_choice_.keepalive = call.keepalive;
   lua_choice_.keepalive_timeout_ms = call.keepalive_timeout_ms;
   lua_choice_.keepalive_requests = call.keepalive_requests > 0 ? call.keepalive_requests : UINT64_MAX;
   return true;
+}
+
+const PeerAddress* ProxyModule::luaPeer(const std::string& host, uint16_t port) {
+  if (!lua_peer_host_.empty() && host == lua_peer_host_ && port == lua_peer_port_) return &lua_peer_;
+  PeerAddress addr;
+  if (!parsePeerAddress(peerText(host, port), &addr)) return nullptr;
+  lua_peer_ = std::move(addr);
+  lua_peer_host_ = host;
+  lua_peer_port_ = port;
+  return &lua_peer_;
 }
 
 void ProxyTask::reconnectFresh() {

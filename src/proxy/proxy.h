@@ -45,9 +45,16 @@ class ProxyModule final : public http::ProxyHandler {
   // The TLS profile of `s`, made on first use: a level's settings live as
   // long as the worker's configuration, so their address names them.
   const TlsProfile& tlsProfile(const conf::ProxySettings& s);
+  // The address balancer_by_lua* names with set_current_peer (a numeric
+  // host, as that checked), or null if it is not one. The last answer is
+  // kept: a balancer's code names the same few peers again and again.
+  const PeerAddress* luaPeer(const std::string& host, uint16_t port);
 
  private:
   uv_loop_t* loop_;
+  std::string lua_peer_host_;  // luaPeer's last answer ("": none)
+  uint16_t lua_peer_port_ = 0;
+  PeerAddress lua_peer_;
   ConnPool pool_;
   Upstreams upstreams_;
   uint64_t max_idle_;
