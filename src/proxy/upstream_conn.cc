@@ -364,7 +364,8 @@ size_t ConnPool::idleCount(const std::string& key) const {
 }
 
 void ConnPool::put(UpstreamConn* c, uint64_t max_idle) {
-  List& l = idle_[c->key_];
+  if (!c->idle_list_) c->idle_list_ = &idle_[c->key_];
+  IdleList& l = *c->idle_list_;
   c->idle_prev_ = nullptr;
   c->idle_next_ = l.head;
   if (l.head) l.head->idle_prev_ = c;
@@ -380,7 +381,7 @@ void ConnPool::put(UpstreamConn* c, uint64_t max_idle) {
 void ConnPool::remove(UpstreamConn* c) {
   if (!c->in_pool_) return;
   c->in_pool_ = false;
-  List& l = idle_[c->key_];
+  IdleList& l = *c->idle_list_;  // set when it was put in
   if (c->idle_prev_) c->idle_prev_->idle_next_ = c->idle_next_;
   else l.head = c->idle_next_;
   if (c->idle_next_) c->idle_next_->idle_prev_ = c->idle_prev_;

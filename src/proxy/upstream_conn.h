@@ -39,6 +39,7 @@ struct PeerAddress {
 bool parsePeerAddress(const std::string& text, PeerAddress* out);
 
 class ConnPool;
+struct IdleList;
 
 class UpstreamConn {
  public:
@@ -144,6 +145,14 @@ class UpstreamConn {
   // In the pool: its peer's idle list (most recent first).
   UpstreamConn* idle_next_ = nullptr;
   UpstreamConn* idle_prev_ = nullptr;
+  IdleList* idle_list_ = nullptr;  // its peer's list, once pooled (never erased)
+};
+
+// The idle connections to one pool key, most recently used first.
+struct IdleList {
+  UpstreamConn* head = nullptr;
+  UpstreamConn* tail = nullptr;
+  size_t count = 0;
 };
 
 // The idle connections of one worker, by peer. Each idle connection keeps
@@ -173,16 +182,11 @@ class ConnPool {
 
  private:
   friend class UpstreamConn;
-  struct List {
-    UpstreamConn* head = nullptr;
-    UpstreamConn* tail = nullptr;
-    size_t count = 0;
-  };
   void put(UpstreamConn* c, uint64_t max_idle);
   void remove(UpstreamConn* c);
 
   uv_loop_t* loop_;
-  std::unordered_map<std::string, List> idle_;
+  std::unordered_map<std::string, IdleList> idle_;  // entries are never erased
   std::unordered_map<std::string, tls::TlsSessionBox*> sessions_;
   size_t idle_total_ = 0;
   bool shut_ = false;
