@@ -4,18 +4,45 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
+#include <cstring>
 #include <string_view>
 
 namespace tidegate::http {
 
 inline char asciiLower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; }
 
+// Eight bytes with each of 'A'..'Z' lower-cased, every other byte (obs-text
+// included) as it is: a byte's low seven bits plus 0x3f (0x25) carry into
+// its top bit from 'A' (from '['), and no sum carries into the next byte.
+inline uint64_t asciiLowerWord(uint64_t x) {
+  constexpr uint64_t kLow7 = 0x7f7f7f7f7f7f7f7fULL, kTop = 0x8080808080808080ULL;
+  uint64_t h = x & kLow7;
+  uint64_t upper = (h + 0x3f3f3f3f3f3f3f3fULL) & ~(h + 0x2525252525252525ULL) & ~x & kTop;
+  return x | (upper >> 2);
+}
+
+inline uint64_t loadWord(const char* p) {
+  uint64_t w;
+  std::memcpy(&w, p, sizeof(w));
+  return w;
+}
+
+// Field names are compared often (every header against a few known ones):
+// eight bytes at a time from eight bytes on, the last word overlapping.
 inline bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); i++) {
-    if (asciiLower(a[i]) != asciiLower(b[i])) return false;
+  size_t n = a.size();
+  if (n != b.size()) return false;
+  if (n < 8) {
+    for (size_t i = 0; i < n; i++) {
+      if (asciiLower(a[i]) != asciiLower(b[i])) return false;
+    }
+    return true;
   }
-  return true;
+  for (size_t i = 0; i + 8 < n; i += 8) {
+    if (asciiLowerWord(loadWord(a.data() + i)) != asciiLowerWord(loadWord(b.data() + i))) return false;
+  }
+  return asciiLowerWord(loadWord(a.data() + n - 8)) == asciiLowerWord(loadWord(b.data() + n - 8));
 }
 
 // A byte class: the characters of `extra`, plus letters and digits if `alnum`.

@@ -1,0 +1,62 @@
+// http/ascii.h: the word-at-a-time case folding against the byte rule.
+#include "http/ascii.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <string>
+
+namespace tidegate::http {
+namespace {
+
+bool bytewise(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); i++) {
+    if (asciiLower(a[i]) != asciiLower(b[i])) return false;
+  }
+  return true;
+}
+
+TEST(AsciiTest, LowerWordFoldsOnlyAsciiCapitals) {
+  for (int c = 0; c < 256; c++) {
+    for (int pos = 0; pos < 8; pos++) {
+      // The byte among neighbours that could carry into it: 0xff and 'Z'.
+      std::string s(8, pos % 2 ? '\xff' : 'Z');
+      s[static_cast<size_t>(pos)] = static_cast<char>(c);
+      uint64_t folded = asciiLowerWord(loadWord(s.data()));
+      char out[8];
+      std::memcpy(out, &folded, 8);
+      for (size_t i = 0; i < 8; i++) {
+        EXPECT_EQ(out[i], asciiLower(s[i])) << "byte " << c << " at " << pos << ", index " << i;
+      }
+    }
+  }
+}
+
+TEST(AsciiTest, IequalsAgreesWithTheByteRule) {
+  EXPECT_TRUE(iequals("Content-Length", "content-length"));
+  EXPECT_TRUE(iequals("TRANSFER-ENCODING", "transfer-encoding"));
+  EXPECT_FALSE(iequals("content-lengtH ", "content-length"));
+  EXPECT_FALSE(iequals("content-lengti", "content-length"));
+  EXPECT_FALSE(iequals("Content-Length", "content_length"));
+  EXPECT_FALSE(iequals("x-accel-charset", "x-accel-charsef"));
+  EXPECT_TRUE(iequals("", ""));
+  // '@' and '[' sit beside 'A' and 'Z'; 0xc1 is 'A' with the top bit set.
+  EXPECT_FALSE(iequals("abcdefgh@", "abcdefgh`"));
+  EXPECT_FALSE(iequals("abcdefgh[", "abcdefgh{"));
+  EXPECT_FALSE(iequals("abcdefgh\xc1", "abcdefgh\xe1"));
+  std::mt19937 rng(7);
+  const std::string alphabet = "aAzZ@[`{-_09\x80\xc1\xe1\xff";
+  for (int round = 0; round < 200000; round++) {
+    size_t n = rng() % 20;
+    std::string a(n, ' '), b(n, ' ');
+    for (size_t i = 0; i < n; i++) {
+      a[i] = alphabet[rng() % alphabet.size()];
+      b[i] = rng() % 2 ? a[i] : alphabet[rng() % alphabet.size()];
+    }
+    ASSERT_EQ(iequals(a, b), bytewise(a, b)) << a << " / " << b;
+  }
+}
+
+}  // namespace
+}  // namespace tidegate::http
