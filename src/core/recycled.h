@@ -22,12 +22,30 @@
 
 namespace tidegate::core {
 
+// The calling thread's T, made on first use; null once it has been
+// destroyed at the thread's exit, so a thread_local destructor that runs
+// later (and frees an object, say) can tell instead of touching a dead
+// object. `Tag` tells apart two uses that keep the same type.
+template <class T, class Tag = T>
+T* threadLocalUntilExit() {
+  // A plain bool has no destructor: it is still there to read afterwards.
+  thread_local bool gone = false;
+  if (gone) return nullptr;
+  struct Holder {
+    T value;
+    ~Holder() { gone = true; }
+  };
+  thread_local Holder holder;
+  return &holder.value;
+}
+
 template <class T, size_t kKeep = 256>
 class Recycled {
  public:
   static void* operator new(size_t size) {
-    if (size != sizeof(T) || gone()) return ::operator new(size);
-    std::vector<void*>& blocks = freeBlocks().blocks;
+    FreeBlocks* free_blocks = threadLocalUntilExit<FreeBlocks>();
+    if (size != sizeof(T) || !free_blocks) return ::operator new(size);
+    std::vector<void*>& blocks = free_blocks->blocks;
     if (!blocks.empty()) {
       void* p = blocks.back();
       blocks.pop_back();
@@ -37,11 +55,14 @@ class Recycled {
     return ::operator new(size);
   }
   static void operator delete(void* p, size_t size) noexcept {
-    if (size != sizeof(T) || gone()) {
+    // After the thread's list is destroyed (objects freed by later
+    // thread_local destructors): the global operator.
+    FreeBlocks* free_blocks = threadLocalUntilExit<FreeBlocks>();
+    if (size != sizeof(T) || !free_blocks) {
       ::operator delete(p);
       return;
     }
-    std::vector<void*>& blocks = freeBlocks().blocks;
+    std::vector<void*>& blocks = free_blocks->blocks;
     if (blocks.size() < kKeep) {
       // The vector's growth could throw; a block it cannot take is freed.
       try {
@@ -58,24 +79,12 @@ class Recycled {
   struct FreeBlocks {
     std::vector<void*> blocks;
     ~FreeBlocks() {
-      gone() = true;
       for (void* p : blocks) {
         TIDEGATE_UNPOISON(p, sizeof(T));
         ::operator delete(p);
       }
     }
   };
-  static FreeBlocks& freeBlocks() {
-    thread_local FreeBlocks f;
-    return f;
-  }
-  // Set once the thread's list is destroyed (at its exit): objects freed
-  // later, by other destructors, go to the global operator. A plain bool
-  // has no destructor, so it is still there to read.
-  static bool& gone() {
-    thread_local bool g = false;
-    return g;
-  }
 };
 
 }  // namespace tidegate::core

@@ -25,16 +25,7 @@ LuaTask::~LuaTask() {
 }
 
 std::vector<std::unique_ptr<Co>>* LuaTask::spareCos() {
-  // A plain bool has no destructor: still there to read after the vector's
-  // (whose definition must not be reached again then).
-  thread_local bool gone = false;
-  if (gone) return nullptr;
-  struct Spare {
-    std::vector<std::unique_ptr<Co>> cos;
-    ~Spare() { gone = true; }
-  };
-  thread_local Spare spare;
-  return &spare.cos;
+  return core::threadLocalUntilExit<std::vector<std::unique_ptr<Co>>>();
 }
 
 namespace {
