@@ -36,12 +36,11 @@ size_t plainRun(const char* p, size_t i, size_t end) {
   return i;
 }
 
+// http::trimOws, on the string itself.
 void trimOwsInPlace(std::string* v) {
-  size_t end = v->size();
-  while (end > 0 && ((*v)[end - 1] == ' ' || (*v)[end - 1] == '\t')) end--;
-  size_t start = 0;
-  while (start < end && ((*v)[start] == ' ' || (*v)[start] == '\t')) start++;
-  v->erase(end);
+  std::string_view kept = http::trimOws(*v);
+  auto start = static_cast<size_t>(kept.data() - v->data());
+  v->erase(start + kept.size());
   v->erase(0, start);
 }
 

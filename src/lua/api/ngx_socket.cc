@@ -470,7 +470,7 @@ class SockWait : public Wait {
 
 void onConnTimer(uv_timer_t* t) noexcept {
   auto* c = static_cast<Conn*>(t->data);
-  if (c->due == Conn::Due::kNone || !c->timer.expired(onConnTimer)) return;
+  if (!c->timer.expired(onConnTimer)) return;  // nothing due (disarmTimer), or not yet
   Conn::Due due = c->due;
   c->due = Conn::Due::kNone;
   if (due == Conn::Due::kIdle) {
