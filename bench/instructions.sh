@@ -31,23 +31,15 @@ if [ "$SCENARIO" = redis ]; then
   PIDS+=($!)
   for _ in $(seq 100); do [ "$(redis-cli -p "$REDIS_PORT" set bench hello 2>/dev/null)" = OK ] && break; sleep 0.05; done
 fi
-case $SCENARIO in proxy*)
-  # The proxies' backend as bench/run.sh runs it: plain nginx answering "hello", never
-  # closing a keepalive connection first.
-  export BACKEND_PORT
-  BACKEND_PORT=$(free_port)
-  mkdir -p "$TMP/backend/logs"
-  cat >"$TMP/backend/server.conf" <<EOF
-daemon off; master_process off; error_log $TMP/backend/logs/error.log warn; pid $TMP/backend/logs/pid;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000; keepalive_timeout 600s;
-  server { listen 127.0.0.1:$BACKEND_PORT; location / { return 200 "hello"; } } }
-EOF
+case $SCENARIO in proxy*) export BACKEND_PORT; BACKEND_PORT=$(free_port) ;; esac
+CONF_ONLY=$TMP CONF_PORT=$PORT bash bench/run.sh "$SCENARIO" >/dev/null
+if [ -f "$TMP/backend/server.conf" ]; then
+  # The proxies' backend, as run.sh writes it, in one process.
+  sed -i 's/master_process on;/master_process off;/' "$TMP/backend/server.conf"
   "${NGINX:-/usr/sbin/nginx}" -p "$TMP/backend/" -c "$TMP/backend/server.conf" &
   PIDS+=($!)
   for _ in $(seq 100); do curl -fsS -o /dev/null "http://127.0.0.1:$BACKEND_PORT/" 2>/dev/null && break; sleep 0.05; done
-esac
-CONF_ONLY=$TMP CONF_PORT=$PORT bash bench/run.sh "$SCENARIO" >/dev/null
+fi
 
 # A keepalive client: N requests one after another, each response read whole.
 cat >"$TMP/client.py" <<'EOP'

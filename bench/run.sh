@@ -402,8 +402,8 @@ start_server() { launch SERVER_PID "$(server_bin "$1")" "$SERVER_CPUS" "$(write_
 
 # The proxies' upstream: plain nginx (no lua module), on the load CPU beside wrk so the
 # gateway has CPU 0 to itself. It never closes a keepalive connection first.
-start_backend() {
-  local dir="$TMP/backend"; mkdir -p "$dir/logs"
+write_backend_conf() {   # write_backend_conf DIR: DIR/server.conf, DIR/logs/
+  local dir=$1; mkdir -p "$dir/logs"
   cat >"$dir/server.conf" <<EOF
 daemon off; master_process on; worker_processes $BACKEND_WORKERS;
 error_log $dir/logs/error.log warn; pid $dir/logs/server.pid;
@@ -417,7 +417,10 @@ http {
   }
 }
 EOF
-  launch BACKEND_PID "$NGINX" 1 "$dir" "$BACKEND_PORT"
+}
+start_backend() {
+  write_backend_conf "$TMP/backend"
+  launch BACKEND_PID "$NGINX" 1 "$TMP/backend" "$BACKEND_PORT"
 }
 # The redis scenario's server: no persistence, on CPU 1 beside wrk, holding the key
 # every request reads. Ready when redis-cli can set it.
@@ -537,8 +540,10 @@ if [ -n "$TLS" ]; then
 fi
 check_confs
 # CONF_ONLY=DIR (bench/instructions.sh): each side's prefix (server.conf, logs/) goes to
-# DIR/SIDE, listening on CONF_PORT, and nothing runs.
+# DIR/SIDE, listening on CONF_PORT, and the backend's (if the scenario has one, on
+# BACKEND_PORT) to DIR/backend; nothing runs.
 if [ -n "${CONF_ONLY:-}" ]; then
+  if [ -n "$BACKEND" ]; then write_backend_conf "$CONF_ONLY/backend"; fi
   for side in $SIDES; do
     dir=$(write_conf "$side" "${CONF_PORT:?CONF_ONLY needs CONF_PORT}")
     rm -rf "${CONF_ONLY:?}/$side"; cp -r "$dir" "$CONF_ONLY/$side"
