@@ -97,10 +97,10 @@ class Connection : private RequestParser::Handler, private ContentSink {
   void redirectInternally(ContentResult& result);
   void startRequest();
   void respond(int status, std::string_view content_type, std::string_view body, std::string_view location,
-               const HeaderList* extra_headers = nullptr);
+               const HeaderViews* extra_headers = nullptr);
   // The status line and headers; `content_length` < 0: unknown (chunked,
   // or close-delimited for HTTP/1.0). Returns the bytes appended.
-  size_t writeHead(int status, std::string_view content_type, std::string_view location, const HeaderList* extra,
+  size_t writeHead(int status, std::string_view content_type, std::string_view location, const HeaderViews* extra,
                    int64_t content_length);
   void writeHandlerHead(ContentResult& result, int64_t content_length);
   void writeBodyPart(std::string_view data);
@@ -177,6 +177,9 @@ class Connection : private RequestParser::Handler, private ContentSink {
 
   // Read buffer: [start_, end_) holds the current request and anything
   // pipelined after it; parsed_ is the parser's position.
+  // The extra fields of the head being written (writeHead), as views: kept
+  // for its capacity.
+  HeaderViews extra_views_;
   char* buf_ = nullptr;
   size_t cap_ = 0;
   size_t start_ = 0;

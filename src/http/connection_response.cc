@@ -37,14 +37,15 @@ struct HandlerHeaders {
   std::string_view content_type;
   std::string_view location;
   int64_t content_length = -1;
-  HeaderList extra;
 };
 
-// `take`: the other fields are moved out of `headers` instead of copied.
-HandlerHeaders splitHandlerHeaders(HeaderList& headers, std::string_view default_type, bool take) {
+// The other fields go to `extra` (cleared first), as views into `headers`.
+template <class List>
+HandlerHeaders splitHandlerHeaders(const List& headers, std::string_view default_type, HeaderViews* extra) {
   HandlerHeaders h;
   h.content_type = default_type;
-  for (auto& [name, value] : headers) {
+  extra->clear();
+  for (const auto& [name, value] : headers) {
     switch (name.size()) {
       case 12:
         if (iequals(name, "content-type")) {
@@ -75,10 +76,23 @@ HandlerHeaders splitHandlerHeaders(HeaderList& headers, std::string_view default
     }
     // A handler's Server or Date (ngx.header.Server, proxy_pass_header)
     // replaces ours, as in nginx.
-    if (take) h.extra.emplace_back(std::move(name), std::move(value));
-    else h.extra.emplace_back(name, value);
+    extra->emplace_back(name, value);
   }
   return h;
+}
+
+HandlerHeaders splitResultHeaders(const ContentResult& r, std::string_view default_type, HeaderViews* extra) {
+  return r.header_views ? splitHandlerHeaders(*r.header_views, default_type, extra)
+                        : splitHandlerHeaders(r.headers, default_type, extra);
+}
+
+// A result's headers as a list of its own (the header filter may change it).
+HeaderList ownedHeaders(ContentResult& r, bool take) {
+  if (!r.header_views) return take ? std::move(r.headers) : r.headers;
+  HeaderList out;
+  out.reserve(r.header_views->size());
+  for (const auto& [name, value] : *r.header_views) out.emplace_back(name, value);
+  return out;
 }
 
 }  // namespace
@@ -116,18 +130,18 @@ void Connection::finish(ContentResult result, ContentTask* task) {
   } else if (result.declined) {
     respond(404, "text/html", errorPage(404), {});
   } else if (result.status >= 300 && result.body.empty()) {
-    HandlerHeaders h = splitHandlerHeaders(result.headers, *settings().default_type, true);
-    respond(result.status, "text/html", errorPage(result.status), absoluteRedirect(h.location), &h.extra);
+    HandlerHeaders h = splitResultHeaders(result, *settings().default_type, &extra_views_);
+    respond(result.status, "text/html", errorPage(result.status), absoluteRedirect(h.location), &extra_views_);
   } else if (hasFilters()) {
-    sendHead(result.status, std::move(result.headers), static_cast<int64_t>(result.body.size()), task);
+    sendHead(result.status, ownedHeaders(result, true), static_cast<int64_t>(result.body.size()), task);
     sendBody(result.body, true, task);
   } else {
-    HandlerHeaders h = splitHandlerHeaders(result.headers, *settings().default_type, true);
+    HandlerHeaders h = splitResultHeaders(result, *settings().default_type, &extra_views_);
     // The whole body is here: its size is the length (a handler's
     // Content-Length counts only for HEAD, where no body follows).
     int64_t length = static_cast<int64_t>(result.body.size());
     if (parser_.head().is_head && h.content_length >= 0) length = h.content_length;
-    writeHead(result.status, h.content_type, absoluteRedirect(h.location), &h.extra, length);
+    writeHead(result.status, h.content_type, absoluteRedirect(h.location), &extra_views_, length);
     writeBodyPart(result.body);
     endBody();
   }
@@ -169,11 +183,11 @@ void Connection::sendHead(int status, HeaderList headers, int64_t content_length
     abortResponse();
     return;
   }
-  HandlerHeaders h = splitHandlerHeaders(headers, *s.default_type, true);
+  HandlerHeaders h = splitHandlerHeaders(headers, *s.default_type, &extra_views_);
   // A body filter may change the length: the body goes out chunked.
   if (h.content_length >= 0) content_length = h.content_length;
   if (s.body_filter_lua) content_length = -1;
-  writeHead(status, h.content_type, absoluteRedirect(h.location), &h.extra, content_length);
+  writeHead(status, h.content_type, absoluteRedirect(h.location), &extra_views_, content_length);
 }
 
 void Connection::sendBody(std::string_view data, bool last, ContentTask* task) {
@@ -194,10 +208,10 @@ void Connection::sendBody(std::string_view data, bool last, ContentTask* task) {
 }
 
 void Connection::writeHandlerHead(ContentResult& result, int64_t content_length) {
-  // Copied unless disposable: the handler may still read ngx.header after
-  // the head is out.
-  HandlerHeaders h = splitHandlerHeaders(result.headers, *settings().default_type, result.headers_disposable);
-  writeHead(result.status, h.content_type, absoluteRedirect(h.location), &h.extra,
+  // Views: the head is written before this returns, and the handler's
+  // headers stay as they are (it may read ngx.header afterwards).
+  HandlerHeaders h = splitResultHeaders(result, *settings().default_type, &extra_views_);
+  writeHead(result.status, h.content_type, absoluteRedirect(h.location), &extra_views_,
             h.content_length >= 0 ? h.content_length : content_length);
 }
 
@@ -205,7 +219,7 @@ void Connection::writeHandlerHead(ContentResult& result, int64_t content_length)
 void Connection::flushOutput(ContentResult& result, bool last, ContentTask* task) {
   if (closing_) return;
   int64_t length = last ? static_cast<int64_t>(result.body.size()) : -1;
-  if (!headers_sent_ && hasFilters()) sendHead(result.status, result.headers, length, task);
+  if (!headers_sent_ && hasFilters()) sendHead(result.status, ownedHeaders(result, false), length, task);
   else if (!headers_sent_) writeHandlerHead(result, length);
   sendBody(result.body, last, task);
   result.body.clear();
@@ -325,12 +339,14 @@ bool Connection::shouldKeepAlive(int status) const {
 }
 
 void Connection::respond(int status, std::string_view content_type, std::string_view body, std::string_view location,
-                         const HeaderList* extra_headers) {
+                         const HeaderViews* extra_headers) {
   if (hasFilters()) {
     HeaderList headers;
     headers.emplace_back("Content-Type", content_type);
     if (!location.empty()) headers.emplace_back("Location", location);
-    if (extra_headers) headers.insert(headers.end(), extra_headers->begin(), extra_headers->end());
+    if (extra_headers) {
+      for (const auto& [name, value] : *extra_headers) headers.emplace_back(name, value);
+    }
     sendHead(status, std::move(headers), static_cast<int64_t>(body.size()), nullptr);
     sendBody(body, true, nullptr);
     return;
@@ -341,7 +357,7 @@ void Connection::respond(int status, std::string_view content_type, std::string_
 }
 
 size_t Connection::writeHead(int status, std::string_view content_type, std::string_view location,
-                             const HeaderList* extra_headers, int64_t content_length) {
+                             const HeaderViews* extra_headers, int64_t content_length) {
   const RequestHead& h = parser_.head();
   keepalive_ = keepalive_ && shouldKeepAlive(status) && status != 101;  // 101: the connection is never reused
   // The body must be fully read to keep the connection: a reply that came

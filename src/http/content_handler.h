@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -18,6 +19,9 @@
 namespace tidegate::http {
 
 using HeaderList = std::vector<std::pair<std::string, std::string>>;
+// A field by reference (name, value), for a head written out at once.
+using HeaderView = std::pair<std::string_view, std::string_view>;
+using HeaderViews = std::vector<HeaderView>;
 
 // What a content handler produced. A status >= 300 with an empty body gets
 // the built-in error page, as nginx's special responses do.
@@ -28,9 +32,10 @@ struct ContentResult {
   bool declined = false;
   int status = 200;
   std::vector<std::pair<std::string, std::string>> headers;  // as set, in order
-  // The handler does not read `headers` after the head went out (the
-  // proxy): the connection may take them instead of copying.
-  bool headers_disposable = false;
+  // When set, the headers instead of `headers`: views into the handler's
+  // own strings, read only during the call this result is given to (the
+  // proxy passes the upstream's head through without a copy).
+  const HeaderViews* header_views = nullptr;
   std::string body;
   // The handler failed after the headers went out: the response cannot be
   // completed, so the connection is closed (the client sees it truncated).

@@ -6,6 +6,7 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -50,14 +51,32 @@ struct UpstreamRecord {
   std::vector<UpstreamTry> tries;
   std::string proxy_host;    // $proxy_host: the upstream name or host[:port] of proxy_pass
   std::string proxy_port;    // $proxy_port
+  using Field = std::pair<std::string, std::string>;
+
   // The last response head's headers, as received (lower-case not assumed).
-  std::vector<std::pair<std::string, std::string>> headers;
+  std::span<const Field> headers() const { return {fields_.data(), field_count_}; }
+  void setHeaders(std::vector<Field> fields) {
+    fields_ = std::move(fields);
+    field_count_ = fields_.size();
+  }
+  // `swap(vector)` puts the new headers in the vector it is given and takes
+  // what was there. A cleared record's strings are still in it: their
+  // capacity serves whoever fills that vector next (the proxy's parser).
+  template <class Swap>
+  void exchangeHeaders(Swap&& swap) {
+    swap(fields_);
+    field_count_ = fields_.size();
+  }
   void clear() {
     tries.clear();
     proxy_host.clear();
     proxy_port.clear();
-    headers.clear();
+    field_count_ = 0;
   }
+
+ private:
+  std::vector<Field> fields_;  // [0, field_count_) are the headers
+  size_t field_count_ = 0;
 };
 
 // nginx's NGX_HTTP_MAX_URI_CHANGES: internal redirects and location jumps

@@ -46,7 +46,7 @@ bool headerNamed(std::string_view name, std::string_view param) {
 // Every upstream response header of that name, joined with ", " (nginx >= 1.23).
 void appendUpstreamHeader(const UpstreamRecord& u, std::string_view param, std::string* out) {
   bool first = true;
-  for (const auto& [name, value] : u.headers) {
+  for (const auto& [name, value] : u.headers()) {
     if (!headerNamed(name, param)) continue;
     if (!first) out->append(", ");
     out->append(value);
@@ -108,8 +108,7 @@ bool upstreamVariableFound(const conf::VarRef& var, const Request& r) {
     case VarId::kUpstreamHeaderTime:
     case VarId::kUpstreamResponseLength: return !r.upstream.tries.empty();
     case VarId::kUpstreamHttpHeader:
-      return std::any_of(r.upstream.headers.begin(), r.upstream.headers.end(),
-                         [&var](const auto& h) { return headerNamed(h.first, var.param); });
+      return std::ranges::any_of(r.upstream.headers(), [&var](const auto& h) { return headerNamed(h.first, var.param); });
     case VarId::kProxyHost: return !r.upstream.proxy_host.empty();
     case VarId::kProxyPort: return !r.upstream.proxy_port.empty();
     default: return true;

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -522,9 +523,27 @@ void ProxyTask::logError(LogLevel level, const std::string& why) {
 }
 
 ProxyModule::ProxyModule(uv_loop_t* loop, const conf::Config& cfg, shm::UpstreamTable& table)
-    : loop_(loop), pool_(loop), upstreams_(cfg, table), max_idle_(static_cast<uint64_t>(cfg.worker_connections)) {}
+    : loop_(loop), pool_(loop), upstreams_(cfg, table), max_idle_(static_cast<uint64_t>(cfg.worker_connections)) {
+  // Room for every buffer set kept, so that giving one back never allocates.
+  spare_buffers_.reserve(std::min<uint64_t>(max_idle_, kMaxSpareBuffers));
+}
 
 ProxyModule::~ProxyModule() = default;
+
+std::unique_ptr<ExchangeBuffers> ProxyModule::takeBuffers() {
+  if (spare_buffers_.empty()) return std::make_unique<ExchangeBuffers>();
+  std::unique_ptr<ExchangeBuffers> b = std::move(spare_buffers_.back());
+  spare_buffers_.pop_back();
+  return b;
+}
+
+void ProxyModule::giveBuffers(std::unique_ptr<ExchangeBuffers> b) {
+  if (spare_buffers_.size() >= spare_buffers_.capacity()) return;
+  b->request_head.clear();
+  b->tried.clear();
+  b->response_headers.clear();
+  spare_buffers_.push_back(std::move(b));
+}
 
 std::unique_ptr<http::ContentTask> ProxyModule::start(http::Request& r, http::ContentSink& sink,
                                                       http::ContentTask* lua) {

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "conf/config.h"
 #include "http/content_handler.h"
@@ -17,6 +18,8 @@
 #include "proxy/upstreams.h"
 
 namespace tidegate::proxy {
+
+struct ExchangeBuffers;
 
 // The proxy_ssl_* settings of one http level, as the TLS client takes them,
 // with the part of the pool key they make (everything but the name).
@@ -49,6 +52,11 @@ class ProxyModule final : public http::ProxyHandler {
   // host, as that checked), or null if it is not one. The last answer is
   // kept: a balancer's code names the same few peers again and again.
   const PeerAddress* luaPeer(const std::string& host, uint16_t port);
+  // A request's exchange buffers (proxy_task.h), the most recently given
+  // back first (its memory is the likeliest to be in cache); given back
+  // cleared, kept up to maxIdle() (at most kMaxSpareBuffers).
+  std::unique_ptr<ExchangeBuffers> takeBuffers();
+  void giveBuffers(std::unique_ptr<ExchangeBuffers> b);
 
  private:
   uv_loop_t* loop_;
@@ -60,6 +68,8 @@ class ProxyModule final : public http::ProxyHandler {
   uint64_t max_idle_;
   http::ContentHandler* content_handler_ = nullptr;
   std::unordered_map<const conf::ProxySettings*, TlsProfile> tls_profiles_;
+  static constexpr uint64_t kMaxSpareBuffers = 4096;
+  std::vector<std::unique_ptr<ExchangeBuffers>> spare_buffers_;
 };
 
 }  // namespace tidegate::proxy

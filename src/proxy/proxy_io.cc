@@ -215,7 +215,7 @@ void ProxyTask::handleHead() {
     req_.keepalive = false;
   }
   if (h.upgrade) {
-    r_.upstream.headers = h.headers;
+    r_.upstream.setHeaders(h.headers);
     startTunnel();
     return;
   }
@@ -228,18 +228,22 @@ void ProxyTask::handleHead() {
     respondError(h.status);
     return;
   }
-  http::ContentResult res;
-  res.status = h.status;
-  res.headers_disposable = true;
-  res.headers.reserve(h.headers.size());
+  // The fields go to the client as views into the parser's strings, which
+  // then become the request's ($upstream_http_*) without a copy (the
+  // views stay valid: the strings do not move).
+  http::HeaderViews& fields = x_->response_headers;
+  fields.clear();
   const std::vector<std::string>& hide = *s_.hide_headers;
   const std::vector<std::string>& pass = *s_.pass_headers;
   for (const auto& [name, value] : h.headers) {
     if (listed(hide, name)) continue;
     if (hiddenByDefault(name) && !listed(pass, name)) continue;
-    res.headers.emplace_back(name, value);
+    fields.emplace_back(name, value);
   }
-  r_.upstream.headers = parser_.takeHeaders();  // for $upstream_http_*
+  http::ContentResult res;
+  res.status = h.status;
+  res.header_views = &fields;
+  r_.upstream.exchangeHeaders([this](auto& fields) { parser_.swapHeaders(fields); });
   head_sent_ = true;
   sink_.flushOutput(res, false, lua_);
 }

@@ -23,10 +23,21 @@ namespace tidegate::proxy {
 // Monotonic microseconds, for try timings and the balancers.
 inline int64_t nowUs() { return static_cast<int64_t>(uv_hrtime() / 1000); }
 
+// What one proxied request fills and would otherwise allocate anew every
+// time: the module keeps sets of them between requests (takeBuffers), with
+// their capacity, so a request in the steady state allocates nothing for
+// its exchange.
+struct ExchangeBuffers {
+  ResponseParser parser;     // its field strings keep their capacity too
+  std::string request_head;  // the upstream request's head (BuiltRequest::head)
+  std::vector<size_t> tried; // the balancer's peers tried so far
+  http::HeaderViews response_headers;  // the upstream head's fields that go to the client
+};
+
 // One proxied request. Owned by the downstream connection (as its content
 // task); owns its upstream connection while a try runs.
 class ProxyTask final : public http::ContentTask,
-                        public core::Recycled<ProxyTask>,
+                        public core::Recycled<ProxyTask, 4096>,
                         private UpstreamConn::User,
                         private http::ContentSink::TunnelPeer {
  public:
@@ -38,8 +49,12 @@ class ProxyTask final : public http::ContentTask,
         s_(r.settings().proxy),
         connect_timeout_ms_(*s_.connect_timeout_ms),
         send_timeout_ms_(*s_.send_timeout_ms),
-        read_timeout_ms_(*s_.read_timeout_ms) {
+        read_timeout_ms_(*s_.read_timeout_ms),
+        x_(m.takeBuffers()),
+        parser_(x_->parser),
+        tried_(x_->tried) {
     parser_.onBody([this](std::string_view data) { forwardBody(data); });
+    req_.head = std::move(x_->request_head);
   }
   ~ProxyTask() override {
     if (waiting_drain_) sink_.cancelDrain();
@@ -49,6 +64,8 @@ class ProxyTask final : public http::ContentTask,
       uv_close(reinterpret_cast<uv_handle_t*>(balancer_timer_),
                [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
     }
+    x_->request_head = std::move(req_.head);
+    m_.giveBuffers(std::move(x_));
   }
 
   void run();
@@ -155,6 +172,10 @@ class ProxyTask final : public http::ContentTask,
   uint64_t send_timeout_ms_;
   uint64_t read_timeout_ms_;
   State state_ = State::kWaitBody;
+  // From the module, back to it at the end; parser_ and tried_ live there.
+  std::unique_ptr<ExchangeBuffers> x_;
+  ResponseParser& parser_;
+  std::vector<size_t>& tried_;
 
   std::shared_ptr<UpstreamRuntime> rt_;
   ProxyTarget target_;
@@ -178,8 +199,6 @@ class ProxyTask final : public http::ContentTask,
   int body_fd_ = -1;
   std::string body_chunk_;
   uv_buf_t bufs_[2];
-  ResponseParser parser_;
-  std::vector<size_t> tried_;
   std::string hash_key_;  // chash: the key, evaluated once per request
   // proxy_pass https:// (empty otherwise): the settings' pool key part, the
   // name that is sent as SNI (when proxy_ssl_server_name) and checked.

@@ -103,6 +103,10 @@ void ResponseParser::restartLlhttp() {
 // Per-message state: a skipped 1xx starts the next message with this too.
 // The field strings are cleared, not freed (see fields_).
 void ResponseParser::startMessage() {
+  if (!spare_fields_.empty()) {
+    head_.headers.swap(spare_fields_);
+    spare_fields_.clear();
+  }
   head_.status = 0;
   head_.http_minor = 1;
   head_.reason.clear();

@@ -100,8 +100,14 @@ class ResponseParser {
   bool messageDone() const { return message_done_; }
   bool bodyUntilClose() const { return body_until_close_; }
   const ResponseHead& head() const { return head_; }
-  // The head's fields, moved out (the head keeps none); for after kHead.
-  std::vector<std::pair<std::string, std::string>> takeHeaders() { return std::move(head_.headers); }
+  // The head's fields, exchanged with `other` (after kHead; the head then
+  // has none): the parser keeps that vector, and the capacity of its
+  // strings, for the next head's fields.
+  void swapHeaders(std::vector<std::pair<std::string, std::string>>& other) {
+    other.swap(head_.headers);
+    spare_fields_.swap(head_.headers);
+    head_.headers.clear();
+  }
   const std::string& errorText() const { return error_text_; }
   uint64_t bodyBytes() const { return body_bytes_; }
   // Whether llhttp parsed this response (false: the head arrived whole and
@@ -161,6 +167,8 @@ class ResponseParser {
   // head being parsed; until the head is complete the rest are kept only
   // for their strings' capacity.
   size_t fields_ = 0;
+  // Given by swapHeaders(): the next head's fields go there.
+  std::vector<std::pair<std::string, std::string>> spare_fields_;
   size_t head_bytes_ = 0;  // every head byte since reset(), 1xx heads included
   bool in_name_ = false;    // a field name has begun and is not complete yet
   bool after_lf_ = false;   // the last head byte given to llhttp was LF

@@ -230,6 +230,41 @@ TEST(ProxyTest, AccessLogShowsUpstreamVariables) {
   EXPECT_EQ(gw.stop(), 0);
 }
 
+// A request's exchange buffers (the parser's fields, the head's views) and
+// the request's record of the upstream's headers are reused: nothing of an
+// earlier response may show in a later one, on the same client connection
+// or another.
+TEST(ProxyTest, ReusedExchangeBuffersCarryNothingOver) {
+  FakeUpstream up;
+  const std::string long_a(70, 'a'), long_z(40, 'z');
+  up.enqueue(Behaviour::respond(200, "one", {{"X-A", long_a}, {"X-B", "b-value-longer-than-sso"}, {"X-C", "c"}}));
+  up.enqueue(Behaviour::respond(200, "two", {{"X-Z", long_z}}));
+  up.enqueue(Behaviour::respond(200, "three"));
+  Gateway gw;
+  gw.setSimpleConf("access_log logs/up.log up;\nlocation / { proxy_pass http://backend; }",
+                   "log_format up '$request_uri [$upstream_http_x_a] [$upstream_http_x_z]';\n" + upstreamBlock(up));
+  ASSERT_TRUE(gw.start());
+  RawClient c(gw.port());
+  ASSERT_TRUE(c.send("GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"));
+  Response r1 = c.readResponse();
+  ASSERT_EQ(r1.body, "one") << gw.errorLog();
+  EXPECT_EQ(r1.header("x-a"), long_a);
+  EXPECT_EQ(r1.header("x-b"), "b-value-longer-than-sso");
+  ASSERT_TRUE(c.send("GET /2 HTTP/1.1\r\nHost: a\r\n\r\n"));
+  Response r2 = c.readResponse();
+  ASSERT_EQ(r2.body, "two") << gw.errorLog();
+  EXPECT_EQ(r2.header("x-z"), long_z);
+  for (const char* gone : {"x-a", "x-b", "x-c"}) EXPECT_FALSE(r2.hasHeader(gone)) << gone;
+  RawClient other(gw.port());
+  ASSERT_TRUE(other.send("GET /3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"));
+  Response r3 = other.readResponse();
+  ASSERT_EQ(r3.body, "three") << gw.errorLog();
+  for (const char* gone : {"x-a", "x-b", "x-c", "x-z"}) EXPECT_FALSE(r3.hasHeader(gone)) << gone;
+  const std::string want = "/1 [" + long_a + "] [-]\n/2 [-] [" + long_z + "]\n/3 [-] [-]\n";
+  EXPECT_TRUE(waitFor([&] { return gw.prefix().read("logs/up.log") == want; })) << gw.prefix().read("logs/up.log");
+  EXPECT_EQ(gw.stop(), 0);
+}
+
 // Reads from `fd` until `want` bytes total are in *got (or the deadline).
 bool readAtLeast(int fd, size_t want, std::string* got, Ms timeout = Ms(5000)) {
   auto deadline = std::chrono::steady_clock::now() + timeout;

@@ -103,7 +103,7 @@ TEST_F(UpstreamVariablesTest, NoTriesIsNotFound) {
 }
 
 TEST_F(UpstreamVariablesTest, UpstreamHttpJoinsEveryHeaderOfThatName) {
-  req_.upstream.headers = {{"X-Foo", "a"}, {"Content-Type", "text/plain"}, {"x-foo", "b, c"}, {"X-Foo-Bar", "no"}};
+  req_.upstream.setHeaders({{"X-Foo", "a"}, {"Content-Type", "text/plain"}, {"x-foo", "b, c"}, {"X-Foo-Bar", "no"}});
   EXPECT_EQ(var("upstream_http_x_foo"), "a, b, c");
   EXPECT_EQ(var("upstream_http_X_FOO"), "a, b, c");
   EXPECT_EQ(var("upstream_http_content_type"), "text/plain");
@@ -113,14 +113,30 @@ TEST_F(UpstreamVariablesTest, UpstreamHttpJoinsEveryHeaderOfThatName) {
 
 TEST_F(UpstreamVariablesTest, UpstreamHttpUnderscoreInHeaderNameMatchesToo) {
   // nginx compares the header's name with '-' read as '_'.
-  req_.upstream.headers = {{"X_Foo", "u"}};
+  req_.upstream.setHeaders({{"X_Foo", "u"}});
   EXPECT_EQ(var("upstream_http_x_foo"), "u");
 }
 
 TEST_F(UpstreamVariablesTest, EmptyUpstreamHeaderIsFoundButEmpty) {
-  req_.upstream.headers = {{"X-Empty", ""}};
+  req_.upstream.setHeaders({{"X-Empty", ""}});
   EXPECT_EQ(var("upstream_http_x_empty"), "");
   EXPECT_EQ(log("$upstream_http_x_empty"), "-");
+}
+
+TEST_F(UpstreamVariablesTest, ClearedRecordHasNoHeadersButHandsBackTheirStrings) {
+  const std::string long_value(40, 'v');
+  req_.upstream.setHeaders({{"X-Foo", long_value}});
+  const char* data = req_.upstream.headers()[0].second.data();
+  req_.upstream.clear();  // the next request on the connection
+  EXPECT_TRUE(req_.upstream.headers().empty());
+  EXPECT_EQ(var("upstream_http_x_foo"), std::nullopt);
+
+  std::vector<UpstreamRecord::Field> fields = {{"X-Bar", "b"}};
+  req_.upstream.exchangeHeaders([&](auto& mine) { mine.swap(fields); });
+  EXPECT_EQ(var("upstream_http_x_bar"), "b");
+  EXPECT_EQ(var("upstream_http_x_foo"), std::nullopt);
+  ASSERT_EQ(fields.size(), 1u);  // the cleared record's strings, capacity and all
+  EXPECT_EQ(fields[0].second.data(), data);
 }
 
 TEST_F(UpstreamVariablesTest, ProxyHostAndPort) {

@@ -440,6 +440,38 @@ TEST(ResponseParser, ResetReusesParserOnKeepaliveConnection) {
   EXPECT_EQ(p.execute(first.data(), first.size(), &consumed), Event::kHead);
 }
 
+// The proxy hands a head's fields to the request ($upstream_http_*) and
+// gets the request's old vector back: the next head fills those strings,
+// through llhttp (cut heads) and takeSimpleHead (whole ones) alike.
+TEST(ResponseParser, SwapHeadersHandsOverTheFieldsAndReusesTheVectorGiven) {
+  const std::string head = "HTTP/1.1 200 OK\r\nX-First: a-value-too-long-for-sso\r\nContent-Length: 0\r\n\r\n";
+  const std::string next = "HTTP/1.1 204 No Content\r\nX-Next: another-long-value-not-in-sso\r\n\r\n";
+  for (bool whole : {true, false}) {
+    SCOPED_TRACE(whole ? "whole" : "cut after the status line");
+    ResponseParser p;
+    auto feed = [&](const std::string& bytes) {
+      size_t cut = whole ? 0 : bytes.find('\n') + 1;
+      size_t consumed = 0;
+      p.reset(false, false, 4096);
+      if (cut > 0) ASSERT_EQ(p.execute(bytes.data(), cut, &consumed), Event::kNeedMore);
+      ASSERT_EQ(p.execute(bytes.data() + cut, bytes.size() - cut, &consumed), Event::kHead);
+      EXPECT_EQ(p.usedLlhttp(), !whole);
+    };
+    Fields record = {{"Old-Name", std::string(64, 'o')}, {"Old-2", "x"}};
+    const char* old_value = record[0].second.data();
+
+    feed(head);
+    p.swapHeaders(record);
+    EXPECT_EQ(record, (Fields{{"X-First", "a-value-too-long-for-sso"}, {"Content-Length", "0"}}));
+    EXPECT_TRUE(p.head().headers.empty());  // the head keeps none
+
+    feed(next);
+    EXPECT_EQ(p.head().headers, (Fields{{"X-Next", "another-long-value-not-in-sso"}}));
+    EXPECT_EQ(p.head().headers[0].second.data(), old_value);  // the given string's buffer, filled again
+    EXPECT_EQ(record[0].second, "a-value-too-long-for-sso");   // untouched by the next head
+  }
+}
+
 // A head that arrives whole skips llhttp when it is plain enough
 // (ResponseParser::takeSimpleHead); cut after the status line, llhttp
 // parses it. Both must say the same of every head: events, error text,
