@@ -104,13 +104,14 @@ void ProxyTask::startTry() {
 }
 
 void ProxyTask::tryPeer() {
-  if (!lua_choice_.peer && !pickPeer()) return;
+  int64_t now = nowUs();
+  if (!lua_choice_.peer && !pickPeer(now)) return;
   tries_++;
   const PeerAddress& addr = peerAddress();
   http::UpstreamTry t;
   t.addr = addr.text;
   r_.upstream.tries.push_back(std::move(t));
-  try_start_us_ = nowUs();
+  try_start_us_ = now;
   request_sent_ = request_done_ = got_bytes_ = request_head_written_ = stream_last_ = false;
   body_offset_ = 0;
 
@@ -131,10 +132,10 @@ void ProxyTask::tryPeer() {
   connectNew();
 }
 
-bool ProxyTask::pickPeer() {
+bool ProxyTask::pickPeer(int64_t now_us) {
   upstream::PickContext ctx;
   ctx.tried = tried_;
-  ctx.now_us = nowUs();
+  ctx.now_us = now_us;
   if (rt_->conf && rt_->conf->hash_key) {
     if (hash_key_.empty()) http::evaluate(*rt_->conf->hash_key, r_, &hash_key_);
     ctx.hash_key = hash_key_;
@@ -430,12 +431,13 @@ void ProxyTask::fail(uint32_t condition, int status, const std::string& why) {
   }
   http::UpstreamTry& t = r_.upstream.tries.back();
   if (t.status == 0 || !is_status) t.status = status;
-  t.response_us = nowUs() - try_start_us_;
+  int64_t now = nowUs();
+  t.response_us = now - try_start_us_;
   dropConnection();
   // Passive health: errors, timeouts and bad heads always count; statuses
   // only when proxy_next_upstream names them (as nginx's max_fails).
   bool counts = condition != conf::kNextHttp403 && condition != conf::kNextHttp404;
-  endTry(counts ? upstream::Outcome::kFailed : upstream::Outcome::kOk);
+  endTry(counts ? upstream::Outcome::kFailed : upstream::Outcome::kOk, now);
   last_state_ = counts ? "failed" : "next";  // nginx's NGX_PEER_FAILED / NGX_PEER_NEXT
   last_status_ = t.status;
   if (counts) reportFailure(why.empty() ? "status " + std::to_string(t.status) : why);
@@ -482,12 +484,12 @@ void ProxyTask::clientAborted() {
   sink_.finish(std::move(res), lua_);
 }
 
-void ProxyTask::endTry(upstream::Outcome outcome) {
+void ProxyTask::endTry(upstream::Outcome outcome, int64_t now_us) {
   if (!have_peer_) return;
   have_peer_ = false;
   size_t i = rt_->indexNow(peer_, peer_gen_, peer_addr_.text);
-  int64_t latency = nowUs() - try_start_us_;
-  if (i != std::string::npos) rt_->balancer->onFinish(i, latency, outcome, nowUs());
+  int64_t latency = now_us - try_start_us_;
+  if (i != std::string::npos) rt_->balancer->onFinish(i, latency, outcome, now_us);
   if (rt_->conf->balancer == "lua" && rt_->lua_balancer && rt_->lua_balancer->handle && m_.contentHandler()) {
     m_.contentHandler()->luaBalancerFeedback(rt_->lua_balancer->handle, peer_addr_.text,
                                              outcome == upstream::Outcome::kOk, static_cast<double>(latency) / 1000.0);

@@ -308,7 +308,8 @@ void ProxyTask::pauseForClient() {
 
 void ProxyTask::endResponse() {
   http::UpstreamTry& t = r_.upstream.tries.back();
-  t.response_us = nowUs() - try_start_us_;
+  int64_t now = nowUs();
+  t.response_us = now - try_start_us_;
   const ResponseHead& h = parser_.head();
   bool reuse = req_.keepalive && h.keep_alive && request_done_ && !parser_.bodyUntilClose();
   UpstreamConn* c = conn_;
@@ -323,7 +324,7 @@ void ProxyTask::endResponse() {
   } else {
     c->close();
   }
-  endTry(upstream::Outcome::kOk);
+  endTry(upstream::Outcome::kOk, now);
   state_ = State::kDone;
   sink_.finish(http::ContentResult{}, lua_);
 }

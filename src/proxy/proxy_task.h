@@ -87,7 +87,7 @@ class ProxyTask final : public http::ContentTask,
   void tryPeer();
   // The upstream's balancer picks this try's peer. False if none may be
   // picked (the request was answered).
-  bool pickPeer();
+  bool pickPeer(int64_t now_us);
   // The upstream's Lua balancer module, when it has one: its pick if that
   // names a usable peer not tried yet; nullopt falls back to round robin
   // (an error in the module is logged).
@@ -159,7 +159,9 @@ class ProxyTask final : public http::ContentTask,
   void respondError(int status);
   void dropConnection();
   void logError(core::LogLevel level, const std::string& why);
-  void endTry(upstream::Outcome outcome);
+  // The try's outcome to the balancer; `now_us`: when it ended.
+  void endTry(upstream::Outcome outcome, int64_t now_us);
+  void endTry(upstream::Outcome outcome) { endTry(outcome, nowUs()); }
   const char* activity() const;
 
   ProxyModule& m_;
