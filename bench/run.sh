@@ -328,14 +328,15 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM   # route signals through the EXIT trap
 
 # ---- process accounting ---------------------------------------------------------------
-# Prints "pid ticks" (utime+stime) for ROOT and all its descendants. /proc/PID/stat's comm
-# field may contain spaces, so split after the last ')': then ppid is field 2, utime 12.
+# Prints "pid ticks sys" (utime+stime, stime) for ROOT and all its descendants.
+# /proc/PID/stat's comm field may contain spaces, so split after the last ')': then ppid
+# is field 2, utime 12, stime 13.
 tree() {
   local -A ppid=() ticks=(); local f s pid want=" $1 " grew=1 a
   for f in /proc/[0-9]*/stat; do
     { read -r s <"$f"; } 2>/dev/null || continue
     pid=${s%% *}; read -ra a <<<"${s##*) }"
-    ppid[$pid]=${a[1]}; ticks[$pid]=$((a[11] + a[12]))
+    ppid[$pid]=${a[1]}; ticks[$pid]="$((a[11] + a[12])) ${a[12]}"
   done
   while ((grew)); do   # fixpoint: workers of the master, and any of theirs
     grew=0
@@ -345,7 +346,7 @@ tree() {
   done
   for pid in $want; do if [ -n "${ticks[$pid]:-}" ]; then echo "$pid ${ticks[$pid]}"; fi; done
 }
-cpu_ticks() { tree "$1" | awk '{ t += $2 } END { print t + 0 }'; }
+cpu_ticks() { tree "$1" | awk '{ t += $2; s += $3 } END { print t + 0, s + 0 }'; }   # "total sys"
 # "busy total" jiffies of CPUs 0 and 1 (whatever runs there, other load included).
 # Fields 2-9: user nice system idle iowait irq softirq steal; guest time is in user.
 cpus_busy() {
@@ -471,19 +472,19 @@ check_confs() {
   done
 }
 
-# ---- one run: sets RESULT="req/s p99_us cpu_us_per_req est new backend% cpu0% cpu1%" ---
+# ---- one run: sets RESULT="req/s p99_us cpu_us_per_req est new backend% cpu0% cpu1% sys_us_per_req"
 # Called directly, never in $(...): a subshell does not run the EXIT trap, so a failure
 # there would orphan the server. est, new and backend% are "-" without a backend.
 to_us() { awk -v v="$1" 'BEGIN { n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
   print (u == "s" ? n * 1e6 : u == "ms" ? n * 1e3 : n) }'; }
 
 run_one() {
-  local port out c0 c1 b0=0 b1=0 n0=0 n1=1 est=- s0 s1 t0 t1 reqs rps p99 n
+  local port out c0 c1 k0 k1 b0=0 b1=0 n0=0 n1=1 est=- s0 s1 t0 t1 reqs rps p99 n
   port=$(free_port)
   start_server "$1" "$port"
-  if [ -n "$BACKEND" ]; then n0=$(backend_accepts); b0=$(cpu_ticks "$BACKEND_PID"); fi
+  if [ -n "$BACKEND" ]; then n0=$(backend_accepts); read -r b0 _ < <(cpu_ticks "$BACKEND_PID"); fi
   s0=$(cpus_busy) t0=$EPOCHREALTIME
-  c0=$(cpu_ticks "$SERVER_PID")
+  read -r c0 k0 < <(cpu_ticks "$SERVER_PID")
   # wrk catches SIGINT and exits 0, so bash would swallow a Ctrl-C given to a foreground
   # wrk and carry on; `wait` on a background wrk is interrupted by the trap instead.
   taskset -c 1 wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency ${WRK_HEADER:+-H "$WRK_HEADER"} \
@@ -500,9 +501,9 @@ run_one() {
   wait "$WRK_PID"
   WRK_PID=""
   if [ -n "$DURING_PID" ]; then kill "$DURING_PID" 2>/dev/null || true; wait "$DURING_PID" 2>/dev/null || true; DURING_PID=""; fi
-  c1=$(cpu_ticks "$SERVER_PID")
+  read -r c1 k1 < <(cpu_ticks "$SERVER_PID")
   s1=$(cpus_busy) t1=$EPOCHREALTIME
-  if [ -n "$BACKEND" ]; then b1=$(cpu_ticks "$BACKEND_PID"); n1=$(backend_accepts); fi
+  if [ -n "$BACKEND" ]; then read -r b1 _ < <(cpu_ticks "$BACKEND_PID"); n1=$(backend_accepts); fi
   stop SERVER_PID
   out=$(<"$TMP/wrk.out")
   # Errors or non-2xx make the CPU/request meaningless; say so loudly but keep the data.
@@ -517,12 +518,12 @@ run_one() {
   p99=$(to_us "$(awk '$1 == "99%" { print $2 }' <<<"$out")")
   [[ $reqs =~ ^[1-9][0-9]*$ ]] || die "$1: wrk reported no requests:"$'\n'"$out"
   # new: connections the backend accepted during the run, less the second status request.
-  RESULT=$(awk -v r="$rps" -v p="$p99" -v t=$((c1 - c0)) -v hz="$TICK" -v n="$reqs" \
+  RESULT=$(awk -v r="$rps" -v p="$p99" -v t=$((c1 - c0)) -v k=$((k1 - k0)) -v hz="$TICK" -v n="$reqs" \
     -v est="$est" -v new=$((n1 - n0 - 1)) -v b=$((b1 - b0)) -v wall="$(awk -v a="$t0" -v b="$t1" \
     'BEGIN { print b - a }')" -v s="$s0 $s1" -v bk="$BACKEND" 'BEGIN {
-      split(s, c); printf "%.0f %.0f %.3f %s %s %s %.0f %.0f\n", r, p, t * 1e6 / hz / n,
+      split(s, c); printf "%.0f %.0f %.3f %s %s %s %.0f %.0f %.3f\n", r, p, t * 1e6 / hz / n,
         est, bk ? new : "-", bk ? sprintf("%.0f", b * 100 / hz / wall) : "-",
-        100 * (c[5] - c[1]) / (c[6] - c[2]), 100 * (c[7] - c[3]) / (c[8] - c[4]) }')
+        100 * (c[5] - c[1]) / (c[6] - c[2]), 100 * (c[7] - c[3]) / (c[8] - c[4]), k * 1e6 / hz / n }')
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
@@ -564,7 +565,7 @@ fi
 if [ -n "${REDIS_PORT:-}" ]; then
   echo "redis: redis-server $(redis-server --version | sed -n 's/.*v=\([^ ]*\).*/\1/p') on CPU 1 (with wrk), port $REDIS_PORT; its CPU is not counted"
 fi
-# Columns of $TMP/runs: round side req/s p99 cpu est new backend% cpu0% cpu1%
+# Columns of $TMP/runs: round side req/s p99 cpu est new backend% cpu0% cpu1% sys
 row() {   # row ROUND VALUES...: one table line, three columns per side then the ratios
   local first=$1; shift
   printf '%-6s' "$first"
@@ -590,7 +591,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     echo "$round $s $RESULT" >>"$TMP/runs"
   done
   for s in "${SIDE[@]}"; do
-    read -r rps p99 cpu est new bk c0 c1 < <(awk -v r="$round" -v s="$s" '$1 == r && $2 == s' "$TMP/runs" | cut -d' ' -f3-)
+    read -r rps p99 cpu est new bk c0 c1 _ < <(awk -v r="$round" -v s="$s" '$1 == r && $2 == s' "$TMP/runs" | cut -d' ' -f3-)
     cells+=("$rps" "$p99" "$cpu")
     notes+=" ${LABEL[$s]} $est/$new ${bk}% $c0/$c1;"
   done
@@ -618,6 +619,13 @@ for s in "${SIDE[@]}"; do
   summary p99 4 "$s"
   summary cpu/req 5 "$s"
 done
+# The kernel's part (system time) of each side's CPU per request: both servers make the
+# same system calls for a request, so this part is about equal and bounds the ratio.
+line=""
+for s in "${SIDE[@]}"; do
+  line+=" ${LABEL[$s]} $(printf '%.2f of %.2f' "$(values "$s" 11 | median)" "$(values "$s" 5 | median)"),"
+done
+echo "$SCENARIO: kernel part of the CPU per request (median us):${line%,}"
 [ -n "$BACKEND" ] || exit 0
 
 # Pooling: a gateway that pools holds about CONNS connections to the backend and opens
