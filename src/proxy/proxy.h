@@ -54,7 +54,8 @@ class ProxyModule final : public http::ProxyHandler {
   const PeerAddress* luaPeer(const std::string& host, uint16_t port);
   // A request's exchange buffers (proxy_task.h), the most recently given
   // back first (its memory is the likeliest to be in cache); given back
-  // cleared, kept up to maxIdle() (at most kMaxSpareBuffers).
+  // cleared, kept up to maxIdle() (at most kMaxSpareBuffers) if they hold
+  // at most kMaxSpareBytesEach.
   std::unique_ptr<ExchangeBuffers> takeBuffers();
   void giveBuffers(std::unique_ptr<ExchangeBuffers> b);
 
@@ -69,6 +70,7 @@ class ProxyModule final : public http::ProxyHandler {
   http::ContentHandler* content_handler_ = nullptr;
   std::unordered_map<const conf::ProxySettings*, TlsProfile> tls_profiles_;
   static constexpr uint64_t kMaxSpareBuffers = 4096;
+  static constexpr size_t kMaxSpareBytesEach = 8192;
   std::vector<std::unique_ptr<ExchangeBuffers>> spare_buffers_;
 };
 

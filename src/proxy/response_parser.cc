@@ -118,6 +118,15 @@ void ResponseParser::startMessage() {
   status_done_ = interim_ = false;
 }
 
+size_t ResponseParser::keptBytes() const {
+  size_t n = head_.reason.capacity();
+  for (const auto* fields : {&head_.headers, &spare_fields_}) {
+    n += fields->capacity() * sizeof((*fields)[0]);
+    for (const auto& [name, value] : *fields) n += name.capacity() + value.capacity();
+  }
+  return n;
+}
+
 void ResponseParser::reset(bool head_request, bool upgrade_requested, size_t head_max) {
   restartLlhttp();
   startMessage();

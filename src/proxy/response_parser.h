@@ -109,6 +109,9 @@ class ResponseParser {
     head_.headers.clear();
   }
   const std::string& errorText() const { return error_text_; }
+  // The heap memory the parser keeps between responses (its field strings
+  // and their vectors), roughly.
+  size_t keptBytes() const;
   uint64_t bodyBytes() const { return body_bytes_; }
   // Whether llhttp parsed this response (false: the head arrived whole and
   // plain, so takeSimpleHead() read it; for tests).

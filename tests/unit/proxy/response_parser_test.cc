@@ -472,6 +472,22 @@ TEST(ResponseParser, SwapHeadersHandsOverTheFieldsAndReusesTheVectorGiven) {
   }
 }
 
+// What the proxy checks before it keeps a parser for the next request.
+TEST(ResponseParser, KeptBytesCountsTheFieldStringsItHolds) {
+  ResponseParser p;
+  const size_t empty = p.keptBytes();
+  const std::string big = "HTTP/1.1 200 OK\r\nX-Big: " + std::string(20000, 'b') + "\r\nContent-Length: 0\r\n\r\n";
+  size_t consumed = 0;
+  p.reset(false, false, 65536);
+  ASSERT_EQ(p.execute(big.data(), big.size(), &consumed), Event::kHead);
+  EXPECT_GE(p.keptBytes(), empty + 20000);
+  Fields record;
+  p.swapHeaders(record);  // the strings went to the record: the parser keeps none of them
+  EXPECT_LT(p.keptBytes(), 1000u);
+  p.swapHeaders(record);  // and back, as a cleared record hands them over again
+  EXPECT_GE(p.keptBytes(), 20000u);
+}
+
 // A head that arrives whole skips llhttp when it is plain enough
 // (ResponseParser::takeSimpleHead); cut after the status line, llhttp
 // parses it. Both must say the same of every head: events, error text,
