@@ -543,6 +543,7 @@ void ProxyModule::giveBuffers(std::unique_ptr<ExchangeBuffers> b) {
   if (spare_buffers_.size() >= spare_buffers_.capacity()) return;
   // A set that grew for an unusual exchange (a large head) is not kept.
   if (b->request_head.capacity() + b->parser.keptBytes() > kMaxSpareBytesEach) return;
+  b->parser.onBody({});  // its callback points to the task that is ending
   b->request_head.clear();
   b->tried.clear();
   b->response_headers.clear();
