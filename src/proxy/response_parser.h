@@ -3,7 +3,8 @@
 // framing"). Anything whose framing is ambiguous is an error that the proxy
 // answers with 502; nothing is normalised.
 //
-// One parser serves one upstream connection. Per response: reset(), then
+// A parser serves one exchange at a time (the proxy keeps them between
+// requests, see ExchangeBuffers). Per response: reset(), then
 // execute() on each read until kHead (the caller builds the downstream
 // head), then execute() again until kDone. Body bytes reach the body
 // callback as views into the caller's buffer, never copied. Only the head's
@@ -59,7 +60,7 @@ class ResponseParser {
   // into the buffer given to execute() and is valid only during the call.
   // The callback runs inside execute(): it must not reset(), execute() or
   // destroy the parser. A std::function because it is set once per
-  // connection, not per response; empty means count the bytes and drop them.
+  // request, not per read; empty means count the bytes and drop them.
   using BodyCallback = std::function<void(std::string_view)>;
 
   ResponseParser();
