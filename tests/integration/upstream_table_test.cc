@@ -52,6 +52,15 @@ std::string addr(int port) { return "127.0.0.1:" + std::to_string(port); }
 
 std::string backend(const std::string& servers) { return "upstream backend { " + servers + " }\n"; }
 
+// Two workers serving kServer, each on its own listening socket (reuseport):
+// the kernel spreads connections over both by their source port. With one
+// shared socket the worker that wins every accept may serve all 400 tries
+// of spread() or statusEverywhere() (seen once under ASan).
+void twoWorkers(Gateway& gw, const std::string& http_extra) {
+  gw.setConf("worker_processes 2;\nevents { worker_connections 1024; }\nhttp {\n  access_log logs/access.log;\n" +
+             http_extra + "\n  server {\n    listen 127.0.0.1:{PORT} reuseport;\n" + kServer + "\n  }\n}\n");
+}
+
 // Proxied requests (a connection each) until both workers served at least
 // `n` between them: worker pid -> the X-Up values it answered with. Stops
 // early (with fewer workers) after 400 requests.
@@ -79,7 +88,7 @@ std::map<std::string, std::string> statusEverywhere(const Gateway& gw) {
 TEST(UpstreamTableTest, SetDownInOneWorkerStopsTrafficFromEveryWorker) {
   FakeUpstream a, b;
   Gateway gw;
-  gw.setSimpleConf(kServer, backend("server " + addr(a.port()) + "; server " + addr(b.port()) + ";"), 2);
+  twoWorkers(gw, backend("server " + addr(a.port()) + "; server " + addr(b.port()) + ";"));
   ASSERT_TRUE(gw.start());
   ASSERT_EQ(spread(gw, 20).size(), 2u);
   ASSERT_GT(a.requestCount(), 0u);
@@ -112,10 +121,8 @@ TEST(UpstreamTableTest, PassiveHealthIsSharedByEveryWorker) {
   RefusingPort bad;
   FakeUpstream good;
   Gateway gw;
-  gw.setSimpleConf(kServer,
-                   backend("server " + addr(bad.port()) + " max_fails=1 fail_timeout=30s; server " +
-                           addr(good.port()) + ";"),
-                   2);
+  twoWorkers(gw, backend("server " + addr(bad.port()) + " max_fails=1 fail_timeout=30s; server " +
+                         addr(good.port()) + ";"));
   ASSERT_TRUE(gw.start());
   // One try against the refusing server (then the next server answers).
   ASSERT_TRUE(waitFor([&] {
@@ -147,7 +154,7 @@ TEST(UpstreamTableTest, AReloadKeepsTheHealthOfServersThatStayAndDropsRemovedUps
                    addr(b.port()) + ";") +
            extra;
   };
-  gw.setSimpleConf(kServer, conf(1, "upstream extra { server " + addr(b.port()) + "; }"), 2);
+  twoWorkers(gw, conf(1, "upstream extra { server " + addr(b.port()) + "; }"));
   ASSERT_TRUE(gw.start());
   ASSERT_EQ(httpGet(gw.port(), "/set?d=1&s=" + addr(a.port())).body, "true\n");
   for (const auto& [pid, body] : statusEverywhere(gw)) {
@@ -155,7 +162,7 @@ TEST(UpstreamTableTest, AReloadKeepsTheHealthOfServersThatStayAndDropsRemovedUps
   }
 
   std::vector<pid_t> old_workers = gw.workerPids();
-  gw.setSimpleConf(kServer, conf(2, ""), 2);
+  twoWorkers(gw, conf(2, ""));
   gw.signal(SIGHUP);
   ASSERT_TRUE(gw.waitWorkersReplaced(old_workers, 2)) << gw.errorLog();
 
