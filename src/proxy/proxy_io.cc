@@ -243,7 +243,7 @@ void ProxyTask::handleHead() {
   http::ContentResult res;
   res.status = h.status;
   res.header_views = &fields;
-  r_.upstream.exchangeHeaders([this](auto& fields) { parser_.swapHeaders(fields); });
+  r_.upstream.exchangeHeaders([this](auto& record_fields) { parser_.swapHeaders(record_fields); });
   head_sent_ = true;
   sink_.flushOutput(res, false, lua_);
 }
