@@ -140,6 +140,11 @@ class ProxyHandler {
   virtual std::unique_ptr<ContentTask> start(Request& r, ContentSink& sink, ContentTask* lua) = 0;
   // The worker stops: idle upstream connections close, none is pooled again.
   virtual void shutdown() = 0;
+  // `reap` frees the tasks the server retired (HttpServer::retire). The
+  // handler calls it where its own I/O callbacks end, when no task is on
+  // the stack: a task that ended there is freed while its memory is still
+  // in cache, not at the end of the loop turn after every other callback.
+  virtual void setReaper(std::function<void()> reap) = 0;
 };
 
 // The admin API (src/admin/): the content of the admin server's location

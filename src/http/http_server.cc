@@ -30,6 +30,7 @@ constexpr size_t kMaxPooledBuffers = 1024;
 HttpServer::HttpServer(uv_loop_t* loop, conf::ConfigPtr cfg) : loop_(loop), cfg_(std::move(cfg)) {}
 
 HttpServer::~HttpServer() {
+  if (proxy_handler_) proxy_handler_->setReaper(nullptr);  // it may outlive us
   for (char* b : buffer_pool_) free(b);
 }
 
@@ -193,11 +194,17 @@ void HttpServer::releaseLog(ContentTask* task) {
 void HttpServer::onReap(uv_check_t* c) noexcept {
   auto* self = static_cast<HttpServer*>(c->data);
   uv_check_stop(c);
+  self->reapNow();
+}
+
+void HttpServer::reapNow() {
   // Destructors may close handles (timers): fine here, outside any callback
   // of theirs. They may retire more tasks, into graveyard_ (the reaper runs
-  // again); the two vectors keep their storage from turn to turn.
-  self->reaping_.swap(self->graveyard_);
-  self->reaping_.clear();
+  // again); the two vectors keep their storage from turn to turn. A
+  // destructor that led here again finds reaping_ in use and leaves it.
+  if (graveyard_.empty() || !reaping_.empty()) return;
+  reaping_.swap(graveyard_);
+  reaping_.clear();
 }
 
 void HttpServer::onListenerClosed(uv_handle_t* h) noexcept {

@@ -39,7 +39,10 @@ class HttpServer : private tls::CertificateScript {
   void setContentHandler(ContentHandler* h) { content_handler_ = h; }
   ContentHandler* contentHandler() const { return content_handler_; }
   // The proxy for proxy_pass locations (null: none).
-  void setProxyHandler(ProxyHandler* h) { proxy_handler_ = h; }
+  void setProxyHandler(ProxyHandler* h) {
+    proxy_handler_ = h;
+    if (h) h->setReaper([this] { reapNow(); });
+  }
   ProxyHandler* proxyHandler() const { return proxy_handler_; }
   void setAdminHandler(AdminHandler* h) { admin_handler_ = h; }
   AdminHandler* adminHandler() const { return admin_handler_; }
@@ -48,6 +51,10 @@ class HttpServer : private tls::CertificateScript {
   void setCertificateSource(tls::CertificateSource* src);
   // Frees a finished task on a later loop turn: it may be the caller.
   void retire(std::unique_ptr<ContentTask> task);
+  // Frees the retired tasks now. Only where no task is on the stack: at
+  // the end of a top-level I/O callback (the loop turn's reaper does it
+  // otherwise).
+  void reapNow();
   // log_by_lua* handlers still waiting after their connection moved on:
   // kept until they call releaseLog() (then retired).
   void keepLog(std::unique_ptr<ContentTask> task) { logs_.push_back(std::move(task)); }

@@ -58,13 +58,17 @@ struct UpstreamRecord {
   void setHeaders(std::vector<Field> fields) {
     fields_ = std::move(fields);
     field_count_ = fields_.size();
+    fields_bytes_ = 0;
+    for (const auto& [name, value] : fields_) fields_bytes_ += name.capacity() + value.capacity();
   }
-  // `swap(vector)` puts the new headers in the vector it is given and takes
-  // what was there. A cleared record's strings are still in it: their
-  // capacity serves whoever fills that vector next (the proxy's parser).
+  // `swap(vector, bytes)` puts the new headers in the vector it is given,
+  // and the heap their strings hold in `bytes`, and takes what was in both.
+  // A cleared record's strings are still in the vector: their capacity
+  // serves whoever fills it next (the proxy's parser, which keeps count of
+  // that heap without reading the strings again).
   template <class Swap>
   void exchangeHeaders(Swap&& swap) {
-    swap(fields_);
+    swap(fields_, fields_bytes_);
     field_count_ = fields_.size();
   }
   void clear() {
@@ -77,6 +81,7 @@ struct UpstreamRecord {
  private:
   std::vector<Field> fields_;  // [0, field_count_) are the headers
   size_t field_count_ = 0;
+  size_t fields_bytes_ = 0;    // the heap the strings of fields_ hold
 };
 
 // nginx's NGX_HTTP_MAX_URI_CHANGES: internal redirects and location jumps

@@ -40,8 +40,8 @@ bool parseStatusLine(std::string_view line, int* code) {
 
 void setPort(PeerAddress* addr, int port) {
   auto p = htons(static_cast<uint16_t>(port));
-  if (addr->sa.ss_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(&addr->sa)->sin6_port = p;
-  else reinterpret_cast<sockaddr_in*>(&addr->sa)->sin_port = p;
+  if (addr->sa.any.sa_family == AF_INET6) addr->sa.in6.sin6_port = p;
+  else addr->sa.in.sin_port = p;
 }
 
 }  // namespace
@@ -97,7 +97,7 @@ class HealthProbe {
     tcp_open_ = true;
     open_handles_++;
     uv_timer_start(&timer_, onTimer, t_.hc.timeout_ms, 0);
-    rc = uv_tcp_connect(&connect_req_, &tcp_, reinterpret_cast<const sockaddr*>(&t_.addr.sa), onConnect);
+    rc = uv_tcp_connect(&connect_req_, &tcp_, &t_.addr.sa.any, onConnect);
     if (rc != 0) finish(false, sysError("connect()", rc));
   }
 

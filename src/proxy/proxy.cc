@@ -137,8 +137,9 @@ bool ProxyTask::pickPeer(int64_t now_us) {
   ctx.tried = tried_;
   ctx.now_us = now_us;
   if (rt_->conf && rt_->conf->hash_key) {
-    if (hash_key_.empty()) http::evaluate(*rt_->conf->hash_key, r_, &hash_key_);
-    ctx.hash_key = hash_key_;
+    std::string& key = rare().hash_key;
+    if (key.empty()) http::evaluate(*rt_->conf->hash_key, r_, &key);
+    ctx.hash_key = key;
   }
   std::optional<size_t> pick;
   if (rt_->conf->balancer == "lua") pick = pickWithLua(ctx);
@@ -223,18 +224,20 @@ bool ProxyTask::runBalancerLua() {
     own_lua_ = lua->detached(r_, sink_);
     lua_ = own_lua_.get();
   }
-  balancer_call_ = http::BalancerCall{};
-  balancer_call_.try_number = tries_ + 1;
-  balancer_call_.last_state = last_state_;
-  balancer_call_.last_status = last_status_;
-  balancer_call_.tries_allowed = lua_choice_.tries;
-  balancer_call_.max_tries = *s_.next_upstream_tries;
+  Rare& rare = this->rare();
+  http::BalancerCall& call = rare.balancer_call;
+  call = http::BalancerCall{};
+  call.try_number = tries_ + 1;
+  call.last_state = last_state_;
+  call.last_status = last_status_;
+  call.tries_allowed = lua_choice_.tries;
+  call.max_tries = *s_.next_upstream_tries;
   bool ok = true;
-  balancer_run_ = lua->runBalancer(r_, *rt_->balancer_lua, lua_, &balancer_call_, &ok, [this](bool ended_ok) {
+  rare.balancer_run = lua->runBalancer(r_, *rt_->balancer_lua, lua_, &call, &ok, [this](bool ended_ok) {
     balancer_ok_ = ended_ok;
     uv_timer_start(balancer_timer_, onBalancerEnded, 0, 0);
   });
-  if (!balancer_run_) return balancerResult(ok);
+  if (!rare.balancer_run) return balancerResult(ok);
   state_ = State::kBalancer;
   if (!balancer_timer_) {
     balancer_timer_ = new uv_timer_t;
@@ -247,14 +250,14 @@ bool ProxyTask::runBalancerLua() {
 
 void ProxyTask::onBalancerEnded(uv_timer_t* t) noexcept {
   auto* self = static_cast<ProxyTask*>(t->data);
-  self->balancer_run_.reset();
+  self->rare_->balancer_run.reset();
   if (self->balancerResult(self->balancer_ok_)) self->tryPeer();
 }
 
 // The code still waits: it is cancelled (its cosockets close).
 void ProxyTask::onBalancerTimeout(uv_timer_t* t) noexcept {
   auto* self = static_cast<ProxyTask*>(t->data);
-  self->balancer_run_.reset();
+  self->rare_->balancer_run.reset();
   self->logError(LogLevel::kError, "balancer_by_lua* took longer than lua_balancer_timeout (" +
                                        std::to_string(*self->r_.settings().lua_balancer_timeout_ms) + "ms)");
   self->respondError(500);
@@ -265,13 +268,14 @@ bool ProxyTask::balancerResult(bool ok) {
     respondError(500);  // logged with its traceback
     return false;
   }
-  if (balancer_call_.exit_status != 0) {
+  const http::BalancerCall& call = rare_->balancer_call;
+  if (call.exit_status != 0) {
     // OpenResty's balancer: ngx.exit(status >= 300) answers with it,
     // ngx.exit(ngx.ERROR) (or any other value) with 500.
-    respondError(balancer_call_.exit_status >= 300 ? balancer_call_.exit_status : 500);
+    respondError(call.exit_status >= 300 ? call.exit_status : 500);
     return false;
   }
-  return applyBalancerCall(balancer_call_);
+  return applyBalancerCall(call);
 }
 
 bool ProxyTask::applyBalancerCall(const http::BalancerCall& call) {
@@ -288,7 +292,7 @@ bool ProxyTask::applyBalancerCall(const http::BalancerCall& call) {
     respondError(500);
     return false;
   }
-  lua_choice_.addr = *addr;
+  rare().lua_peer = *addr;
   lua_choice_.peer = true;
   lua_choice_.keepalive = call.keepalive;
   lua_choice_.keepalive_timeout_ms = call.keepalive_timeout_ms;
@@ -469,8 +473,8 @@ void ProxyTask::respondError(int status) {
 void ProxyTask::clientAborted() {
   if (state_ == State::kDone) return;
   if (*s_.ignore_client_abort) return;
-  if (balancer_run_) {
-    balancer_run_.reset();  // cancelled: its cosockets close
+  if (rare_ && rare_->balancer_run) {
+    rare_->balancer_run.reset();  // cancelled: its cosockets close
     uv_timer_stop(balancer_timer_);
   }
   TG_LOG_CONN(LogLevel::kInfo, r_.conn->id, "client prematurely closed connection while %s%s", activity(),

@@ -35,6 +35,7 @@ class ProxyModule final : public http::ProxyHandler {
 
   std::unique_ptr<http::ContentTask> start(http::Request& r, http::ContentSink& sink, http::ContentTask* lua) override;
   void shutdown() override;
+  void setReaper(std::function<void()> reap) override { pool_.setAfterRead(std::move(reap)); }
 
   uv_loop_t* loop() const { return loop_; }
   ConnPool& pool() { return pool_; }

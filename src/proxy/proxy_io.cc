@@ -74,8 +74,9 @@ void ProxyTask::sendRequest() {
 // A body in a file: the next piece once the previous one is in the kernel.
 void ProxyTask::sendMoreBody() {
   uint64_t left = static_cast<uint64_t>(req_.body_length) - body_offset_;
-  body_chunk_.resize(std::min<uint64_t>(left, kFileChunk));
-  ssize_t n = ::pread(body_fd_, body_chunk_.data(), body_chunk_.size(), static_cast<off_t>(body_offset_));
+  std::string& chunk = rare().body_chunk;
+  chunk.resize(std::min<uint64_t>(left, kFileChunk));
+  ssize_t n = ::pread(body_fd_, chunk.data(), chunk.size(), static_cast<off_t>(body_offset_));
   if (n <= 0) {
     logError(LogLevel::kCrit, std::string("pread() \"") + r_.body.path() + "\" failed");
     dropConnection();
@@ -84,29 +85,31 @@ void ProxyTask::sendMoreBody() {
     return;
   }
   body_offset_ += static_cast<uint64_t>(n);
-  bufs_[0] = uv_buf_init(body_chunk_.data(), static_cast<unsigned>(n));
+  bufs_[0] = uv_buf_init(chunk.data(), static_cast<unsigned>(n));
   conn_->setTimer(send_timeout_ms_);  // first: a write that fails at once resets it
   conn_->write(bufs_, 1);
 }
 
 void ProxyTask::pumpBody() {
-  bool last = sink_.takeRequestBody(&stream_piece_);
-  if (stream_piece_.empty() && !last) {
+  Rare& rare = this->rare();
+  std::string& piece = rare.stream_piece;
+  bool last = sink_.takeRequestBody(&piece);
+  if (piece.empty() && !last) {
     conn_->stopTimer();  // waiting for the client (client_body_timeout watches it)
     return;
   }
-  if (!stream_piece_.empty()) body_streamed_ = true;
+  if (!piece.empty()) body_streamed_ = true;
   unsigned n = 0;
   bool chunked = req_.body_length < 0;
-  if (chunked && !stream_piece_.empty()) {
+  if (chunked && !piece.empty()) {
     char hex[24];
-    int len = snprintf(hex, sizeof(hex), "%zx\r\n", stream_piece_.size());
-    chunk_head_.assign(hex, static_cast<size_t>(len));
-    stream_piece_.append("\r\n");
-    bufs_[n++] = uv_buf_init(chunk_head_.data(), static_cast<unsigned>(chunk_head_.size()));
+    int len = snprintf(hex, sizeof(hex), "%zx\r\n", piece.size());
+    rare.chunk_head.assign(hex, static_cast<size_t>(len));
+    piece.append("\r\n");
+    bufs_[n++] = uv_buf_init(rare.chunk_head.data(), static_cast<unsigned>(rare.chunk_head.size()));
   }
-  if (chunked && last) stream_piece_.append("0\r\n\r\n");
-  bufs_[n++] = uv_buf_init(stream_piece_.data(), static_cast<unsigned>(stream_piece_.size()));
+  if (chunked && last) piece.append("0\r\n\r\n");
+  bufs_[n++] = uv_buf_init(piece.data(), static_cast<unsigned>(piece.size()));
   stream_writing_ = true;
   stream_last_ = last;
   conn_->setTimer(send_timeout_ms_);  // first: a write that fails at once resets it
@@ -243,7 +246,7 @@ void ProxyTask::handleHead() {
   http::ContentResult res;
   res.status = h.status;
   res.header_views = &fields;
-  r_.upstream.exchangeHeaders([this](auto& record_fields) { parser_.swapHeaders(record_fields); });
+  r_.upstream.exchangeHeaders([this](auto& record_fields, size_t& bytes) { parser_.swapHeaders(record_fields, bytes); });
   head_sent_ = true;
   sink_.flushOutput(res, false, lua_);
 }
@@ -264,8 +267,9 @@ void ProxyTask::startTunnel() {
 void ProxyTask::onClientData(const char* data, size_t len) {
   if (state_ != State::kTunnel || !conn_) return;
   // One write at a time: the client waits until this one is in the kernel.
-  tunnel_buf_.assign(data, len);
-  bufs_[0] = uv_buf_init(tunnel_buf_.data(), static_cast<unsigned>(tunnel_buf_.size()));
+  std::string& buf = rare().tunnel_buf;
+  buf.assign(data, len);
+  bufs_[0] = uv_buf_init(buf.data(), static_cast<unsigned>(buf.size()));
   sink_.pauseTunnel(true);
   conn_->setTimer(read_timeout_ms_);
   conn_->write(bufs_, 1);

@@ -105,7 +105,7 @@ class ProxyTask final : public http::ContentTask,
   static void onBalancerEnded(uv_timer_t* t) noexcept;
   static void onBalancerTimeout(uv_timer_t* t) noexcept;
   bool balancerLua() const { return rt_->balancer_lua != nullptr; }
-  const PeerAddress& peerAddress() const { return lua_choice_.peer ? lua_choice_.addr : peer_addr_; }
+  const PeerAddress& peerAddress() const { return lua_choice_.peer ? rare_->lua_peer : peer_addr_; }
   // Passive health: this try's failure counts against its peer (not one
   // balancer_by_lua* chose); logs when that took the peer out.
   void reportFailure(std::string_view why);
@@ -132,7 +132,7 @@ class ProxyTask final : public http::ContentTask,
   // request: the name may have variables).
   void prepareTls();
   // The pool key of this try's peer: its address, plus the TLS settings.
-  std::string poolKey() const { return peerAddress().text + tls_key_; }
+  std::string poolKey() const { return rare_ ? peerAddress().text + rare_->tls_key : peerAddress().text; }
   void startHandshake();
   void onHandshake(bool ok) override;
   // The handshake's peer, checked as proxy_ssl_verify asks: why not (nginx's
@@ -199,18 +199,7 @@ class ProxyTask final : public http::ContentTask,
   int64_t try_start_us_ = 0;
   uint64_t body_offset_ = 0;
   int body_fd_ = -1;
-  std::string body_chunk_;
   uv_buf_t bufs_[2];
-  std::string hash_key_;  // chash: the key, evaluated once per request
-  // proxy_pass https:// (empty otherwise): the settings' pool key part, the
-  // name that is sent as SNI (when proxy_ssl_server_name) and checked.
-  std::string tls_key_;
-  std::string tls_name_;
-  const TlsProfile* tls_profile_ = nullptr;
-  std::string tunnel_buf_;  // client bytes on their way upstream
-  // A streamed request body (proxy_request_buffering off).
-  std::string stream_piece_;
-  std::string chunk_head_;
   bool stream_writing_ = false;
   bool stream_last_ = false;         // the piece being written ends the body
   bool body_streamed_ = false;       // some of the body left the client connection: no replay
@@ -219,13 +208,12 @@ class ProxyTask final : public http::ContentTask,
   int64_t first_try_us_ = 0;
   // The last failed try, for ngx.balancer.get_last_failure(): "failed" or
   // "next" (a 403 or 404), and its status.
-  std::string last_state_;
+  const char* last_state_ = "";
   int last_status_ = 0;
 
   // balancer_by_lua*: what the upstream's code chose.
   struct LuaChoice {
-    bool peer = false;  // this try's peer: `addr`, not the balancer's pick
-    PeerAddress addr;
+    bool peer = false;  // this try's peer: rare_->lua_peer, not the balancer's pick
     bool keepalive = false;  // enable_keepalive() for this try
     uint64_t keepalive_timeout_ms = 0;
     uint64_t keepalive_requests = 0;
@@ -236,13 +224,38 @@ class ProxyTask final : public http::ContentTask,
   // The request's Lua context when no Lua phase made one: ngx.ctx lasts
   // from one try to the next and reaches the filters and log_by_lua*.
   std::unique_ptr<http::ContentTask> own_lua_;
-  // balancer_by_lua* that waits: what it sets, its task, and one timer for
-  // its time budget and then for going on from the loop once it ended
+  // balancer_by_lua* that waits (its call and task are in rare_): one timer
+  // for its time budget and then for going on from the loop once it ended
   // (the task cannot be freed inside its own callback).
-  http::BalancerCall balancer_call_;
-  std::unique_ptr<http::ContentTask> balancer_run_;
   uv_timer_t* balancer_timer_ = nullptr;
   bool balancer_ok_ = false;
+
+  // What few requests use, made on first use (rare()): a plain request
+  // builds, touches and frees only the members above. With a thousand
+  // connections every cache line of a task misses where the task is built
+  // and again where it is freed (bench/README.md "proxy_1000").
+  struct Rare {
+    std::string hash_key;  // chash: the key, evaluated once per request
+    // proxy_pass https://: the settings' pool key part, the name that is
+    // sent as SNI (when proxy_ssl_server_name) and checked.
+    std::string tls_key;
+    std::string tls_name;
+    const TlsProfile* tls_profile = nullptr;
+    std::string body_chunk;  // a piece of a request body read from its file
+    std::string tunnel_buf;  // client bytes on their way upstream
+    // A streamed request body (proxy_request_buffering off).
+    std::string stream_piece;
+    std::string chunk_head;
+    PeerAddress lua_peer;  // balancer_by_lua*'s set_current_peer()
+    // balancer_by_lua* that waits: what it sets, and its task (freed first).
+    http::BalancerCall balancer_call;
+    std::unique_ptr<http::ContentTask> balancer_run;
+  };
+  Rare& rare() {
+    if (!rare_) rare_ = std::make_unique<Rare>();
+    return *rare_;
+  }
+  std::unique_ptr<Rare> rare_;
 
   bool head_sent_ = false;       // the response head went to the client
   bool waiting_drain_ = false;

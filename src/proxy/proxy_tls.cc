@@ -41,24 +41,25 @@ const TlsProfile& ProxyModule::tlsProfile(const conf::ProxySettings& s) {
 }
 
 void ProxyTask::prepareTls() {
-  tls_profile_ = &m_.tlsProfile(s_);
+  Rare& rare = this->rare();
+  rare.tls_profile = &m_.tlsProfile(s_);
+  std::string& name = rare.tls_name;
   if (s_.ssl_name) {
-    http::evaluate(*s_.ssl_name, r_, &tls_name_);
+    http::evaluate(*s_.ssl_name, r_, &name);
   } else {
-    tls_name_ = target_.host;  // $proxy_host without its port
+    name = target_.host;  // $proxy_host without its port
   }
-  if (tls_name_.size() > 2 && tls_name_.front() == '[' && tls_name_.back() == ']') {
-    tls_name_ = tls_name_.substr(1, tls_name_.size() - 2);
-  }
-  tls_key_.assign(tls_profile_->key).append(tls_name_);
+  if (name.size() > 2 && name.front() == '[' && name.back() == ']') name = name.substr(1, name.size() - 2);
+  rare.tls_key.assign(rare.tls_profile->key).append(name);
 }
 
 void ProxyTask::startHandshake() {
   state_ = State::kHandshaking;
-  std::string sni = *s_.ssl_server_name && !isAddress(tls_name_) ? tls_name_ : std::string();
+  const std::string& name = rare_->tls_name;  // prepareTls() made rare_
+  std::string sni = *s_.ssl_server_name && !isAddress(name) ? name : std::string();
   const tls::TlsSessionBox* resume = *s_.ssl_session_reuse ? m_.pool().session(poolKey()) : nullptr;
   std::string err;
-  std::unique_ptr<tls::TlsClient> client = tls::TlsClient::create(tls_profile_->settings, sni, resume, &err);
+  std::unique_ptr<tls::TlsClient> client = tls::TlsClient::create(rare_->tls_profile->settings, sni, resume, &err);
   if (!client) {
     conn_->stopTimer();
     fail(conf::kNextError, 502, err);
@@ -91,8 +92,8 @@ std::string ProxyTask::verifyPeer() const {
   if (rc != X509_V_OK) {
     why.assign("upstream SSL certificate verify error: (").append(std::to_string(rc)).append(":");
     why.append(X509_verify_cert_error_string(rc)).append(")");
-  } else if (!t.certificateMatches(tls_name_)) {
-    why.assign("upstream SSL certificate does not match \"").append(tls_name_).append("\"");
+  } else if (!t.certificateMatches(rare_->tls_name)) {
+    why.assign("upstream SSL certificate does not match \"").append(rare_->tls_name).append("\"");
   }
   return why;
 }

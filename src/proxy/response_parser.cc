@@ -98,6 +98,7 @@ ResponseParser::ResponseParser() {
 void ResponseParser::restartLlhttp() {
   llhttp_init(&parser_, HTTP_RESPONSE, &headSettings());
   parser_.data = this;
+  llhttp_started_ = true;
 }
 
 // Per-message state: a skipped 1xx starts the next message with this too.
@@ -106,7 +107,9 @@ void ResponseParser::startMessage() {
   if (!spare_fields_.empty()) {
     head_.headers.swap(spare_fields_);
     spare_fields_.clear();
+    spare_bytes_ = 0;
   }
+  fields_bytes_ = std::string::npos;
   head_.status = 0;
   head_.http_minor = 1;
   head_.reason.clear();
@@ -118,17 +121,37 @@ void ResponseParser::startMessage() {
   status_done_ = interim_ = false;
 }
 
-size_t ResponseParser::keptBytes() const {
-  size_t n = head_.reason.capacity();
-  for (const auto* fields : {&head_.headers, &spare_fields_}) {
-    n += fields->capacity() * sizeof((*fields)[0]);
-    for (const auto& [name, value] : *fields) n += name.capacity() + value.capacity();
-  }
+namespace {
+
+size_t stringBytes(const std::vector<std::pair<std::string, std::string>>& fields) {
+  size_t n = 0;
+  for (const auto& [name, value] : fields) n += name.capacity() + value.capacity();
   return n;
 }
 
+}  // namespace
+
+void ResponseParser::countFields() { fields_bytes_ = stringBytes(head_.headers); }
+
+size_t ResponseParser::keptBytes() const {
+  size_t n = head_.reason.capacity() + spare_bytes_;
+  n += (head_.headers.capacity() + spare_fields_.capacity()) * sizeof(head_.headers[0]);
+  n += fields_bytes_ != std::string::npos ? fields_bytes_ : stringBytes(head_.headers);
+  return n;
+}
+
+void ResponseParser::swapHeaders(std::vector<std::pair<std::string, std::string>>& other, size_t& other_bytes) {
+  size_t given = fields_bytes_ != std::string::npos ? fields_bytes_ : stringBytes(head_.headers);
+  other.swap(head_.headers);
+  spare_fields_.swap(head_.headers);
+  head_.headers.clear();
+  spare_bytes_ = other_bytes;
+  other_bytes = given;
+  fields_bytes_ = 0;
+}
+
 void ResponseParser::reset(bool head_request, bool upgrade_requested, size_t head_max) {
-  restartLlhttp();
+  llhttp_started_ = false;  // execute() starts it if takeSimpleHead() cannot take the head
   startMessage();
   head_.head_request = head_request;
   upgrade_requested_ = upgrade_requested;
@@ -264,6 +287,7 @@ int ResponseParser::headComplete() {
   if (interim_) return 1;  // RFC 9110 15.2: a 1xx never has content
   ResponseHead& h = head_;
   h.headers.resize(fields_);
+  countFields();
   head_done_ = true;
   parser_.settings = const_cast<llhttp_settings_t*>(&bodySettings());
   if (h.status == 101) {
@@ -369,6 +393,7 @@ size_t ResponseParser::takeSimpleHead(const char* data, size_t len) {
   if (h.has_body() && h.content_length < 0) return decline();  // until close: llhttp's
   h.reason.assign(reason);
   h.headers.resize(fields_);
+  countFields();
   status_done_ = head_done_ = head_reported_ = simple_ = true;
   head_bytes_ = pos;
   after_lf_ = true;
@@ -493,6 +518,7 @@ ResponseParser::Event ResponseParser::execute(const char* data, size_t len, size
       return Event::kHead;
     }
   }
+  if (!llhttp_started_) restartLlhttp();
   static const char kNothing = 0;
   if (data == nullptr) data = &kNothing;  // llhttp needs a pointer even for 0 bytes
   size_t off = 0;

@@ -103,15 +103,15 @@ class ResponseParser {
   const ResponseHead& head() const { return head_; }
   // The head's fields, exchanged with `other` (after kHead; the head then
   // has none): the parser keeps that vector, and the capacity of its
-  // strings, for the next head's fields.
-  void swapHeaders(std::vector<std::pair<std::string, std::string>>& other) {
-    other.swap(head_.headers);
-    spare_fields_.swap(head_.headers);
-    head_.headers.clear();
-  }
+  // strings, for the next head's fields. `other_bytes` says how much heap
+  // other's strings hold (keptBytes() then counts them without reading
+  // them: with many connections they are cold by then), and becomes that
+  // of the fields handed over.
+  void swapHeaders(std::vector<std::pair<std::string, std::string>>& other, size_t& other_bytes);
   const std::string& errorText() const { return error_text_; }
   // The heap memory the parser keeps between responses (its field strings
-  // and their vectors), roughly.
+  // and their vectors), roughly. Reads no field string unless a head was
+  // left incomplete.
   size_t keptBytes() const;
   uint64_t bodyBytes() const { return body_bytes_; }
   // Whether llhttp parsed this response (false: the head arrived whole and
@@ -139,6 +139,8 @@ class ResponseParser {
   void startMessage();
   bool fail(std::string text);
   void failFromLlhttp(llhttp_errno_t rc);
+  // Sets fields_bytes_ for the head just completed.
+  void countFields();
   void failHead(const char* why);
   size_t headRoom(const char* data, size_t len, HeadStop* why);
   bool checkStatusLine();
@@ -162,6 +164,9 @@ class ResponseParser {
   Event countBody(const char* data, size_t len, size_t* consumed);
 
   llhttp_t parser_;
+  // parser_ is set for this response (reset() leaves that to execute(): a
+  // head takeSimpleHead() reads needs no llhttp at all).
+  bool llhttp_started_ = false;
   BodyCallback on_body_;
   ResponseHead head_;
   size_t head_max_ = 0;
@@ -173,6 +178,10 @@ class ResponseParser {
   size_t fields_ = 0;
   // Given by swapHeaders(): the next head's fields go there.
   std::vector<std::pair<std::string, std::string>> spare_fields_;
+  size_t spare_bytes_ = 0;  // the heap its strings hold, as swapHeaders() was told
+  // The heap the strings of head_.headers hold, counted when a head is
+  // complete (its strings are in cache then); npos while one is parsed.
+  size_t fields_bytes_ = 0;
   size_t head_bytes_ = 0;  // every head byte since reset(), 1xx heads included
   bool in_name_ = false;    // a field name has begun and is not complete yet
   bool after_lf_ = false;   // the last head byte given to llhttp was LF

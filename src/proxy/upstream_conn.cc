@@ -20,13 +20,13 @@ bool parsePeerAddress(const std::string& text, PeerAddress* out) {
   std::string host = text.substr(0, colon);
   out->sa = {};
   if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
-    auto* in6 = reinterpret_cast<sockaddr_in6*>(&out->sa);
+    sockaddr_in6* in6 = &out->sa.in6;
     in6->sin6_family = AF_INET6;
     in6->sin6_port = htons(static_cast<uint16_t>(port));
     if (inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &in6->sin6_addr) != 1) return false;
     out->len = sizeof(sockaddr_in6);
   } else {
-    auto* in = reinterpret_cast<sockaddr_in*>(&out->sa);
+    sockaddr_in* in = &out->sa.in;
     in->sin_family = AF_INET;
     in->sin_port = htons(static_cast<uint16_t>(port));
     if (inet_pton(AF_INET, host.c_str(), &in->sin_addr) != 1) return false;
@@ -49,7 +49,7 @@ UpstreamConn* UpstreamConn::create(ConnPool* pool, std::string key) { return new
 
 bool UpstreamConn::connect(User* user, const PeerAddress& peer, int* status) {
   user_ = user;
-  int rc = uv_tcp_connect(&connect_req_, &tcp_, reinterpret_cast<const sockaddr*>(&peer.sa), onConnect);
+  int rc = uv_tcp_connect(&connect_req_, &tcp_, &peer.sa.any, onConnect);
   if (rc != 0) {
     *status = rc;
     return false;
@@ -275,7 +275,9 @@ void UpstreamConn::onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) no
     c->user_->onReadEnd(static_cast<int>(nread));
     return;
   }
+  ConnPool* pool = c->pool_;  // the user may free c
   c->user_->onData(buf->base, static_cast<size_t>(nread));
+  if (pool->after_read_) pool->after_read_();
 }
 
 void UpstreamConn::onTimer(uv_timer_t* t) noexcept {

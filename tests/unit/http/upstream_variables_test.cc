@@ -132,11 +132,18 @@ TEST_F(UpstreamVariablesTest, ClearedRecordHasNoHeadersButHandsBackTheirStrings)
   EXPECT_EQ(var("upstream_http_x_foo"), std::nullopt);
 
   std::vector<UpstreamRecord::Field> fields = {{"X-Bar", "b"}};
-  req_.upstream.exchangeHeaders([&](auto& mine) { mine.swap(fields); });
+  size_t bytes = 7;  // what the new fields' strings hold, as the giver counts it
+  req_.upstream.exchangeHeaders([&](auto& mine, size_t& mine_bytes) {
+    mine.swap(fields);
+    std::swap(mine_bytes, bytes);
+  });
   EXPECT_EQ(var("upstream_http_x_bar"), "b");
   EXPECT_EQ(var("upstream_http_x_foo"), std::nullopt);
   ASSERT_EQ(fields.size(), 1u);  // the cleared record's strings, capacity and all
   EXPECT_EQ(fields[0].second.data(), data);
+  EXPECT_GE(bytes, long_value.size());  // and the heap they hold, counted by setHeaders()
+
+  req_.upstream.exchangeHeaders([&](auto&, size_t& mine_bytes) { EXPECT_EQ(mine_bytes, 7u); });
 }
 
 TEST_F(UpstreamVariablesTest, ProxyHostAndPort) {
