@@ -234,7 +234,7 @@ class ProxyTask final : public http::ContentTask,
   // builds, touches and frees only the members above. With a thousand
   // connections every cache line of a task misses where the task is built
   // and again where it is freed (bench/README.md "proxy_1000").
-  struct Rare {
+  struct Rare : core::Recycled<Rare, 1024> {  // balancer_by_lua* makes one per request
     std::string hash_key;  // chash: the key, evaluated once per request
     // proxy_pass https://: the settings' pool key part, the name that is
     // sent as SNI (when proxy_ssl_server_name) and checked.
