@@ -7,7 +7,8 @@
 # Usage: bench/cache_misses.sh [scenario]   (default: proxy_1000; run.sh's scenarios
 #        without TLS)
 # Env:   CONNS (default: the scenario's, 1000 for proxy_1000), DURATION=20 (wrk's
-#        measured run, after 5 s of warm-up), TOP=30, TIDEGATE as for run.sh.
+#        measured run, after 5 s of warm-up), TOP=30, TIDEGATE as for run.sh;
+#        KEEP_TMP=1 keeps cachegrind's output (bench/lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=${1:-proxy_1000}
@@ -15,17 +16,8 @@ DURATION=${DURATION:-20} TOP=${TOP:-30}
 TIDEGATE=${TIDEGATE:-build/tidegate}
 command -v valgrind >/dev/null && command -v wrk >/dev/null ||
   { echo "bench: cache_misses.sh needs valgrind and wrk" >&2; exit 1; }
-TMP=$(mktemp -d /tmp/tidegate-misses.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do { kill -9 "$p" && wait "$p"; } 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM   # route signals through the EXIT trap
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+source bench/lib.sh
+bench_tmp tidegate-misses
 PORT=$(free_port)
 case $SCENARIO in proxy*) export BACKEND_PORT; BACKEND_PORT=$(free_port) ;; esac
 CONNS=${CONNS:-$( [ "$SCENARIO" = proxy_1000 ] && echo 1000 || echo 50 )}

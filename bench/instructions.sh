@@ -5,24 +5,16 @@
 # Usage: bench/instructions.sh [scenario]   (default: lua_say; bench/run.sh's scenarios
 #        without TLS: hello, lua_say, lua_api, lua_work, shdict, redis, proxy, proxy_lua)
 # Env:   REQUESTS=20000 sequential keepalive requests, measured after REQUESTS/10 of
-#        warm-up; TIDEGATE, NGINX as for run.sh.
+#        warm-up; TIDEGATE, NGINX as for run.sh; KEEP_TMP=1 keeps the callgrind
+#        output (bench/lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=${1:-lua_say}
 REQUESTS=${REQUESTS:-20000}
 command -v valgrind >/dev/null && command -v callgrind_control >/dev/null ||
   { echo "bench: instructions.sh needs valgrind" >&2; exit 1; }
-TMP=$(mktemp -d /tmp/tidegate-instr.XXXXXX)
-PIDS=()
-cleanup() {
-  # (waited for, so that bash does not report the killed jobs)
-  for p in "${PIDS[@]}"; do { kill -9 "$p" && wait "$p"; } 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+source bench/lib.sh
+bench_tmp tidegate-instr
 PORT=$(free_port)
 if [ "$SCENARIO" = redis ]; then
   export REDIS_PORT
