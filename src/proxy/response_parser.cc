@@ -133,15 +133,18 @@ size_t stringBytes(const std::vector<std::pair<std::string, std::string>>& field
 
 void ResponseParser::countFields() { fields_bytes_ = stringBytes(head_.headers); }
 
+size_t ResponseParser::headFieldBytes() const {
+  return fields_bytes_ != std::string::npos ? fields_bytes_ : stringBytes(head_.headers);
+}
+
 size_t ResponseParser::keptBytes() const {
   size_t n = head_.reason.capacity() + spare_bytes_;
   n += (head_.headers.capacity() + spare_fields_.capacity()) * sizeof(head_.headers[0]);
-  n += fields_bytes_ != std::string::npos ? fields_bytes_ : stringBytes(head_.headers);
-  return n;
+  return n + headFieldBytes();
 }
 
 void ResponseParser::swapHeaders(std::vector<std::pair<std::string, std::string>>& other, size_t& other_bytes) {
-  size_t given = fields_bytes_ != std::string::npos ? fields_bytes_ : stringBytes(head_.headers);
+  size_t given = headFieldBytes();
   other.swap(head_.headers);
   spare_fields_.swap(head_.headers);
   head_.headers.clear();

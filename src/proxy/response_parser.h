@@ -141,6 +141,9 @@ class ResponseParser {
   void failFromLlhttp(llhttp_errno_t rc);
   // Sets fields_bytes_ for the head just completed.
   void countFields();
+  // The heap the strings of head_.headers hold: fields_bytes_, or read
+  // from the strings while a head is incomplete.
+  size_t headFieldBytes() const;
   void failHead(const char* why);
   size_t headRoom(const char* data, size_t len, HeadStop* why);
   bool checkStatusLine();

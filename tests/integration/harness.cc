@@ -450,11 +450,11 @@ void Gateway::setConf(const std::string& conf) {
 }
 
 void Gateway::setSimpleConf(const std::string& server_body, const std::string& http_extra, int workers,
-                            const std::string& main_extra) {
+                            const std::string& main_extra, const std::string& listen_extra) {
   setConf("worker_processes " + std::to_string(workers) + ";\n" + main_extra +
           "\nevents { worker_connections 1024; }\n"
           "http {\n  access_log logs/access.log;\n" +
-          http_extra + "\n  server {\n    listen 127.0.0.1:{PORT};\n" + server_body + "\n  }\n}\n");
+          http_extra + "\n  server {\n    listen 127.0.0.1:{PORT}" + listen_extra + ";\n" + server_body + "\n  }\n}\n");
 }
 
 bool Gateway::start(Ms timeout) {

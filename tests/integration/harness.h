@@ -118,8 +118,9 @@ class Gateway {
   void setConf(const std::string& conf);
   // A standard conf with one server on {PORT} and the given http-level and
   // server-level text.
+  // `listen_extra`: parameters after the listen address (" reuseport").
   void setSimpleConf(const std::string& server_body, const std::string& http_extra = "",
-                     int workers = 1, const std::string& main_extra = "");
+                     int workers = 1, const std::string& main_extra = "", const std::string& listen_extra = "");
   std::string renderConf(const std::string& conf) const;
 
   // Starts the binary and waits until every port accepts connections.

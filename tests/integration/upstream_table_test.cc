@@ -56,10 +56,7 @@ std::string backend(const std::string& servers) { return "upstream backend { " +
 // the kernel spreads connections over both by their source port. With one
 // shared socket the worker that wins every accept may serve all 400 tries
 // of spread() or statusEverywhere() (seen once under ASan).
-void twoWorkers(Gateway& gw, const std::string& http_extra) {
-  gw.setConf("worker_processes 2;\nevents { worker_connections 1024; }\nhttp {\n  access_log logs/access.log;\n" +
-             http_extra + "\n  server {\n    listen 127.0.0.1:{PORT} reuseport;\n" + kServer + "\n  }\n}\n");
-}
+void twoWorkers(Gateway& gw, const std::string& http_extra) { gw.setSimpleConf(kServer, http_extra, 2, "", " reuseport"); }
 
 // Proxied requests (a connection each) until both workers served at least
 // `n` between them: worker pid -> the X-Up values it answered with. Stops
