@@ -3,6 +3,8 @@
 # Usage: bench/run.sh [scenario]   (default: hello; see README.md)
 # Env:   TIDEGATE=build/tidegate NGINX=/usr/sbin/nginx ROUNDS=5 DURATION=5
 #        CONNS=50 THREADS=1 (scenario defaults may differ) BACKEND_WORKERS=1
+#        FLOOR=1: a third side, "floor", the minimal epoll responder of bench/floor/
+#        (one read and one write per request, a fixed answer), in the same rounds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -278,6 +280,7 @@ declare -F "scenario_$SCENARIO" >/dev/null ||
 TIDEGATE=$(realpath "$TIDEGATE")
 if declare -F "setup_$SCENARIO" >/dev/null; then "setup_$SCENARIO"; fi
 CONNS=${CONNS:-50} THREADS=${THREADS:-1}
+if [ -n "${FLOOR:-}" ]; then SIDES+=" floor"; LABEL[floor]=fl; fi
 
 # ---- dependencies ---------------------------------------------------------------------
 install_deps() {
@@ -361,6 +364,7 @@ free_port() {
 
 write_conf() {   # write_conf SIDE PORT -> path of a fresh prefix dir holding conf
   local dir="$TMP/$1" kind=${1%%_*}; rm -rf "$dir"; mkdir -p "$dir/logs"
+  if [ "$kind" = floor ]; then kind=tidegate; fi   # its wrapper reads only the ports
   { [ "$kind" = nginx ] && echo "$NGX_MODULES"
     cat <<EOF
 daemon off; master_process on; worker_processes $WORKERS;
@@ -380,7 +384,23 @@ EOF
   echo "$dir"
 }
 
-server_bin() { if [ "${1%%_*}" = tidegate ]; then echo "$TIDEGATE"; else echo "$NGINX"; fi; }
+server_bin() {
+  case ${1%%_*} in tidegate) echo "$TIDEGATE" ;; floor) echo "$TMP/floor-bin/wrapper" ;; *) echo "$NGINX" ;; esac
+}
+# The floor side: run.sh starts a server as "BIN -p DIR -c CONF" after "BIN -t ..."; the
+# wrapper takes the port from the conf (and, for the redis scenario, redis's port from the
+# handler, so that the responder asks redis too).
+make_floor() {
+  mkdir -p "$TMP/floor-bin"   # not TMP/floor: write_conf makes that the side's prefix
+  cc -O2 -o "$TMP/floor-bin/minimal_responder" bench/floor/minimal_responder.c || die "cannot build the floor responder"
+  cat >"$TMP/floor-bin/wrapper" <<WRAP
+#!/usr/bin/env bash
+while [ \$# -gt 0 ]; do case \$1 in -c) conf=\$2; shift;; -t) exit 0;; esac; shift; done
+redis=\$(grep -o 'connect("127.0.0.1", [0-9]*' "\$conf" | grep -o '[0-9]*\$' || true)
+exec "$TMP/floor-bin/minimal_responder" "\$(grep -o 'listen 127.0.0.1:[0-9]*' "\$conf" | cut -d: -f2)" \$redis
+WRAP
+  chmod +x "$TMP/floor-bin/wrapper"
+}
 
 # launch VAR BIN CPUS DIR PORT: starts BIN with DIR's conf pinned to CPUS (workers inherit
 # the mask; taskset execs, so the pid is the master's), stores the pid in VAR at once (so
@@ -539,6 +559,7 @@ if [ -n "$TLS" ]; then
     -out "$TMP/tls.crt" -subj /CN=localhost -days 2 -addext subjectAltName=DNS:localhost >/dev/null 2>&1 ||
     die "openssl could not make the bench certificate"
 fi
+if [ -n "${FLOOR:-}" ]; then make_floor; fi
 check_confs
 # CONF_ONLY=DIR (bench/instructions.sh): each side's prefix (server.conf, logs/) goes to
 # DIR/SIDE, listening on CONF_PORT, and the backend's (if the scenario has one, on
@@ -575,9 +596,9 @@ row() {   # row ROUND VALUES...: one table line, three columns per side then the
 heads=()
 for s in "${SIDE[@]}"; do l=${LABEL[$s]}; heads+=("$l req/s" "$l p99" "$l cpu"); done
 row round "${heads[@]}" r:rps r:p99 r:cpu
-# Per-round tidegate/SIDE ratios of column COL: ratios SIDE COL [ROUND]
+# Per-round NUM/SIDE ratios of column COL (NUM: tidegate unless given): ratios SIDE COL [ROUND [NUM]]
 ratios() {
-  awk -v s="$1" -v c="$2" -v only="${3:-}" '$2 == "tidegate" { t[$1] = $c } $2 == s { r[$1] = $c }
+  awk -v s="$1" -v c="$2" -v only="${3:-}" -v num="${4:-tidegate}" '$2 == num { t[$1] = $c } $2 == s { r[$1] = $c }
     END { for (k in t) if ((only == "" || k == only) && r[k] > 0) printf "%.3f\n", t[k] / r[k] }' "$TMP/runs"
 }
 values() { awk -v s="$1" -v c="$2" '$2 == s { print $c }' "$TMP/runs"; }   # values SIDE COL
@@ -607,11 +628,11 @@ cells+=("$(printf '%.3f %.3f %.3f' "$(ratios "$REF" 3 | median)" "$(ratios "$REF
 row median ${cells[*]}
 echo
 # The range shows how far single rounds scatter, i.e. how much to trust the median.
-summary() {   # summary LABEL COLUMN SIDE
-  local lo hi
-  read -r lo hi < <(ratios "$3" "$2" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo, hi }')
-  printf '%s: %s ratio (tidegate/%s) median = %.2f over %d rounds (range %.2f-%.2f)\n' \
-    "$SCENARIO" "$1" "$3" "$(ratios "$3" "$2" | median)" "$ROUNDS" "$lo" "$hi"
+summary() {   # summary LABEL COLUMN SIDE [NUM]
+  local lo hi num=${4:-tidegate}
+  read -r lo hi < <(ratios "$3" "$2" "" "$num" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo, hi }')
+  printf '%s: %s ratio (%s/%s) median = %.2f over %d rounds (range %.2f-%.2f)\n' \
+    "$SCENARIO" "$1" "$num" "$3" "$(ratios "$3" "$2" "" "$num" | median)" "$ROUNDS" "$lo" "$hi"
 }
 for s in "${SIDE[@]}"; do
   [ "$s" = tidegate ] && continue
@@ -619,6 +640,8 @@ for s in "${SIDE[@]}"; do
   summary p99 4 "$s"
   summary cpu/req 5 "$s"
 done
+# With FLOOR=1: the floor itself (floor/REF), measured in the same rounds as tidegate/floor.
+if [ -n "${FLOOR:-}" ]; then summary cpu/req 5 "$REF" floor; fi
 # The kernel's part (system time) of each side's CPU per request: both servers make the
 # same system calls for a request, so this part is about equal and bounds the ratio.
 line=""
