@@ -75,7 +75,7 @@ measure() {   # measure SIDE BIN -> prints instructions per request
   local dir="$TMP/$1" out pid total
   sed -i 's/master_process on;/master_process off;/' "$dir/server.conf"
   out="$dir/callgrind.out"
-  valgrind --tool=callgrind --callgrind-out-file="$out" "$2" -p "$dir/" -c "$dir/server.conf" >"$dir/valgrind.log" 2>&1 &
+  valgrind --tool=callgrind ${CALLGRIND_OPTS:-} --callgrind-out-file="$out" "$2" -p "$dir/" -c "$dir/server.conf" >"$dir/valgrind.log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
   for _ in $(seq 600); do curl -fsS -o /dev/null "http://127.0.0.1:$PORT/" 2>/dev/null && break; sleep 0.1; done

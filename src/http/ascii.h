@@ -8,6 +8,10 @@
 #include <cstring>
 #include <string_view>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace tidegate::http {
 
 inline char asciiLower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; }
@@ -75,12 +79,26 @@ inline bool isPlainByte(char c) {
   return (u >= 0x20 && u < 0x7f) || u == '\t';
 }
 
-inline bool isPlainValue(std::string_view v) {
-  for (char c : v) {
-    if (!isPlainByte(c)) return false;
+// The first byte at or after `i` and before `end` that is not a plain
+// field value byte, or `end`; sixteen at a time where SSE2 is there (every
+// x86-64).
+inline size_t plainRun(const char* p, size_t i, size_t end) {
+#if defined(__SSE2__)
+  const __m128i below = _mm_set1_epi8(0x20 - 1), above = _mm_set1_epi8(0x7f), tab = _mm_set1_epi8('\t');
+  for (; i + 16 <= end; i += 16) {
+    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
+    // Signed compares: obs-text (0x80-0xff) is negative, so below 0x20.
+    __m128i ok = _mm_or_si128(_mm_and_si128(_mm_cmpgt_epi8(v, below), _mm_cmplt_epi8(v, above)),
+                              _mm_cmpeq_epi8(v, tab));
+    unsigned bad = ~static_cast<unsigned>(_mm_movemask_epi8(ok)) & 0xffffu;
+    if (bad != 0) return i + static_cast<size_t>(__builtin_ctz(bad));
   }
-  return true;
+#endif
+  while (i < end && isPlainByte(p[i])) i++;
+  return i;
 }
+
+inline bool isPlainValue(std::string_view v) { return plainRun(v.data(), 0, v.size()) == v.size(); }
 
 // Without leading and trailing OWS (SP and HTAB, RFC 9110 5.6.3).
 inline std::string_view trimOws(std::string_view v) {

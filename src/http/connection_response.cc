@@ -3,6 +3,7 @@
 // every response of a location passes through. Reading, the request life
 // and timers are in connection.cc.
 #include <charconv>
+#include <cstring>
 #include <string>
 
 #include "core/clock.h"
@@ -356,6 +357,26 @@ void Connection::respond(int status, std::string_view content_type, std::string_
   body_ended_ = true;
 }
 
+namespace {
+
+// Writes a head into room made beforehand (writeHead sizes it): literals
+// become fixed-size copies, the rest one memcpy each.
+struct HeadWriter {
+  char* p;
+  template <size_t N>
+  void put(const char (&lit)[N]) {
+    memcpy(p, lit, N - 1);
+    p += N - 1;
+  }
+  void put(std::string_view s) {
+    memcpy(p, s.data(), s.size());
+    p += s.size();
+  }
+  void number(int64_t v) { p = std::to_chars(p, p + 20, v).ptr; }
+};
+
+}  // namespace
+
 size_t Connection::writeHead(int status, std::string_view content_type, std::string_view location,
                              const HeaderViews* extra_headers, int64_t content_length) {
   const RequestHead& h = parser_.head();
@@ -375,58 +396,71 @@ size_t Connection::writeHead(int status, std::string_view content_type, std::str
   headers_sent_ = true;
   body_ended_ = false;
   req_.status = status;
-  size_t before = out_.size();
-  out_.append("HTTP/1.1 ");  // RFC 9110 6.2: our version, whatever the client's
-  char code[4] = {static_cast<char>('0' + status / 100 % 10), static_cast<char>('0' + status / 10 % 10),
-                  static_cast<char>('0' + status % 10), ' '};
-  out_.append(code, 4);
-  out_.append(reasonPhrase(status));
   bool own_server = true, own_date = true;
+  // Room for the fixed parts (literals, status code, date, two numbers) and
+  // the variable ones: the head is written with one size check, not one per
+  // piece (this runs for every response).
+  std::string_view reason = reasonPhrase(status);
+  size_t room = 256 + reason.size() + content_type.size() + location.size();
   if (extra_headers) {
     for (const auto& [name, value] : *extra_headers) {
       if (name.size() == 6 && iequals(name, "server")) own_server = false;
       if (name.size() == 4 && iequals(name, "date")) own_date = false;
+      room += name.size() + value.size() + 4;
     }
   }
+  size_t before = out_.size();
+  out_.resize(before + room);
+  HeadWriter w{out_.data() + before};
+  w.put("HTTP/1.1 ");  // RFC 9110 6.2: our version, whatever the client's
+  char code[4] = {static_cast<char>('0' + status / 100 % 10), static_cast<char>('0' + status / 10 % 10),
+                  static_cast<char>('0' + status % 10), ' '};
+  w.put(std::string_view(code, 4));
+  w.put(reason);
   // server_tokens: nginx's rule, our name.
-  if (own_server) out_.append(*settings().server_tokens ? "\r\nServer: tidegate/" TIDEGATE_VERSION : "\r\nServer: tidegate");
+  if (own_server) {
+    if (*settings().server_tokens) w.put("\r\nServer: tidegate/" TIDEGATE_VERSION);
+    else w.put("\r\nServer: tidegate");
+  }
   if (own_date) {
-    out_.append("\r\nDate: ");
-    out_.append(core::httpDate());
+    w.put("\r\nDate: ");
+    w.put(core::httpDate());
   }
   if (!no_body) {
-    out_.append("\r\nContent-Type: ");
-    out_.append(content_type);
+    w.put("\r\nContent-Type: ");
+    w.put(content_type);
     if (content_length >= 0) {
-      out_.append("\r\nContent-Length: ");
-      char num[24];
-      auto [end, ec] = std::to_chars(num, num + sizeof(num), content_length);
-      out_.append(num, static_cast<size_t>(end - num));
+      w.put("\r\nContent-Length: ");
+      w.number(content_length);
       req_.sent_content_length = content_length;
     } else if (h.http_minor >= 1) {
-      out_.append("\r\nTransfer-Encoding: chunked");
+      w.put("\r\nTransfer-Encoding: chunked");
     }
   }
   req_.sent_content_type = content_type;
   if (!location.empty()) {
-    out_.append("\r\nLocation: ");
-    out_.append(location);
+    w.put("\r\nLocation: ");
+    w.put(location);
     req_.sent_location.assign(location);
   }
   if (extra_headers) {
     for (const auto& [name, value] : *extra_headers) {
-      out_.append("\r\n").append(name).append(": ").append(value);
+      w.put("\r\n");
+      w.put(name);
+      w.put(": ");
+      w.put(value);
     }
   }
   if (keepalive_ && *settings().keepalive_header_s) {
-    out_.append("\r\nKeep-Alive: timeout=");
-    out_.append(std::to_string(*settings().keepalive_header_s));
+    w.put("\r\nKeep-Alive: timeout=");
+    w.number(*settings().keepalive_header_s);
   }
   // A handler's protocol switch (ngx.req.socket(true) follows) says so,
   // as nginx's header filter does.
-  out_.append(status == 101  ? "\r\nConnection: upgrade\r\n\r\n"
-              : keepalive_ ? "\r\nConnection: keep-alive\r\n\r\n"
-                           : "\r\nConnection: close\r\n\r\n");
+  if (status == 101) w.put("\r\nConnection: upgrade\r\n\r\n");
+  else if (keepalive_) w.put("\r\nConnection: keep-alive\r\n\r\n");
+  else w.put("\r\nConnection: close\r\n\r\n");
+  out_.resize(static_cast<size_t>(w.p - out_.data()));
   size_t head_bytes = out_.size() - before;
   req_.bytes_sent += head_bytes;
   return head_bytes;

@@ -64,8 +64,8 @@ RequestParser::RequestParser() {
 }
 
 void RequestParser::reset(const conf::HeadLimits& limits, uint64_t max_body) {
-  llhttp_init(&parser_, HTTP_REQUEST, &headSettings());
-  parser_.data = this;
+  // llhttp is set up again when this message first needs it (feedLlhttp):
+  // the usual GET never does.
   limits_ = limits;
   max_body_ = max_body;
   head_.clear();
@@ -251,8 +251,7 @@ RequestParser::Event RequestParser::execute(const char* base, size_t from, size_
       return Event::kMessageComplete;
     }
   }
-  llhttp_fed_ = true;
-  llhttp_errno_t rc = llhttp_execute(&parser_, data, len);
+  llhttp_errno_t rc = feedLlhttp(data, len);
   if (rc == HPE_OK) {
     *consumed = len;
     return Event::kNeedMore;
@@ -264,6 +263,15 @@ RequestParser::Event RequestParser::execute(const char* base, size_t from, size_
   }
   if (error_status_ == 0) failFromLlhttp(rc);
   return Event::kError;
+}
+
+llhttp_errno_t RequestParser::feedLlhttp(const char* data, size_t len) {
+  if (!llhttp_fed_) {
+    llhttp_init(&parser_, HTTP_REQUEST, &headSettings());
+    parser_.data = this;
+    llhttp_fed_ = true;
+  }
+  return llhttp_execute(&parser_, data, len);
 }
 
 void RequestParser::failFromLlhttp(llhttp_errno_t rc) {
@@ -283,8 +291,7 @@ void RequestParser::preferEarlierLlhttpError(size_t from) {
   std::string text = std::move(error_text_);
   error_status_ = 0;
   error_text_.clear();
-  llhttp_fed_ = true;
-  llhttp_errno_t rc = llhttp_execute(&parser_, base_ + from, error_at_ - from);
+  llhttp_errno_t rc = feedLlhttp(base_ + from, error_at_ - from);
   if (rc != HPE_OK && rc != HPE_PAUSED && error_status_ == 0) {
     failFromLlhttp(rc);
     return;

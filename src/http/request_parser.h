@@ -78,6 +78,8 @@ class RequestParser {
   // obs-fold) and the size limits (414/431). Returns false on error.
   bool scanHead(const char* data, size_t len, size_t* head_end);
   bool fail(int status, std::string text);
+  // llhttp_execute, after setting llhttp up for this message on first use.
+  llhttp_errno_t feedLlhttp(const char* data, size_t len);
   void failFromLlhttp(llhttp_errno_t rc);
   void preferEarlierLlhttpError(size_t from);
   bool failAt(const char* at, int status, const char* text);

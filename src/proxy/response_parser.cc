@@ -1,9 +1,5 @@
 #include "proxy/response_parser.h"
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -16,25 +12,6 @@ namespace {
 using http::iequals;
 
 ResponseParser* self(llhttp_t* p) { return static_cast<ResponseParser*>(p->data); }
-
-// The first byte at or after `i` and before `end` that is not a plain
-// field value byte (http::isPlainByte), or `end`; sixteen at a time where
-// SSE2 is there (every x86-64).
-size_t plainRun(const char* p, size_t i, size_t end) {
-#if defined(__SSE2__)
-  const __m128i below = _mm_set1_epi8(0x20 - 1), above = _mm_set1_epi8(0x7f), tab = _mm_set1_epi8('\t');
-  for (; i + 16 <= end; i += 16) {
-    __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i));
-    // Signed compares: obs-text (0x80-0xff) is negative, so below 0x20.
-    __m128i ok = _mm_or_si128(_mm_and_si128(_mm_cmpgt_epi8(v, below), _mm_cmplt_epi8(v, above)),
-                              _mm_cmpeq_epi8(v, tab));
-    unsigned bad = ~static_cast<unsigned>(_mm_movemask_epi8(ok)) & 0xffffu;
-    if (bad != 0) return i + static_cast<size_t>(__builtin_ctz(bad));
-  }
-#endif
-  while (i < end && http::isPlainByte(p[i])) i++;
-  return i;
-}
 
 // http::trimOws, on the string itself.
 void trimOwsInPlace(std::string* v) {
@@ -325,7 +302,7 @@ size_t ResponseParser::takeSimpleHead(const char* data, size_t len) {
   size_t end = std::min(len, head_max_);
   // Each line is a run of plain bytes ending in CRLF, inside head_max.
   auto lineEnd = [&](size_t from) {
-    size_t stop = plainRun(data, from, end);
+    size_t stop = http::plainRun(data, from, end);
     return stop + 1 < end && data[stop] == '\r' && data[stop + 1] == '\n' ? stop : std::string_view::npos;
   };
   size_t eol = lineEnd(0);

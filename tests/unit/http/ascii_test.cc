@@ -58,5 +58,25 @@ TEST(AsciiTest, IequalsAgreesWithTheByteRule) {
   }
 }
 
+// plainRun checks sixteen bytes at a time: every byte value, at every offset
+// of a value long enough for two blocks and a tail, against isPlainByte.
+TEST(AsciiTest, PlainRunStopsAtTheFirstByteIsPlainByteRefuses) {
+  for (int b = 0; b < 256; b++) {
+    char c = static_cast<char>(b);
+    bool plain = (b >= 0x20 && b < 0x7f) || b == '\t';
+    for (size_t at = 0; at < 40; at++) {
+      std::string v(40, 'x');
+      v[at] = c;
+      ASSERT_EQ(plainRun(v.data(), 0, v.size()), plain ? v.size() : at) << "byte " << b << " at " << at;
+      ASSERT_EQ(isPlainValue(v), plain) << "byte " << b << " at " << at;
+      // From an offset, and with an end before the byte.
+      ASSERT_EQ(plainRun(v.data(), 3, v.size()), plain || at < 3 ? v.size() : at) << b << " " << at;
+      ASSERT_EQ(plainRun(v.data(), 0, at), at);
+    }
+  }
+  EXPECT_TRUE(isPlainValue(""));
+  EXPECT_TRUE(isPlainValue("text/html; charset=utf-8\tq=1 ~"));
+}
+
 }  // namespace
 }  // namespace tidegate::http
