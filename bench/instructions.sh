@@ -6,7 +6,8 @@
 #        without TLS: hello, lua_say, lua_api, lua_work, shdict, redis, proxy, proxy_lua)
 # Env:   REQUESTS=20000 sequential keepalive requests, measured after REQUESTS/10 of
 #        warm-up; TIDEGATE, NGINX as for run.sh; KEEP_TMP=1 keeps the callgrind
-#        output (bench/lib.sh).
+#        output (bench/lib.sh); CALLGRIND_OPTS adds valgrind options; CODE_LINES=1
+#        also prints the code footprint per request (bench/code_lines.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCENARIO=${1:-lua_say}
@@ -89,7 +90,13 @@ measure() {   # measure SIDE BIN -> prints instructions per request
   echo $((total / REQUESTS))
 }
 
+if [ -n "${CODE_LINES:-}" ]; then CALLGRIND_OPTS="${CALLGRIND_OPTS:-} --dump-instr=yes"; fi
 ng=$(measure nginx "${NGINX:-/usr/sbin/nginx}")
 tg=$(measure tidegate "$(realpath "${TIDEGATE:-build/tidegate}")")
 echo "$SCENARIO: instructions per request (user space, callgrind, $REQUESTS sequential keepalive requests)"
 echo "$SCENARIO: nginx $ng, tidegate $tg, ratio (tidegate/nginx) $(awk -v a="$tg" -v b="$ng" 'BEGIN { printf "%.2f", a / b }')"
+if [ -n "${CODE_LINES:-}" ]; then
+  for side in nginx tidegate; do
+    echo "$SCENARIO: $side code run in most requests: $(python3 bench/code_lines.py "$TMP/$side/callgrind.out.2" $((REQUESTS / 2)))"
+  done
+fi
