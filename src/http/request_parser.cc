@@ -198,9 +198,12 @@ bool RequestParser::scanHead(const char* data, size_t len, size_t* head_end) {
     if (c == '\r') {
       if (prev_cr_) return failAt(at, 400, "client sent bare CR in request head");
       prev_cr_ = true;
-      continue;
+      if (i == len || data[i] != '\n') continue;
+      // The usual CRLF: its LF now, with the same checks as a lone byte.
+      at = data + i++;
+      if (++head_bytes_ > limits_.total) return failAt(at, 431, "client sent too large request head");
     }
-    // c == '\n'
+    // c == '\n', or the LF of a CRLF
     if (!prev_cr_) return failAt(at, 400, "client sent bare LF in request head");
     prev_cr_ = false;
     if (line_len_ == 0) {
