@@ -331,8 +331,7 @@ size_t ResponseParser::takeSimpleHead(const char* data, size_t len) {
       pos += 2;
       break;
     }
-    size_t colon = pos;
-    while (colon < end && http::kTokenChar[static_cast<unsigned char>(data[colon])]) colon++;
+    size_t colon = http::tokenRun(data, pos, end);
     if (colon == pos || colon == end || data[colon] != ':') return decline();
     eol = lineEnd(colon + 1);
     if (eol == std::string_view::npos) return decline();

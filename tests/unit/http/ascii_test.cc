@@ -78,5 +78,25 @@ TEST(AsciiTest, PlainRunStopsAtTheFirstByteIsPlainByteRefuses) {
   EXPECT_TRUE(isPlainValue("text/html; charset=utf-8\tq=1 ~"));
 }
 
+// tokenRun's sixteen-byte step takes letters, digits and '-'; every other
+// byte value, at every offset, must end the run exactly where the tchar
+// table does (the rarer tchars included, which the table takes over).
+TEST(AsciiTest, TokenRunStopsAtTheFirstByteThatIsNotATchar) {
+  for (int b = 0; b < 256; b++) {
+    char c = static_cast<char>(b);
+    bool tchar = kTokenChar[static_cast<size_t>(b)];
+    for (size_t at = 0; at < 40; at++) {
+      std::string v = "Content-Length-0123456789-abcdefghijklmnopqrstuvwxyz";
+      v[at] = c;
+      ASSERT_EQ(tokenRun(v.data(), 0, v.size()), tchar ? v.size() : at) << "byte " << b << " at " << at;
+      ASSERT_EQ(tokenRun(v.data(), 0, at), at);
+      // A name and its colon, with the head going on after it.
+      std::string field = v.substr(0, at) + ":" + v;
+      ASSERT_EQ(tokenRun(field.data(), 0, field.size()), at) << "byte " << b << " at " << at;
+    }
+  }
+  EXPECT_EQ(tokenRun("x_y.z!", 0, 6), 6u);
+}
+
 }  // namespace
 }  // namespace tidegate::http
