@@ -110,13 +110,6 @@ void Connection::start(HttpServer* server, int fd, const conf::Config::ListenGro
   c->updateTimer();
 }
 
-// The settings of the request being served; between requests (keepalive
-// idle, a response still being written), those of the last routed request.
-const conf::HttpSettings& Connection::settings() const {
-  if (conn_settings_) return *conn_settings_;
-  return group_->default_server->settings;
-}
-
 void Connection::startRequest() {
   const conf::Server* def = group_->default_server.get();
   parser_.reset(def->limits, 0);

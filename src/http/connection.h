@@ -147,7 +147,12 @@ class Connection : private RequestParser::Handler, private ContentSink {
   bool reserve(size_t want);
   void releaseBufferIfIdle();
   bool shouldKeepAlive(int status) const;
-  const conf::HttpSettings& settings() const;
+  // The settings of the request being served; between requests (keepalive
+  // idle, a response still being written), those of the last routed request.
+  // Inline: every step of a request asks.
+  const conf::HttpSettings& settings() const {
+    return conn_settings_ ? *conn_settings_ : group_->default_server->settings;
+  }
   std::string describe() const;  // ", client: ..., server: ..., request: ..." for the error log
 
   HttpServer* server_;
