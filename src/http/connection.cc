@@ -409,12 +409,18 @@ void Connection::runPhases(bool with_server) {
     keepalive_ = false;
     reset_after_write_ = true;
   } else {
+    // A constant text (the usual `return 200 "..."`) is sent from the conf.
     std::string text;
-    if (ret->has_text) evaluate(ret->text, req_, &text);
+    std::string_view value;
+    if (ret->has_text && ret->text.isConstant()) {
+      value = ret->text.constantText();
+    } else if (ret->has_text) {
+      evaluate(ret->text, req_, &text);
+      value = text;
+    }
     bool redirect = ret->code == 301 || ret->code == 302 || ret->code == 303 || ret->code == 307 || ret->code == 308;
-    if (redirect) text = absoluteRedirect(text);
-    if (redirect) respond(ret->code, "text/html", errorPage(ret->code), text);
-    else if (ret->has_text) respond(ret->code, *settings().default_type, text, {});
+    if (redirect) respond(ret->code, "text/html", errorPage(ret->code), absoluteRedirect(value));
+    else if (ret->has_text) respond(ret->code, *settings().default_type, value, {});
     else respond(ret->code, "text/html", errorPage(ret->code), {});
   }
   finishRequest();
