@@ -89,25 +89,32 @@ bool RequestParser::fail(int status, std::string text) {
 
 // RFC 9112 3: request-line = method SP request-target SP HTTP-version, with
 // exactly one space each; llhttp tolerates more than that.
+// Each part is checked while it is scanned for the space after it (they
+// are short); of several faults the one reported is the first of: no first
+// space, the method, no second space, the version, the target.
 bool RequestParser::checkRequestLine(std::string_view line) {
-  size_t sp1 = line.find(' ');
-  if (sp1 == std::string_view::npos || sp1 == 0) return fail(400, "client sent invalid request line");
-  for (size_t i = 0; i < sp1; i++) {
-    char c = line[i];
-    if (!(c >= 'A' && c <= 'Z') && c != '-' && c != '_') return fail(400, "client sent invalid method");
+  size_t n = line.size(), sp1 = 0;
+  bool bad_method = false;
+  for (; sp1 < n && line[sp1] != ' '; sp1++) {
+    char c = line[sp1];
+    if (!(c >= 'A' && c <= 'Z') && c != '-' && c != '_') bad_method = true;
   }
-  size_t sp2 = line.find(' ', sp1 + 1);
-  if (sp2 == std::string_view::npos || sp2 == sp1 + 1) return fail(400, "client sent invalid request line");
+  if (sp1 == n || sp1 == 0) return fail(400, "client sent invalid request line");
+  if (bad_method) return fail(400, "client sent invalid method");
+  size_t sp2 = sp1 + 1;
+  bool bad_target = false;
+  for (; sp2 < n && line[sp2] != ' '; sp2++) {
+    auto c = static_cast<unsigned char>(line[sp2]);
+    // '#' never belongs in a request-target (RFC 9112 3.2); controls neither.
+    if (c == '#' || c < 0x21 || c == 0x7f) bad_target = true;
+  }
+  if (sp2 == n || sp2 == sp1 + 1) return fail(400, "client sent invalid request line");
   std::string_view version = line.substr(sp2 + 1);
   if (version.size() != 8 || version.substr(0, 5) != "HTTP/" || version[6] != '.' || version[5] < '0' ||
       version[5] > '9' || version[7] < '0' || version[7] > '9') {
     return fail(400, "client sent invalid request line");
   }
-  for (size_t i = sp1 + 1; i < sp2; i++) {
-    unsigned char c = static_cast<unsigned char>(line[i]);
-    // '#' never belongs in a request-target (RFC 9112 3.2); controls neither.
-    if (c == '#' || c < 0x21 || c == 0x7f) return fail(400, "client sent invalid character in request target");
-  }
+  if (bad_target) return fail(400, "client sent invalid character in request target");
   uint32_t off = static_cast<uint32_t>(line.data() - base_);
   head_.request_line = Slice{off, static_cast<uint32_t>(line.size())};
   head_.method = Slice{off, static_cast<uint32_t>(sp1)};
