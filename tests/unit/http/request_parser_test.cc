@@ -86,6 +86,33 @@ Outcome parseAllWays(const std::string& input, uint64_t max_body = 0) {
 
 int statusOf(const std::string& input) { return parseAllWays(input).status; }
 
+// The request line's faults and, when a line has several, which one is
+// reported: no first space, the method, no second space, the version, the
+// target (the scanner checks each part while looking for its space).
+TEST(RequestParser, RequestLineFaultsAreReportedInOrder) {
+  auto text = [](const std::string& line) {
+    RequestParser p;
+    conf::HeadLimits limits;
+    p.reset(limits, 0);
+    std::string in = line + "\r\nHost: a\r\n\r\n";
+    size_t consumed = 0;
+    auto ev = p.execute(in.data(), 0, in.size(), &consumed);
+    EXPECT_EQ(ev, RequestParser::Event::kError) << line;
+    EXPECT_EQ(p.errorStatus(), 400) << line;
+    return p.errorText();
+  };
+  EXPECT_EQ(text("GeT"), "client sent invalid request line");
+  EXPECT_EQ(text(" / HTTP/1.1"), "client sent invalid request line");
+  EXPECT_EQ(text("GeT / HTTP/1.1"), "client sent invalid method");
+  EXPECT_EQ(text("GeT /#x"), "client sent invalid method");
+  EXPECT_EQ(text("GET /#x"), "client sent invalid request line");
+  EXPECT_EQ(text("GET  / HTTP/1.1"), "client sent invalid request line");
+  EXPECT_EQ(text("GET /#x HTTP/1"), "client sent invalid request line");
+  EXPECT_EQ(text("GET /#x HTTP/1.1"), "client sent invalid character in request target");
+  EXPECT_EQ(text("GET /a\x7f HTTP/1.1"), "client sent invalid character in request target");
+  EXPECT_EQ(text("GET /a\tb HTTP/1.1"), "client sent invalid character in request target");
+}
+
 TEST(RequestParser, SimpleGet) {
   Outcome o = parseAllWays("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
   EXPECT_EQ(o.status, 0);
