@@ -369,6 +369,7 @@ struct HeadWriter {
     p += N - 1;
   }
   void put(std::string_view s) {
+    if (s.empty()) return;  // its data() may be null (reasonPhrase of an unlisted code), not for memcpy
     memcpy(p, s.data(), s.size());
     p += s.size();
   }
