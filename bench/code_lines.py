@@ -15,7 +15,7 @@ import sys
 
 def main():
     path, min_count = sys.argv[1], int(sys.argv[2])
-    objects, names = {}, {}
+    objects = {}
     ob, last, skip_next = None, 0, False
     counts = collections.defaultdict(int)  # (object, address) -> times run
     with open(path, errors="replace") as f:

@@ -57,11 +57,8 @@ const llhttp_settings_t& RequestParser::bodySettings() {
   return s;
 }
 
-RequestParser::RequestParser() {
-  llhttp_init(&parser_, HTTP_REQUEST, &headSettings());
-  parser_.data = this;
-  head_.headers.reserve(16);
-}
+// llhttp is set up when a message first needs it (feedLlhttp).
+RequestParser::RequestParser() { head_.headers.reserve(16); }
 
 void RequestParser::reset(const conf::HeadLimits& limits, uint64_t max_body) {
   // llhttp is set up again when this message first needs it (feedLlhttp):

@@ -94,7 +94,7 @@ class RequestParser {
   // not see (see execute()); false leaves it to llhttp.
   bool takeSimpleHead();
 
-  llhttp_t parser_;
+  llhttp_t parser_{};
   const char* base_ = nullptr;
   Handler* handler_ = nullptr;
   conf::HeadLimits limits_;
