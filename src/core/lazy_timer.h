@@ -46,10 +46,12 @@ class LazyTimer {
   }
 
  private:
-  uv_timer_t timer_;
+  // The state first: with the handle's loop, it shares a cache line (set()
+  // runs on every read and write of a connection that may be cold).
   uint64_t deadline_ = 0;  // loop time in ms, while pending_
   uint64_t fires_at_ = 0;  // when the started timer fires, while it is active
   bool pending_ = false;
+  uv_timer_t timer_;
 };
 
 }  // namespace tidegate::core

@@ -155,13 +155,80 @@ class Connection : private RequestParser::Handler, private ContentSink {
   }
   std::string describe() const;  // ", client: ..., server: ..., request: ..." for the error log
 
+  // Members in the order a request touches them: with a thousand
+  // connections each is cold when its next request comes, and every cache
+  // line of it that a request reads is a miss (bench/cache_misses.sh). The
+  // state of every request comes first, packed; then the libuv handles,
+  // the parser and the request; what few requests use (TLS, partial writes,
+  // shutdown, the peer's addresses) last.
   HttpServer* server_;
   const conf::Config::ListenGroup* group_;
+  std::unique_ptr<tls::Channel> tls_;  // a TLS listen address: the connection's TLS
+  const conf::HttpSettings* conn_settings_ = nullptr;
+  std::unique_ptr<ContentTask> task_;  // a content handler still running (kProcessing)
+  ContentTask* log_task_ = nullptr;             // the request's Lua phases, for log_by_lua*
+  std::unique_ptr<ContentTask> aux_task_;      // a detached Lua context for filters and log (no Lua content)
+  std::unique_ptr<ContentTask> lua_task_;      // the Lua phases of a proxied request (task_ is the proxy)
+  TunnelPeer* tunnel_ = nullptr;
+
+  // Read buffer: [start_, end_) holds the current request and anything
+  // pipelined after it; parsed_ is the parser's position.
+  char* buf_ = nullptr;
+  size_t cap_ = 0;
+  size_t start_ = 0;
+  size_t parsed_ = 0;
+  size_t end_ = 0;
+  size_t head_end_ = 0;  // relative to start_, once the head is parsed
+  uint64_t finishes_ = 0;  // finish() calls, to tell a handler that ended inside start()  // the response is queued; log_by_lua* waits for it to be written
+
+  uint64_t head_deadline_ms_ = 0;
+  uint64_t body_start_ms_ = 0;   // first body byte expected (min-rate window start)
+  uint64_t send_start_ms_ = 0;   // a write started waiting for the client
+  uint64_t last_io_ms_ = 0;      // last read from or write completion to the client
+  uint64_t deadline_ms_ = 0;     // when the current phase times out (0: never)
+  uint64_t timer_fires_at_ = 0;  // when the armed uv timer fires (0: not armed)
+
+  Phase phase_ = Phase::kIdle;
+  bool request_active_ = false;  // a request has started (first byte seen)
+  // The response being written (reset per request).
+  bool headers_sent_ = false;
+  bool chunked_ = false;       // the body goes out in chunks
+  bool body_allowed_ = true;   // false for HEAD, 204, 304
+  bool body_ended_ = false;    // the last chunk is out (or the whole body)
+  bool client_eof_ = false;    // the client half-closed while a handler ran
+  bool log_deferred_ = false;
+  // The Lua phases start once the head is read, while the body arrives
+  // (early_start_: at the end of this parse step; lua_early_: running so).
+  bool early_start_ = false;
+  bool lua_early_ = false;
+  bool write_pending_ = false;
+  bool close_after_write_ = false;
+  bool reset_after_write_ = false;  // return 444: close without lingering once output is out
+  bool proxying_ = false;       // task_ is the proxy
+  bool output_held_ = false;  // holdOutput(true): flushOutput/streamBody only queue
+  bool tunnel_paused_ = false;
+  bool proxy_pending_ = false;  // the Lua phases declined: the proxy starts once their call returns
+  bool keepalive_ = true;
+  bool reading_ = false;
+  bool closing_ = false;
+  bool in_process_ = false;
+  bool tls_pump_ = false;    // TLS: plaintext waits in tls_ for reading to resume
+
+  std::string out_;       // response bytes not yet handed to the kernel
+  std::string writing_;   // bytes owned by the in-flight uv_write
+  std::function<void()> drain_cb_;  // ngx.flush(true): all output written
+  std::string body_stream_;  // a streamed request body read but not yet taken by the proxy
+  // The extra fields of the head being written (writeHead), as views: kept
+  // for its capacity.
+  HeaderViews extra_views_;
+
   uv_tcp_t tcp_;
   uv_timer_t timer_;
-  std::unique_ptr<tls::Channel> tls_;  // a TLS listen address: the connection's TLS
+  RequestParser parser_;
+  Request req_;
+  ConnInfo info_;
+
   std::string wire_;         // TLS: ciphertext for the socket (out_ stays plaintext)
-  bool tls_pump_ = false;    // TLS: plaintext waits in tls_ for reading to resume
   // ssl_certificate_by_lua*: how far it got, its task while it waits, and
   // whether the handshake resumes on the next timer turn (it ended).
   enum class CertLua { kNone, kRunning, kDone, kFailed };
@@ -173,66 +240,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   uv_write_t write_req_;
   uv_shutdown_t shutdown_req_;
   int open_handles_ = 0;
-
-  ConnInfo info_;
-  Phase phase_ = Phase::kIdle;
-  RequestParser parser_;
-  Request req_;
-  bool request_active_ = false;  // a request has started (first byte seen)
-
-  // Read buffer: [start_, end_) holds the current request and anything
-  // pipelined after it; parsed_ is the parser's position.
-  // The extra fields of the head being written (writeHead), as views: kept
-  // for its capacity.
-  HeaderViews extra_views_;
-  char* buf_ = nullptr;
-  size_t cap_ = 0;
-  size_t start_ = 0;
-  size_t parsed_ = 0;
-  size_t end_ = 0;
-  size_t head_end_ = 0;  // relative to start_, once the head is parsed
-
-  // The response being written (reset per request).
-  bool headers_sent_ = false;
-  bool chunked_ = false;       // the body goes out in chunks
-  bool body_allowed_ = true;   // false for HEAD, 204, 304
-  bool body_ended_ = false;    // the last chunk is out (or the whole body)
-  std::function<void()> drain_cb_;  // ngx.flush(true): all output written
-  bool client_eof_ = false;    // the client half-closed while a handler ran
-  bool log_deferred_ = false;
-  // The Lua phases start once the head is read, while the body arrives
-  // (early_start_: at the end of this parse step; lua_early_: running so).
-  bool early_start_ = false;
-  bool lua_early_ = false;
-  uint64_t finishes_ = 0;  // finish() calls, to tell a handler that ended inside start()  // the response is queued; log_by_lua* waits for it to be written
-
-  std::string out_;       // response bytes not yet handed to the kernel
-  std::string writing_;   // bytes owned by the in-flight uv_write
-  bool write_pending_ = false;
-  bool close_after_write_ = false;
-  bool reset_after_write_ = false;  // return 444: close without lingering once output is out
-  const conf::HttpSettings* conn_settings_ = nullptr;
-  std::unique_ptr<ContentTask> task_;  // a content handler still running (kProcessing)
-  ContentTask* log_task_ = nullptr;             // the request's Lua phases, for log_by_lua*
-  std::unique_ptr<ContentTask> aux_task_;      // a detached Lua context for filters and log (no Lua content)
-  std::unique_ptr<ContentTask> lua_task_;      // the Lua phases of a proxied request (task_ is the proxy)
-  bool proxying_ = false;       // task_ is the proxy
-  TunnelPeer* tunnel_ = nullptr;
-  bool output_held_ = false;  // holdOutput(true): flushOutput/streamBody only queue
-  std::string body_stream_;  // a streamed request body read but not yet taken by the proxy
-  bool tunnel_paused_ = false;
-  bool proxy_pending_ = false;  // the Lua phases declined: the proxy starts once their call returns
   uint64_t linger_start_ms_ = 0;
-  bool keepalive_ = true;
-  bool reading_ = false;
-  bool closing_ = false;
-  bool in_process_ = false;
-  uint64_t head_deadline_ms_ = 0;
-  uint64_t body_start_ms_ = 0;   // first body byte expected (min-rate window start)
-  uint64_t send_start_ms_ = 0;   // a write started waiting for the client
-  uint64_t last_io_ms_ = 0;      // last read from or write completion to the client
-  uint64_t deadline_ms_ = 0;     // when the current phase times out (0: never)
-  uint64_t timer_fires_at_ = 0;  // when the armed uv timer fires (0: not armed)
 };
 
 }  // namespace tidegate::http

@@ -132,27 +132,30 @@ class UpstreamConn {
   // the rest with write_req_. True if all went out at once.
   bool writeCipher(int* error);
 
+  // What every exchange reads first and packed (with a thousand pooled
+  // connections each is cold when it is taken again); TLS and the rare
+  // write and connect requests last.
   ConnPool* pool_;
-  std::string key_;
   User* user_ = nullptr;  // null while idle in the pool
-  uv_tcp_t tcp_;
-  core::LazyTimer timer_;
-  uv_connect_t connect_req_;
-  uv_write_t write_req_;
-  int open_handles_ = 0;
   uint64_t requests_ = 0;
   bool reading_ = false;
   bool closing_ = false;
   bool in_pool_ = false;
   int write_failed_ = 0;  // a write that failed at once, reported from the timer
-  std::unique_ptr<tls::TlsClient> tls_;
-  std::string tls_out_;    // ciphertext of the user's write in flight
-  std::string plain_;      // decrypted bytes handed to onData()
-  std::string tls_error_;
   // In the pool: its peer's idle list (most recent first).
   UpstreamConn* idle_next_ = nullptr;
   UpstreamConn* idle_prev_ = nullptr;
   IdleList* idle_list_ = nullptr;  // its peer's list, once pooled (never erased)
+  std::unique_ptr<tls::TlsClient> tls_;
+  std::string key_;
+  uv_tcp_t tcp_;
+  core::LazyTimer timer_;
+  int open_handles_ = 0;
+  uv_connect_t connect_req_;
+  uv_write_t write_req_;
+  std::string tls_out_;    // ciphertext of the user's write in flight
+  std::string plain_;      // decrypted bytes handed to onData()
+  std::string tls_error_;
 };
 
 // The idle connections to one pool key, most recently used first.
