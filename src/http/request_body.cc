@@ -43,7 +43,8 @@ uint32_t nextTempNumber() {
 }  // namespace
 
 void RequestBody::start(uint64_t memory_limit, const std::string* temp_dir) {
-  reset();
+  if (dirty_) reset();
+  dirty_ = true;
   keeping_ = true;
   limit_ = memory_limit;
   temp_dir_ = temp_dir;
@@ -142,9 +143,11 @@ void RequestBody::discard() {
   reset();
   read_ = read;
   discarded_ = true;
+  dirty_ = true;
 }
 
 void RequestBody::setData(std::string_view data) {
+  dirty_ = true;
   dropFile();
   data_.assign(data);
   size_ = data.size();
@@ -160,6 +163,7 @@ bool RequestBody::setFile(const std::string& path, bool clean, std::string* err)
     return false;
   }
   ::close(fd);
+  dirty_ = true;
   dropFile();
   data_.clear();
   keeping_ = false;
@@ -187,7 +191,7 @@ void RequestBody::reset() {
   error_.clear();
   size_ = limit_ = 0;
   temp_dir_ = nullptr;
-  keeping_ = spilled_ = failed_ = read_ = discarded_ = false;
+  dirty_ = keeping_ = spilled_ = failed_ = read_ = discarded_ = false;
   clean_ = true;
 }
 
