@@ -525,6 +525,8 @@ void Connection::completeRequest() {
                                                      [server](ContentTask* t) { server->releaseLog(t); });
     if (waiting) server_->keepLog(std::move(waiting));
   }
+  // Logged: the upstream head's fields are spare for the next one parsed.
+  req_.upstream.releaseHeaders();
   log_task_ = nullptr;
   tunnel_ = nullptr;
   output_held_ = false;

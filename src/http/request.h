@@ -71,6 +71,16 @@ struct UpstreamRecord {
     swap(fields_, fields_bytes_);
     field_count_ = fields_.size();
   }
+  // The request ended: its headers' vector, strings and all, goes to the
+  // worker's spares (unless they are full or it grew large), on top. The
+  // next head parsed on any connection fills it (takeSpareHeaders) while
+  // it is still in cache; the record's own, kept from its connection's
+  // last request, would be cold when a thousand connections take turns
+  // (bench/cache_misses.sh).
+  void releaseHeaders();
+  // The spare released last, into an empty `out`; false (nothing changed)
+  // if there is none.
+  static bool takeSpareHeaders(std::vector<Field>* out);
   void clear() {
     tries.clear();
     proxy_host.clear();

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "http/ascii.h"
+#include "http/request.h"
 
 namespace tidegate::proxy {
 namespace {
@@ -491,6 +492,9 @@ ResponseParser::Event ResponseParser::execute(const char* data, size_t len, size
   if (message_done_ && head_reported_) return Event::kDone;
   if (simple_) return countBody(data, len, consumed);
   if (!head_done_ && head_bytes_ == 0 && len > 0) {
+    // The first bytes of the head: strings for its fields, from the
+    // request that ended last (in cache) when the parser has none.
+    if (head_.headers.empty()) http::UpstreamRecord::takeSpareHeaders(&head_.headers);
     size_t n = takeSimpleHead(data, len);
     if (n > 0) {
       *consumed = n;
