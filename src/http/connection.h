@@ -218,9 +218,6 @@ class Connection : private RequestParser::Handler, private ContentSink {
   std::string writing_;   // bytes owned by the in-flight uv_write
   std::function<void()> drain_cb_;  // ngx.flush(true): all output written
   std::string body_stream_;  // a streamed request body read but not yet taken by the proxy
-  // The extra fields of the head being written (writeHead), as views: kept
-  // for its capacity.
-  HeaderViews extra_views_;
 
   uv_tcp_t tcp_;
   uv_timer_t timer_;

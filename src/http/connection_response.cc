@@ -131,18 +131,18 @@ void Connection::finish(ContentResult result, ContentTask* task) {
   } else if (result.declined) {
     respond(404, "text/html", errorPage(404), {});
   } else if (result.status >= 300 && result.body.empty()) {
-    HandlerHeaders h = splitResultHeaders(result, *settings().default_type, &extra_views_);
-    respond(result.status, "text/html", errorPage(result.status), absoluteRedirect(h.location), &extra_views_);
+    HandlerHeaders h = splitResultHeaders(result, *settings().default_type, &server_->headViews());
+    respond(result.status, "text/html", errorPage(result.status), absoluteRedirect(h.location), &server_->headViews());
   } else if (hasFilters()) {
     sendHead(result.status, ownedHeaders(result, true), static_cast<int64_t>(result.body.size()), task);
     sendBody(result.body, true, task);
   } else {
-    HandlerHeaders h = splitResultHeaders(result, *settings().default_type, &extra_views_);
+    HandlerHeaders h = splitResultHeaders(result, *settings().default_type, &server_->headViews());
     // The whole body is here: its size is the length (a handler's
     // Content-Length counts only for HEAD, where no body follows).
     int64_t length = static_cast<int64_t>(result.body.size());
     if (parser_.head().is_head && h.content_length >= 0) length = h.content_length;
-    writeHead(result.status, h.content_type, absoluteRedirect(h.location), &extra_views_, length);
+    writeHead(result.status, h.content_type, absoluteRedirect(h.location), &server_->headViews(), length);
     writeBodyPart(result.body);
     endBody();
   }
@@ -184,11 +184,11 @@ void Connection::sendHead(int status, HeaderList headers, int64_t content_length
     abortResponse();
     return;
   }
-  HandlerHeaders h = splitHandlerHeaders(headers, *s.default_type, &extra_views_);
+  HandlerHeaders h = splitHandlerHeaders(headers, *s.default_type, &server_->headViews());
   // A body filter may change the length: the body goes out chunked.
   if (h.content_length >= 0) content_length = h.content_length;
   if (s.body_filter_lua) content_length = -1;
-  writeHead(status, h.content_type, absoluteRedirect(h.location), &extra_views_, content_length);
+  writeHead(status, h.content_type, absoluteRedirect(h.location), &server_->headViews(), content_length);
 }
 
 void Connection::sendBody(std::string_view data, bool last, ContentTask* task) {
@@ -211,8 +211,8 @@ void Connection::sendBody(std::string_view data, bool last, ContentTask* task) {
 void Connection::writeHandlerHead(ContentResult& result, int64_t content_length) {
   // Views: the head is written before this returns, and the handler's
   // headers stay as they are (it may read ngx.header afterwards).
-  HandlerHeaders h = splitResultHeaders(result, *settings().default_type, &extra_views_);
-  writeHead(result.status, h.content_type, absoluteRedirect(h.location), &extra_views_,
+  HandlerHeaders h = splitResultHeaders(result, *settings().default_type, &server_->headViews());
+  writeHead(result.status, h.content_type, absoluteRedirect(h.location), &server_->headViews(),
             h.content_length >= 0 ? h.content_length : content_length);
 }
 

@@ -72,6 +72,10 @@ class HttpServer : private tls::CertificateScript {
   uint64_t nextConnectionId();
   char* takeBuffer(size_t* cap);
   void giveBuffer(char* buf, size_t cap);
+  // The extra fields of the head a connection is writing, as views: one
+  // vector for the worker (each use ends within the call that writes the
+  // head), so that it is in cache where a connection's own would be cold.
+  HeaderViews& headViews() { return head_views_; }
   // The TLS of a listen address with `ssl` (null for a plain one).
   tls::ServerContext* tlsContext(const conf::Config::ListenGroup* group) const;
   // Where TLS connections read ciphertext (consumed within the read callback).
@@ -123,6 +127,7 @@ class HttpServer : private tls::CertificateScript {
   bool draining_ = false;
   std::function<void()> done_;
   std::vector<char*> buffer_pool_;
+  HeaderViews head_views_;
   uv_timer_t retry_timer_;
   uv_check_t reaper_;  // runs after I/O callbacks, when no task is on the stack
   bool reaper_open_ = false;

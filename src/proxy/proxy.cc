@@ -550,7 +550,6 @@ void ProxyModule::giveBuffers(std::unique_ptr<ExchangeBuffers> b) {
   b->parser.onBody({});  // its callback points to the task that is ending
   b->request_head.clear();
   b->tried.clear();
-  b->response_headers.clear();
   spare_buffers_.push_back(std::move(b));
 }
 

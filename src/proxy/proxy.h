@@ -59,6 +59,11 @@ class ProxyModule final : public http::ProxyHandler {
   // at most kMaxSpareBytesEach.
   std::unique_ptr<ExchangeBuffers> takeBuffers();
   void giveBuffers(std::unique_ptr<ExchangeBuffers> b);
+  // The upstream head's fields that go to the client, as views: filled and
+  // used up within the call that sends the head, one vector for the worker
+  // (in cache, where one kept in a request's buffers across its upstream
+  // wait would be cold).
+  http::HeaderViews& responseViews() { return response_views_; }
 
  private:
   uv_loop_t* loop_;
@@ -78,6 +83,7 @@ class ProxyModule final : public http::ProxyHandler {
   // their strings): 8 KB keeps the common ones, not a large head's.
   static constexpr size_t kMaxSpareBytesEach = 8192;
   std::vector<std::unique_ptr<ExchangeBuffers>> spare_buffers_;
+  http::HeaderViews response_views_;
 };
 
 }  // namespace tidegate::proxy

@@ -234,7 +234,7 @@ void ProxyTask::handleHead() {
   // The fields go to the client as views into the parser's strings, which
   // then become the request's ($upstream_http_*) without a copy (the
   // views stay valid: the strings do not move).
-  http::HeaderViews& fields = x_->response_headers;
+  http::HeaderViews& fields = m_.responseViews();
   fields.clear();
   const std::vector<std::string>& hide = *s_.hide_headers;
   const std::vector<std::string>& pass = *s_.pass_headers;

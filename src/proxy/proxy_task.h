@@ -31,7 +31,6 @@ struct ExchangeBuffers {
   ResponseParser parser;     // its field strings keep their capacity too
   std::string request_head;  // the upstream request's head (BuiltRequest::head)
   std::vector<size_t> tried; // the balancer's peers tried so far
-  http::HeaderViews response_headers;  // the upstream head's fields that go to the client
 };
 
 // One proxied request. Owned by the downstream connection (as its content
