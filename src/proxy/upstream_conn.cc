@@ -303,9 +303,12 @@ void UpstreamConn::release(uint64_t idle_timeout_ms, uint64_t max_idle, uint64_t
     close();
     return;
   }
-  // An idle connection keeps no buffer (TLS may have grown these).
-  std::string().swap(plain_);
-  std::string().swap(tls_out_);
+  // An idle connection keeps no buffer (TLS may have grown these; a plain
+  // connection never touches them, nor their cache line, here).
+  if (tls_) {
+    std::string().swap(plain_);
+    std::string().swap(tls_out_);
+  }
   pool_->put(this, max_idle);
   if (closing_) return;
   setTimer(idle_timeout_ms);
