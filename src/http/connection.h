@@ -179,7 +179,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   size_t parsed_ = 0;
   size_t end_ = 0;
   size_t head_end_ = 0;  // relative to start_, once the head is parsed
-  uint64_t finishes_ = 0;  // finish() calls, to tell a handler that ended inside start()  // the response is queued; log_by_lua* waits for it to be written
+  uint64_t finishes_ = 0;  // finish() calls, to tell a handler that ended inside start()
 
   uint64_t head_deadline_ms_ = 0;
   uint64_t body_start_ms_ = 0;   // first body byte expected (min-rate window start)
@@ -196,7 +196,7 @@ class Connection : private RequestParser::Handler, private ContentSink {
   bool body_allowed_ = true;   // false for HEAD, 204, 304
   bool body_ended_ = false;    // the last chunk is out (or the whole body)
   bool client_eof_ = false;    // the client half-closed while a handler ran
-  bool log_deferred_ = false;
+  bool log_deferred_ = false;  // the response is queued; log_by_lua* waits for it to be written
   // The Lua phases start once the head is read, while the body arrives
   // (early_start_: at the end of this parse step; lua_early_: running so).
   bool early_start_ = false;
