@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir_fixture.h"
+
 namespace tidegate::conf {
 namespace {
 
@@ -26,25 +28,11 @@ ConfigPtr load(const std::string& text) {
 
 // --- files and paths ------------------------------------------------------------
 
-class LoaderFileTest : public ::testing::Test {
+class LoaderFileTest : public testing_support::TempDirTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/tidegate-loader-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  void write(const std::string& rel, const std::string& text) {
-    fs::path p = fs::path(dir_) / rel;
-    fs::create_directories(p.parent_path());
-    std::ofstream(p) << text;
-  }
+  LoaderFileTest() : TempDirTest("tidegate-loader") {}
   bool run(const LoadOptions& opts) { return loadConfig(opts, &cfg_, &err_); }
 
-  std::string dir_;
   ConfigPtr cfg_;
   ConfError err_;
 };

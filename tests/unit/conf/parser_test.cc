@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir_fixture.h"
+
 namespace tidegate::conf {
 namespace {
 
@@ -112,22 +114,9 @@ TEST(ParserTest, ParseFileMissingFileNamesIt) {
 
 // --- include -----------------------------------------------------------------
 
-class ParserIncludeTest : public ::testing::Test {
+class ParserIncludeTest : public testing_support::TempDirTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/tidegate-parser-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  void write(const std::string& rel, const std::string& text) {
-    fs::path p = fs::path(dir_) / rel;
-    fs::create_directories(p.parent_path());
-    std::ofstream(p) << text;
-  }
+  ParserIncludeTest() : TempDirTest("tidegate-parser") {}
   bool parseMain(const std::string& text) {
     write("main.conf", text);
     Parser parser(dir_);
@@ -135,7 +124,6 @@ class ParserIncludeTest : public ::testing::Test {
     return parser.parseFile(dir_ + "/main.conf", &nodes_, &err_);
   }
 
-  std::string dir_;
   std::vector<ConfNode> nodes_;
   ConfError err_;
 };

@@ -8,25 +8,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <string>
 
+#include "temp_dir_fixture.h"
+
 namespace tidegate::http {
 namespace {
 
-class RequestBodyTest : public ::testing::Test {
+class RequestBodyTest : public testing_support::TempDirTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/tidegate-body-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-  }
+  RequestBodyTest() : TempDirTest("tidegate-body") {}
   void TearDown() override {
     body_.reset();
-    std::string cmd = "rm -rf '" + dir_ + "'";
-    EXPECT_EQ(std::system(cmd.c_str()), 0);
+    TempDirTest::TearDown();
   }
   static bool exists(const std::string& path) {
     struct stat st;
@@ -51,7 +47,6 @@ class RequestBodyTest : public ::testing::Test {
     EXPECT_EQ(body_.size(), limit + 1);
   }
 
-  std::string dir_;
   RequestBody body_;
 };
 
@@ -117,8 +112,8 @@ TEST_F(RequestBodyTest, StartAfterEachChangeGivesAFreshBody) {
 }
 
 TEST_F(RequestBodyTest, StartAfterSetFileDeletesAFileToClean) {
+  write("given", "from a file");
   std::string path = dir_ + "/given";
-  std::ofstream(path) << "from a file";
   std::string err;
   body_.reset();
   ASSERT_TRUE(body_.setFile(path, true, &err)) << err;
@@ -130,8 +125,8 @@ TEST_F(RequestBodyTest, StartAfterSetFileDeletesAFileToClean) {
 }
 
 TEST_F(RequestBodyTest, AFileNotToCleanSurvivesTheReset) {
+  write("kept", "stays");
   std::string path = dir_ + "/kept";
-  std::ofstream(path) << "stays";
   std::string err;
   ASSERT_TRUE(body_.setFile(path, false, &err)) << err;
   body_.start(4, &dir_);
@@ -152,7 +147,7 @@ TEST_F(RequestBodyTest, ResetDeletesTheSpilledFile) {
 
 TEST_F(RequestBodyTest, AFailedSpillIsReportedAndStartClearsIt) {
   std::string missing_parent = dir_ + "/file-not-dir";
-  std::ofstream(missing_parent) << "x";  // a file where the temp dir should go
+  write("file-not-dir", "x");  // a file where the temp dir should go
   std::string bad = missing_parent + "/sub";
   body_.start(1, &bad);
   EXPECT_FALSE(body_.append("abc"));

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <string>
 
+#include "temp_dir_fixture.h"
 #include "tls/cert_store.h"
 
 namespace tidegate::tls {
@@ -62,14 +63,13 @@ std::string cnOf(const CertKeyPtr& ck) {
 void writeFile(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
 
 // A state directory written the way the admin API writes it.
-class DynamicCertsTest : public ::testing::Test {
+class DynamicCertsTest : public testing_support::TempDirTest {
  protected:
+  DynamicCertsTest() : TempDirTest("tg-dyncert") {}
   void SetUp() override {
-    char tmpl[] = "/tmp/tg-dyncert-XXXXXX";
-    dir_ = mkdtemp(tmpl);
+    TempDirTest::SetUp();
     mkdir(certDir(dir_).c_str(), 0700);
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
 
   // Puts `name` with a new certificate of CN `cn` and moves the counter.
   uint64_t put(const std::string& name, const std::string& cn) {
@@ -94,7 +94,6 @@ class DynamicCertsTest : public ::testing::Test {
     counter_++;
   }
 
-  std::string dir_;
   CertIndex index_;
   uint64_t counter_ = 0;
 };
