@@ -421,6 +421,11 @@ struct UpstreamConf {
   uint64_t keepalive = 0;
   uint64_t keepalive_timeout_ms = 60000;
   uint64_t keepalive_requests = 1000;
+  // pool_conns, pool_wait: past `pool_conns` connections open to a peer
+  // (per worker), a try that finds none idle waits up to `pool_wait` for
+  // one to come back before it opens another (0 in either: never waits).
+  uint64_t pool_conns = 64;
+  uint64_t pool_wait_ms = 100;
   bool balancer_set = false;
   // balancer_by_lua*: runs before every try; a peer it sets replaces the
   // balancer's pick (which remains the fallback).

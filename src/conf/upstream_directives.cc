@@ -242,6 +242,8 @@ const Directive kUpstreamDirectives[] = {
     {"keepalive_timeout", kUpstreamCtx, 1, 1, false,
      onUpstreamNumber<&UpstreamConf::keepalive_timeout_ms, parseDurationMs>},
     {"keepalive_requests", kUpstreamCtx, 1, 1, false, onUpstreamNumber<&UpstreamConf::keepalive_requests, parseCount>},
+    {"pool_conns", kUpstreamCtx, 1, 1, false, onUpstreamNumber<&UpstreamConf::pool_conns, parseCount>},
+    {"pool_wait", kUpstreamCtx, 1, 1, false, onUpstreamNumber<&UpstreamConf::pool_wait_ms, parseDurationMs>},
     {"health_check", kUpstreamCtx, 0, kAnyArgs, false, onHealthCheck},
 };
 

@@ -115,8 +115,22 @@ void ProxyTask::tryPeer() {
   request_sent_ = request_done_ = got_bytes_ = request_head_written_ = stream_last_ = false;
   body_offset_ = 0;
 
-  const std::string key = poolKey();
-  while ((conn_ = m_.pool().take(key)) != nullptr) {
+  IdleList& pooled = m_.pool().peer(poolKey());
+  // Tries that wait for a connection come first.
+  if (pooled.waiting == 0 && takePooled(pooled)) {
+    r_.upstream.tries.back().connect_us = 0;
+    sendRequest();
+    return;
+  }
+  if (m_.pool().wait(pooled, this, rt_->pool_limits, now)) {
+    state_ = State::kConnecting;  // (no connection yet: only the pool's turn moves it on)
+    return;
+  }
+  connectNew();
+}
+
+bool ProxyTask::takePooled(IdleList& l) {
+  while ((conn_ = ConnPool::take(l)) != nullptr) {
     conn_->attach(this);
     // A request that must not be sent twice goes only on a connection the
     // peer has not closed already (its close may not be read yet).
@@ -124,8 +138,12 @@ void ProxyTask::tryPeer() {
     dropConnection();
   }
   conn_reused_ = conn_ != nullptr;
-  if (conn_) {
-    r_.upstream.tries.back().connect_us = 0;
+  return conn_reused_;
+}
+
+void ProxyTask::onPoolTurn() {
+  if (takePooled(m_.pool().peer(poolKey()))) {
+    r_.upstream.tries.back().connect_us = nowUs() - try_start_us_;  // the wait
     sendRequest();
     return;
   }
@@ -479,6 +497,7 @@ void ProxyTask::clientAborted() {
   }
   TG_LOG_CONN(LogLevel::kInfo, r_.conn->id, "client prematurely closed connection while %s%s", activity(),
               http::describeRequest(r_).c_str());
+  m_.pool().cancelWait(this);
   dropConnection();
   if (have_peer_) endTry(upstream::Outcome::kOk);
   state_ = State::kDone;

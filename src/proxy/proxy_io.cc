@@ -321,9 +321,9 @@ void ProxyTask::endResponse() {
   if (reuse) {
     uint64_t max_idle = rt_->keepalive > 0 ? rt_->keepalive : m_.maxIdle();
     if (lua_choice_.peer && lua_choice_.keepalive) {
-      c->release(lua_choice_.keepalive_timeout_ms, max_idle, lua_choice_.keepalive_requests);
+      c->release(lua_choice_.keepalive_timeout_ms, max_idle, lua_choice_.keepalive_requests, now);
     } else {
-      c->release(rt_->keepalive_timeout_ms, max_idle, rt_->keepalive_requests);
+      c->release(rt_->keepalive_timeout_ms, max_idle, rt_->keepalive_requests, now);
     }
   } else {
     c->close();

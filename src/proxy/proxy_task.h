@@ -38,6 +38,7 @@ struct ExchangeBuffers {
 class ProxyTask final : public http::ContentTask,
                         public core::Recycled<ProxyTask, 4096>,
                         private UpstreamConn::User,
+                        private ConnPoolWaiter,
                         private http::ContentSink::TunnelPeer {
  public:
   ProxyTask(ProxyModule& m, http::Request& r, http::ContentSink& sink, http::ContentTask* lua)
@@ -57,6 +58,7 @@ class ProxyTask final : public http::ContentTask,
   }
   ~ProxyTask() override {
     if (waiting_drain_) sink_.cancelDrain();
+    m_.pool().cancelWait(this);
     dropConnection();
     if (body_fd_ >= 0) ::close(body_fd_);
     if (balancer_timer_) {
@@ -108,6 +110,12 @@ class ProxyTask final : public http::ContentTask,
   // Passive health: this try's failure counts against its peer (not one
   // balancer_by_lua* chose); logs when that took the peer out.
   void reportFailure(std::string_view why);
+  // A connection from the pool for this try (one the peer has not closed,
+  // for a request that must not be sent twice). False if none is idle.
+  bool takePooled(IdleList& l);
+  // The pool had none idle and this try waited (in state kConnecting, no
+  // connection yet): its turn came.
+  void onPoolTurn() override;
   void connectNew();
   // The pooled connection just used was closed by the peer: the same peer
   // again on a fresh connection, once, without counting a try.

@@ -4,8 +4,10 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -38,7 +40,9 @@ bool parsePeerAddress(const std::string& text, PeerAddress* out) {
 
 // --- UpstreamConn -------------------------------------------------------------
 
-UpstreamConn::UpstreamConn(ConnPool* pool, std::string key) : pool_(pool), key_(std::move(key)) {
+UpstreamConn::UpstreamConn(ConnPool* pool, std::string key)
+    : pool_(pool), idle_list_(&pool->peer(key)), key_(std::move(key)) {
+  idle_list_->open++;
   uv_tcp_init(pool->loop(), &tcp_);
   uv_timer_init(pool->loop(), timer_.handle());
   tcp_.data = timer_.handle()->data = connect_req_.data = write_req_.data = this;
@@ -296,7 +300,7 @@ void UpstreamConn::onTimer(uv_timer_t* t) noexcept {
   c->user_->onTimeout();
 }
 
-void UpstreamConn::release(uint64_t idle_timeout_ms, uint64_t max_idle, uint64_t max_requests) {
+void UpstreamConn::release(uint64_t idle_timeout_ms, uint64_t max_idle, uint64_t max_requests, int64_t now_us) {
   user_ = nullptr;
   stopTimer();
   if (closing_ || pool_->shut_ || requests_ >= max_requests || idle_timeout_ms == 0) {
@@ -309,7 +313,7 @@ void UpstreamConn::release(uint64_t idle_timeout_ms, uint64_t max_idle, uint64_t
     std::string().swap(plain_);
     std::string().swap(tls_out_);
   }
-  pool_->put(this, max_idle);
+  pool_->put(this, max_idle, now_us);
   if (closing_) return;
   setTimer(idle_timeout_ms);
   startReading();
@@ -320,6 +324,8 @@ void UpstreamConn::close() {
   closing_ = true;
   if (!user_) pool_->remove(this);
   user_ = nullptr;
+  idle_list_->open--;
+  if (idle_list_->waiting > 0) pool_->kick(*idle_list_);  // one fewer open: a waiter may open one
   if (tls_ && tls_->handshaked()) {
     // close_notify, best effort: only if the socket takes it now.
     std::string alert = tls_->shutdown();
@@ -341,6 +347,13 @@ ConnPool::ConnPool(uv_loop_t* loop) : loop_(loop), read_buf_(static_cast<char*>(
 
 ConnPool::~ConnPool() {
   shutdown();
+  // Tasks cancel their waits as they go, before the pool does.
+  if (serve_idle_) uv_close(reinterpret_cast<uv_handle_t*>(serve_idle_), [](uv_handle_t* h) {
+    delete reinterpret_cast<uv_idle_t*>(h);
+  });
+  if (wait_timer_) uv_close(reinterpret_cast<uv_handle_t*>(wait_timer_), [](uv_handle_t* h) {
+    delete reinterpret_cast<uv_timer_t*>(h);
+  });
   for (auto& [key, box] : sessions_) box->release();
   std::free(read_buf_);
 }
@@ -357,20 +370,14 @@ void ConnPool::keepSession(const std::string& key, tls::TlsSessionBox* box) {
   slot = box;
 }
 
-UpstreamConn* ConnPool::take(const std::string& key) {
-  auto it = idle_.find(key);
-  if (it == idle_.end() || !it->second.head) return nullptr;
-  return it->second.head;
-}
-
 size_t ConnPool::idleCount(const std::string& key) const {
   auto it = idle_.find(key);
   return it == idle_.end() ? 0 : it->second.count;
 }
 
-void ConnPool::put(UpstreamConn* c, uint64_t max_idle) {
-  if (!c->idle_list_) c->idle_list_ = &idle_[c->key_];
+void ConnPool::put(UpstreamConn* c, uint64_t max_idle, int64_t now_us) {
   IdleList& l = *c->idle_list_;
+  l.last_put_us = now_us;
   c->idle_prev_ = nullptr;
   c->idle_next_ = l.head;
   if (l.head) l.head->idle_prev_ = c;
@@ -381,6 +388,111 @@ void ConnPool::put(UpstreamConn* c, uint64_t max_idle) {
   c->in_pool_ = true;
   // Over the cap: the least recently used goes.
   if (max_idle > 0 && l.count > max_idle) l.tail->close();
+  if (l.waiting > 0) kick(l);
+}
+
+bool ConnPool::wait(IdleList& l, ConnPoolWaiter* w, const PoolLimits& limits, int64_t now_us) {
+  l.limits = limits;
+  if (limits.conns == 0 || limits.wait_ms == 0 || shut_) return false;
+  auto wait_us = static_cast<int64_t>(limits.wait_ms) * 1000;
+  if (l.waiting == 0) {
+    if (l.open < limits.conns) return false;
+    // None came back for as long as a try may wait: they are held by slow
+    // exchanges (long polls, big downloads), a wait would most likely be in
+    // vain. (Before the first comeback, the first wait counts as one.)
+    if (l.last_put_us == 0) l.last_put_us = now_us;
+    if (now_us - l.last_put_us > wait_us) return false;
+  }
+  w->wait_list_ = &l;
+  w->wait_until_us_ = now_us + wait_us;
+  w->wait_next_ = nullptr;
+  w->wait_prev_ = l.wait_tail;
+  if (l.wait_tail) l.wait_tail->wait_next_ = w;
+  else l.wait_head = w;
+  l.wait_tail = w;
+  l.waiting++;
+  if (!l.in_service) {
+    l.in_service = true;
+    serving_.push_back(&l);
+  }
+  if (!wait_timer_) {
+    wait_timer_ = new uv_timer_t;
+    uv_timer_init(loop_, wait_timer_);
+    uv_unref(reinterpret_cast<uv_handle_t*>(wait_timer_));
+    wait_timer_->data = this;
+  }
+  // (Armed for the first waiter; a key with a shorter wait may come later.)
+  if (!uv_is_active(reinterpret_cast<uv_handle_t*>(wait_timer_)) || uv_timer_get_due_in(wait_timer_) > limits.wait_ms) {
+    uv_timer_start(wait_timer_, onWaitTimer, limits.wait_ms, 0);
+  }
+  return true;
+}
+
+void ConnPool::cancelWait(ConnPoolWaiter* w) {
+  IdleList* l = w->wait_list_;
+  if (!l) return;
+  if (w->wait_prev_) w->wait_prev_->wait_next_ = w->wait_next_;
+  else l->wait_head = w->wait_next_;
+  if (w->wait_next_) w->wait_next_->wait_prev_ = w->wait_prev_;
+  else l->wait_tail = w->wait_prev_;
+  w->wait_next_ = w->wait_prev_ = nullptr;
+  w->wait_list_ = nullptr;
+  l->waiting--;
+}
+
+void ConnPool::kick(IdleList& l) {
+  if (!l.wait_head) return;
+  if (!serve_idle_) {
+    serve_idle_ = new uv_idle_t;
+    uv_idle_init(loop_, serve_idle_);
+    uv_unref(reinterpret_cast<uv_handle_t*>(serve_idle_));
+    serve_idle_->data = this;
+  }
+  uv_idle_start(serve_idle_, onServe);  // (no-op when started)
+}
+
+void ConnPool::onServe(uv_idle_t* h) noexcept {
+  auto* pool = static_cast<ConnPool*>(h->data);
+  uv_idle_stop(h);
+  pool->serve();
+}
+
+void ConnPool::onWaitTimer(uv_timer_t* t) noexcept { static_cast<ConnPool*>(t->data)->serve(); }
+
+void ConnPool::serve() {
+  int64_t now = static_cast<int64_t>(uv_hrtime() / 1000);
+  // A turn may end its request, start another try (which may wait again,
+  // on any key) or close connections (which kicks): the list is re-read.
+  for (size_t i = 0; i < serving_.size();) {
+    IdleList& l = *serving_[i];
+    while (l.wait_head && (l.head || l.open < l.limits.conns || l.wait_head->wait_until_us_ <= now)) {
+      ConnPoolWaiter* w = l.wait_head;
+      cancelWait(w);
+      w->onPoolTurn();
+    }
+    if (l.wait_head) {
+      i++;
+      continue;
+    }
+    l.in_service = false;
+    serving_[i] = serving_.back();
+    serving_.pop_back();
+  }
+  armWaitTimer();
+  if (after_read_) after_read_();  // a request that ended in a turn is freed now
+}
+
+void ConnPool::armWaitTimer() {
+  if (!wait_timer_) return;
+  if (serving_.empty()) {
+    uv_timer_stop(wait_timer_);
+    return;
+  }
+  int64_t first = INT64_MAX;
+  for (IdleList* l : serving_) first = std::min(first, l->wait_head->wait_until_us_);
+  int64_t now = static_cast<int64_t>(uv_hrtime() / 1000);
+  uint64_t ms = first <= now ? 0 : static_cast<uint64_t>((first - now + 999) / 1000);
+  uv_timer_start(wait_timer_, onWaitTimer, ms, 0);
 }
 
 void ConnPool::remove(UpstreamConn* c) {

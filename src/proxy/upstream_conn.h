@@ -1,7 +1,8 @@
 // One TCP connection to an upstream peer, and the per-worker keepalive pool
 // that keeps idle ones. A connection belongs to one user (a proxy try)
 // while busy and to the pool while idle; it frees itself once its handles
-// are closed.
+// are closed. Past `pool_conns` open connections to a peer, a try that
+// finds none idle waits in the pool for one to come back (ConnPool::wait()).
 //
 // Reads go into one per-worker buffer: a user handles every byte inside
 // onData() (parses it, copies what it keeps), so nothing is allocated per
@@ -21,6 +22,7 @@
 #include <string>
 #include <memory>
 #include <unordered_map>
+#include <vector>
 
 #include "core/lazy_timer.h"
 #include "tls/tls_client.h"
@@ -46,7 +48,16 @@ struct PeerAddress {
 bool parsePeerAddress(const std::string& text, PeerAddress* out);
 
 class ConnPool;
+class ConnPoolWaiter;
 struct IdleList;
+
+// How many connections to one peer a worker opens before a try that finds
+// none idle waits for one to come back instead (upstream `pool_conns`,
+// `pool_wait`). 0 in either: never wait, open one (nginx's way).
+struct PoolLimits {
+  uint64_t conns = 64;
+  uint64_t wait_ms = 100;
+};
 
 class UpstreamConn {
  public:
@@ -99,8 +110,10 @@ class UpstreamConn {
   // socket takes it now). No callback after this.
   void close();
   // Gives an idle connection back to the pool (or closes it if the pool is
-  // full, draining or the connection served keepalive_requests).
-  void release(uint64_t idle_timeout_ms, uint64_t max_idle, uint64_t max_requests);
+  // full, draining or the connection served keepalive_requests). `now_us`:
+  // when its exchange ended (nowUs()): a try waits for a connection only
+  // while they come back (ConnPool::wait()).
+  void release(uint64_t idle_timeout_ms, uint64_t max_idle, uint64_t max_requests, int64_t now_us);
 
   // False if the peer already closed this (idle) connection or sent
   // something unasked: a non-blocking peek, for requests that must not be
@@ -145,7 +158,7 @@ class UpstreamConn {
   // In the pool: its peer's idle list (most recent first).
   UpstreamConn* idle_next_ = nullptr;
   UpstreamConn* idle_prev_ = nullptr;
-  IdleList* idle_list_ = nullptr;  // its peer's list, once pooled (never erased)
+  IdleList* idle_list_;  // its key's entry in the pool (never erased), from the start
   std::unique_ptr<tls::TlsClient> tls_;
   std::string key_;
   uv_tcp_t tcp_;
@@ -158,11 +171,38 @@ class UpstreamConn {
   std::string tls_error_;
 };
 
-// The idle connections to one pool key, most recently used first.
+// One pool key's connections: the idle ones, most recently used first; how
+// many are open (connecting, busy or idle); the tries waiting for one.
 struct IdleList {
   UpstreamConn* head = nullptr;
   UpstreamConn* tail = nullptr;
   size_t count = 0;
+  size_t open = 0;
+  // Waiting tries, first come first served (ConnPool::wait()).
+  ConnPoolWaiter* wait_head = nullptr;
+  ConnPoolWaiter* wait_tail = nullptr;
+  size_t waiting = 0;
+  bool in_service = false;  // in the pool's list of keys with waiters
+  PoolLimits limits;        // as the last try that came set them
+  int64_t last_put_us = 0;  // when a connection last came back (or the first wait)
+};
+
+// A try that waits for a connection (ConnPool::wait()).
+class ConnPoolWaiter {
+ public:
+  virtual ~ConnPoolWaiter() = default;
+  // Its turn, once, from the loop (never inside another task's call): an
+  // idle connection to its key is in the pool, fewer than `pool_conns` are
+  // open, or its wait is over. It takes a connection or opens one.
+  virtual void onPoolTurn() = 0;
+  bool poolWaiting() const { return wait_list_ != nullptr; }
+
+ private:
+  friend class ConnPool;
+  ConnPoolWaiter* wait_next_ = nullptr;
+  ConnPoolWaiter* wait_prev_ = nullptr;
+  IdleList* wait_list_ = nullptr;  // set while it waits
+  int64_t wait_until_us_ = 0;
 };
 
 // The idle connections of one worker, by peer. Each idle connection keeps
@@ -175,8 +215,18 @@ class ConnPool {
   ConnPool(const ConnPool&) = delete;
   ConnPool& operator=(const ConnPool&) = delete;
 
-  // An idle connection to `key`, most recently used first; null if none.
-  UpstreamConn* take(const std::string& key);
+  // The connections to `key` (made on first use, never erased).
+  IdleList& peer(const std::string& key) { return idle_[key]; }
+  // An idle connection of `l`, most recently used first; null if none.
+  static UpstreamConn* take(const IdleList& l) { return l.head; }
+  // A try to `l`'s key found no idle connection (or other tries wait for
+  // one before it). True if it waits (queued: onPoolTurn() follows), false
+  // if it should open one now: waiting is off, or no try waits and fewer
+  // than `limits.conns` are open or none came back for `limits.wait_ms`.
+  // A try whose wait reaches `limits.wait_ms` opens one anyway.
+  bool wait(IdleList& l, ConnPoolWaiter* w, const PoolLimits& limits, int64_t now_us);
+  // A waiting try that ends (no turn follows).
+  void cancelWait(ConnPoolWaiter* w);
   // Stops pooling: closes every idle connection now; released ones close.
   void shutdown();
 
@@ -196,8 +246,16 @@ class ConnPool {
 
  private:
   friend class UpstreamConn;
-  void put(UpstreamConn* c, uint64_t max_idle);
+  void put(UpstreamConn* c, uint64_t max_idle, int64_t now_us);
   void remove(UpstreamConn* c);
+  // A connection of `l` came back or closed: its waiters are served from
+  // the loop, before its next poll.
+  void kick(IdleList& l);
+  // Gives a turn to every waiter that may have one; the rest wait on.
+  void serve();
+  void armWaitTimer();
+  static void onServe(uv_idle_t* h) noexcept;
+  static void onWaitTimer(uv_timer_t* t) noexcept;
 
   uv_loop_t* loop_;
   std::unordered_map<std::string, IdleList> idle_;  // entries are never erased
@@ -206,6 +264,11 @@ class ConnPool {
   bool shut_ = false;
   char* read_buf_;
   std::function<void()> after_read_;
+  // Keys with waiters; the loop handles that serve them (allocated: the
+  // pool may go before the loop runs their close callbacks).
+  std::vector<IdleList*> serving_;
+  uv_idle_t* serve_idle_ = nullptr;
+  uv_timer_t* wait_timer_ = nullptr;
 };
 
 }  // namespace tidegate::proxy

@@ -65,6 +65,8 @@ void Upstreams::build(UpstreamRuntime& rt, std::shared_ptr<const conf::UpstreamC
   rt.keepalive = uc->keepalive;
   rt.keepalive_timeout_ms = uc->keepalive_timeout_ms;
   rt.keepalive_requests = uc->keepalive_requests;
+  rt.pool_limits.conns = uc->pool_conns;
+  rt.pool_limits.wait_ms = uc->pool_wait_ms;
   rt.peers = std::move(infos);
   rt.conf = std::move(uc);
   rt.generation++;

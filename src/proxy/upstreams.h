@@ -63,6 +63,7 @@ struct UpstreamRuntime {
   uint64_t keepalive = 0;       // idle connections per peer (0: sized from demand)
   uint64_t keepalive_timeout_ms = 60000;
   uint64_t keepalive_requests = 1000;
+  PoolLimits pool_limits;  // pool_conns, pool_wait
   std::unique_ptr<LuaBalancerInstance> lua_balancer;  // "balancer": {"type": "lua"}
 
   // The peer's index now (after a rebuild it may have moved or gone:

@@ -206,7 +206,9 @@ std::string upstreamToJson(const conf::UpstreamConf& u, std::string_view origin)
          {"balancer", balancer},
          {"keepalive", u.keepalive},
          {"keepalive_timeout", seconds(u.keepalive_timeout_ms)},
-         {"keepalive_requests", u.keepalive_requests}};
+         {"keepalive_requests", u.keepalive_requests},
+         {"pool_conns", u.pool_conns},
+         {"pool_wait", seconds(u.pool_wait_ms)}};
   if (u.health_check.enabled) j["health_check"] = healthCheckJson(u.health_check);
   return j.dump();
 }
@@ -221,12 +223,13 @@ bool upstreamFromJson(std::string_view text, conf::UpstreamConf* out, std::strin
   }
   Reader r(j, "", err, field);
   if (!r.isObject() || !r.onlyKnown({"name", "origin", "servers", "balancer", "keepalive", "keepalive_timeout",
-                                     "keepalive_requests", "health_check"})) {
+                                     "keepalive_requests", "pool_conns", "pool_wait", "health_check"})) {
     return false;
   }
   if (!r.str("name", &out->name) || !r.str("origin", origin) || !r.integer("keepalive", 0, 1000000, &out->keepalive) ||
       !r.duration("keepalive_timeout", &out->keepalive_timeout_ms) ||
-      !r.integer("keepalive_requests", 0, 100000000, &out->keepalive_requests)) {
+      !r.integer("keepalive_requests", 0, 100000000, &out->keepalive_requests) ||
+      !r.integer("pool_conns", 0, 1000000, &out->pool_conns) || !r.duration("pool_wait", &out->pool_wait_ms)) {
     return false;
   }
   if (r.has("servers")) {

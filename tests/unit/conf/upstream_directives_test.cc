@@ -16,6 +16,7 @@ TEST(UpstreamDirectivesTest, ServersAndParameters) {
       "  server 127.0.0.2 backup;\n"
       "  server [::1]:8084 down;\n"
       "  keepalive 32; keepalive_timeout 30s; keepalive_requests 500;\n"
+      "  pool_conns 8; pool_wait 250ms;\n"
       " }\n server { keepalive_timeout 5s; } }\n");
   ASSERT_TRUE(cfg);
   ASSERT_EQ(cfg->http.upstreams.size(), 1u);
@@ -40,6 +41,8 @@ TEST(UpstreamDirectivesTest, ServersAndParameters) {
   EXPECT_EQ(u.keepalive, 32u);
   EXPECT_EQ(u.keepalive_timeout_ms, 30000u);
   EXPECT_EQ(u.keepalive_requests, 500u);
+  EXPECT_EQ(u.pool_conns, 8u);
+  EXPECT_EQ(u.pool_wait_ms, 250u);
   // The http-level keepalive_timeout is another directive of the same name.
   EXPECT_EQ(*cfg->http.servers[0]->settings.keepalive_timeout_ms, 5000u);
 }
@@ -66,6 +69,8 @@ TEST(UpstreamDirectivesTest, Balancers) {
   EXPECT_EQ(ups[3]->hash_key->raw, "$cookie_id");
   EXPECT_EQ(ups[4]->balancer, "round_robin");
   EXPECT_EQ(ups[4]->keepalive, 0u);
+  EXPECT_EQ(ups[4]->pool_conns, 64u);  // tries past 64 open connections wait up to 100 ms
+  EXPECT_EQ(ups[4]->pool_wait_ms, 100u);
 }
 
 TEST(UpstreamDirectivesTest, Errors) {

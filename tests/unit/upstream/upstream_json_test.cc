@@ -35,6 +35,8 @@ conf::UpstreamConf sample() {
   u.keepalive = 16;
   u.keepalive_timeout_ms = 30000;
   u.keepalive_requests = 500;
+  u.pool_conns = 8;
+  u.pool_wait_ms = 250;
   u.health_check.enabled = true;
   u.health_check.uri = "/healthz";
   u.health_check.host = "check.local";
@@ -80,6 +82,8 @@ TEST(UpstreamJsonTest, RoundTripKeepsEveryField) {
   EXPECT_EQ(back.keepalive, 16u);
   EXPECT_EQ(back.keepalive_timeout_ms, 30000u);
   EXPECT_EQ(back.keepalive_requests, 500u);
+  EXPECT_EQ(back.pool_conns, 8u);
+  EXPECT_EQ(back.pool_wait_ms, 250u);
   const conf::HealthCheckConf& hc = back.health_check;
   EXPECT_TRUE(hc.enabled);
   EXPECT_FALSE(hc.tcp);
@@ -151,6 +155,8 @@ TEST(UpstreamJsonTest, BadInputNamesTheField) {
       {R"({"balancer": {"type": "chash", "key": "$nope"}})", "balancer.key", "unknown \"nope\" variable"},
       {R"({"keepalive": -1})", "keepalive", "from 0"},
       {R"({"keepalive_timeout": "soon"})", "keepalive_timeout", "must be seconds"},
+      {R"({"pool_conns": -1})", "pool_conns", "from 0"},
+      {R"({"pool_wait": "soon"})", "pool_wait", "must be seconds"},
       {R"({"health_check": {"type": "udp"}})", "health_check.type", "\"http\" or \"tcp\""},
       {R"({"health_check": {"uri": "healthz"}})", "health_check.uri", "starting with /"},
       {R"({"health_check": {"fails": 0}})", "health_check.fails", "from 1 to 1000"},
