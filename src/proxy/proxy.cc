@@ -117,7 +117,7 @@ void ProxyTask::tryPeer() {
 
   IdleList& pooled = m_.pool().peer(poolKey());
   // Tries that wait for a connection come first.
-  if (pooled.waiting == 0 && takePooled(pooled)) {
+  if (pooled.waiting == 0 && takePooled(pooled, now)) {
     r_.upstream.tries.back().connect_us = 0;
     sendRequest();
     return;
@@ -129,9 +129,9 @@ void ProxyTask::tryPeer() {
   connectNew();
 }
 
-bool ProxyTask::takePooled(IdleList& l) {
+bool ProxyTask::takePooled(IdleList& l, int64_t now_us) {
   while ((conn_ = ConnPool::take(l)) != nullptr) {
-    conn_->attach(this);
+    conn_->attach(this, now_us);
     // A request that must not be sent twice goes only on a connection the
     // peer has not closed already (its close may not be read yet).
     if (!non_idempotent_ || conn_->peerOpen()) break;
@@ -142,8 +142,9 @@ bool ProxyTask::takePooled(IdleList& l) {
 }
 
 void ProxyTask::onPoolTurn() {
-  if (takePooled(m_.pool().peer(poolKey()))) {
-    r_.upstream.tries.back().connect_us = nowUs() - try_start_us_;  // the wait
+  int64_t now = nowUs();
+  if (takePooled(m_.pool().peer(poolKey()), now)) {
+    r_.upstream.tries.back().connect_us = now - try_start_us_;  // the wait
     sendRequest();
     return;
   }
@@ -340,7 +341,7 @@ void ProxyTask::reconnectFresh() {
 void ProxyTask::connectNew() {
   conn_reused_ = false;
   const PeerAddress& peer = peerAddress();
-  conn_ = UpstreamConn::create(&m_.pool(), poolKey());
+  conn_ = UpstreamConn::create(&m_.pool(), poolKey(), nowUs());
   state_ = State::kConnecting;
   int status = 0;
   if (!conn_->connect(this, peer, &status)) {

@@ -112,7 +112,7 @@ class ProxyTask final : public http::ContentTask,
   void reportFailure(std::string_view why);
   // A connection from the pool for this try (one the peer has not closed,
   // for a request that must not be sent twice). False if none is idle.
-  bool takePooled(IdleList& l);
+  bool takePooled(IdleList& l, int64_t now_us);
   // The pool had none idle and this try waited (in state kConnecting, no
   // connection yet): its turn came.
   void onPoolTurn() override;

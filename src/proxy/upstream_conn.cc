@@ -49,7 +49,11 @@ UpstreamConn::UpstreamConn(ConnPool* pool, std::string key)
   open_handles_ = 2;
 }
 
-UpstreamConn* UpstreamConn::create(ConnPool* pool, std::string key) { return new UpstreamConn(pool, std::move(key)); }
+UpstreamConn* UpstreamConn::create(ConnPool* pool, std::string key, int64_t now_us) {
+  auto* c = new UpstreamConn(pool, std::move(key));
+  c->idle_list_->last_move_us = now_us;
+  return c;
+}
 
 bool UpstreamConn::connect(User* user, const PeerAddress& peer, int* status) {
   user_ = user;
@@ -61,8 +65,9 @@ bool UpstreamConn::connect(User* user, const PeerAddress& peer, int* status) {
   return true;
 }
 
-void UpstreamConn::attach(User* user) {
+void UpstreamConn::attach(User* user, int64_t now_us) {
   pool_->remove(this);
+  idle_list_->last_move_us = now_us;
   user_ = user;
   stopTimer();
   // Reading goes on: stopping and restarting it would cost two epoll_ctl
@@ -377,7 +382,7 @@ size_t ConnPool::idleCount(const std::string& key) const {
 
 void ConnPool::put(UpstreamConn* c, uint64_t max_idle, int64_t now_us) {
   IdleList& l = *c->idle_list_;
-  l.last_put_us = now_us;
+  l.last_move_us = now_us;
   c->idle_prev_ = nullptr;
   c->idle_next_ = l.head;
   if (l.head) l.head->idle_prev_ = c;
@@ -397,11 +402,10 @@ bool ConnPool::wait(IdleList& l, ConnPoolWaiter* w, const PoolLimits& limits, in
   auto wait_us = static_cast<int64_t>(limits.wait_ms) * 1000;
   if (l.waiting == 0) {
     if (l.open < limits.conns) return false;
-    // None came back for as long as a try may wait: they are held by slow
-    // exchanges (long polls, big downloads), a wait would most likely be in
-    // vain. (Before the first comeback, the first wait counts as one.)
-    if (l.last_put_us == 0) l.last_put_us = now_us;
-    if (now_us - l.last_put_us > wait_us) return false;
+    // None changed hands for as long as a try may wait: all are held by
+    // slow exchanges (long polls, big downloads), a wait would most likely
+    // be in vain.
+    if (now_us - l.last_move_us > wait_us) return false;
   }
   w->wait_list_ = &l;
   w->wait_until_us_ = now_us + wait_us;

@@ -77,13 +77,14 @@ class UpstreamConn {
 
   // A new connection to a peer (not yet connecting), pooled under `key`
   // (the peer's text, plus the TLS settings for a TLS connection).
-  static UpstreamConn* create(ConnPool* pool, std::string key);
+  // `now_us`: nowUs() (the pool's record of when a connection last moved).
+  static UpstreamConn* create(ConnPool* pool, std::string key, int64_t now_us);
 
   // Starts connecting; onConnected() follows. False (with *status) if
   // connect() failed at once (no callback then).
   bool connect(User* user, const PeerAddress& peer, int* status);
   // Hands a connection taken from the pool to its new user.
-  void attach(User* user);
+  void attach(User* user, int64_t now_us);
   // A connected connection speaks TLS through `tls` from now on: the
   // handshake starts (onHandshake() follows). False, with tlsError() set,
   // if it failed at once (no callback then).
@@ -112,7 +113,7 @@ class UpstreamConn {
   // Gives an idle connection back to the pool (or closes it if the pool is
   // full, draining or the connection served keepalive_requests). `now_us`:
   // when its exchange ended (nowUs()): a try waits for a connection only
-  // while they come back (ConnPool::wait()).
+  // while they move (ConnPool::wait()).
   void release(uint64_t idle_timeout_ms, uint64_t max_idle, uint64_t max_requests, int64_t now_us);
 
   // False if the peer already closed this (idle) connection or sent
@@ -184,7 +185,8 @@ struct IdleList {
   size_t waiting = 0;
   bool in_service = false;  // in the pool's list of keys with waiters
   PoolLimits limits;        // as the last try that came set them
-  int64_t last_put_us = 0;  // when a connection last came back (or the first wait)
+  // When a connection last changed hands: opened, taken or given back.
+  int64_t last_move_us = 0;
 };
 
 // A try that waits for a connection (ConnPool::wait()).
@@ -215,14 +217,19 @@ class ConnPool {
   ConnPool(const ConnPool&) = delete;
   ConnPool& operator=(const ConnPool&) = delete;
 
-  // The connections to `key` (made on first use, never erased).
-  IdleList& peer(const std::string& key) { return idle_[key]; }
+  // The connections to `key` (made on first use, never erased). find()
+  // first: with a few keys it compares them without hashing.
+  IdleList& peer(const std::string& key) {
+    auto it = idle_.find(key);
+    return it != idle_.end() ? it->second : idle_[key];
+  }
   // An idle connection of `l`, most recently used first; null if none.
   static UpstreamConn* take(const IdleList& l) { return l.head; }
   // A try to `l`'s key found no idle connection (or other tries wait for
   // one before it). True if it waits (queued: onPoolTurn() follows), false
   // if it should open one now: waiting is off, or no try waits and fewer
-  // than `limits.conns` are open or none came back for `limits.wait_ms`.
+  // than `limits.conns` are open or none changed hands for `limits.wait_ms`
+  // (every one is held by an exchange that has lasted that long).
   // A try whose wait reaches `limits.wait_ms` opens one anyway.
   bool wait(IdleList& l, ConnPoolWaiter* w, const PoolLimits& limits, int64_t now_us);
   // A waiting try that ends (no turn follows).
