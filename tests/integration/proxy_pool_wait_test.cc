@@ -94,6 +94,19 @@ TEST(ProxyPoolWaitTest, AWaitEndsAfterPoolWaitWithAConnectionOfItsOwn) {
   EXPECT_EQ(gw.stop(), 0);
 }
 
+TEST(ProxyPoolWaitTest, EveryWaiterOpensItsOwnOncePoolWaitIsOver) {
+  FakeUpstream up;
+  up.setDefault(Behaviour::slow(Ms(1500)));  // longer than every wait
+  Gateway gw;
+  ASSERT_TRUE(startPooled(gw, up, "pool_conns 2; pool_wait 200ms;"));
+  Clock::time_point start = Clock::now();
+  sendConcurrently(gw, 6);
+  // Four waited 200 ms each, then opened their own: one round of 1.5 s, not three.
+  EXPECT_LT(msSince(start), 2900);
+  EXPECT_EQ(up.connectionsAccepted(), 6);
+  EXPECT_EQ(gw.stop(), 0);
+}
+
 TEST(ProxyPoolWaitTest, NoWaitWhenNoConnectionChangedHandsForPoolWait) {
   FakeUpstream up, clock_peer;
   up.enqueue(Behaviour::slow(Ms(3000)));
