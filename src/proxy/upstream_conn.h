@@ -197,7 +197,6 @@ class ConnPoolWaiter {
   // idle connection to its key is in the pool, fewer than `pool_conns` are
   // open, or its wait is over. It takes a connection or opens one.
   virtual void onPoolTurn() = 0;
-  bool poolWaiting() const { return wait_list_ != nullptr; }
 
  private:
   friend class ConnPool;
