@@ -141,9 +141,9 @@ bool ProxyTask::takePooled(IdleList& l, int64_t now_us) {
   return conn_reused_;
 }
 
-void ProxyTask::onPoolTurn() {
+void ProxyTask::onPoolTurn(IdleList& l) {
   int64_t now = nowUs();
-  if (takePooled(m_.pool().peer(poolKey()), now)) {
+  if (takePooled(l, now)) {
     r_.upstream.tries.back().connect_us = now - try_start_us_;  // the wait
     sendRequest();
     return;

@@ -20,9 +20,6 @@
 
 namespace tidegate::proxy {
 
-// Monotonic microseconds, for try timings and the balancers.
-inline int64_t nowUs() { return static_cast<int64_t>(uv_hrtime() / 1000); }
-
 // What one proxied request fills and would otherwise allocate anew every
 // time: the module keeps sets of them between requests (takeBuffers), with
 // their capacity, so a request in the steady state allocates nothing for
@@ -115,7 +112,7 @@ class ProxyTask final : public http::ContentTask,
   bool takePooled(IdleList& l, int64_t now_us);
   // The pool had none idle and this try waited (in state kConnecting, no
   // connection yet): its turn came.
-  void onPoolTurn() override;
+  void onPoolTurn(IdleList& l) override;
   void connectNew();
   // The pooled connection just used was closed by the peer: the same peer
   // again on a fresh connection, once, without counting a try.

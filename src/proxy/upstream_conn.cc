@@ -464,7 +464,7 @@ void ConnPool::onServe(uv_idle_t* h) noexcept {
 void ConnPool::onWaitTimer(uv_timer_t* t) noexcept { static_cast<ConnPool*>(t->data)->serve(); }
 
 void ConnPool::serve() {
-  int64_t now = static_cast<int64_t>(uv_hrtime() / 1000);
+  int64_t now = nowUs();
   // A turn may end its request, start another try (which may wait again,
   // on any key) or close connections (which kicks): the list is re-read.
   for (size_t i = 0; i < serving_.size();) {
@@ -472,7 +472,7 @@ void ConnPool::serve() {
     while (l.wait_head && (l.head || l.open < l.limits.conns || l.wait_head->wait_until_us_ <= now)) {
       ConnPoolWaiter* w = l.wait_head;
       cancelWait(w);
-      w->onPoolTurn();
+      w->onPoolTurn(l);
     }
     if (l.wait_head) {
       i++;
@@ -494,7 +494,7 @@ void ConnPool::armWaitTimer() {
   }
   int64_t first = INT64_MAX;
   for (IdleList* l : serving_) first = std::min(first, l->wait_head->wait_until_us_);
-  int64_t now = static_cast<int64_t>(uv_hrtime() / 1000);
+  int64_t now = nowUs();
   uint64_t ms = first <= now ? 0 : static_cast<uint64_t>((first - now + 999) / 1000);
   uv_timer_start(wait_timer_, onWaitTimer, ms, 0);
 }

@@ -51,12 +51,16 @@ class ConnPool;
 class ConnPoolWaiter;
 struct IdleList;
 
+// Monotonic microseconds, for try timings, the balancers and the pool.
+inline int64_t nowUs() { return static_cast<int64_t>(uv_hrtime() / 1000); }
+
 // How many connections to one peer a worker opens before a try that finds
 // none idle waits for one to come back instead (upstream `pool_conns`,
-// `pool_wait`). 0 in either: never wait, open one (nginx's way).
+// `pool_wait`, whose defaults are conf::UpstreamConf's). 0 in either: never
+// wait, open one (nginx's way).
 struct PoolLimits {
-  uint64_t conns = 64;
-  uint64_t wait_ms = 100;
+  uint64_t conns = 0;
+  uint64_t wait_ms = 0;
 };
 
 class UpstreamConn {
@@ -195,8 +199,9 @@ class ConnPoolWaiter {
   virtual ~ConnPoolWaiter() = default;
   // Its turn, once, from the loop (never inside another task's call): an
   // idle connection to its key is in the pool, fewer than `pool_conns` are
-  // open, or its wait is over. It takes a connection or opens one.
-  virtual void onPoolTurn() = 0;
+  // open, or its wait is over. It takes a connection of `l` (its key's) or
+  // opens one.
+  virtual void onPoolTurn(IdleList& l) = 0;
 
  private:
   friend class ConnPool;
@@ -270,8 +275,8 @@ class ConnPool {
   bool shut_ = false;
   char* read_buf_;
   std::function<void()> after_read_;
-  // Keys with waiters; the loop handles that serve them (allocated: the
-  // pool may go before the loop runs their close callbacks).
+  // Keys with waiters; the loop handles that serve them (allocated on first
+  // use: the pool may go before the loop runs their close callbacks).
   std::vector<IdleList*> serving_;
   uv_idle_t* serve_idle_ = nullptr;
   uv_timer_t* wait_timer_ = nullptr;
